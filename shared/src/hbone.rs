@@ -1,0 +1,219 @@
+//! HBONE: HTTP/2 CONNECT over mutual TLS, wire-compatible with Istio's ztunnel.
+//!
+//! A tunnel is one HTTP/2 stream: the client sends `CONNECT` with `:authority` = `ip:port` of the
+//! final destination (no `:scheme`, no `:path`) plus `forwarded` / `baggage` / `traceparent`
+//! headers; the server answers 200 once the destination is reached (401 denied by policy,
+//! 400 malformed request, 503 upstream unreachable), then bytes flow both ways as DATA frames.
+//!
+//! This module owns the wire format, the HTTP/2 settings, the connection pool (`client`) and the
+//! CONNECT acceptor (`server`). It does not decide where traffic goes nor who may send it: that
+//! is the caller's (ztunnel, waypoint) business, through the request values and the handler.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::tls::HandshakeFailure;
+
+pub mod client;
+pub mod server;
+
+/// The port every mesh pod accepts HBONE on.
+pub const HBONE_PORT: u16 = 15008;
+
+/// HTTP/2 settings shared by both ends. Windows are large so one stream can fill a fast link
+/// without waiting for WINDOW_UPDATEs (4 MiB at 10 Gbit/s is ~3 ms of data in flight).
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Large frames cut per-frame overhead on bulk transfers; h2 splits to fit.
+pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+/// Streams a client puts on one pooled connection before it opens another.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// Streams a server accepts on one connection (peers may pool more than we do).
+pub const SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Keepalive: ping after this much silence, give up when no answer within the timeout.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// TCP connect timeout towards a peer's 15008.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Request header names HBONE uses.
+pub mod headers {
+    pub const FORWARDED: &str = "forwarded";
+    pub const BAGGAGE: &str = "baggage";
+    pub const TRACEPARENT: &str = "traceparent";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connecting to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("TLS handshake with {addr}: {failure}")]
+    Tls { addr: SocketAddr, failure: HandshakeFailure },
+    #[error("peer {0} did not negotiate ALPN h2")]
+    NoAlpn(SocketAddr),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    /// The server answered the CONNECT with a non-200 status (401: denied by policy,
+    /// 503: destination unreachable, 400: bad request).
+    #[error("CONNECT refused with {0}")]
+    Rejected(StatusCode),
+    #[error("building the TLS configuration: {0}")]
+    TlsConfig(#[from] crate::tls::TlsError),
+    #[error("invalid header value for {0}")]
+    Header(&'static str),
+}
+
+impl HboneError {
+    /// The status the server answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            HboneError::Rejected(s) => Some(*s),
+            _ => None,
+        }
+    }
+
+    /// Whether a fresh connection might succeed where this one failed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            HboneError::Rejected(s) => s.is_server_error(),
+            HboneError::Tls { .. } | HboneError::TlsConfig(_) | HboneError::Header(_) | HboneError::NoAlpn(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// Runs on drop of a stream; the client pool uses it to count streams per connection.
+pub(crate) type StreamGuard = Option<client::StreamSlot>;
+
+/// One tunnel's bidirectional byte stream over an HTTP/2 stream.
+///
+/// Reads hand out DATA frames as they arrive (flow-control credit is returned at once, the
+/// window bounds what is in flight); writes copy into one `Bytes` per call, which h2 frames.
+/// Shutdown sends END_STREAM, which the peer reads as EOF (half-close).
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    pending: Bytes,
+    ended: bool,
+    _slot: StreamGuard,
+}
+
+impl H2Stream {
+    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, slot: StreamGuard) -> Self {
+        H2Stream { send, recv, pending: Bytes::new(), ended: false, _slot: slot }
+    }
+}
+
+fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        match e.into_io() {
+            Some(io) => io,
+            None => io::Error::other("h2 I/O error"),
+        }
+    } else if e.reason() == Some(h2::Reason::NO_ERROR) || e.reason() == Some(h2::Reason::CANCEL) {
+        io::Error::new(io::ErrorKind::BrokenPipe, e)
+    } else {
+        io::Error::new(io::ErrorKind::ConnectionReset, e)
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => {
+                    let len = data.len();
+                    // Credit back immediately; the data is now ours, and the window alone
+                    // bounds what the peer may have in flight.
+                    let _ = self.recv.flow_control().release_capacity(len);
+                    self.pending = data;
+                }
+                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+            }
+        }
+        let n = self.pending.len().min(buf.remaining());
+        let chunk = self.pending.split_to(n);
+        buf.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            let available = self.send.capacity();
+            if available > 0 {
+                let n = available.min(buf.len());
+                self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(h2_to_io)?;
+                return Poll::Ready(Ok(n));
+            }
+            self.send.reserve_capacity(buf.len());
+            match ready!(self.send.poll_capacity(cx)) {
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // h2 writes frames as soon as the connection task runs; nothing is held here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.ended {
+            self.ended = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Applies the socket options every HBONE TCP connection gets: no Nagle delay (tunnelled
+/// protocols do their own batching) and keepalive as Istio (180 s idle, 180 s interval, 9 probes).
+pub(crate) fn tune_socket(stream: &tokio::net::TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(180))
+        .with_interval(Duration::from_secs(180))
+        .with_retries(9);
+    sock.set_tcp_keepalive(&ka)
+}
+
+/// Drives a ping/pong keepalive: completes when the peer stops answering.
+pub(crate) async fn keepalive(mut ping: h2::PingPong) {
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        match tokio::time::timeout(PING_TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => continue,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "HBONE keepalive ping failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("HBONE peer did not answer a ping within {PING_TIMEOUT:?}; closing");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

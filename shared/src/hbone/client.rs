@@ -1,0 +1,317 @@
+//! HBONE client: a pool of mutual-TLS HTTP/2 connections, keyed by (source identity,
+//! destination identity, destination address), each carrying up to
+//! [`MAX_STREAMS_PER_CONNECTION`] CONNECT streams.
+//!
+//! One task dials per key at a time (others wait for it and then share the connection); a full
+//! connection makes the next request dial another; a connection the peer closed, or one idle
+//! past the idle timeout, leaves the pool.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
+
+use super::{
+    keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, CONNECT_TIMEOUT, MAX_FRAME_SIZE,
+    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
+};
+use crate::certs::WorkloadCert;
+use crate::identity::Identity;
+use crate::tls::{client_config, HandshakeFailure, MeshRoots, ALPN_H2};
+
+/// Default time an unused connection stays pooled (Istio: 5 minutes).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Tunables of the pool; `Default` is what production uses.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_streams_per_connection: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// Where and as whom a tunnel is opened. A plain value: ztunnel's decision code builds it.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// The certificate of the source workload (its identity is part of the pool key).
+    pub source: Arc<WorkloadCert>,
+    /// Identities the destination may present (a workload's, or a service's SANs).
+    pub destination_identities: Vec<Identity>,
+    /// The peer's HBONE listener (`pod-ip:15008`, or a waypoint's).
+    pub hbone_addr: SocketAddr,
+    /// The `:authority`: the final destination `ip:port`.
+    pub authority: SocketAddr,
+    /// Extra request headers (`forwarded`, `baggage`, `traceparent`).
+    pub headers: HeaderMap,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    source: Identity,
+    destination: Vec<Identity>,
+    addr: SocketAddr,
+}
+
+/// Counts a stream against its connection until dropped.
+pub struct StreamSlot {
+    conn: Arc<Conn>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if self.conn.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.conn.idle.notify_one();
+        }
+    }
+}
+
+struct Conn {
+    id: u64,
+    sender: h2::client::SendRequest<Bytes>,
+    streams: AtomicUsize,
+    closed: AtomicBool,
+    /// Signalled when the last stream ends, so the idle timer can start.
+    idle: Notify,
+}
+
+impl Conn {
+    /// Takes a stream slot if the connection is open and not full.
+    fn try_claim(self: &Arc<Self>, max: usize) -> Option<StreamSlot> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| StreamSlot { conn: self.clone() })
+    }
+}
+
+#[derive(Default)]
+struct PoolState {
+    conns: HashMap<PoolKey, Vec<Arc<Conn>>>,
+    dialing: HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>,
+    next_id: u64,
+}
+
+struct Inner {
+    roots: MeshRoots,
+    settings: PoolSettings,
+    state: Mutex<PoolState>,
+}
+
+/// The HBONE client. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("hbone::Client").field("connections", &self.connection_count()).finish()
+    }
+}
+
+fn lock(state: &Mutex<PoolState>) -> std::sync::MutexGuard<'_, PoolState> {
+    // A panic while holding the lock cannot leave the maps inconsistent (each update is a
+    // single insert or retain), so a poisoned lock is safe to keep using.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Client {
+    pub fn new(roots: MeshRoots, settings: PoolSettings) -> Self {
+        Client { inner: Arc::new(Inner { roots, settings, state: Mutex::default() }) }
+    }
+
+    /// Open connections in the pool (for metrics and tests).
+    pub fn connection_count(&self) -> usize {
+        lock(&self.inner.state)
+            .conns
+            .values()
+            .map(|v| v.iter().filter(|c| !c.closed.load(Ordering::Acquire)).count())
+            .sum()
+    }
+
+    /// Opens a tunnel. Reuses a pooled connection with room, otherwise dials (one dialer per
+    /// key). A pooled connection found dead before the request went out is replaced once.
+    pub async fn connect(&self, req: &ConnectRequest) -> Result<H2Stream, HboneError> {
+        let key = PoolKey {
+            source: req.source.identity.clone(),
+            destination: req.destination_identities.clone(),
+            addr: req.hbone_addr,
+        };
+        let request = build_request(req)?;
+        let mut last_err = None;
+        for _attempt in 0..2 {
+            let (conn, slot) = self.checkout_or_dial(&key, req).await?;
+            match send_connect(&conn, request.clone(), slot).await {
+                Ok(stream) => return Ok(stream),
+                Err(SendError::ConnectionGone(e)) => {
+                    conn.closed.store(true, Ordering::Release);
+                    last_err = Some(e);
+                }
+                Err(SendError::Final(e)) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or(HboneError::Rejected(StatusCode::SERVICE_UNAVAILABLE)))
+    }
+
+    fn checkout(&self, key: &PoolKey) -> Option<(Arc<Conn>, StreamSlot)> {
+        let state = lock(&self.inner.state);
+        let max = self.inner.settings.max_streams_per_connection;
+        state.conns.get(key)?.iter().find_map(|c| c.try_claim(max).map(|slot| (c.clone(), slot)))
+    }
+
+    async fn checkout_or_dial(
+        &self,
+        key: &PoolKey,
+        req: &ConnectRequest,
+    ) -> Result<(Arc<Conn>, StreamSlot), HboneError> {
+        if let Some(found) = self.checkout(key) {
+            return Ok(found);
+        }
+        let dial_lock = lock(&self.inner.state).dialing.entry(key.clone()).or_default().clone();
+        let _dialing = dial_lock.lock().await;
+        // Someone may have dialed while we waited.
+        if let Some(found) = self.checkout(key) {
+            return Ok(found);
+        }
+        let conn = self.dial(key, req).await?;
+        let slot = conn.try_claim(usize::MAX).ok_or(HboneError::Rejected(StatusCode::SERVICE_UNAVAILABLE))?;
+        Ok((conn, slot))
+    }
+
+    async fn dial(&self, key: &PoolKey, req: &ConnectRequest) -> Result<Arc<Conn>, HboneError> {
+        let addr = req.hbone_addr;
+        let tls = client_config(&req.source, &self.inner.roots, req.destination_identities.clone())?;
+        let tcp = tokio::time::timeout(self.inner.settings.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| HboneError::ConnectTimeout(addr))?
+            .map_err(|source| HboneError::Connect { addr, source })?;
+        tune_socket(&tcp).map_err(|source| HboneError::Connect { addr, source })?;
+        let tls = TlsConnector::from(Arc::new(tls))
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|e| HboneError::Tls { addr, failure: HandshakeFailure::from_io(&e) })?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+            return Err(HboneError::NoAlpn(addr));
+        }
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_send_buffer_size(STREAM_WINDOW as usize)
+            .initial_max_send_streams(self.inner.settings.max_streams_per_connection)
+            .max_header_list_size(16 * 1024)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
+            .await?;
+        let ping = connection.ping_pong();
+        let id = {
+            let mut state = lock(&self.inner.state);
+            state.next_id += 1;
+            state.next_id
+        };
+        let conn = Arc::new(Conn {
+            id,
+            sender,
+            streams: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            idle: Notify::new(),
+        });
+        lock(&self.inner.state).conns.entry(key.clone()).or_default().push(conn.clone());
+        tracing::debug!(%addr, conn = id, "HBONE connection established");
+
+        let weak_pool = Arc::downgrade(&self.inner);
+        let driver_conn = conn.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let idle_timeout = weak_pool.upgrade().map(|p| p.settings.idle_timeout).unwrap_or(DEFAULT_IDLE_TIMEOUT);
+            tokio::select! {
+                res = &mut connection => {
+                    if let Err(e) = res { tracing::debug!(%addr, error = %e, "HBONE connection ended"); }
+                }
+                () = async { match ping { Some(p) => keepalive(p).await, None => std::future::pending().await } } => {}
+                () = idle_watch(&driver_conn, idle_timeout) => {
+                    tracing::debug!(%addr, conn = driver_conn.id, "HBONE connection idle; closing");
+                }
+            }
+            driver_conn.closed.store(true, Ordering::Release);
+            remove(&weak_pool, &key, driver_conn.id);
+        });
+        Ok(conn)
+    }
+}
+
+fn remove(pool: &Weak<Inner>, key: &PoolKey, id: u64) {
+    let Some(pool) = pool.upgrade() else { return };
+    let mut state = lock(&pool.state);
+    if let Some(list) = state.conns.get_mut(key) {
+        list.retain(|c| c.id != id);
+        if list.is_empty() {
+            state.conns.remove(key);
+            state.dialing.remove(key);
+        }
+    }
+}
+
+/// Completes once the connection has carried no stream for `timeout`.
+async fn idle_watch(conn: &Conn, timeout: Duration) {
+    loop {
+        if conn.streams.load(Ordering::Acquire) == 0 {
+            let woke = tokio::time::timeout(timeout, conn.idle.notified()).await;
+            if woke.is_err() && conn.streams.load(Ordering::Acquire) == 0 {
+                return;
+            }
+        } else {
+            conn.idle.notified().await;
+        }
+    }
+}
+
+/// The CONNECT request for `req`: `:authority` = `ip:port`, no scheme or path.
+fn build_request(req: &ConnectRequest) -> Result<Request<()>, HboneError> {
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(req.authority.to_string())
+        .version(Version::HTTP_2)
+        .body(())
+        .map_err(|_| HboneError::Header(":authority"))?;
+    request.headers_mut().extend(req.headers.clone());
+    Ok(request)
+}
+
+enum SendError {
+    /// The connection died before our request went out: safe to retry on another.
+    ConnectionGone(HboneError),
+    Final(HboneError),
+}
+
+async fn send_connect(conn: &Conn, request: Request<()>, slot: StreamSlot) -> Result<H2Stream, SendError> {
+    let sender = conn.sender.clone().ready().await.map_err(|e| SendError::ConnectionGone(e.into()))?;
+    let mut sender = sender;
+    let (response, send) = sender.send_request(request, false).map_err(|e| SendError::ConnectionGone(e.into()))?;
+    let response = response.await.map_err(|e| SendError::Final(e.into()))?;
+    if response.status() != StatusCode::OK {
+        return Err(SendError::Final(HboneError::Rejected(response.status())));
+    }
+    Ok(H2Stream::new(send, response.into_body(), Some(slot)))
+}

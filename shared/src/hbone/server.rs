@@ -1,0 +1,211 @@
+//! HBONE server: accepts mutual-TLS HTTP/2 connections and hands each CONNECT to a handler,
+//! which looks at the request (destination, verified peer identity, headers) and either
+//! accepts it — getting the tunnel's byte stream — or rejects it with a status.
+//!
+//! Malformed requests (not CONNECT, an authority that is not `ip:port`) get 400 here and never
+//! reach the handler. A bad connection affects only itself.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::{
+    keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_CONCURRENT_STREAMS,
+    STREAM_WINDOW,
+};
+use crate::identity::Identity;
+use crate::tls::{peer_identity_of, HandshakeFailure};
+
+/// One CONNECT, as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct InboundConnect {
+    /// The `:authority`: where the client wants to go.
+    pub authority: SocketAddr,
+    /// The client's verified identity (from its certificate).
+    pub peer_identity: Identity,
+    /// The TCP peer (a ztunnel or waypoint, not necessarily the original client).
+    pub peer_addr: SocketAddr,
+    /// The address the connection arrived on.
+    pub local_addr: SocketAddr,
+    pub headers: HeaderMap,
+}
+
+/// Answers one CONNECT: exactly one of `accept` or `reject` (dropping it sends 503).
+pub struct Responder {
+    respond: Option<SendResponse<Bytes>>,
+    body: Option<RecvStream>,
+}
+
+impl Responder {
+    /// Sends 200 and returns the tunnel's byte stream.
+    pub fn accept(self) -> Result<H2Stream, HboneError> {
+        self.accept_with(HeaderMap::new())
+    }
+
+    /// Sends 200 with extra response headers (e.g. `baggage`).
+    pub fn accept_with(mut self, headers: HeaderMap) -> Result<H2Stream, HboneError> {
+        let (Some(mut respond), Some(body)) = (self.respond.take(), self.body.take()) else {
+            return Err(HboneError::Rejected(StatusCode::INTERNAL_SERVER_ERROR));
+        };
+        let mut response = Response::new(());
+        *response.headers_mut() = headers;
+        let send = respond.send_response(response, false)?;
+        Ok(H2Stream::new(send, body, None))
+    }
+
+    /// Refuses with `status` (401 policy denial, 503 unreachable, 400 bad request).
+    pub fn reject(mut self, status: StatusCode) {
+        if let Some(respond) = self.respond.as_mut() {
+            send_status(respond, status);
+        }
+        self.respond = None;
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(respond) = self.respond.as_mut() {
+            send_status(respond, StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+}
+
+fn send_status(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    if let Err(e) = respond.send_response(response, true) {
+        tracing::debug!(error = %e, "could not send HBONE status {status}");
+    }
+}
+
+/// Decides what to do with each CONNECT. Implemented by ztunnel's inbound path and the waypoint.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: InboundConnect, responder: Responder) -> impl Future<Output = ()> + Send;
+}
+
+/// Chooses the server certificate for a connection by the address it arrived on (ztunnel
+/// serves many pods, each with its own identity). `None` refuses the connection.
+pub trait CertResolver: Send + Sync + 'static {
+    fn config_for(&self, local_addr: SocketAddr) -> Option<Arc<ServerConfig>>;
+}
+
+impl CertResolver for Arc<ServerConfig> {
+    fn config_for(&self, _: SocketAddr) -> Option<Arc<ServerConfig>> {
+        Some(self.clone())
+    }
+}
+
+/// The HBONE acceptor.
+pub struct Server<H, C> {
+    handler: Arc<H>,
+    certs: Arc<C>,
+}
+
+impl<H, C> Clone for Server<H, C> {
+    fn clone(&self) -> Self {
+        Server { handler: self.handler.clone(), certs: self.certs.clone() }
+    }
+}
+
+impl<H: Handler, C: CertResolver> Server<H, C> {
+    pub fn new(handler: Arc<H>, certs: Arc<C>) -> Self {
+        Server { handler, certs }
+    }
+
+    /// Accepts connections until the listener fails; each connection runs on its own task.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (tcp, peer) = listener.accept().await?;
+            let server = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server.serve_connection(tcp).await {
+                    tracing::debug!(%peer, error = %e, "HBONE connection failed");
+                }
+            });
+        }
+    }
+
+    /// Runs one connection: TLS, HTTP/2, then a task per CONNECT stream.
+    pub async fn serve_connection(&self, tcp: TcpStream) -> Result<(), HboneError> {
+        let peer_addr = tcp.peer_addr().map_err(|source| HboneError::Connect { addr: unspecified(), source })?;
+        let local_addr = tcp.local_addr().map_err(|source| HboneError::Connect { addr: peer_addr, source })?;
+        tune_socket(&tcp).map_err(|source| HboneError::Connect { addr: peer_addr, source })?;
+        let config = self.certs.config_for(local_addr).ok_or(HboneError::Rejected(StatusCode::SERVICE_UNAVAILABLE))?;
+        let tls = TlsAcceptor::from(config)
+            .accept(tcp)
+            .await
+            .map_err(|e| HboneError::Tls { addr: peer_addr, failure: HandshakeFailure::from_io(&e) })?;
+        let peer_identity = peer_identity_of(tls.get_ref().1).ok_or(HboneError::Tls {
+            addr: peer_addr,
+            failure: HandshakeFailure::Other("verified peer has no identity".into()),
+        })?;
+        let mut connection = h2::server::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_concurrent_streams(SERVER_MAX_CONCURRENT_STREAMS)
+            .max_send_buffer_size(STREAM_WINDOW as usize)
+            .max_header_list_size(64 * 1024)
+            .handshake::<_, Bytes>(tls)
+            .await?;
+        let ping = connection.ping_pong();
+        let accept_loop = async {
+            while let Some(next) = connection.accept().await {
+                let (request, respond) = next?;
+                let handler = self.handler.clone();
+                let peer_identity = peer_identity.clone();
+                tokio::spawn(async move {
+                    dispatch(&*handler, request, respond, peer_identity, peer_addr, local_addr).await;
+                });
+            }
+            Ok::<(), HboneError>(())
+        };
+        tokio::select! {
+            res = accept_loop => res,
+            () = async { match ping { Some(p) => keepalive(p).await, None => std::future::pending().await } } => Ok(()),
+        }
+    }
+}
+
+fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+/// Validates one request and passes it on; malformed ones are answered 400 here.
+async fn dispatch<H: Handler>(
+    handler: &H,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer_identity: Identity,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+) {
+    let authority = match parse_connect(&request) {
+        Ok(a) => a,
+        Err(reason) => {
+            tracing::debug!(%peer_addr, %reason, "malformed HBONE request");
+            send_status(&mut respond, StatusCode::BAD_REQUEST);
+            return;
+        }
+    };
+    let (parts, body) = request.into_parts();
+    let req = InboundConnect { authority, peer_identity, peer_addr, local_addr, headers: parts.headers };
+    handler.handle(req, Responder { respond: Some(respond), body: Some(body) }).await;
+}
+
+/// The destination of a well-formed HBONE request, or why it is not one.
+pub fn parse_connect<B>(request: &Request<B>) -> Result<SocketAddr, &'static str> {
+    if request.method() != Method::CONNECT {
+        return Err("method is not CONNECT");
+    }
+    let authority = request.uri().authority().ok_or("no :authority")?;
+    authority.as_str().parse().map_err(|_| ":authority is not ip:port")
+}

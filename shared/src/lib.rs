@@ -1,0 +1,31 @@
+//! Ambit's shared crate: the one implementation of every protocol the mesh speaks.
+//!
+//! - [`identity`]: SPIFFE identities.
+//! - [`certs`]: the CA, workload keys and CSRs, certificate chains and renewal times.
+//! - [`tls`]: rustls configurations that pin peer identities.
+//! - [`hbone`]: HTTP/2 CONNECT tunnels over mutual TLS (pooled client, server).
+//! - [`proto`]: generated protobuf types (delta ADS, `istio.workload`, `istio.security`, the CA
+//!   service, ZDS).
+//! - [`xds`]: the delta ADS client.
+//! - [`copy`]: bidirectional stream copy with adaptive buffers.
+//! - [`telemetry`]: logging set-up, Prometheus registry and the admin/readiness server.
+//!
+//! Daemons (ztunnel, waypoint, controller) and the e2e sandbox build on these; none of them
+//! speaks a protocol on its own.
+
+pub mod certs;
+pub mod copy;
+pub mod hbone;
+pub mod identity;
+pub mod proto;
+pub mod telemetry;
+pub mod tls;
+pub mod xds;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+// The public interface, by name.
+pub use certs::{Ca, CertError, Validity, WorkloadCert, WorkloadKey};
+pub use identity::{Identity, IdentityError};
+pub use tls::MeshRoots;

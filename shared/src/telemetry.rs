@@ -1,0 +1,193 @@
+//! Logging set-up (tracing, JSON or plain), the Prometheus registry helpers and the small
+//! admin HTTP server every daemon runs (readiness and `/metrics`).
+//!
+//! Owns process-wide telemetry plumbing. Which metrics exist is each daemon's business.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "plain" => Ok(LogFormat::Plain),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format {other:?} is not one of: plain, json")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("log filter {filter:?}: {reason}")]
+    Filter { filter: String, reason: String },
+    #[error("a global logger is already installed")]
+    AlreadyInstalled,
+    #[error("admin server on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Installs the global logger. `filter` uses `RUST_LOG` syntax (e.g. `info,access=debug`).
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
+    let env_filter = EnvFilter::try_new(filter)
+        .map_err(|e| TelemetryError::Filter { filter: filter.to_owned(), reason: e.to_string() })?;
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
+    result.map_err(|_| TelemetryError::AlreadyInstalled)
+}
+
+/// A registry with every metric under the `istio_` prefix, as Istio's names are.
+pub fn istio_registry() -> Registry {
+    Registry::with_prefix("istio")
+}
+
+/// Readiness flag shared between a daemon's subsystems and its admin server.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The admin server: `/healthz/ready` (200 once ready, 503 before) and `/metrics`
+/// (Prometheus text format). Runs on whatever runtime the caller spawns it on.
+pub struct AdminServer {
+    pub listener: TcpListener,
+    pub readiness: Readiness,
+    pub registry: Arc<Mutex<Registry>>,
+}
+
+impl AdminServer {
+    pub async fn bind(
+        addr: SocketAddr,
+        readiness: Readiness,
+        registry: Arc<Mutex<Registry>>,
+    ) -> Result<Self, TelemetryError> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| TelemetryError::Bind { addr, source })?;
+        Ok(AdminServer { listener, readiness, registry })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn serve(self) {
+        let state = Arc::new((self.readiness, self.registry));
+        loop {
+            let Ok((tcp, _)) = self.listener.accept().await else { continue };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(admin_response(&req, &state.0, &state.1)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn admin_response(req: &Request<Incoming>, readiness: &Readiness, registry: &Mutex<Registry>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz/ready" | "/ready" => {
+            if readiness.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/metrics" | "/stats/prometheus" => {
+            let mut body = String::new();
+            let registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+            match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                Ok(()) => {
+                    let mut resp = text(StatusCode::OK, body);
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    );
+                    resp
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::counter::Counter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn readiness_and_metrics_are_served() {
+        let mut registry = istio_registry();
+        let c: Counter = Counter::default();
+        registry.register("tcp_connections_opened", "Connections opened", c.clone());
+        c.inc_by(3);
+        let readiness = Readiness::default();
+        let admin =
+            AdminServer::bind("127.0.0.1:0".parse().unwrap(), readiness.clone(), Arc::new(Mutex::new(registry)))
+                .await
+                .unwrap();
+        let addr = admin.local_addr().unwrap();
+        tokio::spawn(admin.serve());
+        assert!(get(addr, "/healthz/ready").await.starts_with("HTTP/1.1 503"));
+        readiness.set_ready();
+        assert!(get(addr, "/healthz/ready").await.starts_with("HTTP/1.1 200"));
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.contains("istio_tcp_connections_opened_total 3"), "{metrics}");
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    }
+
+    #[test]
+    fn log_format_parses_or_names_the_bad_value() {
+        assert_eq!("json".parse::<LogFormat>().unwrap(), LogFormat::Json);
+        assert!("xml".parse::<LogFormat>().unwrap_err().contains("xml"));
+    }
+}

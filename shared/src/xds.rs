@@ -1,0 +1,1 @@
+//! Delta ADS client (placeholder while being written).
