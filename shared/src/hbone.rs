@@ -108,6 +108,12 @@ pub struct H2Stream {
     _slot: StreamGuard,
 }
 
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream").field("stream_id", &self.send.stream_id()).field("ended", &self.ended).finish()
+    }
+}
+
 impl H2Stream {
     pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, slot: StreamGuard) -> Self {
         H2Stream { send, recv, pending: Bytes::new(), ended: false, _slot: slot }
@@ -217,3 +223,82 @@ pub(crate) async fn keepalive(mut ping: h2::PingPong) {
 
 #[cfg(test)]
 mod tests;
+
+/// Source workload attributes carried in the `baggage` header, as Istio's ztunnel writes them
+/// (W3C baggage list; unset members are left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Baggage {
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    /// Workload kind in lower case (`deployment`, `pod`, `job`…) and its name.
+    pub workload: Option<(String, String)>,
+    pub service: Option<String>,
+    pub version: Option<String>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+}
+
+impl Baggage {
+    /// The header value: `k8s.cluster.name=…,k8s.namespace.name=…,k8s.deployment.name=…,…`.
+    pub fn to_header(&self) -> Result<http::HeaderValue, HboneError> {
+        let workload_key = self.workload.as_ref().map(|(kind, _)| format!("k8s.{kind}.name"));
+        let workload_name = self.workload.as_ref().map(|(_, name)| name.clone());
+        let members: Vec<String> = [
+            ("k8s.cluster.name", &self.cluster),
+            ("k8s.namespace.name", &self.namespace),
+            (workload_key.as_deref().unwrap_or_default(), &workload_name),
+            ("service.name", &self.service),
+            ("service.version", &self.version),
+            ("cloud.region", &self.region),
+            ("cloud.availability_zone", &self.zone),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+        .collect();
+        http::HeaderValue::from_str(&members.join(",")).map_err(|_| HboneError::Header(headers::BAGGAGE))
+    }
+
+    /// Reads a `baggage` header; unknown members are ignored, as W3C baggage requires.
+    pub fn parse(value: &str) -> Self {
+        let mut b = Baggage::default();
+        for member in value.split(',') {
+            let Some((k, v)) = member.trim().split_once('=') else { continue };
+            let v = v.trim().to_owned();
+            match k.trim() {
+                "k8s.cluster.name" => b.cluster = Some(v),
+                "k8s.namespace.name" => b.namespace = Some(v),
+                "service.name" => b.service = Some(v),
+                "service.version" => b.version = Some(v),
+                "cloud.region" => b.region = Some(v),
+                "cloud.availability_zone" => b.zone = Some(v),
+                k => {
+                    if let Some(kind) = k.strip_prefix("k8s.").and_then(|r| r.strip_suffix(".name")) {
+                        b.workload = Some((kind.to_owned(), v));
+                    }
+                }
+            }
+        }
+        b
+    }
+}
+
+/// The `forwarded` header value naming the original client: `for="ip:port"`, plus
+/// `;host=<service hostname>` when the destination service is known.
+pub fn forwarded_header(client: SocketAddr, host: Option<&str>) -> Result<http::HeaderValue, HboneError> {
+    let value = match host {
+        Some(h) => format!("for=\"{client}\";host={h}"),
+        None => format!("for=\"{client}\""),
+    };
+    http::HeaderValue::from_str(&value).map_err(|_| HboneError::Header(headers::FORWARDED))
+}
+
+/// The original client address from a `forwarded` header, if it names one.
+pub fn forwarded_for(value: &str) -> Option<SocketAddr> {
+    value.split([';', ',']).find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        if !k.eq_ignore_ascii_case("for") {
+            return None;
+        }
+        v.trim_matches('"').parse().ok()
+    })
+}

@@ -85,6 +85,7 @@ impl Drop for StreamSlot {
 
 struct Conn {
     id: u64,
+    addr: SocketAddr,
     sender: h2::client::SendRequest<Bytes>,
     streams: AtomicUsize,
     closed: AtomicBool,
@@ -223,7 +224,8 @@ impl Client {
             .max_header_list_size(16 * 1024)
             .enable_push(false)
             .handshake::<_, Bytes>(tls)
-            .await?;
+            .await
+            .map_err(|e| handshake_error(addr, e))?;
         let ping = connection.ping_pong();
         let id = {
             let mut state = lock(&self.inner.state);
@@ -232,6 +234,7 @@ impl Client {
         };
         let conn = Arc::new(Conn {
             id,
+            addr,
             sender,
             streams: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -258,6 +261,20 @@ impl Client {
             remove(&weak_pool, &key, driver_conn.id);
         });
         Ok(conn)
+    }
+}
+
+/// In TLS 1.3 the server checks our certificate after our side considers the handshake done,
+/// so its refusal arrives as an alert during the HTTP/2 preface: report it as the TLS failure.
+fn handshake_error(addr: SocketAddr, e: h2::Error) -> HboneError {
+    let tls = e.get_io().and_then(|io| io.get_ref()).and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(tls) => HboneError::Tls { addr, failure: HandshakeFailure::from_rustls(tls) },
+        // h2 keeps only the kind and text of an I/O error; rustls reports alerts as InvalidData.
+        None if e.get_io().is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) => {
+            HboneError::Tls { addr, failure: HandshakeFailure::RefusedByPeer(e.to_string()) }
+        }
+        None => HboneError::H2(e),
     }
 }
 
@@ -306,10 +323,13 @@ enum SendError {
 }
 
 async fn send_connect(conn: &Conn, request: Request<()>, slot: StreamSlot) -> Result<H2Stream, SendError> {
-    let sender = conn.sender.clone().ready().await.map_err(|e| SendError::ConnectionGone(e.into()))?;
-    let mut sender = sender;
-    let (response, send) = sender.send_request(request, false).map_err(|e| SendError::ConnectionGone(e.into()))?;
-    let response = response.await.map_err(|e| SendError::Final(e.into()))?;
+    let gone = |e: h2::Error| match handshake_error(conn.addr, e) {
+        tls @ HboneError::Tls { .. } => SendError::Final(tls),
+        other => SendError::ConnectionGone(other),
+    };
+    let mut sender = conn.sender.clone().ready().await.map_err(gone)?;
+    let (response, send) = sender.send_request(request, false).map_err(gone)?;
+    let response = response.await.map_err(|e| SendError::Final(handshake_error(conn.addr, e)))?;
     if response.status() != StatusCode::OK {
         return Err(SendError::Final(HboneError::Rejected(response.status())));
     }
