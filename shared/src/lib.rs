@@ -15,6 +15,7 @@
 
 pub mod certs;
 pub mod copy;
+pub mod grpc;
 pub mod hbone;
 pub mod identity;
 pub mod proto;

@@ -314,6 +314,35 @@ pub fn client_config(
     Ok(config)
 }
 
+/// Server configuration for the control plane (xDS and CA on one port): presents `cert`;
+/// callers authenticate with a token, so a client certificate is verified when offered but not
+/// required.
+pub fn control_plane_server_config(cert: &WorkloadCert, roots: &MeshRoots) -> Result<ServerConfig, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.store().clone(), provider())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// Client configuration towards the control plane: the server must chain to a mesh root and
+/// be one of `expected`; no client certificate (the caller sends a token).
+pub fn control_plane_client_config(roots: &MeshRoots, expected: Vec<Identity>) -> Result<ClientConfig, TlsError> {
+    let verifier = ExpectedIdentityVerifier { roots: roots.clone(), expected };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.enable_sni = false;
+    Ok(config)
+}
+
 /// The verified identity of the peer of an established connection.
 pub fn peer_identity_of(conn: &rustls::CommonState) -> Option<Identity> {
     conn.peer_certificates().and_then(|c| c.first()).and_then(|c| identity_of_der(c).ok())
