@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn malformed_identities_say_what_is_wrong() {
         type E = IdentityError;
-        let cases: &[(&str, fn(&E) -> bool)] = &[
+        type Check = fn(&E) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("http://cluster.local/ns/a/sa/b", |e| matches!(e, E::Scheme(_))),
             ("spiffe:///ns/a/sa/b", |e| matches!(e, E::EmptyTrustDomain(_))),
             ("spiffe://Cluster.local/ns/a/sa/b", |e| matches!(e, E::TrustDomainChar(_, td) if td == "Cluster.local")),

@@ -8,6 +8,8 @@
 //!   service, ZDS).
 //! - [`xds`]: the delta ADS client.
 //! - [`copy`]: bidirectional stream copy with adaptive buffers.
+//! - [`lifecycle`]: shutdown signals and start-up checks shared by the daemons.
+//! - [`grpc`]: tonic over mesh TLS (client connector, server incoming stream).
 //! - [`telemetry`]: logging set-up, Prometheus registry and the admin/readiness server.
 //!
 //! Daemons (ztunnel, waypoint, controller) and the e2e sandbox build on these; none of them
@@ -18,6 +20,7 @@ pub mod copy;
 pub mod grpc;
 pub mod hbone;
 pub mod identity;
+pub mod lifecycle;
 pub mod proto;
 pub mod telemetry;
 pub mod tls;

@@ -19,22 +19,11 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Plain,
     Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "plain" => Ok(LogFormat::Plain),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("log format {other:?} is not one of: plain, json")),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +53,81 @@ pub fn istio_registry() -> Registry {
     Registry::with_prefix("istio")
 }
 
+/// Logging settings every daemon takes (flags or environment, as Istio's ztunnel names them).
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct LogArgs {
+    /// Log line format: `plain` or `json`.
+    #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "plain")]
+    pub format: LogFormat,
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `info,access=debug`.
+    #[arg(long = "log-level", env = "RUST_LOG", default_value = "info")]
+    pub filter: String,
+}
+
+impl LogArgs {
+    pub fn init(&self) -> Result<(), TelemetryError> {
+        init_logging(self.format, &self.filter)
+    }
+}
+
+/// Starts the admin endpoints on their own single-threaded runtime and thread, so a busy data
+/// path never delays a readiness probe or a metrics scrape. Each address serves every admin
+/// path; `config` is shown at `/debug/config`. Returns once all addresses are bound.
+pub fn spawn_admin(
+    addrs: Vec<SocketAddr>,
+    readiness: Readiness,
+    registry: Arc<Mutex<Registry>>,
+    config: serde_json::Value,
+) -> Result<Vec<SocketAddr>, TelemetryError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let config: Arc<str> = serde_json::to_string_pretty(&config).unwrap_or_default().into();
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(TelemetryError::Bind { addr: addrs[0], source: e }));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut bound = Vec::new();
+                for addr in addrs {
+                    match AdminServer::bind(addr, readiness.clone(), registry.clone()).await {
+                        Ok(mut server) => {
+                            server.config = config.clone();
+                            bound.push(server.local_addr().unwrap_or(addr));
+                            tokio::spawn(server.serve());
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let _ = tx.send(Ok(bound));
+                std::future::pending::<()>().await;
+            });
+        })
+        .map_err(|source| TelemetryError::Bind { addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
+    rx.recv().unwrap_or(Err(TelemetryError::AlreadyInstalled))
+}
+
+/// Registers `istio_build{component, tag} 1`, as Istio's components export it.
+pub fn register_build_info(registry: &mut Registry, component: &str) {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    let family = Family::<Vec<(String, String)>, Gauge>::default();
+    family
+        .get_or_create(&vec![
+            ("component".to_owned(), component.to_owned()),
+            ("tag".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+        ])
+        .set(1);
+    registry.register("build", "Ambit build information", family);
+}
+
 /// Readiness flag shared between a daemon's subsystems and its admin server.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);
@@ -83,6 +147,8 @@ pub struct AdminServer {
     pub listener: TcpListener,
     pub readiness: Readiness,
     pub registry: Arc<Mutex<Registry>>,
+    /// The daemon's effective configuration, served at `/debug/config`.
+    pub config: Arc<str>,
 }
 
 impl AdminServer {
@@ -92,7 +158,7 @@ impl AdminServer {
         registry: Arc<Mutex<Registry>>,
     ) -> Result<Self, TelemetryError> {
         let listener = TcpListener::bind(addr).await.map_err(|source| TelemetryError::Bind { addr, source })?;
-        Ok(AdminServer { listener, readiness, registry })
+        Ok(AdminServer { listener, readiness, registry, config: Arc::from("{}") })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -100,14 +166,14 @@ impl AdminServer {
     }
 
     pub async fn serve(self) {
-        let state = Arc::new((self.readiness, self.registry));
+        let state = Arc::new((self.readiness, self.registry, self.config));
         loop {
             let Ok((tcp, _)) = self.listener.accept().await else { continue };
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(admin_response(&req, &state.0, &state.1)) }
+                    async move { Ok::<_, Infallible>(admin_response(&req, &state.0, &state.1, &state.2)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
             });
@@ -121,8 +187,14 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     resp
 }
 
-fn admin_response(req: &Request<Incoming>, readiness: &Readiness, registry: &Mutex<Registry>) -> Response<Full<Bytes>> {
+fn admin_response(
+    req: &Request<Incoming>,
+    readiness: &Readiness,
+    registry: &Mutex<Registry>,
+    config: &Arc<str>,
+) -> Response<Full<Bytes>> {
     match req.uri().path() {
+        "/debug/config" => text(StatusCode::OK, config.to_string()),
         "/healthz/ready" | "/ready" => {
             if readiness.is_ready() {
                 text(StatusCode::OK, "ready\n")
@@ -183,11 +255,5 @@ mod tests {
         let metrics = get(addr, "/metrics").await;
         assert!(metrics.contains("istio_tcp_connections_opened_total 3"), "{metrics}");
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
-    }
-
-    #[test]
-    fn log_format_parses_or_names_the_bad_value() {
-        assert_eq!("json".parse::<LogFormat>().unwrap(), LogFormat::Json);
-        assert!("xml".parse::<LogFormat>().unwrap_err().contains("xml"));
     }
 }
