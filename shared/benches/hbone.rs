@@ -61,7 +61,8 @@ struct BenchHandler;
 impl Handler for BenchHandler {
     async fn handle(&self, req: InboundConnect, responder: Responder) {
         let Ok(stream) = responder.accept() else { return };
-        let sink = (req.authority.port() != 0).then_some(BULK / req.authority.port() as usize);
+        let port = req.authority.port() as usize;
+        let sink = (port != 0).then(|| BULK / port);
         serve_stream(stream, sink).await;
     }
 }

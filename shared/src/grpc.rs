@@ -46,16 +46,20 @@ impl tower_service::Service<Uri> for TlsDialer {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let (addr, config) = (self.addr, self.config.clone());
         Box::pin(async move {
-            let tcp = TcpStream::connect(addr).await?;
+            let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
             tcp.set_nodelay(true)?;
-            let tls = TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp).await.map_err(
-                |e| {
+            let handshake = TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp);
+            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("TLS to {addr}")))?
+                .map_err(|e| {
                     io::Error::new(
                         io::ErrorKind::PermissionDenied,
                         format!("TLS to {addr}: {}", HandshakeFailure::from_io(&e)),
                     )
-                },
-            )?;
+                })?;
             Ok(TokioIo::new(tls))
         })
     }
@@ -66,7 +70,12 @@ pub fn channel(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Channel {
     // The URI only names the authority for HTTP/2; the dialer decides where to connect.
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap_or_else(|_| Endpoint::from_static("http://control-plane"));
-    endpoint.connect_with_connector_lazy(TlsDialer { addr, config })
+    // Keepalive pings notice a control plane that vanished without a FIN on an idle stream.
+    endpoint
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_with_connector_lazy(TlsDialer { addr, config })
 }
 
 /// Who is on the other end of a server-side connection.

@@ -38,6 +38,9 @@ pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 /// Streams a server accepts on one connection (peers may pool more than we do).
 pub const SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Server side: TLS plus the HTTP/2 preface must complete within this, or the connection is
+/// dropped (a client that connects and sends nothing must not pin a task).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keepalive: ping after this much silence, give up when no answer within the timeout.
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,6 +74,9 @@ pub enum HboneError {
     TlsConfig(#[from] crate::tls::TlsError),
     #[error("invalid header value for {0}")]
     Header(&'static str),
+    /// Another request's dial to the same peer just failed; this one shares the outcome.
+    #[error("peer unreachable: {0}")]
+    DialFailed(std::sync::Arc<str>),
 }
 
 impl HboneError {
@@ -126,8 +132,6 @@ fn h2_to_io(e: h2::Error) -> io::Error {
             Some(io) => io,
             None => io::Error::other("h2 I/O error"),
         }
-    } else if e.reason() == Some(h2::Reason::NO_ERROR) || e.reason() == Some(h2::Reason::CANCEL) {
-        io::Error::new(io::ErrorKind::BrokenPipe, e)
     } else {
         io::Error::new(io::ErrorKind::ConnectionReset, e)
     }
@@ -145,7 +149,7 @@ impl AsyncRead for H2Stream {
                     let _ = self.recv.flow_control().release_capacity(len);
                     self.pending = data;
                 }
-                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => return Poll::Ready(Ok(())),
+                // END_STREAM ends reads with `None` above; a reset (even NO_ERROR) is an abort.
                 Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
             }
         }

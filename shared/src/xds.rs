@@ -196,7 +196,9 @@ impl Client {
             };
             received = true;
             let ack = self.apply(response, handler);
-            synced_types.insert(ack.type_url.clone());
+            if self.versions.contains_key(ack.type_url.as_str()) {
+                synced_types.insert(ack.type_url.clone());
+            }
             if synced_types.len() >= self.config.types.len() {
                 self.synced_tx.send_replace(true);
             }

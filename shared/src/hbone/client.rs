@@ -100,16 +100,23 @@ impl Conn {
             return None;
         }
         self.streams
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max && n < CLOSING).then_some(n + 1))
             .ok()
             .map(|_| StreamSlot { conn: self.clone() })
     }
 }
 
+/// Serializes dials per key and remembers how the last one failed.
+#[derive(Default)]
+struct DialState {
+    lock: tokio::sync::Mutex<Option<Arc<str>>>,
+    attempts: std::sync::atomic::AtomicU64,
+}
+
 #[derive(Default)]
 struct PoolState {
     conns: HashMap<PoolKey, Vec<Arc<Conn>>>,
-    dialing: HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>,
+    dialing: HashMap<PoolKey, Arc<DialState>>,
     next_id: u64,
 }
 
@@ -189,24 +196,45 @@ impl Client {
         if let Some(found) = self.checkout(key) {
             return Ok(found);
         }
-        let dial_lock = lock(&self.inner.state).dialing.entry(key.clone()).or_default().clone();
-        let _dialing = dial_lock.lock().await;
-        // Someone may have dialed while we waited.
-        if let Some(found) = self.checkout(key) {
-            return Ok(found);
+        let dial = lock(&self.inner.state).dialing.entry(key.clone()).or_default().clone();
+        let attempts_before = dial.attempts.load(Ordering::Acquire);
+        let result = {
+            let mut last_failure = dial.lock.lock().await;
+            // Someone may have dialed while we waited: share their connection, or their failure
+            // (waiters must not each redial a dead peer in turn).
+            if let Some(found) = self.checkout(key) {
+                Ok(found)
+            } else if let (true, Some(failure)) =
+                (dial.attempts.load(Ordering::Acquire) != attempts_before, last_failure.as_ref())
+            {
+                Err(HboneError::DialFailed(failure.clone()))
+            } else {
+                let dialed = tokio::time::timeout(self.inner.settings.connect_timeout, self.dial(key, req))
+                    .await
+                    .unwrap_or(Err(HboneError::ConnectTimeout(req.hbone_addr)));
+                *last_failure = dialed.as_ref().err().map(|e| Arc::<str>::from(e.to_string()));
+                // Counted on completion, so everyone who queued during this dial sees it.
+                dial.attempts.fetch_add(1, Ordering::AcqRel);
+                dialed.and_then(|conn| {
+                    let slot =
+                        conn.try_claim(usize::MAX).ok_or(HboneError::DialFailed("connection closed at once".into()))?;
+                    Ok((conn, slot))
+                })
+            }
+        };
+        // Drop the key's dial state once nobody else holds it (ours + the map's = 2).
+        let mut state = lock(&self.inner.state);
+        if Arc::strong_count(&dial) <= 2 {
+            state.dialing.remove(key);
         }
-        let conn = self.dial(key, req).await?;
-        let slot = conn.try_claim(usize::MAX).ok_or(HboneError::Rejected(StatusCode::SERVICE_UNAVAILABLE))?;
-        Ok((conn, slot))
+        result
     }
 
     async fn dial(&self, key: &PoolKey, req: &ConnectRequest) -> Result<Arc<Conn>, HboneError> {
         let addr = req.hbone_addr;
         let tls = client_config(&req.source, &self.inner.roots, req.destination_identities.clone())?;
-        let tcp = tokio::time::timeout(self.inner.settings.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| HboneError::ConnectTimeout(addr))?
-            .map_err(|source| HboneError::Connect { addr, source })?;
+        // The caller bounds the whole dial (TCP, TLS, HTTP/2 preface) by the connect timeout.
+        let tcp = TcpStream::connect(addr).await.map_err(|source| HboneError::Connect { addr, source })?;
         tune_socket(&tcp).map_err(|source| HboneError::Connect { addr, source })?;
         let tls = TlsConnector::from(Arc::new(tls))
             .connect(ServerName::IpAddress(addr.ip().into()), tcp)
@@ -285,17 +313,20 @@ fn remove(pool: &Weak<Inner>, key: &PoolKey, id: u64) {
         list.retain(|c| c.id != id);
         if list.is_empty() {
             state.conns.remove(key);
-            state.dialing.remove(key);
         }
     }
 }
 
-/// Completes once the connection has carried no stream for `timeout`.
+/// Stream count that marks a connection as closing: no claim succeeds past it.
+const CLOSING: usize = usize::MAX / 2;
+
+/// Completes once the connection has carried no stream for `timeout`; from then on no stream
+/// can be claimed on it (the count is swapped from 0 to `CLOSING` atomically).
 async fn idle_watch(conn: &Conn, timeout: Duration) {
     loop {
         if conn.streams.load(Ordering::Acquire) == 0 {
             let woke = tokio::time::timeout(timeout, conn.idle.notified()).await;
-            if woke.is_err() && conn.streams.load(Ordering::Acquire) == 0 {
+            if woke.is_err() && conn.streams.compare_exchange(0, CLOSING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 return;
             }
         } else {
@@ -329,7 +360,14 @@ async fn send_connect(conn: &Conn, request: Request<()>, slot: StreamSlot) -> Re
     };
     let mut sender = conn.sender.clone().ready().await.map_err(gone)?;
     let (response, send) = sender.send_request(request, false).map_err(gone)?;
-    let response = response.await.map_err(|e| SendError::Final(handshake_error(conn.addr, e)))?;
+    let response = response.await.map_err(|e| {
+        // GOAWAY past our stream, or REFUSED_STREAM: the peer never processed it; retry elsewhere.
+        if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+            SendError::ConnectionGone(e.into())
+        } else {
+            SendError::Final(handshake_error(conn.addr, e))
+        }
+    })?;
     if response.status() != StatusCode::OK {
         return Err(SendError::Final(HboneError::Rejected(response.status())));
     }

@@ -18,8 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_CONCURRENT_STREAMS,
-    STREAM_WINDOW,
+    keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE,
+    SERVER_MAX_CONCURRENT_STREAMS, STREAM_WINDOW,
 };
 use crate::identity::Identity;
 use crate::tls::{peer_identity_of, HandshakeFailure};
@@ -121,9 +121,17 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
     }
 
     /// Accepts connections until the listener fails; each connection runs on its own task.
-    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+    pub async fn serve(self, listener: TcpListener) {
         loop {
-            let (tcp, peer) = listener.accept().await?;
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE, ECONNABORTED…: transient; keep serving.
+                    tracing::warn!(error = %e, "HBONE accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let server = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = server.serve_connection(tcp).await {
@@ -139,23 +147,25 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
         let local_addr = tcp.local_addr().map_err(|source| HboneError::Connect { addr: peer_addr, source })?;
         tune_socket(&tcp).map_err(|source| HboneError::Connect { addr: peer_addr, source })?;
         let config = self.certs.config_for(local_addr).ok_or(HboneError::Rejected(StatusCode::SERVICE_UNAVAILABLE))?;
-        let tls = TlsAcceptor::from(config)
-            .accept(tcp)
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
             .await
+            .map_err(|_| HboneError::ConnectTimeout(peer_addr))?
             .map_err(|e| HboneError::Tls { addr: peer_addr, failure: HandshakeFailure::from_io(&e) })?;
         let peer_identity = peer_identity_of(tls.get_ref().1).ok_or(HboneError::Tls {
             addr: peer_addr,
             failure: HandshakeFailure::Other("verified peer has no identity".into()),
         })?;
-        let mut connection = h2::server::Builder::new()
+        let handshake = h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
             .max_concurrent_streams(SERVER_MAX_CONCURRENT_STREAMS)
             .max_send_buffer_size(STREAM_WINDOW as usize)
             .max_header_list_size(64 * 1024)
-            .handshake::<_, Bytes>(tls)
-            .await?;
+            .handshake::<_, Bytes>(tls);
+        let mut connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| HboneError::ConnectTimeout(peer_addr))??;
         let ping = connection.ping_pong();
         let accept_loop = async {
             while let Some(next) = connection.accept().await {

@@ -286,3 +286,39 @@ fn baggage_and_forwarded_round_trip() {
     assert_eq!(f.to_str().unwrap(), "for=\"[fd00::7]:4000\";host=cart.shop.svc.cluster.local");
     assert_eq!(forwarded_for(f.to_str().unwrap()), Some("[fd00::7]:4000".parse().unwrap()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_share_a_failed_dial_instead_of_redialing() {
+    // A peer that accepts TCP and then never speaks: every dial times out.
+    let blackhole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = blackhole.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = blackhole.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(tcp);
+        }
+    });
+    let ca = TestCa::new();
+    let settings = PoolSettings { connect_timeout: Duration::from_millis(300), ..Default::default() };
+    let client = Client::new(ca.roots.clone(), settings);
+    let req = ConnectRequest {
+        source: ca.cert("shop", "front"),
+        destination_identities: vec![identity("shop", "cart")],
+        hbone_addr: addr,
+        authority: "10.0.0.9:80".parse().unwrap(),
+        headers: HeaderMap::new(),
+    };
+    let attempts = (0..20).map(|_| {
+        let (client, req) = (client.clone(), req.clone());
+        tokio::spawn(async move { client.connect(&req).await })
+    });
+    for result in futures::future::join_all(attempts).await {
+        let err = result.unwrap().unwrap_err();
+        assert!(matches!(err, HboneError::ConnectTimeout(_) | HboneError::DialFailed(_)), "{err}");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one dial for twenty waiters");
+    assert_eq!(client.connection_count(), 0);
+}
