@@ -9,25 +9,73 @@ use ambit_shared::lifecycle::{distinct_addresses, AddressClash};
 use ambit_shared::telemetry::LogArgs;
 use ambit_shared::Identity;
 
-/// The control plane: xDS server and certificate authority.
+/// The control plane: reads Kubernetes (or a directory of the same manifests), serves delta
+/// xDS to ztunnels and waypoints, and is the mesh's certificate authority.
 #[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 #[command(name = "controller", version, about)]
 pub struct Config {
-    /// Directory of Kubernetes manifests to serve (instead of a Kubernetes API server).
+    /// Serve this directory of Kubernetes manifests instead of a Kubernetes API server. Files
+    /// (`*.yaml`, `*.yml`, `*.json`, any layout) are watched; changes apply without a restart.
     #[arg(long, env = "MANIFEST_DIR")]
     pub manifests: Option<PathBuf>,
     /// SPIFFE trust domain of the mesh.
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// Cluster name written into workloads (Istio's CLUSTER_ID).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// Namespace whose policies apply mesh-wide (Istio's root namespace).
+    #[arg(long, env = "ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+    /// DNS domain of services (`<svc>.<ns>.svc.<domain>`).
+    #[arg(long, env = "DOMAIN_SUFFIX", default_value = "cluster.local")]
+    pub domain_suffix: String,
     /// xDS and CA listener (TLS), Istio's 15012.
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:15012")]
     pub grpc_addr: SocketAddr,
-    /// Admin endpoint: `/ready`, `/metrics`, `/debug/config` (Istio's monitoring port).
+    /// Admin endpoint: `/ready`, `/metrics`, `/debug/config`, `/debug/config_dump`, `/debug/rejected`.
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:15014")]
     pub admin_addr: SocketAddr,
     /// Lifetime of issued workload certificates, in seconds (Istio's SECRET_TTL).
     #[arg(long, env = "CERT_LIFETIME_SECONDS", default_value_t = 24 * 3600)]
     pub cert_lifetime_seconds: u64,
+    /// Longest lifetime a caller may ask for, in seconds.
+    #[arg(long, env = "MAX_CERT_LIFETIME_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub max_cert_lifetime_seconds: u64,
+    /// Local mode: directory keeping the root certificate and key (created on first start).
+    #[arg(long, env = "CA_DIR", default_value = "/var/lib/ambit/ca")]
+    pub ca_dir: PathBuf,
+    /// Operator-supplied root certificate (PEM); with --ca-key-file, replaces the generated root.
+    #[arg(long, env = "CA_CERT_FILE", requires = "ca_key_file")]
+    pub ca_cert_file: Option<PathBuf>,
+    /// Operator-supplied root key (PKCS#8 PEM).
+    #[arg(long, env = "CA_KEY_FILE", requires = "ca_cert_file")]
+    pub ca_key_file: Option<PathBuf>,
+    /// Kubernetes mode: the Secret (in --namespace) that keeps the root.
+    #[arg(long, env = "CA_SECRET", default_value = "ambit-ca-root")]
+    pub ca_secret: String,
+    /// Local mode: YAML file of bootstrap tokens callers authenticate with.
+    #[arg(long, env = "TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Kubernetes mode: audience service-account tokens must be issued for.
+    #[arg(long, env = "TOKEN_AUDIENCE", default_value = "istio-ca")]
+    pub token_audience: String,
+    /// Namespace the controller runs in (its identity and the root Secret's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ambit-system")]
+    pub namespace: String,
+    /// Service account the controller runs as (its serving identity).
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "ambit-controller")]
+    pub service_account: String,
+    /// Service accounts (`<ns>/<sa>`) of node proxies, allowed to request certificates for
+    /// workloads on their node.
+    #[arg(long, env = "NODE_PROXY_ACCOUNTS", value_delimiter = ',', default_value = "ambit-system/ztunnel")]
+    pub node_proxy_accounts: Vec<String>,
+    /// Quiet time before a batch of changes is pushed, in milliseconds.
+    #[arg(long, env = "PUSH_DEBOUNCE_MS", default_value_t = 100)]
+    pub push_debounce_ms: u64,
+    /// Longest a change waits for pushes during continuous churn, in milliseconds.
+    #[arg(long, env = "PUSH_MAX_DELAY_MS", default_value_t = 1000)]
+    pub push_max_delay_ms: u64,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -38,8 +86,18 @@ pub enum ConfigError {
     TrustDomain(String, ambit_shared::IdentityError),
     #[error("--cert-lifetime-seconds / CERT_LIFETIME_SECONDS {0} is outside 600..=31536000 (10 minutes to a year)")]
     CertLifetime(u64),
+    #[error("--max-cert-lifetime-seconds / MAX_CERT_LIFETIME_SECONDS {0} is below --cert-lifetime-seconds {1}")]
+    MaxCertLifetime(u64, u64),
     #[error("--manifests / MANIFEST_DIR {0:?} is not a directory")]
-    Manifests(PathBuf),
+    Manifests(std::path::PathBuf),
+    #[error("--token-file / TOKEN_FILE is required with --manifests (callers need tokens to authenticate)")]
+    NoTokenFile,
+    #[error("--node-proxy-accounts / NODE_PROXY_ACCOUNTS entry {0:?}: {1}")]
+    NodeProxy(String, String),
+    #[error("--namespace / --service-account {0:?}: {1}")]
+    OwnIdentity(String, ambit_shared::IdentityError),
+    #[error("--push-max-delay-ms {1} is below --push-debounce-ms {0}")]
+    Debounce(u64, u64),
     #[error(transparent)]
     AddressClash(#[from] AddressClash),
 }
@@ -51,10 +109,21 @@ impl Config {
         if !(600..=365 * 24 * 3600).contains(&self.cert_lifetime_seconds) {
             return Err(ConfigError::CertLifetime(self.cert_lifetime_seconds));
         }
+        if self.max_cert_lifetime_seconds < self.cert_lifetime_seconds {
+            return Err(ConfigError::MaxCertLifetime(self.max_cert_lifetime_seconds, self.cert_lifetime_seconds));
+        }
         if let Some(dir) = &self.manifests {
             if !dir.is_dir() {
                 return Err(ConfigError::Manifests(dir.clone()));
             }
+            if self.token_file.is_none() {
+                return Err(ConfigError::NoTokenFile);
+            }
+        }
+        self.node_proxies()?;
+        self.own_identity()?;
+        if self.push_max_delay_ms < self.push_debounce_ms {
+            return Err(ConfigError::Debounce(self.push_debounce_ms, self.push_max_delay_ms));
         }
         distinct_addresses(&[("--grpc-addr", self.grpc_addr), ("--admin-addr", self.admin_addr)])?;
         Ok(())
@@ -62,5 +131,33 @@ impl Config {
 
     pub fn cert_lifetime(&self) -> Duration {
         Duration::from_secs(self.cert_lifetime_seconds)
+    }
+
+    pub fn node_proxies(&self) -> Result<Vec<Identity>, ConfigError> {
+        self.node_proxy_accounts
+            .iter()
+            .map(|entry| {
+                let (ns, sa) = entry.split_once('/').ok_or_else(|| {
+                    ConfigError::NodeProxy(entry.clone(), "expected <namespace>/<service-account>".into())
+                })?;
+                Identity::new(&self.trust_domain, ns, sa)
+                    .map_err(|e| ConfigError::NodeProxy(entry.clone(), e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The identity the controller serves xDS and the CA as.
+    pub fn own_identity(&self) -> Result<Identity, ConfigError> {
+        Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
+            .map_err(|e| ConfigError::OwnIdentity(format!("{}/{}", self.namespace, self.service_account), e))
+    }
+
+    pub fn mesh(&self) -> crate::translate::MeshSettings {
+        crate::translate::MeshSettings {
+            trust_domain: self.trust_domain.clone(),
+            cluster_id: self.cluster_id.clone(),
+            root_namespace: self.root_namespace.clone(),
+            domain_suffix: self.domain_suffix.clone(),
+        }
     }
 }

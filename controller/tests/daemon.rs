@@ -1,18 +1,44 @@
-//! The controller as a real process: readiness and metrics on its admin port, and a clear
-//! refusal of a bad configuration.
+//! The controller as a real process: readiness, metrics and the debug pages on its admin
+//! port, and a clear refusal of a bad configuration.
+
+// Test helpers outside #[test] functions unwrap too: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use ambit_shared::testing::{expect_startup_failure, free_addr, http_get, Daemon};
 
 const BIN: &str = env!("CARGO_BIN_EXE_controller");
 
 #[test]
-fn serves_readiness_and_metrics() {
+fn serves_readiness_metrics_and_debug_pages() {
+    let dir = std::env::temp_dir().join(format!("ambit-controller-daemon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    std::fs::write(dir.join("manifests/ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: shop}\nspec: {ports: [{port: -1}]}\n").unwrap();
+    std::fs::write(
+        dir.join("tokens.yaml"),
+        "tokens:\n- token: 0123456789abcdef0123\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: n1\n",
+    )
+    .unwrap();
     let (admin, grpc) = (free_addr(), free_addr());
     let (a, g) = (admin.to_string(), grpc.to_string());
-    let mut d = Daemon::spawn(BIN, &["--admin-addr", &a, "--grpc-addr", &g]);
+    let m = dir.join("manifests").display().to_string();
+    let t = dir.join("tokens.yaml").display().to_string();
+    let c = dir.join("ca").display().to_string();
+    let mut d = Daemon::spawn(
+        BIN,
+        &["--admin-addr", &a, "--grpc-addr", &g, "--manifests", &m, "--token-file", &t, "--ca-dir", &c],
+    );
     d.wait_ok(admin, "/ready");
     let body = http_get(admin, "/metrics").unwrap();
     assert!(body.contains("istio_build{component=\"controller\""), "{body}");
+    assert!(body.contains("ambit_rejected_objects 1"), "{body}");
+    let rejected = http_get(admin, "/debug/rejected").unwrap();
+    assert!(rejected.contains("Service shop/bad") && rejected.contains("spec.ports[0].port"), "{rejected}");
+    let dump = http_get(admin, "/debug/config_dump").unwrap();
+    assert!(dump.contains("type.googleapis.com/istio.workload.Address"), "{dump}");
+    assert!(dir.join("ca/root-cert.pem").exists(), "root persisted");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -21,4 +47,8 @@ fn refuses_a_bad_configuration_naming_the_setting() {
     assert!(err.contains("CERT_LIFETIME_SECONDS"), "{err}");
     let err = expect_startup_failure(BIN, &["--manifests", "/nonexistent/ambit"]);
     assert!(err.contains("MANIFEST_DIR") && err.contains("/nonexistent/ambit"), "{err}");
+    let err = expect_startup_failure(BIN, &["--manifests", "/tmp"]);
+    assert!(err.contains("TOKEN_FILE"), "{err}");
+    let err = expect_startup_failure(BIN, &["--node-proxy-accounts", "ztunnel"]);
+    assert!(err.contains("NODE_PROXY_ACCOUNTS") && err.contains("ztunnel"), "{err}");
 }

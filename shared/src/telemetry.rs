@@ -78,6 +78,7 @@ pub fn spawn_admin(
     readiness: Readiness,
     registry: Arc<Mutex<Registry>>,
     config: serde_json::Value,
+    routes: Option<AdminRoutes>,
 ) -> Result<Vec<SocketAddr>, TelemetryError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let config: Arc<str> = serde_json::to_string_pretty(&config).unwrap_or_default().into();
@@ -97,6 +98,7 @@ pub fn spawn_admin(
                     match AdminServer::bind(addr, readiness.clone(), registry.clone()).await {
                         Ok(mut server) => {
                             server.config = config.clone();
+                            server.routes = routes.clone();
                             bound.push(server.local_addr().unwrap_or(addr));
                             tokio::spawn(server.serve());
                         }
@@ -149,7 +151,12 @@ pub struct AdminServer {
     pub registry: Arc<Mutex<Registry>>,
     /// The daemon's effective configuration, served at `/debug/config`.
     pub config: Arc<str>,
+    /// The daemon's own debug pages.
+    pub routes: Option<AdminRoutes>,
 }
+
+/// A daemon's extra admin pages: path → JSON body, `None` for paths it does not serve.
+pub type AdminRoutes = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 impl AdminServer {
     pub async fn bind(
@@ -158,7 +165,7 @@ impl AdminServer {
         registry: Arc<Mutex<Registry>>,
     ) -> Result<Self, TelemetryError> {
         let listener = TcpListener::bind(addr).await.map_err(|source| TelemetryError::Bind { addr, source })?;
-        Ok(AdminServer { listener, readiness, registry, config: Arc::from("{}") })
+        Ok(AdminServer { listener, readiness, registry, config: Arc::from("{}"), routes: None })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -166,14 +173,14 @@ impl AdminServer {
     }
 
     pub async fn serve(self) {
-        let state = Arc::new((self.readiness, self.registry, self.config));
+        let state = Arc::new((self.readiness, self.registry, self.config, self.routes));
         loop {
             let Ok((tcp, _)) = self.listener.accept().await else { continue };
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(admin_response(&req, &state.0, &state.1, &state.2)) }
+                    async move { Ok::<_, Infallible>(admin_response(&req, &state.0, &state.1, &state.2, state.3.as_ref())) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
             });
@@ -192,7 +199,13 @@ fn admin_response(
     readiness: &Readiness,
     registry: &Mutex<Registry>,
     config: &Arc<str>,
+    routes: Option<&AdminRoutes>,
 ) -> Response<Full<Bytes>> {
+    if let Some(body) = routes.and_then(|r| r(req.uri().path())) {
+        let mut resp = text(StatusCode::OK, body);
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        return resp;
+    }
     match req.uri().path() {
         "/debug/config" => text(StatusCode::OK, config.to_string()),
         "/healthz/ready" | "/ready" => {

@@ -318,13 +318,48 @@ pub fn client_config(
 /// callers authenticate with a token, so a client certificate is verified when offered but not
 /// required.
 pub fn control_plane_server_config(cert: &WorkloadCert, roots: &MeshRoots) -> Result<ServerConfig, TlsError> {
+    control_plane_server_config_reloadable(Arc::new(ReloadableCert::new(cert)?), roots)
+}
+
+/// A server certificate that can be replaced while serving (renewal): every new handshake
+/// gets the latest.
+#[derive(Debug)]
+pub struct ReloadableCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl ReloadableCert {
+    pub fn new(cert: &WorkloadCert) -> Result<Self, TlsError> {
+        Ok(ReloadableCert(std::sync::RwLock::new(Arc::new(certified_key(cert)?))))
+    }
+
+    pub fn replace(&self, cert: &WorkloadCert) -> Result<(), TlsError> {
+        let key = Arc::new(certified_key(cert)?);
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+}
+
+fn certified_key(cert: &WorkloadCert) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    Ok(rustls::sign::CertifiedKey::from_der(cert.chain.clone(), cert.key.clone_key(), &provider())?)
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// As [`control_plane_server_config`], with a certificate that can be renewed in place.
+pub fn control_plane_server_config_reloadable(
+    cert: Arc<ReloadableCert>,
+    roots: &MeshRoots,
+) -> Result<ServerConfig, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.store().clone(), provider())
         .allow_unauthenticated()
         .build()?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
 }

@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         readiness.clone(),
         Arc::new(Mutex::new(registry)),
         serde_json::to_value(&config).context("serializing the configuration")?,
+        None,
     )
     .context("starting the admin endpoints")?;
     tracing::info!(gateway = %config.gateway, namespace = %config.namespace, readiness = %bound[0], metrics = %bound[1], "waypoint started");

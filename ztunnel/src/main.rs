@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
         readiness.clone(),
         Arc::new(Mutex::new(registry)),
         serde_json::to_value(&config).context("serializing the configuration")?,
+        None,
     )
     .context("starting the admin endpoints")?;
     tracing::info!(node = %config.node_name, readiness = %bound[0], metrics = %bound[1], admin = %bound[2], "ztunnel started");

@@ -1,6 +1,9 @@
 //! ztunnel as a real process: readiness, metrics and configuration on the admin endpoints,
 //! and a clear refusal of a bad configuration.
 
+// Test helpers outside #[test] functions unwrap too: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use ambit_shared::testing::{expect_startup_failure, free_addr, http_get, Daemon};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ztunnel");

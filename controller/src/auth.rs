@@ -1,0 +1,184 @@
+//! Caller authentication for the xDS and CA services: a bearer token becomes a caller identity
+//! (and, for node proxies, the node they run on).
+//!
+//! Locally the operator provides a token file; in Kubernetes the API server reviews
+//! service-account tokens (`TokenReview`, see `source::kube`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ambit_shared::Identity;
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+/// Who called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub identity: Identity,
+    /// The node the caller runs on, when known (node proxies).
+    pub node: Option<String>,
+    /// The caller's pod (namespace is the identity's), when the token names it.
+    pub pod: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("no bearer token in the authorization header")]
+    NoToken,
+    #[error("token not recognised")]
+    UnknownToken,
+    #[error("token review failed: {0}")]
+    Review(String),
+    #[error("authenticated user {0:?} is not a service account")]
+    NotServiceAccount(String),
+}
+
+#[tonic::async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    async fn authenticate(&self, token: &str) -> Result<Caller, AuthError>;
+}
+
+/// Extracts and checks the bearer token of a gRPC request.
+pub async fn authenticate(auth: &dyn Authenticator, metadata: &MetadataMap) -> Result<Caller, Status> {
+    let token = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Err(Status::unauthenticated(AuthError::NoToken.to_string()));
+    };
+    auth.authenticate(token).await.map_err(|e| Status::unauthenticated(e.to_string()))
+}
+
+/// Tokens from an operator-provided YAML file:
+///
+/// ```yaml
+/// tokens:
+///   - token: 3f1c…            # a long random secret
+///     identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel
+///     node: node-1            # for node proxies
+/// ```
+#[derive(Debug, Default)]
+pub struct TokenFile {
+    tokens: HashMap<String, Caller>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("reading token file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("token file {path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFileDoc {
+    tokens: Vec<TokenEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    token: String,
+    identity: String,
+    #[serde(default)]
+    node: Option<String>,
+}
+
+/// Tokens shorter than this are refused: they could be guessed.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl TokenFile {
+    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read { path: p.clone(), source })?;
+        Self::parse(&p, &text)
+    }
+
+    pub fn parse(path: &str, text: &str) -> Result<Self, TokenFileError> {
+        let invalid = |reason: String| TokenFileError::Invalid { path: path.to_owned(), reason };
+        let doc: TokenFileDoc = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut tokens = HashMap::new();
+        for (i, e) in doc.tokens.into_iter().enumerate() {
+            if e.token.len() < MIN_TOKEN_LEN {
+                return Err(invalid(format!("tokens[{i}].token is shorter than {MIN_TOKEN_LEN} characters")));
+            }
+            let identity: Identity =
+                e.identity.parse().map_err(|err| invalid(format!("tokens[{i}].identity: {err}")))?;
+            let caller = Caller { identity, node: e.node, pod: None };
+            if tokens.insert(e.token, caller).is_some() {
+                return Err(invalid(format!("tokens[{i}].token is listed twice")));
+            }
+        }
+        Ok(TokenFile { tokens })
+    }
+}
+
+#[tonic::async_trait]
+impl Authenticator for TokenFile {
+    async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        // Compare against every entry without early exit on the first differing byte.
+        let mut found = None;
+        for (t, caller) in &self.tokens {
+            if constant_time_eq(t.as_bytes(), token.as_bytes()) {
+                found = Some(caller.clone());
+            }
+        }
+        found.ok_or(AuthError::UnknownToken)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `system:serviceaccount:<ns>:<sa>` → (ns, sa).
+pub fn service_account_of(username: &str) -> Option<(&str, &str)> {
+    let rest = username.strip_prefix("system:serviceaccount:")?;
+    rest.split_once(':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn token_file_authenticates_known_tokens_only() {
+        let f = TokenFile::parse(
+            "t.yaml",
+            "tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: node-1\n",
+        )
+        .unwrap();
+        let c = f.authenticate("aaaaaaaaaaaaaaaaaaaa").await.unwrap();
+        assert_eq!(c.identity.to_string(), "spiffe://cluster.local/ns/ambit-system/sa/ztunnel");
+        assert_eq!(c.node.as_deref(), Some("node-1"));
+        assert_eq!(f.authenticate("bbbbbbbbbbbbbbbbbbbb").await, Err(AuthError::UnknownToken));
+    }
+
+    #[test]
+    fn bad_token_files_are_refused_with_the_field() {
+        let short =
+            TokenFile::parse("t.yaml", "tokens:\n- token: short\n  identity: spiffe://cluster.local/ns/a/sa/b\n");
+        assert!(short.unwrap_err().to_string().contains("tokens[0].token"));
+        let bad_id =
+            TokenFile::parse("t.yaml", "tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  identity: cluster.local/ns/a\n");
+        assert!(bad_id.unwrap_err().to_string().contains("tokens[0].identity"));
+        let unknown = TokenFile::parse(
+            "t.yaml",
+            "tokens:\n- token: aaaaaaaaaaaaaaaaaaaa\n  identity: spiffe://cluster.local/ns/a/sa/b\n  nod: x\n",
+        );
+        assert!(unknown.unwrap_err().to_string().contains("nod"));
+    }
+
+    #[test]
+    fn service_account_usernames() {
+        assert_eq!(service_account_of("system:serviceaccount:ambit-system:ztunnel"), Some(("ambit-system", "ztunnel")));
+        assert_eq!(service_account_of("kubernetes-admin"), None);
+    }
+}

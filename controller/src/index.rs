@@ -1,0 +1,326 @@
+//! The index: applies source events to the store in batches and recomputes only the outputs
+//! they can affect, producing resource changes for the xDS state.
+//!
+//! A pod's change recomputes that pod's workload; a service's change recomputes the service
+//! and the pods its old or new selector picks; a policy's change recomputes the policy and the
+//! pods it selects; namespaces, gateways and PeerAuthentications widen that to the pods (and
+//! services) they govern. Translation warnings are kept per object for the admin endpoint.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION};
+use ambit_shared::proto::workload::{address, Address};
+use prost::Message;
+
+use crate::model::{Kind, Labels, Object, ObjectKey};
+use crate::store::{selects, Store};
+use crate::translate::authz::{self, peer_authn_outcome, PeerAuthnChain};
+use crate::translate::service::{service_resource_name, translate_service, translate_service_entry};
+use crate::translate::workload::{translate_pod, workload_uid};
+use crate::translate::MeshSettings;
+
+/// One source event.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Apply(Box<Object>),
+    Delete(ObjectKey),
+}
+
+/// One resource to publish (`body: None` removes it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub type_url: &'static str,
+    pub name: String,
+    pub body: Option<prost_types::Any>,
+}
+
+/// What a batch of events forces us to recompute.
+#[derive(Debug, Default)]
+struct Dirty {
+    pods: BTreeSet<ObjectKey>,
+    /// Pods in these namespaces whose labels match one of the selectors (None = all pods).
+    pods_in: BTreeMap<Arc<str>, Option<Vec<Labels>>>,
+    all_pods: bool,
+    objects: BTreeSet<ObjectKey>,
+    services_in: BTreeSet<Arc<str>>,
+    all_services: bool,
+    peer_authn: bool,
+}
+
+impl Dirty {
+    fn pods_matching(&mut self, ns: &Arc<str>, selector: Option<Labels>) {
+        let entry = self.pods_in.entry(ns.clone()).or_insert_with(|| Some(Vec::new()));
+        match (entry, selector) {
+            (Some(list), Some(sel)) => list.push(sel),
+            (e, _) => *e = None,
+        }
+    }
+}
+
+/// The synthetic owner of mesh-wide outputs (the static STRICT policy).
+fn mesh_owner() -> ObjectKey {
+    ObjectKey { kind: Kind::PeerAuthentication, namespace: "".into(), name: "".into() }
+}
+
+pub struct Index {
+    store: Store,
+    mesh: MeshSettings,
+    /// Which outputs each object produced, so a recompute can remove what it no longer makes.
+    emitted: HashMap<ObjectKey, Vec<(&'static str, String)>>,
+    warnings: BTreeMap<ObjectKey, Vec<String>>,
+}
+
+fn any<M: Message>(type_url: &str, m: &M) -> prost_types::Any {
+    prost_types::Any { type_url: type_url.to_owned(), value: m.encode_to_vec() }
+}
+
+fn selector_of(object: &Object) -> Option<Labels> {
+    match object {
+        Object::Service(s) => s.spec.selector.clone(),
+        Object::AuthorizationPolicy(p) => p.spec.selector.as_ref().map(|s| s.match_labels.clone()),
+        _ => None,
+    }
+}
+
+impl Index {
+    pub fn new(mesh: MeshSettings) -> Self {
+        Index { store: Store::default(), mesh, emitted: HashMap::new(), warnings: BTreeMap::new() }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn mesh(&self) -> &MeshSettings {
+        &self.mesh
+    }
+
+    /// Translation warnings per object.
+    pub fn warnings(&self) -> &BTreeMap<ObjectKey, Vec<String>> {
+        &self.warnings
+    }
+
+    /// Applies a batch of events and returns the resource changes they cause.
+    pub fn apply(&mut self, events: Vec<Event>) -> Vec<Change> {
+        let mut dirty = Dirty::default();
+        for event in events {
+            let (key, previous, current) = match event {
+                Event::Apply(object) => {
+                    let key = object.key();
+                    let previous = self.store.upsert(*object);
+                    (key.clone(), previous, self.store.get(&key).cloned())
+                }
+                Event::Delete(key) => {
+                    let previous = self.store.remove(&key);
+                    (key, previous, None)
+                }
+            };
+            // Unchanged objects (a re-read file, a resync) cost nothing downstream.
+            if previous == current {
+                continue;
+            }
+            self.mark(&mut dirty, &key, previous.as_ref(), current.as_ref());
+        }
+        self.recompute(dirty)
+    }
+
+    fn mark(&self, dirty: &mut Dirty, key: &ObjectKey, previous: Option<&Object>, current: Option<&Object>) {
+        let ns = &key.namespace;
+        match key.kind {
+            Kind::Pod => {
+                dirty.pods.insert(key.clone());
+            }
+            Kind::Namespace => {
+                dirty.pods_matching(&key.name, None);
+                dirty.services_in.insert(key.name.clone());
+            }
+            Kind::Service => {
+                dirty.objects.insert(key.clone());
+                for sel in [previous, current].into_iter().flatten().filter_map(selector_of) {
+                    if !sel.is_empty() {
+                        dirty.pods_matching(ns, Some(sel));
+                    }
+                }
+            }
+            Kind::ServiceEntry => {
+                dirty.objects.insert(key.clone());
+            }
+            Kind::AuthorizationPolicy => {
+                dirty.objects.insert(key.clone());
+                for sel in [previous, current].into_iter().flatten().filter_map(selector_of) {
+                    if **ns == *self.mesh.root_namespace {
+                        dirty.all_pods = true;
+                    } else {
+                        dirty.pods_matching(ns, Some(sel));
+                    }
+                }
+            }
+            Kind::PeerAuthentication => {
+                dirty.peer_authn = true;
+                if **ns == *self.mesh.root_namespace {
+                    dirty.all_pods = true;
+                } else {
+                    dirty.pods_matching(ns, None);
+                }
+            }
+            Kind::Gateway => {
+                dirty.all_pods = true;
+                dirty.all_services = true;
+            }
+            Kind::Node | Kind::ServiceAccount => {}
+        }
+    }
+
+    fn recompute(&mut self, dirty: Dirty) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut pods: BTreeSet<ObjectKey> = dirty.pods;
+        if dirty.all_pods {
+            pods.extend(self.store.list(Kind::Pod, None).map(Object::key));
+        } else {
+            for (ns, selectors) in &dirty.pods_in {
+                for object in self.store.list(Kind::Pod, Some(ns)) {
+                    let Object::Pod(p) = object else { continue };
+                    let hit = selectors.as_ref().is_none_or(|sels| sels.iter().any(|s| selects(s, &p.metadata.labels)));
+                    if hit {
+                        pods.insert(object.key());
+                    }
+                }
+            }
+        }
+        let mut objects = dirty.objects;
+        let service_kinds = [Kind::Service, Kind::ServiceEntry];
+        if dirty.all_services {
+            for kind in service_kinds {
+                objects.extend(self.store.list(kind, None).map(Object::key));
+            }
+        } else {
+            for ns in &dirty.services_in {
+                for kind in service_kinds {
+                    objects.extend(self.store.list(kind, Some(ns)).map(Object::key));
+                }
+            }
+        }
+        for key in pods.iter().chain(objects.iter()) {
+            let outputs = self.translate(key);
+            self.replace_outputs(key.clone(), outputs, &mut changes);
+        }
+        if dirty.peer_authn {
+            let outputs = self.peer_authn_outputs();
+            self.replace_outputs(mesh_owner(), outputs, &mut changes);
+        }
+        changes
+    }
+
+    /// Everything one object produces now (empty when it is gone or produces nothing).
+    fn translate(&mut self, key: &ObjectKey) -> Vec<Change> {
+        let Some(object) = self.store.get(key) else {
+            self.warnings.remove(key);
+            return Vec::new();
+        };
+        let mesh = &self.mesh;
+        match object {
+            Object::Pod(p) => translate_pod(p, &self.store, mesh)
+                .map(|w| {
+                    let addr = Address { r#type: Some(address::Type::Workload(w)) };
+                    let name = workload_uid(mesh, &key.namespace, &key.name);
+                    vec![Change { type_url: ADDRESS, name, body: Some(any(ADDRESS, &addr)) }]
+                })
+                .unwrap_or_default(),
+            Object::Service(s) => translate_service(s, &self.store, mesh)
+                .map(|svc| {
+                    let name = service_resource_name(&svc.namespace, &svc.hostname);
+                    let addr = Address { r#type: Some(address::Type::Service(svc)) };
+                    vec![Change { type_url: ADDRESS, name, body: Some(any(ADDRESS, &addr)) }]
+                })
+                .unwrap_or_default(),
+            Object::ServiceEntry(se) => translate_service_entry(se, &self.store, mesh)
+                .into_iter()
+                .map(|svc| {
+                    let name = service_resource_name(&svc.namespace, &svc.hostname);
+                    let addr = Address { r#type: Some(address::Type::Service(svc)) };
+                    Change { type_url: ADDRESS, name, body: Some(any(ADDRESS, &addr)) }
+                })
+                .collect(),
+            Object::AuthorizationPolicy(p) => {
+                let translated = authz::translate_policy(p, mesh);
+                if translated.warnings.is_empty() {
+                    self.warnings.remove(key);
+                } else {
+                    for w in &translated.warnings {
+                        tracing::warn!(object = %key, warning = %w, "authorization policy translated with loss");
+                    }
+                    self.warnings.insert(key.clone(), translated.warnings);
+                }
+                translated
+                    .authorization
+                    .map(|a| {
+                        let name = format!("{}/{}", a.namespace, a.name);
+                        vec![Change { type_url: AUTHORIZATION, name, body: Some(any(AUTHORIZATION, &a)) }]
+                    })
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The static STRICT policy (when any PeerAuthentication exists) and the converted
+    /// port-level policies.
+    fn peer_authn_outputs(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        let all: Vec<_> = self.store.peer_authentications(None).collect();
+        if all.is_empty() {
+            return out;
+        }
+        let strict = authz::static_strict(&self.mesh);
+        out.push(Change {
+            type_url: AUTHORIZATION,
+            name: format!("{}/{}", strict.namespace, strict.name),
+            body: Some(any(AUTHORIZATION, &strict)),
+        });
+        for pa in all.iter().filter(|p| !p.spec.port_level_mtls.is_empty()) {
+            let ns = pa.metadata.namespace.as_deref().unwrap_or_default();
+            if ns == self.mesh.root_namespace {
+                continue;
+            }
+            // The mesh and namespace policies are the same for every workload of `ns`.
+            let no_selector = |p: &&&crate::model::PeerAuthentication| p.spec.selector.is_none();
+            let chain = PeerAuthnChain {
+                mesh: all
+                    .iter()
+                    .filter(|p| p.metadata.namespace.as_deref() == Some(&self.mesh.root_namespace))
+                    .find(no_selector)
+                    .copied(),
+                namespace: all
+                    .iter()
+                    .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+                    .find(no_selector)
+                    .copied(),
+                workload: Some(pa),
+            };
+            if let Some(converted) = peer_authn_outcome(&chain).converted {
+                out.push(Change {
+                    type_url: AUTHORIZATION,
+                    name: format!("{}/{}", converted.namespace, converted.name),
+                    body: Some(any(AUTHORIZATION, &converted)),
+                });
+            }
+        }
+        out
+    }
+
+    fn replace_outputs(&mut self, owner: ObjectKey, outputs: Vec<Change>, changes: &mut Vec<Change>) {
+        let names: Vec<(&'static str, String)> = outputs.iter().map(|c| (c.type_url, c.name.clone())).collect();
+        let previous =
+            if names.is_empty() { self.emitted.remove(&owner) } else { self.emitted.insert(owner, names.clone()) };
+        for (type_url, name) in previous.unwrap_or_default() {
+            if !names.iter().any(|(t, n)| *t == type_url && *n == name) {
+                changes.push(Change { type_url, name, body: None });
+            }
+        }
+        changes.extend(outputs);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! Incremental recomputation: each event changes exactly the resources it should.
+
+use ambit_shared::proto::workload::{address, Address, TunnelProtocol, Workload};
+use prost::Message;
+
+use super::*;
+use crate::manifest::{parse_object, split_yaml, Parsed};
+
+fn objects(yaml: &str) -> Vec<Event> {
+    let (docs, err) = split_yaml("t", yaml);
+    assert!(err.is_none());
+    docs.into_iter()
+        .map(|d| match parse_object("t", d).unwrap() {
+            Parsed::Object(o) => Event::Apply(o),
+            Parsed::Ignored { .. } => panic!("ignored"),
+        })
+        .collect()
+}
+
+fn names(changes: &[Change]) -> Vec<(String, bool)> {
+    let mut v: Vec<_> = changes.iter().map(|c| (c.name.clone(), c.body.is_some())).collect();
+    v.sort();
+    v
+}
+
+fn workload(changes: &[Change], name: &str) -> Workload {
+    let c = changes.iter().find(|c| c.name == name).expect(name);
+    match Address::decode(c.body.as_ref().unwrap().value.as_slice()).unwrap().r#type {
+        Some(address::Type::Workload(w)) => w,
+        other => panic!("{other:?}"),
+    }
+}
+
+const BASE: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart-1, namespace: shop, labels: {app: cart}}
+spec:
+  nodeName: node-1
+  serviceAccountName: cart
+  containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]
+status: {phase: Running, podIP: 10.1.0.5, conditions: [{type: Ready, status: 'True'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: front-1, namespace: shop, labels: {app: front}}
+spec: {nodeName: node-2}
+status: {phase: Running, podIP: 10.1.0.6}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec: {clusterIP: 10.96.0.10, selector: {app: cart}, ports: [{port: 80, targetPort: http}]}
+";
+
+#[test]
+fn initial_load_translates_everything_once() {
+    let mut index = Index::new(MeshSettings::default());
+    let changes = index.apply(objects(BASE));
+    assert_eq!(
+        names(&changes),
+        vec![
+            ("Kubernetes//Pod/shop/cart-1".to_owned(), true),
+            ("Kubernetes//Pod/shop/front-1".to_owned(), true),
+            ("shop/cart.shop.svc.cluster.local".to_owned(), true),
+        ]
+    );
+    let cart = workload(&changes, "Kubernetes//Pod/shop/cart-1");
+    assert_eq!(cart.addresses, vec![vec![10, 1, 0, 5]]);
+    assert_eq!(cart.service_account, "cart");
+    assert_eq!(cart.node, "node-1");
+    assert_eq!(cart.tunnel_protocol, TunnelProtocol::None as i32, "namespace not in the mesh yet");
+    assert_eq!(cart.canonical_name, "cart");
+    assert_eq!(cart.status, 0, "ready pod is healthy");
+    let ports = &cart.services["shop/cart.shop.svc.cluster.local"].ports;
+    assert_eq!((ports[0].service_port, ports[0].target_port), (80, 8080), "named targetPort resolved");
+    assert_eq!(workload(&changes, "Kubernetes//Pod/shop/front-1").status, 1, "no Ready condition: unhealthy");
+}
+
+#[test]
+fn a_pod_change_recomputes_only_that_pod() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let changes = index.apply(objects(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: cart-1, namespace: shop, labels: {app: cart}}\nspec: {nodeName: node-1, serviceAccountName: cart}\nstatus: {phase: Running, podIP: 10.1.0.99}",
+    ));
+    assert_eq!(names(&changes), vec![("Kubernetes//Pod/shop/cart-1".to_owned(), true)]);
+    // Re-applying an identical object changes nothing at all.
+    let same = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}";
+    assert!(index.apply(objects(same)).is_empty());
+}
+
+#[test]
+fn labelling_the_namespace_enrolls_its_pods() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let changes = index.apply(objects(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}",
+    ));
+    assert_eq!(names(&changes).len(), 3, "two pods and the service: {:?}", names(&changes));
+    assert_eq!(workload(&changes, "Kubernetes//Pod/shop/cart-1").tunnel_protocol, TunnelProtocol::Hbone as i32);
+}
+
+#[test]
+fn deleting_a_service_removes_it_and_updates_the_pods_it_selected() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let key = ObjectKey { kind: Kind::Service, namespace: "shop".into(), name: "cart".into() };
+    let changes = index.apply(vec![Event::Delete(key)]);
+    assert_eq!(
+        names(&changes),
+        vec![("Kubernetes//Pod/shop/cart-1".to_owned(), true), ("shop/cart.shop.svc.cluster.local".to_owned(), false),]
+    );
+    assert!(workload(&changes, "Kubernetes//Pod/shop/cart-1").services.is_empty());
+}
+
+#[test]
+fn a_selector_policy_is_published_and_listed_on_the_pods_it_selects() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let changes = index.apply(objects(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: only-front, namespace: shop}\nspec:\n  selector: {matchLabels: {app: cart}}\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/front]}}]}]",
+    ));
+    assert_eq!(
+        names(&changes),
+        vec![("Kubernetes//Pod/shop/cart-1".to_owned(), true), ("shop/only-front".to_owned(), true),]
+    );
+    assert_eq!(workload(&changes, "Kubernetes//Pod/shop/cart-1").authorization_policies, vec!["shop/only-front"]);
+}
+
+#[test]
+fn strict_peer_authentication_publishes_the_static_policy() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let changes = index.apply(objects(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}",
+    ));
+    assert!(names(&changes).contains(&("istio-system/istio_converted_static_strict".to_owned(), true)));
+    assert_eq!(
+        workload(&changes, "Kubernetes//Pod/shop/front-1").authorization_policies,
+        vec!["istio-system/istio_converted_static_strict"]
+    );
+    let key = ObjectKey { kind: Kind::PeerAuthentication, namespace: "shop".into(), name: "default".into() };
+    let changes = index.apply(vec![Event::Delete(key)]);
+    assert!(names(&changes).contains(&("istio-system/istio_converted_static_strict".to_owned(), false)));
+}
+
+#[test]
+fn use_waypoint_points_services_at_the_gateway() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let changes = index.apply(objects(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}",
+    ));
+    let svc = changes.iter().find(|c| c.name == "shop/cart.shop.svc.cluster.local").expect("service recomputed");
+    let Some(address::Type::Service(s)) = Address::decode(svc.body.as_ref().unwrap().value.as_slice()).unwrap().r#type
+    else {
+        panic!()
+    };
+    let wp = s.waypoint.expect("waypoint set");
+    assert_eq!(wp.hbone_mtls_port, 15008);
+    assert!(format!("{:?}", wp.destination).contains("waypoint.shop.svc.cluster.local"));
+    // waypoint-for defaults to service: workloads keep going direct.
+    assert!(workload(&changes, "Kubernetes//Pod/shop/cart-1").waypoint.is_none());
+}

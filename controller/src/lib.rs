@@ -1,0 +1,23 @@
+//! Ambit's control plane.
+//!
+//! Layers, in dependency order (the model and translation know nothing of kube-rs or tonic):
+//! - [`model`], [`manifest`]: the objects we read and their parsing/validation;
+//! - [`store`], [`translate`], [`index`]: the current objects, their translation to ztunnel
+//!   resources, and incremental recomputation;
+//! - [`xds`], [`ca`], [`auth`]: the gRPC services (delta ADS, certificates) and caller
+//!   authentication;
+//! - [`source`]: manifest directory and Kubernetes inputs;
+//! - [`run`]: wiring it together; [`config`], [`metrics`].
+
+pub mod auth;
+pub mod ca;
+pub mod config;
+pub mod index;
+pub mod manifest;
+pub mod metrics;
+pub mod model;
+pub mod run;
+pub mod source;
+pub mod store;
+pub mod translate;
+pub mod xds;

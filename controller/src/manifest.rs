@@ -1,0 +1,329 @@
+//! Parsing and validation: a YAML or JSON document in, a model `Object` out — or a
+//! `Rejection` naming the object, the field and the reason.
+//!
+//! Both sources call `parse_object`, so a manifest file and the Kubernetes API are held to the
+//! same rules. Validation rejects what we could not enforce faithfully; it never guesses.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::de::DeserializeOwned;
+
+use crate::model::*;
+
+/// Why an input was refused, with enough context to find it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    /// `Kind ns/name` when known, otherwise what is known (`document 3 of x.yaml`).
+    pub object: String,
+    /// Dotted path of the offending field (`spec.rules[0].from[1].source.principals[0]`), or
+    /// empty when the whole document is at fault.
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.object, self.reason)
+        } else {
+            write!(f, "{}: field {}: {}", self.object, self.field, self.reason)
+        }
+    }
+}
+
+/// A parsed document: an object we read, or one we ignore by kind.
+#[derive(Debug)]
+pub enum Parsed {
+    Object(Box<Object>),
+    /// A valid Kubernetes object of a kind we do not read (Deployment, ConfigMap…).
+    Ignored {
+        api_version: String,
+        kind: String,
+    },
+}
+
+fn reject(object: impl Into<String>, field: impl Into<String>, reason: impl Into<String>) -> Rejection {
+    Rejection { object: object.into(), field: field.into(), reason: reason.into() }
+}
+
+/// Splits a multi-document YAML text into JSON values. A syntax error rejects the rest of the
+/// file from that document on (YAML cannot resynchronise), naming the document.
+pub fn split_yaml(origin: &str, text: &str) -> (Vec<serde_json::Value>, Option<Rejection>) {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        match serde_json::Value::deserialize(doc) {
+            Ok(serde_json::Value::Null) => continue, // empty document (`---` at the end)
+            Ok(v) => out.push(v),
+            Err(e) => {
+                return (
+                    out,
+                    Some(reject(format!("document {} of {origin}", i + 1), "", format!("invalid YAML: {e}"))),
+                );
+            }
+        }
+    }
+    (out, None)
+}
+
+/// Parses one document into a model object and validates it.
+pub fn parse_object(origin: &str, value: serde_json::Value) -> Result<Parsed, Rejection> {
+    let Some(obj) = value.as_object() else {
+        return Err(reject(origin, "", "a manifest must be a mapping with apiVersion, kind and metadata"));
+    };
+    let api_version = obj.get("apiVersion").and_then(|v| v.as_str());
+    let kind = obj.get("kind").and_then(|v| v.as_str());
+    let (Some(api_version), Some(kind)) = (api_version, kind) else {
+        let missing = if api_version.is_none() { "apiVersion" } else { "kind" };
+        return Err(reject(origin, missing, "required field is missing or not a string"));
+    };
+    if kind == "List" {
+        return Err(reject(origin, "kind", "List objects are not supported; write the items as separate documents"));
+    }
+    let name = obj.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("");
+    let ns = obj.get("metadata").and_then(|m| m.get("namespace")).and_then(|n| n.as_str());
+    let Some(k) = Kind::from_type(api_version, kind) else {
+        return match known_but_unread(api_version, kind) {
+            Some(true) => Ok(Parsed::Ignored { api_version: api_version.to_owned(), kind: kind.to_owned() }),
+            Some(false) => Err(reject(
+                format!("{kind} {}", ns.map(|n| format!("{n}/{name}")).unwrap_or(name.to_owned())),
+                "kind",
+                format!("unknown kind {kind:?} in {api_version}"),
+            )),
+            // Another project's API group: not ours to judge.
+            None => Ok(Parsed::Ignored { api_version: api_version.to_owned(), kind: kind.to_owned() }),
+        };
+    };
+    let label = match ns {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    };
+    if name.is_empty() {
+        return Err(reject(label, "metadata.name", "required field is missing or empty"));
+    }
+    let mut object = match k {
+        Kind::Namespace => Object::Namespace(typed(&label, value)?),
+        Kind::Node => Object::Node(typed(&label, value)?),
+        Kind::Pod => Object::Pod(typed(&label, value)?),
+        Kind::Service => Object::Service(typed(&label, value)?),
+        Kind::ServiceAccount => Object::ServiceAccount(typed(&label, value)?),
+        Kind::AuthorizationPolicy => Object::AuthorizationPolicy(typed(&label, value)?),
+        Kind::PeerAuthentication => Object::PeerAuthentication(typed(&label, value)?),
+        Kind::ServiceEntry => Object::ServiceEntry(typed(&label, value)?),
+        Kind::Gateway => Object::Gateway(typed(&label, value)?),
+    };
+    normalize_namespace(&mut object);
+    validate(&label, &object)?;
+    Ok(Parsed::Object(Box::new(object)))
+}
+
+/// For API groups we know: `Some(true)` for a real kind we do not read (Deployment, ConfigMap,
+/// VirtualService…), `Some(false)` for a kind that does not exist there (a typo). `None` for
+/// groups we do not know.
+fn known_but_unread(api_version: &str, kind: &str) -> Option<bool> {
+    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+    let kinds: &[&str] = match group {
+        "" => &[
+            "ConfigMap",
+            "Secret",
+            "Endpoints",
+            "Event",
+            "LimitRange",
+            "PersistentVolume",
+            "PersistentVolumeClaim",
+            "PodTemplate",
+            "ReplicationController",
+            "ResourceQuota",
+            "Binding",
+            "ComponentStatus",
+        ],
+        "apps" => &["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ControllerRevision"],
+        "batch" => &["Job", "CronJob"],
+        "security.istio.io" => &["RequestAuthentication"],
+        "networking.istio.io" => &[
+            "DestinationRule",
+            "VirtualService",
+            "Sidecar",
+            "Gateway",
+            "WorkloadEntry",
+            "WorkloadGroup",
+            "ProxyConfig",
+            "EnvoyFilter",
+        ],
+        "gateway.networking.k8s.io" => &[
+            "GatewayClass",
+            "HTTPRoute",
+            "GRPCRoute",
+            "TCPRoute",
+            "TLSRoute",
+            "UDPRoute",
+            "ReferenceGrant",
+            "BackendTLSPolicy",
+        ],
+        "telemetry.istio.io" => &["Telemetry"],
+        _ => return None,
+    };
+    Some(kinds.contains(&kind))
+}
+
+fn typed<T: DeserializeOwned>(label: &str, value: serde_json::Value) -> Result<T, Rejection> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        reject(label, field, e.into_inner().to_string())
+    })
+}
+
+/// Namespaced objects without a namespace live in `default`, as `kubectl apply` puts them.
+fn normalize_namespace(object: &mut Object) {
+    if !object.kind().is_namespaced() {
+        return;
+    }
+    let meta = match object {
+        Object::Pod(o) => &mut o.metadata,
+        Object::Service(o) => &mut o.metadata,
+        Object::ServiceAccount(o) => &mut o.metadata,
+        Object::AuthorizationPolicy(o) => &mut o.metadata,
+        Object::PeerAuthentication(o) => &mut o.metadata,
+        Object::ServiceEntry(o) => &mut o.metadata,
+        Object::Gateway(o) => &mut o.metadata,
+        Object::Namespace(_) | Object::Node(_) => return,
+    };
+    if meta.namespace.as_deref().unwrap_or("").is_empty() {
+        meta.namespace = Some("default".into());
+    }
+}
+
+fn validate(label: &str, object: &Object) -> Result<(), Rejection> {
+    let r = |field: String, reason: String| reject(label, field, reason);
+    validate_labels(label, "metadata.labels", &object.meta().labels)?;
+    match object {
+        Object::Pod(p) => {
+            for (i, ip) in p.status.pod_ips.iter().enumerate() {
+                ip.ip
+                    .parse::<IpAddr>()
+                    .map_err(|_| r(format!("status.podIPs[{i}].ip"), format!("{:?} is not an IP address", ip.ip)))?;
+            }
+            if let Some(ip) = &p.status.pod_ip {
+                ip.parse::<IpAddr>().map_err(|_| r("status.podIP".into(), format!("{ip:?} is not an IP address")))?;
+            }
+        }
+        Object::Service(s) => {
+            let mut seen = BTreeSet::new();
+            for (i, port) in s.spec.ports.iter().enumerate() {
+                if port.port == 0 {
+                    return Err(r(format!("spec.ports[{i}].port"), "must be 1-65535".into()));
+                }
+                let proto = port.protocol.as_deref().unwrap_or("TCP");
+                if !seen.insert((port.port, proto.to_owned())) {
+                    return Err(r(format!("spec.ports[{i}].port"), format!("duplicate port {} ({proto})", port.port)));
+                }
+                if let Some(IntOrString::Int(t)) = &port.target_port {
+                    if !(1..=65535).contains(t) {
+                        return Err(r(format!("spec.ports[{i}].targetPort"), format!("{t} is not a port (1-65535)")));
+                    }
+                }
+            }
+            for (i, ip) in s.spec.cluster_ips.iter().enumerate() {
+                if ip != "None" && ip.parse::<IpAddr>().is_err() {
+                    return Err(r(format!("spec.clusterIPs[{i}]"), format!("{ip:?} is not an IP address")));
+                }
+            }
+            if let Some(ip) = &s.spec.cluster_ip {
+                if ip != "None" && !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
+                    return Err(r("spec.clusterIP".into(), format!("{ip:?} is not an IP address")));
+                }
+            }
+            if let Some(sel) = &s.spec.selector {
+                validate_labels(label, "spec.selector", sel)?;
+            }
+        }
+        Object::AuthorizationPolicy(p) => crate::translate::authz::validate(label, p)?,
+        Object::PeerAuthentication(p) => {
+            if let Some(sel) = &p.spec.selector {
+                validate_labels(label, "spec.selector.matchLabels", &sel.match_labels)?;
+            }
+            let check_mode = |field: String, m: &MutualTls| match m.mode.as_deref() {
+                None | Some("UNSET" | "DISABLE" | "PERMISSIVE" | "STRICT") => Ok(()),
+                Some(other) => Err(r(field, format!("unknown mode {other:?} (UNSET, DISABLE, PERMISSIVE, STRICT)"))),
+            };
+            if let Some(m) = &p.spec.mtls {
+                check_mode("spec.mtls.mode".into(), m)?;
+            }
+            for (port, m) in &p.spec.port_level_mtls {
+                if port.parse::<u16>().map_or(true, |p| p == 0) {
+                    return Err(r(format!("spec.portLevelMtls.{port}"), format!("{port:?} is not a port number")));
+                }
+                check_mode(format!("spec.portLevelMtls.{port}.mode"), m)?;
+            }
+            if !p.spec.port_level_mtls.is_empty() && p.spec.selector.is_none() {
+                return Err(r("spec.portLevelMtls".into(), "port-level mTLS needs a workload selector".into()));
+            }
+        }
+        Object::ServiceEntry(se) => {
+            if se.spec.hosts.is_empty() {
+                return Err(r("spec.hosts".into(), "at least one host is required".into()));
+            }
+            let mut seen = BTreeSet::new();
+            for (i, p) in se.spec.ports.iter().enumerate() {
+                if p.number == 0 || !seen.insert(p.number) {
+                    return Err(r(
+                        format!("spec.ports[{i}].number"),
+                        format!("port {} is zero or duplicated", p.number),
+                    ));
+                }
+            }
+            for (i, a) in se.spec.addresses.iter().enumerate() {
+                if parse_cidr(a).is_none() {
+                    return Err(r(format!("spec.addresses[{i}]"), format!("{a:?} is not an IP address or CIDR")));
+                }
+            }
+        }
+        Object::Gateway(g) => {
+            if g.spec.gateway_class_name.is_empty() {
+                return Err(r("spec.gatewayClassName".into(), "required".into()));
+            }
+        }
+        Object::Namespace(_) | Object::Node(_) | Object::ServiceAccount(_) => {}
+    }
+    Ok(())
+}
+
+/// Label keys: optional DNS-subdomain prefix, then a name of ≤63 characters; values ≤63,
+/// alphanumerics with `-_.` inside.
+pub fn validate_labels(label: &str, field: &str, labels: &Labels) -> Result<(), Rejection> {
+    fn name_ok(s: &str) -> bool {
+        s.len() <= 63
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && s.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
+            && s.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
+    }
+    for (k, v) in labels {
+        let name = k.rsplit_once('/').map_or(k.as_str(), |(_, n)| n);
+        if name.is_empty() || !name_ok(name) || k.len() > 316 {
+            return Err(reject(label, format!("{field}.{k}"), format!("{k:?} is not a valid label key")));
+        }
+        if !name_ok(v) {
+            return Err(reject(label, format!("{field}.{k}"), format!("{v:?} is not a valid label value")));
+        }
+    }
+    Ok(())
+}
+
+/// `10.0.0.0/8`, `10.1.2.3` (a /32), `fd00::/8`.
+pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?),
+        None => {
+            let ip = s.parse::<IpAddr>().ok()?;
+            (ip, if ip.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((ip, len))
+}
+
+#[cfg(test)]
+mod tests;

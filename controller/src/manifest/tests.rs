@@ -1,0 +1,127 @@
+use super::*;
+
+fn parse(yaml: &str) -> Result<Parsed, Rejection> {
+    let (mut docs, err) = split_yaml("t.yaml", yaml);
+    assert!(err.is_none(), "{err:?}");
+    parse_object("document 1 of t.yaml", docs.remove(0))
+}
+
+fn rejected(yaml: &str) -> Rejection {
+    parse(yaml).expect_err("should be rejected")
+}
+
+#[test]
+fn parses_the_kinds_we_read() {
+    let p = parse(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop, labels: {app: web}}\nspec: {nodeName: n1}\nstatus: {podIP: 10.1.0.5}",
+    )
+    .unwrap();
+    let Parsed::Object(o) = p else { panic!("ignored") };
+    assert_eq!(o.key().to_string(), "Pod shop/web-1");
+    let p = parse(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny}\nspec: {action: DENY}",
+    )
+    .unwrap();
+    let Parsed::Object(o) = p else { panic!("ignored") };
+    assert_eq!(o.key().namespace.as_ref(), "default", "namespaced objects default to `default`");
+}
+
+#[test]
+fn kinds_we_do_not_read_are_ignored_but_typos_are_rejected() {
+    assert!(matches!(
+        parse("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}").unwrap(),
+        Parsed::Ignored { .. }
+    ));
+    assert!(matches!(
+        parse("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}").unwrap(),
+        Parsed::Ignored { .. }
+    ));
+    let r =
+        rejected("apiVersion: security.istio.io/v1\nkind: AuthorisationPolicy\nmetadata: {name: p, namespace: shop}");
+    assert_eq!(r.field, "kind");
+    assert!(r.reason.contains("unknown kind \"AuthorisationPolicy\""), "{r}");
+    assert!(r.object.contains("shop/p"), "{r}");
+}
+
+#[test]
+fn invalid_yaml_names_the_document() {
+    let (docs, err) =
+        split_yaml("bad.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: [unclosed\n");
+    assert_eq!(docs.len(), 1, "the good document before the error is kept");
+    let err = err.unwrap();
+    assert!(err.object.contains("document 2 of bad.yaml"), "{err}");
+    assert!(err.reason.contains("invalid YAML"), "{err}");
+}
+
+#[test]
+fn wrong_types_name_the_field() {
+    let r = rejected(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  ports:\n  - port: http\n",
+    );
+    assert_eq!(r.object, "Service shop/web");
+    assert_eq!(r.field, "spec.ports[0].port");
+    let r = rejected("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: [a, b]}");
+    assert_eq!(r.field, "metadata.labels");
+}
+
+#[test]
+fn missing_required_fields_are_named() {
+    assert_eq!(rejected("kind: Pod\nmetadata: {name: x}").field, "apiVersion");
+    assert_eq!(rejected("apiVersion: v1\nmetadata: {name: x}").field, "kind");
+    assert_eq!(rejected("apiVersion: v1\nkind: Pod\nmetadata: {namespace: a}").field, "metadata.name");
+    let r = rejected("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: a}\nspec: {listeners: []}");
+    assert_eq!(r.field, "spec");
+    assert!(r.reason.contains("gatewayClassName"), "{r}");
+    assert!(rejected("- just\n- a list").reason.contains("mapping"));
+}
+
+#[test]
+fn semantic_errors_name_the_field() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}, {port: 80}]}",
+            "spec.ports[1].port",
+            "duplicate port 80",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {selector: {app: 'not valid!'}}",
+            "spec.selector.app",
+            "not a valid label value",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIP: 10.0.0.300}",
+            "status.podIP",
+            "not an IP address",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: REJECT}",
+            "spec.action",
+            "unknown action",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/a]}",
+            "spec.rules[0].from[0].source.principals[0]",
+            "malformed principal",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n  - to:\n    - operation: {ports: [http]}",
+            "spec.rules[0].to[0].operation.ports[0]",
+            "not a port",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {selector: {matchLabels: {'': x}}}",
+            "spec.selector.matchLabels.",
+            "not a valid label key",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mtls: {mode: MAYBE}}",
+            "spec.mtls.mode",
+            "unknown mode",
+        ),
+    ];
+    for (yaml, field, reason) in cases {
+        let r = rejected(yaml);
+        assert_eq!(r.field, *field, "{r}");
+        assert!(r.reason.contains(reason), "{r}");
+    }
+}

@@ -1,0 +1,225 @@
+//! Wiring: the source feeds the index, the index publishes to the xDS state, and one TLS
+//! listener serves delta ADS and the CA. Admin endpoints run on their own thread.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ambit_shared::certs::{Ca, Validity};
+use ambit_shared::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
+use ambit_shared::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use ambit_shared::telemetry::{self, AdminRoutes, Readiness};
+use ambit_shared::tls::{control_plane_server_config_reloadable, MeshRoots, ReloadableCert};
+use ambit_shared::{Identity, WorkloadCert};
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::auth::{Authenticator, TokenFile};
+use crate::ca::{load_or_create_root, load_root, CaService, CaSettings};
+use crate::config::Config;
+use crate::index::{Event, Index};
+use crate::metrics::Metrics;
+use crate::source::dir::DirSource;
+use crate::source::Rejections;
+use crate::xds::{AdsService, XdsState};
+
+/// Everything the admin pages read.
+#[derive(Clone)]
+pub struct Shared {
+    pub index: Arc<RwLock<Index>>,
+    pub xds: Arc<XdsState>,
+    pub rejections: Rejections,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Handles of a running controller (tests use them).
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub shared: Shared,
+    pub root_pem: String,
+    pub identity: Identity,
+}
+
+/// `/debug/config_dump` and `/debug/rejected`.
+pub fn admin_routes(shared: Shared) -> AdminRoutes {
+    Arc::new(move |path: &str| match path {
+        "/debug/config_dump" => {
+            let resources: serde_json::Map<String, serde_json::Value> = crate::xds::TYPES
+                .iter()
+                .map(|t| {
+                    let entries: serde_json::Map<String, serde_json::Value> = shared
+                        .xds
+                        .snapshot(t)
+                        .into_iter()
+                        .map(|(name, (version, body))| {
+                            (name, serde_json::json!({"version": version, "bytes": body.value.len()}))
+                        })
+                        .collect();
+                    ((*t).to_owned(), entries.into())
+                })
+                .collect();
+            let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
+            let warnings: serde_json::Map<String, serde_json::Value> =
+                index.warnings().iter().map(|(k, w)| (k.to_string(), serde_json::json!(w))).collect();
+            let body = serde_json::json!({
+                "resources": resources,
+                "subscribers": shared.xds.subscribers(),
+                "translation_warnings": warnings,
+                "objects": index.store().len(),
+            });
+            Some(serde_json::to_string_pretty(&body).unwrap_or_default())
+        }
+        "/debug/rejected" => Some(serde_json::to_string_pretty(&shared.rejections.all()).unwrap_or_default()),
+        _ => None,
+    })
+}
+
+/// Applies event batches to the index and publishes the results, draining bursts into one
+/// batch so a large initial load is translated once.
+async fn index_loop(mut rx: mpsc::Receiver<Vec<Event>>, shared: Shared, readiness: Readiness) {
+    while let Some(mut batch) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
+        }
+        let changes = shared.index.write().unwrap_or_else(|p| p.into_inner()).apply(batch);
+        let changed = shared.xds.publish(changes);
+        shared.metrics.rejected_objects.set(shared.rejections.count() as i64);
+        tracing::debug!(changed, "index updated");
+        readiness.set_ready();
+    }
+}
+
+/// Issues the controller's own serving certificate and renews it at half life.
+fn serving_cert(
+    ca: &Arc<Ca>,
+    identity: &Identity,
+    lifetime: Duration,
+) -> anyhow::Result<(Arc<ReloadableCert>, WorkloadCert)> {
+    let cert = ca.issue(identity, Validity::from_now(lifetime)).context("issuing the controller's certificate")?;
+    let reloadable = Arc::new(ReloadableCert::new(&cert).context("loading the controller's certificate")?);
+    let (renew_ca, renew_id, renew_target) = (ca.clone(), identity.clone(), reloadable.clone());
+    let mut refresh_at = cert.refresh_at();
+    tokio::spawn(async move {
+        loop {
+            let wait = refresh_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+            match renew_ca.issue(&renew_id, Validity::from_now(lifetime)) {
+                Ok(next) => {
+                    if let Err(e) = renew_target.replace(&next) {
+                        tracing::error!(error = %e, "renewed certificate does not load; keeping the current one");
+                    }
+                    refresh_at = next.refresh_at();
+                }
+                Err(e) => tracing::error!(error = %e, "renewing the controller's certificate failed; retrying"),
+            }
+        }
+    });
+    Ok((reloadable, cert))
+}
+
+/// Starts everything on the current runtime; returns once serving.
+pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let index = Arc::new(RwLock::new(Index::new(config.mesh())));
+    let xds = XdsState::new(metrics.clone());
+    let rejections = Rejections::default();
+    let shared =
+        Shared { index: index.clone(), xds: xds.clone(), rejections: rejections.clone(), metrics: metrics.clone() };
+    let (tx, rx) = mpsc::channel(1024);
+
+    let (ca, auth): (Ca, Arc<dyn Authenticator>) = match &config.manifests {
+        Some(dir) => {
+            let ca = match (&config.ca_cert_file, &config.ca_key_file) {
+                (Some(c), Some(k)) => load_root(c, k)?,
+                _ => load_or_create_root(
+                    &config.ca_dir,
+                    &config.trust_domain,
+                    ambit_shared::certs::DEFAULT_ROOT_LIFETIME,
+                )?,
+            };
+            let token_file = config.token_file.as_ref().context("--token-file is required with --manifests")?;
+            let auth = Arc::new(TokenFile::load(token_file)?);
+            tokio::spawn(DirSource::new(dir.clone(), rejections.clone()).run(tx));
+            (ca, auth)
+        }
+        None => {
+            let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+            let ca = crate::source::kube::load_or_create_root_secret(&client, config).await?;
+            crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone());
+            let auth = Arc::new(crate::source::kube::TokenReviewer::new(
+                client,
+                config.trust_domain.clone(),
+                vec![config.token_audience.clone()],
+            ));
+            (ca, auth)
+        }
+    };
+    let ca = Arc::new(ca);
+    let roots = MeshRoots::new(std::slice::from_ref(ca.root_der()))?;
+    let identity = config.own_identity()?;
+    let (serving, _) = serving_cert(&ca, &identity, config.cert_lifetime())?;
+    let tls = Arc::new(control_plane_server_config_reloadable(serving, &roots)?);
+
+    tokio::spawn(index_loop(rx, shared.clone(), readiness));
+    tokio::spawn(
+        xds.clone()
+            .debounce(Duration::from_millis(config.push_debounce_ms), Duration::from_millis(config.push_max_delay_ms)),
+    );
+
+    let ads = AdsService { state: xds.clone(), auth: auth.clone() };
+    let ca_service = CaService {
+        ca: ca.clone(),
+        trust_domain: config.trust_domain.clone(),
+        auth,
+        index,
+        settings: CaSettings {
+            default_lifetime: config.cert_lifetime(),
+            max_lifetime: Duration::from_secs(config.max_cert_lifetime_seconds),
+            node_proxies: config.node_proxies()?,
+        },
+        metrics,
+    };
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding --grpc-addr {}", config.grpc_addr))?;
+    let grpc_addr = listener.local_addr()?;
+    let incoming = ambit_shared::grpc::tls_incoming(listener, tls);
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024))
+            .add_service(IstioCertificateServiceServer::new(ca_service))
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    });
+    tracing::info!(%grpc_addr, %identity, "serving xDS and CA");
+    Ok(Running { grpc_addr, shared, root_pem: ca.root_pem().to_owned(), identity })
+}
+
+/// Runs the controller until SIGTERM/Ctrl-C.
+pub fn main(config: Config) -> anyhow::Result<()> {
+    config.validate().context("invalid configuration")?;
+    config.log.init().context("starting logging")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("controller").build()?;
+    runtime.block_on(async {
+        let readiness = Readiness::default();
+        let running = start(&config, readiness.clone()).await?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        telemetry::register_build_info(registry.sub_registry_with_prefix("istio"), "controller");
+        running.shared.metrics.register(&mut registry);
+        let bound = telemetry::spawn_admin(
+            vec![config.admin_addr],
+            readiness,
+            Arc::new(Mutex::new(registry)),
+            serde_json::to_value(&config).context("serializing the configuration")?,
+            Some(admin_routes(running.shared.clone())),
+        )
+        .context("starting the admin endpoint")?;
+        tracing::info!(admin = %bound[0], grpc = %running.grpc_addr, "controller started");
+        ambit_shared::lifecycle::shutdown_signal().await;
+        tracing::info!("controller stopping");
+        anyhow::Ok(())
+    })
+}

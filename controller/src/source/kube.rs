@@ -1,0 +1,232 @@
+//! The Kubernetes source: kube-rs watchers for every kind we read, their objects parsed by the
+//! same `manifest::parse_object` as files, batched into index events. On each (re)list the
+//! objects that vanished meanwhile are deleted. Also the Kubernetes side of authentication
+//! (`TokenReview`).
+//!
+//! No API server runs on our build machines; the tests drive a real kube client against
+//! recorded API responses served over HTTP.
+
+use std::collections::{BTreeSet, HashMap};
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+
+use crate::auth::{service_account_of, AuthError, Authenticator, Caller};
+use crate::index::Event;
+use crate::manifest::{parse_object, Parsed, Rejection};
+use crate::model::{Kind, ObjectKey};
+use crate::source::Rejections;
+
+/// (group, version, kind, plural) of every kind we watch.
+pub const WATCHED: &[(&str, &str, &str, &str)] = &[
+    ("", "v1", "Namespace", "namespaces"),
+    ("", "v1", "Node", "nodes"),
+    ("", "v1", "Pod", "pods"),
+    ("", "v1", "Service", "services"),
+    ("", "v1", "ServiceAccount", "serviceaccounts"),
+    ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
+    ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
+    ("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
+    ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+];
+
+fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    ApiResource::from_gvk_with_plural(&gvk, plural)
+}
+
+/// Turns one watched object into an event, or records why it was rejected.
+fn to_event(ar: &ApiResource, obj: DynamicObject, rejections: &Rejections) -> Option<Event> {
+    let origin = format!(
+        "{} {}/{}",
+        ar.kind,
+        obj.metadata.namespace.as_deref().unwrap_or(""),
+        obj.metadata.name.as_deref().unwrap_or("")
+    );
+    let mut value = match serde_json::to_value(&obj) {
+        Ok(v) => v,
+        Err(e) => {
+            rejections
+                .set(&origin, vec![Rejection { object: origin.clone(), field: String::new(), reason: e.to_string() }]);
+            return None;
+        }
+    };
+    if let Some(map) = value.as_object_mut() {
+        // Watches of one type may omit these; the parser needs them.
+        map.insert("apiVersion".into(), ar.api_version.clone().into());
+        map.insert("kind".into(), ar.kind.clone().into());
+    }
+    match parse_object(&origin, value) {
+        Ok(Parsed::Object(o)) => {
+            rejections.set(&origin, Vec::new());
+            Some(Event::Apply(o))
+        }
+        Ok(Parsed::Ignored { .. }) => None,
+        Err(r) => {
+            rejections.set(&origin, vec![r]);
+            None
+        }
+    }
+}
+
+fn key_of(kind: Kind, obj: &DynamicObject) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: obj.metadata.namespace.as_deref().unwrap_or("").into(),
+        name: obj.metadata.name.as_deref().unwrap_or("").into(),
+    }
+}
+
+/// Watches one kind forever (with kube-rs' default backoff), sending event batches.
+async fn watch_kind(
+    client: Client,
+    (group, version, kind_name, plural): (&'static str, &'static str, &'static str, &'static str),
+    tx: tokio::sync::mpsc::Sender<Vec<Event>>,
+    rejections: Rejections,
+) {
+    let ar = api_resource(group, version, kind_name, plural);
+    let Some(kind) = Kind::from_type(&ar.api_version, kind_name) else { return };
+    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+    let mut known: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut relisted: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut batch = Vec::new();
+    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init) => relisted.clear(),
+            Ok(watcher::Event::InitApply(obj)) => {
+                let key = key_of(kind, &obj);
+                relisted.insert(key);
+                batch.extend(to_event(&ar, obj, &rejections));
+            }
+            Ok(watcher::Event::InitDone) => {
+                // Whatever we knew and the relist no longer has was deleted meanwhile.
+                for gone in known.difference(&relisted) {
+                    batch.push(Event::Delete(gone.clone()));
+                }
+                known = std::mem::take(&mut relisted);
+                if tx.send(std::mem::take(&mut batch)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(watcher::Event::Apply(obj)) => {
+                known.insert(key_of(kind, &obj));
+                if let Some(e) = to_event(&ar, obj, &rejections) {
+                    if tx.send(vec![e]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                let key = key_of(kind, &obj);
+                known.remove(&key);
+                rejections.set(&format!("{} {}/{}", ar.kind, key.namespace, key.name), Vec::new());
+                if tx.send(vec![Event::Delete(key)]).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(kind = kind_name, error = %e, "Kubernetes watch failed; retrying"),
+        }
+    }
+}
+
+/// Starts a watcher per kind.
+pub fn spawn_watchers(client: Client, tx: tokio::sync::mpsc::Sender<Vec<Event>>, rejections: Rejections) {
+    for w in WATCHED {
+        tokio::spawn(watch_kind(client.clone(), *w, tx.clone(), rejections.clone()));
+    }
+}
+
+/// Service-account token authentication through the API server's TokenReview.
+pub struct TokenReviewer {
+    client: Client,
+    /// The mesh's trust domain: service accounts carry none themselves.
+    trust_domain: String,
+    /// Audiences the token must be for (Istio's CA uses `istio-ca`).
+    audiences: Vec<String>,
+}
+
+impl TokenReviewer {
+    pub fn new(client: Client, trust_domain: String, audiences: Vec<String>) -> Self {
+        TokenReviewer { client, trust_domain, audiences }
+    }
+}
+
+#[tonic::async_trait]
+impl Authenticator for TokenReviewer {
+    async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        let review = TokenReview {
+            spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: Some(self.audiences.clone()) },
+            ..Default::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let result = api.create(&PostParams::default(), &review).await.map_err(|e| AuthError::Review(e.to_string()))?;
+        let status = result.status.ok_or_else(|| AuthError::Review("no status in the review".into()))?;
+        if status.authenticated != Some(true) {
+            return Err(AuthError::Review(status.error.unwrap_or_else(|| "token not authenticated".into())));
+        }
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        let (ns, sa) = service_account_of(&username).ok_or_else(|| AuthError::NotServiceAccount(username.clone()))?;
+        let extra: HashMap<String, Vec<String>> = user.extra.unwrap_or_default().into_iter().collect();
+        let first = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
+        let identity = ambit_shared::Identity::new(&self.trust_domain, ns, sa)
+            .map_err(|e| AuthError::Review(format!("service account {ns}/{sa}: {e}")))?;
+        Ok(Caller {
+            identity,
+            node: first("authentication.kubernetes.io/node-name"),
+            pod: first("authentication.kubernetes.io/pod-name"),
+        })
+    }
+}
+
+/// Loads the root from its Secret, or creates it there on first start. Replicas racing to
+/// create it converge: a losing create re-reads the winner's root.
+pub async fn load_or_create_root_secret(
+    client: &Client,
+    config: &crate::config::Config,
+) -> anyhow::Result<ambit_shared::Ca> {
+    use anyhow::Context;
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::ByteString;
+    use kube::api::ObjectMeta;
+
+    use crate::ca::{ROOT_CERT_FILE, ROOT_KEY_FILE};
+
+    let api: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    let from_secret = |s: &Secret| -> anyhow::Result<ambit_shared::Ca> {
+        let data = s.data.as_ref().context("root Secret has no data")?;
+        let get = |k: &str| {
+            data.get(k)
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .with_context(|| format!("root Secret lacks {k}"))
+        };
+        Ok(ambit_shared::Ca::load(&get(ROOT_CERT_FILE)?, &get(ROOT_KEY_FILE)?)?)
+    };
+    if let Some(secret) = api.get_opt(&config.ca_secret).await.context("reading the root Secret")? {
+        return from_secret(&secret);
+    }
+    let ca = ambit_shared::Ca::generate(&config.trust_domain, ambit_shared::certs::DEFAULT_ROOT_LIFETIME)?;
+    let secret = Secret {
+        metadata: ObjectMeta { name: Some(config.ca_secret.clone()), ..Default::default() },
+        data: Some(
+            [
+                (ROOT_CERT_FILE.to_owned(), ByteString(ca.root_pem().as_bytes().to_vec())),
+                (ROOT_KEY_FILE.to_owned(), ByteString(ca.key_pem().as_bytes().to_vec())),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(ca),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let secret = api.get(&config.ca_secret).await.context("re-reading the root Secret")?;
+            from_secret(&secret)
+        }
+        Err(e) => Err(e).context("creating the root Secret"),
+    }
+}

@@ -1,0 +1,40 @@
+//! Translation: the mesh model to the resources ztunnels consume.
+//!
+//! - `workload`: Pod → `istio.workload.Workload`;
+//! - `service`: Service / ServiceEntry → `istio.workload.Service`;
+//! - `authz`: AuthorizationPolicy and PeerAuthentication → `istio.security.Authorization`.
+//!
+//! Pure functions of model values and a read-only view of the store; no I/O. Waypoint (L7)
+//! resources will be a further module fed by the same store.
+
+pub mod authz;
+pub mod service;
+pub mod workload;
+
+/// Mesh-wide settings translation needs.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    pub trust_domain: String,
+    pub cluster_id: String,
+    /// Istio's root namespace: policies there apply mesh-wide.
+    pub root_namespace: String,
+    /// DNS suffix of service hostnames (`svc.cluster.local`).
+    pub domain_suffix: String,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            trust_domain: "cluster.local".into(),
+            cluster_id: "Kubernetes".into(),
+            root_namespace: "istio-system".into(),
+            domain_suffix: "cluster.local".into(),
+        }
+    }
+}
+
+impl MeshSettings {
+    pub fn hostname(&self, name: &str, namespace: &str) -> String {
+        format!("{name}.{namespace}.svc.{}", self.domain_suffix)
+    }
+}

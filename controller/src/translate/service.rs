@@ -1,0 +1,143 @@
+//! Service and ServiceEntry → `istio.workload.Service`, as istiod builds them for ztunnel.
+
+use std::net::IpAddr;
+
+use ambit_shared::proto::workload::{
+    load_balancing, AppProtocol, IpFamilies, LoadBalancing, NetworkAddress, Port, Service as PbService,
+};
+
+use crate::manifest::parse_cidr;
+use crate::model::{keys, IntOrString, Service, ServiceEntry};
+use crate::store::Store;
+use crate::translate::workload::{ip_bytes, waypoint_for};
+use crate::translate::MeshSettings;
+
+/// The resource name of a service: `<namespace>/<hostname>`.
+pub fn service_resource_name(namespace: &str, hostname: &str) -> String {
+    format!("{namespace}/{hostname}")
+}
+
+fn app_protocol(app_protocol: Option<&str>, port_name: Option<&str>) -> AppProtocol {
+    let by_name = port_name.and_then(|n| n.split('-').next());
+    match app_protocol.or(by_name).map(str::to_ascii_lowercase).as_deref() {
+        Some("http" | "http1" | "kubernetes.io/h2c-prior-knowledge-no") => AppProtocol::Http11,
+        Some("http2" | "h2c" | "kubernetes.io/h2c") => AppProtocol::Http2,
+        Some("grpc" | "grpc-web") => AppProtocol::Grpc,
+        Some("tcp") => AppProtocol::Tcp,
+        Some("tls" | "https") => AppProtocol::Tls,
+        _ => AppProtocol::Unknown,
+    }
+}
+
+fn load_balancing(s: &Service) -> Option<LoadBalancing> {
+    use load_balancing::{HealthPolicy, Mode, Scope};
+    let distribution = s.spec.traffic_distribution.as_deref().or(s
+        .metadata
+        .annotations
+        .get(keys::TRAFFIC_DISTRIBUTION)
+        .map(String::as_str));
+    let mut lb = match (s.spec.internal_traffic_policy.as_deref(), distribution) {
+        (Some("Local"), _) => LoadBalancing {
+            routing_preference: vec![Scope::Node as i32],
+            mode: Mode::Strict as i32,
+            ..Default::default()
+        },
+        (_, Some("PreferClose" | "PreferSameZone")) => LoadBalancing {
+            routing_preference: [Scope::Network, Scope::Region, Scope::Zone, Scope::Subzone].map(|s| s as i32).to_vec(),
+            mode: Mode::Failover as i32,
+            ..Default::default()
+        },
+        (_, Some("PreferSameNode")) => LoadBalancing {
+            routing_preference: [Scope::Network, Scope::Region, Scope::Zone, Scope::Subzone, Scope::Node]
+                .map(|s| s as i32)
+                .to_vec(),
+            mode: Mode::Failover as i32,
+            ..Default::default()
+        },
+        _ => LoadBalancing::default(),
+    };
+    if s.spec.publish_not_ready_addresses {
+        lb.health_policy = HealthPolicy::AllowAll as i32;
+    }
+    (lb != LoadBalancing::default()).then_some(lb)
+}
+
+/// Translates a Kubernetes Service; `None` for ExternalName services.
+pub fn translate_service(s: &Service, store: &Store, mesh: &MeshSettings) -> Option<PbService> {
+    if s.spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+    let mut ips: Vec<IpAddr> = s.spec.cluster_ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    if ips.is_empty() {
+        ips.extend(s.spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+    }
+    let ip_families = match (ips.iter().any(IpAddr::is_ipv4), ips.iter().any(IpAddr::is_ipv6)) {
+        (true, true) => IpFamilies::Dual,
+        (true, false) => IpFamilies::Ipv4Only,
+        (false, true) => IpFamilies::Ipv6Only,
+        (false, false) => IpFamilies::Automatic,
+    };
+    let is_waypoint = s.metadata.labels.contains_key(keys::GATEWAY_NAME);
+    Some(PbService {
+        name: s.metadata.name.clone(),
+        namespace: ns.to_owned(),
+        hostname: mesh.hostname(&s.metadata.name, ns),
+        addresses: ips.into_iter().map(|ip| NetworkAddress { network: String::new(), address: ip_bytes(ip) }).collect(),
+        ports: s
+            .spec
+            .ports
+            .iter()
+            .map(|p| Port {
+                service_port: u32::from(p.port),
+                // A named target port is resolved per workload; 0 here, as istiod sends it.
+                target_port: match &p.target_port {
+                    None => u32::from(p.port),
+                    Some(IntOrString::Int(t)) => u32::try_from(*t).unwrap_or(0),
+                    Some(IntOrString::String(_)) => 0,
+                },
+                app_protocol: app_protocol(p.app_protocol.as_deref(), p.name.as_deref()) as i32,
+            })
+            .collect(),
+        waypoint: if is_waypoint { None } else { waypoint_for(&s.metadata.labels, ns, false, store, mesh) },
+        load_balancing: load_balancing(s),
+        ip_families: ip_families as i32,
+        ..Default::default()
+    })
+}
+
+/// Translates a ServiceEntry: one service per host.
+pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSettings) -> Vec<PbService> {
+    let ns = se.metadata.namespace.as_deref().unwrap_or_default();
+    let addresses: Vec<NetworkAddress> = se
+        .spec
+        .addresses
+        .iter()
+        .filter_map(|a| parse_cidr(a))
+        .map(|(ip, _)| NetworkAddress { network: String::new(), address: ip_bytes(ip) })
+        .collect();
+    let ports: Vec<Port> = se
+        .spec
+        .ports
+        .iter()
+        .map(|p| Port {
+            service_port: u32::from(p.number),
+            target_port: u32::from(p.target_port.unwrap_or(p.number)),
+            app_protocol: app_protocol(p.protocol.as_deref(), p.name.as_deref()) as i32,
+        })
+        .collect();
+    se.spec
+        .hosts
+        .iter()
+        .map(|host| PbService {
+            name: se.metadata.name.clone(),
+            namespace: ns.to_owned(),
+            hostname: host.clone(),
+            addresses: addresses.clone(),
+            ports: ports.clone(),
+            subject_alt_names: se.spec.subject_alt_names.clone(),
+            waypoint: waypoint_for(&se.metadata.labels, ns, false, store, mesh),
+            ..Default::default()
+        })
+        .collect()
+}

@@ -1,0 +1,366 @@
+//! The controller run in-process on a temporary manifest directory, talked to over TLS with
+//! the shared xDS client, raw delta ADS streams and a real CA client.
+
+// Test helpers outside #[test] functions unwrap too: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ambit_controller::config::Config;
+use ambit_controller::run::{start, Running};
+use ambit_shared::certs::{parse_pem_chain, WorkloadKey};
+use ambit_shared::grpc;
+use ambit_shared::proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
+use ambit_shared::proto::ca::IstioCertificateRequest;
+use ambit_shared::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use ambit_shared::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use ambit_shared::proto::google::rpc::Status as RpcStatus;
+use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION};
+use ambit_shared::telemetry::Readiness;
+use ambit_shared::tls::control_plane_client_config;
+use ambit_shared::xds::{self, Rejection, Update};
+use ambit_shared::{Identity, MeshRoots};
+use clap::Parser;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+const ZTUNNEL1_TOKEN: &str = "ztunnel-node-1-token-0123456789";
+const ZTUNNEL2_TOKEN: &str = "ztunnel-node-2-token-0123456789";
+const CART_TOKEN: &str = "cart-workload-token-0123456789";
+
+struct Env {
+    dir: PathBuf,
+    running: Running,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let path = dir.join("manifests").join(file);
+    // Write then rename, as editors and kubectl-like tools do.
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+
+fn pod(name: &str, node: &str, sa: &str, ip: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}\nspec: {{nodeName: {node}, serviceAccountName: {sa}}}\nstatus: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
+    )
+}
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {clusterIP: 10.96.0.10, selector: {app: cart}, ports: [{port: 80, targetPort: 8080}]}\n";
+
+async fn env(name: &str) -> Env {
+    let dir = std::env::temp_dir().join(format!("ambit-controller-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let tokens = format!(
+        "tokens:\n- token: {ZTUNNEL1_TOKEN}\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: node-1\n- token: {ZTUNNEL2_TOKEN}\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: node-2\n- token: {CART_TOKEN}\n  identity: spiffe://cluster.local/ns/shop/sa/cart\n"
+    );
+    std::fs::write(dir.join("tokens.yaml"), tokens).unwrap();
+    write(
+        &dir,
+        "shop.yaml",
+        &format!("{NAMESPACE}---\n{}---\n{SERVICE}", pod("cart-1", "node-1", "cart", "10.1.0.5", "cart")),
+    );
+    write(&dir, "front.yaml", &pod("front-1", "node-2", "front", "10.2.0.7", "front"));
+    let (manifests, tokens, ca) = (dir.join("manifests"), dir.join("tokens.yaml"), dir.join("ca"));
+    let args = [
+        "controller",
+        "--manifests",
+        manifests.to_str().unwrap(),
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--ca-dir",
+        ca.to_str().unwrap(),
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--push-debounce-ms",
+        "20",
+        "--push-max-delay-ms",
+        "200",
+    ];
+    let config = Config::try_parse_from(args).unwrap();
+    config.validate().unwrap();
+    let running = start(&config, Readiness::default()).await.unwrap();
+    let roots = MeshRoots::new(&parse_pem_chain(std::slice::from_ref(&running.root_pem)).unwrap()).unwrap();
+    let tls = Arc::new(control_plane_client_config(&roots, vec![running.identity.clone()]).unwrap());
+    Env { dir, running, tls }
+}
+
+/// (type, added names, removed names) of one update.
+type Seen = (String, Vec<String>, Vec<String>);
+
+/// Records everything the shared xDS client is told.
+#[derive(Clone, Default)]
+struct Recorder {
+    held: Arc<Mutex<HashMap<String, BTreeMap<String, String>>>>,
+    updates: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl xds::Handler for Recorder {
+    fn handle(&mut self, update: Update<'_>) -> Vec<Rejection> {
+        let mut held = self.held.lock().unwrap();
+        let t = held.entry(update.type_url.to_owned()).or_default();
+        let added: Vec<String> = update.added.iter().map(|r| r.name.clone()).collect();
+        for r in update.added {
+            t.insert(r.name, r.version);
+        }
+        for n in &update.removed {
+            t.remove(n);
+        }
+        self.updates.lock().unwrap().push((update.type_url.to_owned(), added, update.removed));
+        Vec::new()
+    }
+}
+
+impl Recorder {
+    fn names(&self, type_url: &str) -> Vec<String> {
+        self.held.lock().unwrap().get(type_url).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+    fn take_updates(&self) -> Vec<Seen> {
+        std::mem::take(&mut self.updates.lock().unwrap())
+    }
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn shared_client(env: &Env, token: &str) -> (Recorder, tokio::task::JoinHandle<()>) {
+    let node = xds::istio_node("ztunnel", "10.0.0.1", "ztunnel-x", "ambit-system", "node-1");
+    let mut config = xds::Config::new(env.running.grpc_addr, env.tls.clone(), node, vec![ADDRESS, AUTHORIZATION]);
+    config.token = Some(token.to_owned());
+    let (client, _) = xds::Client::new(config);
+    let recorder = Recorder::default();
+    (recorder.clone(), tokio::spawn(client.run(recorder)))
+}
+
+const CART: &str = "Kubernetes//Pod/shop/cart-1";
+const FRONT: &str = "Kubernetes//Pod/shop/front-1";
+const CART_SVC: &str = "shop/cart.shop.svc.cluster.local";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_produce_exactly_the_expected_adds_and_removals() {
+    let env = env("edits").await;
+    let (rec, _client) = shared_client(&env, ZTUNNEL1_TOKEN);
+    eventually("initial workloads and services", || rec.names(ADDRESS) == vec![CART, FRONT, CART_SVC]).await;
+    rec.take_updates();
+
+    // Label the namespace: both pods (and the service, whose namespace changed) are re-sent.
+    write(&env.dir, "shop.yaml", &format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n{}---\n{SERVICE}",
+        pod("cart-1", "node-1", "cart", "10.1.0.5", "cart")
+    ));
+    eventually("pods re-sent", || rec.updates.lock().unwrap().iter().any(|u| u.1.contains(&FRONT.to_owned()))).await;
+    let ups = rec.take_updates();
+    let added: Vec<&String> = ups.iter().flat_map(|u| u.1.iter()).collect();
+    assert!(added.contains(&&CART.to_owned()) && added.contains(&&FRONT.to_owned()), "{ups:?}");
+    assert!(ups.iter().all(|u| u.2.is_empty()), "nothing removed: {ups:?}");
+
+    // Add a pod in a new file: one add.
+    write(&env.dir, "more.yaml", &pod("cart-2", "node-2", "cart", "10.2.0.8", "cart"));
+    eventually("new pod", || rec.names(ADDRESS).contains(&"Kubernetes//Pod/shop/cart-2".to_owned())).await;
+    assert_eq!(rec.take_updates(), vec![(ADDRESS.to_owned(), vec!["Kubernetes//Pod/shop/cart-2".to_owned()], vec![])]);
+
+    // Delete the service: its removal, and the two pods it selected lose it.
+    write(&env.dir, "shop.yaml", &format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n{}",
+        pod("cart-1", "node-1", "cart", "10.1.0.5", "cart")
+    ));
+    eventually("service removed", || !rec.names(ADDRESS).contains(&CART_SVC.to_owned())).await;
+    let ups = rec.take_updates();
+    let mut added: Vec<String> = ups.iter().flat_map(|u| u.1.clone()).collect();
+    added.sort();
+    assert_eq!(added, vec![CART.to_owned(), "Kubernetes//Pod/shop/cart-2".to_owned()]);
+    assert_eq!(ups.iter().flat_map(|u| u.2.clone()).collect::<Vec<_>>(), vec![CART_SVC.to_owned()]);
+
+    // Add a policy: one Authorization, plus the pods it selects (their policy list changes).
+    write(&env.dir, "policy.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-front, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/front]}}]}]\n");
+    eventually("policy", || rec.names(AUTHORIZATION) == vec!["shop/deny-front"]).await;
+
+    // A malformed file is rejected and changes nothing else.
+    write(
+        &env.dir,
+        "broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: shop}\nspec: {ports: [{port: seventy}]}\n",
+    );
+    write(&env.dir, "after.yaml", &pod("late-1", "node-1", "late", "10.1.0.9", "late"));
+    eventually("later files still apply", || rec.names(ADDRESS).contains(&"Kubernetes//Pod/shop/late-1".to_owned()))
+        .await;
+    let rejected = env.running.shared.rejections.all();
+    let r = rejected.iter().find(|(k, _)| k.ends_with("broken.yaml")).expect("broken.yaml rejected").1;
+    assert_eq!(r[0].object, "Service shop/bad");
+    assert_eq!(r[0].field, "spec.ports[0].port");
+}
+
+type Raw = (mpsc::Sender<DeltaDiscoveryRequest>, tonic::Streaming<DeltaDiscoveryResponse>);
+
+async fn raw_stream(env: &Env, first: Vec<DeltaDiscoveryRequest>) -> Raw {
+    let (tx, rx) = mpsc::channel(16);
+    for r in first {
+        tx.send(r).await.unwrap();
+    }
+    let mut client = AggregatedDiscoveryServiceClient::new(grpc::channel(env.running.grpc_addr, env.tls.clone()));
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert("authorization", format!("Bearer {ZTUNNEL2_TOKEN}").parse().unwrap());
+    let stream = client.delta_aggregated_resources(req).await.unwrap().into_inner();
+    (tx, stream)
+}
+
+async fn next(stream: &mut tonic::Streaming<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("response in time").unwrap().unwrap()
+}
+
+fn subscribe(type_url: &str, initial: HashMap<String, String>) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest { type_url: type_url.into(), initial_resource_versions: initial, ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_subscriber_gets_only_what_changed() {
+    let env = env("reconnect").await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // initial scan published
+    let (_tx, mut stream) = raw_stream(&env, vec![subscribe(ADDRESS, HashMap::new())]).await;
+    let first = next(&mut stream).await;
+    let held: HashMap<String, String> = first.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+    assert_eq!(held.len(), 3);
+    drop(stream);
+
+    // While it is away: cart-1 moves IP, front-1 goes away.
+    write(
+        &env.dir,
+        "shop.yaml",
+        &format!("{NAMESPACE}---\n{}---\n{SERVICE}", pod("cart-1", "node-1", "cart", "10.1.0.50", "cart")),
+    );
+    std::fs::remove_file(env.dir.join("manifests/front.yaml")).unwrap();
+    eventually("published", || !env.running.shared.xds.snapshot(ADDRESS).contains_key(FRONT)).await;
+
+    let (_tx, mut stream) = raw_stream(&env, vec![subscribe(ADDRESS, held)]).await;
+    let resumed = next(&mut stream).await;
+    assert_eq!(resumed.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec![CART]);
+    assert_eq!(resumed.removed_resources, vec![FRONT]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacking_subscriber_does_not_disturb_another() {
+    let env = env("nack").await;
+    let (tx, mut nacker) = raw_stream(&env, vec![subscribe(ADDRESS, HashMap::new())]).await;
+    let first = next(&mut nacker).await;
+    tx.send(DeltaDiscoveryRequest {
+        type_url: ADDRESS.into(),
+        response_nonce: first.nonce.clone(),
+        error_detail: Some(RpcStatus { code: 3, message: "cannot parse workload".into(), details: vec![] }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (rec, _client) = shared_client(&env, ZTUNNEL1_TOKEN);
+    eventually("healthy client synced", || rec.names(ADDRESS).len() == 3).await;
+    write(&env.dir, "more.yaml", &pod("cart-2", "node-2", "cart", "10.2.0.8", "cart"));
+    eventually("healthy client updated", || rec.names(ADDRESS).contains(&"Kubernetes//Pod/shop/cart-2".to_owned()))
+        .await;
+    let subs = env.running.shared.xds.subscribers();
+    let nacked = subs.iter().find(|s| s.types.get(ADDRESS).is_some_and(|t| t.nacks == 1)).expect("NACK recorded");
+    assert_eq!(nacked.types[ADDRESS].last_nack.as_deref(), Some("cannot parse workload"));
+    // The NACKing subscriber still gets the next change too.
+    let next_push = next(&mut nacker).await;
+    assert_eq!(next_push.resources[0].name, "Kubernetes//Pod/shop/cart-2");
+}
+
+async fn request_cert(
+    env: &Env,
+    token: &str,
+    impersonate: Option<&str>,
+    csr: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    let mut client = IstioCertificateServiceClient::new(grpc::channel(env.running.grpc_addr, env.tls.clone()));
+    let metadata = impersonate.map(|id| prost_types::Struct {
+        fields: [(
+            "ImpersonatedIdentity".to_owned(),
+            prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(id.to_owned())) },
+        )]
+        .into(),
+    });
+    let mut req =
+        tonic::Request::new(IstioCertificateRequest { csr: csr.to_owned(), validity_duration: 3600, metadata });
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    client.create_certificate(req).await.map(|r| r.into_inner().cert_chain)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_signs_allowed_impersonation_and_refuses_the_rest() {
+    let env = env("ca").await;
+    let cart: Identity = "spiffe://cluster.local/ns/shop/sa/cart".parse().unwrap();
+    let key = WorkloadKey::generate(&cart).unwrap();
+    eventually("pods indexed", || env.running.shared.index.read().unwrap().store().len() >= 3).await;
+
+    // ztunnel on node-1, where cart-1 runs: allowed.
+    let chain = request_cert(&env, ZTUNNEL1_TOKEN, Some(&cart.to_string()), &key.csr_pem).await.unwrap();
+    let certs = parse_pem_chain(&chain).unwrap();
+    assert_eq!(ambit_shared::certs::identity_of_der(&certs[0]).unwrap(), cart);
+    assert_eq!(chain.last().unwrap(), &env.running.root_pem, "root last");
+
+    // ztunnel on node-2: no cart pod there.
+    let err = request_cert(&env, ZTUNNEL2_TOKEN, Some(&cart.to_string()), &key.csr_pem).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("node-2"), "{}", err.message());
+
+    // A workload may have its own identity, but not impersonate.
+    request_cert(&env, CART_TOKEN, None, &key.csr_pem).await.unwrap();
+    let front_key = WorkloadKey::generate(&"spiffe://cluster.local/ns/shop/sa/front".parse().unwrap()).unwrap();
+    let err = request_cert(&env, CART_TOKEN, Some("spiffe://cluster.local/ns/shop/sa/front"), &front_key.csr_pem)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // A bad token.
+    let err = request_cert(&env, "not-a-real-token-at-all", None, &key.csr_pem).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // A malformed CSR.
+    let err = request_cert(
+        &env,
+        ZTUNNEL1_TOKEN,
+        Some(&cart.to_string()),
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // A CSR asking for another name than the one authorized.
+    let err = request_cert(&env, CART_TOKEN, None, &front_key.csr_pem).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("sa/front"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_requires_a_valid_token() {
+    let env = env("authn").await;
+    let mut client = AggregatedDiscoveryServiceClient::new(grpc::channel(env.running.grpc_addr, env.tls.clone()));
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(subscribe(ADDRESS, HashMap::new())).await.unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert("authorization", "Bearer wrong-token-wrong-token".parse().unwrap());
+    let err = client.delta_aggregated_resources(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}
