@@ -18,6 +18,9 @@ pub struct Config {
     /// (`*.yaml`, `*.yml`, `*.json`, any layout) are watched; changes apply without a restart.
     #[arg(long, env = "MANIFEST_DIR")]
     pub manifests: Option<PathBuf>,
+    /// How often the manifest directory is scanned for changes, in milliseconds.
+    #[arg(long, env = "MANIFEST_POLL_MS", default_value_t = 300)]
+    pub manifest_poll_ms: u64,
     /// SPIFFE trust domain of the mesh.
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,

@@ -139,7 +139,9 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
             };
             let token_file = config.token_file.as_ref().context("--token-file is required with --manifests")?;
             let auth = Arc::new(TokenFile::load(token_file)?);
-            tokio::spawn(DirSource::new(dir.clone(), rejections.clone()).run(tx));
+            tokio::spawn(
+                DirSource::new(dir.clone(), Duration::from_millis(config.manifest_poll_ms), rejections.clone()).run(tx),
+            );
             (ca, auth)
         }
         None => {

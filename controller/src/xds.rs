@@ -34,14 +34,29 @@ const LOG_CAPACITY: usize = 200_000;
 
 #[derive(Debug, Clone)]
 struct Entry {
-    version: Arc<str>,
+    /// The map key again, shared so subscribers remember names without copying them.
+    name: Arc<str>,
+    version: u64,
     body: prost_types::Any,
+}
+
+fn version_string(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+/// A version a subscriber reports; one we did not issue never equals a current one.
+fn parse_version(v: &str) -> u64 {
+    if v.len() == 16 {
+        u64::from_str_radix(v, 16).unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 #[derive(Default)]
 struct Resources {
     generation: u64,
-    by_type: HashMap<&'static str, BTreeMap<String, Entry>>,
+    by_type: HashMap<&'static str, BTreeMap<Arc<str>, Entry>>,
     /// (generation, type, name) of every change, oldest first.
     log: VecDeque<(u64, &'static str, String)>,
     /// When each recent generation was published (for push latency).
@@ -50,13 +65,13 @@ struct Resources {
 
 /// FNV-1a over the encoded resource: the version is a function of the content, so it survives
 /// controller restarts and a reconnecting subscriber holding the same content gets nothing.
-fn content_version(bytes: &[u8]) -> Arc<str> {
+fn content_version(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{h:016x}").into()
+    h
 }
 
 /// What a subscriber is told about one type.
@@ -76,7 +91,8 @@ pub struct SubscriberStatus {
     pub node: String,
     pub peer: String,
     pub types: BTreeMap<String, TypeStatus>,
-    /// name → version held, per type (what the subscriber acknowledged or was sent).
+    /// name → version held, per type (what the subscriber was sent or said it holds); filled
+    /// in only when the admin page asks.
     pub versions: BTreeMap<String, BTreeMap<String, String>>,
 }
 
@@ -85,7 +101,10 @@ pub struct XdsState {
     resources: RwLock<Resources>,
     dirty: Notify,
     pushed: watch::Sender<u64>,
-    subscribers: Mutex<BTreeMap<u64, SubscriberStatus>>,
+    subscribers: Mutex<BTreeMap<u64, (SubscriberStatus, Arc<Mutex<Subscriptions>>)>>,
+    /// Bounds how many subscribers build a full-state response at once (connect storms after
+    /// a controller restart), which bounds the memory those responses take.
+    full_diffs: tokio::sync::Semaphore,
     next_id: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -102,6 +121,7 @@ impl XdsState {
             dirty: Notify::new(),
             pushed,
             subscribers: Mutex::default(),
+            full_diffs: tokio::sync::Semaphore::new(8),
             next_id: Default::default(),
             metrics,
         })
@@ -117,15 +137,16 @@ impl XdsState {
             let did = match c.body {
                 Some(body) => {
                     let version = content_version(&body.value);
-                    match map.get(&c.name) {
+                    match map.get(c.name.as_str()) {
                         Some(e) if e.version == version => false,
                         _ => {
-                            map.insert(c.name.clone(), Entry { version, body });
+                            let name: Arc<str> = c.name.as_str().into();
+                            map.insert(name.clone(), Entry { name, version, body });
                             true
                         }
                     }
                 }
-                None => map.remove(&c.name).is_some(),
+                None => map.remove(c.name.as_str()).is_some(),
             };
             if did {
                 changed += 1;
@@ -173,16 +194,30 @@ impl XdsState {
         let r = self.resources.read().unwrap_or_else(|p| p.into_inner());
         r.by_type
             .get(type_url)
-            .map(|m| m.iter().map(|(k, e)| (k.clone(), (e.version.to_string(), e.body.clone()))).collect())
+            .map(|m| m.iter().map(|(k, e)| (k.to_string(), (version_string(e.version), e.body.clone()))).collect())
             .unwrap_or_default()
     }
 
+    /// Connected subscribers with the versions each holds (computed now, for the admin page).
     pub fn subscribers(&self) -> Vec<SubscriberStatus> {
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        let subs: Vec<_> = self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        subs.into_iter()
+            .map(|(mut status, held)| {
+                let held = held.lock().unwrap_or_else(|p| p.into_inner());
+                status.versions = held
+                    .iter()
+                    .map(|(t, sub)| {
+                        let v = sub.held.iter().map(|(n, v)| (n.to_string(), version_string(*v))).collect();
+                        ((*t).to_owned(), v)
+                    })
+                    .collect();
+                status
+            })
+            .collect()
     }
 
     fn update_status(&self, id: u64, f: impl FnOnce(&mut SubscriberStatus)) {
-        if let Some(s) = self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
+        if let Some((s, _)) = self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
             f(s);
         }
     }
@@ -193,9 +228,12 @@ impl XdsState {
 struct Subscription {
     /// `None`: wildcard. `Some`: only these names.
     names: Option<HashSet<String>>,
-    /// What the subscriber holds (or was sent): name → version.
-    held: HashMap<String, Arc<str>>,
+    /// What the subscriber holds (or was sent): name → version. Names share the published
+    /// `Arc<str>`s, so a subscriber costs a pointer and a version per resource.
+    held: HashMap<Arc<str>, u64>,
 }
+
+type Subscriptions = HashMap<&'static str, Subscription>;
 
 impl Subscription {
     fn wants(&self, name: &str) -> bool {
@@ -207,7 +245,8 @@ impl Subscription {
 struct Session {
     id: u64,
     state: Arc<XdsState>,
-    subs: HashMap<&'static str, Subscription>,
+    /// Shared with the admin page, which reads it on demand.
+    subs: Arc<Mutex<Subscriptions>>,
     seen_generation: u64,
     nonce: u64,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -222,7 +261,8 @@ impl Session {
     /// Builds the response bringing `type_url` up to date for `names` (all when `None`).
     fn diff(&mut self, type_url: &'static str, names: Option<&HashSet<&str>>) -> Option<DeltaDiscoveryResponse> {
         let r = self.state.resources.read().unwrap_or_else(|p| p.into_inner());
-        let sub = self.subs.get_mut(type_url)?;
+        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        let sub = subs.get_mut(type_url)?;
         let current = r.by_type.get(type_url)?;
         let mut resources = Vec::new();
         let mut removed = Vec::new();
@@ -232,10 +272,10 @@ impl Session {
             }
             match current.get(name) {
                 Some(e) if sub.held.get(name) != Some(&e.version) => {
-                    sub.held.insert(name.to_owned(), e.version.clone());
+                    sub.held.insert(e.name.clone(), e.version);
                     resources.push(Resource {
                         name: name.to_owned(),
-                        version: e.version.to_string(),
+                        version: version_string(e.version),
                         resource: Some(e.body.clone()),
                         ..Default::default()
                     });
@@ -251,12 +291,13 @@ impl Session {
         match names {
             Some(names) => names.iter().for_each(|n| consider(n, sub)),
             None => {
-                let held: Vec<String> = sub.held.keys().cloned().collect();
-                for name in current.keys().map(String::as_str).chain(held.iter().map(String::as_str)) {
+                let gone: Vec<Arc<str>> = sub.held.keys().filter(|n| !current.contains_key(*n)).cloned().collect();
+                for name in current.keys().chain(gone.iter()) {
                     consider(name, sub);
                 }
             }
         }
+        drop(subs);
         drop(r);
         Some(DeltaDiscoveryResponse {
             type_url: type_url.to_owned(),
@@ -279,16 +320,10 @@ impl Session {
         if let Some(at) = generation_published {
             self.state.metrics.xds_push_time.observe(at.elapsed().as_secs_f64());
         }
-        let held: BTreeMap<String, String> = self
-            .subs
-            .get(type_url.as_str())
-            .map(|s| s.held.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
-            .unwrap_or_default();
         self.state.update_status(self.id, |s| {
-            let t = s.types.entry(type_url.clone()).or_default();
+            let t = s.types.entry(type_url).or_default();
             t.resources_sent += count;
             t.last_nonce_sent = nonce;
-            s.versions.insert(type_url, held);
         });
         true
     }
@@ -329,33 +364,42 @@ impl Session {
                 }
             });
         }
-        let first = !self.subs.contains_key(type_url);
+        let first = !self.subs.lock().unwrap_or_else(|p| p.into_inner()).contains_key(type_url);
         let subscribe_changed = !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
         if !first && !subscribe_changed {
             return true;
         }
-        let sub = self.subs.entry(type_url).or_default();
-        if first {
-            sub.held = req.initial_resource_versions.iter().map(|(k, v)| (k.clone(), Arc::from(v.as_str()))).collect();
-            let explicit: HashSet<String> =
-                req.resource_names_subscribe.iter().filter(|n| *n != "*").cloned().collect();
-            let wildcard =
-                req.resource_names_subscribe.is_empty() || req.resource_names_subscribe.iter().any(|n| n == "*");
-            sub.names = (!wildcard).then_some(explicit);
-        } else {
-            if req.resource_names_subscribe.iter().any(|n| n == "*") {
-                sub.names = None;
-            } else if let Some(names) = sub.names.as_mut() {
-                names.extend(req.resource_names_subscribe.iter().cloned());
-            }
-            if let Some(names) = sub.names.as_mut() {
-                for n in &req.resource_names_unsubscribe {
-                    names.remove(n);
-                    sub.held.remove(n);
+        {
+            let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+            let sub = subs.entry(type_url).or_default();
+            if first {
+                sub.held = req
+                    .initial_resource_versions
+                    .iter()
+                    .map(|(k, v)| (Arc::from(k.as_str()), parse_version(v)))
+                    .collect();
+                let explicit: HashSet<String> =
+                    req.resource_names_subscribe.iter().filter(|n| *n != "*").cloned().collect();
+                let wildcard =
+                    req.resource_names_subscribe.is_empty() || req.resource_names_subscribe.iter().any(|n| n == "*");
+                sub.names = (!wildcard).then_some(explicit);
+            } else {
+                if req.resource_names_subscribe.iter().any(|n| n == "*") {
+                    sub.names = None;
+                } else if let Some(names) = sub.names.as_mut() {
+                    names.extend(req.resource_names_subscribe.iter().cloned());
+                }
+                if let Some(names) = sub.names.as_mut() {
+                    for n in &req.resource_names_unsubscribe {
+                        names.remove(n);
+                        sub.held.remove(n.as_str());
+                    }
                 }
             }
         }
         // The first response is sent even when empty: it tells the subscriber it is in sync.
+        let state = self.state.clone();
+        let _permit = state.full_diffs.acquire().await;
         match self.diff(type_url, None) {
             Some(resp) if first || !resp.resources.is_empty() || !resp.removed_resources.is_empty() => {
                 self.send(resp, None).await
@@ -381,7 +425,9 @@ impl Session {
             (r.generation, changed, published)
         };
         self.seen_generation = generation;
-        let types: Vec<&'static str> = self.subs.keys().copied().collect();
+        let types: Vec<&'static str> = self.subs.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        let state = self.state.clone();
+        let _permit = if changed.is_none() { Some(state.full_diffs.acquire().await) } else { None };
         for t in types {
             let response = match &changed {
                 Some(changed) => match changed.get(t) {
@@ -428,8 +474,9 @@ impl AggregatedDiscoveryService for AdsService {
         let state = self.state.clone();
         let id = state.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         tokio::spawn(async move {
+            let subs: Arc<Mutex<Subscriptions>> = Arc::default();
             let mut session =
-                Session { id, state: state.clone(), subs: HashMap::new(), seen_generation: 0, nonce: 0, tx };
+                Session { id, state: state.clone(), subs: subs.clone(), seen_generation: 0, nonce: 0, tx };
             let mut pushed = state.pushed.subscribe();
             session.seen_generation = state.resources.read().unwrap_or_else(|p| p.into_inner()).generation;
             pushed.mark_unchanged();
@@ -443,13 +490,14 @@ impl AggregatedDiscoveryService for AdsService {
                                 registered = true;
                                 let node = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
                                 tracing::info!(subscriber = id, %node, caller = %caller.identity, peer = ?peer, "xDS subscriber connected");
-                                state.subscribers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, SubscriberStatus {
+                                let status = SubscriberStatus {
                                     id,
                                     node,
                                     peer: peer.map(|p: SocketAddr| p.to_string()).unwrap_or_default(),
                                     types: BTreeMap::new(),
                                     versions: BTreeMap::new(),
-                                });
+                                };
+                                state.subscribers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (status, subs.clone()));
                             }
                             if !session.on_request(req).await { break; }
                         }

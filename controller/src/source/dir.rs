@@ -15,9 +15,6 @@ use crate::manifest::{parse_object, split_yaml, Parsed, Rejection};
 use crate::model::ObjectKey;
 use crate::source::Rejections;
 
-/// How often the directory is scanned.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(300);
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Signature {
     modified: Option<SystemTime>,
@@ -32,6 +29,7 @@ struct FileState {
 
 pub struct DirSource {
     root: PathBuf,
+    poll: Duration,
     files: BTreeMap<PathBuf, FileState>,
     /// Which file defines each object.
     owner: HashMap<ObjectKey, PathBuf>,
@@ -59,8 +57,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 impl DirSource {
-    pub fn new(root: PathBuf, rejections: Rejections) -> Self {
-        DirSource { root, files: BTreeMap::new(), owner: HashMap::new(), rejections }
+    pub fn new(root: PathBuf, poll: Duration, rejections: Rejections) -> Self {
+        DirSource { root, poll, files: BTreeMap::new(), owner: HashMap::new(), rejections }
     }
 
     /// One scan: the events for everything that changed since the last one.
@@ -175,7 +173,7 @@ impl DirSource {
             if !events.is_empty() && tx.send(events).await.is_err() {
                 return;
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            tokio::time::sleep(self.poll).await;
         }
     }
 }

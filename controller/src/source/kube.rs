@@ -37,8 +37,91 @@ fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiReso
     ApiResource::from_gvk_with_plural(&gvk, plural)
 }
 
+/// Kinds whose `status` we own and write: the mesh's custom resources (Kubernetes validates
+/// its core kinds itself).
+fn writes_status(ar: &ApiResource) -> bool {
+    matches!(ar.group.as_str(), "security.istio.io" | "networking.istio.io" | "gateway.networking.k8s.io")
+        && ar.kind != "Gateway"
+}
+
+/// One status condition to write back.
+#[derive(Debug, Clone)]
+pub struct StatusUpdate {
+    pub resource: ApiResource,
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    /// `None`: accepted; `Some(reason)`: rejected.
+    pub rejection: Option<String>,
+}
+
+/// Writes `Accepted` conditions with server-side apply (field manager `ambit-controller`), so a
+/// `kubectl get -o yaml` shows why an object was refused.
+pub async fn write_statuses(client: Client, mut rx: tokio::sync::mpsc::Receiver<StatusUpdate>) {
+    use kube::api::{Patch, PatchParams};
+    let params = PatchParams::apply("ambit-controller").force();
+    while let Some(u) = rx.recv().await {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &u.namespace, &u.resource);
+        let (status, reason, message) = match &u.rejection {
+            None => ("True", "Accepted", "accepted by ambit-controller".to_owned()),
+            Some(why) => ("False", "Invalid", why.clone()),
+        };
+        let patch = serde_json::json!({
+            "apiVersion": u.resource.api_version,
+            "kind": u.resource.kind,
+            "status": {"conditions": [{
+                "type": "Accepted",
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": u.generation,
+                "lastTransitionTime": rfc3339_now(),
+            }]},
+        });
+        if let Err(e) = api.patch_status(&u.name, &params, &Patch::Apply(&patch)).await {
+            tracing::warn!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, error = %e, "writing status failed");
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamp with second precision, as Kubernetes writes them.
+fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// Turns one watched object into an event, or records why it was rejected.
-fn to_event(ar: &ApiResource, obj: DynamicObject, rejections: &Rejections) -> Option<Event> {
+fn to_event(
+    ar: &ApiResource,
+    obj: DynamicObject,
+    rejections: &Rejections,
+    status: Option<&tokio::sync::mpsc::Sender<StatusUpdate>>,
+) -> Option<Event> {
+    let status_update = |rejection: Option<String>| {
+        if let (Some(tx), true) = (status, writes_status(ar)) {
+            let update = StatusUpdate {
+                resource: ar.clone(),
+                namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+                name: obj.metadata.name.clone().unwrap_or_default(),
+                generation: obj.metadata.generation,
+                rejection,
+            };
+            if tx.try_send(update).is_err() {
+                tracing::debug!("status queue full; the next change rewrites it");
+            }
+        }
+    };
     let origin = format!(
         "{} {}/{}",
         ar.kind,
@@ -61,10 +144,12 @@ fn to_event(ar: &ApiResource, obj: DynamicObject, rejections: &Rejections) -> Op
     match parse_object(&origin, value) {
         Ok(Parsed::Object(o)) => {
             rejections.set(&origin, Vec::new());
+            status_update(None);
             Some(Event::Apply(o))
         }
         Ok(Parsed::Ignored { .. }) => None,
         Err(r) => {
+            status_update(Some(r.to_string()));
             rejections.set(&origin, vec![r]);
             None
         }
@@ -85,6 +170,7 @@ async fn watch_kind(
     (group, version, kind_name, plural): (&'static str, &'static str, &'static str, &'static str),
     tx: tokio::sync::mpsc::Sender<Vec<Event>>,
     rejections: Rejections,
+    status: tokio::sync::mpsc::Sender<StatusUpdate>,
 ) {
     let ar = api_resource(group, version, kind_name, plural);
     let Some(kind) = Kind::from_type(&ar.api_version, kind_name) else { return };
@@ -99,7 +185,7 @@ async fn watch_kind(
             Ok(watcher::Event::InitApply(obj)) => {
                 let key = key_of(kind, &obj);
                 relisted.insert(key);
-                batch.extend(to_event(&ar, obj, &rejections));
+                batch.extend(to_event(&ar, obj, &rejections, Some(&status)));
             }
             Ok(watcher::Event::InitDone) => {
                 // Whatever we knew and the relist no longer has was deleted meanwhile.
@@ -113,7 +199,7 @@ async fn watch_kind(
             }
             Ok(watcher::Event::Apply(obj)) => {
                 known.insert(key_of(kind, &obj));
-                if let Some(e) = to_event(&ar, obj, &rejections) {
+                if let Some(e) = to_event(&ar, obj, &rejections, Some(&status)) {
                     if tx.send(vec![e]).await.is_err() {
                         return;
                     }
@@ -132,10 +218,12 @@ async fn watch_kind(
     }
 }
 
-/// Starts a watcher per kind.
+/// Starts a watcher per kind, and the status writer.
 pub fn spawn_watchers(client: Client, tx: tokio::sync::mpsc::Sender<Vec<Event>>, rejections: Rejections) {
+    let (status_tx, status_rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(write_statuses(client.clone(), status_rx));
     for w in WATCHED {
-        tokio::spawn(watch_kind(client.clone(), *w, tx.clone(), rejections.clone()));
+        tokio::spawn(watch_kind(client.clone(), *w, tx.clone(), rejections.clone(), status_tx.clone()));
     }
 }
 

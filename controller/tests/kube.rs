@@ -1,0 +1,200 @@
+//! The Kubernetes source and TokenReview authentication with a real kube-rs client, against a
+//! fake API server that replays recorded responses (no API server runs on these machines).
+
+// Test helpers outside #[test] functions unwrap too: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ambit_controller::auth::Authenticator;
+use ambit_controller::index::{Event, Index};
+use ambit_controller::source::kube::{spawn_watchers, TokenReviewer};
+use ambit_controller::source::Rejections;
+use ambit_controller::translate::MeshSettings;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kube");
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn json(status: u16, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .unwrap()
+}
+
+/// A watch response: the recorded events, then the connection stays open like a real watch.
+fn watch(events: String) -> Response<Body> {
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+        events.lines().map(|l| Ok(Frame::data(Bytes::from(format!("{l}\n"))))).collect();
+    let stream = futures::stream::iter(frames).chain(futures::stream::pending());
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap()
+}
+
+fn empty_list(kind: &str) -> String {
+    format!(
+        "{{\"kind\":\"{kind}List\",\"apiVersion\":\"v1\",\"metadata\":{{\"resourceVersion\":\"51234\"}},\"items\":[]}}"
+    )
+}
+
+#[derive(Default)]
+struct ApiServer {
+    /// (method, path, body) of every request.
+    requests: Mutex<Vec<(String, String, String)>>,
+    secret: Mutex<Option<String>>,
+}
+
+impl ApiServer {
+    async fn respond(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().to_string();
+        let path = req.uri().path().to_owned();
+        let is_watch = req.uri().query().unwrap_or("").contains("watch=true");
+        let body = String::from_utf8_lossy(&req.into_body().collect().await.unwrap().to_bytes()).into_owned();
+        self.requests.lock().unwrap().push((method.clone(), path.clone(), body.clone()));
+        let resource = path.rsplit('/').next().unwrap_or("").to_owned();
+        match (method.as_str(), path.as_str()) {
+            ("POST", "/apis/authentication.k8s.io/v1/tokenreviews") => json(201, fixture("tokenreview.response.json")),
+            ("GET", "/api/v1/namespaces/ambit-system/secrets/ambit-ca-root") => {
+                match self.secret.lock().unwrap().clone() {
+                    Some(s) => json(200, s),
+                    None => json(404, fixture("secret.notfound.json")),
+                }
+            }
+            ("POST", "/api/v1/namespaces/ambit-system/secrets") => {
+                *self.secret.lock().unwrap() = Some(body.clone());
+                json(201, body)
+            }
+            ("PATCH", _) => json(200, body),
+            ("GET", _) if is_watch => match resource.as_str() {
+                "pods" => watch(fixture("pods.watch.jsonl")),
+                _ => watch(String::new()),
+            },
+            ("GET", _) => match resource.as_str() {
+                "namespaces" => json(200, fixture("namespaces.list.json")),
+                "pods" => json(200, fixture("pods.list.json")),
+                "services" => json(200, fixture("services.list.json")),
+                "authorizationpolicies" => json(200, fixture("authorizationpolicies.list.json")),
+                other => json(200, empty_list(other)),
+            },
+            _ => json(404, fixture("secret.notfound.json")),
+        }
+    }
+}
+
+async fn api_server() -> (SocketAddr, Arc<ApiServer>, kube::Client) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Arc::new(ApiServer::default());
+    let s = server.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let s = s.clone();
+                    async move { Ok::<_, Infallible>(s.respond(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    });
+    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    (addr, server, kube::Client::try_from(config).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_feed_the_index_from_lists_and_watch_events() {
+    let (_, _server, client) = api_server().await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Event>>(64);
+    let rejections = Rejections::default();
+    spawn_watchers(client, tx, rejections.clone());
+    let mut index = Index::new(MeshSettings::default());
+    let uid = |name: &str| format!("Kubernetes//Pod/shop/{name}");
+    let mut published = std::collections::BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Lists bring cart (enrolled: the namespace is ambient); the pod watch then adds front-1
+    // and deletes cart.
+    while !(published.get(&uid("front-1")) == Some(&true)
+        && published.get(&uid("cart-6d9f7c8b5-x2k4q")) == Some(&false))
+    {
+        let batch = tokio::time::timeout_at(deadline, rx.recv()).await.expect("events in time").unwrap();
+        for change in index.apply(batch) {
+            published.insert(change.name.clone(), change.body.is_some());
+        }
+    }
+    assert_eq!(published.get("shop/cart.shop.svc.cluster.local"), Some(&true));
+    let cart_workload_name = index.store().pods(Some("shop")).map(|p| p.metadata.name.clone()).collect::<Vec<_>>();
+    assert_eq!(cart_workload_name, vec!["front-1"]);
+    // The recorded policy with a typo'd action is rejected by name and field.
+    let rejected = rejections.all();
+    let r = &rejected["AuthorizationPolicy shop/typo"][0];
+    assert_eq!(r.field, "spec.action");
+    assert!(r.reason.contains("DENNY"), "{}", r.reason);
+}
+
+#[tokio::test]
+async fn token_review_yields_the_service_account_and_node() {
+    let (_, server, client) = api_server().await;
+    let reviewer = TokenReviewer::new(client, "cluster.local".into(), vec!["istio-ca".into()]);
+    let caller = reviewer.authenticate("eyJhbGciOiJSUzI1NiJ9.recorded.token").await.unwrap();
+    assert_eq!(caller.identity.to_string(), "spiffe://cluster.local/ns/ambit-system/sa/ztunnel");
+    assert_eq!(caller.node.as_deref(), Some("node-1"));
+    assert_eq!(caller.pod.as_deref(), Some("ztunnel-8xk2q"));
+    let requests = server.requests.lock().unwrap();
+    let (_, _, body) = requests.iter().find(|(_, p, _)| p.ends_with("tokenreviews")).unwrap();
+    let sent: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(sent["spec"]["token"], "eyJhbGciOiJSUzI1NiJ9.recorded.token");
+    assert_eq!(sent["spec"]["audiences"][0], "istio-ca");
+}
+
+#[tokio::test]
+async fn the_root_is_created_in_a_secret_once_and_reloaded() {
+    use clap::Parser;
+    let (_, server, client) = api_server().await;
+    let config = ambit_controller::config::Config::try_parse_from(["controller"]).unwrap();
+    let first = ambit_controller::source::kube::load_or_create_root_secret(&client, &config).await.unwrap();
+    assert!(server.secret.lock().unwrap().as_ref().unwrap().contains("root-key.pem"));
+    let again = ambit_controller::source::kube::load_or_create_root_secret(&client, &config).await.unwrap();
+    assert_eq!(first.root_der(), again.root_der(), "a restart keeps the root");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_are_written_as_status_conditions() {
+    let (_, server, client) = api_server().await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Event>>(64);
+    spawn_watchers(client, tx, Rejections::default());
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let path = "/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies/typo/status";
+    for _ in 0..200 {
+        let requests = server.requests.lock().unwrap().clone();
+        if let Some((method, _, body)) = requests.iter().find(|(_, p, _)| p == path) {
+            assert_eq!(method, "PATCH");
+            let patch: serde_json::Value = serde_json::from_str(body).unwrap();
+            let cond = &patch["status"]["conditions"][0];
+            assert_eq!(cond["type"], "Accepted");
+            assert_eq!(cond["status"], "False");
+            assert!(cond["message"].as_str().unwrap().contains("spec.action"), "{cond}");
+            assert_eq!(patch["kind"], "AuthorizationPolicy");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no status written for the rejected policy");
+}
