@@ -28,6 +28,13 @@ use crate::metrics::Metrics;
 
 /// Types this server serves.
 pub const TYPES: &[&str] = &[ADDRESS, AUTHORIZATION];
+/// Full-state responses in flight at once. A large response holds its slot until the
+/// subscriber ACKs or NACKs it (or `IN_FLIGHT_TIMEOUT` passes), so a connect storm of many
+/// subscribers cannot make the controller hold every snapshot in memory at the same time.
+const FULL_DIFFS_IN_FLIGHT: usize = 8;
+/// Responses with at least this many resources count as large.
+const LARGE_RESPONSE: usize = 256;
+const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many recent changes are kept for incremental pushes; a subscriber further behind gets
 /// a full comparison instead.
 const LOG_CAPACITY: usize = 200_000;
@@ -101,10 +108,10 @@ pub struct XdsState {
     resources: RwLock<Resources>,
     dirty: Notify,
     pushed: watch::Sender<u64>,
-    subscribers: Mutex<BTreeMap<u64, (SubscriberStatus, Arc<Mutex<Subscriptions>>)>>,
+    subscribers: Mutex<BTreeMap<u64, Registered>>,
     /// Bounds how many subscribers build a full-state response at once (connect storms after
     /// a controller restart), which bounds the memory those responses take.
-    full_diffs: tokio::sync::Semaphore,
+    full_diffs: Arc<tokio::sync::Semaphore>,
     next_id: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -121,7 +128,7 @@ impl XdsState {
             dirty: Notify::new(),
             pushed,
             subscribers: Mutex::default(),
-            full_diffs: tokio::sync::Semaphore::new(8),
+            full_diffs: Arc::new(tokio::sync::Semaphore::new(FULL_DIFFS_IN_FLIGHT)),
             next_id: Default::default(),
             metrics,
         })
@@ -235,6 +242,9 @@ struct Subscription {
 
 type Subscriptions = HashMap<&'static str, Subscription>;
 
+/// A connected subscriber: its status and its live subscriptions (read by the admin page).
+type Registered = (SubscriberStatus, Arc<Mutex<Subscriptions>>);
+
 impl Subscription {
     fn wants(&self, name: &str) -> bool {
         self.names.as_ref().is_none_or(|n| n.contains(name))
@@ -250,6 +260,8 @@ struct Session {
     seen_generation: u64,
     nonce: u64,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    /// Large responses awaiting their ACK: dropping the sender frees the slot.
+    in_flight: HashMap<String, tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Session {
@@ -308,13 +320,43 @@ impl Session {
         })
     }
 
-    async fn send(&mut self, mut response: DeltaDiscoveryResponse, generation_published: Option<Instant>) -> bool {
+    /// Takes a full-state slot (see `FULL_DIFFS_IN_FLIGHT`).
+    async fn full_diff_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.state.full_diffs.clone().acquire_owned().await.ok()
+    }
+
+    /// Sends; a large response keeps `slot` until acknowledged.
+    async fn send_holding(
+        &mut self,
+        response: DeltaDiscoveryResponse,
+        published: Option<Instant>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> bool {
+        let large = response.resources.len() >= LARGE_RESPONSE;
+        let Some(nonce) = self.send(response, published).await else { return false };
+        if let (true, Some(slot)) = (large, slot) {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            self.in_flight.insert(nonce, done);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(IN_FLIGHT_TIMEOUT, wait).await;
+                drop(slot);
+            });
+        }
+        true
+    }
+
+    /// Sends a response; returns its nonce, or `None` when the stream is gone.
+    async fn send(
+        &mut self,
+        mut response: DeltaDiscoveryResponse,
+        generation_published: Option<Instant>,
+    ) -> Option<String> {
         response.nonce = self.next_nonce();
         let type_url = response.type_url.clone();
         let count = response.resources.len();
         let nonce = response.nonce.clone();
         if self.tx.send(Ok(response)).await.is_err() {
-            return false;
+            return None;
         }
         self.state.metrics.xds_pushes.get_or_create(&vec![("type".to_owned(), short_type(&type_url))]).inc();
         if let Some(at) = generation_published {
@@ -323,9 +365,9 @@ impl Session {
         self.state.update_status(self.id, |s| {
             let t = s.types.entry(type_url).or_default();
             t.resources_sent += count;
-            t.last_nonce_sent = nonce;
+            t.last_nonce_sent = nonce.clone();
         });
-        true
+        Some(nonce)
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> bool {
@@ -334,6 +376,7 @@ impl Session {
             return true;
         };
         if !req.response_nonce.is_empty() {
+            self.in_flight.remove(&req.response_nonce);
             let (nonce, nack) = (req.response_nonce.clone(), req.error_detail.clone());
             match &nack {
                 Some(status) => {
@@ -398,11 +441,10 @@ impl Session {
             }
         }
         // The first response is sent even when empty: it tells the subscriber it is in sync.
-        let state = self.state.clone();
-        let _permit = state.full_diffs.acquire().await;
+        let slot = self.full_diff_slot().await;
         match self.diff(type_url, None) {
             Some(resp) if first || !resp.resources.is_empty() || !resp.removed_resources.is_empty() => {
-                self.send(resp, None).await
+                self.send_holding(resp, None, slot).await
             }
             _ => true,
         }
@@ -426,9 +468,8 @@ impl Session {
         };
         self.seen_generation = generation;
         let types: Vec<&'static str> = self.subs.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
-        let state = self.state.clone();
-        let _permit = if changed.is_none() { Some(state.full_diffs.acquire().await) } else { None };
         for t in types {
+            let slot = if changed.is_none() { self.full_diff_slot().await } else { None };
             let response = match &changed {
                 Some(changed) => match changed.get(t) {
                     Some(names) => {
@@ -440,7 +481,7 @@ impl Session {
                 None => self.diff(t, None),
             };
             if let Some(resp) = response.filter(|r| !r.resources.is_empty() || !r.removed_resources.is_empty()) {
-                if !self.send(resp, published).await {
+                if !self.send_holding(resp, published, slot).await {
                     return false;
                 }
             }
@@ -475,8 +516,15 @@ impl AggregatedDiscoveryService for AdsService {
         let id = state.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         tokio::spawn(async move {
             let subs: Arc<Mutex<Subscriptions>> = Arc::default();
-            let mut session =
-                Session { id, state: state.clone(), subs: subs.clone(), seen_generation: 0, nonce: 0, tx };
+            let mut session = Session {
+                id,
+                state: state.clone(),
+                subs: subs.clone(),
+                seen_generation: 0,
+                nonce: 0,
+                tx,
+                in_flight: HashMap::new(),
+            };
             let mut pushed = state.pushed.subscribe();
             session.seen_generation = state.resources.read().unwrap_or_else(|p| p.into_inner()).generation;
             pushed.mark_unchanged();
