@@ -4,8 +4,6 @@
 //! metrics and its configuration on the admin runtime; capture and the HBONE data path arrive
 //! with issue #4 (see docs/ztunnel.md).
 
-mod config;
-
 use std::sync::{Arc, Mutex};
 
 use ambit_shared::telemetry::{self, Readiness};
@@ -13,7 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    let config = config::Config::parse();
+    let config = ambit_ztunnel::config::Config::parse();
     config.validate().context("invalid configuration")?;
     config.log.init().context("starting logging")?;
     let mut registry = telemetry::istio_registry();

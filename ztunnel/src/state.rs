@@ -1,0 +1,399 @@
+//! ztunnel's view of the mesh, from the controller over xDS: workloads, services and
+//! authorization policies, indexed for the per-connection look-ups (by address, by VIP, by
+//! name) so a connection costs hash look-ups, never a scan.
+//!
+//! `Updater` is the xDS handler that keeps it current; when the controller is away the last
+//! state keeps serving. Decisions (where to send a connection, whether to allow it) read it
+//! through `State`'s methods.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+
+use ambit_shared::proto::security::Authorization;
+use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION};
+use ambit_shared::proto::workload::{self as pb, address};
+use ambit_shared::xds::{self, Rejection, Update};
+use ambit_shared::Identity;
+
+use crate::rbac::{self, ConnectionInfo, Denial};
+
+/// Network name + address: workloads and VIPs are unique per network.
+pub type NetworkAddr = (Arc<str>, IpAddr);
+
+/// A workload as ztunnel uses it.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub uid: Arc<str>,
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub addresses: Vec<IpAddr>,
+    pub network: Arc<str>,
+    pub hbone: bool,
+    pub identity: Identity,
+    pub node: Arc<str>,
+    pub waypoint: Option<pb::GatewayAddress>,
+    /// `ns/hostname` → ports.
+    pub services: HashMap<Arc<str>, Vec<pb::Port>>,
+    pub policies: Vec<Arc<str>>,
+    pub healthy: bool,
+    pub capacity: u32,
+    pub canonical_name: Arc<str>,
+    pub canonical_revision: Arc<str>,
+    pub workload_name: Arc<str>,
+    pub cluster_id: Arc<str>,
+}
+
+/// A service as ztunnel uses it.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// `ns/hostname`: the resource name and the key in workloads' `services`.
+    pub key: Arc<str>,
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub hostname: Arc<str>,
+    pub vips: Vec<NetworkAddr>,
+    pub ports: Vec<pb::Port>,
+    pub waypoint: Option<pb::GatewayAddress>,
+    pub subject_alt_names: Vec<Identity>,
+    /// Send to unhealthy endpoints too (`publishNotReadyAddresses`).
+    pub allow_unhealthy: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("workload {0}: {1}")]
+    Workload(String, String),
+    #[error("service {0}: {1}")]
+    Service(String, String),
+    #[error("authorization {0}: {1}")]
+    Authorization(String, String),
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(b).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+impl Workload {
+    /// Converts the xDS message, validating what the data path relies on.
+    pub fn from_proto(w: pb::Workload) -> Result<Self, StateError> {
+        let err = |msg: String| StateError::Workload(w.uid.clone(), msg);
+        if w.uid.is_empty() {
+            return Err(err("uid is empty".into()));
+        }
+        let addresses = w
+            .addresses
+            .iter()
+            .map(|a| ip_from_bytes(a).ok_or_else(|| err(format!("address of {} bytes", a.len()))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let td = if w.trust_domain.is_empty() { "cluster.local" } else { &w.trust_domain };
+        let sa = if w.service_account.is_empty() { "default" } else { &w.service_account };
+        let identity = Identity::new(td, &w.namespace, sa).map_err(|e| err(e.to_string()))?;
+        Ok(Workload {
+            uid: w.uid.as_str().into(),
+            name: w.name.as_str().into(),
+            namespace: w.namespace.as_str().into(),
+            addresses,
+            network: w.network.as_str().into(),
+            hbone: w.tunnel_protocol == pb::TunnelProtocol::Hbone as i32,
+            identity,
+            node: w.node.as_str().into(),
+            waypoint: w.waypoint,
+            services: w.services.into_iter().map(|(k, v)| (Arc::from(k.as_str()), v.ports)).collect(),
+            policies: w.authorization_policies.iter().map(|p| Arc::from(p.as_str())).collect(),
+            healthy: w.status == pb::WorkloadStatus::Healthy as i32,
+            capacity: w.capacity.unwrap_or(1).max(1),
+            canonical_name: w.canonical_name.as_str().into(),
+            canonical_revision: w.canonical_revision.as_str().into(),
+            workload_name: w.workload_name.as_str().into(),
+            cluster_id: w.cluster_id.as_str().into(),
+        })
+    }
+}
+
+impl Service {
+    pub fn from_proto(s: pb::Service) -> Result<Self, StateError> {
+        let key = format!("{}/{}", s.namespace, s.hostname);
+        let err = |msg: String| StateError::Service(key.clone(), msg);
+        let vips = s
+            .addresses
+            .iter()
+            .map(|a| {
+                ip_from_bytes(&a.address)
+                    .map(|ip| (Arc::from(a.network.as_str()), ip))
+                    .ok_or_else(|| err(format!("VIP of {} bytes", a.address.len())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let subject_alt_names = s
+            .subject_alt_names
+            .iter()
+            .map(|n| n.parse::<Identity>().map_err(|e| err(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let allow_unhealthy = s
+            .load_balancing
+            .as_ref()
+            .is_some_and(|lb| lb.health_policy == pb::load_balancing::HealthPolicy::AllowAll as i32);
+        Ok(Service {
+            key: key.as_str().into(),
+            name: s.name.as_str().into(),
+            namespace: s.namespace.as_str().into(),
+            hostname: s.hostname.as_str().into(),
+            vips,
+            ports: s.ports,
+            waypoint: s.waypoint,
+            subject_alt_names,
+            allow_unhealthy,
+        })
+    }
+
+    /// The target port for `port` on `workload` (the workload's own mapping wins; 0 means
+    /// "same as the service port").
+    pub fn target_port(&self, port: u16, workload: &Workload) -> Option<u16> {
+        let from = |ports: &[pb::Port]| {
+            ports.iter().find(|p| p.service_port == u32::from(port)).map(|p| {
+                if p.target_port == 0 {
+                    port
+                } else {
+                    u16::try_from(p.target_port).unwrap_or(port)
+                }
+            })
+        };
+        match workload.services.get(&self.key) {
+            Some(ports) => from(ports),
+            None => from(&self.ports),
+        }
+    }
+}
+
+/// Where an outbound connection's original destination points.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A service VIP and port.
+    Service { service: Arc<Service>, port: u16 },
+    /// A known workload's own address.
+    Workload(Arc<Workload>),
+    /// Nothing we know: outside the mesh.
+    Passthrough,
+}
+
+/// The indexed state.
+#[derive(Debug, Default)]
+pub struct State {
+    workloads: HashMap<Arc<str>, Arc<Workload>>,
+    workload_by_addr: HashMap<NetworkAddr, Arc<str>>,
+    services: HashMap<Arc<str>, Arc<Service>>,
+    service_by_vip: HashMap<NetworkAddr, Arc<str>>,
+    /// service key → uids of workloads that serve it.
+    endpoints: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    policies: HashMap<Arc<str>, Arc<Authorization>>,
+    namespace_policies: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    global_policies: HashSet<Arc<str>>,
+}
+
+impl State {
+    pub fn insert_workload(&mut self, w: Workload) {
+        self.remove_workload(&w.uid.clone());
+        let w = Arc::new(w);
+        for ip in &w.addresses {
+            self.workload_by_addr.insert((w.network.clone(), *ip), w.uid.clone());
+        }
+        for svc in w.services.keys() {
+            self.endpoints.entry(svc.clone()).or_default().insert(w.uid.clone());
+        }
+        self.workloads.insert(w.uid.clone(), w);
+    }
+
+    pub fn remove_workload(&mut self, uid: &str) -> bool {
+        let Some(w) = self.workloads.remove(uid) else { return false };
+        for ip in &w.addresses {
+            let key = (w.network.clone(), *ip);
+            if self.workload_by_addr.get(&key).is_some_and(|u| **u == *uid) {
+                self.workload_by_addr.remove(&key);
+            }
+        }
+        for svc in w.services.keys() {
+            if let Some(set) = self.endpoints.get_mut(svc) {
+                set.remove(uid);
+                if set.is_empty() {
+                    self.endpoints.remove(svc);
+                }
+            }
+        }
+        true
+    }
+
+    pub fn insert_service(&mut self, s: Service) {
+        self.remove_service(&s.key.clone());
+        let s = Arc::new(s);
+        for vip in &s.vips {
+            self.service_by_vip.insert(vip.clone(), s.key.clone());
+        }
+        self.services.insert(s.key.clone(), s);
+    }
+
+    pub fn remove_service(&mut self, key: &str) -> bool {
+        let Some(s) = self.services.remove(key) else { return false };
+        for vip in &s.vips {
+            if self.service_by_vip.get(vip).is_some_and(|k| **k == *key) {
+                self.service_by_vip.remove(vip);
+            }
+        }
+        true
+    }
+
+    pub fn insert_policy(&mut self, p: Authorization) {
+        let name: Arc<str> = format!("{}/{}", p.namespace, p.name).into();
+        self.remove_policy(&name.clone());
+        use ambit_shared::proto::security::Scope;
+        match Scope::try_from(p.scope).unwrap_or(Scope::WorkloadSelector) {
+            Scope::Global => {
+                self.global_policies.insert(name.clone());
+            }
+            Scope::Namespace => {
+                self.namespace_policies.entry(p.namespace.as_str().into()).or_default().insert(name.clone());
+            }
+            Scope::WorkloadSelector => {}
+        }
+        self.policies.insert(name, Arc::new(p));
+    }
+
+    pub fn remove_policy(&mut self, name: &str) -> bool {
+        let Some(p) = self.policies.remove(name) else { return false };
+        self.global_policies.remove(name);
+        if let Some(set) = self.namespace_policies.get_mut(p.namespace.as_str()) {
+            set.remove(name);
+        }
+        true
+    }
+
+    pub fn workload(&self, uid: &str) -> Option<&Arc<Workload>> {
+        self.workloads.get(uid)
+    }
+
+    pub fn workload_by_addr(&self, network: &str, ip: IpAddr) -> Option<&Arc<Workload>> {
+        let key: NetworkAddr = (network.into(), ip);
+        self.workload_by_addr.get(&key).and_then(|uid| self.workloads.get(uid))
+    }
+
+    pub fn service(&self, key: &str) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.workloads.len(), self.services.len(), self.policies.len())
+    }
+
+    /// What an original destination address means (from a pod on `network`).
+    pub fn destination(&self, network: &str, dst: SocketAddr) -> Destination {
+        let key: NetworkAddr = (network.into(), dst.ip());
+        if let Some(svc) = self.service_by_vip.get(&key).and_then(|k| self.services.get(k)) {
+            return Destination::Service { service: svc.clone(), port: dst.port() };
+        }
+        match self.workload_by_addr.get(&key).and_then(|uid| self.workloads.get(uid)) {
+            Some(w) => Destination::Workload(w.clone()),
+            None => Destination::Passthrough,
+        }
+    }
+
+    /// Endpoints of a service that can take a connection on `port`: healthy (unless the
+    /// service allows otherwise) and mapping the port.
+    pub fn endpoints(&self, service: &Service, port: u16) -> Vec<(Arc<Workload>, u16)> {
+        let Some(uids) = self.endpoints.get(&service.key) else { return Vec::new() };
+        uids.iter()
+            .filter_map(|uid| self.workloads.get(uid))
+            .filter(|w| w.healthy || service.allow_unhealthy)
+            .filter_map(|w| service.target_port(port, w).map(|p| (w.clone(), p)))
+            .collect()
+    }
+
+    /// Authorizes a connection to `destination`: global policies, its namespace's, and the
+    /// ones it names (fail closed on unknown names).
+    pub fn authorize(&self, destination: &Workload, conn: &ConnectionInfo<'_>) -> Result<(), Denial> {
+        let named = destination.policies.iter().map(|n| self.policies.get(n).map(|p| &**p).ok_or(&**n));
+        let scoped = self
+            .global_policies
+            .iter()
+            .chain(self.namespace_policies.get(&destination.namespace).into_iter().flatten())
+            .filter_map(|n| self.policies.get(n).map(|p| Ok(&**p)));
+        rbac::authorize(scoped.chain(named), conn)
+    }
+}
+
+/// Picks one endpoint, weighted by capacity, spreading evenly over calls.
+pub fn pick_endpoint(endpoints: &[(Arc<Workload>, u16)]) -> Option<(Arc<Workload>, u16)> {
+    let total: u64 = endpoints.iter().map(|(w, _)| u64::from(w.capacity)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = random_u64() % total;
+    for (w, port) in endpoints {
+        let c = u64::from(w.capacity);
+        if point < c {
+            return Some((w.clone(), *port));
+        }
+        point -= c;
+    }
+    None
+}
+
+/// A fast per-thread xorshift seeded from the standard library's per-thread random hasher
+/// keys; load spreading needs evenness, not secrecy.
+fn random_u64() -> u64 {
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(std::collections::hash_map::RandomState::new().hash_one(0u8) | 1);
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+/// The xDS handler keeping `State` current.
+#[derive(Clone, Default)]
+pub struct Updater {
+    pub state: Arc<RwLock<State>>,
+}
+
+impl xds::Handler for Updater {
+    fn handle(&mut self, update: Update<'_>) -> Vec<Rejection> {
+        let mut rejected = Vec::new();
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        for name in &update.removed {
+            let _ = state.remove_workload(name) || state.remove_service(name) || state.remove_policy(name);
+        }
+        for r in update.added {
+            let result = match update.type_url {
+                ADDRESS => r.decode::<pb::Address>(ADDRESS).map_err(|e| e.to_string()).and_then(|a| match a.r#type {
+                    Some(address::Type::Workload(w)) => {
+                        Workload::from_proto(w).map(|w| state.insert_workload(w)).map_err(|e| e.to_string())
+                    }
+                    Some(address::Type::Service(s)) => {
+                        Service::from_proto(s).map(|s| state.insert_service(s)).map_err(|e| e.to_string())
+                    }
+                    None => Err("address has neither workload nor service".into()),
+                }),
+                AUTHORIZATION => {
+                    r.decode::<Authorization>(AUTHORIZATION).map(|p| state.insert_policy(p)).map_err(|e| e.to_string())
+                }
+                other => Err(format!("unexpected type {other}")),
+            };
+            if let Err(reason) = result {
+                rejected.push(Rejection { name: r.name, reason });
+            }
+        }
+        rejected
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+use ambit_shared::proto::security::{Action, Group, Scope};
+use ambit_shared::proto::workload::{NetworkAddress, Port, PortList};
+
+use super::*;
+
+fn wl(uid: &str, ns: &str, sa: &str, ip: &str, svc: Option<&str>, healthy: bool) -> Workload {
+    let ip: IpAddr = ip.parse().unwrap();
+    let bytes = match ip {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    };
+    let mut services = HashMap::new();
+    if let Some(s) = svc {
+        services.insert(
+            s.to_owned(),
+            PortList { ports: vec![Port { service_port: 80, target_port: 8080, app_protocol: 0 }] },
+        );
+    }
+    Workload::from_proto(pb::Workload {
+        uid: uid.into(),
+        name: uid.into(),
+        namespace: ns.into(),
+        service_account: sa.into(),
+        addresses: vec![bytes],
+        tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
+        services,
+        status: if healthy { pb::WorkloadStatus::Healthy } else { pb::WorkloadStatus::Unhealthy } as i32,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn svc(ns: &str, host: &str, vip: [u8; 4]) -> Service {
+    Service::from_proto(pb::Service {
+        name: host.split('.').next().unwrap().into(),
+        namespace: ns.into(),
+        hostname: host.into(),
+        addresses: vec![NetworkAddress { network: String::new(), address: vip.to_vec() }],
+        ports: vec![Port { service_port: 80, target_port: 8080, app_protocol: 0 }],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+const CART: &str = "shop/cart.shop.svc.cluster.local";
+
+#[test]
+fn original_destination_lookup() {
+    let mut s = State::default();
+    s.insert_service(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]));
+    s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true));
+    match s.destination("", "10.96.0.10:80".parse().unwrap()) {
+        Destination::Service { service, port } => assert_eq!((&*service.key, port), (CART, 80)),
+        other => panic!("{other:?}"),
+    }
+    match s.destination("", "10.1.0.5:8080".parse().unwrap()) {
+        Destination::Workload(w) => assert_eq!(&*w.uid, "w1"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(s.destination("", "93.184.216.34:443".parse().unwrap()), Destination::Passthrough));
+    assert!(matches!(s.destination("other-net", "10.1.0.5:8080".parse().unwrap()), Destination::Passthrough));
+    // Removal cleans the indexes.
+    assert!(s.remove_workload("w1"));
+    assert!(matches!(s.destination("", "10.1.0.5:8080".parse().unwrap()), Destination::Passthrough));
+}
+
+#[test]
+fn endpoint_selection_skips_unhealthy_and_spreads_evenly() {
+    let mut s = State::default();
+    let service = svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]);
+    s.insert_service(service.clone());
+    s.insert_workload(wl("a", "shop", "cart", "10.1.0.5", Some(CART), true));
+    s.insert_workload(wl("b", "shop", "cart", "10.1.0.6", Some(CART), true));
+    s.insert_workload(wl("sick", "shop", "cart", "10.1.0.7", Some(CART), false));
+    let eps = s.endpoints(&service, 80);
+    assert_eq!(eps.len(), 2);
+    assert!(eps.iter().all(|(w, port)| &*w.uid != "sick" && *port == 8080));
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..10_000 {
+        let (w, _) = pick_endpoint(&eps).unwrap();
+        *counts.entry(w.uid.to_string()).or_default() += 1;
+    }
+    for (uid, n) in &counts {
+        assert!((4_500..=5_500).contains(n), "{uid} picked {n} times of 10000");
+    }
+    assert!(s.endpoints(&service, 443).is_empty(), "no endpoint maps port 443");
+    assert!(pick_endpoint(&[]).is_none());
+}
+
+#[test]
+fn authorization_uses_global_namespace_and_named_policies() {
+    let mut s = State::default();
+    let dst = wl("w1", "shop", "cart", "10.1.0.5", None, true);
+    let deny_all = |name: &str, ns: &str, scope: Scope| Authorization {
+        name: name.into(),
+        namespace: ns.into(),
+        scope: scope as i32,
+        action: Action::Deny as i32,
+        groups: vec![Group { rules: vec![] }],
+        dry_run: false,
+    };
+    let conn = ConnectionInfo {
+        source_identity: None,
+        source_ip: "10.2.0.1".parse().unwrap(),
+        destination: "10.1.0.5:8080".parse().unwrap(),
+    };
+    assert!(s.authorize(&dst, &conn).is_ok());
+    s.insert_policy(deny_all("ns-wide", "other", Scope::Namespace));
+    assert!(s.authorize(&dst, &conn).is_ok(), "another namespace's policy does not apply");
+    s.insert_policy(deny_all("mesh", "istio-system", Scope::Global));
+    assert_eq!(s.authorize(&dst, &conn), Err(Denial::DeniedBy("istio-system/mesh".into())));
+    assert!(s.remove_policy("istio-system/mesh"));
+    s.insert_policy(deny_all("selected", "shop", Scope::WorkloadSelector));
+    assert!(s.authorize(&dst, &conn).is_ok(), "selector policies apply only where named");
+    let mut named = dst.clone();
+    named.policies = vec!["shop/selected".into()];
+    assert_eq!(s.authorize(&named, &conn), Err(Denial::DeniedBy("shop/selected".into())));
+    named.policies = vec!["shop/not-yet-arrived".into()];
+    assert_eq!(s.authorize(&named, &conn), Err(Denial::UnknownPolicy("shop/not-yet-arrived".into())));
+}
+
+#[test]
+fn malformed_xds_resources_are_rejected_by_name() {
+    use prost::Message;
+    let mut updater = Updater::default();
+    let bad_addr = pb::Address {
+        r#type: Some(address::Type::Workload(pb::Workload {
+            uid: "w".into(),
+            addresses: vec![vec![1, 2, 3]],
+            namespace: "a".into(),
+            ..Default::default()
+        })),
+    };
+    let good = pb::Address {
+        r#type: Some(address::Type::Workload(pb::Workload {
+            uid: "ok".into(),
+            namespace: "a".into(),
+            ..Default::default()
+        })),
+    };
+    let res = |name: &str, m: &pb::Address| xds::Resource {
+        name: name.into(),
+        version: "1".into(),
+        body: prost_types::Any { type_url: ADDRESS.into(), value: m.encode_to_vec() },
+    };
+    let rejected = xds::Handler::handle(
+        &mut updater,
+        Update { type_url: ADDRESS, added: vec![res("w", &bad_addr), res("ok", &good)], removed: vec![] },
+    );
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].name, "w");
+    assert!(rejected[0].reason.contains("3 bytes"), "{}", rejected[0].reason);
+    assert!(updater.state.read().unwrap().workload("ok").is_some());
+    xds::Handler::handle(&mut updater, Update { type_url: ADDRESS, added: vec![], removed: vec!["ok".into()] });
+    assert!(updater.state.read().unwrap().workload("ok").is_none());
+}
