@@ -17,8 +17,8 @@ use ambit_shared::Identity;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{authenticate, Authenticator};
-use crate::index::Index;
 use crate::metrics::Metrics;
+use crate::store::NodeIdentities;
 
 /// Metadata field naming the identity a node proxy asks for (Istio's).
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
@@ -93,7 +93,8 @@ pub struct CaService {
     pub ca: Arc<Ca>,
     pub trust_domain: String,
     pub auth: Arc<dyn Authenticator>,
-    pub index: Arc<RwLock<Index>>,
+    /// Which identities run on which node (a copy kept current by the index loop).
+    pub identities: Arc<RwLock<NodeIdentities>>,
     pub settings: CaSettings,
     pub metrics: Arc<Metrics>,
 }
@@ -128,14 +129,10 @@ impl CaService {
                 Status::permission_denied(format!("{wanted} is outside trust domain {}", self.trust_domain)),
             ));
         }
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let identities = self.identities.read().unwrap_or_else(|p| p.into_inner());
         let node = caller.node.clone().or_else(|| {
             let pod = caller.pod.as_ref()?;
-            index
-                .store()
-                .pods(Some(caller.identity.namespace()))
-                .find(|p| &p.metadata.name == pod)
-                .and_then(|p| p.spec.node_name.clone())
+            identities.node_of(caller.identity.namespace(), pod).map(str::to_owned)
         });
         let Some(node) = node else {
             return Err(self.deny(
@@ -143,7 +140,7 @@ impl CaService {
                 Status::permission_denied(format!("the node of caller {} is unknown", caller.identity)),
             ));
         };
-        if !index.store().identity_runs_on(&node, wanted.namespace(), wanted.service_account()) {
+        if !identities.runs_on(&node, wanted.namespace(), wanted.service_account()) {
             return Err(self.deny(
                 "not-on-node",
                 Status::permission_denied(format!("no pod running as {wanted} is on node {node}")),

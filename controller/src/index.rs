@@ -17,7 +17,7 @@ use crate::model::{Kind, Labels, Object, ObjectKey};
 use crate::store::{selects, Store};
 use crate::translate::authz::{self, peer_authn_outcome, PeerAuthnChain};
 use crate::translate::service::{service_resource_name, translate_service, translate_service_entry};
-use crate::translate::workload::{translate_pod, workload_uid};
+use crate::translate::workload::{inherited_peer_authn, translate_pod, workload_uid};
 use crate::translate::MeshSettings;
 
 /// One source event.
@@ -25,6 +25,8 @@ use crate::translate::MeshSettings;
 pub enum Event {
     Apply(Box<Object>),
     Delete(ObjectKey),
+    /// A source (or one kind of it) has delivered its complete initial state.
+    Synced,
 }
 
 /// One resource to publish (`body: None` removes it).
@@ -68,6 +70,9 @@ pub struct Index {
     mesh: MeshSettings,
     /// Which outputs each object produced, so a recompute can remove what it no longer makes.
     emitted: HashMap<ObjectKey, Vec<(&'static str, String)>>,
+    /// Every object producing each output (two ServiceEntries may share a host): an output
+    /// is removed only when its last producer stops producing it.
+    producers: HashMap<(&'static str, String), BTreeSet<ObjectKey>>,
     warnings: BTreeMap<ObjectKey, Vec<String>>,
 }
 
@@ -85,7 +90,13 @@ fn selector_of(object: &Object) -> Option<Labels> {
 
 impl Index {
     pub fn new(mesh: MeshSettings) -> Self {
-        Index { store: Store::default(), mesh, emitted: HashMap::new(), warnings: BTreeMap::new() }
+        Index {
+            store: Store::default(),
+            mesh,
+            emitted: HashMap::new(),
+            producers: HashMap::new(),
+            warnings: BTreeMap::new(),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -115,6 +126,7 @@ impl Index {
                     let previous = self.store.remove(&key);
                     (key, previous, None)
                 }
+                Event::Synced => continue,
             };
             // Unchanged objects (a re-read file, a resync) cost nothing downstream.
             if previous == current {
@@ -278,26 +290,18 @@ impl Index {
             name: format!("{}/{}", strict.namespace, strict.name),
             body: Some(any(AUTHORIZATION, &strict)),
         });
-        for pa in all.iter().filter(|p| !p.spec.port_level_mtls.is_empty()) {
+        // Workload-level policies with port-level settings, judged against the same inherited
+        // chain a pod of that namespace gets (so the published policy is the one pods name).
+        let workload_level = |p: &&&crate::model::PeerAuthentication| {
+            p.spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty()) && !p.spec.port_level_mtls.is_empty()
+        };
+        for pa in all.iter().filter(workload_level) {
             let ns = pa.metadata.namespace.as_deref().unwrap_or_default();
             if ns == self.mesh.root_namespace {
                 continue;
             }
-            // The mesh and namespace policies are the same for every workload of `ns`.
-            let no_selector = |p: &&&crate::model::PeerAuthentication| p.spec.selector.is_none();
-            let chain = PeerAuthnChain {
-                mesh: all
-                    .iter()
-                    .filter(|p| p.metadata.namespace.as_deref() == Some(&self.mesh.root_namespace))
-                    .find(no_selector)
-                    .copied(),
-                namespace: all
-                    .iter()
-                    .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
-                    .find(no_selector)
-                    .copied(),
-                workload: Some(pa),
-            };
+            let (mesh_pa, namespace_pa) = inherited_peer_authn(ns, &self.store, &self.mesh);
+            let chain = PeerAuthnChain { mesh: mesh_pa, namespace: namespace_pa, workload: Some(pa) };
             if let Some(converted) = peer_authn_outcome(&chain).converted {
                 out.push(Change {
                     type_url: AUTHORIZATION,
@@ -311,11 +315,34 @@ impl Index {
 
     fn replace_outputs(&mut self, owner: ObjectKey, outputs: Vec<Change>, changes: &mut Vec<Change>) {
         let names: Vec<(&'static str, String)> = outputs.iter().map(|c| (c.type_url, c.name.clone())).collect();
-        let previous =
-            if names.is_empty() { self.emitted.remove(&owner) } else { self.emitted.insert(owner, names.clone()) };
+        let previous = if names.is_empty() {
+            self.emitted.remove(&owner)
+        } else {
+            self.emitted.insert(owner.clone(), names.clone())
+        };
+        for output in &names {
+            self.producers.entry(output.clone()).or_default().insert(owner.clone());
+        }
         for (type_url, name) in previous.unwrap_or_default() {
-            if !names.iter().any(|(t, n)| *t == type_url && *n == name) {
-                changes.push(Change { type_url, name, body: None });
+            if names.iter().any(|(t, n)| *t == type_url && *n == name) {
+                continue;
+            }
+            let key = (type_url, name);
+            let others = match self.producers.get_mut(&key) {
+                Some(set) => {
+                    set.remove(&owner);
+                    set.iter().next().cloned()
+                }
+                None => None,
+            };
+            match others {
+                // Another object still produces it: publish that one's version.
+                Some(other) => changes
+                    .extend(self.translate(&other).into_iter().filter(|c| c.type_url == key.0 && c.name == key.1)),
+                None => {
+                    self.producers.remove(&key);
+                    changes.push(Change { type_url: key.0, name: key.1, body: None });
+                }
             }
         }
         changes.extend(outputs);

@@ -21,6 +21,15 @@ pub struct Rejection {
     /// empty when the whole document is at fault.
     pub field: String,
     pub reason: String,
+    /// The object, when the document got far enough to name it.
+    #[serde(skip)]
+    pub key: Option<ObjectKey>,
+}
+
+impl Rejection {
+    pub fn new(object: impl Into<String>, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Rejection { object: object.into(), field: field.into(), reason: reason.into(), key: None }
+    }
 }
 
 impl fmt::Display for Rejection {
@@ -45,7 +54,7 @@ pub enum Parsed {
 }
 
 fn reject(object: impl Into<String>, field: impl Into<String>, reason: impl Into<String>) -> Rejection {
-    Rejection { object: object.into(), field: field.into(), reason: reason.into() }
+    Rejection::new(object, field, reason)
 }
 
 /// Splits a multi-document YAML text into JSON values. A syntax error rejects the rest of the
@@ -103,6 +112,19 @@ pub fn parse_object(origin: &str, value: serde_json::Value) -> Result<Parsed, Re
     if name.is_empty() {
         return Err(reject(label, "metadata.name", "required field is missing or empty"));
     }
+    let key = ObjectKey {
+        kind: k,
+        namespace: if k.is_namespaced() { ns.filter(|n| !n.is_empty()).unwrap_or("default") } else { "" }.into(),
+        name: name.into(),
+    };
+    typed_object(k, &label, value).map_err(|mut r| {
+        r.key = Some(key);
+        r
+    })
+}
+
+fn typed_object(k: Kind, label: &str, value: serde_json::Value) -> Result<Parsed, Rejection> {
+    let label = label.to_owned();
     let mut object = match k {
         Kind::Namespace => Object::Namespace(typed(&label, value)?),
         Kind::Node => Object::Node(typed(&label, value)?),

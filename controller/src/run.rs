@@ -30,6 +30,9 @@ pub struct Shared {
     pub xds: Arc<XdsState>,
     pub rejections: Rejections,
     pub metrics: Arc<Metrics>,
+    /// Which identities run on which node, copied out of the index after each batch so the CA
+    /// never waits for a long recompute.
+    pub identities: Arc<RwLock<crate::store::NodeIdentities>>,
 }
 
 /// Handles of a running controller (tests use them).
@@ -76,16 +79,31 @@ pub fn admin_routes(shared: Shared) -> AdminRoutes {
 
 /// Applies event batches to the index and publishes the results, draining bursts into one
 /// batch so a large initial load is translated once.
-async fn index_loop(mut rx: mpsc::Receiver<Vec<Event>>, shared: Shared, readiness: Readiness) {
+///
+/// Nothing is served and the controller is not ready until every source part has delivered its
+/// initial state (`expected_syncs` markers): a subscriber's first response compared against a
+/// half-loaded index would remove policies it holds.
+async fn index_loop(mut rx: mpsc::Receiver<Vec<Event>>, shared: Shared, readiness: Readiness, expected_syncs: usize) {
+    let mut syncs = 0;
     while let Some(mut batch) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
         }
-        let changes = shared.index.write().unwrap_or_else(|p| p.into_inner()).apply(batch);
+        syncs += batch.iter().filter(|e| matches!(e, Event::Synced)).count();
+        let (changes, identities) = {
+            let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
+            let changes = index.apply(batch);
+            (changes, index.store().node_identities())
+        };
+        *shared.identities.write().unwrap_or_else(|p| p.into_inner()) = identities;
         let changed = shared.xds.publish(changes);
         shared.metrics.rejected_objects.set(shared.rejections.count() as i64);
         tracing::debug!(changed, "index updated");
-        readiness.set_ready();
+        if syncs >= expected_syncs && !readiness.is_ready() {
+            tracing::info!("initial state loaded; serving");
+            shared.xds.mark_synced();
+            readiness.set_ready();
+        }
     }
 }
 
@@ -123,11 +141,17 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     let index = Arc::new(RwLock::new(Index::new(config.mesh())));
     let xds = XdsState::new(metrics.clone());
     let rejections = Rejections::default();
-    let shared =
-        Shared { index: index.clone(), xds: xds.clone(), rejections: rejections.clone(), metrics: metrics.clone() };
+    let identities = Arc::new(RwLock::new(crate::store::NodeIdentities::default()));
+    let shared = Shared {
+        index: index.clone(),
+        xds: xds.clone(),
+        rejections: rejections.clone(),
+        metrics: metrics.clone(),
+        identities: identities.clone(),
+    };
     let (tx, rx) = mpsc::channel(1024);
 
-    let (ca, auth): (Ca, Arc<dyn Authenticator>) = match &config.manifests {
+    let (ca, auth, expected_syncs): (Ca, Arc<dyn Authenticator>, usize) = match &config.manifests {
         Some(dir) => {
             let ca = match (&config.ca_cert_file, &config.ca_key_file) {
                 (Some(c), Some(k)) => load_root(c, k)?,
@@ -142,7 +166,7 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
             tokio::spawn(
                 DirSource::new(dir.clone(), Duration::from_millis(config.manifest_poll_ms), rejections.clone()).run(tx),
             );
-            (ca, auth)
+            (ca, auth, 1)
         }
         None => {
             let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
@@ -153,7 +177,7 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
                 config.trust_domain.clone(),
                 vec![config.token_audience.clone()],
             ));
-            (ca, auth)
+            (ca, auth, crate::source::kube::WATCHED.len())
         }
     };
     let ca = Arc::new(ca);
@@ -162,7 +186,7 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     let (serving, _) = serving_cert(&ca, &identity, config.cert_lifetime())?;
     let tls = Arc::new(control_plane_server_config_reloadable(serving, &roots)?);
 
-    tokio::spawn(index_loop(rx, shared.clone(), readiness));
+    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs));
     tokio::spawn(
         xds.clone()
             .debounce(Duration::from_millis(config.push_debounce_ms), Duration::from_millis(config.push_max_delay_ms)),
@@ -173,7 +197,7 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
         ca: ca.clone(),
         trust_domain: config.trust_domain.clone(),
         auth,
-        index,
+        identities,
         settings: CaSettings {
             default_lifetime: config.cert_lifetime(),
             max_lifetime: Duration::from_secs(config.max_cert_lifetime_seconds),

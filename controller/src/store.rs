@@ -12,8 +12,28 @@ use crate::model::*;
 #[derive(Debug, Default)]
 pub struct Store {
     objects: BTreeMap<ObjectKey, Object>,
+    identities: NodeIdentities,
+}
+
+/// Which identities run where: what the CA checks impersonation against.
+#[derive(Debug, Default, Clone)]
+pub struct NodeIdentities {
     /// node → (namespace, service account) → number of running pods with that identity.
-    identities_on_node: HashMap<String, HashMap<(String, String), usize>>,
+    on_node: HashMap<String, HashMap<(String, String), usize>>,
+    /// (namespace, pod) → node, for callers identified by pod name.
+    pod_node: HashMap<(String, String), String>,
+}
+
+impl NodeIdentities {
+    /// Whether a pod running as `namespace/service_account` is on `node`.
+    pub fn runs_on(&self, node: &str, namespace: &str, service_account: &str) -> bool {
+        self.on_node.get(node).is_some_and(|ids| ids.contains_key(&(namespace.to_owned(), service_account.to_owned())))
+    }
+
+    /// The node a pod runs on.
+    pub fn node_of(&self, namespace: &str, pod: &str) -> Option<&str> {
+        self.pod_node.get(&(namespace.to_owned(), pod.to_owned())).map(String::as_str)
+    }
 }
 
 fn key(kind: Kind, namespace: &str, name: &str) -> ObjectKey {
@@ -54,22 +74,31 @@ impl Store {
 
     fn count_identity(&mut self, pod: &Pod, delta: isize) {
         let Some((node, id)) = pod_identity(pod) else { return };
-        let per_node = self.identities_on_node.entry(node.clone()).or_default();
+        let pod_key = (id.0.clone(), pod.metadata.name.clone());
+        if delta > 0 {
+            self.identities.pod_node.insert(pod_key, node.clone());
+        } else {
+            self.identities.pod_node.remove(&pod_key);
+        }
+        let per_node = self.identities.on_node.entry(node.clone()).or_default();
         let count = per_node.entry(id.clone()).or_default();
         *count = count.saturating_add_signed(delta);
         if *count == 0 {
             per_node.remove(&id);
             if per_node.is_empty() {
-                self.identities_on_node.remove(&node);
+                self.identities.on_node.remove(&node);
             }
         }
     }
 
     /// Whether a pod running as `namespace/service_account` is on `node`.
     pub fn identity_runs_on(&self, node: &str, namespace: &str, service_account: &str) -> bool {
-        self.identities_on_node
-            .get(node)
-            .is_some_and(|ids| ids.contains_key(&(namespace.to_owned(), service_account.to_owned())))
+        self.identities.runs_on(node, namespace, service_account)
+    }
+
+    /// A copy of the node → identities table, for the CA.
+    pub fn node_identities(&self) -> NodeIdentities {
+        self.identities.clone()
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Object> {

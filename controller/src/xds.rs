@@ -35,6 +35,8 @@ const FULL_DIFFS_IN_FLIGHT: usize = 8;
 /// Responses with at least this many resources count as large.
 const LARGE_RESPONSE: usize = 256;
 const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a response may wait for room in a subscriber's stream.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many recent changes are kept for incremental pushes; a subscriber further behind gets
 /// a full comparison instead.
 const LOG_CAPACITY: usize = 200_000;
@@ -66,6 +68,9 @@ struct Resources {
     by_type: HashMap<&'static str, BTreeMap<Arc<str>, Entry>>,
     /// (generation, type, name) of every change, oldest first.
     log: VecDeque<(u64, &'static str, String)>,
+    /// The newest generation some of whose log entries were trimmed: a subscriber older than
+    /// that must compare everything.
+    trimmed_through: u64,
     /// When each recent generation was published (for push latency).
     published_at: VecDeque<(u64, Instant)>,
 }
@@ -108,6 +113,8 @@ pub struct XdsState {
     resources: RwLock<Resources>,
     dirty: Notify,
     pushed: watch::Sender<u64>,
+    /// False until the sources have delivered their initial state; subscribers wait for it.
+    synced: watch::Sender<bool>,
     subscribers: Mutex<BTreeMap<u64, Registered>>,
     /// Bounds how many subscribers build a full-state response at once (connect storms after
     /// a controller restart), which bounds the memory those responses take.
@@ -123,10 +130,12 @@ impl XdsState {
             resources.by_type.insert(t, BTreeMap::new());
         }
         let (pushed, _) = watch::channel(0);
+        let (synced, _) = watch::channel(false);
         Arc::new(XdsState {
             resources: RwLock::new(resources),
             dirty: Notify::new(),
             pushed,
+            synced,
             subscribers: Mutex::default(),
             full_diffs: Arc::new(tokio::sync::Semaphore::new(FULL_DIFFS_IN_FLIGHT)),
             next_id: Default::default(),
@@ -164,7 +173,9 @@ impl XdsState {
             r.generation = generation;
             r.published_at.push_back((generation, Instant::now()));
             while r.log.len() > LOG_CAPACITY {
-                r.log.pop_front();
+                if let Some((g, _, _)) = r.log.pop_front() {
+                    r.trimmed_through = r.trimmed_through.max(g);
+                }
             }
             while r.published_at.len() > 1024 {
                 r.published_at.pop_front();
@@ -194,6 +205,11 @@ impl XdsState {
             let generation = self.resources.read().unwrap_or_else(|p| p.into_inner()).generation;
             self.pushed.send_replace(generation);
         }
+    }
+
+    /// The sources have delivered their initial state: start answering subscribers.
+    pub fn mark_synced(&self) {
+        self.synced.send_replace(true);
     }
 
     /// Current resources of a type: name → (version, body), for the admin dump and tests.
@@ -262,6 +278,8 @@ struct Session {
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     /// Large responses awaiting their ACK: dropping the sender frees the slot.
     in_flight: HashMap<String, tokio::sync::oneshot::Sender<()>>,
+    /// The subscriber's node id (from its first request), for logs.
+    node: String,
 }
 
 impl Session {
@@ -355,8 +373,14 @@ impl Session {
         let type_url = response.type_url.clone();
         let count = response.resources.len();
         let nonce = response.nonce.clone();
-        if self.tx.send(Ok(response)).await.is_err() {
-            return None;
+        // A subscriber that takes no data for this long is gone; free its resources.
+        match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(Ok(response))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                tracing::warn!(subscriber = self.id, node = %self.node, "subscriber stopped reading; closing its stream");
+                return None;
+            }
         }
         self.state.metrics.xds_pushes.get_or_create(&vec![("type".to_owned(), short_type(&type_url))]).inc();
         if let Some(at) = generation_published {
@@ -453,7 +477,7 @@ impl Session {
     async fn on_push(&mut self) -> bool {
         let (generation, changed, published) = {
             let r = self.state.resources.read().unwrap_or_else(|p| p.into_inner());
-            let complete = r.log.front().is_some_and(|(g, _, _)| *g <= self.seen_generation + 1) || r.log.is_empty();
+            let complete = self.seen_generation >= r.trimmed_through;
             let mut changed: HashMap<&'static str, HashSet<String>> = HashMap::new();
             let changed = if complete {
                 for (_, t, name) in r.log.iter().filter(|(g, _, _)| *g > self.seen_generation) {
@@ -524,7 +548,13 @@ impl AggregatedDiscoveryService for AdsService {
                 nonce: 0,
                 tx,
                 in_flight: HashMap::new(),
+                node: String::new(),
             };
+            // Answer nothing until the controller holds its complete initial state.
+            let mut synced = state.synced.subscribe();
+            if synced.wait_for(|s| *s).await.is_err() {
+                return;
+            }
             let mut pushed = state.pushed.subscribe();
             session.seen_generation = state.resources.read().unwrap_or_else(|p| p.into_inner()).generation;
             pushed.mark_unchanged();
@@ -537,6 +567,7 @@ impl AggregatedDiscoveryService for AdsService {
                             if !registered {
                                 registered = true;
                                 let node = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+                                session.node = node.clone();
                                 tracing::info!(subscriber = id, %node, caller = %caller.identity, peer = ?peer, "xDS subscriber connected");
                                 let status = SubscriberStatus {
                                     id,

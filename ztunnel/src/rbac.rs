@@ -5,8 +5,8 @@
 //! 4. otherwise denied.
 //!
 //! A policy matches when any of its groups matches; a group when all its clauses match (an
-//! empty group matches everything); a clause when any of its matches matches; a match when
-//! every field it sets holds (an empty match never matches). A workload that names a policy
+//! empty group matches everything); a clause when any of its matches matches (a clause without
+//! matches holds); a match when every field it sets holds (an empty match never matches). A workload that names a policy
 //! we do not know is denied (fail closed) rather than judged without it.
 
 use std::net::{IpAddr, SocketAddr};
@@ -119,8 +119,9 @@ fn match_holds(m: &Match, conn: &ConnectionInfo<'_>, principal: &str) -> bool {
         && field(&m.destination_ports, &m.not_destination_ports, |p| *p == port)
 }
 
+/// A clause without matches holds (as in Istio's ztunnel); otherwise any match must hold.
 fn clause_holds(c: &Rules, conn: &ConnectionInfo<'_>, principal: &str) -> bool {
-    c.matches.iter().any(|m| match_holds(m, conn, principal))
+    c.matches.is_empty() || c.matches.iter().any(|m| match_holds(m, conn, principal))
 }
 
 fn group_holds(g: &Group, conn: &ConnectionInfo<'_>, principal: &str) -> bool {
@@ -129,9 +130,16 @@ fn group_holds(g: &Group, conn: &ConnectionInfo<'_>, principal: &str) -> bool {
 
 /// Whether `policy` matches the connection.
 pub fn policy_matches(policy: &Authorization, conn: &ConnectionInfo<'_>) -> bool {
-    // Principals are written without the scheme: `cluster.local/ns/a/sa/b`.
-    let principal = conn.source_identity.map(Identity::principal).unwrap_or_default();
-    policy.groups.iter().any(|g| group_holds(g, conn, &principal))
+    policy_matches_principal(policy, conn, &principal_of(conn))
+}
+
+/// Principals are written without the scheme: `cluster.local/ns/a/sa/b`; plaintext has none.
+fn principal_of(conn: &ConnectionInfo<'_>) -> String {
+    conn.source_identity.map(Identity::principal).unwrap_or_default()
+}
+
+fn policy_matches_principal(policy: &Authorization, conn: &ConnectionInfo<'_>, principal: &str) -> bool {
+    policy.groups.iter().any(|g| group_holds(g, conn, principal))
 }
 
 /// Evaluates the policies that apply to a destination (already resolved by name; `Err(name)`
@@ -140,6 +148,7 @@ pub fn authorize<'p>(
     policies: impl IntoIterator<Item = Result<&'p Authorization, &'p str>>,
     conn: &ConnectionInfo<'_>,
 ) -> Result<(), Denial> {
+    let principal = principal_of(conn);
     let mut allows = Vec::new();
     for p in policies {
         let p = p.map_err(|name| Denial::UnknownPolicy(name.to_owned()))?;
@@ -147,14 +156,14 @@ pub fn authorize<'p>(
             continue;
         }
         if p.action == Action::Deny as i32 {
-            if policy_matches(p, conn) {
+            if policy_matches_principal(p, conn, &principal) {
                 return Err(Denial::DeniedBy(format!("{}/{}", p.namespace, p.name)));
             }
         } else {
             allows.push(p);
         }
     }
-    if allows.is_empty() || allows.iter().any(|p| policy_matches(p, conn)) {
+    if allows.is_empty() || allows.iter().any(|p| policy_matches_principal(p, conn, &principal)) {
         Ok(())
     } else {
         Err(Denial::NotAllowed)

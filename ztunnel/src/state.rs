@@ -184,9 +184,10 @@ pub enum Destination {
 #[derive(Debug, Default)]
 pub struct State {
     workloads: HashMap<Arc<str>, Arc<Workload>>,
-    workload_by_addr: HashMap<NetworkAddr, Arc<str>>,
+    /// network → address → workload: looked up with a borrowed network name, no allocation.
+    workload_by_addr: HashMap<Arc<str>, HashMap<IpAddr, Arc<Workload>>>,
     services: HashMap<Arc<str>, Arc<Service>>,
-    service_by_vip: HashMap<NetworkAddr, Arc<str>>,
+    service_by_vip: HashMap<Arc<str>, HashMap<IpAddr, Arc<Service>>>,
     /// service key → uids of workloads that serve it.
     endpoints: HashMap<Arc<str>, HashSet<Arc<str>>>,
     policies: HashMap<Arc<str>, Arc<Authorization>>,
@@ -198,8 +199,9 @@ impl State {
     pub fn insert_workload(&mut self, w: Workload) {
         self.remove_workload(&w.uid.clone());
         let w = Arc::new(w);
+        let by_ip = self.workload_by_addr.entry(w.network.clone()).or_default();
         for ip in &w.addresses {
-            self.workload_by_addr.insert((w.network.clone(), *ip), w.uid.clone());
+            by_ip.insert(*ip, w.clone());
         }
         for svc in w.services.keys() {
             self.endpoints.entry(svc.clone()).or_default().insert(w.uid.clone());
@@ -209,10 +211,11 @@ impl State {
 
     pub fn remove_workload(&mut self, uid: &str) -> bool {
         let Some(w) = self.workloads.remove(uid) else { return false };
-        for ip in &w.addresses {
-            let key = (w.network.clone(), *ip);
-            if self.workload_by_addr.get(&key).is_some_and(|u| **u == *uid) {
-                self.workload_by_addr.remove(&key);
+        if let Some(by_ip) = self.workload_by_addr.get_mut(&w.network) {
+            for ip in &w.addresses {
+                if by_ip.get(ip).is_some_and(|other| *other.uid == *uid) {
+                    by_ip.remove(ip);
+                }
             }
         }
         for svc in w.services.keys() {
@@ -229,17 +232,19 @@ impl State {
     pub fn insert_service(&mut self, s: Service) {
         self.remove_service(&s.key.clone());
         let s = Arc::new(s);
-        for vip in &s.vips {
-            self.service_by_vip.insert(vip.clone(), s.key.clone());
+        for (network, ip) in &s.vips {
+            self.service_by_vip.entry(network.clone()).or_default().insert(*ip, s.clone());
         }
         self.services.insert(s.key.clone(), s);
     }
 
     pub fn remove_service(&mut self, key: &str) -> bool {
         let Some(s) = self.services.remove(key) else { return false };
-        for vip in &s.vips {
-            if self.service_by_vip.get(vip).is_some_and(|k| **k == *key) {
-                self.service_by_vip.remove(vip);
+        for (network, ip) in &s.vips {
+            if let Some(by_ip) = self.service_by_vip.get_mut(network) {
+                if by_ip.get(ip).is_some_and(|other| *other.key == *key) {
+                    by_ip.remove(ip);
+                }
             }
         }
         true
@@ -275,8 +280,7 @@ impl State {
     }
 
     pub fn workload_by_addr(&self, network: &str, ip: IpAddr) -> Option<&Arc<Workload>> {
-        let key: NetworkAddr = (network.into(), ip);
-        self.workload_by_addr.get(&key).and_then(|uid| self.workloads.get(uid))
+        self.workload_by_addr.get(network).and_then(|m| m.get(&ip))
     }
 
     pub fn service(&self, key: &str) -> Option<&Arc<Service>> {
@@ -289,11 +293,10 @@ impl State {
 
     /// What an original destination address means (from a pod on `network`).
     pub fn destination(&self, network: &str, dst: SocketAddr) -> Destination {
-        let key: NetworkAddr = (network.into(), dst.ip());
-        if let Some(svc) = self.service_by_vip.get(&key).and_then(|k| self.services.get(k)) {
+        if let Some(svc) = self.service_by_vip.get(network).and_then(|m| m.get(&dst.ip())) {
             return Destination::Service { service: svc.clone(), port: dst.port() };
         }
-        match self.workload_by_addr.get(&key).and_then(|uid| self.workloads.get(uid)) {
+        match self.workload_by_addr(network, dst.ip()) {
             Some(w) => Destination::Workload(w.clone()),
             None => Destination::Passthrough,
         }

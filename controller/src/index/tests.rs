@@ -167,3 +167,18 @@ fn use_waypoint_points_services_at_the_gateway() {
     // waypoint-for defaults to service: workloads keep going direct.
     assert!(workload(&changes, "Kubernetes//Pod/shop/cart-1").waypoint.is_none());
 }
+
+#[test]
+fn an_output_shared_by_two_objects_survives_until_both_are_gone() {
+    let se = |name: &str, port: u16| {
+        format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{hosts: [api.example.com], ports: [{{number: {port}, name: https, protocol: TLS}}]}}\n")
+    };
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(&format!("{}---\n{}", se("a", 443), se("b", 8443))));
+    let key = ObjectKey { kind: Kind::ServiceEntry, namespace: "shop".into(), name: "a".into() };
+    let changes = index.apply(vec![Event::Delete(key)]);
+    assert_eq!(names(&changes), vec![("shop/api.example.com".to_owned(), true)], "b's version is republished");
+    let key = ObjectKey { kind: Kind::ServiceEntry, namespace: "shop".into(), name: "b".into() };
+    let changes = index.apply(vec![Event::Delete(key)]);
+    assert_eq!(names(&changes), vec![("shop/api.example.com".to_owned(), false)]);
+}

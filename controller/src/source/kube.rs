@@ -44,6 +44,8 @@ fn writes_status(ar: &ApiResource) -> bool {
         && ar.kind != "Gateway"
 }
 
+const ACCEPTED_MESSAGE: &str = "accepted by ambit-controller";
+
 /// One status condition to write back.
 #[derive(Debug, Clone)]
 pub struct StatusUpdate {
@@ -63,7 +65,7 @@ pub async fn write_statuses(client: Client, mut rx: tokio::sync::mpsc::Receiver<
     while let Some(u) = rx.recv().await {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &u.namespace, &u.resource);
         let (status, reason, message) = match &u.rejection {
-            None => ("True", "Accepted", "accepted by ambit-controller".to_owned()),
+            None => ("True", "Accepted", ACCEPTED_MESSAGE.to_owned()),
             Some(why) => ("False", "Invalid", why.clone()),
         };
         let patch = serde_json::json!({
@@ -108,8 +110,25 @@ fn to_event(
     rejections: &Rejections,
     status: Option<&tokio::sync::mpsc::Sender<StatusUpdate>>,
 ) -> Option<Event> {
+    // The Accepted condition already on the object: unchanged outcomes are not rewritten (our
+    // own status write comes back as a watch event).
+    let current =
+        obj.data.get("status").and_then(|s| s.get("conditions")).and_then(|c| c.as_array()).and_then(|conds| {
+            conds.iter().find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Accepted")).map(|c| {
+                (
+                    c.get("status").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
+                    c.get("message").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
+                    c.get("observedGeneration").and_then(|v| v.as_i64()),
+                )
+            })
+        });
     let status_update = |rejection: Option<String>| {
-        if let (Some(tx), true) = (status, writes_status(ar)) {
+        let wanted_status = if rejection.is_some() { "False" } else { "True" };
+        let wanted_message = rejection.clone().unwrap_or_else(|| ACCEPTED_MESSAGE.to_owned());
+        let unchanged = current
+            .as_ref()
+            .is_some_and(|(s, m, g)| s == wanted_status && *m == wanted_message && *g == obj.metadata.generation);
+        if let (Some(tx), true, false) = (status, writes_status(ar), unchanged) {
             let update = StatusUpdate {
                 resource: ar.clone(),
                 namespace: obj.metadata.namespace.clone().unwrap_or_default(),
@@ -131,8 +150,7 @@ fn to_event(
     let mut value = match serde_json::to_value(&obj) {
         Ok(v) => v,
         Err(e) => {
-            rejections
-                .set(&origin, vec![Rejection { object: origin.clone(), field: String::new(), reason: e.to_string() }]);
+            rejections.set(&origin, vec![Rejection::new(origin.clone(), "", e.to_string())]);
             return None;
         }
     };
@@ -176,6 +194,7 @@ async fn watch_kind(
     let Some(kind) = Kind::from_type(&ar.api_version, kind_name) else { return };
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
     let mut known: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut synced = false;
     let mut relisted: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut batch = Vec::new();
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
@@ -193,6 +212,10 @@ async fn watch_kind(
                     batch.push(Event::Delete(gone.clone()));
                 }
                 known = std::mem::take(&mut relisted);
+                if !synced {
+                    synced = true;
+                    batch.push(Event::Synced);
+                }
                 if tx.send(std::mem::take(&mut batch)).await.is_err() {
                     return;
                 }
@@ -255,6 +278,12 @@ impl Authenticator for TokenReviewer {
         let status = result.status.ok_or_else(|| AuthError::Review("no status in the review".into()))?;
         if status.authenticated != Some(true) {
             return Err(AuthError::Review(status.error.unwrap_or_else(|| "token not authenticated".into())));
+        }
+        // Authenticators that ignore audiences answer with none: such a token was not minted
+        // for us and must not be accepted.
+        let audiences = status.audiences.unwrap_or_default();
+        if !self.audiences.iter().any(|a| audiences.contains(a)) {
+            return Err(AuthError::Review(format!("token is not for audience {:?}", self.audiences)));
         }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();

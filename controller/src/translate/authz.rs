@@ -37,7 +37,7 @@ const L4_WHEN_KEYS: &[&str] =
 
 /// Validation of what we cannot enforce faithfully.
 pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
-    let r = |field: String, reason: String| Rejection { object: label.to_owned(), field, reason };
+    let r = |field: String, reason: String| Rejection::new(label, field, reason);
     match p.spec.action.as_deref() {
         None | Some("ALLOW" | "DENY" | "AUDIT") => {}
         Some("CUSTOM") if p.spec.provider.is_some() => {}

@@ -8,7 +8,7 @@ use ambit_shared::proto::workload::{
     Workload, WorkloadStatus, WorkloadType,
 };
 
-use crate::model::{keys, Gateway, IntOrString, Labels, Pod, Service, WAYPOINT_CLASSES};
+use crate::model::{keys, Gateway, IntOrString, Labels, PeerAuthentication, Pod, Service, WAYPOINT_CLASSES};
 use crate::store::{selects, Store};
 use crate::translate::authz::{peer_authn_outcome, PeerAuthnChain, STATIC_STRICT};
 use crate::translate::MeshSettings;
@@ -191,29 +191,44 @@ fn policies_for(pod: &Pod, store: &Store, mesh: &MeshSettings) -> Vec<String> {
     names
 }
 
+fn oldest<'a>(it: impl Iterator<Item = &'a PeerAuthentication>) -> Option<&'a PeerAuthentication> {
+    it.min_by(|a, b| {
+        (a.metadata.creation_timestamp.as_deref(), &a.metadata.name)
+            .cmp(&(b.metadata.creation_timestamp.as_deref(), &b.metadata.name))
+    })
+}
+
+/// A PeerAuthentication without a selector, or with an empty one, covers its whole namespace.
+fn namespace_wide(p: &PeerAuthentication) -> bool {
+    p.spec.selector.as_ref().is_none_or(|s| s.match_labels.is_empty())
+}
+
+/// The mesh-wide and namespace-wide PeerAuthentications for `namespace` (oldest wins in each).
+pub fn inherited_peer_authn<'a>(
+    namespace: &str,
+    store: &'a Store,
+    mesh: &MeshSettings,
+) -> (Option<&'a PeerAuthentication>, Option<&'a PeerAuthentication>) {
+    let mesh_pa = oldest(store.peer_authentications(Some(&mesh.root_namespace)).filter(|p| namespace_wide(p)));
+    let ns_pa = if namespace == mesh.root_namespace {
+        None
+    } else {
+        oldest(store.peer_authentications(Some(namespace)).filter(|p| namespace_wide(p)))
+    };
+    (mesh_pa, ns_pa)
+}
+
 /// The mesh, namespace and workload PeerAuthentications for a pod (oldest wins within each).
 pub fn peer_authn_chain<'a>(pod: &Pod, store: &'a Store, mesh: &MeshSettings) -> PeerAuthnChain<'a> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let oldest = |it: &mut dyn Iterator<Item = &'a crate::model::PeerAuthentication>| {
-        it.min_by(|a, b| {
-            (a.metadata.creation_timestamp.as_deref(), &a.metadata.name)
-                .cmp(&(b.metadata.creation_timestamp.as_deref(), &b.metadata.name))
-        })
-    };
-    let no_selector =
-        |p: &&crate::model::PeerAuthentication| p.spec.selector.as_ref().is_none_or(|s| s.match_labels.is_empty());
-    let mesh_pa = oldest(&mut store.peer_authentications(Some(&mesh.root_namespace)).filter(no_selector));
-    let (namespace_pa, workload_pa) = if ns == mesh.root_namespace {
-        (None, None)
+    let (mesh_pa, namespace_pa) = inherited_peer_authn(ns, store, mesh);
+    let workload_pa = if ns == mesh.root_namespace {
+        None
     } else {
-        let ns_pa = oldest(&mut store.peer_authentications(Some(ns)).filter(no_selector));
-        let wl_pa = oldest(&mut store.peer_authentications(Some(ns)).filter(|p| {
-            p.spec
-                .selector
-                .as_ref()
-                .is_some_and(|s| !s.match_labels.is_empty() && selects(&s.match_labels, &pod.metadata.labels))
-        }));
-        (ns_pa, wl_pa)
+        oldest(store.peer_authentications(Some(ns)).filter(|p| {
+            !namespace_wide(p)
+                && p.spec.selector.as_ref().is_some_and(|s| selects(&s.match_labels, &pod.metadata.labels))
+        }))
     };
     PeerAuthnChain { mesh: mesh_pa, namespace: namespace_pa, workload: workload_pa }
 }

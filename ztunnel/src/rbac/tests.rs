@@ -322,6 +322,14 @@ fn istio_semantics() {
             allowed: true,
         },
         Case {
+            name: "a clause without matches holds",
+            policies: vec![policy("p", Action::Allow, vec![Group { rules: vec![Rules { matches: vec![] }] }])],
+            identity: None,
+            source: "10.0.0.1",
+            destination: "10.0.0.2:80",
+            allowed: true,
+        },
+        Case {
             name: "ALLOW without groups allows nothing (all rules were L7)",
             policies: vec![policy("p", Action::Allow, vec![])],
             identity: Some(front),
