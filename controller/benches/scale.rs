@@ -145,35 +145,47 @@ fn main() {
         let me: Identity = "spiffe://cluster.local/ns/ambit-system/sa/ambit-controller".parse().unwrap();
         let tls = Arc::new(control_plane_client_config(&roots, vec![me]).unwrap());
         let (idle_rss, _) = rss_kib(pid);
-        let mut counters = Vec::new();
-        for i in 0..SUBSCRIBERS {
+        let connect = |i: usize| {
             let node = xds::istio_node("ztunnel", "10.0.0.1", &format!("ztunnel-{i}"), "ambit-system", "node-1");
             let mut config = xds::Config::new(grpc.parse().unwrap(), tls.clone(), node, vec![ADDRESS, AUTHORIZATION]);
             config.token = Some(TOKEN.into());
             let (client, _) = xds::Client::new(config);
             let c = Counter::default();
-            counters.push(c.clone());
-            tokio::spawn(client.run(c));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-
+            tokio::spawn(client.run(c.clone()));
+            c
+        };
         let want_addresses = NAMESPACES * (PODS_PER_NS + SERVICES_PER_NS);
         let want_policies = NAMESPACES * POLICIES_PER_NS;
+        let synced = |c: &Counter| {
+            let h = c.held.lock().unwrap();
+            h.get(ADDRESS).copied().unwrap_or(0) == want_addresses && h.get(AUTHORIZATION).copied().unwrap_or(0) == want_policies
+        };
+
+        // Phase 1: one subscriber connected, the whole mesh appears at once.
+        let mut counters = vec![connect(0)];
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let cpu_before = cpu_seconds(pid);
         let start = Instant::now();
         for entry in std::fs::read_dir(&staging).unwrap() {
             let entry = entry.unwrap();
             std::fs::rename(entry.path(), manifests.join(entry.file_name())).unwrap();
         }
-        let synced = |c: &Counter| {
-            let h = c.held.lock().unwrap();
-            h.get(ADDRESS).copied().unwrap_or(0) == want_addresses && h.get(AUTHORIZATION).copied().unwrap_or(0) == want_policies
-        };
         while !counters.iter().all(synced) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let initial = start.elapsed();
         let cpu_initial = cpu_seconds(pid) - cpu_before;
+        let (rss_one, _) = rss_kib(pid);
+
+        // Phase 2: 99 more subscribers connect at once (a node-pool restart).
+        let cpu_before = cpu_seconds(pid);
+        let start = Instant::now();
+        counters.extend((1..SUBSCRIBERS).map(connect));
+        while !counters.iter().all(synced) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let storm = start.elapsed();
+        let cpu_storm = cpu_seconds(pid) - cpu_before;
         let (rss, peak) = rss_kib(pid);
 
         let before: Vec<usize> = counters.iter().map(|c| c.updates.load(Ordering::Relaxed)).collect();
@@ -187,9 +199,16 @@ fn main() {
         let cpu_one = cpu_seconds(pid) - cpu_before;
 
         println!("| scale | {NAMESPACES} namespaces, {} pods, {} services, {} policies, {SUBSCRIBERS} subscribers |", NAMESPACES * PODS_PER_NS, NAMESPACES * SERVICES_PER_NS, want_policies);
-        println!("| full load → all subscribers hold everything | {:.2} s wall, {cpu_initial:.2} CPU-s |", initial.as_secs_f64());
+        println!("| whole mesh appears → 1 subscriber holds everything | {:.2} s wall, {cpu_initial:.2} CPU-s |", initial.as_secs_f64());
+        println!("| 99 more subscribers connect at once → all hold everything | {:.2} s wall, {cpu_storm:.2} CPU-s |", storm.as_secs_f64());
         println!("| one pod change → all subscribers updated | {:.1} ms wall (incl. ≤20 ms poll + 20 ms debounce), {:.3} CPU-s |", one.as_secs_f64() * 1000.0, cpu_one);
-        println!("| controller RSS idle / after load / peak | {} / {} / {} MiB |", idle_rss / 1024, rss / 1024, peak / 1024);
+        println!(
+            "| controller RSS idle / loaded with 1 subscriber / with 100 / peak | {} / {} / {} / {} MiB |",
+            idle_rss / 1024,
+            rss_one / 1024,
+            rss / 1024,
+            peak / 1024
+        );
     });
     let _ = child.kill();
     let _ = child.wait();

@@ -339,7 +339,14 @@ impl Session {
     }
 
     /// Takes a full-state slot (see `FULL_DIFFS_IN_FLIGHT`).
+    ///
+    /// A session already holding a slot proceeds without another: it must stay free to read
+    /// the ACK that releases the one it holds (otherwise sessions waiting for a second slot
+    /// while holding a first would wait for each other).
     async fn full_diff_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if !self.in_flight.is_empty() {
+            return None;
+        }
         self.state.full_diffs.clone().acquire_owned().await.ok()
     }
 
