@@ -7,6 +7,7 @@
 //! - [`proto`]: generated protobuf types (delta ADS, `istio.workload`, `istio.security`, the CA
 //!   service, ZDS).
 //! - [`xds`]: the delta ADS client.
+//! - [`zds`]: the node agent → ztunnel protocol (netns fds over SOCK_SEQPACKET).
 //! - [`copy`]: bidirectional stream copy with adaptive buffers.
 //! - [`lifecycle`]: shutdown signals and start-up checks shared by the daemons.
 //! - [`grpc`]: tonic over mesh TLS (client connector, server incoming stream).
@@ -25,6 +26,7 @@ pub mod proto;
 pub mod telemetry;
 pub mod tls;
 pub mod xds;
+pub mod zds;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
