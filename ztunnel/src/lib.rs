@@ -3,6 +3,7 @@
 //! - [`state`]: workloads, services and policies from xDS, indexed for per-connection look-ups;
 //! - [`rbac`]: L4 authorization with Istio's semantics;
 //! - [`identity`]: workload certificates from the CA, renewed at half life;
+//! - [`inpod`]: entering pod network namespaces and Istio's in-pod redirect rules;
 //! - [`config`]: flags and environment.
 //!
 //! In-pod capture (CNI plugin, node agent, ZDS), the proxy listeners and certificates build on
@@ -10,5 +11,6 @@
 
 pub mod config;
 pub mod identity;
+pub mod inpod;
 pub mod rbac;
 pub mod state;

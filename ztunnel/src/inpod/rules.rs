@@ -1,0 +1,211 @@
+//! Istio's in-pod redirect rules, installed inside a pod's network namespace with
+//! `iptables-restore` (run under `nsenter --net=<netns>`):
+//! - mangle: packets ztunnel marked `0x539` set connmark `0x111`, restored on replies;
+//! - nat PREROUTING: inbound TCP (not to 15008, not from ztunnel, not kubelet's
+//!   169.254.7.127) → REDIRECT 15006;
+//! - nat OUTPUT: outbound TCP not from ztunnel and not to loopback → REDIRECT 15001;
+//!   connmarked traffic and loopback are left alone;
+//! - `ip rule fwmark 0x111/0xfff lookup 100` with a local route in table 100.
+//!
+//! Applying is idempotent (our chains are declared, which flushes them, and the jumps are
+//! added only when missing); removing takes out exactly what we added.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Mark ztunnel sets on its own sockets (Istio's 1337).
+pub const PROXY_MARK: u32 = 0x539;
+/// Connection mark for ztunnel's connections.
+pub const CONN_MARK: u32 = 0x111;
+pub const MARK_MASK: u32 = 0xfff;
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub const INBOUND_HBONE_PORT: u16 = 15008;
+/// Source address kubelet probes are rewritten to on the node (left uncaptured).
+pub const PROBE_SOURCE: &str = "169.254.7.127";
+pub const ROUTE_TABLE: u32 = 100;
+
+const PRERT: &str = "ISTIO_PRERT";
+const OUTPUT: &str = "ISTIO_OUTPUT";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("running {command}: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("{command} in {netns} failed: {stderr}")]
+    Failed { command: String, netns: String, stderr: String },
+}
+
+/// The rule set for one pod's namespace.
+#[derive(Debug, Clone)]
+pub struct InPodRules {
+    netns: PathBuf,
+}
+
+fn jumps() -> [(&'static str, &'static str, &'static str); 4] {
+    [
+        ("mangle", "PREROUTING", PRERT),
+        ("mangle", "OUTPUT", OUTPUT),
+        ("nat", "PREROUTING", PRERT),
+        ("nat", "OUTPUT", OUTPUT),
+    ]
+}
+
+impl InPodRules {
+    pub fn new(netns: &Path) -> Self {
+        InPodRules { netns: netns.to_owned() }
+    }
+
+    fn run(&self, cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, RulesError> {
+        use std::io::Write;
+        let net = format!("--net={}", self.netns.display());
+        let command = format!("{cmd} {}", args.join(" "));
+        let mut child = Command::new("nsenter")
+            .arg(&net)
+            .arg(cmd)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| RulesError::Spawn { command: command.clone(), source })?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes())
+                .map_err(|source| RulesError::Spawn { command: command.clone(), source })?;
+        }
+        let out = child.wait_with_output().map_err(|source| RulesError::Spawn { command: command.clone(), source })?;
+        if !out.status.success() {
+            return Err(RulesError::Failed {
+                command,
+                netns: self.netns.display().to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The iptables-restore input; `present` is the namespace's current `iptables-save`.
+    pub fn restore_input(present: &str) -> String {
+        let mark = format!("0x{PROXY_MARK:x}/0x{MARK_MASK:x}");
+        let connmark = format!("0x{CONN_MARK:x}/0x{MARK_MASK:x}");
+        let jump_missing = |table: &str, chain: &str, target: &str| {
+            let wanted = format!("-A {chain} -j {target}");
+            let mut in_table = false;
+            !present.lines().any(|l| {
+                if let Some(t) = l.strip_prefix('*') {
+                    in_table = t == table;
+                }
+                in_table && l.trim() == wanted
+            })
+        };
+        let mut out = String::new();
+        for table in ["mangle", "nat"] {
+            out.push_str(&format!("*{table}\n:{PRERT} - [0:0]\n:{OUTPUT} - [0:0]\n"));
+            for (t, chain, target) in jumps() {
+                if t == table && jump_missing(table, chain, target) {
+                    out.push_str(&format!("-A {chain} -j {target}\n"));
+                }
+            }
+            if table == "mangle" {
+                out.push_str(&format!("-A {PRERT} -m mark --mark {mark} -j CONNMARK --set-xmark {connmark}\n"));
+                out.push_str(&format!("-A {OUTPUT} -m connmark --mark {connmark} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n"));
+            } else {
+                out.push_str(&format!("-A {PRERT} -s {PROBE_SOURCE}/32 -p tcp -j ACCEPT\n"));
+                out.push_str(&format!(
+                    "-A {PRERT} ! -d 127.0.0.1/32 -p tcp ! --dport {INBOUND_HBONE_PORT} -m mark ! --mark {mark} -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}\n"
+                ));
+                out.push_str(&format!("-A {OUTPUT} -p tcp -m mark --mark {connmark} -j ACCEPT\n"));
+                out.push_str(&format!("-A {OUTPUT} ! -d 127.0.0.1/32 -o lo -j ACCEPT\n"));
+                out.push_str(&format!(
+                    "-A {OUTPUT} ! -d 127.0.0.1/32 -p tcp -m mark ! --mark {mark} -j REDIRECT --to-ports {OUTBOUND_PORT}\n"
+                ));
+            }
+            out.push_str("COMMIT\n");
+        }
+        out
+    }
+
+    /// Installs (or refreshes) the rules.
+    pub fn apply(&self) -> Result<(), RulesError> {
+        let present = self.run("iptables-save", &[], None)?;
+        self.run("iptables-restore", &["--noflush"], Some(&Self::restore_input(&present)))?;
+        let rules = self.run("ip", &["rule", "show"], None)?;
+        let fwmark = format!("0x{CONN_MARK:x}/0x{MARK_MASK:x}");
+        if !rules.contains(&format!("fwmark {fwmark} lookup {ROUTE_TABLE}")) {
+            self.run(
+                "ip",
+                &["rule", "add", "fwmark", &fwmark, "pref", "32764", "lookup", &ROUTE_TABLE.to_string()],
+                None,
+            )?;
+        }
+        self.run(
+            "ip",
+            &["route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &ROUTE_TABLE.to_string()],
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Removes everything `apply` added (what is already gone is skipped).
+    pub fn remove(&self) -> Result<(), RulesError> {
+        let present = self.run("iptables-save", &[], None)?;
+        let mut input = String::new();
+        for table in ["mangle", "nat"] {
+            let mut section = String::new();
+            let mut in_table = false;
+            let mut has_chains = false;
+            for l in present.lines() {
+                if let Some(t) = l.strip_prefix('*') {
+                    in_table = t == table;
+                }
+                if !in_table {
+                    continue;
+                }
+                if l.starts_with(&format!(":{PRERT} ")) || l.starts_with(&format!(":{OUTPUT} ")) {
+                    has_chains = true;
+                }
+                for (t, chain, target) in jumps() {
+                    if t == table && l.trim() == format!("-A {chain} -j {target}") {
+                        section.push_str(&format!("-D {chain} -j {target}\n"));
+                    }
+                }
+            }
+            if has_chains {
+                section.push_str(&format!("-F {PRERT}\n-F {OUTPUT}\n-X {PRERT}\n-X {OUTPUT}\n"));
+            }
+            if !section.is_empty() {
+                input.push_str(&format!("*{table}\n{section}COMMIT\n"));
+            }
+        }
+        if !input.is_empty() {
+            self.run("iptables-restore", &["--noflush"], Some(&input))?;
+        }
+        let fwmark = format!("0x{CONN_MARK:x}/0x{MARK_MASK:x}");
+        if self.run("ip", &["rule", "show"], None)?.contains(&format!("fwmark {fwmark} lookup {ROUTE_TABLE}")) {
+            self.run("ip", &["rule", "del", "fwmark", &fwmark, "lookup", &ROUTE_TABLE.to_string()], None)?;
+        }
+        let _ = self.run("ip", &["route", "flush", "table", &ROUTE_TABLE.to_string()], None);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_input_is_istios_rule_set_and_adds_jumps_once() {
+        let fresh = InPodRules::restore_input("");
+        assert!(fresh.contains("-A PREROUTING -j ISTIO_PRERT"));
+        assert!(fresh.contains("-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006"));
+        assert!(fresh.contains(
+            "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"
+        ));
+        assert!(fresh.contains("-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff"));
+        assert!(fresh.contains("-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -j ACCEPT"));
+        let present = "*mangle\n-A PREROUTING -j ISTIO_PRERT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n*nat\n-A PREROUTING -j ISTIO_PRERT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n";
+        let again = InPodRules::restore_input(present);
+        assert!(!again.contains("-A PREROUTING -j"), "jumps already there are not added twice:\n{again}");
+        assert!(again.contains(":ISTIO_PRERT - [0:0]"), "our chains are re-declared (flushed) every time");
+    }
+}
