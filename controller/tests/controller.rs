@@ -136,8 +136,9 @@ impl Recorder {
     }
 }
 
+/// Waits for a condition (a bound against hangs, not a performance assertion).
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..800 {
         if f() {
             return;
         }

@@ -129,10 +129,12 @@ async fn watchers_feed_the_index_from_lists_and_watch_events() {
     let uid = |name: &str| format!("Kubernetes//Pod/shop/{name}");
     let mut published = std::collections::BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    // Lists bring cart (enrolled: the namespace is ambient); the pod watch then adds front-1
-    // and deletes cart.
+    // Lists bring cart (enrolled: the namespace is ambient) and its service; the pod watch then
+    // adds front-1 and deletes cart. Kinds arrive in any order: wait for all of it.
     while !(published.get(&uid("front-1")) == Some(&true)
-        && published.get(&uid("cart-6d9f7c8b5-x2k4q")) == Some(&false))
+        && published.get(&uid("cart-6d9f7c8b5-x2k4q")) == Some(&false)
+        && published.get("shop/cart.shop.svc.cluster.local") == Some(&true)
+        && rejections.all().contains_key("AuthorizationPolicy shop/typo"))
     {
         let batch = tokio::time::timeout_at(deadline, rx.recv()).await.expect("events in time").unwrap();
         for change in index.apply(batch) {

@@ -248,7 +248,7 @@ async fn idle_connections_are_evicted() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(f.client.connection_count(), 1, "a connection with an open stream is not idle");
     drop(s);
-    for _ in 0..100 {
+    for _ in 0..500 {
         if f.client.connection_count() == 0 {
             return;
         }

@@ -99,12 +99,17 @@ async fn concurrent_fetches_share_one_request_with_impersonation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renews_at_half_life_and_keeps_the_certificate_while_renewal_fails() {
-    let f = fixture(Duration::from_secs(4)).await;
+    let f = fixture(Duration::from_secs(8)).await;
     let cart = identity("shop", "cart");
     let first = f.manager.fetch(&cart).await.unwrap();
-    // The CA goes down before the renewal (at ~2 s).
+    // The CA goes down before the renewal (at ~4 s, half of 8 s).
     f.fail.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    for _ in 0..70 {
+        if f.requests.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(f.requests.load(Ordering::SeqCst) >= 2, "renewal attempted at half life");
     let kept = f.manager.fetch(&cart).await.unwrap();
     assert!(Arc::ptr_eq(&first, &kept), "the valid certificate is kept while renewal fails");
