@@ -116,23 +116,23 @@ impl Index {
     pub fn apply(&mut self, events: Vec<Event>) -> Vec<Change> {
         let mut dirty = Dirty::default();
         for event in events {
-            let (key, previous, current) = match event {
+            let (key, previous) = match event {
                 Event::Apply(object) => {
                     let key = object.key();
-                    let previous = self.store.upsert(*object);
-                    (key.clone(), previous, self.store.get(&key).cloned())
+                    (key, self.store.upsert(*object))
                 }
                 Event::Delete(key) => {
                     let previous = self.store.remove(&key);
-                    (key, previous, None)
+                    (key, previous)
                 }
                 Event::Synced => continue,
             };
+            let current = self.store.get(&key);
             // Unchanged objects (a re-read file, a resync) cost nothing downstream.
-            if previous == current {
+            if previous.as_ref() == current {
                 continue;
             }
-            self.mark(&mut dirty, &key, previous.as_ref(), current.as_ref());
+            self.mark(&mut dirty, &key, previous.as_ref(), current);
         }
         self.recompute(dirty)
     }

@@ -78,6 +78,12 @@ pub fn channel(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Channel {
         .connect_with_connector_lazy(TlsDialer { addr, config })
 }
 
+/// The `authorization: Bearer <token>` value callers of the control plane send; `None` when the
+/// token cannot be a header value.
+pub fn bearer(token: &str) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    format!("Bearer {token}").parse().ok()
+}
+
 /// Who is on the other end of a server-side connection.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {

@@ -15,7 +15,6 @@ use std::time::Duration;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 
 use crate::grpc;
 use crate::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -179,7 +178,7 @@ impl Client {
         }
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         if let Some(token) = &self.config.token {
-            let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| (XdsError::BadToken, false))?;
+            let value = grpc::bearer(token).ok_or((XdsError::BadToken, false))?;
             request.metadata_mut().insert("authorization", value);
         }
         let channel = grpc::channel(self.config.address, self.config.tls.clone());

@@ -61,8 +61,7 @@ impl CaClient {
             validity_duration: i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX),
             metadata: Some(metadata),
         });
-        let bearer =
-            format!("Bearer {}", self.token).parse().map_err(|_| fail("token is not a valid header".into()))?;
+        let bearer = grpc::bearer(&self.token).ok_or_else(|| fail("token is not a valid header".into()))?;
         request.metadata_mut().insert("authorization", bearer);
         let mut client = IstioCertificateServiceClient::new(grpc::channel(self.address, self.tls.clone()));
         let response =

@@ -98,21 +98,29 @@ async fn respond(conn: &Conn, type_url: &str, nonce: &str, resources: Vec<WireRe
     conn.responses.send(Ok(r)).await.unwrap();
 }
 
-#[tokio::test]
-async fn subscribe_ack_nack_and_resume_with_versions() {
-    let ca = TestCa::new();
-    let controller_id = identity("ambit-system", "ambit-controller");
-    let server_cert = ca.cert("ambit-system", "ambit-controller");
+/// Starts the scripted delta ADS server over TLS with `server_cert`; yields each client stream.
+async fn scripted_server(
+    ca: &TestCa,
+    server_cert: &crate::certs::WorkloadCert,
+) -> (std::net::SocketAddr, mpsc::Receiver<Conn>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let incoming =
-        grpc::tls_incoming(listener, Arc::new(control_plane_server_config(&server_cert, &ca.roots).unwrap()));
-    let (conns_tx, mut conns) = mpsc::channel(4);
+    let incoming = grpc::tls_incoming(listener, Arc::new(control_plane_server_config(server_cert, &ca.roots).unwrap()));
+    let (conns_tx, conns) = mpsc::channel(4);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AggregatedDiscoveryServiceServer::new(ScriptedAds { conns: conns_tx }))
             .serve_with_incoming(incoming),
     );
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn subscribe_ack_nack_and_resume_with_versions() {
+    let ca = TestCa::new();
+    let controller_id = identity("ambit-system", "ambit-controller");
+    let server_cert = ca.cert("ambit-system", "ambit-controller");
+    let (addr, mut conns) = scripted_server(&ca, &server_cert).await;
 
     let tls = Arc::new(control_plane_client_config(&ca.roots, vec![controller_id]).unwrap());
     let node = istio_node("ztunnel", "10.0.0.2", "ztunnel-abc", "ambit-system", "node-1");
@@ -175,16 +183,7 @@ async fn subscribe_ack_nack_and_resume_with_versions() {
 async fn a_server_with_the_wrong_identity_is_not_trusted() {
     let ca = TestCa::new();
     let server_cert = ca.cert("shop", "impostor");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming =
-        grpc::tls_incoming(listener, Arc::new(control_plane_server_config(&server_cert, &ca.roots).unwrap()));
-    let (conns_tx, mut conns) = mpsc::channel(4);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(ScriptedAds { conns: conns_tx }))
-            .serve_with_incoming(incoming),
-    );
+    let (addr, mut conns) = scripted_server(&ca, &server_cert).await;
     let tls =
         Arc::new(control_plane_client_config(&ca.roots, vec![identity("ambit-system", "ambit-controller")]).unwrap());
     let (client, _) = Client::new(Config::new(addr, tls, Node::default(), vec![ADDRESS]));

@@ -4,25 +4,25 @@ use super::*;
 use crate::manifest::{parse_object, split_yaml, Parsed};
 use crate::model::Object;
 
-fn policy(yaml: &str) -> AuthorizationPolicy {
+fn object(yaml: &str) -> Object {
     let (mut docs, _) = split_yaml("t", yaml);
     match parse_object("t", docs.remove(0)).unwrap() {
-        Parsed::Object(o) => match *o {
-            Object::AuthorizationPolicy(p) => p,
-            other => panic!("{other:?}"),
-        },
+        Parsed::Object(o) => *o,
         Parsed::Ignored { .. } => panic!("ignored"),
     }
 }
 
+fn policy(yaml: &str) -> AuthorizationPolicy {
+    match object(yaml) {
+        Object::AuthorizationPolicy(p) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
 fn pa(yaml: &str) -> PeerAuthentication {
-    let (mut docs, _) = split_yaml("t", yaml);
-    match parse_object("t", docs.remove(0)).unwrap() {
-        Parsed::Object(o) => match *o {
-            Object::PeerAuthentication(p) => p,
-            other => panic!("{other:?}"),
-        },
-        Parsed::Ignored { .. } => panic!("ignored"),
+    match object(yaml) {
+        Object::PeerAuthentication(p) => p,
+        other => panic!("{other:?}"),
     }
 }
 
