@@ -7,8 +7,8 @@ say() { printf '\n==> %s\n' "$*"; }
 
 # System packages the tests use. Installed only when missing, so reruns are quick.
 # (gcc builds aws-lc's C code; iproute2, iptables and util-linux (nsenter) are for the
-# network-namespace tests, which run as root.)
-PACKAGES=(gcc make iproute2 iptables procps util-linux)
+# network-namespace tests, which run as root; tcpdump checks what crosses the node link.)
+PACKAGES=(gcc make iproute2 iptables procps util-linux tcpdump)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

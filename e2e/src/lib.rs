@@ -1,10 +1,11 @@
 //! Ambit's local sandbox, end-to-end tests and benchmarks (issue #5 builds the sandbox).
 //!
 //! Owns what needs a whole mesh on one host: network namespaces as nodes and pods, the real
-//! daemons, sample apps. Today: the root guard and the network-namespace helpers the
-//! root-only tests use ([`netns`]).
+//! daemons, sample apps. Today: the root guard, network namespaces wired as nodes and pods
+//! ([`netns`]) and daemons run inside them ([`process`]), used by ztunnel's integration tests.
 
 pub mod netns;
+pub mod process;
 
 /// Fails the calling test loudly unless it runs as root: sandbox tests create network
 /// namespaces and redirect rules, and a test that cannot run must never pass.

@@ -81,3 +81,42 @@ pub fn clean_leftovers() -> usize {
     }
     removed
 }
+
+/// Short, unique interface names (≤ 15 bytes) for links created from this process.
+fn link_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("am{}{tag}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Connects two namespaces with a veth pair named `ifname` on both sides, addressed
+/// `a_cidr` / `b_cidr` (e.g. `10.210.0.11/24`), both up. Used for the link between nodes.
+pub fn link(a: &Netns, a_cidr: &str, b: &Netns, b_cidr: &str, ifname: &str) {
+    let (ta, tb) = (link_name("a"), link_name("b"));
+    run("ip", &["link", "add", &ta, "netns", a.name(), "type", "veth", "peer", "name", &tb, "netns", b.name()]);
+    for (ns, tmp, cidr) in [(a, &ta, a_cidr), (b, &tb, b_cidr)] {
+        ns.exec("ip", &["link", "set", tmp, "name", ifname]);
+        ns.exec("ip", &["addr", "add", cidr, "dev", ifname]);
+        ns.exec("ip", &["link", "set", ifname, "up"]);
+    }
+}
+
+/// Plugs a pod into its node the way a simple CNI bridge-less plugin does: the pod's `eth0`
+/// gets `pod_ip/24` with the default route via `gateway`; the node's end holds `gateway/32`
+/// and a host route to the pod. Returns the node-side interface name.
+pub fn attach_pod(node: &Netns, pod: &Netns, pod_ip: &str, gateway: &str) -> String {
+    let (host_if, tmp) = (link_name("h"), link_name("p"));
+    run(
+        "ip",
+        &["link", "add", &host_if, "netns", node.name(), "type", "veth", "peer", "name", &tmp, "netns", pod.name()],
+    );
+    pod.exec("ip", &["link", "set", &tmp, "name", "eth0"]);
+    pod.exec("ip", &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"]);
+    pod.exec("ip", &["link", "set", "eth0", "up"]);
+    pod.exec("ip", &["route", "add", "default", "via", gateway]);
+    node.exec("ip", &["addr", "add", &format!("{gateway}/32"), "dev", &host_if]);
+    node.exec("ip", &["link", "set", &host_if, "up"]);
+    node.exec("ip", &["route", "replace", &format!("{pod_ip}/32"), "dev", &host_if]);
+    node.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    host_if
+}

@@ -2,6 +2,8 @@
 //! validated once at start-up. Serialized on the admin endpoint at `/debug/config`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use ambit_shared::lifecycle::distinct_addresses;
 use ambit_shared::telemetry::LogArgs;
@@ -23,6 +25,43 @@ pub struct Config {
     /// Certificate authority address (IstioCertificateService).
     #[arg(long, env = "CA_ADDRESS", default_value = "127.0.0.1:15012")]
     pub ca_address: SocketAddr,
+    /// Cluster the node belongs to (part of workload names: `<cluster>//Pod/<ns>/<name>`).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// Network the node's pods are on (empty: the default network).
+    #[arg(long, env = "NETWORK", default_value = "")]
+    pub network: String,
+    /// The mesh root certificate(s), PEM: trust anchor for peers and the control plane.
+    #[arg(long, env = "ROOT_CERT", default_value = "/var/run/secrets/istio/root-cert.pem")]
+    pub root_cert: PathBuf,
+    /// Token presented to the control plane (`authorization: Bearer`).
+    #[arg(long, env = "TOKEN_FILE", default_value = "/var/run/secrets/tokens/istio-token")]
+    pub token_file: PathBuf,
+    /// The control plane's service account, `<namespace>/<name>` (its certificate must name it).
+    #[arg(long, env = "CONTROL_PLANE_ACCOUNT", default_value = "ambit-system/ambit-controller")]
+    pub control_plane_account: String,
+    /// Lifetime requested for workload certificates, in seconds (renewed at half).
+    #[arg(long, env = "SECRET_TTL_SECONDS", default_value_t = 86_400)]
+    pub cert_lifetime_seconds: u64,
+    /// ZDS socket: where the node agent hands pods' network namespaces to the proxy.
+    #[arg(long, env = "INPOD_UDS", default_value = "/var/run/ztunnel/ztunnel.sock")]
+    pub zds_socket: PathBuf,
+    /// Run the node agent in this process (serving the CNI plugin and ZDS). Off when another
+    /// agent (for example Istio's istio-cni) drives this proxy over `--zds-socket`.
+    #[arg(long, env = "NODE_AGENT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub node_agent: bool,
+    /// Socket the CNI plugin reaches the node agent on.
+    #[arg(long, env = "CNI_AGENT_SOCKET", default_value = "/var/run/ambit/cni.sock")]
+    pub cni_socket: PathBuf,
+    /// Where the node agent keeps the pods it captured, to reconcile after a restart.
+    #[arg(long, env = "AGENT_STATE_DIR", default_value = "/var/run/ambit/pods")]
+    pub agent_state_dir: PathBuf,
+    /// How long a CNI ADD waits for the control plane to describe a new pod, in milliseconds.
+    #[arg(long, env = "ENROLL_WAIT_MS", default_value_t = 5_000)]
+    pub enroll_wait_ms: u64,
+    /// On SIGTERM: stop accepting, then let open connections finish for this long (seconds).
+    #[arg(long, env = "TERMINATION_GRACE_PERIOD_SECONDS", default_value_t = 30)]
+    pub drain_seconds: u64,
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, env = "READINESS_ADDR", default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
@@ -42,6 +81,10 @@ pub enum ConfigError {
     EmptyNodeName,
     #[error("--trust-domain / TRUST_DOMAIN {0:?}: {1}")]
     TrustDomain(String, ambit_shared::IdentityError),
+    #[error("--control-plane-account / CONTROL_PLANE_ACCOUNT {0:?}: {1}")]
+    ControlPlane(String, String),
+    #[error("--cert-lifetime-seconds / SECRET_TTL_SECONDS must be at least 60, not {0}")]
+    CertLifetime(u64),
     #[error(transparent)]
     AddressClash(#[from] ambit_shared::lifecycle::AddressClash),
 }
@@ -53,12 +96,35 @@ impl Config {
         }
         Identity::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::TrustDomain(self.trust_domain.clone(), e))?;
+        self.control_plane_identity()?;
+        if self.cert_lifetime_seconds < 60 {
+            return Err(ConfigError::CertLifetime(self.cert_lifetime_seconds));
+        }
         distinct_addresses(&[
             ("--readiness-addr", self.readiness_addr),
             ("--metrics-addr", self.metrics_addr),
             ("--admin-addr", self.admin_addr),
         ])?;
         Ok(())
+    }
+
+    /// The identity the control plane's certificate must carry.
+    pub fn control_plane_identity(&self) -> Result<Identity, ConfigError> {
+        let err = |m: String| ConfigError::ControlPlane(self.control_plane_account.clone(), m);
+        let (ns, sa) = self
+            .control_plane_account
+            .split_once('/')
+            .ok_or_else(|| err("expected <namespace>/<service-account>".into()))?;
+        Identity::new(&self.trust_domain, ns, sa).map_err(|e| err(e.to_string()))
+    }
+
+    /// The workload name (`<cluster>//Pod/<ns>/<name>`) the control plane gives a pod.
+    pub fn pod_uid(&self, namespace: &str, name: &str) -> String {
+        format!("{}//Pod/{namespace}/{name}", self.cluster_id)
+    }
+
+    pub fn cert_lifetime(&self) -> Duration {
+        Duration::from_secs(self.cert_lifetime_seconds)
     }
 }
 
@@ -87,6 +153,10 @@ mod tests {
         assert!(err.to_string().contains("TRUST_DOMAIN") && err.to_string().contains("Bad_Domain!"), "{err}");
         let err = parse(&["--node-name", "n", "--metrics-addr", "0.0.0.0:15021"]).validate().unwrap_err();
         assert!(err.to_string().contains("--readiness-addr and --metrics-addr"), "{err}");
+        let err = parse(&["--node-name", "n", "--control-plane-account", "istiod"]).validate().unwrap_err();
+        assert!(err.to_string().contains("CONTROL_PLANE_ACCOUNT") && err.to_string().contains("istiod"), "{err}");
+        let err = parse(&["--node-name", "n", "--cert-lifetime-seconds", "5"]).validate().unwrap_err();
+        assert!(err.to_string().contains("SECRET_TTL_SECONDS"), "{err}");
         let err = parse(&["--node-name", " "]).validate().unwrap_err();
         assert!(err.to_string().contains("NODE_NAME"), "{err}");
     }

@@ -128,6 +128,16 @@ impl CertManager {
         }
     }
 
+    /// The current certificate, if one is ready (never waits; the TLS acceptor asks this).
+    pub fn current(&self, identity: &Identity) -> Option<Arc<WorkloadCert>> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let state = slots.get(identity)?.state.borrow();
+        match &*state {
+            CertState::Ready(cert) => Some(cert.clone()),
+            _ => None,
+        }
+    }
+
     /// Stops refreshing `identity` (its last pod left the node).
     pub fn forget(&self, identity: &Identity) {
         if let Some(slot) = self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(identity) {

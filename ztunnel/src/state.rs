@@ -70,7 +70,8 @@ pub enum StateError {
     Authorization(String, String),
 }
 
-fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+/// An IP from its raw bytes (4 or 16).
+pub fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
         4 => <[u8; 4]>::try_from(b).ok().map(IpAddr::from),
         16 => <[u8; 16]>::try_from(b).ok().map(IpAddr::from),
@@ -287,6 +288,23 @@ impl State {
         self.services.get(key)
     }
 
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.values()
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Authorization>> {
+        self.policies.values()
+    }
+
+    /// Workloads serving the service `key`, healthy or not.
+    pub fn endpoint_count(&self, key: &str) -> usize {
+        self.endpoints.get(key).map_or(0, HashSet::len)
+    }
+
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.workloads.len(), self.services.len(), self.policies.len())
     }
@@ -361,10 +379,18 @@ fn random_u64() -> u64 {
     })
 }
 
-/// The xDS handler keeping `State` current.
-#[derive(Clone, Default)]
+/// The xDS handler keeping `State` current. Every applied update bumps `changes`, which the
+/// node agent watches to enroll and release pods.
+#[derive(Clone)]
 pub struct Updater {
     pub state: Arc<RwLock<State>>,
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Updater {
+    fn default() -> Self {
+        Updater { state: Arc::default(), changes: Arc::new(tokio::sync::watch::channel(0).0) }
+    }
 }
 
 impl xds::Handler for Updater {
@@ -394,6 +420,8 @@ impl xds::Handler for Updater {
                 rejected.push(Rejection { name: r.name, reason });
             }
         }
+        drop(state);
+        self.changes.send_modify(|generation| *generation += 1);
         rejected
     }
 }

@@ -120,9 +120,16 @@ struct PoolState {
     next_id: u64,
 }
 
+/// Creates the TCP sockets a pool dials from. ztunnel's per-pod pools create them inside the
+/// pod's network namespace, marked so the pod's redirect rules leave them alone.
+pub trait Dialer: Send + Sync + 'static {
+    fn socket(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket>;
+}
+
 struct Inner {
     roots: MeshRoots,
     settings: PoolSettings,
+    dialer: Option<Arc<dyn Dialer>>,
     state: Mutex<PoolState>,
 }
 
@@ -146,7 +153,12 @@ fn lock(state: &Mutex<PoolState>) -> std::sync::MutexGuard<'_, PoolState> {
 
 impl Client {
     pub fn new(roots: MeshRoots, settings: PoolSettings) -> Self {
-        Client { inner: Arc::new(Inner { roots, settings, state: Mutex::default() }) }
+        Client { inner: Arc::new(Inner { roots, settings, dialer: None, state: Mutex::default() }) }
+    }
+
+    /// A pool whose connections start from sockets `dialer` makes.
+    pub fn with_dialer(roots: MeshRoots, settings: PoolSettings, dialer: Arc<dyn Dialer>) -> Self {
+        Client { inner: Arc::new(Inner { roots, settings, dialer: Some(dialer), state: Mutex::default() }) }
     }
 
     /// Open connections in the pool (for metrics and tests).
@@ -234,7 +246,13 @@ impl Client {
         let addr = req.hbone_addr;
         let tls = client_config(&req.source, &self.inner.roots, req.destination_identities.clone())?;
         // The caller bounds the whole dial (TCP, TLS, HTTP/2 preface) by the connect timeout.
-        let tcp = TcpStream::connect(addr).await.map_err(|source| HboneError::Connect { addr, source })?;
+        let tcp = match &self.inner.dialer {
+            Some(dialer) => {
+                dialer.socket(addr).map_err(|source| HboneError::Connect { addr, source })?.connect(addr).await
+            }
+            None => TcpStream::connect(addr).await,
+        }
+        .map_err(|source| HboneError::Connect { addr, source })?;
         tune_socket(&tcp).map_err(|source| HboneError::Connect { addr, source })?;
         let tls = TlsConnector::from(Arc::new(tls))
             .connect(ServerName::IpAddress(addr.ip().into()), tcp)

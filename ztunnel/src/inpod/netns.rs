@@ -4,8 +4,9 @@
 //! which is how ztunnel opens listeners "inside" every pod.
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use nix::sched::{setns, CloneFlags};
 
@@ -17,6 +18,22 @@ pub enum NetnsError {
     Enter(nix::Error),
     #[error("the namespace thread panicked")]
     Panicked,
+    #[error("the host network namespace was not recorded at start-up: {0}")]
+    NoHost(String),
+}
+
+static HOST: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
+
+/// Records the process's own (host) network namespace; call once at start-up, before any
+/// thread switches namespaces. Later calls return the recorded one.
+pub fn record_host() -> Result<BorrowedFd<'static>, NetnsError> {
+    let host = HOST.get_or_init(|| {
+        File::open("/proc/self/ns/net").map(OwnedFd::from).map_err(|e| format!("/proc/self/ns/net: {e}"))
+    });
+    match host {
+        Ok(fd) => Ok(fd.as_fd()),
+        Err(e) => Err(NetnsError::NoHost(e.clone())),
+    }
 }
 
 /// An open handle on a network namespace.
@@ -34,6 +51,27 @@ impl Netns {
     /// Adopts a namespace fd (as received over ZDS).
     pub fn from_fd(fd: OwnedFd) -> Self {
         Netns { fd }
+    }
+
+    /// Runs `f` on the calling thread switched into the namespace, then switches it back:
+    /// two `setns` calls, cheap enough for every socket the proxy creates in a pod. `f` must
+    /// not block or yield (a runtime worker is borrowed for its duration). Sockets created in
+    /// `f` belong to the namespace for good.
+    pub fn run_here<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
+        let host = record_host()?;
+        setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Enter)?;
+        let out = f();
+        if let Err(e) = setns(host, CloneFlags::CLONE_NEWNET) {
+            // A worker thread left in a pod's namespace would open every later socket there:
+            // there is no safe way to go on.
+            tracing::error!(error = %e, "cannot return to the host network namespace; aborting");
+            std::process::abort();
+        }
+        Ok(out)
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Runs `f` inside the namespace, on a short-lived thread (setns changes only the calling

@@ -1,0 +1,507 @@
+//! The node agent: learns pods from the CNI plugin, captures those the control plane puts in
+//! the mesh (Istio's in-pod redirect rules inside the pod's namespace) and hands their
+//! namespaces to the proxy over ZDS — the same protocol Istio's istio-cni speaks, so either
+//! agent can drive either proxy.
+//!
+//! One task owns all of the agent's state and does everything in order: CNI requests, control
+//! plane changes (a namespace labelled into or out of the mesh enrolls or releases its pods
+//! without restarting them), proxy (re)connections. Pods it knows are written to the state
+//! directory, so a restarted agent re-applies their rules and resends the snapshot.
+//!
+//! Capture order: the proxy first gets the namespace and opens its listeners, then the rules
+//! go in — no connection is ever redirected to a port nobody listens on. Release is the
+//! reverse.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ambit_shared::proto::zds::WorkloadInfo;
+use ambit_shared::zds::{AgentConn, Listener as ZdsListener};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::cni::{CniCommand, CniRequest, CniResponse};
+use crate::config::Config;
+use crate::inpod::netns::Netns;
+use crate::inpod::rules::InPodRules;
+use crate::state::State;
+
+/// Longest the agent waits for the proxy to answer one ZDS instruction.
+const ZDS_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("binding the CNI socket {path}: {source}")]
+    CniSocket { path: String, source: std::io::Error },
+    #[error("binding the ZDS socket: {0}")]
+    Zds(#[from] ambit_shared::zds::ZdsError),
+    #[error("state directory {path}: {source}")]
+    StateDir { path: String, source: std::io::Error },
+}
+
+/// What the agent remembers about a pod (also its file in the state directory).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodRecord {
+    pub namespace: String,
+    pub name: String,
+    pub container_id: String,
+    pub netns: PathBuf,
+    pub ips: Vec<IpAddr>,
+    /// Set while captured: the identity the proxy serves it as (resent after a restart before
+    /// the control plane has answered).
+    #[serde(default)]
+    pub service_account: Option<String>,
+}
+
+struct AgentPod {
+    record: PodRecord,
+    /// The control plane's workload name, also the ZDS uid.
+    uid: String,
+    netns: Netns,
+    /// Rules installed and the proxy told.
+    captured: bool,
+    /// CNI ADD calls waiting for the outcome, with their deadline.
+    waiters: Vec<(Instant, oneshot::Sender<CniResponse>)>,
+}
+
+enum Msg {
+    Cni(CniRequest, oneshot::Sender<CniResponse>),
+    Proxy(AgentConn),
+}
+
+struct Agent {
+    config: Arc<Config>,
+    state: Arc<RwLock<State>>,
+    synced: watch::Receiver<bool>,
+    pods: BTreeMap<String, AgentPod>,
+    proxy: Option<AgentConn>,
+}
+
+/// Starts the agent: binds the CNI and ZDS sockets, loads what an earlier run captured.
+pub fn start(
+    config: Arc<Config>,
+    state: Arc<RwLock<State>>,
+    changes: watch::Receiver<u64>,
+    synced: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let dir = &config.agent_state_dir;
+    std::fs::create_dir_all(dir).map_err(|source| AgentError::StateDir { path: dir.display().to_string(), source })?;
+    for path in [&config.cni_socket, &config.zds_socket] {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| AgentError::CniSocket { path: parent.display().to_string(), source })?;
+        }
+    }
+    let zds = ZdsListener::bind(&config.zds_socket)?;
+    let cni_path = &config.cni_socket;
+    let _ = std::fs::remove_file(cni_path);
+    let cni = UnixListener::bind(cni_path)
+        .map_err(|source| AgentError::CniSocket { path: cni_path.display().to_string(), source })?;
+    restrict(cni_path);
+    restrict(&config.zds_socket);
+    let (tx, rx) = mpsc::channel(64);
+    let mut agent = Agent { config: config.clone(), state, synced, pods: BTreeMap::new(), proxy: None };
+    agent.load();
+    tokio::spawn(accept_cni(cni, tx.clone()));
+    tokio::spawn(accept_zds(zds, tx));
+    tokio::spawn(agent.run(rx, changes));
+    tracing::info!(cni = %config.cni_socket.display(), zds = %config.zds_socket.display(), "node agent started");
+    Ok(())
+}
+
+/// Only root (the runtime's CNI plugin, the proxy) may talk to the agent.
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot restrict the socket's permissions");
+    }
+}
+
+async fn accept_cni(listener: UnixListener, tx: mpsc::Sender<Msg>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "CNI socket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read.take(64 * 1024));
+            let response = match reader.read_line(&mut line).await {
+                Ok(_) => match serde_json::from_str::<CniRequest>(&line) {
+                    Ok(req) => {
+                        let (reply, wait) = oneshot::channel();
+                        if tx.send(Msg::Cni(req, reply)).await.is_err() {
+                            CniResponse::error("the node agent is stopping")
+                        } else {
+                            wait.await.unwrap_or_else(|_| CniResponse::error("the node agent dropped the request"))
+                        }
+                    }
+                    Err(e) => CniResponse::error(format!("malformed request: {e}")),
+                },
+                Err(e) => CniResponse::error(format!("reading the request: {e}")),
+            };
+            let mut out = serde_json::to_vec(&response).unwrap_or_default();
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+        });
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+async fn accept_zds(listener: ZdsListener, tx: mpsc::Sender<Msg>) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => {
+                if tx.send(Msg::Proxy(conn)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ZDS accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn record_file(dir: &Path, namespace: &str, name: &str) -> PathBuf {
+    dir.join(format!("{namespace}_{name}.json"))
+}
+
+impl Agent {
+    /// Pods an earlier run knew, whose namespaces still exist.
+    fn load(&mut self) {
+        let dir = self.config.agent_state_dir.clone();
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let record = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<PodRecord>(&b).ok());
+            let Some(record) = record else {
+                tracing::warn!(path = %path.display(), "unreadable pod record; removing it");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            match Netns::open(&record.netns) {
+                Ok(netns) => {
+                    tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), "pod from the previous run");
+                    let uid = self.config.pod_uid(&record.namespace, &record.name);
+                    let key = format!("{}/{}", record.namespace, record.name);
+                    // Captured by the previous run: its rules are in place; the snapshot gives it
+                    // to the proxy again and reconciliation re-applies or removes the rules.
+                    let captured = record.service_account.is_some();
+                    self.pods.insert(key, AgentPod { record, uid, netns, captured, waiters: Vec::new() });
+                }
+                Err(e) => {
+                    tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), error = %e, "pod of the previous run is gone");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut changes: watch::Receiver<u64>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut synced = self.synced.clone();
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Cni(req, reply)) => self.cni(req, reply).await,
+                    Some(Msg::Proxy(conn)) => self.proxy_connected(conn).await,
+                    None => return,
+                },
+                Ok(()) = changes.changed() => self.reconcile().await,
+                Ok(()) = synced.changed() => self.reconcile().await,
+                _ = tick.tick() => self.expire_waiters(),
+            }
+        }
+    }
+
+    fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Whether the control plane puts the pod in the mesh: `Some(service account)` if so,
+    /// `None` if it knows the pod outside the mesh, and `Err` if it does not know it (yet).
+    fn wanted(&self, pod: &AgentPod) -> Result<Option<String>, ()> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        match state.workload(&pod.uid) {
+            Some(w) if w.hbone && (w.node.is_empty() || *w.node == *self.config.node_name) => {
+                Ok(Some(w.identity.service_account().to_owned()))
+            }
+            Some(_) => Ok(None),
+            None => Err(()),
+        }
+    }
+
+    async fn cni(&mut self, req: CniRequest, reply: oneshot::Sender<CniResponse>) {
+        let key = format!("{}/{}", req.pod_namespace, req.pod_name);
+        match req.command {
+            CniCommand::Add => {
+                let netns = match Netns::open(Path::new(&req.netns)) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = reply.send(CniResponse::error(e.to_string()));
+                        return;
+                    }
+                };
+                let record = PodRecord {
+                    namespace: req.pod_namespace.clone(),
+                    name: req.pod_name.clone(),
+                    container_id: req.container_id.clone(),
+                    netns: PathBuf::from(&req.netns),
+                    ips: req.ips.clone(),
+                    service_account: None,
+                };
+                self.persist(&record);
+                let uid = self.config.pod_uid(&record.namespace, &record.name);
+                if let Some(old) = self.pods.remove(&key) {
+                    if old.captured && old.record.netns != record.netns {
+                        self.release(&old).await;
+                    }
+                }
+                let deadline = Instant::now() + Duration::from_millis(self.config.enroll_wait_ms);
+                let pod = AgentPod { record, uid, netns, captured: false, waiters: vec![(deadline, reply)] };
+                self.pods.insert(key.clone(), pod);
+                self.reconcile_one(&key).await;
+            }
+            CniCommand::Del => {
+                if let Some(pod) = self.pods.remove(&key) {
+                    if pod.captured {
+                        self.release(&pod).await;
+                    }
+                    let _ = std::fs::remove_file(record_file(
+                        &self.config.agent_state_dir,
+                        &pod.record.namespace,
+                        &pod.record.name,
+                    ));
+                }
+                let _ = reply.send(CniResponse::ok(false));
+            }
+            CniCommand::Check => {
+                let response = match self.pods.get(&key) {
+                    None => CniResponse::error(format!("pod {key} is unknown to the node agent")),
+                    Some(pod) => match self.wanted(pod) {
+                        Ok(Some(_)) if !pod.captured => {
+                            CniResponse::error(format!("pod {key} is in the mesh but not captured"))
+                        }
+                        Ok(Some(_)) => CniResponse::ok(true),
+                        _ => CniResponse::ok(false),
+                    },
+                };
+                let _ = reply.send(response);
+            }
+        }
+    }
+
+    fn persist(&self, record: &PodRecord) {
+        let path = record_file(&self.config.agent_state_dir, &record.namespace, &record.name);
+        let written = serde_json::to_vec(record).map_err(std::io::Error::other).and_then(|b| {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, b)?;
+            std::fs::rename(&tmp, &path)
+        });
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the pod; a restarted agent will not know it");
+        }
+    }
+
+    async fn reconcile(&mut self) {
+        let keys: Vec<String> = self.pods.keys().cloned().collect();
+        for key in keys {
+            self.reconcile_one(&key).await;
+        }
+    }
+
+    /// Brings one pod to what the control plane wants, and answers its waiters when settled.
+    async fn reconcile_one(&mut self, key: &str) {
+        let Some(pod) = self.pods.get(key) else { return };
+        if !self.is_synced() {
+            return;
+        }
+        let outcome = match self.wanted(pod) {
+            Ok(Some(sa)) if !pod.captured => Some(self.capture(key, sa).await.map(|()| true)),
+            Ok(Some(_)) => Some(Ok(true)),
+            Ok(None) if pod.captured => {
+                let pod = self.pods.get(key).map(|p| (p.uid.clone(), p.record.clone()));
+                if let Some((uid, record)) = pod {
+                    self.release_parts(&uid, &record).await;
+                }
+                if let Some(p) = self.pods.get_mut(key) {
+                    p.captured = false;
+                    p.record.service_account = None;
+                }
+                if let Some(p) = self.pods.get(key) {
+                    self.persist(&p.record);
+                }
+                Some(Ok(false))
+            }
+            Ok(None) => Some(Ok(false)),
+            // Not described yet: waiters keep waiting until their deadline.
+            Err(()) => None,
+        };
+        let Some(outcome) = outcome else { return };
+        if let Some(pod) = self.pods.get_mut(key) {
+            let response = match outcome {
+                Ok(captured) => CniResponse::ok(captured),
+                Err(e) => {
+                    // Keep waiting while the deadline allows (the proxy may connect meanwhile).
+                    if pod.waiters.iter().all(|(deadline, _)| *deadline > Instant::now()) {
+                        tracing::warn!(pod = %key, error = %e, "capture failed; retrying");
+                        return;
+                    }
+                    CniResponse::error(e)
+                }
+            };
+            for (_, waiter) in pod.waiters.drain(..) {
+                let _ = waiter.send(response.clone());
+            }
+        }
+    }
+
+    fn expire_waiters(&mut self) {
+        let now = Instant::now();
+        for (key, pod) in &mut self.pods {
+            let (due, keep): (Vec<_>, Vec<_>) = pod.waiters.drain(..).partition(|(d, _)| *d <= now);
+            pod.waiters = keep;
+            for (_, waiter) in due {
+                let response = if pod.captured {
+                    CniResponse::ok(true)
+                } else if self.proxy.is_none() {
+                    CniResponse::error(format!("pod {key}: ztunnel is not connected to the node agent"))
+                } else {
+                    tracing::info!(pod = %key, "the control plane does not describe the pod yet; started uncaptured, it is captured when it is");
+                    CniResponse::ok(false)
+                };
+                let _ = waiter.send(response);
+            }
+        }
+    }
+
+    /// Proxy first (listeners open), then the rules.
+    async fn capture(&mut self, key: &str, service_account: String) -> Result<(), String> {
+        let Some(pod) = self.pods.get(key) else { return Ok(()) };
+        let Some(proxy) = self.proxy.as_ref() else {
+            return Err("ztunnel is not connected to the node agent".into());
+        };
+        let info = WorkloadInfo {
+            name: pod.record.name.clone(),
+            namespace: pod.record.namespace.clone(),
+            service_account: service_account.clone(),
+            windows_namespace: None,
+        };
+        match tokio::time::timeout(ZDS_TIMEOUT, proxy.add(&pod.uid, info, pod.netns.as_fd())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if matches!(e, ambit_shared::zds::ZdsError::Refused { .. }) {
+                    return Err(format!("ztunnel refused the pod: {e}"));
+                }
+                self.proxy = None;
+                return Err(format!("ztunnel connection failed: {e}"));
+            }
+            Err(_) => {
+                self.proxy = None;
+                return Err("ztunnel did not answer".into());
+            }
+        }
+        let rules = InPodRules::new(&pod.record.netns);
+        let applied = tokio::task::spawn_blocking(move || rules.apply()).await;
+        match applied {
+            Ok(Ok(())) => {
+                tracing::info!(pod = %key, "captured");
+                if let Some(pod) = self.pods.get_mut(key) {
+                    pod.captured = true;
+                    pod.record.service_account = Some(service_account);
+                }
+                if let Some(pod) = self.pods.get(key) {
+                    self.persist(&pod.record);
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("installing the redirect rules: {e}")),
+            Err(e) => Err(format!("installing the redirect rules: {e}")),
+        }
+    }
+
+    async fn release(&mut self, pod: &AgentPod) {
+        let (uid, record) = (pod.uid.clone(), pod.record.clone());
+        self.release_parts(&uid, &record).await;
+    }
+
+    /// Rules out first, then the proxy lets go.
+    async fn release_parts(&mut self, uid: &str, record: &PodRecord) {
+        let rules = InPodRules::new(&record.netns);
+        let netns_exists = record.netns.exists();
+        if netns_exists {
+            match tokio::task::spawn_blocking(move || rules.remove()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(pod = %uid, error = %e, "removing the redirect rules failed"),
+                Err(e) => tracing::warn!(pod = %uid, error = %e, "removing the redirect rules failed"),
+            }
+        }
+        if let Some(proxy) = self.proxy.as_ref() {
+            match tokio::time::timeout(ZDS_TIMEOUT, proxy.del(uid)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(pod = %uid, error = %e, "ZDS del failed");
+                    self.proxy = None;
+                }
+                Err(_) => self.proxy = None,
+            }
+        }
+        tracing::info!(pod = %uid, "released from the mesh");
+    }
+
+    /// A (new) proxy: it gets every captured pod, then the end of the snapshot. Pods still
+    /// waiting for capture are retried.
+    async fn proxy_connected(&mut self, conn: AgentConn) {
+        tracing::info!("ztunnel connected over ZDS; sending the snapshot");
+        let mut failed = None;
+        for pod in self.pods.values().filter(|p| p.captured) {
+            let Some(sa) = pod.record.service_account.clone() else { continue };
+            let info = WorkloadInfo {
+                name: pod.record.name.clone(),
+                namespace: pod.record.namespace.clone(),
+                service_account: sa,
+                windows_namespace: None,
+            };
+            match tokio::time::timeout(ZDS_TIMEOUT, conn.add(&pod.uid, info, pod.netns.as_fd())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(pod = %pod.uid, error = %e, "snapshot: ztunnel refused the pod");
+                    if !matches!(e, ambit_shared::zds::ZdsError::Refused { .. }) {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+                Err(_) => {
+                    failed = Some("timed out".into());
+                    break;
+                }
+            }
+        }
+        if failed.is_none() {
+            if let Err(e) = conn.snapshot_sent().await {
+                failed = Some(e.to_string());
+            }
+        }
+        match failed {
+            Some(e) => tracing::warn!(error = %e, "snapshot to ztunnel failed; waiting for it to reconnect"),
+            None => {
+                self.proxy = Some(conn);
+                self.reconcile().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! L4 telemetry with Istio's names and labels: `istio_tcp_connections_opened_total`,
+//! `istio_tcp_connections_closed_total`, `istio_tcp_sent_bytes_total`,
+//! `istio_tcp_received_bytes_total` (prefix `istio_` from the registry), and one access-log
+//! line per connection (tracing target `access`).
+//!
+//! A [`ConnectionRecord`] is made when a connection is accepted (counting it opened) and
+//! finished once (counting it closed, adding its bytes, logging it). Label values are shared
+//! `Arc<str>`s taken from the workload state, so recording costs reference-count bumps and one
+//! hash look-up per family, not string copies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::state::{Service, Workload};
+
+/// Which end reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+impl Reporter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
+}
+
+/// Why a connection did not complete normally (Istio's `response_flags`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResponseFlags {
+    None,
+    /// Refused by authorization.
+    Deny,
+    /// The upstream could not be reached.
+    Connect,
+    /// The mTLS handshake failed.
+    TlsFailure,
+    /// No certificate for the source identity.
+    IdentityError,
+}
+
+impl ResponseFlags {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFlags::None => "-",
+            ResponseFlags::Deny => "DENY",
+            ResponseFlags::Connect => "CONNECT",
+            ResponseFlags::TlsFailure => "TLS_FAILURE",
+            ResponseFlags::IdentityError => "IDENTITY_ERROR",
+        }
+    }
+}
+
+/// How the connection was secured (Istio's `connection_security_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Security {
+    MutualTls,
+    Unknown,
+}
+
+/// One side of a connection as labels see it: shared strings from the workload state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub workload: Arc<str>,
+    pub canonical_service: Arc<str>,
+    pub canonical_revision: Arc<str>,
+    pub namespace: Arc<str>,
+    pub cluster: Arc<str>,
+    /// SPIFFE URI, when known.
+    pub principal: Arc<str>,
+}
+
+fn unknown() -> Arc<str> {
+    static UNKNOWN_ARC: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    UNKNOWN_ARC.get_or_init(|| Arc::from(UNKNOWN)).clone()
+}
+
+fn or_unknown(s: &Arc<str>) -> Arc<str> {
+    if s.is_empty() {
+        unknown()
+    } else {
+        s.clone()
+    }
+}
+
+impl Peer {
+    pub fn unknown() -> Self {
+        Peer {
+            workload: unknown(),
+            canonical_service: unknown(),
+            canonical_revision: unknown(),
+            namespace: unknown(),
+            cluster: unknown(),
+            principal: unknown(),
+        }
+    }
+
+    /// A peer known only by its identity (plaintext clients have none).
+    pub fn from_principal(principal: Option<Arc<str>>) -> Self {
+        Peer { principal: principal.unwrap_or_else(unknown), ..Peer::unknown() }
+    }
+
+    pub fn from_workload(w: &Workload, principal: Option<Arc<str>>) -> Self {
+        Peer {
+            workload: or_unknown(&w.workload_name),
+            canonical_service: or_unknown(&w.canonical_name),
+            canonical_revision: or_unknown(&w.canonical_revision),
+            namespace: or_unknown(&w.namespace),
+            cluster: or_unknown(&w.cluster_id),
+            principal: principal.unwrap_or_else(unknown),
+        }
+    }
+}
+
+/// The destination service, when the connection was addressed to one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceLabels {
+    pub hostname: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl ServiceLabels {
+    pub fn of(s: &Service) -> Self {
+        ServiceLabels {
+            hostname: or_unknown(&s.hostname),
+            namespace: or_unknown(&s.namespace),
+            name: or_unknown(&s.name),
+        }
+    }
+}
+
+/// The label set of every `istio_tcp_*` series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Labels {
+    pub reporter: Reporter,
+    pub source: Peer,
+    pub destination: Peer,
+    pub service: Option<ServiceLabels>,
+    pub security: Security,
+    pub flags: ResponseFlags,
+}
+
+const UNKNOWN: &str = "unknown";
+
+impl EncodeLabelSet for Labels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let mut put = |key: &str, value: &str| (key, value).encode(encoder.encode_label());
+        put("reporter", self.reporter.as_str())?;
+        for (prefix, p) in [("source", &self.source), ("destination", &self.destination)] {
+            if prefix == "destination" {
+                let (host, ns, name) = match &self.service {
+                    Some(s) => (&*s.hostname, &*s.namespace, &*s.name),
+                    None => (UNKNOWN, UNKNOWN, UNKNOWN),
+                };
+                put("destination_service", host)?;
+                put("destination_service_namespace", ns)?;
+                put("destination_service_name", name)?;
+            }
+            let values = [
+                ("workload", &p.workload),
+                ("canonical_service", &p.canonical_service),
+                ("canonical_revision", &p.canonical_revision),
+                ("workload_namespace", &p.namespace),
+                ("principal", &p.principal),
+                ("app", &p.canonical_service),
+                ("version", &p.canonical_revision),
+                ("cluster", &p.cluster),
+            ];
+            for (key, value) in values {
+                put(&[prefix, "_", key].concat(), value)?;
+            }
+        }
+        put("request_protocol", "tcp")?;
+        put("response_flags", self.flags.as_str())?;
+        put(
+            "connection_security_policy",
+            match self.security {
+                Security::MutualTls => "mutual_tls",
+                Security::Unknown => "unknown",
+            },
+        )
+    }
+}
+
+/// The four families, registered under Istio's names.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    opened: Family<Labels, Counter>,
+    closed: Family<Labels, Counter>,
+    sent: Family<Labels, Counter>,
+    received: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics::default();
+        registry.register("tcp_connections_opened", "Connections opened", m.opened.clone());
+        registry.register("tcp_connections_closed", "Connections closed", m.closed.clone());
+        registry.register("tcp_sent_bytes", "Bytes sent to the destination (request direction)", m.sent.clone());
+        registry.register("tcp_received_bytes", "Bytes received from the destination", m.received.clone());
+        m
+    }
+}
+
+/// Where a connection went, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// One connection's telemetry, from accept to close.
+pub struct ConnectionRecord {
+    metrics: Metrics,
+    pub labels: Labels,
+    pub direction: Direction,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// The HBONE peer, when tunnelled.
+    pub hbone_addr: Option<SocketAddr>,
+    start: Instant,
+    opened: bool,
+}
+
+impl ConnectionRecord {
+    /// Starts a record; `count_open` is false for connections refused before they were
+    /// established (they are counted closed only, as Istio does for early denials).
+    pub fn new(metrics: &Metrics, labels: Labels, direction: Direction, src: SocketAddr, dst: SocketAddr) -> Self {
+        ConnectionRecord {
+            metrics: metrics.clone(),
+            labels,
+            direction,
+            src,
+            dst,
+            hbone_addr: None,
+            start: Instant::now(),
+            opened: false,
+        }
+    }
+
+    /// Counts the connection opened (once it is established with its final labels).
+    pub fn open(&mut self) {
+        if !self.opened {
+            self.opened = true;
+            self.metrics.opened.get_or_create(&self.labels).inc();
+        }
+    }
+
+    /// Counts it closed, adds its bytes and writes the access-log line.
+    pub fn finish(mut self, sent: u64, received: u64, error: Option<&dyn std::fmt::Display>) {
+        if !self.opened && self.labels.flags == ResponseFlags::None {
+            self.open();
+        }
+        self.metrics.closed.get_or_create(&self.labels).inc();
+        if sent > 0 {
+            self.metrics.sent.get_or_create(&self.labels).inc_by(sent);
+        }
+        if received > 0 {
+            self.metrics.received.get_or_create(&self.labels).inc_by(received);
+        }
+        let l = &self.labels;
+        let direction = match self.direction {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        };
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let error = error.map(|e| e.to_string());
+        macro_rules! access_log {
+            ($level:ident, $message:literal) => {
+                tracing::$level!(
+                    target: "access",
+                    direction,
+                    src.addr = %self.src,
+                    src.workload = &*l.source.workload,
+                    src.namespace = &*l.source.namespace,
+                    src.identity = &*l.source.principal,
+                    dst.addr = %self.dst,
+                    dst.hbone_addr = self.hbone_addr.map(|a| a.to_string()),
+                    dst.service = l.service.as_ref().map(|s| &*s.hostname),
+                    dst.workload = &*l.destination.workload,
+                    dst.namespace = &*l.destination.namespace,
+                    dst.identity = &*l.destination.principal,
+                    bytes_sent = sent,
+                    bytes_recv = received,
+                    duration = format!("{duration_ms:.1}ms"),
+                    response_flags = l.flags.as_str(),
+                    error = error.as_deref(),
+                    $message
+                )
+            };
+        }
+        if l.flags == ResponseFlags::None {
+            access_log!(info, "connection complete");
+        } else {
+            access_log!(warn, "connection failed");
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The data path. A ZDS client receives each enrolled pod's network namespace; for every pod
+//! the proxy opens, inside that namespace:
+//! - 15001: outbound — redirected connections, sent over HBONE (or plain TCP outside the mesh);
+//! - 15008: inbound HBONE — mutual TLS with the pod's own certificate, L4 authorization, then
+//!   the application is reached with the client's address as source;
+//! - 15006: inbound plaintext — clients outside the mesh, authorized without an identity.
+//!
+//! Every connection is one task; decisions read the shared [`State`] under a short read lock
+//! and never scan it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ambit_shared::certs::WorkloadCert;
+use ambit_shared::hbone::client::{Client as HboneClient, PoolSettings};
+use ambit_shared::hbone::server::{CertResolver, Server as HboneServer};
+use ambit_shared::tls::{server_config, MeshRoots};
+use ambit_shared::zds::{ProxyConn, ZdsEvent};
+use ambit_shared::Identity;
+use rustls::ServerConfig;
+use tokio::sync::{watch, Notify};
+use tokio::task::AbortHandle;
+
+use crate::config::Config;
+use crate::identity::CertManager;
+use crate::inpod::netns::Netns;
+use crate::inpod::rules::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::metrics::Metrics;
+use crate::state::State;
+
+mod inbound;
+mod outbound;
+pub mod sockets;
+
+/// What the proxy shares between pods and connections.
+pub struct Proxy {
+    pub config: Arc<Config>,
+    pub state: Arc<RwLock<State>>,
+    pub certs: Arc<CertManager>,
+    pub roots: MeshRoots,
+    pub metrics: Metrics,
+    pods: Mutex<HashMap<String, PodHandle>>,
+    active: AtomicUsize,
+    idle: Notify,
+    draining: AtomicBool,
+}
+
+/// One enrolled pod, as its connections see it.
+pub struct Pod {
+    /// The ZDS uid.
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub identity: Identity,
+    /// The control plane's name for its workload.
+    pub workload_uid: String,
+    pub netns: Arc<Netns>,
+    /// Tunnels from this pod (dialed inside its namespace).
+    pub hbone: HboneClient,
+    tls: Mutex<Option<(Arc<WorkloadCert>, Arc<ServerConfig>)>>,
+    certs: Arc<CertManager>,
+    roots: MeshRoots,
+}
+
+struct PodHandle {
+    pod: Arc<Pod>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for PodHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The pod's server certificate, rebuilt only when the certificate was renewed.
+impl CertResolver for Pod {
+    fn config_for(&self, _local: SocketAddr) -> Option<Arc<ServerConfig>> {
+        let cert = self.certs.current(&self.identity)?;
+        let mut cached = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, config)) = cached.as_ref() {
+            if Arc::ptr_eq(c, &cert) {
+                return Some(config.clone());
+            }
+        }
+        match server_config(&cert, &self.roots) {
+            Ok(config) => {
+                let config = Arc::new(config);
+                *cached = Some((cert, config.clone()));
+                Some(config)
+            }
+            Err(e) => {
+                tracing::error!(identity = %self.identity, error = %e, "cannot build the pod's TLS configuration");
+                None
+            }
+        }
+    }
+}
+
+/// Counts a connection as active until dropped (drain waits for zero).
+pub struct ConnGuard(Arc<Proxy>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A pod the proxy could not take.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("binding {port} in the pod's network namespace: {source}")]
+    Listen { port: u16, source: std::io::Error },
+    #[error("pod {0}: workload info has no namespace or name")]
+    NoInfo(String),
+    #[error("pod {uid}: identity: {reason}")]
+    Identity { uid: String, reason: String },
+}
+
+impl Proxy {
+    pub fn new(
+        config: Arc<Config>,
+        state: Arc<RwLock<State>>,
+        certs: Arc<CertManager>,
+        roots: MeshRoots,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        Arc::new(Proxy {
+            config,
+            state,
+            certs,
+            roots,
+            metrics,
+            pods: Mutex::default(),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    fn guard(self: &Arc<Self>) -> ConnGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self.clone())
+    }
+
+    /// Connections in flight.
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodHandle>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enrolled pods: uid, namespace/name, identity.
+    pub fn pod_list(&self) -> Vec<(String, String, Identity)> {
+        let mut list: Vec<_> = self
+            .pods()
+            .values()
+            .map(|h| (h.pod.uid.clone(), format!("{}/{}", h.pod.namespace, h.pod.name), h.pod.identity.clone()))
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Takes a pod: opens its listeners inside its namespace and starts its certificate.
+    pub fn add_pod(
+        self: &Arc<Self>,
+        uid: &str,
+        info: &ambit_shared::proto::zds::WorkloadInfo,
+        netns: Netns,
+    ) -> Result<(), PodError> {
+        if self.pods().contains_key(uid) {
+            return Ok(());
+        }
+        if info.namespace.is_empty() || info.name.is_empty() {
+            return Err(PodError::NoInfo(uid.to_owned()));
+        }
+        let sa = if info.service_account.is_empty() { "default" } else { &info.service_account };
+        let identity = Identity::new(&self.config.trust_domain, &info.namespace, sa)
+            .map_err(|e| PodError::Identity { uid: uid.to_owned(), reason: e.to_string() })?;
+        let netns = Arc::new(netns);
+        let listen = |port| sockets::listen(&netns, port).map_err(|source| PodError::Listen { port, source });
+        let (out_l, in_plain_l, in_hbone_l) =
+            (listen(OUTBOUND_PORT)?, listen(INBOUND_PLAINTEXT_PORT)?, listen(INBOUND_HBONE_PORT)?);
+        self.certs.prefetch(&identity);
+        let hbone = HboneClient::with_dialer(
+            self.roots.clone(),
+            PoolSettings::default(),
+            Arc::new(sockets::PodDialer(netns.clone())),
+        );
+        let pod = Arc::new(Pod {
+            uid: uid.to_owned(),
+            name: info.name.clone(),
+            namespace: info.namespace.clone(),
+            identity: identity.clone(),
+            workload_uid: self.config.pod_uid(&info.namespace, &info.name),
+            netns,
+            hbone,
+            tls: Mutex::default(),
+            certs: self.certs.clone(),
+            roots: self.roots.clone(),
+        });
+        let mut tasks = Vec::new();
+        let (proxy, p) = (self.clone(), pod.clone());
+        tasks.push(tokio::spawn(accept_loop(proxy, p, out_l, "outbound", outbound::handle)).abort_handle());
+        let (proxy, p) = (self.clone(), pod.clone());
+        tasks.push(tokio::spawn(accept_loop(proxy, p, in_plain_l, "inbound", inbound::plaintext)).abort_handle());
+        let handler = Arc::new(inbound::HboneHandler { proxy: self.clone(), pod: pod.clone() });
+        let server = HboneServer::new(handler, pod.clone());
+        tasks.push(tokio::spawn(server.serve(in_hbone_l)).abort_handle());
+        tracing::info!(%uid, pod = %format!("{}/{}", info.namespace, info.name), %identity, "pod enrolled; listening in its namespace");
+        self.pods().insert(uid.to_owned(), PodHandle { pod, tasks });
+        Ok(())
+    }
+
+    /// Lets a pod go: closes its listeners; stops its certificate when no other pod uses it.
+    pub fn remove_pod(&self, uid: &str) -> bool {
+        let removed = self.pods().remove(uid);
+        let Some(handle) = removed else { return false };
+        let identity = handle.pod.identity.clone();
+        drop(handle);
+        if !self.pods().values().any(|h| h.pod.identity == identity) {
+            self.certs.forget(&identity);
+        }
+        tracing::info!(%uid, "pod removed from the proxy");
+        true
+    }
+
+    /// Stops accepting everywhere, then waits (up to `grace`) for open connections to end.
+    pub async fn drain(self: &Arc<Self>, grace: Duration) {
+        self.draining.store(true, Ordering::Release);
+        let pods: Vec<PodHandle> = self.pods().drain().map(|(_, h)| h).collect();
+        drop(pods);
+        let open = self.active_connections();
+        tracing::info!(open, ?grace, "listeners closed; draining");
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.active_connections() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(grace, wait).await.is_err() {
+            tracing::warn!(open = self.active_connections(), "drain period over; closing what is left");
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Accepts on one of a pod's listeners, a task per connection.
+async fn accept_loop<F, Fut>(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: tokio::net::TcpListener, what: &str, handle: F)
+where
+    F: Fn(Arc<Proxy>, Arc<Pod>, tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(handle(proxy.clone(), pod.clone(), stream, peer));
+            }
+            Err(e) => {
+                // EMFILE and the like: transient; keep serving.
+                tracing::warn!(pod = %pod.uid, error = %e, "{what} accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Follows the node agent over ZDS: connects (retrying), applies each instruction, acks it.
+/// `snapshot` turns true once the first snapshot is in (readiness).
+pub async fn run_zds(proxy: Arc<Proxy>, path: PathBuf, snapshot: watch::Sender<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if proxy.is_draining() {
+            return;
+        }
+        match ProxyConn::connect(&path).await {
+            Ok(conn) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!(path = %path.display(), "connected to the node agent (ZDS)");
+                if let Err(e) = follow(&proxy, &conn, &snapshot).await {
+                    tracing::warn!(error = %e, "ZDS connection ended; reconnecting");
+                }
+            }
+            Err(e) => tracing::debug!(path = %path.display(), error = %e, "node agent not reachable yet"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn follow(
+    proxy: &Arc<Proxy>,
+    conn: &ProxyConn,
+    snapshot: &watch::Sender<bool>,
+) -> Result<(), ambit_shared::zds::ZdsError> {
+    // Pods named before the snapshot ends; the rest are dropped at its end.
+    let mut seen: Option<HashSet<String>> = Some(HashSet::new());
+    loop {
+        let event = conn.next().await?;
+        let result = match event {
+            ZdsEvent::Add { uid, info, netns } => {
+                if let Some(seen) = seen.as_mut() {
+                    seen.insert(uid.clone());
+                }
+                proxy.add_pod(&uid, &info, Netns::from_fd(netns)).map_err(|e| e.to_string())
+            }
+            ZdsEvent::Keep { uid } => {
+                if let Some(seen) = seen.as_mut() {
+                    seen.insert(uid.clone());
+                }
+                if proxy.pods().contains_key(&uid) {
+                    Ok(())
+                } else {
+                    Err(format!("keep {uid}: not held"))
+                }
+            }
+            ZdsEvent::Del { uid } => {
+                proxy.remove_pod(&uid);
+                Ok(())
+            }
+            ZdsEvent::SnapshotSent => {
+                if let Some(seen) = seen.take() {
+                    let stale: Vec<String> = proxy.pods().keys().filter(|u| !seen.contains(*u)).cloned().collect();
+                    for uid in stale {
+                        proxy.remove_pod(&uid);
+                    }
+                }
+                snapshot.send_replace(true);
+                Ok(())
+            }
+        };
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "ZDS instruction refused");
+        }
+        conn.ack(result.err()).await?;
+    }
+}

@@ -1,0 +1,156 @@
+//! Inbound: tunnels arriving on a pod's 15008 (identity verified by mutual TLS) and plaintext
+//! connections redirected to its 15006 (no identity). Both are authorized against the pod's
+//! policies (Istio's order: DENY, then ALLOW, default allow) before the application is dialed,
+//! from the client's own address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ambit_shared::copy::copy_bidirectional;
+use ambit_shared::hbone::server::{Handler, InboundConnect, Responder};
+use ambit_shared::Identity;
+use http::StatusCode;
+use tokio::net::TcpStream;
+
+use super::{sockets, Pod, Proxy};
+use crate::inpod::rules::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::metrics::{ConnectionRecord, Direction, Labels, Peer, Reporter, ResponseFlags, Security, ServiceLabels};
+use crate::rbac::ConnectionInfo;
+use crate::state::Workload;
+
+/// What was decided about one inbound connection.
+struct Admission {
+    record: ConnectionRecord,
+    verdict: Result<(), String>,
+}
+
+/// Looks up both ends, builds the labels and authorizes, under one read lock.
+fn admit(proxy: &Proxy, pod: &Pod, src: SocketAddr, dst: SocketAddr, peer_identity: Option<&Identity>) -> Admission {
+    let network = proxy.config.network.as_str();
+    let state = proxy.state.read().unwrap_or_else(|p| p.into_inner());
+    let dst_w = state.workload_by_addr(network, dst.ip()).filter(|w| *w.uid == *pod.workload_uid).cloned();
+    // The client's workload: by address, and over mTLS only when its identity is the one it
+    // proved (labels only; authorization never trusts an address for an identity).
+    let src_w =
+        state.workload_by_addr(network, src.ip()).filter(|w| peer_identity.is_none_or(|id| *id == w.identity)).cloned();
+    let principal = |id: &Identity| Arc::<str>::from(id.to_string());
+    let source = match &src_w {
+        Some(w) => Peer::from_workload(w, peer_identity.map(principal)),
+        None => Peer::from_principal(peer_identity.map(principal)),
+    };
+    let destination = match &dst_w {
+        Some(w) => Peer::from_workload(w, Some(principal(&pod.identity))),
+        None => Peer::from_principal(Some(principal(&pod.identity))),
+    };
+    let service = dst_w.as_deref().and_then(|w| service_for(&state, w, dst.port()));
+    let labels = Labels {
+        reporter: Reporter::Destination,
+        source,
+        destination,
+        service,
+        security: if peer_identity.is_some() { Security::MutualTls } else { Security::Unknown },
+        flags: ResponseFlags::None,
+    };
+    let mut record = ConnectionRecord::new(&proxy.metrics, labels, Direction::Inbound, src, dst);
+    let verdict = match &dst_w {
+        None => Err(format!("{dst} is not pod {}", pod.workload_uid)),
+        Some(w) if matches!(dst.port(), OUTBOUND_PORT | INBOUND_PLAINTEXT_PORT | INBOUND_HBONE_PORT) => {
+            Err(format!("port {} of {} is the proxy's own", dst.port(), w.uid))
+        }
+        Some(w) => {
+            let info = ConnectionInfo { source_identity: peer_identity, source_ip: src.ip(), destination: dst };
+            state.authorize(w, &info).map_err(|denial| {
+                record.labels.flags = ResponseFlags::Deny;
+                denial.to_string()
+            })
+        }
+    };
+    Admission { record, verdict }
+}
+
+/// The service whose target port this is on the workload (for the `destination_service` label).
+fn service_for(state: &crate::state::State, w: &Workload, port: u16) -> Option<ServiceLabels> {
+    w.services.iter().find_map(|(key, ports)| {
+        let maps = ports
+            .iter()
+            .any(|p| p.target_port == u32::from(port) || (p.target_port == 0 && p.service_port == u32::from(port)));
+        maps.then(|| state.service(key).map(|s| ServiceLabels::of(s))).flatten()
+    })
+}
+
+pub(super) struct HboneHandler {
+    pub proxy: Arc<Proxy>,
+    pub pod: Arc<Pod>,
+}
+
+impl Handler for HboneHandler {
+    async fn handle(&self, req: InboundConnect, responder: Responder) {
+        let _guard = self.proxy.guard();
+        let src = req.peer_addr;
+        let Admission { mut record, verdict } =
+            admit(&self.proxy, &self.pod, src, req.authority, Some(&req.peer_identity));
+        if let Err(reason) = verdict {
+            let status = if record.labels.flags == ResponseFlags::Deny {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            responder.reject(status);
+            if record.labels.flags == ResponseFlags::None {
+                record.labels.flags = ResponseFlags::Connect;
+            }
+            record.finish(0, 0, Some(&reason));
+            return;
+        }
+        let mut app = match sockets::connect_transparent(&self.pod.netns, src.ip(), req.authority).await {
+            Ok(app) => app,
+            Err(e) => {
+                responder.reject(StatusCode::SERVICE_UNAVAILABLE);
+                record.labels.flags = ResponseFlags::Connect;
+                record.finish(0, 0, Some(&e));
+                return;
+            }
+        };
+        let mut tunnel = match responder.accept() {
+            Ok(t) => t,
+            Err(e) => {
+                record.finish(0, 0, Some(&e));
+                return;
+            }
+        };
+        record.open();
+        let (t, err) = copy_bidirectional(&mut tunnel, &mut app).await;
+        record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display));
+    }
+}
+
+pub(super) async fn plaintext(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream, src: SocketAddr) {
+    let _guard = proxy.guard();
+    let _ = client.set_nodelay(true);
+    let dst = match sockets::original_dst(&client) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::debug!(pod = %pod.uid, %src, error = %e, "inbound connection without an original destination");
+            return;
+        }
+    };
+    let Admission { mut record, verdict } = admit(&proxy, &pod, src, dst, None);
+    if let Err(reason) = verdict {
+        if record.labels.flags == ResponseFlags::None {
+            record.labels.flags = ResponseFlags::Connect;
+        }
+        record.finish(0, 0, Some(&reason));
+        return;
+    }
+    match sockets::connect_transparent(&pod.netns, src.ip(), dst).await {
+        Ok(mut app) => {
+            record.open();
+            let (t, err) = copy_bidirectional(&mut client, &mut app).await;
+            record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display));
+        }
+        Err(e) => {
+            record.labels.flags = ResponseFlags::Connect;
+            record.finish(0, 0, Some(&e));
+        }
+    }
+}

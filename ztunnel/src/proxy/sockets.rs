@@ -1,0 +1,84 @@
+//! Sockets in a pod's network namespace: the proxy's listeners (SO_REUSEPORT, so a new ztunnel
+//! can bind beside the old one during a hand-over), and the sockets it connects from — marked
+//! `0x539` so the pod's redirect rules let them through, and for inbound delivery transparent,
+//! bound to the client's address so the application sees who really called.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ambit_shared::hbone::client::Dialer;
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::inpod::netns::Netns;
+use crate::inpod::rules::PROXY_MARK;
+
+fn netns_err(e: crate::inpod::netns::NetnsError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn socket_in(netns: &Netns, domain: Domain) -> io::Result<Socket> {
+    let socket = netns.run_here(|| Socket::new(domain, Type::STREAM, Some(Protocol::TCP))).map_err(netns_err)??;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    Ok(socket)
+}
+
+/// Binds `0.0.0.0:port` inside the namespace.
+pub fn listen(netns: &Netns, port: u16) -> io::Result<TcpListener> {
+    let socket = socket_in(netns, Domain::IPV4)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&SockAddr::from(SocketAddr::from(([0, 0, 0, 0], port))))?;
+    socket.listen(1024)?;
+    TcpListener::from_std(std::net::TcpListener::from(socket))
+}
+
+/// A socket in the namespace that the pod's redirect rules skip.
+pub fn marked(netns: &Netns, addr: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = socket_in(netns, Domain::for_address(addr))?;
+    socket.set_mark(PROXY_MARK)?;
+    Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(socket)))
+}
+
+/// Connects to `dst` in the namespace from `src_ip` (any address: IP_TRANSPARENT), marked so
+/// the application's replies are routed back to us.
+pub async fn connect_transparent(netns: &Netns, src: std::net::IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
+    let socket = socket_in(netns, Domain::for_address(dst))?;
+    socket.set_mark(PROXY_MARK)?;
+    match src {
+        std::net::IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+        std::net::IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+    }
+    if src.is_ipv4() == dst.is_ipv4() {
+        socket.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+    }
+    let stream = TcpSocket::from_std_stream(std::net::TcpStream::from(socket)).connect(dst).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Connects to `dst` from the pod, uncaptured.
+pub async fn connect_marked(netns: &Netns, dst: SocketAddr) -> io::Result<TcpStream> {
+    let stream = marked(netns, dst)?.connect(dst).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Where a redirected connection was going (SO_ORIGINAL_DST).
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let sock = SockRef::from(stream);
+    let local = stream.local_addr()?;
+    let addr = if local.is_ipv4() { sock.original_dst_v4()? } else { sock.original_dst_v6()? };
+    addr.as_socket().ok_or_else(|| io::Error::other("original destination is not an IP address"))
+}
+
+/// The HBONE pool's dialer for one pod.
+pub struct PodDialer(pub Arc<Netns>);
+
+impl Dialer for PodDialer {
+    fn socket(&self, addr: SocketAddr) -> io::Result<TcpSocket> {
+        marked(&self.0, addr)
+    }
+}
