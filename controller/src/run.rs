@@ -240,7 +240,7 @@ pub fn main(config: Config) -> anyhow::Result<()> {
             readiness,
             Arc::new(Mutex::new(registry)),
             serde_json::to_value(&config).context("serializing the configuration")?,
-            Some(admin_routes(running.shared.clone())),
+            Some((admin_routes(running.shared.clone()), config.admin_addr)),
         )
         .context("starting the admin endpoint")?;
         tracing::info!(admin = %bound[0], grpc = %running.grpc_addr, "controller started");

@@ -72,13 +72,15 @@ impl LogArgs {
 
 /// Starts the admin endpoints on their own single-threaded runtime and thread, so a busy data
 /// path never delays a readiness probe or a metrics scrape. Each address serves every admin
-/// path; `config` is shown at `/debug/config`. Returns once all addresses are bound.
+/// path; `config` is shown at `/debug/config`. A daemon's own pages (`routes`) are served only
+/// on the address paired with them (a loopback admin port, not the public metrics or probe
+/// ports). Returns once all addresses are bound.
 pub fn spawn_admin(
     addrs: Vec<SocketAddr>,
     readiness: Readiness,
     registry: Arc<Mutex<Registry>>,
     config: serde_json::Value,
-    routes: Option<AdminRoutes>,
+    routes: Option<(AdminRoutes, SocketAddr)>,
 ) -> Result<Vec<SocketAddr>, TelemetryError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let config: Arc<str> = serde_json::to_string_pretty(&config).unwrap_or_default().into();
@@ -98,7 +100,8 @@ pub fn spawn_admin(
                     match AdminServer::bind(addr, readiness.clone(), registry.clone()).await {
                         Ok(mut server) => {
                             server.config = config.clone();
-                            server.routes = routes.clone();
+                            server.routes =
+                                routes.as_ref().filter(|(_, on)| *on == addr).map(|(routes, _)| routes.clone());
                             bound.push(server.local_addr().unwrap_or(addr));
                             tokio::spawn(server.serve());
                         }

@@ -91,7 +91,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         readiness.clone(),
         Arc::new(Mutex::new(registry)),
         serde_json::to_value(&*config).context("serializing the configuration")?,
-        Some(routes),
+        Some((routes, config.admin_addr)),
     )
     .context("starting the admin endpoints")?;
     tracing::info!(node = %config.node_name, readiness = %bound[0], metrics = %bound[1], admin = %bound[2], "ztunnel started");

@@ -427,4 +427,6 @@ impl xds::Handler for Updater {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;

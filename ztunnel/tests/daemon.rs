@@ -76,6 +76,8 @@ async fn serves_readiness_metrics_and_config() {
         let body = http_get(metrics, "/metrics").unwrap();
         let config = http_get(admin, "/debug/config").unwrap();
         let dump = http_get(admin, "/config_dump").unwrap();
+        let public = http_get(metrics, "/config_dump").unwrap();
+        assert!(public.starts_with("HTTP/1.1 404"), "config_dump only on the admin port: {public}");
         (body, config, dump)
     })
     .await

@@ -316,8 +316,11 @@ fn l4_mesh_across_two_nodes() {
     std::fs::write(dir.join("root-cert.pem"), root_pem).unwrap();
 
     // One ztunnel per node.
-    let start_ztunnel = |node: &TestNetns, name: &str, token: &str| {
+    // `generation` > 0: a successor on the same node (its admin ports shifted by 100 each).
+    let start_ztunnel = |node: &TestNetns, name: &str, token: &str, generation: u16| {
         let nd = dir.join(name);
+        let port =
+            |base: u16| format!("{}:{}", if base == 15000 { "127.0.0.1" } else { "0.0.0.0" }, base + 100 * generation);
         std::fs::create_dir_all(&nd).unwrap();
         std::fs::write(nd.join("token"), token).unwrap();
         let p = |f: &str| nd.join(f).display().to_string();
@@ -344,13 +347,19 @@ fn l4_mesh_across_two_nodes() {
                 &p("pods"),
                 "--drain-seconds",
                 "2",
+                "--readiness-addr",
+                &port(15021),
+                "--metrics-addr",
+                &port(15020),
+                "--admin-addr",
+                &port(15000),
             ],
             &[("RUST_LOG", "info,access=info")],
-            &nd.join("ztunnel.log"),
+            &nd.join(format!("ztunnel-{generation}.log")),
         )
     };
-    let mut z1 = start_ztunnel(&n1, "n1", TOKEN1);
-    let mut z2 = start_ztunnel(&n2, "n2", TOKEN2);
+    let mut z1 = start_ztunnel(&n1, "n1", TOKEN1, 0);
+    let mut z2 = start_ztunnel(&n2, "n2", TOKEN2, 0);
     for (z, ns) in [(&mut z1, &n1_ns), (&mut z2, &n2_ns)] {
         wait_for(&format!("{} ready", z.name), Duration::from_secs(30), || {
             assert!(z.exited().is_none(), "{} exited:\n{}", z.name, z.output());
@@ -475,6 +484,38 @@ fn l4_mesh_across_two_nodes() {
     let dump = get_in(&n2_ns, "127.0.0.1:15000", "/config_dump").unwrap();
     assert!(!dump.contains("\"pod\": \"shop/server\""), "the proxy let the pod go: {dump}");
 
+    // Back into the mesh, again without a restart.
+    write_manifest(&manifests, "server.yaml", &pod_yaml("server", "shop", "server", "n2", SERVER_IP, "app: server"));
+    wait_for("the server to be captured again", Duration::from_secs(20), || has_rules(&server).then_some(()));
+    wait_for("mesh traffic to the server", Duration::from_secs(20), || {
+        exchange(&client_ns, &format!("{SERVER_IP}:8080"), "rejoined").ok()
+    });
+    wait_metric(
+        &n2_ns,
+        "istio_tcp_connections_closed_total",
+        &["reporter=\"destination\"", "connection_security_policy=\"mutual_tls\""],
+        3.0,
+    );
+
+    // Hand-over on node 2: a successor starts beside the running ztunnel, picks the pods up
+    // from the agent's records (binding their ports with SO_REUSEPORT), and once it is ready
+    // the first one stops; new connections keep working.
+    let mut z2b = start_ztunnel(&n2, "n2", TOKEN2, 1);
+    wait_for("the successor ready", Duration::from_secs(30), || {
+        assert!(z2b.exited().is_none(), "successor exited:\n{}", z2b.output());
+        get_in(&n2_ns, "127.0.0.1:15121", "/healthz/ready").filter(|r| r.starts_with("HTTP/1.1 200"))
+    });
+    let dump = get_in(&n2_ns, "127.0.0.1:15100", "/config_dump").unwrap();
+    assert!(dump.contains("\"pod\": \"shop/server\""), "the successor serves the pod: {dump}");
+    assert!(z2.stop(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", z2.output());
+    let seen = exchange(&client_ns, &format!("{SERVER_IP}:8080"), "after-handover").unwrap();
+    assert_eq!(seen_ip(&seen), CLIENT_IP);
+    let mut last = String::new();
+    wait_for("the successor to carry the connection", Duration::from_secs(20), || {
+        last = get_in(&n2_ns, "127.0.0.1:15120", "/metrics").unwrap_or_default();
+        (metric(&last, "istio_tcp_connections_closed_total", &["reporter=\"destination\""]) >= 1.0).then_some(())
+    });
+
     // CNI DEL takes the rules out of the pod's namespace.
     let (code, out) = cni1.call("DEL", &client, "client", "shop", CLIENT_IP);
     assert_eq!((code, out.as_str()), (0, ""));
@@ -485,6 +526,6 @@ fn l4_mesh_across_two_nodes() {
     // Graceful stop.
     assert!(z1.stop(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", z1.output());
     assert!(z1.output().contains("draining"), "{}", z1.output());
-    drop(z2);
+    drop(z2b);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -231,3 +231,6 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
 fn address_is_pod(w: &Option<Arc<Workload>>, ip: IpAddr) -> bool {
     ip.is_loopback() || w.as_ref().is_some_and(|w| w.addresses.contains(&ip))
 }
+
+#[cfg(test)]
+mod tests;

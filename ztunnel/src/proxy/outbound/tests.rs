@@ -1,0 +1,87 @@
+use ambit_shared::proto::workload::{GatewayAddress, NetworkAddress};
+
+use super::*;
+use crate::state::testing::{svc, wl};
+
+const CART: &str = "shop/cart.shop.svc.cluster.local";
+
+fn waypoint_at(ip: [u8; 4]) -> GatewayAddress {
+    GatewayAddress {
+        destination: Some(gateway_address::Destination::Address(NetworkAddress {
+            network: String::new(),
+            address: ip.to_vec(),
+        })),
+        hbone_mtls_port: 15008,
+    }
+}
+
+#[test]
+fn service_vip_goes_over_hbone_to_an_endpoint_with_its_identity() {
+    let mut s = State::default();
+    s.insert_service(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]));
+    s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true));
+    let (plan, service, workload) = route(&s, "", "10.96.0.10:80".parse().unwrap());
+    match plan.unwrap() {
+        Plan::Hbone { hbone_addr, authority, identities } => {
+            assert_eq!(hbone_addr, "10.1.0.5:15008".parse().unwrap());
+            assert_eq!(authority, "10.1.0.5:8080".parse().unwrap(), "target port of the endpoint");
+            assert_eq!(identities[0].to_string(), "spiffe://cluster.local/ns/shop/sa/cart");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(service.unwrap().key.as_ref(), CART);
+    assert_eq!(&*workload.unwrap().uid, "w1");
+}
+
+#[test]
+fn no_healthy_endpoint_is_an_error_and_unknown_addresses_pass_through() {
+    let mut s = State::default();
+    s.insert_service(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]));
+    s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), false));
+    assert!(matches!(route(&s, "", "10.96.0.10:80".parse().unwrap()).0, Err(RouteError::NoEndpoint(..))));
+    let dst = "93.184.216.34:443".parse().unwrap();
+    assert!(matches!(route(&s, "", dst).0, Ok(Plan::Direct(d)) if d == dst));
+}
+
+#[test]
+fn workloads_outside_hbone_get_plain_tcp() {
+    let mut s = State::default();
+    let mut w = wl("w1", "shop", "cart", "10.1.0.5", None, true);
+    w.hbone = false;
+    s.insert_workload(w);
+    let dst = "10.1.0.5:9000".parse().unwrap();
+    assert!(matches!(route(&s, "", dst).0, Ok(Plan::Direct(d)) if d == dst));
+}
+
+#[test]
+fn a_waypoint_gets_the_connection_with_the_original_vip_as_authority() {
+    let mut s = State::default();
+    let mut cart = svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]);
+    cart.waypoint = Some(waypoint_at([10, 1, 0, 99]));
+    s.insert_service(cart);
+    s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true));
+    s.insert_workload(wl("wp", "shop", "waypoint", "10.1.0.99", None, true));
+    match route(&s, "", "10.96.0.10:80".parse().unwrap()).0.unwrap() {
+        Plan::Hbone { hbone_addr, authority, identities } => {
+            assert_eq!(hbone_addr, "10.1.0.99:15008".parse().unwrap());
+            assert_eq!(authority, "10.96.0.10:80".parse().unwrap(), "authority = VIP:port");
+            assert_eq!(identities[0].to_string(), "spiffe://cluster.local/ns/shop/sa/waypoint");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A workload bound to a waypoint directly.
+    let mut w2 = wl("w2", "shop", "cart", "10.1.0.6", None, true);
+    w2.waypoint = Some(waypoint_at([10, 1, 0, 99]));
+    s.insert_workload(w2);
+    match route(&s, "", "10.1.0.6:8080".parse().unwrap()).0.unwrap() {
+        Plan::Hbone { hbone_addr, authority, .. } => {
+            assert_eq!((hbone_addr, authority), ("10.1.0.99:15008".parse().unwrap(), "10.1.0.6:8080".parse().unwrap()));
+        }
+        other => panic!("{other:?}"),
+    }
+    // An unresolvable waypoint fails closed rather than bypassing it.
+    let mut w3 = wl("w3", "shop", "cart", "10.1.0.7", None, true);
+    w3.waypoint = Some(waypoint_at([10, 1, 0, 250]));
+    s.insert_workload(w3);
+    assert!(matches!(route(&s, "", "10.1.0.7:8080".parse().unwrap()).0, Err(RouteError::Waypoint(_))));
+}
