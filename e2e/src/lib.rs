@@ -4,8 +4,10 @@
 //! daemons, sample apps. Today: the root guard, network namespaces wired as nodes and pods
 //! ([`netns`]) and daemons run inside them ([`process`]), used by ztunnel's integration tests.
 
+pub mod daemons;
 pub mod netns;
 pub mod process;
+pub mod sandbox;
 
 /// Fails the calling test loudly unless it runs as root: sandbox tests create network
 /// namespaces and redirect rules, and a test that cannot run must never pass.

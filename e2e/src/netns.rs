@@ -18,6 +18,8 @@ pub fn run(cmd: &str, args: &[&str]) -> Output {
 /// A named network namespace (`/run/netns/<name>`).
 pub struct Netns {
     name: String,
+    /// Deleted on drop (false for namespaces someone else owns).
+    owned: bool,
 }
 
 impl Netns {
@@ -27,9 +29,14 @@ impl Netns {
         let name = format!("{}-{suffix}", run_prefix());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
+        let ns = Netns { name, owned: true };
         ns.exec("ip", &["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Refers to an existing namespace without taking it over (not deleted on drop).
+    pub fn adopt(name: &str) -> Self {
+        Netns { name: name.to_owned(), owned: false }
     }
 
     pub fn name(&self) -> &str {
@@ -59,6 +66,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
@@ -101,9 +111,10 @@ pub fn link(a: &Netns, a_cidr: &str, b: &Netns, b_cidr: &str, ifname: &str) {
     }
 }
 
-/// Plugs a pod into its node the way a simple CNI bridge-less plugin does: the pod's `eth0`
-/// gets `pod_ip/24` with the default route via `gateway`; the node's end holds `gateway/32`
-/// and a host route to the pod. Returns the node-side interface name.
+/// Plugs a pod into its node the way a routed (bridge-less) CNI plugin does: the pod's `eth0`
+/// gets `pod_ip/32` and a default route via `gateway` (so even same-node pods are reached
+/// through the node); the node's end holds `gateway/32` and a host route to the pod. Returns
+/// the node-side interface name.
 pub fn attach_pod(node: &Netns, pod: &Netns, pod_ip: &str, gateway: &str) -> String {
     let (host_if, tmp) = (link_name("h"), link_name("p"));
     run(
@@ -111,9 +122,10 @@ pub fn attach_pod(node: &Netns, pod: &Netns, pod_ip: &str, gateway: &str) -> Str
         &["link", "add", &host_if, "netns", node.name(), "type", "veth", "peer", "name", &tmp, "netns", pod.name()],
     );
     pod.exec("ip", &["link", "set", &tmp, "name", "eth0"]);
-    pod.exec("ip", &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"]);
+    pod.exec("ip", &["addr", "add", &format!("{pod_ip}/32"), "dev", "eth0"]);
     pod.exec("ip", &["link", "set", "eth0", "up"]);
-    pod.exec("ip", &["route", "add", "default", "via", gateway]);
+    pod.exec("ip", &["route", "add", gateway, "dev", "eth0"]);
+    pod.exec("ip", &["route", "add", "default", "via", gateway, "dev", "eth0"]);
     node.exec("ip", &["addr", "add", &format!("{gateway}/32"), "dev", &host_if]);
     node.exec("ip", &["link", "set", &host_if, "up"]);
     node.exec("ip", &["route", "replace", &format!("{pod_ip}/32"), "dev", &host_if]);

@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod hbone;
 pub mod identity;
 pub mod lifecycle;
+pub mod netns;
 pub mod proto;
 pub mod telemetry;
 pub mod tls;

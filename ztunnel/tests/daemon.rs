@@ -44,31 +44,10 @@ async fn serves_readiness_metrics_and_config() {
 
     let (ready, metrics, admin) = (free_addr(), free_addr(), free_addr());
     let (r, m, a) = (ready.to_string(), metrics.to_string(), admin.to_string());
-    let args = [
-        "--node-name",
-        "node-7",
-        "--xds-address",
-        &grpc,
-        "--ca-address",
-        &grpc,
-        "--root-cert",
-        &p("root.pem"),
-        "--token-file",
-        &p("token"),
-        "--zds-socket",
-        &p("zds.sock"),
-        "--cni-socket",
-        &p("cni.sock"),
-        "--agent-state-dir",
-        &p("pods"),
-        "--readiness-addr",
-        &r,
-        "--metrics-addr",
-        &m,
-        "--admin-addr",
-        &a,
-    ]
-    .map(str::to_owned);
+    let mut args = ambit_e2e::daemons::ztunnel_args("node-7", &grpc, &dir.join("root.pem"), &dir, 30);
+    for (flag, value) in [("--readiness-addr", r), ("--metrics-addr", m), ("--admin-addr", a)] {
+        args.extend([flag.to_owned(), value]);
+    }
     let body = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut d = Daemon::spawn(BIN, &args);

@@ -268,35 +268,19 @@ fn l4_mesh_across_two_nodes() {
     );
     std::fs::write(
         dir.join("tokens.yaml"),
-        format!("tokens:\n- token: {TOKEN1}\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: n1\n- token: {TOKEN2}\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: n2\n"),
+        format!(
+            "tokens:\n{}{}",
+            ambit_e2e::daemons::node_token_entry(TOKEN1, "n1"),
+            ambit_e2e::daemons::node_token_entry(TOKEN2, "n2")
+        ),
     )
     .unwrap();
 
     // The controller, serving from node 1's namespace: its runtime's threads are created
     // by a thread that joined that namespace, so every socket it opens lives there.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let ctl_args: Vec<String> = [
-        "controller",
-        "--manifests",
-        manifests.to_str().unwrap(),
-        "--manifest-poll-ms",
-        "100",
-        "--token-file",
-        dir.join("tokens.yaml").to_str().unwrap(),
-        "--ca-dir",
-        dir.join("ca").to_str().unwrap(),
-        "--grpc-addr",
-        &format!("{NODE1_IP}:15012"),
-        "--admin-addr",
-        "127.0.0.1:15014",
-        "--push-debounce-ms",
-        "20",
-        "--push-max-delay-ms",
-        "200",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut ctl_args = vec!["controller".to_owned()];
+    ctl_args.extend(ambit_e2e::daemons::controller_args(&dir, &format!("{NODE1_IP}:15012"), "127.0.0.1:15014"));
     let n1_path = n1.path();
     std::thread::spawn(move || {
         let ns = Netns::open(Path::new(&n1_path)).unwrap();
@@ -323,37 +307,17 @@ fn l4_mesh_across_two_nodes() {
             |base: u16| format!("{}:{}", if base == 15000 { "127.0.0.1" } else { "0.0.0.0" }, base + 100 * generation);
         std::fs::create_dir_all(&nd).unwrap();
         std::fs::write(nd.join("token"), token).unwrap();
-        let p = |f: &str| nd.join(f).display().to_string();
+        let mut args =
+            ambit_e2e::daemons::ztunnel_args(name, &format!("{NODE1_IP}:15012"), &dir.join("root-cert.pem"), &nd, 2);
+        for (flag, base) in [("--readiness-addr", 15021), ("--metrics-addr", 15020), ("--admin-addr", 15000)] {
+            args.extend([flag.to_owned(), port(base)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Process::spawn(
             &format!("ztunnel-{name}"),
             Some(node.name()),
             BIN,
-            &[
-                "--node-name",
-                name,
-                "--xds-address",
-                &format!("{NODE1_IP}:15012"),
-                "--ca-address",
-                &format!("{NODE1_IP}:15012"),
-                "--root-cert",
-                &dir.join("root-cert.pem").display().to_string(),
-                "--token-file",
-                &p("token"),
-                "--zds-socket",
-                &p("zds.sock"),
-                "--cni-socket",
-                &p("cni.sock"),
-                "--agent-state-dir",
-                &p("pods"),
-                "--drain-seconds",
-                "2",
-                "--readiness-addr",
-                &port(15021),
-                "--metrics-addr",
-                &port(15020),
-                "--admin-addr",
-                &port(15000),
-            ],
+            &args,
             &[("RUST_LOG", "info,access=info")],
             &nd.join(format!("ztunnel-{generation}.log")),
         )

@@ -1,0 +1,257 @@
+//! The sandbox's sample applications (container images `ambit/<mode>`):
+//! - `echo`: HTTP/1.1 and HTTP/2 (cleartext, by preface) server answering with what it saw —
+//!   peer address, method, path, protocol, headers — and who it is (pod, namespace, version, node);
+//! - `tcp-echo`: greets with `peer=<addr> pod=<name>`, then echoes;
+//! - `front`: an HTTP front end that calls each back end and returns their answers;
+//! - `get`: one HTTP GET, the body on stdout (exit 1 on failure or a non-2xx status);
+//! - `load`: many GETs, then a count of answers per responding pod;
+//! - `sleep`: does nothing (a pod to `exec` into).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser)]
+#[command(name = "ambit-sample", about = "Sample applications for the Ambit sandbox")]
+enum Cmd {
+    /// HTTP/1.1 + HTTP/2 echo server.
+    Echo {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// TCP echo server.
+    TcpEcho {
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+    },
+    /// Front end calling every back end per request.
+    Front {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Back-end URLs, comma-separated (`http://host:port/path`).
+        #[arg(long, value_delimiter = ',')]
+        backends: Vec<String>,
+    },
+    /// One GET; prints the body.
+    Get {
+        url: String,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Many GETs; prints answers per pod.
+    Load {
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Idles until stopped.
+    Sleep,
+}
+
+struct Who {
+    pod: String,
+    namespace: String,
+    version: String,
+    node: String,
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var_os(name).and_then(|v| v.into_string().ok()).unwrap_or_else(|| default.to_owned())
+}
+
+fn who() -> Arc<Who> {
+    Arc::new(Who {
+        pod: env_or("POD_NAME", "unknown"),
+        namespace: env_or("POD_NAMESPACE", "unknown"),
+        version: env_or("POD_VERSION", "v1"),
+        node: env_or("NODE_NAME", "unknown"),
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cmd::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ambit-sample: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        match cmd {
+            Cmd::Echo { port } => serve_http(port, None).await,
+            Cmd::Front { port, backends } => serve_http(port, Some(Arc::new(backends))).await,
+            Cmd::TcpEcho { port } => tcp_echo(port).await,
+            Cmd::Get { url, timeout_ms } => {
+                let (status, body) = tokio::time::timeout(Duration::from_millis(timeout_ms), get(&url))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("GET {url}: timed out"))??;
+                println!("{body}");
+                anyhow::ensure!((200..300).contains(&status), "GET {url}: status {status}");
+                Ok(())
+            }
+            Cmd::Load { url, requests, concurrency } => load(&url, requests, concurrency).await,
+            Cmd::Sleep => {
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn serve_http(port: u16, backends: Option<Arc<Vec<String>>>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+    let me = who();
+    eprintln!("ambit-sample: {} listening on :{port}", if backends.is_some() { "front" } else { "echo" });
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let (me, backends) = (me.clone(), backends.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let (me, backends) = (me.clone(), backends.clone());
+                async move { Ok::<_, Infallible>(answer(req, peer, &me, backends.as_deref()).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    me: &Who,
+    backends: Option<&Vec<String>>,
+) -> Response<Full<Bytes>> {
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let mut body = serde_json::json!({
+        "pod": me.pod,
+        "namespace": me.namespace,
+        "version": me.version,
+        "node": me.node,
+        "peer": peer.to_string(),
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "protocol": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    let mut status = 200;
+    if let Some(backends) = backends {
+        let mut answers = Vec::new();
+        for url in backends {
+            match get(url).await {
+                Ok((s, b)) => {
+                    if !(200..300).contains(&s) {
+                        status = 502;
+                    }
+                    answers.push(serde_json::json!({"url": url, "status": s, "body": serde_json::from_str::<serde_json::Value>(&b).unwrap_or(serde_json::Value::String(b))}))
+                }
+                Err(e) => {
+                    status = 502;
+                    answers.push(serde_json::json!({"url": url, "error": e.to_string()}));
+                }
+            }
+        }
+        body["backends"] = serde_json::Value::Array(answers);
+    }
+    let _ = req.into_body().collect().await;
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn tcp_echo(port: u16) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+    let me = who();
+    loop {
+        let (mut tcp, peer) = listener.accept().await?;
+        let pod = me.pod.clone();
+        tokio::spawn(async move {
+            if tcp.write_all(format!("peer={peer} pod={pod}\n").as_bytes()).await.is_err() {
+                return;
+            }
+            let (mut r, mut w) = tcp.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+    }
+}
+
+/// A minimal HTTP/1.1 GET (`Connection: close`): status and body.
+async fn get(url: &str) -> anyhow::Result<(u16, String)> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("{url}: only http:// URLs"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let target = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
+    let mut tcp = TcpStream::connect(&target).await.map_err(|e| anyhow::anyhow!("connecting to {target}: {e}"))?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: ambit-sample\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.map_err(|e| anyhow::anyhow!("reading from {target}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) =
+        text.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("{url}: no HTTP response ({} bytes)", raw.len()))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| anyhow::anyhow!("{url}: bad status line"))?;
+    Ok((status, body.to_owned()))
+}
+
+async fn load(url: &str, requests: usize, concurrency: usize) -> anyhow::Result<()> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counts = Arc::new(std::sync::Mutex::new(BTreeMap::<String, usize>::new()));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (next, counts, url) = (next.clone(), counts.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+                let key = match get(&url).await {
+                    Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["pod"].as_str().map(str::to_owned))
+                        .unwrap_or_else(|| "200".into()),
+                    Ok((status, _)) => format!("status {status}"),
+                    Err(e) => format!("error: {e}"),
+                };
+                *counts.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let counts = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    println!(
+        "{}",
+        serde_json::json!({"requests": requests, "seconds": start.elapsed().as_secs_f64(), "by_pod": counts})
+    );
+    Ok(())
+}
