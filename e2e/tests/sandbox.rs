@@ -123,6 +123,18 @@ fn the_example_mesh_end_to_end() {
     assert!(m.lines().any(|l| l.contains("response_flags=\"DENY\"")), "{m}");
     sb.delete(&examples().join("policies/deny-visitors.yaml")).unwrap();
     wait_for("policies gone", || get(&sb, "visitor-0", "http://catalog.shop:8080/").ok());
+    // ALLOW: only the front end's identity may reach catalog; everyone else is refused.
+    let allow = write(
+        &scratch,
+        "allow.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: catalog-frontend-only, namespace: shop}\nspec:\n  selector: {matchLabels: {app: catalog}}\n  action: ALLOW\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]}]\n",
+    );
+    sb.apply(&allow).unwrap();
+    wait_for("the ALLOW policy", || get(&sb, "visitor-0", "http://catalog.shop:8080/").is_err().then_some(()));
+    assert!(get(&sb, "frontend-0", "http://catalog:8080/").is_ok(), "the allowed identity passes");
+    assert!(get(&sb, "visitor-0", "http://frontend.shop/").is_ok(), "services without the policy are open");
+    sb.delete(&allow).unwrap();
+    wait_for("ALLOW gone", || get(&sb, "visitor-0", "http://catalog.shop:8080/").ok());
     // STRICT for the namespace: the plaintext client is refused, the mesh is not.
     let strict = write(
         &scratch,
