@@ -306,17 +306,35 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Starts the ztunnel of `node` (`generation` > 0: a successor, admin ports shifted).
+    /// Starts the ztunnel of `node`.
     pub fn start_ztunnel(&mut self, node: &str) -> Result<u32, SandboxError> {
+        self.start_ztunnel_generation(node, 0)
+    }
+
+    /// Starts a ztunnel for `node`; `generation` > 0 is a successor started beside the running
+    /// one (a hand-over): its admin ports are shifted by 100 per generation (15121 readiness,
+    /// 15120 metrics, 15100 admin) and it is named `ztunnel-<node>-<generation>`.
+    pub fn start_ztunnel_generation(&mut self, node: &str, generation: u16) -> Result<u32, SandboxError> {
         say(&self.opts, &format!("ztunnel on {node}"));
         let dir = self.node_dir(node);
         std::fs::create_dir_all(&dir).map_err(setup)?;
         std::fs::write(dir.join("token"), format!("{TOKEN_PREFIX}{node}")).map_err(setup)?;
         let cp = format!("{}:15012", node_ip(0));
-        let args = crate::daemons::ztunnel_args(node, &cp, &self.opts.root.join("ca/root-cert.pem"), &dir, 5);
+        let mut args = crate::daemons::ztunnel_args(node, &cp, &self.opts.root.join("ca/root-cert.pem"), &dir, 5);
+        let name = if generation == 0 { format!("ztunnel-{node}") } else { format!("ztunnel-{node}-{generation}") };
+        if generation > 0 {
+            let shift = 100 * generation;
+            for (flag, host, base) in [
+                ("--readiness-addr", "0.0.0.0", 15021),
+                ("--metrics-addr", "0.0.0.0", 15020),
+                ("--admin-addr", "127.0.0.1", 15000),
+            ] {
+                args.extend([flag.to_owned(), format!("{host}:{}", base + shift)]);
+            }
+        }
         let bin = self.binary("ztunnel")?;
         let ns = self.netns_name(node);
-        self.spawn(&format!("ztunnel-{node}"), &ns, &bin, &args, &[("RUST_LOG".into(), "info,access=info".into())])
+        self.spawn(&name, &ns, &bin, &args, &[("RUST_LOG".into(), "info,access=info".into())])
     }
 
     /// Waits for `addr` (in `node`'s namespace) to answer 200 on its readiness path.
@@ -645,9 +663,20 @@ impl Sandbox {
         Ok((self.binary("ambit-sample")?, all))
     }
 
-    /// The CNI plugin, as a runtime runs it.
+    /// The CNI plugin, as a runtime runs it; fails unless it succeeds (DEL always passes).
     fn cni(&self, command: &str, key: &str) -> Result<(), SandboxError> {
-        let pod = &self.state.pods[key];
+        let (status, stdout) = self.cni_call(command, key)?;
+        if status != 0 && command != "DEL" {
+            return Err(SandboxError::Setup(format!("CNI {command} for {key} failed: {}", stdout.trim())));
+        }
+        Ok(())
+    }
+
+    /// Runs the CNI plugin for pod `key` (`ns/name`) exactly as a container runtime does —
+    /// in the node's namespace, `CNI_*` in the environment, the network configuration with the
+    /// previous plugin's result on stdin — and returns its exit status and stdout.
+    pub fn cni_call(&self, command: &str, key: &str) -> Result<(i32, String), SandboxError> {
+        let pod = self.state.pods.get(key).ok_or_else(|| SandboxError::Setup(format!("no pod {key}")))?;
         let config = json!({
             "cniVersion": "1.0.0",
             "name": "sandbox",
@@ -674,13 +703,7 @@ impl Sandbox {
             stdin.write_all(config.to_string().as_bytes()).map_err(setup)?;
         }
         let out = child.wait_with_output().map_err(setup)?;
-        if !out.status.success() && command != "DEL" {
-            return Err(SandboxError::Setup(format!(
-                "CNI {command} for {key} failed: {}",
-                String::from_utf8_lossy(&out.stdout).trim()
-            )));
-        }
-        Ok(())
+        Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
     /// The pod's object, with status, where the controller reads it.

@@ -66,9 +66,13 @@ pub struct Pod {
     roots: MeshRoots,
 }
 
+/// A pod's listener tasks. Dropping it aborts them and with them every connection they
+/// accepted (ZDS `del`: the pod is gone, no drain); `stop` only closes the listeners and lets
+/// the connections finish (SIGTERM drain).
 struct PodHandle {
     pod: Arc<Pod>,
     tasks: Vec<AbortHandle>,
+    stop: watch::Sender<bool>,
 }
 
 impl Drop for PodHandle {
@@ -209,20 +213,31 @@ impl Proxy {
             certs: self.certs.clone(),
             roots: self.roots.clone(),
         });
+        let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let (proxy, p) = (self.clone(), pod.clone());
-        tasks.push(tokio::spawn(accept_loop(proxy, p, out_l, "outbound", outbound::handle)).abort_handle());
+        tasks.push(
+            tokio::spawn(accept_loop(proxy, p, out_l, "outbound", stopped.clone(), outbound::handle)).abort_handle(),
+        );
         let (proxy, p) = (self.clone(), pod.clone());
-        tasks.push(tokio::spawn(accept_loop(proxy, p, in_plain_l, "inbound", inbound::plaintext)).abort_handle());
+        tasks.push(
+            tokio::spawn(accept_loop(proxy, p, in_plain_l, "inbound", stopped.clone(), inbound::plaintext))
+                .abort_handle(),
+        );
         let handler = Arc::new(inbound::HboneHandler { proxy: self.clone(), pod: pod.clone() });
         let server = HboneServer::new(handler, pod.clone());
-        tasks.push(tokio::spawn(server.serve(in_hbone_l)).abort_handle());
+        let mut stop_hbone = stopped;
+        let until = async move {
+            let _ = stop_hbone.wait_for(|s| *s).await;
+        };
+        tasks.push(tokio::spawn(server.serve_until(in_hbone_l, until)).abort_handle());
         tracing::info!(%uid, pod = %format!("{}/{}", info.namespace, info.name), %identity, "pod enrolled; listening in its namespace");
-        self.pods().insert(uid.to_owned(), PodHandle { pod, tasks });
+        self.pods().insert(uid.to_owned(), PodHandle { pod, tasks, stop });
         Ok(())
     }
 
-    /// Lets a pod go: closes its listeners; stops its certificate when no other pod uses it.
+    /// Lets a pod go: closes its listeners and its connections at once (Istio's `del`: the pod
+    /// is gone or left the mesh); stops its certificate when no other pod uses it.
     pub fn remove_pod(&self, uid: &str) -> bool {
         let removed = self.pods().remove(uid);
         let Some(handle) = removed else { return false };
@@ -238,8 +253,9 @@ impl Proxy {
     /// Stops accepting everywhere, then waits (up to `grace`) for open connections to end.
     pub async fn drain(self: &Arc<Self>, grace: Duration) {
         self.draining.store(true, Ordering::Release);
-        let pods: Vec<PodHandle> = self.pods().drain().map(|(_, h)| h).collect();
-        drop(pods);
+        for handle in self.pods().values() {
+            handle.stop.send_replace(true);
+        }
         let open = self.active_connections();
         tracing::info!(open, ?grace, "listeners closed; draining");
         let wait = async {
@@ -261,16 +277,29 @@ impl Proxy {
     }
 }
 
-/// Accepts on one of a pod's listeners, a task per connection.
-async fn accept_loop<F, Fut>(proxy: Arc<Proxy>, pod: Arc<Pod>, listener: tokio::net::TcpListener, what: &str, handle: F)
-where
+/// Accepts on one of a pod's listeners, a task per connection, until `stop` turns true; then
+/// closes the listener and waits for its connections. Aborting it aborts them too.
+async fn accept_loop<F, Fut>(
+    proxy: Arc<Proxy>,
+    pod: Arc<Pod>,
+    listener: tokio::net::TcpListener,
+    what: &str,
+    mut stop: watch::Receiver<bool>,
+    handle: F,
+) where
     F: Fn(Arc<Proxy>, Arc<Pod>, tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(handle(proxy.clone(), pod.clone(), stream, peer));
+                connections.spawn(handle(proxy.clone(), pod.clone(), stream, peer));
             }
             Err(e) => {
                 // EMFILE and the like: transient; keep serving.
@@ -279,6 +308,8 @@ where
             }
         }
     }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }
 
 /// Follows the node agent over ZDS: connects (retrying), applies each instruction, acks it.

@@ -1,42 +1,32 @@
-//! The L4 mesh end to end in real network namespaces (root): two nodes linked by a veth pair,
-//! pods plugged into them, the controller (in this process, serving from node 1's namespace
-//! as a host-network control plane would), one real ztunnel process per node, and the CNI
-//! plugin run exactly as a container runtime runs it.
+//! The L4 mesh end to end on the sandbox (root): two nodes, the controller and one real
+//! ztunnel process per node, pods whose CNI ADD/CHECK/DEL the sandbox runs exactly as a
+//! container runtime does (and this test repeats and checks).
 //!
 //! One scenario, in order, because each step builds on the mesh the previous one left:
 //! capture and tunnel (the server sees the client's address; the node link carries TLS, not
 //! the payload), a service VIP, a non-mesh client through 15006, a DENY policy counted with
 //! `response_flags="DENY"`, STRICT refusing the non-mesh client, a pod leaving the mesh by
-//! label without a restart, and CNI DEL taking the rules out.
+//! label without a restart (plain traffic on the link) and rejoining, a successor ztunnel
+//! taking the node over beside the running one, and CNI DEL taking the rules out.
 
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ambit_e2e::netns::{attach_pod, link, Netns as TestNetns};
-use ambit_e2e::process::Process;
-use ambit_shared::telemetry::Readiness;
-use ambit_ztunnel::inpod::netns::Netns;
-use clap::Parser;
+use ambit_e2e::sandbox::{Options, Sandbox};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ztunnel");
-const TOKEN1: &str = "node-one-token-0123456789abcdef01";
-const TOKEN2: &str = "node-two-token-0123456789abcdef02";
-const NODE1_IP: &str = "10.210.0.11";
-const NODE2_IP: &str = "10.210.0.12";
-const CLIENT_IP: &str = "10.211.1.2";
-const OUTSIDER_IP: &str = "10.211.1.3";
-const SERVER_IP: &str = "10.211.2.2";
-const SERVER_VIP: &str = "10.96.0.10";
 const MARKER: &str = "PLAINTEXT-MARKER-a7c3e9";
+const CLIENT: &str = "shop/client";
+const OUTSIDER: &str = "outside/outsider";
+const SERVER: &str = "shop/server";
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(v) = f() {
             return v;
@@ -46,40 +36,43 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-fn write_manifest(dir: &Path, name: &str, body: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, body).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path
 }
 
-fn pod_yaml(name: &str, ns: &str, sa: &str, node: &str, ip: &str, labels: &str) -> String {
+fn pod_yaml(name: &str, ns: &str, sa: &str, node: &str, labels: &str, container: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nspec: {{nodeName: {node}, serviceAccountName: {sa}}}\nstatus: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}], conditions: [{{type: Ready, status: 'True'}}]}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nspec:\n  nodeName: {node}\n  serviceAccountName: {sa}\n  containers: [{container}]\n"
     )
 }
 
-/// An HTTP GET from inside a namespace (admin endpoints listen on the node's loopback).
-fn get_in(ns: &Netns, addr: &str, path: &str) -> Option<String> {
-    let addr: SocketAddr = addr.parse().unwrap();
-    ns.run_in(|| ambit_shared::testing::http_get(addr, path).ok()).unwrap()
+const SERVER_CONTAINER: &str =
+    "{name: server, image: ambit/tcp-echo, args: [--port, '8080'], ports: [{containerPort: 8080}]}";
+const SLEEPER: &str = "{name: sleep, image: ambit/sleep}";
+
+/// An HTTP GET inside a node's namespace (admin endpoints listen on the node's loopback).
+fn get_in(sb: &Sandbox, node: &str, port: u16, path: &str) -> Option<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    sb.in_node(node, || ambit_shared::testing::http_get(addr, path).ok()).unwrap()
 }
 
-/// Connects from inside a pod (the socket lives in the pod's namespace).
-fn connect_from(pod: &Netns, to: &str) -> std::io::Result<TcpStream> {
+/// One exchange with the TCP echo from inside a pod: the peer it saw, then `line` echoed.
+fn exchange(sb: &Sandbox, pod: &str, to: &str, line: &str) -> Result<String, String> {
     let to: SocketAddr = to.parse().unwrap();
-    let s = pod.run_in(|| TcpStream::connect_timeout(&to, Duration::from_secs(5))).unwrap()?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    Ok(s)
-}
-
-/// One exchange with the echo server: its greeting (the peer it saw), then `line` echoed.
-fn exchange(pod: &Netns, to: &str, line: &str) -> Result<String, String> {
-    let mut s = connect_from(pod, to).map_err(|e| format!("connect: {e}"))?;
-    s.write_all(format!("{line}\n").as_bytes()).map_err(|e| format!("write: {e}"))?;
+    let s = sb
+        .pod_netns(pod)
+        .unwrap()
+        .run_in(|| TcpStream::connect_timeout(&to, Duration::from_secs(5)))
+        .unwrap()
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (&s).write_all(format!("{line}\n").as_bytes()).map_err(|e| format!("write: {e}"))?;
     let mut reader = BufReader::new(s);
     let mut greeting = String::new();
-    let n = reader.read_line(&mut greeting).map_err(|e| format!("read: {e}"))?;
-    if n == 0 {
+    if reader.read_line(&mut greeting).map_err(|e| format!("read: {e}"))? == 0 {
         return Err("closed without a greeting".into());
     }
     let mut echoed = String::new();
@@ -87,77 +80,17 @@ fn exchange(pod: &Netns, to: &str, line: &str) -> Result<String, String> {
     if echoed.trim_end() != line {
         return Err(format!("echo mismatch: {echoed:?}"));
     }
-    Ok(greeting.trim_end().trim_start_matches("peer=").to_owned())
+    // "peer=<ip>:<port> pod=<name>"
+    let peer = greeting.split_whitespace().next().unwrap_or("").trim_start_matches("peer=");
+    Ok(peer.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(peer).to_owned())
 }
 
-/// The peer IP the server saw.
-fn seen_ip(greeting: &str) -> &str {
-    greeting.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(greeting)
+fn has_rules(sb: &Sandbox, pod: &str) -> bool {
+    let out = Command::new("ip").args(["netns", "exec", &sb.state.pods[pod].netns, "iptables-save"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("ISTIO_OUTPUT")
 }
 
-/// Echo server inside `pod` on `port`: greets with `peer=<addr>`, then echoes lines.
-fn echo_server(pod: &Netns, port: u16) {
-    let listener = pod.run_in(|| TcpListener::bind(("0.0.0.0", port))).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                let _ = conn.write_all(format!("peer={peer}\n").as_bytes());
-                let mut buf = [0u8; 16 * 1024];
-                loop {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if conn.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-}
-
-struct Cni<'a> {
-    node: &'a TestNetns,
-    socket: PathBuf,
-}
-
-impl Cni<'_> {
-    /// Runs the plugin the way a runtime does: in the node's namespace, CNI_* in the
-    /// environment, the network configuration (with the previous plugin's result) on stdin.
-    fn call(&self, command: &str, pod: &TestNetns, name: &str, ns: &str, ip: &str) -> (i32, String) {
-        let config = format!(
-            r#"{{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"ambit-cni","agent_socket":"{}","prevResult":{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"{}"}}],"ips":[{{"address":"{ip}/24","interface":0}}]}}}}"#,
-            self.socket.display(),
-            pod.path()
-        );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", self.node.name(), BIN])
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("sandbox-{name}"))
-            .env("CNI_NETNS", pod.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin")
-            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=sandbox-{name}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(config.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-fn has_rules(pod: &TestNetns) -> bool {
-    pod.output("iptables-save", &[]).contains("ISTIO_OUTPUT")
-}
-
-/// Counts the series of `name` whose labels contain every `labels` entry.
+/// Sums the series of `name` whose labels contain every `labels` entry.
 fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
@@ -165,14 +98,14 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Waits until `node`'s metrics have a series of `name` with `labels` at least `min`.
-fn wait_metric(node: &Netns, name: &str, labels: &[&str], min: f64) -> String {
+/// Waits until `node`'s metrics (on `port`) have a series of `name` with `labels` ≥ `min`.
+fn wait_metric(sb: &Sandbox, node: &str, port: u16, name: &str, labels: &[&str], min: f64) {
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        last = get_in(node, "127.0.0.1:15020", "/metrics").unwrap_or_default();
+        last = get_in(sb, node, port, "/metrics").unwrap_or_default();
         if metric(&last, name, labels) >= min {
-            return last;
+            return;
         }
         std::thread::park_timeout(Duration::from_millis(100));
     }
@@ -186,17 +119,16 @@ struct Tcpdump {
 }
 
 impl Tcpdump {
-    fn start(node: &TestNetns, iface: &str, file: PathBuf) -> Self {
-        let child = Command::new("ip")
-            .args(["netns", "exec", node.name(), "tcpdump", "--immediate-mode", "-i", iface, "-U", "-s", "0", "-w"])
+    /// Captures TCP on `iface` of namespace `netns` until stopped.
+    fn start(netns: &str, iface: &str, file: PathBuf) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, "tcpdump", "--immediate-mode", "-i", iface, "-U", "-s", "0", "-w"])
             .arg(&file)
             .arg("tcp")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("tcpdump is needed (the README's test command installs it)");
-        // tcpdump prints "listening on" once capturing.
-        let mut child = child;
         let mut err = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         err.read_line(&mut line).unwrap();
@@ -213,7 +145,7 @@ impl Tcpdump {
         std::thread::park_timeout(Duration::from_millis(300));
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).output();
         let _ = self.child.wait();
-        eprintln!("tcpdump: {}", self.rest.join().unwrap_or_default());
+        let _ = self.rest.join();
         std::fs::read(&self.file).unwrap()
     }
 }
@@ -226,145 +158,58 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 fn l4_mesh_across_two_nodes() {
     ambit_e2e::require_root();
     ambit_e2e::netns::clean_leftovers();
-    let dir = std::env::temp_dir().join(format!("ambit-mesh-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let manifests = dir.join("manifests");
-    std::fs::create_dir_all(&manifests).unwrap();
+    let mut opts = Options::for_tests();
+    opts.prefix = format!("{}-zt", opts.prefix);
+    opts.root = opts.root.with_extension("zt");
+    let scratch = opts.root.with_extension("files");
+    let mut sb = Sandbox::up(opts).unwrap();
+    let node2 = sb.netns_name("node-2");
 
-    // Two nodes on one link; three pods.
-    let n1 = TestNetns::create("n1");
-    let n2 = TestNetns::create("n2");
-    link(&n1, &format!("{NODE1_IP}/24"), &n2, &format!("{NODE2_IP}/24"), "eth0");
-    n1.exec("ip", &["route", "add", "10.211.2.0/24", "via", NODE2_IP]);
-    n2.exec("ip", &["route", "add", "10.211.1.0/24", "via", NODE1_IP]);
-    let client = TestNetns::create("client");
-    let outsider = TestNetns::create("outsider");
-    let server = TestNetns::create("server");
-    attach_pod(&n1, &client, CLIENT_IP, "10.211.1.1");
-    attach_pod(&n1, &outsider, OUTSIDER_IP, "10.211.1.1");
-    attach_pod(&n2, &server, SERVER_IP, "10.211.2.1");
-    let open = |t: &TestNetns| Netns::open(Path::new(&t.path())).unwrap();
-    let (n1_ns, n2_ns, client_ns, outsider_ns, server_ns) =
-        (open(&n1), open(&n2), open(&client), open(&outsider), open(&server));
-    echo_server(&server_ns, 8080);
-
-    // The cluster as manifests: a meshed namespace and one outside.
-    write_manifest(
-        &manifests,
+    // A meshed namespace and one outside; the server on node-2, the clients on node-1.
+    let dir = scratch.join("app");
+    write(
+        &dir,
         "namespaces.yaml",
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: outside}\n",
     );
-    write_manifest(&manifests, "client.yaml", &pod_yaml("client", "shop", "client", "n1", CLIENT_IP, "app: client"));
-    write_manifest(
-        &manifests,
-        "outsider.yaml",
-        &pod_yaml("outsider", "outside", "default", "n1", OUTSIDER_IP, "app: outsider"),
-    );
-    write_manifest(&manifests, "server.yaml", &pod_yaml("server", "shop", "server", "n2", SERVER_IP, "app: server"));
-    write_manifest(
-        &manifests,
+    write(&dir, "client.yaml", &pod_yaml("client", "shop", "client", "node-1", "app: client", SLEEPER));
+    write(&dir, "outsider.yaml", &pod_yaml("outsider", "outside", "default", "node-1", "app: outsider", SLEEPER));
+    write(&dir, "server.yaml", &pod_yaml("server", "shop", "server", "node-2", "app: server", SERVER_CONTAINER));
+    write(
+        &dir,
         "service.yaml",
-        &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: server, namespace: shop}}\nspec: {{clusterIP: {SERVER_VIP}, selector: {{app: server}}, ports: [{{port: 80, targetPort: 8080}}]}}\n"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: server, namespace: shop}\nspec: {selector: {app: server}, ports: [{port: 80, targetPort: 8080}]}\n",
     );
-    std::fs::write(
-        dir.join("tokens.yaml"),
-        format!(
-            "tokens:\n{}{}",
-            ambit_e2e::daemons::node_token_entry(TOKEN1, "n1"),
-            ambit_e2e::daemons::node_token_entry(TOKEN2, "n2")
-        ),
-    )
-    .unwrap();
+    sb.apply(&dir).unwrap();
+    let ip = |key: &str| sb.state.pods[key].ip.to_string();
+    let (client_ip, outsider_ip, server) = (ip(CLIENT), ip(OUTSIDER), format!("{}:8080", ip(SERVER)));
 
-    // The controller, serving from node 1's namespace: its runtime's threads are created
-    // by a thread that joined that namespace, so every socket it opens lives there.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let mut ctl_args = vec!["controller".to_owned()];
-    ctl_args.extend(ambit_e2e::daemons::controller_args(&dir, &format!("{NODE1_IP}:15012"), "127.0.0.1:15014"));
-    let n1_path = n1.path();
-    std::thread::spawn(move || {
-        let ns = Netns::open(Path::new(&n1_path)).unwrap();
-        ns.run_in(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-            rt.block_on(async move {
-                let config = ambit_controller::config::Config::try_parse_from(ctl_args).unwrap();
-                config.validate().unwrap();
-                let running = ambit_controller::run::start(&config, Readiness::default()).await.unwrap();
-                ready_tx.send(running.root_pem.clone()).unwrap();
-                std::future::pending::<()>().await;
-            });
-        })
-        .unwrap();
-    });
-    let root_pem = ready_rx.recv_timeout(Duration::from_secs(30)).expect("controller started");
-    std::fs::write(dir.join("root-cert.pem"), root_pem).unwrap();
-
-    // One ztunnel per node.
-    // `generation` > 0: a successor on the same node (its admin ports shifted by 100 each).
-    let start_ztunnel = |node: &TestNetns, name: &str, token: &str, generation: u16| {
-        let nd = dir.join(name);
-        let port =
-            |base: u16| format!("{}:{}", if base == 15000 { "127.0.0.1" } else { "0.0.0.0" }, base + 100 * generation);
-        std::fs::create_dir_all(&nd).unwrap();
-        std::fs::write(nd.join("token"), token).unwrap();
-        let mut args =
-            ambit_e2e::daemons::ztunnel_args(name, &format!("{NODE1_IP}:15012"), &dir.join("root-cert.pem"), &nd, 2);
-        for (flag, base) in [("--readiness-addr", 15021), ("--metrics-addr", 15020), ("--admin-addr", 15000)] {
-            args.extend([flag.to_owned(), port(base)]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Process::spawn(
-            &format!("ztunnel-{name}"),
-            Some(node.name()),
-            BIN,
-            &args,
-            &[("RUST_LOG", "info,access=info")],
-            &nd.join(format!("ztunnel-{generation}.log")),
-        )
-    };
-    let mut z1 = start_ztunnel(&n1, "n1", TOKEN1, 0);
-    let mut z2 = start_ztunnel(&n2, "n2", TOKEN2, 0);
-    for (z, ns) in [(&mut z1, &n1_ns), (&mut z2, &n2_ns)] {
-        wait_for(&format!("{} ready", z.name), Duration::from_secs(30), || {
-            assert!(z.exited().is_none(), "{} exited:\n{}", z.name, z.output());
-            get_in(ns, "127.0.0.1:15021", "/healthz/ready").filter(|r| r.starts_with("HTTP/1.1 200"))
-        });
-    }
-    let cni1 = Cni { node: &n1, socket: dir.join("n1/cni.sock") };
-    let cni2 = Cni { node: &n2, socket: dir.join("n2/cni.sock") };
-
-    // CNI ADD: meshed pods are captured before it returns; the outsider is not.
-    let (code, out) = cni2.call("ADD", &server, "server", "shop", SERVER_IP);
-    assert_eq!(code, 0, "server ADD: {out}\n{}", z2.output());
-    assert!(out.contains(&format!("{SERVER_IP}/24")), "prevResult passed through: {out}");
-    assert!(has_rules(&server), "server captured when ADD returned");
-    let (code, out) = cni1.call("ADD", &client, "client", "shop", CLIENT_IP);
-    assert_eq!(code, 0, "client ADD: {out}\n{}", z1.output());
-    assert!(has_rules(&client));
-    let (code, out) = cni1.call("ADD", &outsider, "outsider", "outside", OUTSIDER_IP);
-    assert_eq!(code, 0, "outsider ADD: {out}");
-    assert!(!has_rules(&outsider), "a pod outside the mesh is left alone");
-    let (code, out) = cni1.call("CHECK", &client, "client", "shop", CLIENT_IP);
-    assert_eq!((code, out.as_str()), (0, ""), "CHECK of a captured pod");
+    // The runtime's calls, repeated: ADD is idempotent and passes prevResult through; CHECK
+    // passes for a captured pod; meshed pods were captured before ADD returned, the outsider
+    // left alone.
+    let (code, out) = sb.cni_call("ADD", SERVER).unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{}/24", ip(SERVER))), "prevResult passed through: {out}");
+    assert_eq!(sb.cni_call("CHECK", CLIENT).unwrap(), (0, String::new()));
+    assert!(has_rules(&sb, SERVER) && has_rules(&sb, CLIENT));
+    assert!(!has_rules(&sb, OUTSIDER), "a pod outside the mesh is left alone");
 
     // Captured and tunnelled: the server sees the client's own address, and the node link
     // carries TLS records, never the payload.
-    let capture = Tcpdump::start(&n2, "eth0", dir.join("link.pcap"));
-    let seen = wait_for("client → server through the mesh", Duration::from_secs(20), || {
-        exchange(&client_ns, &format!("{SERVER_IP}:8080"), MARKER).ok()
-    });
+    let capture = Tcpdump::start(&node2, "eth0", scratch.join("link.pcap"));
+    let seen = wait_for("client → server through the mesh", || exchange(&sb, CLIENT, &server, MARKER).ok());
     let pcap = capture.stop();
-    assert_eq!(seen_ip(&seen), CLIENT_IP, "the server sees the client pod's address");
+    assert_eq!(seen, client_ip, "the server sees the client pod's address");
     assert!(!contains(&pcap, MARKER.as_bytes()), "the payload crossed the node link in plaintext");
     assert!(
         contains(&pcap, &[0x17, 0x03, 0x03]),
-        "TLS application-data records on the node link ({} bytes captured)\n{}\n{}",
-        pcap.len(),
-        z1.output(),
-        z2.output()
+        "TLS application-data records on the node link ({} bytes)",
+        pcap.len()
     );
     wait_metric(
-        &n1_ns,
+        &sb,
+        "node-1",
+        15020,
         "istio_tcp_connections_closed_total",
         &[
             "reporter=\"source\"",
@@ -375,36 +220,40 @@ fn l4_mesh_across_two_nodes() {
         ],
         1.0,
     );
-    let dump = get_in(&n2_ns, "127.0.0.1:15000", "/config_dump").unwrap();
+    let dump = get_in(&sb, "node-2", 15000, "/config_dump").unwrap();
     assert!(dump.contains("spiffe://cluster.local/ns/shop/sa/server") && dump.contains("\"ready\""), "{dump}");
     assert!(dump.contains("Kubernetes//Pod/shop/server"), "{dump}");
 
     // A service VIP picks an endpoint.
-    let seen = exchange(&client_ns, &format!("{SERVER_VIP}:80"), "via-vip").unwrap();
-    assert_eq!(seen_ip(&seen), CLIENT_IP);
-    wait_metric(&n2_ns, "istio_tcp_received_bytes_total", &["reporter=\"destination\""], 1.0);
+    let vip = format!("{}:80", sb.state.services["shop/server"].vip);
+    assert_eq!(exchange(&sb, CLIENT, &vip, "via-vip").unwrap(), client_ip);
+    wait_metric(&sb, "node-2", 15020, "istio_tcp_received_bytes_total", &["reporter=\"destination\""], 1.0);
 
     // A client outside the mesh reaches the meshed server through its 15006.
-    let seen = exchange(&outsider_ns, &format!("{SERVER_IP}:8080"), "plain").unwrap();
-    assert_eq!(seen_ip(&seen), OUTSIDER_IP);
+    assert_eq!(exchange(&sb, OUTSIDER, &server, "plain").unwrap(), outsider_ip);
     wait_metric(
-        &n2_ns,
+        &sb,
+        "node-2",
+        15020,
         "istio_tcp_connections_closed_total",
         &["reporter=\"destination\"", "connection_security_policy=\"unknown\"", "source_workload=\"outsider\""],
         1.0,
     );
 
     // DENY: the client's identity is refused, counted with response_flags="DENY".
-    write_manifest(
-        &manifests,
+    let deny = write(
+        &scratch,
         "deny.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-client, namespace: shop}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]}]\n",
     );
-    wait_for("the DENY policy to refuse the client", Duration::from_secs(20), || {
-        exchange(&client_ns, &format!("{SERVER_IP}:8080"), "denied?").is_err().then_some(())
+    sb.apply(&deny).unwrap();
+    wait_for("the DENY policy to refuse the client", || {
+        exchange(&sb, CLIENT, &server, "denied?").is_err().then_some(())
     });
     wait_metric(
-        &n2_ns,
+        &sb,
+        "node-2",
+        15020,
         "istio_tcp_connections_closed_total",
         &[
             "reporter=\"destination\"",
@@ -413,83 +262,73 @@ fn l4_mesh_across_two_nodes() {
         ],
         1.0,
     );
-    assert!(z2.output().contains("connection failed"), "denial in the access log");
-    assert_eq!(seen_ip(&exchange(&outsider_ns, &format!("{SERVER_IP}:8080"), "still").unwrap()), OUTSIDER_IP);
+    assert!(sb.log("ztunnel-node-2").contains("connection failed"), "denial in the access log");
+    assert_eq!(exchange(&sb, OUTSIDER, &server, "still").unwrap(), outsider_ip);
 
     // STRICT: plaintext clients are refused; mesh clients pass (the DENY is gone).
-    std::fs::remove_file(manifests.join("deny.yaml")).unwrap();
-    write_manifest(
-        &manifests,
+    sb.delete(&deny).unwrap();
+    let strict = write(
+        &scratch,
         "strict.yaml",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n",
     );
-    wait_for("STRICT to refuse the outsider", Duration::from_secs(20), || {
-        exchange(&outsider_ns, &format!("{SERVER_IP}:8080"), "strict?").is_err().then_some(())
-    });
-    wait_for("the client to pass again", Duration::from_secs(20), || {
-        exchange(&client_ns, &format!("{SERVER_IP}:8080"), "again").ok()
-    });
+    sb.apply(&strict).unwrap();
+    wait_for("STRICT to refuse the outsider", || exchange(&sb, OUTSIDER, &server, "strict?").is_err().then_some(()));
+    wait_for("the client to pass again", || exchange(&sb, CLIENT, &server, "again").ok());
 
     // The server leaves the mesh by label, without a restart: its rules go, its listeners
     // close, and the client's ztunnel sends it plain TCP.
-    write_manifest(
-        &manifests,
-        "server.yaml",
-        &pod_yaml("server", "shop", "server", "n2", SERVER_IP, "app: server, istio.io/dataplane-mode: none"),
-    );
-    wait_for("the server's rules to go", Duration::from_secs(20), || (!has_rules(&server)).then_some(()));
-    let capture = Tcpdump::start(&n2, "eth0", dir.join("plain.pcap"));
-    let seen = wait_for("plain traffic to the server", Duration::from_secs(20), || {
-        exchange(&client_ns, &format!("{SERVER_IP}:8080"), MARKER).ok()
+    let pid = sb.state.pods[SERVER].pid;
+    let label_none = "app: server, istio.io/dataplane-mode: none";
+    sb.apply(&write(
+        &scratch,
+        "server-out.yaml",
+        &pod_yaml("server", "shop", "server", "node-2", label_none, SERVER_CONTAINER),
+    ))
+    .unwrap();
+    wait_for("the server's rules to go", || (!has_rules(&sb, SERVER)).then_some(()));
+    wait_for("node-2's proxy to let the server go", || {
+        (!get_in(&sb, "node-2", 15000, "/config_dump")?.contains("\"pod\": \"shop/server\"")).then_some(())
     });
+    wait_for("node-1 to know the server is out of the mesh", || {
+        let dump = get_in(&sb, "node-1", 15000, "/config_dump")?;
+        let (_, body) = dump.split_once("\r\n\r\n")?;
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        v["workloads"]
+            .as_array()?
+            .iter()
+            .any(|w| w["uid"] == "Kubernetes//Pod/shop/server" && w["protocol"] == "TCP")
+            .then_some(())
+    });
+    let capture = Tcpdump::start(&node2, "eth0", scratch.join("plain.pcap"));
+    let seen = wait_for("plain traffic to the server", || exchange(&sb, CLIENT, &server, MARKER).ok());
     let pcap = capture.stop();
-    assert_eq!(seen_ip(&seen), CLIENT_IP);
+    assert_eq!(seen, client_ip);
     assert!(contains(&pcap, MARKER.as_bytes()), "out of the mesh, the payload travels as is");
-    let dump = get_in(&n2_ns, "127.0.0.1:15000", "/config_dump").unwrap();
-    assert!(!dump.contains("\"pod\": \"shop/server\""), "the proxy let the pod go: {dump}");
+    assert_eq!(sb.state.pods[SERVER].pid, pid, "no restart");
 
     // Back into the mesh, again without a restart.
-    write_manifest(&manifests, "server.yaml", &pod_yaml("server", "shop", "server", "n2", SERVER_IP, "app: server"));
-    wait_for("the server to be captured again", Duration::from_secs(20), || has_rules(&server).then_some(()));
-    wait_for("mesh traffic to the server", Duration::from_secs(20), || {
-        exchange(&client_ns, &format!("{SERVER_IP}:8080"), "rejoined").ok()
-    });
-    wait_metric(
-        &n2_ns,
-        "istio_tcp_connections_closed_total",
-        &["reporter=\"destination\"", "connection_security_policy=\"mutual_tls\""],
-        3.0,
-    );
+    sb.apply(&dir.join("server.yaml")).unwrap();
+    wait_for("the server to be captured again", || has_rules(&sb, SERVER).then_some(()));
+    wait_for("mesh traffic to the server", || exchange(&sb, CLIENT, &server, "rejoined").ok());
 
     // Hand-over on node 2: a successor starts beside the running ztunnel, picks the pods up
     // from the agent's records (binding their ports with SO_REUSEPORT), and once it is ready
     // the first one stops; new connections keep working.
-    let mut z2b = start_ztunnel(&n2, "n2", TOKEN2, 1);
-    wait_for("the successor ready", Duration::from_secs(30), || {
-        assert!(z2b.exited().is_none(), "successor exited:\n{}", z2b.output());
-        get_in(&n2_ns, "127.0.0.1:15121", "/healthz/ready").filter(|r| r.starts_with("HTTP/1.1 200"))
-    });
-    let dump = get_in(&n2_ns, "127.0.0.1:15100", "/config_dump").unwrap();
+    sb.start_ztunnel_generation("node-2", 1).unwrap();
+    sb.wait_ready("node-2", "127.0.0.1:15121", "the successor").unwrap();
+    let dump = get_in(&sb, "node-2", 15100, "/config_dump").unwrap();
     assert!(dump.contains("\"pod\": \"shop/server\""), "the successor serves the pod: {dump}");
-    assert!(z2.stop(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", z2.output());
-    let seen = exchange(&client_ns, &format!("{SERVER_IP}:8080"), "after-handover").unwrap();
-    assert_eq!(seen_ip(&seen), CLIENT_IP);
-    let mut last = String::new();
-    wait_for("the successor to carry the connection", Duration::from_secs(20), || {
-        last = get_in(&n2_ns, "127.0.0.1:15120", "/metrics").unwrap_or_default();
-        (metric(&last, "istio_tcp_connections_closed_total", &["reporter=\"destination\""]) >= 1.0).then_some(())
-    });
+    sb.stop_daemon("ztunnel-node-2");
+    assert!(sb.log("ztunnel-node-2").contains("draining"), "the predecessor drained");
+    assert_eq!(exchange(&sb, CLIENT, &server, "after-handover").unwrap(), client_ip);
+    wait_metric(&sb, "node-2", 15120, "istio_tcp_connections_closed_total", &["reporter=\"destination\""], 1.0);
 
-    // CNI DEL takes the rules out of the pod's namespace.
-    let (code, out) = cni1.call("DEL", &client, "client", "shop", CLIENT_IP);
-    assert_eq!((code, out.as_str()), (0, ""));
-    assert!(!has_rules(&client), "rules gone after DEL");
-    let (code, _) = cni1.call("DEL", &client, "client", "shop", CLIENT_IP);
-    assert_eq!(code, 0, "DEL is idempotent");
+    // CNI DEL takes the rules out of the pod's namespace, and is idempotent.
+    assert_eq!(sb.cni_call("DEL", CLIENT).unwrap(), (0, String::new()));
+    assert!(!has_rules(&sb, CLIENT), "rules gone after DEL");
+    assert_eq!(sb.cni_call("DEL", CLIENT).unwrap().0, 0, "DEL is idempotent");
 
-    // Graceful stop.
-    assert!(z1.stop(Duration::from_secs(10)).is_some_and(|s| s.success()), "{}", z1.output());
-    assert!(z1.output().contains("draining"), "{}", z1.output());
-    drop(z2b);
-    let _ = std::fs::remove_dir_all(&dir);
+    sb.down();
+    let _ = std::fs::remove_dir_all(&scratch);
 }

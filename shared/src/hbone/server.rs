@@ -120,10 +120,25 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
         Server { handler, certs }
     }
 
-    /// Accepts connections until the listener fails; each connection runs on its own task.
+    /// Accepts connections forever; each runs on its own task. Dropping (aborting) this future
+    /// closes every connection it accepted, with their streams.
     pub async fn serve(self, listener: TcpListener) {
+        self.serve_until(listener, std::future::pending()).await;
+    }
+
+    /// Accepts until `stop` completes, then closes the listener and waits for the connections
+    /// already accepted to end (a drain). Dropping the future instead closes them at once.
+    pub async fn serve_until(self, listener: TcpListener, stop: impl Future<Output = ()>) {
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(stop);
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                () = &mut stop => break,
+                accepted = listener.accept() => accepted,
+                // Reap finished connections so the set does not grow.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE, ECONNABORTED…: transient; keep serving.
@@ -133,12 +148,14 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
                 }
             };
             let server = self.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 if let Err(e) = server.serve_connection(tcp).await {
                     tracing::debug!(%peer, error = %e, "HBONE connection failed");
                 }
             });
         }
+        drop(listener);
+        while connections.join_next().await.is_some() {}
     }
 
     /// Runs one connection: TLS, HTTP/2, then a task per CONNECT stream.
