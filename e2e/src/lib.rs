@@ -5,6 +5,7 @@
 //! ([`netns`]) and daemons run inside them ([`process`]), used by ztunnel's integration tests.
 
 pub mod daemons;
+pub mod load;
 pub mod netns;
 pub mod process;
 pub mod sandbox;

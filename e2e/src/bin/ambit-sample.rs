@@ -59,6 +59,59 @@ enum Cmd {
     },
     /// Idles until stopped.
     Sleep,
+    /// Benchmark server: HTTP echo (`/bytes/N` answers N bytes), a sink, a byte echo.
+    BenchServer {
+        #[arg(long, default_value_t = 8080)]
+        http: u16,
+        #[arg(long, default_value_t = 9000)]
+        sink: u16,
+        #[arg(long, default_value_t = 9001)]
+        echo: u16,
+    },
+    /// Bulk TCP throughput to a sink.
+    Bulk {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+    /// HTTP/1.1 latency at a fixed rate (from intended send times).
+    Latency {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 1024)]
+        body: usize,
+    },
+    /// Maximum HTTP/1.1 request rate over keep-alive connections.
+    MaxRate {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 1024)]
+        body: usize,
+    },
+    /// New connections per second (one request each).
+    ConnRate {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Holds `count` connections open.
+    Idle {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+    },
 }
 
 struct Who {
@@ -107,12 +160,33 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 Ok(())
             }
             Cmd::Load { url, requests, concurrency } => load(&url, requests, concurrency).await,
+            Cmd::BenchServer { http, sink, echo } => {
+                tokio::spawn(ambit_e2e::load::sink(sink));
+                tokio::spawn(ambit_e2e::load::byte_echo(echo));
+                serve_http(http, None).await
+            }
+            Cmd::Bulk { addr, streams, seconds } => print(ambit_e2e::load::bulk(addr, streams, seconds).await?),
+            Cmd::Latency { addr, rate, seconds, connections, body } => {
+                print(ambit_e2e::load::latency(addr, rate, seconds, connections, body).await?)
+            }
+            Cmd::MaxRate { addr, seconds, connections, body } => {
+                print(ambit_e2e::load::max_rate(addr, seconds, connections, body).await?)
+            }
+            Cmd::ConnRate { addr, seconds, concurrency } => {
+                print(ambit_e2e::load::conn_rate(addr, seconds, concurrency).await?)
+            }
+            Cmd::Idle { addr, count } => ambit_e2e::load::idle(addr, count).await,
             Cmd::Sleep => {
                 std::future::pending::<()>().await;
                 Ok(())
             }
         }
     })
+}
+
+fn print(v: serde_json::Value) -> anyhow::Result<()> {
+    println!("{v}");
+    Ok(())
 }
 
 async fn serve_http(port: u16, backends: Option<Arc<Vec<String>>>) -> anyhow::Result<()> {

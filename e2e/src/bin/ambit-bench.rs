@@ -1,0 +1,270 @@
+//! `ambit-bench`: throughput, latency and cost of the mesh against no mesh, on the sandbox.
+//!
+//! Two namespaces with the same pods — `bench-direct` outside the mesh, `bench-mesh` in it
+//! (`l4`: ztunnel at both ends) — a client on node-1 and a server on node-1 (same-node) and
+//! node-2 (cross-node). For each mode and placement: bulk TCP throughput (1 and 8 streams),
+//! HTTP/1.1 latency with 1 KiB bodies at a fixed rate (from intended send times), the maximum
+//! request rate over 16 connections, new connections per second; for `l4` the ztunnels' CPU
+//! seconds per 1 000 requests at the fixed rate, their peak RSS, and RSS per idle connection
+//! with N idle connections open through the mesh. Every figure is also given as a ratio to
+//! `direct` from the same run. Writes `<out>/bench.json` and `<out>/bench.md`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ambit_e2e::sandbox::{bin_dir, Options, Sandbox};
+use clap::Parser;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "ambit-bench", about = "Benchmarks the mesh against no mesh on the sandbox")]
+struct Args {
+    /// Where bench.json and bench.md go.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Seconds per throughput, max-rate and connection-rate run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Seconds of the fixed-rate latency run.
+    #[arg(long, default_value_t = 10.0)]
+    latency_seconds: f64,
+    /// Requests per second of the latency run.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Idle connections held open for the memory measurement.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Sandbox directory.
+    #[arg(long, default_value = "/run/ambit/bench")]
+    dir: PathBuf,
+}
+
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-direct}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-mesh, labels: {istio.io/dataplane-mode: ambient}}
+"#;
+
+fn pods(ns: &str) -> String {
+    let server = |name: &str, node: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\nspec:\n  nodeName: {node}\n  serviceAccountName: server\n  containers: [{{name: s, image: ambit/bench-server, ports: [{{containerPort: 8080}}]}}]\n"
+        )
+    };
+    format!(
+        "{}{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: {ns}}}\nspec:\n  nodeName: node-1\n  serviceAccountName: client\n  containers: [{{name: c, image: ambit/sleep}}]\n",
+        server("server-local", "node-1"),
+        server("server-remote", "node-2")
+    )
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ambit-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn exec_json(sb: &Sandbox, pod: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let mut cmd = vec!["ambit-sample"];
+    cmd.extend_from_slice(args);
+    let out = sb.exec(pod, &cmd)?;
+    anyhow::ensure!(out.status.success(), "{pod}: {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
+}
+
+/// utime + stime in seconds.
+fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let f = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (f(11) + f(12)) / ticks
+}
+
+fn ztunnels(sb: &Sandbox) -> Vec<(String, u32)> {
+    sb.state.daemons.iter().filter(|(n, _)| n.starts_with("ztunnel-")).map(|(n, p)| (n.clone(), *p)).collect()
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    // Room for the idle connections in every process the sandbox starts.
+    let _ = Command::new("prlimit").args(["--nofile=262144:262144", "--pid", &std::process::id().to_string()]).output();
+    let ticks: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    let opts =
+        Options { prefix: "ambitbench".into(), root: args.dir.clone(), nodes: 2, bin_dir: bin_dir(), verbose: true };
+    eprintln!("starting the sandbox");
+    let mut sb = Sandbox::up(opts)?;
+    let manifests = args.dir.join("bench-manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(manifests.join("ns.yaml"), MANIFESTS)?;
+    std::fs::write(manifests.join("direct.yaml"), pods("bench-direct"))?;
+    std::fs::write(manifests.join("mesh.yaml"), pods("bench-mesh"))?;
+    sb.apply(&manifests)?;
+
+    let secs = args.seconds.to_string();
+    let lat_secs = args.latency_seconds.to_string();
+    let rate = args.rate.to_string();
+    let mut results: BTreeMap<String, Value> = BTreeMap::new();
+    for (mode, ns) in [("direct", "bench-direct"), ("l4", "bench-mesh")] {
+        for (placement, server) in [("same-node", "server-local"), ("cross-node", "server-remote")] {
+            let ip = sb.state.pods[&format!("{ns}/{server}")].ip;
+            let client = format!("{ns}/client");
+            let (sink, http) = (format!("{ip}:9000"), format!("{ip}:8080"));
+            eprintln!("{mode} {placement}: throughput");
+            let bulk1 = exec_json(&sb, &client, &["bulk", &sink, "--streams", "1", "--seconds", &secs])?;
+            let bulk8 = exec_json(&sb, &client, &["bulk", &sink, "--streams", "8", "--seconds", &secs])?;
+            eprintln!("{mode} {placement}: latency at {rate}/s");
+            let cpu_before: f64 = ztunnels(&sb).iter().map(|(_, p)| cpu_seconds(*p, ticks)).sum();
+            let lat = exec_json(&sb, &client, &["latency", &http, "--rate", &rate, "--seconds", &lat_secs])?;
+            let cpu_after: f64 = ztunnels(&sb).iter().map(|(_, p)| cpu_seconds(*p, ticks)).sum();
+            let requests = lat["requests"].as_f64().unwrap_or(0.0).max(1.0);
+            let rss: BTreeMap<String, u64> = ztunnels(&sb)
+                .iter()
+                .map(|(n, p)| (n.clone(), proc_field(*p, "status", "VmRSS:").unwrap_or(0)))
+                .collect();
+            eprintln!("{mode} {placement}: max rate, connection rate");
+            let max = exec_json(&sb, &client, &["max-rate", &http, "--seconds", &secs])?;
+            let conns = exec_json(&sb, &client, &["conn-rate", &http, "--seconds", &secs])?;
+            results.insert(
+                format!("{mode}/{placement}"),
+                json!({
+                    "bulk_1_gbps": bulk1["gbps"],
+                    "bulk_8_gbps": bulk8["gbps"],
+                    "latency": lat,
+                    "max_rps_16": max["rps"],
+                    "new_conns_per_s": conns["per_second"],
+                    "ztunnel_cpu_s_per_1000": if mode == "direct" { Value::Null } else { json!((cpu_after - cpu_before) / (requests / 1000.0)) },
+                    "ztunnel_rss_kib_after_latency": if mode == "direct" { Value::Null } else { json!(rss) },
+                }),
+            );
+        }
+    }
+    // Memory per idle connection, through the mesh (client node-1 → server node-2).
+    eprintln!("l4: {} idle connections", args.idle);
+    let idle = idle_memory(&sb, args.idle)?;
+    let peak: BTreeMap<String, u64> =
+        ztunnels(&sb).iter().map(|(n, p)| (n.clone(), proc_field(*p, "status", "VmHWM:").unwrap_or(0))).collect();
+    let machine = json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
+        "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_owned())).unwrap_or_default(),
+    });
+    let report = json!({"machine": machine, "settings": {"seconds": args.seconds, "latency_seconds": args.latency_seconds, "rate": args.rate, "idle": args.idle}, "results": results, "idle": idle, "ztunnel_peak_rss_kib": peak});
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("bench.json"), serde_json::to_vec_pretty(&report)?)?;
+    let md = markdown(&report);
+    std::fs::write(args.out.join("bench.md"), &md)?;
+    println!("{md}");
+    sb.down();
+    Ok(())
+}
+
+fn idle_memory(sb: &Sandbox, count: usize) -> anyhow::Result<Value> {
+    let ip = sb.state.pods["bench-mesh/server-remote"].ip;
+    let netns = sb.state.pods["bench-mesh/client"].netns.clone();
+    let rss = |sb: &Sandbox| -> BTreeMap<String, u64> {
+        ztunnels(sb).iter().map(|(n, p)| (n.clone(), proc_field(*p, "status", "VmRSS:").unwrap_or(0))).collect()
+    };
+    let before = rss(sb);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .arg(bin_dir().join("ambit-sample"))
+        .args(["idle", &format!("{ip}:9001"), "--count", &count.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    let started = Instant::now();
+    {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+    }
+    anyhow::ensure!(line.contains("open"), "idle client failed: {line}");
+    std::thread::park_timeout(Duration::from_millis(500));
+    let during = rss(sb);
+    let _ = child.kill();
+    let _ = child.wait();
+    let per_conn: BTreeMap<String, f64> = during
+        .iter()
+        .map(|(n, kib)| (n.clone(), (*kib as f64 - *before.get(n).unwrap_or(&0) as f64) * 1024.0 / count as f64))
+        .collect();
+    Ok(
+        json!({"connections": count, "seconds_to_open": started.elapsed().as_secs_f64(), "rss_kib_before": before, "rss_kib_open": during, "bytes_per_connection": per_conn}),
+    )
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn markdown(report: &Value) -> String {
+    let r = &report["results"];
+    let m = &report["machine"];
+    let mut out = format!(
+        "Machine: {} cores, {}, kernel {}. Settings: {}\n\n",
+        m["cores"],
+        m["cpu"].as_str().unwrap_or("?"),
+        m["kernel"].as_str().unwrap_or("?"),
+        report["settings"]
+    );
+    out.push_str("| Figure | direct same-node | l4 same-node | ratio | direct cross-node | l4 cross-node | ratio |\n|---|---|---|---|---|---|---|\n");
+    // (row, JSON pointer into each result)
+    let rows = [
+        ("Bulk TCP, 1 stream (Gbit/s)", "/bulk_1_gbps"),
+        ("Bulk TCP, 8 streams (Gbit/s)", "/bulk_8_gbps"),
+        ("HTTP 1 KiB at fixed rate, p50 (µs)", "/latency/p50_us"),
+        ("… p90 (µs)", "/latency/p90_us"),
+        ("… p99 (µs)", "/latency/p99_us"),
+        ("… max (µs)", "/latency/max_us"),
+        ("Max requests/s, 16 connections", "/max_rps_16"),
+        ("New connections/s", "/new_conns_per_s"),
+        ("ztunnels' CPU s per 1 000 requests", "/ztunnel_cpu_s_per_1000"),
+    ];
+    for (name, pointer) in rows {
+        let cell = |key: &str| r[key].pointer(pointer).and_then(num);
+        let fmt = |v: Option<f64>| match v {
+            Some(x) if x >= 100.0 => format!("{x:.0}"),
+            Some(x) => format!("{x:.3}"),
+            None => "—".into(),
+        };
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
+            _ => "—".into(),
+        };
+        let (ds, ls, dc, lc) =
+            (cell("direct/same-node"), cell("l4/same-node"), cell("direct/cross-node"), cell("l4/cross-node"));
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {} |\n",
+            fmt(ds),
+            fmt(ls),
+            ratio(ds, ls),
+            fmt(dc),
+            fmt(lc),
+            ratio(dc, lc)
+        ));
+    }
+    out.push_str(&format!(
+        "\nztunnel peak RSS (KiB): {}; RSS per idle connection with {} open (bytes): {}\n",
+        report["ztunnel_peak_rss_kib"], report["idle"]["connections"], report["idle"]["bytes_per_connection"]
+    ));
+    out
+}
