@@ -138,17 +138,25 @@ pub async fn latency(
             }
         }));
     }
+    // The schedule runs on its own thread with the OS's sleep (tens of microseconds of slack)
+    // rather than the runtime's millisecond timer, so the intended times are kept closely.
     let total = (rate as f64 * seconds) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let start = tokio::time::Instant::now();
-    for i in 0..total {
-        let intended = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
-        tokio::time::sleep_until(intended).await;
-        if tx.send(intended.into_std()).await.is_err() {
-            break;
+    let scheduler = std::thread::spawn(move || {
+        let start = Instant::now();
+        for i in 0..total {
+            let intended = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
+            let now = Instant::now();
+            if intended > now {
+                #[allow(clippy::disallowed_methods)] // a dedicated timing thread, not a runtime worker
+                std::thread::sleep(intended - now);
+            }
+            if tx.blocking_send(intended).is_err() {
+                break;
+            }
         }
-    }
-    drop(tx);
+    });
+    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
     for w in workers {
         let _ = w.await;
     }
@@ -220,14 +228,26 @@ pub async fn conn_rate(addr: SocketAddr, seconds: f64, concurrency: usize) -> an
 /// Opens `count` connections to `addr` and holds them; prints `{"open": n}` once they are
 /// all established, then waits until killed.
 pub async fn idle(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
+    const PARALLEL: usize = 32;
+    let mut openers = Vec::new();
+    for i in 0..PARALLEL {
+        let n = count / PARALLEL + usize::from(i < count % PARALLEL);
+        openers.push(tokio::spawn(async move {
+            let mut held = Vec::with_capacity(n);
+            for _ in 0..n {
+                let mut tcp = TcpStream::connect(addr).await?;
+                // One round trip, so the connection exists end to end (through any proxy).
+                tcp.write_all(b"x").await?;
+                let mut b = [0u8; 1];
+                tcp.read_exact(&mut b).await?;
+                held.push(tcp);
+            }
+            Ok::<_, std::io::Error>(held)
+        }));
+    }
     let mut held = Vec::with_capacity(count);
-    for _ in 0..count {
-        let mut tcp = TcpStream::connect(addr).await?;
-        // One round trip, so the connection exists end to end (through any proxy).
-        tcp.write_all(b"x").await?;
-        let mut b = [0u8; 1];
-        tcp.read_exact(&mut b).await?;
-        held.push(tcp);
+    for o in openers {
+        held.extend(o.await??);
     }
     println!("{}", json!({"open": held.len()}));
     std::future::pending::<()>().await;

@@ -32,8 +32,16 @@ pub const HBONE_PORT: u16 = 15008;
 /// without waiting for WINDOW_UPDATEs (4 MiB at 10 Gbit/s is ~3 ms of data in flight).
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Large frames cut per-frame overhead on bulk transfers; h2 splits to fit.
-pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+/// Frames we accept. Each received DATA frame becomes one allocation in h2's decoder; frames
+/// above the allocator's mmap threshold (128 KiB) cost an mmap, page faults and an munmap each
+/// (a profile of bulk transfers showed a quarter of ztunnel's time there with 1 MiB frames).
+/// 64 KiB keeps per-frame overhead negligible (9 header bytes) and allocations on the heap.
+pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
+/// Largest chunk one write hands h2 (one allocation each): below the mmap threshold, for the
+/// same reason.
+pub const MAX_WRITE_CHUNK: usize = 64 * 1024;
+/// Data h2 may buffer per stream before a write waits (bounds memory per busy stream).
+pub const SEND_BUFFER: usize = 1024 * 1024;
 /// Streams a client puts on one pooled connection before it opens another.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 /// Streams a server accepts on one connection (peers may pool more than we do).
@@ -168,7 +176,7 @@ impl AsyncWrite for H2Stream {
         loop {
             let available = self.send.capacity();
             if available > 0 {
-                let n = available.min(buf.len());
+                let n = available.min(buf.len()).min(MAX_WRITE_CHUNK);
                 self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(h2_to_io)?;
                 return Poll::Ready(Ok(n));
             }
@@ -192,6 +200,150 @@ impl AsyncWrite for H2Stream {
             self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Copies between a TCP connection and a tunnel until both directions end (half-close
+/// propagated each way), or one fails. Unlike the generic [`crate::copy::copy_bidirectional`]
+/// it moves no byte through an intermediate buffer: TCP reads land in a `BytesMut` whose filled
+/// part goes to h2 as it is, and DATA frames from h2 are written to TCP straight from their own
+/// buffers — two copies per byte fewer on the data path. `a_to_b` counts TCP → tunnel.
+pub async fn copy_tcp_tunnel(
+    tcp: &mut tokio::net::TcpStream,
+    tunnel: &mut H2Stream,
+) -> (crate::copy::Transferred, Option<crate::copy::CopyError>) {
+    use crate::copy::{CopyError, Direction, Transferred};
+    let mut up =
+        Upstream { buf: bytes::BytesMut::new(), chunk: Bytes::new(), amount: 0, read_done: false, done: false };
+    let mut down = Downstream { chunk: std::mem::take(&mut tunnel.pending), amount: 0, done: false };
+    let result = std::future::poll_fn(|cx| {
+        if !up.done {
+            if let Poll::Ready(Err((op, source))) = up.poll(cx, tcp, tunnel) {
+                return Poll::Ready(Err(CopyError { direction: Direction::AToB, op, source }));
+            }
+        }
+        if !down.done {
+            if let Poll::Ready(Err((op, source))) = down.poll(cx, tunnel, tcp) {
+                return Poll::Ready(Err(CopyError { direction: Direction::BToA, op, source }));
+            }
+        }
+        if up.done && down.done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    (Transferred { a_to_b: up.amount, b_to_a: down.amount }, result.err())
+}
+
+type CopyResult = Poll<Result<(), (crate::copy::Op, io::Error)>>;
+
+/// TCP → tunnel.
+struct Upstream {
+    buf: bytes::BytesMut,
+    /// Read from TCP, not yet handed to h2 (waiting for flow-control capacity).
+    chunk: Bytes,
+    amount: u64,
+    read_done: bool,
+    done: bool,
+}
+
+impl Upstream {
+    /// Read size: small while a connection is quiet, up to [`MAX_WRITE_CHUNK`] once it is busy.
+    fn want(&self) -> usize {
+        match self.amount {
+            0..=65_535 => 4 * 1024,
+            _ => MAX_WRITE_CHUNK,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, tcp: &mut tokio::net::TcpStream, tunnel: &mut H2Stream) -> CopyResult {
+        use crate::copy::Op;
+        loop {
+            if !self.chunk.is_empty() {
+                let available = tunnel.send.capacity();
+                if available == 0 {
+                    tunnel.send.reserve_capacity(self.chunk.len());
+                    match ready!(tunnel.send.poll_capacity(cx)) {
+                        None => return Poll::Ready(Err((Op::Write, io::ErrorKind::BrokenPipe.into()))),
+                        Some(Err(e)) => return Poll::Ready(Err((Op::Write, h2_to_io(e)))),
+                        Some(Ok(_)) => continue,
+                    }
+                }
+                let n = available.min(self.chunk.len());
+                let part = self.chunk.split_to(n);
+                tunnel.send.send_data(part, false).map_err(|e| (Op::Write, h2_to_io(e)))?;
+                self.amount += n as u64;
+                continue;
+            }
+            if self.read_done {
+                if !tunnel.ended {
+                    tunnel.ended = true;
+                    tunnel.send.send_data(Bytes::new(), true).map_err(|e| (Op::Write, h2_to_io(e)))?;
+                }
+                self.done = true;
+                self.buf = bytes::BytesMut::new();
+                return Poll::Ready(Ok(()));
+            }
+            ready!(tcp.poll_read_ready(cx)).map_err(|e| (Op::Read, e))?;
+            let want = self.want();
+            if self.buf.capacity() - self.buf.len() < want {
+                // Reuses the previous allocation when h2 is done with what was split off it.
+                self.buf.reserve(want);
+            }
+            match tcp.try_read_buf(&mut self.buf) {
+                Ok(0) => self.read_done = true,
+                Ok(_) => {
+                    self.chunk = self.buf.split().freeze();
+                    if self.amount < 65_536 {
+                        // A quiet connection keeps no buffer between reads (idle connections
+                        // are most connections); a busy one keeps it for reuse.
+                        self.buf = bytes::BytesMut::new();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err((Op::Read, e))),
+            }
+        }
+    }
+}
+
+/// Tunnel → TCP.
+struct Downstream {
+    chunk: Bytes,
+    amount: u64,
+    done: bool,
+}
+
+impl Downstream {
+    fn poll(&mut self, cx: &mut Context<'_>, tunnel: &mut H2Stream, tcp: &mut tokio::net::TcpStream) -> CopyResult {
+        use crate::copy::Op;
+        use tokio::io::AsyncWrite;
+        loop {
+            while !self.chunk.is_empty() {
+                let n = ready!(Pin::new(&mut *tcp).poll_write(cx, &self.chunk)).map_err(|e| (Op::Write, e))?;
+                if n == 0 {
+                    return Poll::Ready(Err((Op::Write, io::ErrorKind::WriteZero.into())));
+                }
+                bytes::Buf::advance(&mut self.chunk, n);
+                self.amount += n as u64;
+            }
+            // An emptied `Bytes` still holds its frame's buffer: let it go before waiting.
+            self.chunk = Bytes::new();
+            match ready!(tunnel.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = tunnel.recv.flow_control().release_capacity(data.len());
+                    self.chunk = data;
+                }
+                None => {
+                    ready!(Pin::new(&mut *tcp).poll_shutdown(cx)).map_err(|e| (Op::Write, e))?;
+                    self.done = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => return Poll::Ready(Err((Op::Read, h2_to_io(e)))),
+            }
+        }
     }
 }
 

@@ -123,38 +123,48 @@ fn run(args: Args) -> anyhow::Result<()> {
     let lat_secs = args.latency_seconds.to_string();
     let rate = args.rate.to_string();
     let mut results: BTreeMap<String, Value> = BTreeMap::new();
-    for (mode, ns) in [("direct", "bench-direct"), ("l4", "bench-mesh")] {
-        for (placement, server) in [("same-node", "server-local"), ("cross-node", "server-remote")] {
-            let ip = sb.state.pods[&format!("{ns}/{server}")].ip;
-            let client = format!("{ns}/client");
-            let (sink, http) = (format!("{ip}:9000"), format!("{ip}:8080"));
-            eprintln!("{mode} {placement}: throughput");
-            let bulk1 = exec_json(&sb, &client, &["bulk", &sink, "--streams", "1", "--seconds", &secs])?;
-            let bulk8 = exec_json(&sb, &client, &["bulk", &sink, "--streams", "8", "--seconds", &secs])?;
-            eprintln!("{mode} {placement}: latency at {rate}/s");
-            let cpu_before: f64 = ztunnels(&sb).iter().map(|(_, p)| cpu_seconds(*p, ticks)).sum();
-            let lat = exec_json(&sb, &client, &["latency", &http, "--rate", &rate, "--seconds", &lat_secs])?;
-            let cpu_after: f64 = ztunnels(&sb).iter().map(|(_, p)| cpu_seconds(*p, ticks)).sum();
-            let requests = lat["requests"].as_f64().unwrap_or(0.0).max(1.0);
-            let rss: BTreeMap<String, u64> = ztunnels(&sb)
-                .iter()
-                .map(|(n, p)| (n.clone(), proc_field(*p, "status", "VmRSS:").unwrap_or(0)))
-                .collect();
-            eprintln!("{mode} {placement}: max rate, connection rate");
-            let max = exec_json(&sb, &client, &["max-rate", &http, "--seconds", &secs])?;
-            let conns = exec_json(&sb, &client, &["conn-rate", &http, "--seconds", &secs])?;
-            results.insert(
-                format!("{mode}/{placement}"),
-                json!({
-                    "bulk_1_gbps": bulk1["gbps"],
-                    "bulk_8_gbps": bulk8["gbps"],
-                    "latency": lat,
-                    "max_rps_16": max["rps"],
-                    "new_conns_per_s": conns["per_second"],
-                    "ztunnel_cpu_s_per_1000": if mode == "direct" { Value::Null } else { json!((cpu_after - cpu_before) / (requests / 1000.0)) },
-                    "ztunnel_rss_kib_after_latency": if mode == "direct" { Value::Null } else { json!(rss) },
-                }),
-            );
+    let cases = [
+        ("direct", "bench-direct", "same-node", "server-local"),
+        ("direct", "bench-direct", "cross-node", "server-remote"),
+        ("l4", "bench-mesh", "same-node", "server-local"),
+        ("l4", "bench-mesh", "cross-node", "server-remote"),
+    ];
+    let target = |ns: &str, server: &str| sb.state.pods[&format!("{ns}/{server}")].ip;
+    // Fixed-rate latency first, on fresh ztunnels: their CPU and memory at that rate are not
+    // inflated by the bulk runs that follow.
+    for (mode, ns, placement, server) in cases {
+        let (client, http) = (format!("{ns}/client"), format!("{}:8080", target(ns, server)));
+        eprintln!("{mode} {placement}: latency at {rate}/s");
+        let cpu_before: f64 = ztunnels(&sb).iter().map(|(_, p)| cpu_seconds(*p, ticks)).sum();
+        let lat = exec_json(&sb, &client, &["latency", &http, "--rate", &rate, "--seconds", &lat_secs])?;
+        let cpu_after: f64 = ztunnels(&sb).iter().map(|(_, p)| cpu_seconds(*p, ticks)).sum();
+        let requests = lat["requests"].as_f64().unwrap_or(0.0).max(1.0);
+        let rss: BTreeMap<String, u64> =
+            ztunnels(&sb).iter().map(|(n, p)| (n.clone(), proc_field(*p, "status", "VmRSS:").unwrap_or(0))).collect();
+        let mesh = mode != "direct";
+        results.insert(
+            format!("{mode}/{placement}"),
+            json!({
+                "latency": lat,
+                "ztunnel_cpu_s_per_1000": if mesh { json!((cpu_after - cpu_before) / (requests / 1000.0)) } else { Value::Null },
+                "ztunnel_rss_kib_after_latency": if mesh { json!(rss) } else { Value::Null },
+            }),
+        );
+    }
+    for (mode, ns, placement, server) in cases {
+        let ip = target(ns, server);
+        let client = format!("{ns}/client");
+        let (sink, http) = (format!("{ip}:9000"), format!("{ip}:8080"));
+        eprintln!("{mode} {placement}: throughput, max rate, connection rate");
+        let bulk1 = exec_json(&sb, &client, &["bulk", &sink, "--streams", "1", "--seconds", &secs])?;
+        let bulk8 = exec_json(&sb, &client, &["bulk", &sink, "--streams", "8", "--seconds", &secs])?;
+        let max = exec_json(&sb, &client, &["max-rate", &http, "--seconds", &secs])?;
+        let conns = exec_json(&sb, &client, &["conn-rate", &http, "--seconds", &secs])?;
+        if let Some(entry) = results.get_mut(&format!("{mode}/{placement}")).and_then(Value::as_object_mut) {
+            entry.insert("bulk_1_gbps".into(), bulk1["gbps"].clone());
+            entry.insert("bulk_8_gbps".into(), bulk8["gbps"].clone());
+            entry.insert("max_rps_16".into(), max["rps"].clone());
+            entry.insert("new_conns_per_s".into(), conns["per_second"].clone());
         }
     }
     // Memory per idle connection, through the mesh (client node-1 → server node-2).

@@ -21,7 +21,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{
     keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, CONNECT_TIMEOUT, MAX_FRAME_SIZE,
-    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
+    MAX_STREAMS_PER_CONNECTION, SEND_BUFFER, STREAM_WINDOW,
 };
 use crate::certs::WorkloadCert;
 use crate::identity::Identity;
@@ -221,7 +221,10 @@ impl Client {
             {
                 Err(HboneError::DialFailed(failure.clone()))
             } else {
-                let dialed = tokio::time::timeout(self.inner.settings.connect_timeout, self.dial(key, req))
+                // Boxed: the TLS and HTTP/2 handshake states are large, and every caller's
+                // future (one per proxied connection, alive for its whole life) would otherwise
+                // carry room for them.
+                let dialed = tokio::time::timeout(self.inner.settings.connect_timeout, Box::pin(self.dial(key, req)))
                     .await
                     .unwrap_or(Err(HboneError::ConnectTimeout(req.hbone_addr)));
                 *last_failure = dialed.as_ref().err().map(|e| Arc::<str>::from(e.to_string()));
@@ -265,7 +268,7 @@ impl Client {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
-            .max_send_buffer_size(STREAM_WINDOW as usize)
+            .max_send_buffer_size(SEND_BUFFER)
             .initial_max_send_streams(self.inner.settings.max_streams_per_connection)
             .max_header_list_size(16 * 1024)
             .enable_push(false)

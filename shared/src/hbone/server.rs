@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE,
+    keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, SEND_BUFFER,
     SERVER_MAX_CONCURRENT_STREAMS, STREAM_WINDOW,
 };
 use crate::identity::Identity;
@@ -177,7 +177,7 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
             .max_concurrent_streams(SERVER_MAX_CONCURRENT_STREAMS)
-            .max_send_buffer_size(STREAM_WINDOW as usize)
+            .max_send_buffer_size(SEND_BUFFER)
             .max_header_list_size(64 * 1024)
             .handshake::<_, Bytes>(tls);
         let mut connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)

@@ -147,6 +147,39 @@ async fn a_tunnel_carries_256_mib_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_to_tunnel_copy_is_intact_both_ways_with_half_close() {
+    let f = fixture(TestHandler::default(), PoolSettings::default()).await;
+    let tunnel = f.client.connect(&f.request(f.ca.cert("shop", "front"), 7)).await.unwrap();
+    // app ⇄ (tcp) ⇄ copy_tcp_tunnel ⇄ HBONE ⇄ echo
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut app = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (mut accepted, _) = listener.accept().await.unwrap();
+    let copier = tokio::spawn(async move {
+        let mut tunnel = tunnel;
+        copy_tcp_tunnel(&mut accepted, &mut tunnel).await
+    });
+    let payload: Vec<u8> =
+        (0..(24 * 1024 * 1024 + 17)).map(|i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let (mut read_half, mut write_half) = app.split();
+    let sent = payload.clone();
+    let (echoed, ()) = tokio::join!(
+        async {
+            let mut got = Vec::new();
+            read_half.read_to_end(&mut got).await.unwrap();
+            got
+        },
+        async {
+            write_half.write_all(&sent).await.unwrap();
+            write_half.shutdown().await.unwrap(); // the echo sees EOF and ends its side
+        }
+    );
+    assert!(echoed == payload, "echo differs ({} of {} bytes)", echoed.len(), payload.len());
+    let (transferred, error) = copier.await.unwrap();
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!((transferred.a_to_b, transferred.b_to_a), (payload.len() as u64, payload.len() as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_streams_share_one_connection() {
     let f = Arc::new(fixture(TestHandler::default(), PoolSettings::default()).await);
     let cert = f.ca.cert("shop", "front");

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ambit_shared::copy::copy_bidirectional;
+use ambit_shared::hbone::copy_tcp_tunnel;
 use ambit_shared::hbone::server::{Handler, InboundConnect, Responder};
 use ambit_shared::Identity;
 use http::StatusCode;
@@ -86,9 +87,10 @@ pub(super) struct HboneHandler {
 impl Handler for HboneHandler {
     async fn handle(&self, req: InboundConnect, responder: Responder) {
         let _guard = self.proxy.guard();
-        let src = req.peer_addr;
-        let Admission { mut record, verdict } =
-            admit(&self.proxy, &self.pod, src, req.authority, Some(&req.peer_identity));
+        let (src, authority) = (req.peer_addr, req.authority);
+        let Admission { mut record, verdict } = admit(&self.proxy, &self.pod, src, authority, Some(&req.peer_identity));
+        // The request's headers are not needed past admission; a long tunnel should not keep them.
+        drop(req);
         if let Err(reason) = verdict {
             let status = if record.labels.flags == ResponseFlags::Deny {
                 StatusCode::UNAUTHORIZED
@@ -102,7 +104,7 @@ impl Handler for HboneHandler {
             record.finish(0, 0, Some(&reason));
             return;
         }
-        let mut app = match sockets::connect_transparent(&self.pod.netns, src.ip(), req.authority).await {
+        let mut app = match sockets::connect_transparent(&self.pod.netns, src.ip(), authority).await {
             Ok(app) => app,
             Err(e) => {
                 responder.reject(StatusCode::SERVICE_UNAVAILABLE);
@@ -119,8 +121,9 @@ impl Handler for HboneHandler {
             }
         };
         record.open();
-        let (t, err) = copy_bidirectional(&mut tunnel, &mut app).await;
-        record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display));
+        // app → tunnel is the response direction: received; tunnel → app: sent.
+        let (t, err) = copy_tcp_tunnel(&mut app, &mut tunnel).await;
+        record.finish(t.b_to_a, t.a_to_b, err.as_ref().map(|e| e as &dyn std::fmt::Display));
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ambit_shared::copy::copy_bidirectional;
 use ambit_shared::hbone::client::ConnectRequest;
-use ambit_shared::hbone::{forwarded_header, headers, Baggage, HboneError, HBONE_PORT};
+use ambit_shared::hbone::{copy_tcp_tunnel, forwarded_header, headers, Baggage, HboneError, HBONE_PORT};
 use ambit_shared::proto::workload::{gateway_address, GatewayAddress};
 use ambit_shared::Identity;
 use http::{HeaderMap, HeaderValue};
@@ -196,7 +196,7 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
         },
         Plan::Hbone { hbone_addr, authority, identities } => {
             record.hbone_addr = Some(hbone_addr);
-            let cert = match proxy.certs.fetch(&pod.identity).await {
+            let cert = match Box::pin(proxy.certs.fetch(&pod.identity)).await {
                 Ok(cert) => cert,
                 Err(e) => {
                     record.labels.flags = ResponseFlags::IdentityError;
@@ -213,10 +213,11 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
             }
             let request =
                 ConnectRequest { source: cert, destination_identities: identities, hbone_addr, authority, headers };
-            match pod.hbone.connect(&request).await {
+            // Boxed so the connection's long-lived future does not carry the pool's states.
+            match Box::pin(pod.hbone.connect(&request)).await {
                 Ok(mut tunnel) => {
                     record.open();
-                    let (t, err) = copy_bidirectional(&mut client, &mut tunnel).await;
+                    let (t, err) = copy_tcp_tunnel(&mut client, &mut tunnel).await;
                     record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display));
                 }
                 Err(e) => {
