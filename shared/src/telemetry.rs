@@ -40,7 +40,9 @@ pub enum TelemetryError {
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
     let env_filter = EnvFilter::try_new(filter)
         .map_err(|e| TelemetryError::Filter { filter: filter.to_owned(), reason: e.to_string() })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: log files and collectors get plain `key=value` text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).with_ansi(ansi);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Plain => builder.try_init(),
