@@ -193,8 +193,16 @@ impl Proxy {
             .map_err(|e| PodError::Identity { uid: uid.to_owned(), reason: e.to_string() })?;
         let netns = Arc::new(netns);
         let listen = |port| sockets::listen(&netns, port).map_err(|source| PodError::Listen { port, source });
-        let (out_l, in_plain_l, in_hbone_l) =
-            (listen(OUTBOUND_PORT)?, listen(INBOUND_PLAINTEXT_PORT)?, listen(INBOUND_HBONE_PORT)?);
+        let mut listeners =
+            vec![(listen(OUTBOUND_PORT)?, listen(INBOUND_PLAINTEXT_PORT)?, listen(INBOUND_HBONE_PORT)?)];
+        // IPv6 too when the pod has it (its rules capture IPv6 as well; see inpod::rules).
+        let listen6 = |port| sockets::listen6(&netns, port);
+        match (listen6(OUTBOUND_PORT), listen6(INBOUND_PLAINTEXT_PORT), listen6(INBOUND_HBONE_PORT)) {
+            (Ok(o), Ok(p), Ok(h)) => listeners.push((o, p, h)),
+            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
+                tracing::debug!(%uid, error = %e, "no IPv6 listeners in the pod (no IPv6 there)");
+            }
+        }
         self.certs.prefetch(&identity);
         let hbone = HboneClient::with_dialer(
             self.roots.clone(),
@@ -215,22 +223,25 @@ impl Proxy {
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        let (proxy, p) = (self.clone(), pod.clone());
-        tasks.push(
-            tokio::spawn(accept_loop(proxy, p, out_l, "outbound", stopped.clone(), outbound::handle)).abort_handle(),
-        );
-        let (proxy, p) = (self.clone(), pod.clone());
-        tasks.push(
-            tokio::spawn(accept_loop(proxy, p, in_plain_l, "inbound", stopped.clone(), inbound::plaintext))
-                .abort_handle(),
-        );
-        let handler = Arc::new(inbound::HboneHandler { proxy: self.clone(), pod: pod.clone() });
-        let server = HboneServer::new(handler, pod.clone());
-        let mut stop_hbone = stopped;
-        let until = async move {
-            let _ = stop_hbone.wait_for(|s| *s).await;
-        };
-        tasks.push(tokio::spawn(server.serve_until(in_hbone_l, until)).abort_handle());
+        for (out_l, in_plain_l, in_hbone_l) in listeners {
+            let (proxy, p) = (self.clone(), pod.clone());
+            tasks.push(
+                tokio::spawn(accept_loop(proxy, p, out_l, "outbound", stopped.clone(), outbound::handle))
+                    .abort_handle(),
+            );
+            let (proxy, p) = (self.clone(), pod.clone());
+            tasks.push(
+                tokio::spawn(accept_loop(proxy, p, in_plain_l, "inbound", stopped.clone(), inbound::plaintext))
+                    .abort_handle(),
+            );
+            let handler = Arc::new(inbound::HboneHandler { proxy: self.clone(), pod: pod.clone() });
+            let server = HboneServer::new(handler, pod.clone());
+            let mut stop_hbone = stopped.clone();
+            let until = async move {
+                let _ = stop_hbone.wait_for(|s| *s).await;
+            };
+            tasks.push(tokio::spawn(server.serve_until(in_hbone_l, until)).abort_handle());
+        }
         tracing::info!(%uid, pod = %format!("{}/{}", info.namespace, info.name), %identity, "pod enrolled; listening in its namespace");
         self.pods().insert(uid.to_owned(), PodHandle { pod, tasks, stop });
         Ok(())

@@ -43,6 +43,10 @@ fn rules_redirect_pod_traffic_to_listeners_inside_the_pod() {
     peer.exec("ip", &["addr", "add", "10.97.0.1/24", "dev", &b]);
     peer.exec("ip", &["link", "set", &b, "up"]);
     pod.exec("ip", &["route", "add", "10.99.0.0/24", "via", "10.97.0.1"]);
+    // Dual stack: the same for IPv6 (nodad: usable at once).
+    pod.exec("ip", &["-6", "addr", "add", "fd00:97::2/64", "dev", &a, "nodad"]);
+    peer.exec("ip", &["-6", "addr", "add", "fd00:97::1/64", "dev", &b, "nodad"]);
+    pod.exec("ip", &["-6", "route", "add", "fd00:99::/64", "via", "fd00:97::1"]);
 
     let rules = InPodRules::new(Path::new(&pod.path()));
     rules.apply().unwrap();
@@ -88,12 +92,45 @@ fn rules_redirect_pod_traffic_to_listeners_inside_the_pod() {
     assert_eq!(h.local_addr().unwrap(), "10.97.0.2:15008".parse().unwrap());
     drop(to_hbone);
 
-    // Removal leaves nothing behind.
+    // IPv6 is captured the same way: the rules are in ip6tables too.
+    let saved6 = pod.output("ip6tables-save", &[]);
+    assert_eq!(count(&saved6, "-A OUTPUT -j ISTIO_OUTPUT"), 2, "{saved6}");
+    assert!(pod.output("ip", &["-6", "rule", "show"]).contains("fwmark 0x111/0xfff lookup 100"));
+    let outbound6 = ns.run_in(|| bind6(15001)).unwrap();
+    let inbound6 = ns.run_in(|| bind6(15006)).unwrap();
+    let _client6 = ns
+        .run_in(|| TcpStream::connect_timeout(&"[fd00:99::1]:80".parse().unwrap(), Duration::from_secs(2)))
+        .unwrap()
+        .unwrap();
+    let (accepted6, _) = outbound6.accept().unwrap();
+    assert_eq!(original_dst6(&accepted6), "[fd00:99::1]:80".parse().unwrap());
+    let from_peer6 = peer_connect(&peer, "[fd00:97::2]:8080");
+    let (in6, _) = inbound6.accept().unwrap();
+    assert_eq!(original_dst6(&in6), "[fd00:97::2]:8080".parse().unwrap());
+    drop(from_peer6);
+
+    // Removal leaves nothing behind, in either family.
     rules.remove().unwrap();
     let saved = pod.output("iptables-save", &[]);
     assert!(!saved.contains("ISTIO"), "{saved}");
     assert!(!pod.output("ip", &["rule", "show"]).contains("0x111"));
+    assert!(!pod.output("ip6tables-save", &[]).contains("ISTIO"));
+    assert!(!pod.output("ip", &["-6", "rule", "show"]).contains("0x111"));
     rules.remove().unwrap(); // removing twice is fine
+}
+
+/// An IPv6-only listener on `[::]:port`.
+fn bind6(port: u16) -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+    s.set_only_v6(true).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into()).unwrap();
+    s.listen(16).unwrap();
+    s.into()
+}
+
+fn original_dst6(s: &TcpStream) -> SocketAddr {
+    socket2::SockRef::from(s).original_dst_v6().unwrap().as_socket().unwrap()
 }
 
 fn peer_connect(peer: &TestNetns, addr: &str) -> TcpStream {

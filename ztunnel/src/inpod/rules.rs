@@ -7,6 +7,9 @@
 //!   connmarked traffic and loopback are left alone;
 //! - `ip rule fwmark 0x111/0xfff lookup 100` with a local route in table 100.
 //!
+//! The same set goes into ip6tables (loopback `::1`, kubelet's IPv6 probe source) whenever the
+//! namespace has IPv6, so a dual-stack pod's IPv6 traffic is captured too, never let through.
+//!
 //! Applying is idempotent (our chains are declared, which flushes them, and the jumps are
 //! added only when missing); removing takes out exactly what we added.
 
@@ -23,6 +26,8 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 pub const INBOUND_HBONE_PORT: u16 = 15008;
 /// Source address kubelet probes are rewritten to on the node (left uncaptured).
 pub const PROBE_SOURCE: &str = "169.254.7.127";
+/// Istio's IPv6 equivalent.
+pub const PROBE_SOURCE_V6: &str = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff";
 pub const ROUTE_TABLE: u32 = 100;
 
 const PRERT: &str = "ISTIO_PRERT";
@@ -34,6 +39,52 @@ pub enum RulesError {
     Spawn { command: String, source: std::io::Error },
     #[error("{command} in {netns} failed: {stderr}")]
     Failed { command: String, netns: String, stderr: String },
+}
+
+/// IPv4 or IPv6: which tools and addresses a rule set uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn save(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-save",
+            Family::V6 => "ip6tables-save",
+        }
+    }
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.1/32",
+            Family::V6 => "::1/128",
+        }
+    }
+    fn probe(self) -> String {
+        match self {
+            Family::V4 => format!("{PROBE_SOURCE}/32"),
+            Family::V6 => format!("{PROBE_SOURCE_V6}/128"),
+        }
+    }
+    fn ip(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+    fn any(self) -> &'static str {
+        match self {
+            Family::V4 => "0.0.0.0/0",
+            Family::V6 => "::/0",
+        }
+    }
 }
 
 /// The rule set for one pod's namespace.
@@ -84,8 +135,14 @@ impl InPodRules {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The iptables-restore input; `present` is the namespace's current `iptables-save`.
+    /// The iptables-restore input (IPv4); `present` is the namespace's current `iptables-save`.
     pub fn restore_input(present: &str) -> String {
+        Self::restore_input_for(present, Family::V4)
+    }
+
+    /// The restore input for `family`; `present` is that family's current save output.
+    pub fn restore_input_for(present: &str, family: Family) -> String {
+        let (lo, probe) = (family.loopback(), family.probe());
         let mark = format!("0x{PROXY_MARK:x}/0x{MARK_MASK:x}");
         let connmark = format!("0x{CONN_MARK:x}/0x{MARK_MASK:x}");
         let jump_missing = |table: &str, chain: &str, target: &str| {
@@ -110,14 +167,14 @@ impl InPodRules {
                 out.push_str(&format!("-A {PRERT} -m mark --mark {mark} -j CONNMARK --set-xmark {connmark}\n"));
                 out.push_str(&format!("-A {OUTPUT} -m connmark --mark {connmark} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n"));
             } else {
-                out.push_str(&format!("-A {PRERT} -s {PROBE_SOURCE}/32 -p tcp -j ACCEPT\n"));
+                out.push_str(&format!("-A {PRERT} -s {probe} -p tcp -j ACCEPT\n"));
                 out.push_str(&format!(
-                    "-A {PRERT} ! -d 127.0.0.1/32 -p tcp ! --dport {INBOUND_HBONE_PORT} -m mark ! --mark {mark} -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}\n"
+                    "-A {PRERT} ! -d {lo} -p tcp ! --dport {INBOUND_HBONE_PORT} -m mark ! --mark {mark} -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}\n"
                 ));
                 out.push_str(&format!("-A {OUTPUT} -p tcp -m mark --mark {connmark} -j ACCEPT\n"));
-                out.push_str(&format!("-A {OUTPUT} ! -d 127.0.0.1/32 -o lo -j ACCEPT\n"));
+                out.push_str(&format!("-A {OUTPUT} ! -d {lo} -o lo -j ACCEPT\n"));
                 out.push_str(&format!(
-                    "-A {OUTPUT} ! -d 127.0.0.1/32 -p tcp -m mark ! --mark {mark} -j REDIRECT --to-ports {OUTBOUND_PORT}\n"
+                    "-A {OUTPUT} ! -d {lo} -p tcp -m mark ! --mark {mark} -j REDIRECT --to-ports {OUTBOUND_PORT}\n"
                 ));
             }
             out.push_str("COMMIT\n");
@@ -125,30 +182,50 @@ impl InPodRules {
         out
     }
 
-    /// Installs (or refreshes) the rules.
-    pub fn apply(&self) -> Result<(), RulesError> {
-        let present = self.run("iptables-save", &[], None)?;
-        self.run("iptables-restore", &["--noflush"], Some(&Self::restore_input(&present)))?;
-        let rules = self.run("ip", &["rule", "show"], None)?;
-        let fwmark = format!("0x{CONN_MARK:x}/0x{MARK_MASK:x}");
-        if !rules.contains(&format!("fwmark {fwmark} lookup {ROUTE_TABLE}")) {
-            self.run(
-                "ip",
-                &["rule", "add", "fwmark", &fwmark, "pref", "32764", "lookup", &ROUTE_TABLE.to_string()],
-                None,
-            )?;
+    /// Whether the namespace has IPv6 (then it gets the IPv6 rule set too).
+    pub fn has_ipv6(&self) -> bool {
+        self.run("cat", &["/proc/sys/net/ipv6/conf/all/disable_ipv6"], None).is_ok_and(|v| v.trim() == "0")
+    }
+
+    fn families(&self) -> Vec<Family> {
+        if self.has_ipv6() {
+            vec![Family::V4, Family::V6]
+        } else {
+            vec![Family::V4]
         }
-        self.run(
-            "ip",
-            &["route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &ROUTE_TABLE.to_string()],
-            None,
-        )?;
+    }
+
+    /// Installs (or refreshes) the rules, for IPv6 too when the namespace has it.
+    pub fn apply(&self) -> Result<(), RulesError> {
+        for family in self.families() {
+            self.apply_family(family)?;
+        }
+        Ok(())
+    }
+
+    fn apply_family(&self, family: Family) -> Result<(), RulesError> {
+        let present = self.run(family.save(), &[], None)?;
+        self.run(family.restore(), &["--noflush"], Some(&Self::restore_input_for(&present, family)))?;
+        let rules = self.run("ip", &[family.ip(), "rule", "show"], None)?;
+        let fwmark = format!("0x{CONN_MARK:x}/0x{MARK_MASK:x}");
+        let table = ROUTE_TABLE.to_string();
+        if !rules.contains(&format!("fwmark {fwmark} lookup {ROUTE_TABLE}")) {
+            self.run("ip", &[family.ip(), "rule", "add", "fwmark", &fwmark, "pref", "32764", "lookup", &table], None)?;
+        }
+        self.run("ip", &[family.ip(), "route", "replace", "local", family.any(), "dev", "lo", "table", &table], None)?;
         Ok(())
     }
 
     /// Removes everything `apply` added (what is already gone is skipped).
     pub fn remove(&self) -> Result<(), RulesError> {
-        let present = self.run("iptables-save", &[], None)?;
+        for family in self.families() {
+            self.remove_family(family)?;
+        }
+        Ok(())
+    }
+
+    fn remove_family(&self, family: Family) -> Result<(), RulesError> {
+        let present = self.run(family.save(), &[], None)?;
         let mut input = String::new();
         for table in ["mangle", "nat"] {
             let mut section = String::new();
@@ -178,13 +255,17 @@ impl InPodRules {
             }
         }
         if !input.is_empty() {
-            self.run("iptables-restore", &["--noflush"], Some(&input))?;
+            self.run(family.restore(), &["--noflush"], Some(&input))?;
         }
         let fwmark = format!("0x{CONN_MARK:x}/0x{MARK_MASK:x}");
-        if self.run("ip", &["rule", "show"], None)?.contains(&format!("fwmark {fwmark} lookup {ROUTE_TABLE}")) {
-            self.run("ip", &["rule", "del", "fwmark", &fwmark, "lookup", &ROUTE_TABLE.to_string()], None)?;
+        let table = ROUTE_TABLE.to_string();
+        if self
+            .run("ip", &[family.ip(), "rule", "show"], None)?
+            .contains(&format!("fwmark {fwmark} lookup {ROUTE_TABLE}"))
+        {
+            self.run("ip", &[family.ip(), "rule", "del", "fwmark", &fwmark, "lookup", &table], None)?;
         }
-        let _ = self.run("ip", &["route", "flush", "table", &ROUTE_TABLE.to_string()], None);
+        let _ = self.run("ip", &[family.ip(), "route", "flush", "table", &table], None);
         Ok(())
     }
 }
@@ -207,5 +288,9 @@ mod tests {
         let again = InPodRules::restore_input(present);
         assert!(!again.contains("-A PREROUTING -j"), "jumps already there are not added twice:\n{again}");
         assert!(again.contains(":ISTIO_PRERT - [0:0]"), "our chains are re-declared (flushed) every time");
+        let v6 = InPodRules::restore_input_for("", Family::V6);
+        assert!(v6
+            .contains("-A ISTIO_OUTPUT ! -d ::1/128 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"));
+        assert!(v6.contains("-A ISTIO_PRERT -s fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128 -p tcp -j ACCEPT"));
     }
 }

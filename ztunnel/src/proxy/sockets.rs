@@ -35,6 +35,17 @@ pub fn listen(netns: &Netns, port: u16) -> io::Result<TcpListener> {
     TcpListener::from_std(std::net::TcpListener::from(socket))
 }
 
+/// Binds `[::]:port` (IPv6 only) inside the namespace; fails when the namespace has no IPv6.
+pub fn listen6(netns: &Netns, port: u16) -> io::Result<TcpListener> {
+    let socket = socket_in(netns, Domain::IPV6)?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&SockAddr::from(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))))?;
+    socket.listen(1024)?;
+    TcpListener::from_std(std::net::TcpListener::from(socket))
+}
+
 /// A socket in the namespace that the pod's redirect rules skip.
 pub fn marked(netns: &Netns, addr: SocketAddr) -> io::Result<TcpSocket> {
     let socket = socket_in(netns, Domain::for_address(addr))?;
