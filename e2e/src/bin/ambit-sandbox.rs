@@ -8,14 +8,16 @@ use std::process::ExitCode;
 use ambit_e2e::sandbox::{bin_dir, down_prefix, Options, Sandbox};
 use clap::Parser;
 
-const PREFIX: &str = "ambitsb";
-
 #[derive(Parser)]
 #[command(name = "ambit-sandbox", about = "A local ambient mesh made of network namespaces")]
 struct Cli {
     /// Where the sandbox keeps its state, manifests and logs.
     #[arg(long, env = "AMBIT_SANDBOX_DIR", default_value = "/run/ambit/sandbox", global = true)]
     dir: PathBuf,
+    /// Name prefix of everything the sandbox creates (namespaces, hosts files); one sandbox per
+    /// prefix on a host.
+    #[arg(long, env = "AMBIT_SANDBOX_PREFIX", default_value = "ambitsb", global = true)]
+    prefix: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -49,8 +51,8 @@ enum Cmd {
     Delete { file: PathBuf },
 }
 
-fn opts(dir: &std::path::Path, nodes: usize) -> Options {
-    Options { prefix: PREFIX.into(), root: dir.to_owned(), nodes, bin_dir: bin_dir(), verbose: true }
+fn opts(cli: &Cli, nodes: usize) -> Options {
+    Options { prefix: cli.prefix.clone(), root: cli.dir.clone(), nodes, bin_dir: bin_dir(), verbose: true }
 }
 
 fn main() -> ExitCode {
@@ -65,24 +67,25 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.cmd {
+    match &cli.cmd {
         Cmd::Up { manifests, nodes } => {
+            let nodes = *nodes;
             // Ctrl-C while starting: take down what was started.
-            let dir = cli.dir.clone();
+            let (dir, prefix) = (cli.dir.clone(), cli.prefix.clone());
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 if let Ok(rt) = rt {
                     if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
                         eprintln!("\ninterrupted: removing the sandbox");
-                        down_prefix(PREFIX, &dir);
+                        down_prefix(&prefix, &dir);
                         std::process::exit(130);
                     }
                 }
             });
             eprintln!("starting the sandbox ({nodes} nodes)");
-            let mut sb = Sandbox::up(opts(&cli.dir, nodes))?;
+            let mut sb = Sandbox::up(opts(&cli, nodes))?;
             eprintln!("applying {}", manifests.display());
-            if let Err(e) = sb.apply(&manifests) {
+            if let Err(e) = sb.apply(manifests) {
                 sb.down();
                 return Err(e.into());
             }
@@ -94,40 +97,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Down => {
-            match Sandbox::open(opts(&cli.dir, 0)) {
+            match Sandbox::open(opts(&cli, 0)) {
                 Ok(mut sb) => sb.down(),
-                Err(_) => down_prefix(PREFIX, &cli.dir),
+                Err(_) => down_prefix(&cli.prefix, &cli.dir),
             }
-            let left = ambit_e2e::sandbox::leftovers(PREFIX);
+            let left = ambit_e2e::sandbox::leftovers(&cli.prefix);
             anyhow::ensure!(left.is_empty(), "left behind: {left:?}");
             eprintln!("sandbox removed");
         }
-        Cmd::Status => print!("{}", Sandbox::open(opts(&cli.dir, 0))?.status()),
+        Cmd::Status => print!("{}", Sandbox::open(opts(&cli, 0))?.status()),
         Cmd::Exec { pod, cmd } => {
-            let sb = Sandbox::open(opts(&cli.dir, 0))?;
+            let sb = Sandbox::open(opts(&cli, 0))?;
             let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
-            let out = sb.exec(&pod, &args)?;
+            let out = sb.exec(pod, &args)?;
             print!("{}", String::from_utf8_lossy(&out.stdout));
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
             anyhow::ensure!(out.status.success(), "command failed ({})", out.status);
         }
         Cmd::Metrics { node } => {
-            let sb = Sandbox::open(opts(&cli.dir, 0))?;
+            let sb = Sandbox::open(opts(&cli, 0))?;
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 15020));
-            let text = sb.in_node(&node, || ambit_shared::testing::http_get(addr, "/metrics"))??;
+            let text = sb.in_node(node, || ambit_shared::testing::http_get(addr, "/metrics"))??;
             for line in text.lines().filter(|l| l.starts_with("istio_tcp_")) {
                 println!("{line}");
             }
         }
-        Cmd::Logs { component } => print!("{}", Sandbox::open(opts(&cli.dir, 0))?.log(&component)),
+        Cmd::Logs { component } => print!("{}", Sandbox::open(opts(&cli, 0))?.log(component)),
         Cmd::Apply { file } => {
-            let mut sb = Sandbox::open(opts(&cli.dir, 0))?;
-            sb.apply(&file)?;
+            let mut sb = Sandbox::open(opts(&cli, 0))?;
+            sb.apply(file)?;
             print!("{}", sb.status());
         }
         Cmd::Delete { file } => {
-            let mut sb = Sandbox::open(opts(&cli.dir, 0))?;
-            sb.delete(&file)?;
+            let mut sb = Sandbox::open(opts(&cli, 0))?;
+            sb.delete(file)?;
             print!("{}", sb.status());
         }
     }
