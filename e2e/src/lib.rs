@@ -1,14 +1,43 @@
 //! Ambit's local sandbox, end-to-end tests and benchmarks (issue #5 builds the sandbox).
 //!
 //! Owns what needs a whole mesh on one host: network namespaces as nodes and pods, the real
-//! daemons, sample apps. Today: the root guard, network namespaces wired as nodes and pods
-//! ([`netns`]) and daemons run inside them ([`process`]), used by ztunnel's integration tests.
+//! daemons, sample apps: the root guard, network namespaces ([`netns`]), the sandbox
+//! ([`sandbox`]), daemon command lines ([`daemons`]), load generators ([`load`]) and the helpers
+//! the root tests share.
 
 pub mod daemons;
 pub mod load;
 pub mod netns;
-pub mod process;
 pub mod sandbox;
+
+/// Polls `f` every 100 ms until it gives a value; panics naming `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::park_timeout(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Writes `body` to `dir/name` (creating `dir`) and returns the path.
+pub fn write_file(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, body)) {
+        panic!("writing {}: {e}", path.display());
+    }
+    path
+}
+
+/// Sums the series of metric `name` whose labels contain every `labels` entry.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
 
 /// Fails the calling test loudly unless it runs as root: sandbox tests create network
 /// namespaces and redirect rules, and a test that cannot run must never pass.

@@ -99,18 +99,6 @@ fn link_name(tag: &str) -> String {
     format!("am{}{tag}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Connects two namespaces with a veth pair named `ifname` on both sides, addressed
-/// `a_cidr` / `b_cidr` (e.g. `10.210.0.11/24`), both up. Used for the link between nodes.
-pub fn link(a: &Netns, a_cidr: &str, b: &Netns, b_cidr: &str, ifname: &str) {
-    let (ta, tb) = (link_name("a"), link_name("b"));
-    run("ip", &["link", "add", &ta, "netns", a.name(), "type", "veth", "peer", "name", &tb, "netns", b.name()]);
-    for (ns, tmp, cidr) in [(a, &ta, a_cidr), (b, &tb, b_cidr)] {
-        ns.exec("ip", &["link", "set", tmp, "name", ifname]);
-        ns.exec("ip", &["addr", "add", cidr, "dev", ifname]);
-        ns.exec("ip", &["link", "set", ifname, "up"]);
-    }
-}
-
 /// Plugs a pod into its node the way a routed (bridge-less) CNI plugin does: the pod's `eth0`
 /// gets `pod_ip/32` and a default route via `gateway` (so even same-node pods are reached
 /// through the node); the node's end holds `gateway/32` and a host route to the pod. Returns

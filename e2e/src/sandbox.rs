@@ -339,16 +339,11 @@ impl Sandbox {
 
     /// Waits for `addr` (in `node`'s namespace) to answer 200 on its readiness path.
     pub fn wait_ready(&self, node: &str, addr: &str, what: &str) -> Result<(), SandboxError> {
-        let ns = self.ns_handle(&self.netns_name(node))?;
         let addr: SocketAddr = addr.parse().map_err(setup)?;
         let path = if addr.port() == 15014 { "/ready" } else { "/healthz/ready" };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ok = ns
-                .run_in(|| {
-                    ambit_shared::testing::http_get(addr, path).map(|r| r.starts_with("HTTP/1.1 200")).unwrap_or(false)
-                })
-                .unwrap_or(false);
+            let ok = self.get_in_node(node, addr.port(), path).is_some_and(|r| r.starts_with("HTTP/1.1 200"));
             if ok {
                 return Ok(());
             }
@@ -382,9 +377,7 @@ impl Sandbox {
         let deadline = Instant::now() + Duration::from_secs(30);
         for node in &self.state.nodes {
             loop {
-                let dump = self.in_node(node, || {
-                    ambit_shared::testing::http_get(SocketAddr::from(([127, 0, 0, 1], 15000)), "/config_dump").ok()
-                })?;
+                let dump = self.get_in_node(node, 15000, "/config_dump");
                 let workloads = dump
                     .as_deref()
                     .and_then(|d| d.split_once("\r\n\r\n"))
@@ -908,6 +901,22 @@ impl Sandbox {
     /// A ztunnel's or the controller's address space: runs `f` inside `node`'s namespace.
     pub fn in_node<T: Send>(&self, node: &str, f: impl FnOnce() -> T + Send) -> Result<T, SandboxError> {
         self.ns_handle(&self.netns_name(node))?.run_in(f).map_err(setup)
+    }
+
+    /// An HTTP GET to `127.0.0.1:port` inside `node`'s namespace (the daemons' admin ports):
+    /// the whole response, or `None` when nothing answers.
+    pub fn get_in_node(&self, node: &str, port: u16, path: &str) -> Option<String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        self.in_node(node, || ambit_shared::testing::http_get(addr, path).ok()).ok().flatten()
+    }
+
+    /// Whether pod `key` has the mesh's redirect rules in its namespace.
+    pub fn captured(&self, key: &str) -> bool {
+        let Some(p) = self.state.pods.get(key) else { return false };
+        Command::new("ip")
+            .args(["netns", "exec", &p.netns, "iptables-save"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ISTIO_OUTPUT"))
     }
 
     /// A pod's namespace handle (tests open sockets inside pods).

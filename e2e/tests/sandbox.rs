@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -35,41 +35,16 @@ fn load(sb: &Sandbox, pod: &str, url: &str, n: usize) -> serde_json::Map<String,
     v["by_pod"].as_object().cloned().unwrap()
 }
 
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::park_timeout(Duration::from_millis(100));
-    }
-}
-
 fn pod_ip(sb: &Sandbox, key: &str) -> String {
     sb.state.pods[key].ip.to_string()
 }
 
-fn captured(sb: &Sandbox, key: &str) -> bool {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &sb.state.pods[key].netns, "iptables-save"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("ISTIO_OUTPUT")
-}
-
 fn metrics(sb: &Sandbox, node: &str) -> String {
-    sb.in_node(node, || {
-        ambit_shared::testing::http_get(SocketAddr::from(([127, 0, 0, 1], 15020)), "/metrics").unwrap_or_default()
-    })
-    .unwrap()
+    sb.get_in_node(node, 15020, "/metrics").unwrap_or_default()
 }
 
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    ambit_e2e::wait_for(what, Duration::from_secs(30), f)
 }
 
 #[test]
@@ -87,9 +62,9 @@ fn the_example_mesh_end_to_end() {
     let (front, cat0, cat1) = ("shop/frontend-0", "shop/catalog-0", "shop/catalog-1");
     assert_ne!(sb.state.pods[cat0].node, sb.state.pods[cat1].node, "one catalog replica per node");
     for key in [front, cat0, cat1] {
-        assert!(captured(&sb, key), "{key} captured");
+        assert!(sb.captured(key), "{key} captured");
     }
-    assert!(!captured(&sb, "outside/visitor-0"), "outside the mesh: left alone");
+    assert!(!sb.captured("outside/visitor-0"), "outside the mesh: left alone");
     let front_ip = pod_ip(&sb, front);
     for target in [cat0, cat1] {
         let answer = get(&sb, "frontend-0", &format!("http://{}:8080/", pod_ip(&sb, target))).unwrap();
@@ -124,7 +99,7 @@ fn the_example_mesh_end_to_end() {
     sb.delete(&examples().join("policies/deny-visitors.yaml")).unwrap();
     wait_for("policies gone", || get(&sb, "visitor-0", "http://catalog.shop:8080/").ok());
     // ALLOW: only the front end's identity may reach catalog; everyone else is refused.
-    let allow = write(
+    let allow = ambit_e2e::write_file(
         &scratch,
         "allow.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: catalog-frontend-only, namespace: shop}\nspec:\n  selector: {matchLabels: {app: catalog}}\n  action: ALLOW\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]}]\n",
@@ -136,7 +111,7 @@ fn the_example_mesh_end_to_end() {
     sb.delete(&allow).unwrap();
     wait_for("ALLOW gone", || get(&sb, "visitor-0", "http://catalog.shop:8080/").ok());
     // STRICT for the namespace: the plaintext client is refused, the mesh is not.
-    let strict = write(
+    let strict = ambit_e2e::write_file(
         &scratch,
         "strict.yaml",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n",
@@ -150,7 +125,7 @@ fn the_example_mesh_end_to_end() {
     // Scaling: three catalog replicas share the VIP's traffic, then one takes it all.
     let scale = |n: usize| {
         let text = std::fs::read_to_string(examples().join("shop/20-catalog.yaml")).unwrap();
-        write(&scratch, "catalog.yaml", &text.replace("replicas: 2", &format!("replicas: {n}")))
+        ambit_e2e::write_file(&scratch, "catalog.yaml", &text.replace("replicas: 2", &format!("replicas: {n}")))
     };
     sb.apply(&scale(3)).unwrap();
     let spread = load(&sb, "frontend-0", "http://catalog:8080/", 90);
@@ -162,13 +137,14 @@ fn the_example_mesh_end_to_end() {
 
     // The namespace leaves the mesh by label, and rejoins, without pod restarts.
     let pid_before = sb.state.pods[cat0].pid;
-    let ns_plain = write(&scratch, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
+    let ns_plain =
+        ambit_e2e::write_file(&scratch, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
     sb.apply(&ns_plain).unwrap();
-    wait_for("shop to leave the mesh", || (!captured(&sb, cat0) && !captured(&sb, front)).then_some(()));
+    wait_for("shop to leave the mesh", || (!sb.captured(cat0) && !sb.captured(front)).then_some(()));
     let answer = get(&sb, "frontend-0", "http://catalog:8080/").unwrap();
     assert!(answer["peer"].as_str().unwrap().starts_with(&format!("{front_ip}:")));
     sb.apply(&examples().join("shop/00-namespaces.yaml")).unwrap();
-    wait_for("shop to rejoin", || (captured(&sb, cat0) && captured(&sb, front)).then_some(()));
+    wait_for("shop to rejoin", || (sb.captured(cat0) && sb.captured(front)).then_some(()));
     assert_eq!(sb.state.pods[cat0].pid, pid_before, "no restart");
     wait_for("mesh traffic again", || get(&sb, "frontend-0", "http://catalog:8080/").ok());
 
@@ -209,7 +185,7 @@ fn the_example_mesh_end_to_end() {
     };
     println!("ztunnel restart: old one stopped after {stopped:?}; new connections work again {gap:?} after the stop ({attempts} attempts)");
     eprintln!("ztunnel restart gap: {} ms", gap.as_millis());
-    assert!(captured(&sb, cat0), "the successor keeps the pod captured");
+    assert!(sb.captured(cat0), "the successor keeps the pod captured");
 
     // `down` leaves nothing.
     sb.down();

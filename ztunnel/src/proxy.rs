@@ -192,11 +192,14 @@ impl Proxy {
         let identity = Identity::new(&self.config.trust_domain, &info.namespace, sa)
             .map_err(|e| PodError::Identity { uid: uid.to_owned(), reason: e.to_string() })?;
         let netns = Arc::new(netns);
-        let listen = |port| sockets::listen(&netns, port).map_err(|source| PodError::Listen { port, source });
+        let listen = |port| {
+            sockets::listen(&netns, SocketAddr::from(([0, 0, 0, 0], port)))
+                .map_err(|source| PodError::Listen { port, source })
+        };
         let mut listeners =
             vec![(listen(OUTBOUND_PORT)?, listen(INBOUND_PLAINTEXT_PORT)?, listen(INBOUND_HBONE_PORT)?)];
         // IPv6 too when the pod has it (its rules capture IPv6 as well; see inpod::rules).
-        let listen6 = |port| sockets::listen6(&netns, port);
+        let listen6 = |port| sockets::listen(&netns, SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
         match (listen6(OUTBOUND_PORT), listen6(INBOUND_PLAINTEXT_PORT), listen6(INBOUND_HBONE_PORT)) {
             (Ok(o), Ok(p), Ok(h)) => listeners.push((o, p, h)),
             (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {

@@ -14,7 +14,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,22 +25,8 @@ const CLIENT: &str = "shop/client";
 const OUTSIDER: &str = "outside/outsider";
 const SERVER: &str = "shop/server";
 
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::park_timeout(Duration::from_millis(100));
-    }
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
-    path
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    ambit_e2e::wait_for(what, Duration::from_secs(20), f)
 }
 
 fn pod_yaml(name: &str, ns: &str, sa: &str, node: &str, labels: &str, container: &str) -> String {
@@ -55,8 +41,7 @@ const SLEEPER: &str = "{name: sleep, image: ambit/sleep}";
 
 /// An HTTP GET inside a node's namespace (admin endpoints listen on the node's loopback).
 fn get_in(sb: &Sandbox, node: &str, port: u16, path: &str) -> Option<String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    sb.in_node(node, || ambit_shared::testing::http_get(addr, path).ok()).unwrap()
+    sb.get_in_node(node, port, path)
 }
 
 /// One exchange with the TCP echo from inside a pod: the peer it saw, then `line` echoed.
@@ -86,16 +71,7 @@ fn exchange(sb: &Sandbox, pod: &str, to: &str, line: &str) -> Result<String, Str
 }
 
 fn has_rules(sb: &Sandbox, pod: &str) -> bool {
-    let out = Command::new("ip").args(["netns", "exec", &sb.state.pods[pod].netns, "iptables-save"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("ISTIO_OUTPUT")
-}
-
-/// Sums the series of `name` whose labels contain every `labels` entry.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
+    sb.captured(pod)
 }
 
 /// Waits until `node`'s metrics (on `port`) have a series of `name` with `labels` ≥ `min`.
@@ -104,7 +80,7 @@ fn wait_metric(sb: &Sandbox, node: &str, port: u16, name: &str, labels: &[&str],
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         last = get_in(sb, node, port, "/metrics").unwrap_or_default();
-        if metric(&last, name, labels) >= min {
+        if ambit_e2e::metric_sum(&last, name, labels) >= min {
             return;
         }
         std::thread::park_timeout(Duration::from_millis(100));
@@ -167,15 +143,23 @@ fn l4_mesh_across_two_nodes() {
 
     // A meshed namespace and one outside; the server on node-2, the clients on node-1.
     let dir = scratch.join("app");
-    write(
+    ambit_e2e::write_file(
         &dir,
         "namespaces.yaml",
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: outside}\n",
     );
-    write(&dir, "client.yaml", &pod_yaml("client", "shop", "client", "node-1", "app: client", SLEEPER));
-    write(&dir, "outsider.yaml", &pod_yaml("outsider", "outside", "default", "node-1", "app: outsider", SLEEPER));
-    write(&dir, "server.yaml", &pod_yaml("server", "shop", "server", "node-2", "app: server", SERVER_CONTAINER));
-    write(
+    ambit_e2e::write_file(&dir, "client.yaml", &pod_yaml("client", "shop", "client", "node-1", "app: client", SLEEPER));
+    ambit_e2e::write_file(
+        &dir,
+        "outsider.yaml",
+        &pod_yaml("outsider", "outside", "default", "node-1", "app: outsider", SLEEPER),
+    );
+    ambit_e2e::write_file(
+        &dir,
+        "server.yaml",
+        &pod_yaml("server", "shop", "server", "node-2", "app: server", SERVER_CONTAINER),
+    );
+    ambit_e2e::write_file(
         &dir,
         "service.yaml",
         "apiVersion: v1\nkind: Service\nmetadata: {name: server, namespace: shop}\nspec: {selector: {app: server}, ports: [{port: 80, targetPort: 8080}]}\n",
@@ -241,7 +225,7 @@ fn l4_mesh_across_two_nodes() {
     );
 
     // DENY: the client's identity is refused, counted with response_flags="DENY".
-    let deny = write(
+    let deny = ambit_e2e::write_file(
         &scratch,
         "deny.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-client, namespace: shop}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]}]\n",
@@ -267,7 +251,7 @@ fn l4_mesh_across_two_nodes() {
 
     // STRICT: plaintext clients are refused; mesh clients pass (the DENY is gone).
     sb.delete(&deny).unwrap();
-    let strict = write(
+    let strict = ambit_e2e::write_file(
         &scratch,
         "strict.yaml",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n",
@@ -280,7 +264,7 @@ fn l4_mesh_across_two_nodes() {
     // close, and the client's ztunnel sends it plain TCP.
     let pid = sb.state.pods[SERVER].pid;
     let label_none = "app: server, istio.io/dataplane-mode: none";
-    sb.apply(&write(
+    sb.apply(&ambit_e2e::write_file(
         &scratch,
         "server-out.yaml",
         &pod_yaml("server", "shop", "server", "node-2", label_none, SERVER_CONTAINER),

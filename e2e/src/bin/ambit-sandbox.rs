@@ -116,8 +116,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Metrics { node } => {
             let sb = Sandbox::open(opts(&cli, 0))?;
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 15020));
-            let text = sb.in_node(node, || ambit_shared::testing::http_get(addr, "/metrics"))??;
+            let text = sb
+                .get_in_node(node, 15020, "/metrics")
+                .ok_or_else(|| anyhow::anyhow!("no metrics from {node}'s ztunnel"))?;
             for line in text.lines().filter(|l| l.starts_with("istio_tcp_")) {
                 println!("{line}");
             }

@@ -25,23 +25,16 @@ fn socket_in(netns: &Netns, domain: Domain) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Binds `0.0.0.0:port` inside the namespace.
-pub fn listen(netns: &Netns, port: u16) -> io::Result<TcpListener> {
-    let socket = socket_in(netns, Domain::IPV4)?;
+/// Binds `addr` inside the namespace (an IPv6 address binds IPv6 only; it fails when the
+/// namespace has no IPv6).
+pub fn listen(netns: &Netns, addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket_in(netns, Domain::for_address(addr))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
-    socket.bind(&SockAddr::from(SocketAddr::from(([0, 0, 0, 0], port))))?;
-    socket.listen(1024)?;
-    TcpListener::from_std(std::net::TcpListener::from(socket))
-}
-
-/// Binds `[::]:port` (IPv6 only) inside the namespace; fails when the namespace has no IPv6.
-pub fn listen6(netns: &Netns, port: u16) -> io::Result<TcpListener> {
-    let socket = socket_in(netns, Domain::IPV6)?;
-    socket.set_only_v6(true)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&SockAddr::from(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))))?;
+    socket.bind(&SockAddr::from(addr))?;
     socket.listen(1024)?;
     TcpListener::from_std(std::net::TcpListener::from(socket))
 }
