@@ -34,10 +34,10 @@ echo
 say "spread over the reviews versions, from inside the mesh"
 $S exec frontend-0 -- ambit-sample load http://reviews:8080/ --requests 50
 
-say "mutual TLS: ztunnel's access log on node-2 (identities of both ends)"
-$S logs ztunnel-node-2 | grep 'access' | grep 'direction="inbound"' | grep 'sa/frontend' | tail -n 2 || true
+say "mutual TLS: ztunnel's access log on node-1, the front end's node (identities of both ends)"
+$S logs ztunnel-node-1 | grep 'access' | grep 'direction="outbound"' | grep 'sa/frontend' | tail -n 2 || true
 say "and its metrics (connection_security_policy=\"mutual_tls\", SPIFFE principals)"
-$S metrics node-2 | grep 'istio_tcp_connections_opened_total' | grep 'mutual_tls' | head -n 2
+$S metrics node-1 | grep 'istio_tcp_connections_opened_total' | grep 'mutual_tls' | head -n 2
 
 say "applying examples/policies/deny-visitors.yaml (DENY plaintext at catalog, DENY frontend at reviews)"
 $S apply examples/policies/deny-visitors.yaml >/dev/null
