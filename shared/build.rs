@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/authorization.proto",
         "proto/citadel.proto",
         "proto/zds.proto",
+        "proto/waypoint.proto",
         "proto/envoy/service/discovery/v3/discovery.proto",
     ];
     for f in FILES {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use ambit_shared::Identity;
 use tonic::metadata::MetadataMap;
@@ -131,6 +132,47 @@ impl Authenticator for TokenFile {
     }
 }
 
+/// A token file re-read when it changes (new workloads get tokens while the controller runs);
+/// an invalid new version is logged and the previous one kept.
+pub struct ReloadingTokenFile {
+    path: std::path::PathBuf,
+    current: std::sync::Mutex<(Option<std::time::SystemTime>, Arc<TokenFile>)>,
+}
+
+impl ReloadingTokenFile {
+    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let file = TokenFile::load(path)?;
+        Ok(ReloadingTokenFile { path: path.to_owned(), current: std::sync::Mutex::new((modified, Arc::new(file))) })
+    }
+
+    fn tokens(&self) -> Arc<TokenFile> {
+        let modified = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if modified.is_some() && modified != current.0 {
+            match TokenFile::load(&self.path) {
+                Ok(file) => {
+                    tracing::info!(path = %self.path.display(), "token file reloaded");
+                    *current = (modified, Arc::new(file));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "token file changed but is invalid; keeping the previous tokens");
+                    current.0 = modified;
+                }
+            }
+        }
+        current.1.clone()
+    }
+}
+
+#[tonic::async_trait]
+impl Authenticator for ReloadingTokenFile {
+    async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        let tokens = self.tokens();
+        tokens.authenticate(token).await
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -159,6 +201,31 @@ mod tests {
         assert_eq!(c.identity.to_string(), "spiffe://cluster.local/ns/ambit-system/sa/ztunnel");
         assert_eq!(c.node.as_deref(), Some("node-1"));
         assert_eq!(f.authenticate("bbbbbbbbbbbbbbbbbbbb").await, Err(AuthError::UnknownToken));
+    }
+
+    #[tokio::test]
+    async fn token_file_changes_are_picked_up_and_bad_versions_ignored() {
+        let path = std::env::temp_dir().join(format!("ambit-tokens-{}.yaml", std::process::id()));
+        let entry = |t: &str| format!("- token: {t}\n  identity: spiffe://cluster.local/ns/shop/sa/waypoint\n");
+        std::fs::write(&path, format!("tokens:\n{}", entry("aaaaaaaaaaaaaaaaaaaa"))).unwrap();
+        let f = ReloadingTokenFile::load(&path).unwrap();
+        assert!(f.authenticate("aaaaaaaaaaaaaaaaaaaa").await.is_ok());
+        assert_eq!(f.authenticate("bbbbbbbbbbbbbbbbbbbb").await, Err(AuthError::UnknownToken));
+        // mtime granularity: make sure the rewrite is seen as a change.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+        std::fs::write(&path, format!("tokens:\n{}{}", entry("aaaaaaaaaaaaaaaaaaaa"), entry("bbbbbbbbbbbbbbbbbbbb")))
+            .unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(later).unwrap();
+        assert!(f.authenticate("bbbbbbbbbbbbbbbbbbbb").await.is_ok(), "new token accepted without restart");
+        std::fs::write(&path, "tokens: [oops").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later + std::time::Duration::from_secs(2))
+            .unwrap();
+        assert!(f.authenticate("bbbbbbbbbbbbbbbbbbbb").await.is_ok(), "an invalid file keeps the previous tokens");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

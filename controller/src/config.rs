@@ -79,6 +79,16 @@ pub struct Config {
     /// Longest a change waits for pushes during continuous churn, in milliseconds.
     #[arg(long, env = "PUSH_MAX_DELAY_MS", default_value_t = 1000)]
     pub push_max_delay_ms: u64,
+    /// Directory mode: where the objects of each waypoint (ServiceAccount, Deployment,
+    /// Service) are written, one file per waypoint Gateway, for whoever runs them.
+    #[arg(long, env = "WAYPOINT_DIR")]
+    pub waypoint_dir: Option<PathBuf>,
+    /// Image of waypoint Deployments.
+    #[arg(long, env = "WAYPOINT_IMAGE", default_value = concat!("ambit/waypoint:", env!("CARGO_PKG_VERSION")))]
+    pub waypoint_image: String,
+    /// The control plane's address as waypoints reach it (xDS and CA).
+    #[arg(long, env = "WAYPOINT_XDS_ADDRESS", default_value = "ambit-controller.ambit-system.svc:15012")]
+    pub waypoint_xds_address: String,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -153,6 +163,14 @@ impl Config {
     pub fn own_identity(&self) -> Result<Identity, ConfigError> {
         Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
             .map_err(|e| ConfigError::OwnIdentity(format!("{}/{}", self.namespace, self.service_account), e))
+    }
+
+    pub fn waypoint_settings(&self) -> crate::waypoints::WaypointSettings {
+        crate::waypoints::WaypointSettings {
+            image: self.waypoint_image.clone(),
+            xds_address: self.waypoint_xds_address.clone(),
+            trust_domain: self.trust_domain.clone(),
+        }
     }
 
     pub fn mesh(&self) -> crate::translate::MeshSettings {

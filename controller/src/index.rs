@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION};
+use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
 use ambit_shared::proto::workload::{address, Address};
 use prost::Message;
 
@@ -17,7 +17,8 @@ use crate::model::{Kind, Labels, Object, ObjectKey};
 use crate::store::{selects, Store};
 use crate::translate::authz::{self, peer_authn_outcome, PeerAuthnChain};
 use crate::translate::service::{service_resource_name, translate_service, translate_service_entry};
-use crate::translate::workload::{inherited_peer_authn, translate_pod, workload_uid};
+use crate::translate::waypoint::service_config;
+use crate::translate::workload::{inherited_peer_authn, translate_pod, waypoint_gateway, workload_uid};
 use crate::translate::MeshSettings;
 
 /// One source event.
@@ -160,6 +161,14 @@ impl Index {
             }
             Kind::AuthorizationPolicy => {
                 dirty.objects.insert(key.clone());
+                // Policies targeting a service or a waypoint are part of services' L7 config.
+                let targeted = [previous, current].into_iter().flatten().any(|o| match o {
+                    Object::AuthorizationPolicy(p) => p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty(),
+                    _ => false,
+                });
+                if targeted {
+                    dirty.services_in.insert(ns.clone());
+                }
                 for sel in [previous, current].into_iter().flatten().filter_map(selector_of) {
                     if **ns == *self.mesh.root_namespace {
                         dirty.all_pods = true;
@@ -179,6 +188,22 @@ impl Index {
             Kind::Gateway => {
                 dirty.all_pods = true;
                 dirty.all_services = true;
+            }
+            Kind::HttpRoute | Kind::GrpcRoute => {
+                // The services it names as parents (old and new), in whichever namespaces.
+                dirty.services_in.insert(ns.clone());
+                for o in [previous, current].into_iter().flatten() {
+                    let parents = match o {
+                        Object::HttpRoute(r) => &r.spec.parent_refs,
+                        Object::GrpcRoute(r) => &r.spec.parent_refs,
+                        _ => continue,
+                    };
+                    for p in parents {
+                        if let Some(parent_ns) = &p.namespace {
+                            dirty.services_in.insert(parent_ns.as_str().into());
+                        }
+                    }
+                }
             }
             Kind::Node | Kind::ServiceAccount => {}
         }
@@ -242,8 +267,21 @@ impl Index {
             Object::Service(s) => translate_service(s, &self.store, mesh)
                 .map(|svc| {
                     let name = service_resource_name(&svc.namespace, &svc.hostname);
+                    let bound = svc.waypoint.is_some();
                     let addr = Address { r#type: Some(address::Type::Service(svc)) };
-                    vec![Change { type_url: ADDRESS, name, body: Some(any(ADDRESS, &addr)) }]
+                    let mut out =
+                        vec![Change { type_url: ADDRESS, name: name.clone(), body: Some(any(ADDRESS, &addr)) }];
+                    let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+                    let gw = waypoint_gateway(&s.metadata.labels, ns, false, &self.store).filter(|_| bound);
+                    if let Some(gw) = gw {
+                        let config = service_config(s, gw, &self.store, mesh);
+                        out.push(Change {
+                            type_url: WAYPOINT_SERVICE,
+                            name,
+                            body: Some(any(WAYPOINT_SERVICE, &config)),
+                        });
+                    }
+                    out
                 })
                 .unwrap_or_default(),
             Object::ServiceEntry(se) => translate_service_entry(se, &self.store, mesh)

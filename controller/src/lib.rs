@@ -7,6 +7,7 @@
 //! - [`xds`], [`ca`], [`auth`]: the gRPC services (delta ADS, certificates) and caller
 //!   authentication;
 //! - [`source`]: manifest directory and Kubernetes inputs;
+//! - [`waypoints`]: the Deployment/Service/ServiceAccount each waypoint Gateway gets;
 //! - [`run`]: wiring it together; [`config`], [`metrics`].
 
 pub mod auth;
@@ -20,4 +21,5 @@ pub mod run;
 pub mod source;
 pub mod store;
 pub mod translate;
+pub mod waypoints;
 pub mod xds;

@@ -135,6 +135,8 @@ fn typed_object(k: Kind, label: &str, value: serde_json::Value) -> Result<Parsed
         Kind::PeerAuthentication => Object::PeerAuthentication(typed(&label, value)?),
         Kind::ServiceEntry => Object::ServiceEntry(typed(&label, value)?),
         Kind::Gateway => Object::Gateway(typed(&label, value)?),
+        Kind::HttpRoute => Object::HttpRoute(typed(&label, value)?),
+        Kind::GrpcRoute => Object::GrpcRoute(typed(&label, value)?),
     };
     normalize_namespace(&mut object);
     validate(&label, &object)?;
@@ -174,16 +176,9 @@ fn known_but_unread(api_version: &str, kind: &str) -> Option<bool> {
             "ProxyConfig",
             "EnvoyFilter",
         ],
-        "gateway.networking.k8s.io" => &[
-            "GatewayClass",
-            "HTTPRoute",
-            "GRPCRoute",
-            "TCPRoute",
-            "TLSRoute",
-            "UDPRoute",
-            "ReferenceGrant",
-            "BackendTLSPolicy",
-        ],
+        "gateway.networking.k8s.io" => {
+            &["GatewayClass", "TCPRoute", "TLSRoute", "UDPRoute", "ReferenceGrant", "BackendTLSPolicy"]
+        }
         "telemetry.istio.io" => &["Telemetry"],
         _ => return None,
     };
@@ -211,6 +206,8 @@ fn normalize_namespace(object: &mut Object) {
         Object::PeerAuthentication(o) => &mut o.metadata,
         Object::ServiceEntry(o) => &mut o.metadata,
         Object::Gateway(o) => &mut o.metadata,
+        Object::HttpRoute(o) => &mut o.metadata,
+        Object::GrpcRoute(o) => &mut o.metadata,
         Object::Namespace(_) | Object::Node(_) => return,
     };
     if meta.namespace.as_deref().unwrap_or("").is_empty() {
@@ -308,6 +305,8 @@ fn validate(label: &str, object: &Object) -> Result<(), Rejection> {
                 return Err(r("spec.gatewayClassName".into(), "required".into()));
             }
         }
+        Object::HttpRoute(route) => crate::translate::waypoint::validate_http_route(label, route)?,
+        Object::GrpcRoute(route) => crate::translate::waypoint::validate_grpc_route(label, route)?,
         Object::Namespace(_) | Object::Node(_) | Object::ServiceAccount(_) => {}
     }
     Ok(())

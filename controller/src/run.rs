@@ -14,7 +14,7 @@ use ambit_shared::{Identity, WorkloadCert};
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use crate::auth::{Authenticator, TokenFile};
+use crate::auth::{Authenticator, ReloadingTokenFile};
 use crate::ca::{load_or_create_root, load_root, CaService, CaSettings};
 use crate::config::Config;
 use crate::index::{Event, Index};
@@ -83,7 +83,13 @@ pub fn admin_routes(shared: Shared) -> AdminRoutes {
 /// Nothing is served and the controller is not ready until every source part has delivered its
 /// initial state (`expected_syncs` markers): a subscriber's first response compared against a
 /// half-loaded index would remove policies it holds.
-async fn index_loop(mut rx: mpsc::Receiver<Vec<Event>>, shared: Shared, readiness: Readiness, expected_syncs: usize) {
+async fn index_loop(
+    mut rx: mpsc::Receiver<Vec<Event>>,
+    shared: Shared,
+    readiness: Readiness,
+    expected_syncs: usize,
+    mut deployer: Option<crate::waypoints::DirDeployer>,
+) {
     let mut syncs = 0;
     while let Some(mut batch) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
@@ -93,6 +99,9 @@ async fn index_loop(mut rx: mpsc::Receiver<Vec<Event>>, shared: Shared, readines
         let (changes, identities) = {
             let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
             let changes = index.apply(batch);
+            if let Some(d) = deployer.as_mut() {
+                d.sync(index.store());
+            }
             (changes, index.store().node_identities())
         };
         *shared.identities.write().unwrap_or_else(|p| p.into_inner()) = identities;
@@ -162,7 +171,7 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
                 )?,
             };
             let token_file = config.token_file.as_ref().context("--token-file is required with --manifests")?;
-            let auth = Arc::new(TokenFile::load(token_file)?);
+            let auth = Arc::new(ReloadingTokenFile::load(token_file)?);
             tokio::spawn(
                 DirSource::new(dir.clone(), Duration::from_millis(config.manifest_poll_ms), rejections.clone()).run(tx),
             );
@@ -186,7 +195,14 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     let (serving, _) = serving_cert(&ca, &identity, config.cert_lifetime())?;
     let tls = Arc::new(control_plane_server_config_reloadable(serving, &roots)?);
 
-    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs));
+    let deployer = match (&config.waypoint_dir, &config.manifests) {
+        (Some(dir), Some(_)) => Some(
+            crate::waypoints::DirDeployer::new(dir, config.waypoint_settings())
+                .with_context(|| format!("creating --waypoint-dir {}", dir.display()))?,
+        ),
+        _ => None,
+    };
+    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs, deployer));
     tokio::spawn(
         xds.clone()
             .debounce(Duration::from_millis(config.push_debounce_ms), Duration::from_millis(config.push_max_delay_ms)),

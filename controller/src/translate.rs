@@ -4,11 +4,14 @@
 //! - `service`: Service / ServiceEntry → `istio.workload.Service`;
 //! - `authz`: AuthorizationPolicy and PeerAuthentication → `istio.security.Authorization`.
 //!
-//! Pure functions of model values and a read-only view of the store; no I/O. Waypoint (L7)
-//! resources will be a further module fed by the same store.
+//! - `waypoint`: a service bound to a waypoint → `ambit.waypoint.ServiceConfig` (routes,
+//!   authorization policies for the waypoint).
+//!
+//! Pure functions of model values and a read-only view of the store; no I/O.
 
 pub mod authz;
 pub mod service;
+pub mod waypoint;
 pub mod workload;
 
 /// Mesh-wide settings translation needs.

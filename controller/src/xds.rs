@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ambit_shared::grpc::PeerInfo;
 use ambit_shared::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use ambit_shared::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION};
+use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -27,7 +27,7 @@ use crate::index::Change;
 use crate::metrics::Metrics;
 
 /// Types this server serves.
-pub const TYPES: &[&str] = &[ADDRESS, AUTHORIZATION];
+pub const TYPES: &[&str] = &[ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE];
 /// Full-state responses in flight at once. A large response holds its slot until the
 /// subscriber ACKs or NACKs it (or `IN_FLIGHT_TIMEOUT` passes), so a connect storm of many
 /// subscribers cannot make the controller hold every snapshot in memory at the same time.

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 /// A controller serving `root/manifests`, with its CA in `root/ca` and the bootstrap tokens
-/// of `root/tokens.yaml`, fast pushes (tests and the sandbox want changes to land quickly).
+/// of `root/tokens.yaml`, fast pushes (tests and the sandbox want changes to land quickly),
+/// writing waypoint objects into `root/waypoints` for the sandbox to run.
 pub fn controller_args(root: &Path, grpc_addr: &str, admin_addr: &str) -> Vec<String> {
     let p = |f: &str| root.join(f).display().to_string();
     [
@@ -24,6 +25,12 @@ pub fn controller_args(root: &Path, grpc_addr: &str, admin_addr: &str) -> Vec<St
         "20",
         "--push-max-delay-ms",
         "200",
+        "--waypoint-dir",
+        &p("waypoints"),
+        "--waypoint-image",
+        "ambit/waypoint",
+        "--waypoint-xds-address",
+        grpc_addr,
     ]
     .iter()
     .map(|s| s.to_string())

@@ -17,7 +17,7 @@
 //! Everything carries the run prefix and is removed by [`Sandbox::down`] — also what a crashed
 //! run left behind ([`down_prefix`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,6 +86,9 @@ pub struct State {
     pub next_vip: u32,
     /// Per node, the next pod address.
     pub next_pod_ip: BTreeMap<String, u8>,
+    /// Waypoint objects the controller asked for and the sandbox runs: file → (kind, ns, name).
+    #[serde(default)]
+    pub waypoints: BTreeMap<String, Vec<(String, String, String)>>,
 }
 
 /// Options for [`Sandbox::up`].
@@ -363,6 +366,7 @@ impl Sandbox {
         for (origin, obj) in read_objects(path)? {
             self.apply_object(&origin, obj)?;
         }
+        self.sync_waypoints()?;
         self.sync_services()?;
         self.wait_pods_ready()?;
         self.save()?;
@@ -405,32 +409,100 @@ impl Sandbox {
     pub fn delete(&mut self, path: &Path) -> Result<(), SandboxError> {
         for (origin, obj) in read_objects(path)? {
             let (kind, ns, name) = identity_of(&origin, &obj)?;
-            match kind.as_str() {
-                "Deployment" => {
-                    self.state.deployments.remove(&format!("{ns}/{name}"));
-                    let pods: Vec<String> = self
-                        .state
-                        .pods
-                        .iter()
-                        .filter(|(_, p)| p.owner.as_deref() == Some(&format!("{ns}/{name}")))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in pods {
-                        self.delete_pod(&key)?;
-                    }
-                }
-                "Pod" => self.delete_pod(&format!("{ns}/{name}"))?,
-                "Service" => {
-                    self.state.services.remove(&format!("{ns}/{name}"));
-                    let _ = std::fs::remove_file(self.object_file(&kind, &ns, &name));
-                }
-                _ => {
-                    let _ = std::fs::remove_file(self.object_file(&kind, &ns, &name));
+            self.delete_object(&kind, &ns, &name)?;
+        }
+        self.sync_waypoints()?;
+        self.sync_services()?;
+        self.save()
+    }
+
+    /// Runs what the controller deploys for waypoint Gateways (the role of the Kubernetes API
+    /// server and its controllers): waits until the controller's `waypoints/` directory has one
+    /// file per waypoint Gateway in the manifests, applies new files' objects and deletes the
+    /// objects of files that are gone.
+    fn sync_waypoints(&mut self) -> Result<(), SandboxError> {
+        let mut expected = BTreeSet::new();
+        for entry in std::fs::read_dir(self.manifests()).map_err(setup)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("gateway_") {
+                continue;
+            }
+            for (_, obj) in read_objects(&entry.path())? {
+                let class = obj["spec"]["gatewayClassName"].as_str().unwrap_or_default();
+                if matches!(class, "ambit-waypoint" | "istio-waypoint") {
+                    let (_, ns, gw) = identity_of(&name, &obj)?;
+                    expected.insert(format!("{ns}.{gw}.yaml"));
                 }
             }
         }
-        self.sync_services()?;
-        self.save()
+        let dir = self.opts.root.join("waypoints");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let present = loop {
+            let present: BTreeSet<String> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.ends_with(".yaml"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if present == expected {
+                break present;
+            }
+            if Instant::now() > deadline {
+                return Err(SandboxError::Setup(format!(
+                    "the controller did not deploy the waypoints {expected:?} within 30 s (has {present:?})"
+                )));
+            }
+            std::thread::park_timeout(Duration::from_millis(50));
+        };
+        for gone in self.state.waypoints.keys().filter(|f| !present.contains(*f)).cloned().collect::<Vec<_>>() {
+            say(&self.opts, &format!("waypoint {gone} removed"));
+            for (kind, ns, name) in self.state.waypoints.remove(&gone).unwrap_or_default() {
+                self.delete_object(&kind, &ns, &name)?;
+            }
+        }
+        for file in present {
+            if self.state.waypoints.contains_key(&file) {
+                continue;
+            }
+            say(&self.opts, &format!("waypoint {file} deployed"));
+            let mut made = Vec::new();
+            for (origin, obj) in read_objects(&dir.join(&file))? {
+                made.push(identity_of(&origin, &obj)?);
+                self.apply_object(&origin, obj)?;
+            }
+            self.state.waypoints.insert(file, made);
+        }
+        Ok(())
+    }
+
+    fn delete_object(&mut self, kind: &str, ns: &str, name: &str) -> Result<(), SandboxError> {
+        match kind {
+            "Deployment" => {
+                self.state.deployments.remove(&format!("{ns}/{name}"));
+                let owner = format!("{ns}/{name}");
+                let pods: Vec<String> = self
+                    .state
+                    .pods
+                    .iter()
+                    .filter(|(_, p)| p.owner.as_deref() == Some(owner.as_str()))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in pods {
+                    self.delete_pod(&key)?;
+                }
+            }
+            "Pod" => self.delete_pod(&format!("{ns}/{name}"))?,
+            "Service" => {
+                self.state.services.remove(&format!("{ns}/{name}"));
+                let _ = std::fs::remove_file(self.object_file(kind, ns, name));
+            }
+            _ => {
+                let _ = std::fs::remove_file(self.object_file(kind, ns, name));
+            }
+        }
+        Ok(())
     }
 
     fn object_file(&self, kind: &str, ns: &str, name: &str) -> PathBuf {
@@ -626,8 +698,20 @@ impl Sandbox {
             ("NODE_NAME".into(), node.clone()),
             ("POD_VERSION".into(), self.state.pods[&key].labels.get("version").cloned().unwrap_or_else(|| "v1".into())),
         ];
+        // `valueFrom` (downward API) entries are the variables set above.
         for e in container.env.iter().flatten() {
-            env.push((e.name.clone(), e.value.clone().unwrap_or_default()));
+            if let Some(v) = &e.value {
+                env.push((e.name.clone(), v.clone()));
+            }
+        }
+        if program.file_name().is_some_and(|f| f == "waypoint") {
+            // What a kubelet would mount: the mesh root and a service-account token the
+            // control plane accepts.
+            let sa = self.state.pods[&key].service_account.clone();
+            let token = self.workload_token(ns, name, &sa)?;
+            env.push(("TOKEN_FILE".into(), token.display().to_string()));
+            env.push(("ROOT_CERT".into(), self.opts.root.join("ca/root-cert.pem").display().to_string()));
+            env.push(("RUST_LOG".into(), "info,access=info".into()));
         }
         let pid = self.spawn(&format!("pod-{ns}-{name}"), &netns, &program, &args, &env)?;
         self.state.daemons.remove(&format!("pod-{ns}-{name}"));
@@ -635,6 +719,23 @@ impl Sandbox {
             p.pid = Some(pid);
         }
         Ok(())
+    }
+
+    /// A token for a pod's service account, added to the controller's token file (which it
+    /// re-reads), as a projected service-account token would be in Kubernetes.
+    fn workload_token(&self, ns: &str, pod: &str, sa: &str) -> Result<PathBuf, SandboxError> {
+        let token = format!("sandbox-pod-token-{}-{ns}-{pod}", self.state.prefix);
+        let path = self.opts.root.join("tokens.yaml");
+        let mut text = std::fs::read_to_string(&path).map_err(setup)?;
+        if !text.contains(&token) {
+            text.push_str(&format!("- token: {token}\n  identity: spiffe://cluster.local/ns/{ns}/sa/{sa}\n"));
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).map_err(setup)?;
+            std::fs::rename(&tmp, &path).map_err(setup)?;
+        }
+        let file = self.opts.root.join(format!("token-{ns}-{pod}"));
+        std::fs::write(&file, &token).map_err(setup)?;
+        Ok(file)
     }
 
     /// The program and arguments of a container: `ambit/<mode>` images are the sample apps.
@@ -648,9 +749,12 @@ impl Sandbox {
         let mode = image.strip_prefix("ambit/").map(|m| m.split(':').next().unwrap_or(m).to_owned()).ok_or_else(|| {
             SandboxError::Manifest {
                 origin: format!("container {}", c.name),
-                message: format!("image {image:?}: the sandbox runs ambit/echo, ambit/tcp-echo, ambit/front, ambit/load, ambit/sleep, or a container `command`"),
+                message: format!("image {image:?}: the sandbox runs ambit/echo, ambit/tcp-echo, ambit/front, ambit/load, ambit/sleep, ambit/waypoint, or a container `command`"),
             }
         })?;
+        if mode == "waypoint" {
+            return Ok((self.binary("waypoint")?, args));
+        }
         let mut all = vec![mode];
         all.extend(args);
         Ok((self.binary("ambit-sample")?, all))

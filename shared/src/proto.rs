@@ -23,6 +23,13 @@ pub mod istio {
     }
 }
 
+/// Ambit's own resource types.
+pub mod ambit {
+    pub mod waypoint {
+        include!(concat!(env!("OUT_DIR"), "/ambit.waypoint.rs"));
+    }
+}
+
 pub mod envoy {
     pub mod config {
         pub mod core {
@@ -50,8 +57,11 @@ pub mod google {
 pub mod type_url {
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
+    /// Ambit's L7 configuration of one service bound to a waypoint.
+    pub const WAYPOINT_SERVICE: &str = "type.googleapis.com/ambit.waypoint.ServiceConfig";
 }
 
+pub use ambit::waypoint;
 pub use envoy::service::discovery::v3 as discovery;
 pub use istio::security;
 pub use istio::v1::auth as ca;

@@ -2,29 +2,64 @@
 //! on the admin endpoint at `/debug/config`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use ambit_shared::lifecycle::{distinct_addresses, AddressClash};
 use ambit_shared::telemetry::LogArgs;
+use ambit_shared::Identity;
 
 /// The per-namespace L7 proxy.
 #[derive(Debug, Clone, clap::Parser, serde::Serialize)]
 #[command(name = "waypoint", version, about)]
 pub struct Config {
-    /// Namespace the waypoint serves.
+    /// Namespace the waypoint runs in (its identity's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub namespace: String,
     /// Name of the Gateway this waypoint was deployed for.
     #[arg(long, env = "GATEWAY_NAME", default_value = "waypoint")]
     pub gateway: String,
-    /// Control plane address for xDS (delta ADS) and the CA, over TLS.
-    #[arg(long, env = "XDS_ADDRESS", default_value = "127.0.0.1:15012")]
-    pub xds_address: SocketAddr,
+    /// Service account the waypoint runs as (default: the Gateway's name, as deployed).
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub pod_name: String,
+    #[arg(long, env = "POD_IP", default_value = "")]
+    pub pod_ip: String,
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    pub node_name: String,
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Network of the workloads (empty: the default network).
+    #[arg(long, env = "NETWORK", default_value = "")]
+    pub network: String,
+    /// Control plane address (`host:port`) for xDS (delta ADS) and the CA, over TLS.
+    #[arg(long, env = "XDS_ADDRESS", default_value = "ambit-controller.ambit-system.svc:15012")]
+    pub xds_address: String,
+    /// The mesh root certificate(s), PEM.
+    #[arg(long, env = "ROOT_CERT", default_value = "/var/run/secrets/istio/root-cert.pem")]
+    pub root_cert: PathBuf,
+    /// Token presented to the control plane (`authorization: Bearer`).
+    #[arg(long, env = "TOKEN_FILE", default_value = "/var/run/secrets/tokens/istio-token")]
+    pub token_file: PathBuf,
+    /// The control plane's service account, `<namespace>/<name>`.
+    #[arg(long, env = "CONTROL_PLANE_ACCOUNT", default_value = "ambit-system/ambit-controller")]
+    pub control_plane_account: String,
+    /// Lifetime requested for the waypoint's certificate, in seconds (renewed at half).
+    #[arg(long, env = "SECRET_TTL_SECONDS", default_value_t = 86_400)]
+    pub cert_lifetime_seconds: u64,
+    /// HBONE listener (mutual TLS, HTTP/2 CONNECT).
+    #[arg(long, env = "HBONE_ADDR", default_value = "0.0.0.0:15008")]
+    pub hbone_addr: SocketAddr,
     /// Readiness endpoint (`/healthz/ready`).
     #[arg(long, env = "READINESS_ADDR", default_value = "0.0.0.0:15021")]
     pub readiness_addr: SocketAddr,
     /// Prometheus endpoint (`/metrics`, `/stats/prometheus`).
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
+    /// Grace period for open connections on SIGTERM, in seconds.
+    #[arg(long, env = "DRAIN_SECONDS", default_value_t = 5)]
+    pub drain_seconds: u64,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -33,6 +68,10 @@ pub struct Config {
 pub enum ConfigError {
     #[error("--gateway / GATEWAY_NAME is empty")]
     EmptyGateway,
+    #[error("identity {0}: {1}")]
+    Identity(String, String),
+    #[error("--cert-lifetime-seconds {0} is below 60")]
+    CertLifetime(u64),
     #[error(transparent)]
     AddressClash(#[from] AddressClash),
 }
@@ -42,7 +81,34 @@ impl Config {
         if self.gateway.trim().is_empty() {
             return Err(ConfigError::EmptyGateway);
         }
-        distinct_addresses(&[("--readiness-addr", self.readiness_addr), ("--metrics-addr", self.metrics_addr)])?;
+        self.identity()?;
+        self.control_plane_identity()?;
+        if self.cert_lifetime_seconds < 60 {
+            return Err(ConfigError::CertLifetime(self.cert_lifetime_seconds));
+        }
+        distinct_addresses(&[
+            ("--hbone-addr", self.hbone_addr),
+            ("--readiness-addr", self.readiness_addr),
+            ("--metrics-addr", self.metrics_addr),
+        ])?;
         Ok(())
+    }
+
+    /// The waypoint's own identity.
+    pub fn identity(&self) -> Result<Identity, ConfigError> {
+        let sa = self.service_account.as_deref().unwrap_or(&self.gateway);
+        Identity::new(&self.trust_domain, &self.namespace, sa)
+            .map_err(|e| ConfigError::Identity(format!("{}/{sa}", self.namespace), e.to_string()))
+    }
+
+    pub fn control_plane_identity(&self) -> Result<Identity, ConfigError> {
+        let err = |m: String| ConfigError::Identity(self.control_plane_account.clone(), m);
+        let (ns, sa) =
+            self.control_plane_account.split_once('/').ok_or_else(|| err("expected <namespace>/<name>".into()))?;
+        Identity::new(&self.trust_domain, ns, sa).map_err(|e| err(e.to_string()))
+    }
+
+    pub fn cert_lifetime(&self) -> Duration {
+        Duration::from_secs(self.cert_lifetime_seconds)
     }
 }

@@ -1,26 +1,40 @@
-//! The waypoint as a real process: readiness and metrics, and a clear refusal of a bad
-//! configuration.
+//! The waypoint as a real process: a clear refusal of a bad configuration. Serving traffic
+//! against a real controller and ztunnels is `e2e/tests/waypoint.rs` (on the sandbox).
 
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use ambit_shared::testing::{expect_startup_failure, free_addr, http_get, Daemon};
+use ambit_shared::testing::expect_startup_failure;
 
 const BIN: &str = env!("CARGO_BIN_EXE_waypoint");
-
-#[test]
-fn serves_readiness_and_metrics() {
-    let (ready, metrics) = (free_addr(), free_addr());
-    let (r, m) = (ready.to_string(), metrics.to_string());
-    let mut d = Daemon::spawn(BIN, &["--gateway", "waypoint", "--readiness-addr", &r, "--metrics-addr", &m]);
-    d.wait_ok(ready, "/healthz/ready");
-    let body = http_get(metrics, "/stats/prometheus").unwrap();
-    assert!(body.contains("istio_build{component=\"waypoint\""), "{body}");
-}
 
 #[test]
 fn refuses_clashing_addresses() {
     let err =
         expect_startup_failure(BIN, &["--readiness-addr", "127.0.0.1:15999", "--metrics-addr", "127.0.0.1:15999"]);
     assert!(err.contains("--readiness-addr and --metrics-addr"), "{err}");
+}
+
+#[test]
+fn refuses_a_missing_root_certificate_naming_the_flag() {
+    let err = expect_startup_failure(
+        BIN,
+        &[
+            "--root-cert",
+            "/nonexistent/root-cert.pem",
+            "--readiness-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--hbone-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(err.contains("--root-cert /nonexistent/root-cert.pem"), "{err}");
+}
+
+#[test]
+fn refuses_a_bad_identity() {
+    let err = expect_startup_failure(BIN, &["--gateway", "Not_A_Name"]);
+    assert!(err.contains("identity"), "{err}");
 }

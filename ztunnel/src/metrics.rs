@@ -153,34 +153,46 @@ pub struct Labels {
 
 const UNKNOWN: &str = "unknown";
 
+/// The peer and service labels Istio puts on every L4 and L7 series (`source_*`,
+/// `destination_service*`, `destination_*`), shared with the waypoint's request metrics.
+pub fn encode_peers(
+    put: &mut impl FnMut(&str, &str) -> Result<(), std::fmt::Error>,
+    source: &Peer,
+    destination: &Peer,
+    service: Option<&ServiceLabels>,
+) -> Result<(), std::fmt::Error> {
+    for (prefix, p) in [("source", source), ("destination", destination)] {
+        if prefix == "destination" {
+            let (host, ns, name) = match service {
+                Some(s) => (&*s.hostname, &*s.namespace, &*s.name),
+                None => (UNKNOWN, UNKNOWN, UNKNOWN),
+            };
+            put("destination_service", host)?;
+            put("destination_service_namespace", ns)?;
+            put("destination_service_name", name)?;
+        }
+        let values = [
+            ("workload", &p.workload),
+            ("canonical_service", &p.canonical_service),
+            ("canonical_revision", &p.canonical_revision),
+            ("workload_namespace", &p.namespace),
+            ("principal", &p.principal),
+            ("app", &p.canonical_service),
+            ("version", &p.canonical_revision),
+            ("cluster", &p.cluster),
+        ];
+        for (key, value) in values {
+            put(&[prefix, "_", key].concat(), value)?;
+        }
+    }
+    Ok(())
+}
+
 impl EncodeLabelSet for Labels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         let mut put = |key: &str, value: &str| (key, value).encode(encoder.encode_label());
         put("reporter", self.reporter.as_str())?;
-        for (prefix, p) in [("source", &self.source), ("destination", &self.destination)] {
-            if prefix == "destination" {
-                let (host, ns, name) = match &self.service {
-                    Some(s) => (&*s.hostname, &*s.namespace, &*s.name),
-                    None => (UNKNOWN, UNKNOWN, UNKNOWN),
-                };
-                put("destination_service", host)?;
-                put("destination_service_namespace", ns)?;
-                put("destination_service_name", name)?;
-            }
-            let values = [
-                ("workload", &p.workload),
-                ("canonical_service", &p.canonical_service),
-                ("canonical_revision", &p.canonical_revision),
-                ("workload_namespace", &p.namespace),
-                ("principal", &p.principal),
-                ("app", &p.canonical_service),
-                ("version", &p.canonical_revision),
-                ("cluster", &p.cluster),
-            ];
-            for (key, value) in values {
-                put(&[prefix, "_", key].concat(), value)?;
-            }
-        }
+        encode_peers(&mut put, &self.source, &self.destination, self.service.as_ref())?;
         put("request_protocol", "tcp")?;
         put("response_flags", self.flags.as_str())?;
         put(

@@ -30,6 +30,8 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
     ("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
     ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+    ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+    ("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),
 ];
 
 fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {

@@ -93,6 +93,16 @@ pub fn waypoint_for(
     store: &Store,
     mesh: &MeshSettings,
 ) -> Option<GatewayAddress> {
+    waypoint_gateway(labels, namespace, for_workloads, store).map(|gw| gateway_address(gw, mesh))
+}
+
+/// The Gateway behind [`waypoint_for`].
+pub fn waypoint_gateway<'s>(
+    labels: &Labels,
+    namespace: &str,
+    for_workloads: bool,
+    store: &'s Store,
+) -> Option<&'s Gateway> {
     let ns_labels = store.namespace(namespace).map(|n| &n.metadata.labels);
     let (name, wp_ns) = match labels.get(keys::USE_WAYPOINT) {
         Some(name) => (name, labels.get(keys::USE_WAYPOINT_NAMESPACE)),
@@ -106,7 +116,7 @@ pub fn waypoint_for(
     }
     let wp_ns = wp_ns.map(String::as_str).unwrap_or(namespace);
     let gw = store.gateway(wp_ns, name)?;
-    waypoint_serves(gw, for_workloads).then(|| gateway_address(gw, mesh))
+    waypoint_serves(gw, for_workloads).then_some(gw)
 }
 
 fn waypoint_serves(gw: &Gateway, for_workloads: bool) -> bool {

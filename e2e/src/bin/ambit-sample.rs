@@ -29,6 +29,9 @@ enum Cmd {
     Echo {
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Also a TCP echo on this port.
+        #[arg(long)]
+        tcp_port: Option<u16>,
     },
     /// TCP echo server.
     TcpEcho {
@@ -48,6 +51,15 @@ enum Cmd {
         url: String,
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+        /// Request method.
+        #[arg(long, short = 'X', default_value = "GET")]
+        method: String,
+        /// Extra request headers, `name: value` (repeatable).
+        #[arg(long, short = 'H')]
+        header: Vec<String>,
+        /// Print the status line's code before the body, and succeed whatever it is.
+        #[arg(long)]
+        status: bool,
     },
     /// Many GETs; prints answers per pod.
     Load {
@@ -59,6 +71,13 @@ enum Cmd {
     },
     /// Idles until stopped.
     Sleep,
+    /// Connects, sends `--send` (with `\r` and `\n` escapes), half-closes and prints what
+    /// comes back until the peer closes.
+    TcpClient {
+        addr: String,
+        #[arg(long, default_value = "")]
+        send: String,
+    },
     /// Benchmark server: HTTP echo (`/bytes/N` answers N bytes), a sink, a byte echo.
     BenchServer {
         #[arg(long, default_value_t = 8080)]
@@ -148,15 +167,27 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         match cmd {
-            Cmd::Echo { port } => serve_http(port, None).await,
+            Cmd::Echo { port, tcp_port } => {
+                if let Some(tcp) = tcp_port {
+                    tokio::spawn(tcp_echo(tcp));
+                }
+                serve_http(port, None).await
+            }
+            Cmd::TcpClient { addr, send } => tcp_client(&addr, &send).await,
             Cmd::Front { port, backends } => serve_http(port, Some(Arc::new(backends))).await,
             Cmd::TcpEcho { port } => tcp_echo(port).await,
-            Cmd::Get { url, timeout_ms } => {
-                let (status, body) = tokio::time::timeout(Duration::from_millis(timeout_ms), get(&url))
+            Cmd::Get { url, timeout_ms, method, header, status: show } => {
+                let request = request(&url, &method, &header);
+                let (status, body) = tokio::time::timeout(Duration::from_millis(timeout_ms), request)
                     .await
-                    .map_err(|_| anyhow::anyhow!("GET {url}: timed out"))??;
+                    .map_err(|_| anyhow::anyhow!("{method} {url}: timed out"))??;
+                if show {
+                    println!("{status}");
+                    println!("{body}");
+                    return Ok(());
+                }
                 println!("{body}");
-                anyhow::ensure!((200..300).contains(&status), "GET {url}: status {status}");
+                anyhow::ensure!((200..300).contains(&status), "{method} {url}: status {status}");
                 Ok(())
             }
             Cmd::Load { url, requests, concurrency } => load(&url, requests, concurrency).await,
@@ -255,6 +286,18 @@ async fn answer(
     resp
 }
 
+async fn tcp_client(addr: &str, send: &str) -> anyhow::Result<()> {
+    let mut tcp = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
+    tcp.write_all(send.replace("\\r", "\r").replace("\\n", "\n").as_bytes()).await?;
+    tcp.shutdown().await?;
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut back))
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr}: no close within 5 s"))??;
+    print!("{}", String::from_utf8_lossy(&back));
+    Ok(())
+}
+
 async fn tcp_echo(port: u16) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port)).await?;
     let me = who();
@@ -273,6 +316,11 @@ async fn tcp_echo(port: u16) -> anyhow::Result<()> {
 
 /// A minimal HTTP/1.1 GET (`Connection: close`): status and body.
 async fn get(url: &str) -> anyhow::Result<(u16, String)> {
+    request(url, "GET", &[]).await
+}
+
+/// One HTTP/1.1 request on a fresh connection; (status, body).
+async fn request(url: &str, method: &str, headers: &[String]) -> anyhow::Result<(u16, String)> {
     let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("{url}: only http:// URLs"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -281,8 +329,11 @@ async fn get(url: &str) -> anyhow::Result<(u16, String)> {
     let target = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
     let mut tcp = TcpStream::connect(&target).await.map_err(|e| anyhow::anyhow!("connecting to {target}: {e}"))?;
     tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: ambit-sample\r\nconnection: close\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: ambit-sample\r\nconnection: close\r\n{}\r\n",
+            headers.iter().map(|h| format!("{h}\r\n")).collect::<String>()
+        )
+        .as_bytes(),
     )
     .await?;
     let mut raw = Vec::new();

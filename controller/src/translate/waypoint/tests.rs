@@ -1,0 +1,176 @@
+use super::*;
+use crate::manifest::{parse_object, Parsed};
+
+fn objects(yaml: &str) -> Store {
+    let mut store = Store::default();
+    for doc in yaml.split("\n---\n") {
+        let v: serde_json::Value = serde_yaml::from_str(doc).unwrap();
+        match parse_object("test", v) {
+            Ok(Parsed::Object(o)) => {
+                store.upsert(*o);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    store
+}
+
+const BASE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec: {selector: {app: reviews}, ports: [{name: http, port: 8080}, {name: db, port: 5432, appProtocol: tcp}, {port: 9000}]}";
+
+fn config(extra: &str) -> pb::ServiceConfig {
+    let store = objects(&format!("{BASE}\n---\n{extra}"));
+    let key = crate::model::ObjectKey { kind: Kind::Service, namespace: "shop".into(), name: "reviews".into() };
+    let Some(Object::Service(svc)) = store.get(&key) else { panic!("no service") };
+    let gw = store.gateway("shop", "waypoint").unwrap();
+    service_config(svc, gw, &store, &MeshSettings::default())
+}
+
+#[test]
+fn durations_in_gateway_api_form() {
+    assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("1h1m1s1ms"), Some(Duration::from_millis(3_661_001)));
+    for bad in ["", "10", "s", "1.5s", "10x", "-1s"] {
+        assert_eq!(parse_duration(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn ports_take_their_protocol_from_app_protocol_or_name() {
+    let c = config("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: x, namespace: shop}");
+    let protocols: Vec<_> = c.ports.iter().map(|p| (p.port, p.protocol())).collect();
+    assert_eq!(protocols, [(8080, pb::Protocol::Http), (5432, pb::Protocol::Tcp), (9000, pb::Protocol::Unspecified)]);
+    assert_eq!(c.hostname, "reviews.shop.svc.cluster.local");
+    assert_eq!(c.waypoint, "shop/waypoint");
+    assert!(c.routes.is_empty());
+}
+
+#[test]
+fn routes_are_ordered_by_gateway_api_precedence() {
+    let c = config(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [{group: '', kind: Service, name: reviews, port: 8080}]
+  rules:
+  - backendRefs: [{name: reviews-v1, port: 8080, weight: 90}, {name: reviews-v2, port: 8080, weight: 10}]
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: reviews-v2, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /api/v2}}, {path: {type: Exact, value: /exact}}]
+    backendRefs: [{name: reviews-v2, port: 8080}]
+  - matches: [{headers: [{name: x-user, value: tester}]}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Routed, value: 'yes'}]}}]
+    timeouts: {request: 2s}
+    retry: {attempts: 3, codes: [503], backoff: 10ms}
+    backendRefs: [{name: reviews-v2, port: 8080}]",
+    );
+    let order: Vec<(&str, &str, usize)> =
+        c.routes.iter().map(|r| (r.name.as_str(), r.matches[0].path.as_str(), r.matches[0].headers.len())).collect();
+    assert_eq!(
+        order,
+        [
+            ("HTTPRoute/shop/r/2", "/exact", 0),
+            ("HTTPRoute/shop/r/2", "/api/v2", 0),
+            ("HTTPRoute/shop/r/1", "/api", 0),
+            ("HTTPRoute/shop/r/3", "", 1),
+            ("HTTPRoute/shop/r/0", "", 0),
+        ]
+    );
+    let split = &c.routes[4];
+    assert_eq!(split.ports, [8080]);
+    let weights: Vec<_> = split.backends.iter().map(|b| (b.hostname.as_str(), b.weight)).collect();
+    assert_eq!(weights, [("reviews-v1.shop.svc.cluster.local", 90), ("reviews-v2.shop.svc.cluster.local", 10)]);
+    let header = &c.routes[3];
+    assert_eq!(header.timeout, Some(prost_types::Duration { seconds: 2, nanos: 0 }));
+    assert_eq!(header.retry.as_ref().map(|r| (r.attempts, r.codes.clone())), Some((3, vec![503])));
+    assert!(
+        matches!(&header.filters[0].kind, Some(pb::filter::Kind::RequestHeaders(m)) if m.set[0].name == "x-routed")
+    );
+}
+
+#[test]
+fn routes_for_other_parents_do_not_apply() {
+    let c = config(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, name: ratings}, {kind: Gateway, group: gateway.networking.k8s.io, name: reviews}]
+  rules: [{backendRefs: [{name: ratings, port: 80}]}]",
+    );
+    assert!(c.routes.is_empty());
+}
+
+#[test]
+fn grpc_methods_become_paths() {
+    let c = config(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, name: reviews}]
+  rules:
+  - matches: [{method: {service: echo.Echo, method: Say}}]
+    backendRefs: [{name: reviews-v2, port: 8080}]
+  - matches: [{method: {service: echo.Echo}}]
+    backendRefs: [{name: reviews-v1, port: 8080}]",
+    );
+    let paths: Vec<_> = c.routes.iter().map(|r| (r.matches[0].path_kind(), r.matches[0].path.as_str())).collect();
+    assert_eq!(paths, [(pb::PathKind::PathExact, "/echo.Echo/Say"), (pb::PathKind::PathPrefix, "/echo.Echo/")]);
+}
+
+#[test]
+fn policies_targeting_the_service_or_its_waypoint_are_included() {
+    let c = config(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: by-service, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: '', name: reviews}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+---
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: by-waypoint, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}], to: [{operation: {paths: [/api/*]}}]}]
+---
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: other, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: '', name: ratings}]",
+    );
+    let names: Vec<_> = c.policies.iter().map(|p| (p.name.as_str(), p.action())).collect();
+    assert_eq!(names, [("by-service", pb::Action::Deny), ("by-waypoint", pb::Action::Allow)]);
+    assert_eq!(c.policies[1].rules[0].to[0].paths, ["/api/*"]);
+}
+
+#[test]
+fn malformed_routes_are_rejected_with_the_field() {
+    let reject = |spec: &str| {
+        let v: serde_json::Value = serde_yaml::from_str(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n{spec}"
+        ))
+        .unwrap();
+        match parse_object("r.yaml", v) {
+            Err(r) => r.to_string(),
+            Ok(_) => panic!("accepted: {spec}"),
+        }
+    };
+    let p = "  parentRefs: [{name: s}]\n";
+    let cases = [
+        ("  rules: []".to_owned(), "spec.parentRefs"),
+        (
+            format!("{p}  rules: [{{matches: [{{path: {{type: RegularExpression, value: '(('}}}}]}}]"),
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (format!("{p}  rules: [{{matches: [{{path: {{value: api}}}}]}}]"), "spec.rules[0].matches[0].path.value"),
+        (format!("{p}  rules: [{{timeouts: {{request: ten}}}}]"), "spec.rules[0].timeouts.request"),
+        (format!("{p}  rules: [{{filters: [{{type: ExtensionRef}}]}}]"), "spec.rules[0].filters[0].type"),
+        (format!("{p}  rules: [{{backendRefs: [{{kind: Bucket, name: b}}]}}]"), "spec.rules[0].backendRefs[0].kind"),
+        (
+            format!("{p}  rules: [{{filters: [{{type: RequestRedirect, requestRedirect: {{statusCode: 200}}}}]}}]"),
+            "statusCode",
+        ),
+    ];
+    for (spec, field) in cases {
+        let message = reject(&spec);
+        assert!(message.contains(field) && message.contains("HTTPRoute shop/r"), "{spec}: {message}");
+    }
+}

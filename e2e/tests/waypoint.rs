@@ -1,0 +1,253 @@
+//! The waypoint end to end on the sandbox (root): a Gateway deployed by the controller and run
+//! as a pod, a namespace bound to it beside a namespace without one; traffic from a meshed
+//! client through ztunnel → waypoint → ztunnel: weighted split, header and path routes with a
+//! header filter, L7 authorization by method, path and principal, TCP through the waypoint,
+//! malformed requests, and the request metrics.
+
+// Test helpers outside #[test] functions unwrap too: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use ambit_e2e::sandbox::{Options, Sandbox};
+use std::time::Duration;
+
+use ambit_e2e::{wait_for, write_file};
+
+const APP: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: ambit-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: client, namespace: shop}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      serviceAccountName: client
+      nodeName: node-1
+      containers: [{name: client, image: ambit/sleep}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 8080}, {name: tcp-echo, port: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v1, namespace: shop}
+spec:
+  selector: {app: reviews, version: v1}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: shop}
+spec:
+  selector: {app: reviews, version: v2}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: reviews-v1, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: reviews, version: v1}}
+  template:
+    metadata: {labels: {app: reviews, version: v1}}
+    spec:
+      nodeName: node-2
+      containers:
+      - {name: echo, image: ambit/echo, args: ['--port', '8080', '--tcp-port', '9000'], ports: [{containerPort: 8080}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: reviews-v2, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: reviews, version: v2}}
+  template:
+    metadata: {labels: {app: reviews, version: v2}}
+    spec:
+      nodeName: node-1
+      containers:
+      - {name: echo, image: ambit/echo, args: ['--port', '8080', '--tcp-port', '9000'], ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: plain}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: plain}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers: [{name: echo, image: ambit/echo, args: ['--port', '8080'], ports: [{containerPort: 8080}]}]
+";
+
+const ROUTES: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec:
+  parentRefs: [{group: '', kind: Service, name: reviews, port: 8080}]
+  rules:
+  - backendRefs: [{name: reviews-v1, port: 8080, weight: 90}, {name: reviews-v2, port: 8080, weight: 10}]
+  - matches: [{headers: [{name: x-user, value: tester}]}]
+    backendRefs: [{name: reviews-v2, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-routed-by, value: waypoint}]}}]
+    backendRefs: [{name: reviews-v2, port: 8080}]
+";
+
+const POLICY: &str = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-deletes, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: client-only, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: '', name: reviews}]
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]
+    to: [{operation: {paths: ['/v2*', '/']}}]
+";
+
+/// `ambit-sample get` in the client pod: (status, JSON body).
+fn call(sb: &Sandbox, url: &str, extra: &[&str]) -> (u16, serde_json::Value) {
+    let mut args = vec!["ambit-sample", "get", "--status", url];
+    args.extend_from_slice(extra);
+    let out = sb.exec("client-0", &args).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
+    let status =
+        status.trim().parse().unwrap_or_else(|_| panic!("no status: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    (status, serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::String(body.trim().to_owned())))
+}
+
+#[test]
+fn waypoint_routes_authorizes_and_observes() {
+    let mut opts = Options::for_tests();
+    opts.prefix = format!("{}-wp", opts.prefix);
+    let scratch = opts.root.with_extension("files");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut sb = Sandbox::up(opts).unwrap();
+    sb.apply(&write_file(&scratch, "app.yaml", APP)).unwrap();
+
+    // The controller deployed the waypoint; the sandbox runs it as a pod, not captured.
+    let wp = sb.state.pods.keys().find(|k| k.starts_with("shop/waypoint-")).cloned().expect("waypoint pod");
+    assert!(!sb.captured(&wp), "waypoint pods are outside the capture");
+    assert!(sb.state.services.contains_key("shop/waypoint"));
+    let wp_ip = sb.state.pods[&wp].ip.to_string();
+
+    // Through the waypoint without routes: the service's own endpoints; the server sees the
+    // waypoint as its peer (ztunnel delivered the waypoint's HBONE).
+    let (status, answer) = call(&sb, "http://reviews:8080/", &[]);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["peer"].as_str().unwrap().starts_with(&format!("{wp_ip}:")), "via the waypoint: {answer}");
+    // The namespace without a waypoint: direct, the client is the peer.
+    let client_ip = sb.state.pods["shop/client-0"].ip.to_string();
+    let (status, answer) = call(&sb, "http://echo.plain:8080/", &[]);
+    assert_eq!(status, 200);
+    assert!(answer["peer"].as_str().unwrap().starts_with(&format!("{client_ip}:")), "no waypoint: {answer}");
+
+    sb.apply(&write_file(&scratch, "routes.yaml", ROUTES)).unwrap();
+    // The routes arrive together; the header filter shows they have (no chance involved).
+    wait_for("the routes", Duration::from_secs(20), || {
+        (call(&sb, "http://reviews:8080/v2/items", &[]).1["headers"]["x-routed-by"] == "waypoint").then_some(())
+    });
+    for _ in 0..5 {
+        assert_eq!(call(&sb, "http://reviews:8080/", &["-H", "x-user: tester"]).1["pod"], "reviews-v2-0");
+        let (_, answer) = call(&sb, "http://reviews:8080/v2/items", &[]);
+        assert_eq!(answer["pod"], "reviews-v2-0");
+        assert_eq!(answer["headers"]["x-routed-by"], "waypoint", "{answer}");
+    }
+    // 90/10 over 2 000 requests, within ±3 %.
+    let out = sb
+        .exec("client-0", &["ambit-sample", "load", "http://reviews:8080/", "--requests", "2000", "--concurrency", "8"])
+        .unwrap();
+    let load: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v1 = load["by_pod"]["reviews-v1-0"].as_u64().unwrap_or(0);
+    let v2 = load["by_pod"]["reviews-v2-0"].as_u64().unwrap_or(0);
+    assert_eq!(v1 + v2, 2000, "every request answered: {load}");
+    let share = v1 as f64 / 2000.0;
+    assert!((0.87..=0.93).contains(&share), "v1 share {share}: {load}");
+
+    // L7 authorization: DELETE denied by the waypoint policy, other paths by the service's
+    // ALLOW; the rest allowed.
+    sb.apply(&write_file(&scratch, "policy.yaml", POLICY)).unwrap();
+    wait_for("DELETE denied", Duration::from_secs(20), || {
+        (call(&sb, "http://reviews:8080/", &["-X", "DELETE"]).0 == 403).then_some(())
+    });
+    let (status, body) = call(&sb, "http://reviews:8080/", &["-X", "DELETE"]);
+    assert_eq!((status, body.as_str()), (403, Some("RBAC: access denied")));
+    assert_eq!(call(&sb, "http://reviews:8080/other", &[]).0, 403, "path not allowed");
+    assert_eq!(call(&sb, "http://reviews:8080/v2/x", &[]).0, 200, "allowed path and principal");
+    assert_eq!(call(&sb, "http://reviews:8080/", &["-X", "POST"]).0, 200);
+
+    // A port that is not HTTP: TCP through the waypoint (the echo pods' TCP echo on 9000).
+    let echoed =
+        sb.exec("client-0", &["ambit-sample", "tcp-client", "reviews.shop:9000", "--send", "hello-tcp"]).unwrap();
+    let echoed = String::from_utf8_lossy(&echoed.stdout).into_owned();
+    assert!(echoed.ends_with("hello-tcp") && echoed.contains("pod=reviews-v"), "{echoed}");
+
+    // Malformed HTTP closes that connection only; the waypoint keeps serving.
+    let send = "GET / HTTP/1.1\\r\\nbad header line\\r\\n\\r\\n";
+    let garbage = sb.exec("client-0", &["ambit-sample", "tcp-client", "reviews.shop:8080", "--send", send]).unwrap();
+    let garbage = String::from_utf8_lossy(&garbage.stdout).into_owned();
+    assert!(garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    assert_eq!(call(&sb, "http://reviews:8080/v2/x", &[]).0, 200, "still serving");
+
+    // Istio's request metrics, reported by the waypoint.
+    let metrics =
+        sb.exec(&wp.replace("shop/", ""), &["ambit-sample", "get", "http://127.0.0.1:15020/metrics"]).unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"waypoint\"")
+                && l.contains("response_code=\"403\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"")
+                && l.contains("destination_service=\"reviews.shop.svc.cluster.local\"")
+        })
+        .unwrap_or_else(|| panic!("403s counted:\n{metrics}"));
+    assert!(line.contains("response_flags=\"RBAC\""), "{line}");
+    assert!(metrics.contains("istio_request_duration_milliseconds_bucket{"), "duration histogram");
+    assert!(sb.log(&format!("pod-{}", wp.replace('/', "-"))).contains("request complete"), "access log");
+
+    sb.down();
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -1,0 +1,198 @@
+use super::*;
+
+fn subject<'a>(headers: &'a http::HeaderMap, principal: &'a str, method: &'a str, path: &'a str) -> Subject<'a> {
+    Subject {
+        principal: Some(principal),
+        namespace: principal.split("/ns/").nth(1).and_then(|r| r.split('/').next()),
+        request_principal: None,
+        source_ip: "10.244.1.5".parse().unwrap(),
+        remote_ip: "10.244.1.5".parse().unwrap(),
+        destination_ip: "10.96.0.10".parse().unwrap(),
+        host: "reviews.shop.svc.cluster.local:8080",
+        port: 8080,
+        method,
+        path,
+        headers,
+        claims: None,
+    }
+}
+
+fn policy(action: pb::Action, rule: pb::Rule) -> Policy {
+    Policy::compile(&pb::Policy {
+        name: "p".into(),
+        namespace: "shop".into(),
+        action: action as i32,
+        rules: vec![rule],
+        dry_run: false,
+    })
+    .unwrap()
+}
+
+const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+const VISITOR: &str = "spiffe://cluster.local/ns/outside/sa/visitor";
+
+#[test]
+fn authorization_follows_istios_order_and_string_forms() {
+    let h = http::HeaderMap::new();
+    let allow_frontend_get = policy(
+        pb::Action::Allow,
+        pb::Rule {
+            from: vec![pb::Source {
+                principals: vec!["cluster.local/ns/shop/sa/frontend".into()],
+                ..Default::default()
+            }],
+            to: vec![pb::Operation { methods: vec!["GET".into()], paths: vec!["/api/*".into()], ..Default::default() }],
+            when: vec![],
+        },
+    );
+    let deny_admin = policy(
+        pb::Action::Deny,
+        pb::Rule {
+            to: vec![pb::Operation { paths: vec!["*/admin".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    let both = [allow_frontend_get, deny_admin];
+    let cases = [
+        (FRONTEND, "GET", "/api/items", true),
+        (FRONTEND, "POST", "/api/items", false),
+        (FRONTEND, "GET", "/other", false),
+        (VISITOR, "GET", "/api/items", false),
+        (FRONTEND, "GET", "/api/admin", false),
+    ];
+    for (who, method, path, ok) in cases {
+        assert_eq!(authorize(&both, &subject(&h, who, method, path)).is_ok(), ok, "{who} {method} {path}");
+    }
+    assert!(authorize(&[], &subject(&h, VISITOR, "DELETE", "/")).is_ok(), "no policy: allowed");
+}
+
+#[test]
+fn not_forms_namespaces_ip_blocks_and_headers() {
+    let mut h = http::HeaderMap::new();
+    h.insert("x-user", HeaderValue::from_static("tester"));
+    let p = policy(
+        pb::Action::Allow,
+        pb::Rule {
+            from: vec![pb::Source {
+                namespaces: vec!["shop".into()],
+                not_ip_blocks: vec!["10.244.2.0/24".into()],
+                ..Default::default()
+            }],
+            to: vec![pb::Operation {
+                not_methods: vec!["DELETE".into()],
+                ports: vec!["8080".into()],
+                ..Default::default()
+            }],
+            when: vec![pb::Condition {
+                key: "request.headers[X-User]".into(),
+                values: vec!["test*".into()],
+                not_values: vec![],
+            }],
+        },
+    );
+    let ps = [p];
+    assert!(authorize(&ps, &subject(&h, FRONTEND, "GET", "/")).is_ok());
+    assert!(authorize(&ps, &subject(&h, FRONTEND, "DELETE", "/")).is_err());
+    assert!(authorize(&ps, &subject(&h, VISITOR, "GET", "/")).is_err(), "other namespace");
+    let empty = http::HeaderMap::new();
+    assert!(authorize(&ps, &subject(&empty, FRONTEND, "GET", "/")).is_err(), "header condition");
+    let mut s = subject(&h, FRONTEND, "GET", "/");
+    s.source_ip = "10.244.2.9".parse().unwrap();
+    assert!(authorize(&ps, &s).is_err(), "notIpBlocks");
+}
+
+#[test]
+fn bad_policy_values_do_not_compile() {
+    let err = Policy::compile(&pb::Policy {
+        name: "p".into(),
+        namespace: "shop".into(),
+        rules: vec![pb::Rule {
+            from: vec![pb::Source { ip_blocks: vec!["10.0.0.0/40".into()], ..Default::default() }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("ipBlocks"), "{err}");
+}
+
+fn route(m: pb::Match) -> Route {
+    Route::compile("r", &pb::Route { matches: vec![m], ..Default::default() }).unwrap()
+}
+
+#[test]
+fn path_header_query_and_method_matches() {
+    let h = {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", HeaderValue::from_static("tester"));
+        h
+    };
+    let view = |method: &'static Method, path: &'static str, query: Option<&'static str>| RequestView {
+        method,
+        path,
+        query,
+        headers: Box::leak(Box::new(h.clone())),
+    };
+    let prefix = route(pb::Match { has_path: true, path: "/api".into(), ..Default::default() });
+    assert!(prefix.matches[0].matches(&view(&Method::GET, "/api", None)));
+    assert!(prefix.matches[0].matches(&view(&Method::GET, "/api/x", None)));
+    assert!(!prefix.matches[0].matches(&view(&Method::GET, "/apix", None)), "whole segments");
+    let exact = route(pb::Match {
+        has_path: true,
+        path: "/a".into(),
+        path_kind: pb::PathKind::PathExact as i32,
+        ..Default::default()
+    });
+    assert!(!exact.matches[0].matches(&view(&Method::GET, "/a/b", None)));
+    let re = route(pb::Match {
+        has_path: true,
+        path: "/v[0-9]+".into(),
+        path_kind: pb::PathKind::PathRegex as i32,
+        ..Default::default()
+    });
+    assert!(re.matches[0].matches(&view(&Method::GET, "/v12", None)));
+    assert!(!re.matches[0].matches(&view(&Method::GET, "/v12/x", None)), "regex matches the whole path");
+    let header = route(pb::Match {
+        headers: vec![pb::HeaderMatch {
+            name: "X-User".into(),
+            value: Some(pb::StringMatch { kind: Some(pb::string_match::Kind::Exact("tester".into())) }),
+            invert: false,
+        }],
+        query: vec![pb::HeaderMatch {
+            name: "v".into(),
+            value: Some(pb::StringMatch { kind: Some(pb::string_match::Kind::Exact("2".into())) }),
+            invert: false,
+        }],
+        method: "POST".into(),
+        ..Default::default()
+    });
+    assert!(header.matches[0].matches(&view(&Method::POST, "/", Some("a=1&v=2"))));
+    assert!(!header.matches[0].matches(&view(&Method::GET, "/", Some("v=2"))));
+    assert!(!header.matches[0].matches(&view(&Method::POST, "/", Some("v=3"))));
+}
+
+#[test]
+fn weighted_backends_spread_by_weight() {
+    let backend = |name: &str, weight| pb::Backend {
+        hostname: name.into(),
+        namespace: "shop".into(),
+        port: 8080,
+        weight,
+        filters: vec![],
+    };
+    let r = Route::compile(
+        "r",
+        &pb::Route { backends: vec![backend("a", 90), backend("b", 10), backend("c", 0)], ..Default::default() },
+    )
+    .unwrap();
+    let mut counts = HashMap::new();
+    for _ in 0..10_000 {
+        *counts.entry(r.pick_backend().unwrap().hostname.clone()).or_insert(0) += 1;
+    }
+    assert!((8_700..=9_300).contains(&counts["a"]), "{counts:?}");
+    assert!(!counts.contains_key("c"), "weight 0 never picked");
+    let none = Route::compile("r", &pb::Route { backends: vec![backend("a", 0)], ..Default::default() }).unwrap();
+    assert!(none.pick_backend().is_none());
+}
+
+use std::collections::HashMap;

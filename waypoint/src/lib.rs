@@ -1,0 +1,15 @@
+//! Ambit's waypoint: the L7 proxy a namespace (or service) gets on request.
+//!
+//! - [`config`]: flags and environment;
+//! - [`l7`]: a bound service's routes and authorization policies, compiled;
+//! - [`xds`]: the control plane's workloads, services and L7 configuration, kept current;
+//! - [`proxy`]: HBONE in, the HTTP pipeline (or TCP), pooled HBONE out;
+//! - [`metrics`]: Istio's request metrics and the access log;
+//! - [`run`]: wiring and drain.
+
+pub mod config;
+pub mod l7;
+pub mod metrics;
+pub mod proxy;
+pub mod run;
+pub mod xds;

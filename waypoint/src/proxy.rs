@@ -1,0 +1,772 @@
+//! The waypoint's data path: HBONE in (its own identity), HTTP/1.1, HTTP/2 and gRPC handled
+//! per request — authorization, route, filters, fault, backend by weight, endpoint, pooled
+//! HBONE out — and plain TCP forwarded for ports that are not HTTP.
+//!
+//! The connection's protocol comes from the service port (`appProtocol`, port name) or, when
+//! undeclared, from its first bytes (the HTTP/2 preface, an HTTP/1 request line, else TCP).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use ambit_shared::hbone::client::{Client as HboneClient, ConnectRequest};
+use ambit_shared::hbone::server::{Handler, InboundConnect, Responder};
+use ambit_shared::hbone::{forwarded_for, headers as hbone_headers, H2Stream, HBONE_PORT};
+use ambit_shared::proto::waypoint::Protocol;
+use ambit_shared::Identity;
+use ambit_ztunnel::identity::CertManager;
+use ambit_ztunnel::metrics::{Peer, ServiceLabels};
+use ambit_ztunnel::state::{pick_endpoint, Destination, Service, State, Workload};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::l7::{authorize, BackendRef, Filter, RequestView, Route, ServiceL7, Subject};
+use crate::metrics::{Flag, Metrics, RequestLabels};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Requests whose bodies are buffered (retries, mirrors) may not exceed this.
+const MAX_BUFFERED_BODY: usize = 1024 * 1024;
+/// How long a connection on an undeclared port may stay silent before it is treated as TCP.
+const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn body(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn respond(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(body(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// The connection to an endpoint: an HBONE stream, or TCP for endpoints outside the mesh.
+pub enum Conn {
+    Hbone(H2Stream),
+    Tcp(TcpStream),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Hbone(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Hbone(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Hbone(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Hbone(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+/// Dials endpoints for the HTTP clients' pools: HBONE as the waypoint's identity to meshed
+/// workloads (their ztunnel checks it), plain TCP to the rest.
+#[derive(Clone)]
+pub struct Dialer {
+    pub network: Arc<str>,
+    pub state: Arc<RwLock<State>>,
+    pub certs: Arc<CertManager>,
+    pub identity: Identity,
+    pub hbone: HboneClient,
+}
+
+impl Dialer {
+    pub async fn dial(&self, addr: SocketAddr) -> Result<Conn, BoxError> {
+        let workload = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            state.workload_by_addr(&self.network, addr.ip()).cloned()
+        };
+        match workload {
+            Some(w) if w.hbone => {
+                let cert = self.certs.fetch(&self.identity).await?;
+                let req = ConnectRequest {
+                    source: cert,
+                    destination_identities: vec![w.identity.clone()],
+                    hbone_addr: SocketAddr::new(addr.ip(), HBONE_PORT),
+                    authority: addr,
+                    headers: HeaderMap::new(),
+                };
+                Ok(Conn::Hbone(self.hbone.connect(&req).await?))
+            }
+            _ => {
+                let tcp = TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                Ok(Conn::Tcp(tcp))
+            }
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = TokioIo<Conn>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<Conn>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let dialer = self.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("upstream URI without host")?;
+            let ip: IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse()?;
+            let port = uri.port_u16().ok_or("upstream URI without port")?;
+            dialer.dial(SocketAddr::new(ip, port)).await.map(TokioIo::new)
+        })
+    }
+}
+
+/// The L7 configuration of every bound service, by service key (`ns/hostname`).
+pub type L7Map = Arc<RwLock<HashMap<String, Arc<ServiceL7>>>>;
+
+pub struct Waypoint {
+    pub dialer: Dialer,
+    pub l7: L7Map,
+    pub metrics: Arc<Metrics>,
+    h1: Client<Dialer, Body>,
+    h2: Client<Dialer, Body>,
+}
+
+/// Who sent the request and where it was going, fixed per HBONE stream.
+struct Downstream {
+    principal: Arc<str>,
+    identity: Identity,
+    source: Peer,
+    source_ip: IpAddr,
+    peer_ip: IpAddr,
+    vip: SocketAddr,
+    service: Option<Arc<Service>>,
+    l7: Option<Arc<ServiceL7>>,
+}
+
+impl Waypoint {
+    pub fn new(dialer: Dialer, l7: L7Map, metrics: Arc<Metrics>) -> Arc<Self> {
+        let mut h1 = Client::builder(TokioExecutor::new());
+        h1.pool_idle_timeout(Duration::from_secs(90)).pool_timer(TokioTimer::new());
+        let mut h2 = Client::builder(TokioExecutor::new());
+        h2.http2_only(true).pool_idle_timeout(Duration::from_secs(90)).pool_timer(TokioTimer::new());
+        Arc::new(Waypoint { h1: h1.build(dialer.clone()), h2: h2.build(dialer.clone()), dialer, l7, metrics })
+    }
+
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.dialer.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn serve(self: Arc<Self>, req: InboundConnect, responder: Responder) {
+        let network = self.dialer.network.clone();
+        let (service, target) = match self.state().destination(&network, req.authority) {
+            Destination::Service { service, .. } => (Some(service), None),
+            Destination::Workload(w) => (None, Some(w)),
+            Destination::Passthrough => (None, None),
+        };
+        if service.is_none() && target.is_none() {
+            tracing::debug!(authority = %req.authority, "CONNECT to an address the waypoint does not serve");
+            responder.reject(StatusCode::NOT_FOUND);
+            return;
+        }
+        let l7 = service.as_ref().and_then(|s| {
+            let map = self.l7.read().unwrap_or_else(|p| p.into_inner());
+            map.get(&*s.key).cloned()
+        });
+        let source_ip = req
+            .headers
+            .get(hbone_headers::FORWARDED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(forwarded_for)
+            .map_or(req.peer_addr.ip(), |a| a.ip());
+        let source_workload = self.state().workload_by_addr(&network, source_ip).cloned();
+        let principal: Arc<str> = Arc::from(req.peer_identity.to_string());
+        let source = match &source_workload {
+            Some(w) => Peer::from_workload(w, Some(principal.clone())),
+            None => Peer::from_principal(Some(principal.clone())),
+        };
+        let down = Arc::new(Downstream {
+            principal,
+            identity: req.peer_identity.clone(),
+            source,
+            source_ip,
+            peer_ip: req.peer_addr.ip(),
+            vip: req.authority,
+            service,
+            l7,
+        });
+        let Ok(stream) = responder.accept() else { return };
+        let declared = down.l7.as_ref().map_or(Protocol::Unspecified, |l7| l7.protocol(req.authority.port()));
+        match declared {
+            Protocol::Tcp => self.forward_tcp(down, target, stream).await,
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc => self.serve_http(down, Prefixed::new(stream)).await,
+            Protocol::Unspecified => match sniff(stream).await {
+                Ok((true, stream)) => self.serve_http(down, stream).await,
+                Ok((false, stream)) => self.forward_tcp(down, target, stream).await,
+                Err(e) => tracing::debug!(error = %e, "connection closed before its protocol was known"),
+            },
+        }
+    }
+
+    /// Plain TCP: one endpoint of the service (or the addressed workload), bytes copied.
+    async fn forward_tcp<S>(&self, down: Arc<Downstream>, target: Option<Arc<Workload>>, mut stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let endpoint = match (&down.service, target) {
+            (Some(svc), _) => {
+                let state = self.state();
+                pick_endpoint(&state.endpoints(svc, down.vip.port()))
+                    .and_then(|(w, port)| Some(SocketAddr::new(*w.addresses.first()?, port)))
+            }
+            (None, Some(w)) => w.addresses.first().map(|ip| SocketAddr::new(*ip, down.vip.port())),
+            (None, None) => None,
+        };
+        let Some(endpoint) = endpoint else {
+            tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = "UH", "tcp connection refused: no healthy endpoint");
+            return;
+        };
+        let start = Instant::now();
+        match self.dialer.dial(endpoint).await {
+            Ok(mut upstream) => {
+                let (t, err) = ambit_shared::copy::copy_bidirectional(&mut stream, &mut upstream).await;
+                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, src.identity = %down.principal, dst = %down.vip, endpoint = %endpoint, bytes_sent = t.a_to_b, bytes_recv = t.b_to_a, duration = format!("{:.1}ms", start.elapsed().as_secs_f64() * 1e3), error = err.map(|e| e.to_string()), "tcp connection complete");
+            }
+            Err(e) => {
+                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, dst = %down.vip, endpoint = %endpoint, response_flags = "UF", error = %e, "tcp connection failed");
+            }
+        }
+    }
+
+    async fn serve_http(self: &Arc<Self>, down: Arc<Downstream>, stream: Prefixed<H2Stream>) {
+        let this = self.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (this, down) = (this.clone(), down.clone());
+            async move { Ok::<_, std::convert::Infallible>(this.request(&down, req).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder.http1().max_buf_size(64 * 1024).timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+        builder.http2().max_header_list_size(64 * 1024).timer(TokioTimer::new());
+        if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            tracing::debug!(error = %e, "HTTP connection ended with an error");
+        }
+    }
+
+    /// One request, start to finish, with its telemetry.
+    async fn request(&self, down: &Downstream, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let protocol = if grpc {
+            "grpc"
+        } else if req.version() == http::Version::HTTP_2 {
+            "http2"
+        } else {
+            "http"
+        };
+        let request_bytes =
+            req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        let (mut response, flag, endpoint) = self.handle(down, req).await;
+        let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+        let response_bytes = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let destination = match &endpoint {
+            Some(w) => Peer::from_workload(w, Some(Arc::from(w.identity.to_string()))),
+            None => Peer::unknown(),
+        };
+        let labels = RequestLabels {
+            source: down.source.clone(),
+            destination,
+            service: down.service.as_deref().map(ServiceLabels::of),
+            protocol,
+            code: response.status().as_u16(),
+            grpc_status,
+            flag,
+        };
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        self.metrics.record(&labels, ms, request_bytes, response_bytes);
+        tracing::info!(
+            target: "access",
+            protocol,
+            src.addr = %down.source_ip,
+            src.identity = %down.principal,
+            dst.service = down.service.as_ref().map(|s| &*s.hostname),
+            dst.workload = endpoint.as_ref().map(|w| &*w.name),
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            response_flags = flag.as_str(),
+            duration = format!("{ms:.1}ms"),
+            "request complete"
+        );
+        if flag == Flag::RbacDenied {
+            response.headers_mut().insert("x-ambit-denied", HeaderValue::from_static("rbac"));
+        }
+        response
+    }
+
+    async fn handle(
+        &self,
+        down: &Downstream,
+        mut req: Request<Incoming>,
+    ) -> (Response<Body>, Flag, Option<Arc<Workload>>) {
+        let port = down.vip.port();
+        let Some(l7) = down.l7.clone() else {
+            // A workload-addressed request, or a service without L7 configuration: straight on.
+            return self.forward_default(down, req, port).await;
+        };
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_owned();
+        let subject = Subject {
+            principal: Some(&down.principal),
+            namespace: Some(down.identity.namespace()),
+            request_principal: None,
+            source_ip: down.source_ip,
+            remote_ip: down.source_ip,
+            destination_ip: down.vip.ip(),
+            host: &host,
+            port,
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            claims: None,
+        };
+        if let Err(policy) = authorize(&l7.policies, &subject) {
+            tracing::debug!(%policy, "request denied");
+            return (respond(StatusCode::FORBIDDEN, "RBAC: access denied"), Flag::RbacDenied, None);
+        }
+        let _ = down.peer_ip;
+        let view = RequestView {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        let routes: Vec<&Route> = l7.routes.iter().filter(|r| r.applies_to(port)).collect();
+        let Some(route) = routes.iter().find(|r| r.matches.iter().any(|m| m.matches(&view))).copied() else {
+            if routes.is_empty() {
+                return self.forward_default(down, req, port).await;
+            }
+            return (respond(StatusCode::NOT_FOUND, "no route matched"), Flag::NoRoute, None);
+        };
+        // Filters that answer or rewrite the request.
+        let mut response_ops = Vec::new();
+        let mut mirrors = Vec::new();
+        for f in &route.filters {
+            match f {
+                Filter::Redirect(r) => return (redirect(r, &req, &host), Flag::None, None),
+                Filter::RequestHeaders(ops) => ops.apply(req.headers_mut()),
+                Filter::ResponseHeaders(ops) => response_ops.push(ops),
+                Filter::Rewrite(r) => rewrite(r, &mut req, route),
+                Filter::Mirror { backend, percent } => {
+                    if *percent >= 100.0 || fastrand::f64() * 100.0 < *percent {
+                        mirrors.push(backend.clone());
+                    }
+                }
+            }
+        }
+        if let Some(fault) = &route.fault {
+            if fault.delay.is_some() && fastrand::f64() * 100.0 < fault.delay_percent {
+                if let Some(d) = fault.delay.and_then(|d| Duration::try_from(d).ok()) {
+                    tokio::time::sleep(d).await;
+                }
+            }
+            if fault.abort_status != 0 && fastrand::f64() * 100.0 < fault.abort_percent {
+                let status = u16::try_from(fault.abort_status).ok().and_then(|s| StatusCode::from_u16(s).ok());
+                let mut r = respond(status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "fault filter abort");
+                for ops in &response_ops {
+                    ops.apply(r.headers_mut());
+                }
+                return (r, Flag::FaultAbort, None);
+            }
+        }
+        let Some(backend) = route.pick_backend() else {
+            return (respond(StatusCode::INTERNAL_SERVER_ERROR, "no backend"), Flag::NoRoute, None);
+        };
+        if let Some(ops) = &backend.request_headers {
+            ops.apply(req.headers_mut());
+        }
+        let buffered = route.retry.is_some() || !mirrors.is_empty();
+        let (parts, incoming) = req.into_parts();
+        let (body_bytes, streamed) = if buffered {
+            match http_body_util::Limited::new(incoming, MAX_BUFFERED_BODY).collect().await {
+                Ok(b) => (Some(b.to_bytes()), None),
+                Err(_) => {
+                    return (
+                        respond(StatusCode::PAYLOAD_TOO_LARGE, "request body too large to retry or mirror"),
+                        Flag::DownstreamProtocolError,
+                        None,
+                    )
+                }
+            }
+        } else {
+            (None, Some(incoming))
+        };
+        for m in mirrors {
+            if let Some(bytes) = &body_bytes {
+                self.mirror(&m, &parts, bytes.clone(), port);
+            }
+        }
+        let attempt_limit = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
+        let backoff = route
+            .retry
+            .as_ref()
+            .and_then(|r| r.backoff.and_then(|b| Duration::try_from(b).ok()))
+            .unwrap_or(Duration::from_millis(25));
+        let deadline = route.timeout.map(|t| Instant::now() + t);
+        let mut streamed = streamed;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let body = match (&body_bytes, streamed.take()) {
+                (Some(b), _) => crate::proxy::body(b.clone()),
+                (None, Some(incoming)) => incoming.map_err(|e| Box::new(e) as BoxError).boxed(),
+                (None, None) => crate::proxy::body(Bytes::new()),
+            };
+            let request = Request::from_parts(parts.clone(), body);
+            let per_try = match (route.backend_timeout, deadline) {
+                (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),
+                (Some(t), None) => Some(t),
+                (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
+                (None, None) => None,
+            };
+            let sent = self.send(backend, request, port);
+            let outcome = match per_try {
+                Some(t) => match tokio::time::timeout(t, sent).await {
+                    Ok(r) => r,
+                    Err(_) => Err((
+                        respond(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                        Flag::UpstreamTimeout,
+                        None,
+                    )),
+                },
+                None => sent.await,
+            };
+            let retryable = match (&outcome, &route.retry) {
+                (Ok((r, _)), Some(retry)) => retry.codes.contains(&u32::from(r.status().as_u16())),
+                (Err((_, Flag::UpstreamFailure, _)), Some(retry)) => retry.connect_failure,
+                _ => false,
+            };
+            let out_of_time = deadline.is_some_and(|d| Instant::now() + backoff >= d);
+            if retryable && attempt < attempt_limit && !out_of_time && body_bytes.is_some() {
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+            let (mut response, flag, endpoint) = match outcome {
+                Ok((r, w)) => (r, Flag::None, Some(w)),
+                Err((r, flag, w)) => (r, flag, w),
+            };
+            for ops in &response_ops {
+                ops.apply(response.headers_mut());
+            }
+            return (response, flag, endpoint);
+        }
+    }
+
+    /// Without routes: the addressed service (or workload) at the request's port.
+    async fn forward_default(
+        &self,
+        down: &Downstream,
+        req: Request<Incoming>,
+        port: u16,
+    ) -> (Response<Body>, Flag, Option<Arc<Workload>>) {
+        let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
+        let endpoint = match &down.service {
+            Some(svc) => {
+                let state = self.state();
+                pick_endpoint(&state.endpoints(svc, port))
+            }
+            None => {
+                let state = self.state();
+                state.workload_by_addr(&self.dialer.network, down.vip.ip()).cloned().map(|w| (w, port))
+            }
+        };
+        let Some((w, target)) = endpoint else {
+            return (respond(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"), Flag::NoHealthyUpstream, None);
+        };
+        match self.send_to(&w, target, req).await {
+            Ok(r) => (r, Flag::None, Some(w)),
+            Err((r, flag)) => (r, flag, Some(w)),
+        }
+    }
+
+    /// One attempt to a backend service: an endpoint, then the request.
+    async fn send(
+        &self,
+        backend: &BackendRef,
+        req: Request<Body>,
+        port: u16,
+    ) -> Result<(Response<Body>, Arc<Workload>), (Response<Body>, Flag, Option<Arc<Workload>>)> {
+        let port = if backend.port == 0 { port } else { backend.port };
+        let endpoint = {
+            let state = self.state();
+            state.service(&backend.service_key).and_then(|svc| pick_endpoint(&state.endpoints(svc, port)))
+        };
+        let Some((w, target)) = endpoint else {
+            return Err((
+                respond(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                Flag::NoHealthyUpstream,
+                None,
+            ));
+        };
+        match self.send_to(&w, target, req).await {
+            Ok(r) => Ok((r, w)),
+            Err((r, flag)) => Err((r, flag, Some(w))),
+        }
+    }
+
+    async fn send_to(
+        &self,
+        w: &Workload,
+        port: u16,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, (Response<Body>, Flag)> {
+        let Some(ip) = w.addresses.first() else {
+            return Err((
+                respond(StatusCode::SERVICE_UNAVAILABLE, "endpoint without address"),
+                Flag::NoHealthyUpstream,
+            ));
+        };
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority = SocketAddr::new(*ip, port);
+        parts.uri = match format!("http://{authority}{path}").parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return Err((respond(StatusCode::BAD_REQUEST, "bad request path"), Flag::DownstreamProtocolError))
+            }
+        };
+        let h2 = parts.version == http::Version::HTTP_2;
+        parts.version = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        strip_hop_by_hop(&mut parts.headers);
+        let req = Request::from_parts(parts, body);
+        let result = if h2 { self.h2.request(req).await } else { self.h1.request(req).await };
+        match result {
+            Ok(r) => Ok(r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
+            Err(e) => {
+                tracing::debug!(endpoint = %authority, error = %e, "upstream request failed");
+                Err((
+                    respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers",
+                    ),
+                    Flag::UpstreamFailure,
+                ))
+            }
+        }
+    }
+
+    /// A copy to the mirror backend, answered into the void.
+    fn mirror(&self, backend: &BackendRef, parts: &http::request::Parts, bytes: Bytes, port: u16) {
+        let mut parts = parts.clone();
+        // Envoy marks mirrored requests' host with `-shadow`.
+        if let Some(host) = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow")) {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
+        let req = Request::from_parts(parts, body(bytes));
+        let (backend, this) = (backend.clone(), self.clone_for_mirror());
+        tokio::spawn(async move {
+            if let Err((r, flag, _)) = this.send(&backend, req, port).await {
+                tracing::debug!(status = r.status().as_u16(), flag = flag.as_str(), "mirror request failed");
+            }
+        });
+    }
+
+    fn clone_for_mirror(&self) -> Waypoint {
+        Waypoint {
+            dialer: self.dialer.clone(),
+            l7: self.l7.clone(),
+            metrics: self.metrics.clone(),
+            h1: self.h1.clone(),
+            h2: self.h2.clone(),
+        }
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for h in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+        headers.remove(h);
+    }
+}
+
+fn redirect(r: &ambit_shared::proto::waypoint::Redirect, req: &Request<Incoming>, host: &str) -> Response<Body> {
+    let scheme = if r.scheme.is_empty() { "http" } else { r.scheme.as_str() };
+    let hostname = if r.hostname.is_empty() { host.split(':').next().unwrap_or(host) } else { r.hostname.as_str() };
+    let path = if !r.path_full.is_empty() { r.path_full.clone() } else { req.uri().path().to_owned() };
+    let port = match r.port {
+        0 => String::new(),
+        p => format!(":{p}"),
+    };
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let location = format!("{scheme}://{hostname}{port}{path}{query}");
+    let mut resp = Response::new(body(Bytes::new()));
+    *resp.status_mut() = StatusCode::from_u16(u16::try_from(r.status_code).unwrap_or(302)).unwrap_or(StatusCode::FOUND);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
+}
+
+fn rewrite(r: &ambit_shared::proto::waypoint::Rewrite, req: &mut Request<Incoming>, route: &Route) {
+    if !r.hostname.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&r.hostname) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    let path = req.uri().path();
+    let new_path = if !r.path_full.is_empty() {
+        Some(r.path_full.clone())
+    } else if !r.path_prefix.is_empty() {
+        // Replace the matched prefix (the route's first prefix match that holds).
+        route.matches.iter().find_map(|m| match &m.path {
+            crate::l7::PathMatch::Prefix(p) if m.path.matches(path) => {
+                let rest = &path[p.trim_end_matches('/').len()..];
+                let base = r.path_prefix.trim_end_matches('/');
+                Some(if rest.is_empty() {
+                    if base.is_empty() {
+                        "/".to_owned()
+                    } else {
+                        base.to_owned()
+                    }
+                } else {
+                    format!("{base}{rest}")
+                })
+            }
+            _ => None,
+        })
+    } else {
+        None
+    };
+    if let Some(p) = new_path {
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        if let Ok(uri) = format!("{p}{query}").parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// The HBONE server's handler.
+pub struct Inbound(pub Arc<Waypoint>);
+
+impl Handler for Inbound {
+    async fn handle(&self, req: InboundConnect, responder: Responder) {
+        self.0.clone().serve(req, responder).await
+    }
+}
+
+/// A stream with bytes already read in front of it (what sniffing consumed).
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(inner: S) -> Self {
+        Prefixed { prefix: Bytes::new(), inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+const METHODS: &[&[u8]] =
+    &[b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"TRACE ", b"CONNECT "];
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// Reads the first bytes: `true` when they start an HTTP request (HTTP/1 request line or the
+/// HTTP/2 preface). Silence past the timeout (a server-first protocol) means TCP.
+pub async fn sniff<S: AsyncRead + Unpin>(mut inner: S) -> std::io::Result<(bool, Prefixed<S>)> {
+    let mut buf = vec![0u8; 16];
+    let mut have = 0;
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let http = loop {
+        let candidates = METHODS.iter().copied().chain([H2_PREFACE]);
+        let possible: Vec<&[u8]> = candidates
+            .filter(|m| {
+                let n = have.min(m.len());
+                m[..n] == buf[..n]
+            })
+            .collect();
+        if possible.is_empty() {
+            break false;
+        }
+        if possible.iter().any(|m| have >= m.len()) {
+            break true;
+        }
+        match tokio::time::timeout_at(deadline, inner.read(&mut buf[have..])).await {
+            Ok(Ok(0)) => break false,
+            Ok(Ok(n)) => have += n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => break false,
+        }
+    };
+    buf.truncate(have);
+    Ok((http, Prefixed { prefix: Bytes::from(buf), inner }))
+}

@@ -1,0 +1,128 @@
+//! Wiring: configuration, the control plane (xDS + CA), the HBONE listener with the HTTP
+//! pipeline, admin endpoints; drain on SIGTERM.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ambit_shared::certs::parse_pem_chain;
+use ambit_shared::hbone::client::{Client as HboneClient, PoolSettings};
+use ambit_shared::hbone::server::Server;
+use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
+use ambit_shared::telemetry::{self, Readiness};
+use ambit_shared::tls::{control_plane_client_config, server_config, MeshRoots};
+use ambit_shared::xds;
+use ambit_ztunnel::identity::{CaClient, CertManager};
+use ambit_ztunnel::state::Updater;
+use anyhow::Context;
+use clap::Parser;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{Dialer, Inbound, Waypoint};
+use crate::xds::WaypointUpdater;
+
+pub fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    config.validate().context("invalid configuration")?;
+    config.log.init().context("starting logging")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("waypoint-data").build()?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let mut registry = telemetry::istio_registry();
+    telemetry::register_build_info(&mut registry, "waypoint");
+    let metrics = Metrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let bound = telemetry::spawn_admin(
+        vec![config.readiness_addr, config.metrics_addr],
+        readiness.clone(),
+        Arc::new(Mutex::new(registry)),
+        serde_json::to_value(&config).context("serializing the configuration")?,
+        None,
+    )
+    .context("starting the admin endpoints")?;
+
+    let pem = std::fs::read_to_string(&config.root_cert)
+        .with_context(|| format!("reading the mesh root certificate --root-cert {}", config.root_cert.display()))?;
+    let certs_der = parse_pem_chain(std::slice::from_ref(&pem)).context("parsing the root certificate")?;
+    anyhow::ensure!(!certs_der.is_empty(), "{} holds no certificate", config.root_cert.display());
+    let roots = MeshRoots::new(&certs_der).context("loading the mesh roots")?;
+    let token = std::fs::read_to_string(&config.token_file)
+        .with_context(|| format!("reading --token-file {}", config.token_file.display()))?
+        .trim()
+        .to_owned();
+    let control_plane = tokio::net::lookup_host(&config.xds_address)
+        .await
+        .with_context(|| format!("resolving --xds-address {}", config.xds_address))?
+        .next()
+        .with_context(|| format!("--xds-address {} resolves to nothing", config.xds_address))?;
+    let tls = Arc::new(control_plane_client_config(&roots, vec![config.control_plane_identity()?])?);
+    let identity = config.identity()?;
+
+    let workloads = Updater::default();
+    let l7 = Arc::default();
+    let node = xds::istio_node("waypoint", &config.pod_ip, &config.pod_name, &config.namespace, &config.node_name);
+    let mut xds_config =
+        xds::Config::new(control_plane, tls.clone(), node, vec![ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE]);
+    xds_config.token = Some(token.clone());
+    let (client, mut synced) = xds::Client::new(xds_config);
+    tokio::spawn(client.run(WaypointUpdater { workloads: workloads.clone(), l7: Arc::clone(&l7) }));
+
+    let certs = CertManager::new(CaClient { address: control_plane, tls, token, lifetime: config.cert_lifetime() });
+    let cert = certs.fetch(&identity).await.context("fetching the waypoint's certificate")?;
+    let server_tls = Arc::new(server_config(&cert, &roots).context("building the HBONE server configuration")?);
+
+    let dialer = Dialer {
+        network: Arc::from(config.network.as_str()),
+        state: workloads.state.clone(),
+        certs: certs.clone(),
+        identity: identity.clone(),
+        hbone: HboneClient::new(roots.clone(), PoolSettings::default()),
+    };
+    let waypoint = Waypoint::new(dialer, l7, metrics);
+    let listener = tokio::net::TcpListener::bind(config.hbone_addr)
+        .await
+        .with_context(|| format!("binding --hbone-addr {}", config.hbone_addr))?;
+    tracing::info!(gateway = %config.gateway, %identity, hbone = %config.hbone_addr, readiness = %bound[0], metrics = %bound[1], "waypoint started");
+
+    // The certificate is renewed by the manager; the listener's configuration follows it.
+    let resolver =
+        Arc::new(CurrentCert { certs: certs.clone(), identity: identity.clone(), roots, fallback: server_tls });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(Server::new(Arc::new(Inbound(waypoint)), resolver).serve_until(listener, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let ready = readiness.clone();
+    tokio::spawn(async move {
+        if synced.wait_for(|s| *s).await.is_ok() {
+            ready.set_ready();
+            tracing::info!("ready: control plane state received");
+        }
+    });
+
+    ambit_shared::lifecycle::shutdown_signal().await;
+    tracing::info!("waypoint stopping: closing the listener and draining");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(config.drain_seconds), server).await;
+    tracing::info!("waypoint stopped");
+    Ok(())
+}
+
+/// The HBONE server's TLS configuration from the waypoint's current certificate.
+struct CurrentCert {
+    certs: Arc<CertManager>,
+    identity: ambit_shared::Identity,
+    roots: MeshRoots,
+    fallback: Arc<rustls::ServerConfig>,
+}
+
+impl ambit_shared::hbone::server::CertResolver for CurrentCert {
+    fn config_for(&self, _: std::net::SocketAddr) -> Option<Arc<rustls::ServerConfig>> {
+        match self.certs.current(&self.identity) {
+            Some(cert) => server_config(&cert, &self.roots).ok().map(Arc::new).or_else(|| Some(self.fallback.clone())),
+            None => Some(self.fallback.clone()),
+        }
+    }
+}
