@@ -1,8 +1,8 @@
 //! The waypoint end to end on the sandbox (root): a Gateway deployed by the controller and run
 //! as a pod, a namespace bound to it beside a namespace without one; traffic from a meshed
 //! client through ztunnel → waypoint → ztunnel: weighted split, header and path routes with a
-//! header filter, L7 authorization by method, path and principal, TCP through the waypoint,
-//! malformed requests, and the request metrics.
+//! header filter, retries, a request timeout, a mirror, gRPC, L7 authorization by method, path
+//! and principal, TCP through the waypoint, malformed requests, and the request metrics.
 
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -124,6 +124,15 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /v2}}]
     filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-routed-by, value: waypoint}]}}]
     backendRefs: [{name: reviews-v2, port: 8080}]
+  - matches: [{path: {type: Exact, value: /flaky}}]
+    retry: {attempts: 2, codes: [503], backoff: 10ms}
+    backendRefs: [{name: reviews-v1, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    timeouts: {request: 300ms}
+    backendRefs: [{name: reviews-v1, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /mirrored}}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: reviews-v2, port: 8080}}}]
+    backendRefs: [{name: reviews-v1, port: 8080}]
 ";
 
 const POLICY: &str = "
@@ -194,6 +203,38 @@ fn waypoint_routes_authorizes_and_observes() {
         assert_eq!(answer["pod"], "reviews-v2-0");
         assert_eq!(answer["headers"]["x-routed-by"], "waypoint", "{answer}");
     }
+    // A retry turns the back end's every-other-request 503 into a 200, every time.
+    for _ in 0..6 {
+        let (status, answer) = call(&sb, "http://reviews:8080/flaky", &[]);
+        assert_eq!(status, 200, "retried: {answer}");
+    }
+    // The request timeout answers 504; a quick answer passes.
+    let (status, body) = call(&sb, "http://reviews:8080/delay/2000", &[]);
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(call(&sb, "http://reviews:8080/delay/10", &[]).0, 200);
+    // A mirror receives copies; the client sees only the primary.
+    let count = |sb: &Sandbox| call(sb, "http://reviews-v2:8080/__count", &[]).1["served"].as_u64().unwrap();
+    let before = count(&sb);
+    for _ in 0..10 {
+        let (status, answer) = call(&sb, "http://reviews:8080/mirrored", &[]);
+        assert_eq!((status, answer["pod"].as_str()), (200, Some("reviews-v1-0")));
+    }
+    wait_for("the mirror's copies", Duration::from_secs(10), || (count(&sb) >= before + 11).then_some(()));
+
+    // gRPC (HTTP/2) through the waypoint: the reply, and a failure status in the trailers.
+    let grpc = |path: &str| {
+        let out = sb.exec("client-0", &["ambit-sample", "grpc", &format!("http://reviews.shop:8080{path}")]).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let ok = grpc("/echo.Echo/Say");
+    assert_eq!(ok["grpc_status"], "0", "{ok}");
+    assert!(
+        ok["message"].as_str().unwrap().starts_with("pod=reviews-v")
+            && ok["message"].as_str().unwrap().ends_with("hello")
+    );
+    assert_eq!(grpc("/echo.Echo/Fail")["grpc_status"], "13");
+
     // 90/10 over 2 000 requests, within ±3 %.
     let out = sb
         .exec("client-0", &["ambit-sample", "load", "http://reviews:8080/", "--requests", "2000", "--concurrency", "8"])
@@ -246,6 +287,18 @@ fn waypoint_routes_authorizes_and_observes() {
         .unwrap_or_else(|| panic!("403s counted:\n{metrics}"));
     assert!(line.contains("response_flags=\"RBAC\""), "{line}");
     assert!(metrics.contains("istio_request_duration_milliseconds_bucket{"), "duration histogram");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("request_protocol=\"grpc\"")
+            && l.contains("grpc_response_status=\"13\"")),
+        "gRPC status counted:\n{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("response_code=\"504\"")
+            && l.contains("response_flags=\"UT\"")),
+        "timeout counted"
+    );
     assert!(sb.log(&format!("pod-{}", wp.replace('/', "-"))).contains("request complete"), "access log");
 
     sb.down();

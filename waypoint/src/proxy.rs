@@ -302,46 +302,33 @@ impl Waypoint {
         };
         let request_bytes =
             req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
-        let (mut response, flag, endpoint) = self.handle(down, req).await;
-        let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
-        let response_bytes = response
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
+        let (response, flag, endpoint) = self.handle(down, req).await;
         let destination = match &endpoint {
             Some(w) => Peer::from_workload(w, Some(Arc::from(w.identity.to_string()))),
             None => Peer::unknown(),
         };
-        let labels = RequestLabels {
-            source: down.source.clone(),
-            destination,
-            service: down.service.as_deref().map(ServiceLabels::of),
-            protocol,
-            code: response.status().as_u16(),
-            grpc_status,
-            flag,
+        let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+        let completion = Completion {
+            metrics: self.metrics.clone(),
+            labels: RequestLabels {
+                source: down.source.clone(),
+                destination,
+                service: down.service.as_deref().map(ServiceLabels::of),
+                protocol,
+                code: response.status().as_u16(),
+                grpc_status,
+                flag,
+            },
+            start,
+            request_bytes,
+            method,
+            path,
+            source_ip: down.source_ip,
+            principal: down.principal.clone(),
+            endpoint: endpoint.map(|w| w.name.clone()),
         };
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        self.metrics.record(&labels, ms, request_bytes, response_bytes);
-        tracing::info!(
-            target: "access",
-            protocol,
-            src.addr = %down.source_ip,
-            src.identity = %down.principal,
-            dst.service = down.service.as_ref().map(|s| &*s.hostname),
-            dst.workload = endpoint.as_ref().map(|w| &*w.name),
-            method = %method,
-            path = %path,
-            status = response.status().as_u16(),
-            response_flags = flag.as_str(),
-            duration = format!("{ms:.1}ms"),
-            "request complete"
-        );
-        if flag == Flag::RbacDenied {
-            response.headers_mut().insert("x-ambit-denied", HeaderValue::from_static("rbac"));
-        }
-        response
+        // Recorded when the response body ends (gRPC's status is in its trailers).
+        response.map(|inner| Observed { inner, bytes: 0, completion: Some(completion) }.boxed())
     }
 
     async fn handle(
@@ -625,6 +612,100 @@ impl Waypoint {
             metrics: self.metrics.clone(),
             h1: self.h1.clone(),
             h2: self.h2.clone(),
+        }
+    }
+}
+
+/// What is recorded for a request once its response has been sent.
+struct Completion {
+    metrics: Arc<Metrics>,
+    labels: RequestLabels,
+    start: Instant,
+    request_bytes: u64,
+    method: http::Method,
+    path: String,
+    source_ip: IpAddr,
+    principal: Arc<str>,
+    endpoint: Option<Arc<str>>,
+}
+
+impl Completion {
+    fn finish(self, response_bytes: u64) {
+        let ms = self.start.elapsed().as_secs_f64() * 1e3;
+        self.metrics.record(&self.labels, ms, self.request_bytes, response_bytes);
+        let l = &self.labels;
+        tracing::info!(
+            target: "access",
+            protocol = l.protocol,
+            src.addr = %self.source_ip,
+            src.identity = %self.principal,
+            dst.service = l.service.as_ref().map(|s| &*s.hostname),
+            dst.workload = self.endpoint.as_deref(),
+            method = %self.method,
+            path = %self.path,
+            status = l.code,
+            grpc_status = l.grpc_status,
+            response_flags = l.flag.as_str(),
+            bytes_sent = self.request_bytes,
+            bytes_recv = response_bytes,
+            duration = format!("{ms:.1}ms"),
+            "request complete"
+        );
+    }
+}
+
+/// The response body on its way to the client: counts bytes, reads `grpc-status` from the
+/// trailers, and records the request when it ends (or is dropped, for a client gone early).
+struct Observed {
+    inner: Body,
+    bytes: u64,
+    completion: Option<Completion>,
+}
+
+impl hyper::body::Body for Observed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    let status = trailers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+                    if let (Some(c), Some(status)) = (this.completion.as_mut(), status) {
+                        c.labels.grpc_status = Some(status);
+                    }
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(c) = this.completion.take() {
+                    c.finish(this.bytes);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if let Some(c) = self.completion.take() {
+            c.finish(self.bytes);
         }
     }
 }

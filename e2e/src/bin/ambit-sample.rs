@@ -71,6 +71,12 @@ enum Cmd {
     },
     /// Idles until stopped.
     Sleep,
+    /// One unary gRPC call (HTTP/2 cleartext) to `http://host:port/pkg.Service/Method`.
+    Grpc {
+        url: String,
+        #[arg(long, default_value = "hello")]
+        message: String,
+    },
     /// Connects, sends `--send` (with `\r` and `\n` escapes), half-closes and prints what
     /// comes back until the peer closes.
     TcpClient {
@@ -138,6 +144,10 @@ struct Who {
     namespace: String,
     version: String,
     node: String,
+    /// Requests answered (`/__count` reports it).
+    served: std::sync::atomic::AtomicU64,
+    /// Requests to `/flaky` (odd ones fail).
+    flaky: std::sync::atomic::AtomicU64,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -150,6 +160,8 @@ fn who() -> Arc<Who> {
         namespace: env_or("POD_NAMESPACE", "unknown"),
         version: env_or("POD_VERSION", "v1"),
         node: env_or("NODE_NAME", "unknown"),
+        served: Default::default(),
+        flaky: Default::default(),
     })
 }
 
@@ -174,6 +186,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 serve_http(port, None).await
             }
             Cmd::TcpClient { addr, send } => tcp_client(&addr, &send).await,
+            Cmd::Grpc { url, message } => grpc_call(&url, &message).await,
             Cmd::Front { port, backends } => serve_http(port, Some(Arc::new(backends))).await,
             Cmd::TcpEcho { port } => tcp_echo(port).await,
             Cmd::Get { url, timeout_ms, method, header, status: show } => {
@@ -243,7 +256,24 @@ async fn answer(
     peer: SocketAddr,
     me: &Who,
     backends: Option<&Vec<String>>,
-) -> Response<Full<Bytes>> {
+) -> Response<EchoBody> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let served = me.served.fetch_add(1, Relaxed) + 1;
+    if req.headers().get(hyper::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")) {
+        return grpc_echo(req, me).await;
+    }
+    // Test behaviours: /status/<code>, /delay/<ms>, /flaky (every other request 503), /__count.
+    let path = req.uri().path().to_owned();
+    let mut forced = None;
+    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
+        forced = Some(code);
+    } else if let Some(ms) = path.strip_prefix("/delay/").and_then(|c| c.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    } else if path == "/flaky" && me.flaky.fetch_add(1, Relaxed).is_multiple_of(2) {
+        forced = Some(503);
+    } else if path == "/__count" {
+        return json_response(200, serde_json::json!({"pod": me.pod, "served": served}).to_string());
+    }
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
@@ -280,10 +310,65 @@ async fn answer(
         body["backends"] = serde_json::Value::Array(answers);
     }
     let _ = req.into_body().collect().await;
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    json_response(forced.unwrap_or(status), body.to_string())
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn json_response(status: u16, body: String) -> Response<EchoBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
     resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     resp
+}
+
+/// gRPC on the wire: the request's length-prefixed messages echoed back with `pod=<name> `
+/// in front, `grpc-status` in the trailers (`.../Fail` answers 13, INTERNAL).
+async fn grpc_echo(req: Request<Incoming>, me: &Who) -> Response<EchoBody> {
+    let fail = req.uri().path().ends_with("/Fail");
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let message = body.get(5..).unwrap_or_default();
+    let mut trailers = hyper::HeaderMap::new();
+    let mut reply = Vec::new();
+    if fail {
+        trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("13"));
+        trailers.insert("grpc-message", hyper::header::HeaderValue::from_static("asked to fail"));
+    } else {
+        let text = [format!("pod={} ", me.pod).as_bytes(), message].concat();
+        reply.push(0u8);
+        reply.extend_from_slice(&u32::try_from(text.len()).unwrap_or(0).to_be_bytes());
+        reply.extend_from_slice(&text);
+        trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+    }
+    let body = Full::new(Bytes::from(reply)).with_trailers(async move { Some(Ok(trailers)) });
+    let mut resp = Response::new(body.boxed());
+    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/grpc"));
+    resp
+}
+
+/// One unary gRPC call over HTTP/2 cleartext: prints `{"grpc_status", "message"}`.
+async fn grpc_call(url: &str, message: &str) -> anyhow::Result<()> {
+    let uri: hyper::Uri = url.parse()?;
+    let authority = uri.authority().ok_or_else(|| anyhow::anyhow!("{url}: no host"))?.to_string();
+    let tcp = TcpStream::connect(&authority).await.map_err(|e| anyhow::anyhow!("connecting to {authority}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    framed.extend_from_slice(message.as_bytes());
+    let req = Request::post(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from(framed)))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let collected = resp.into_body().collect().await?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let bytes = collected.to_bytes();
+    let grpc_status = trailers.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let reply = String::from_utf8_lossy(bytes.get(5..).unwrap_or_default()).into_owned();
+    println!("{}", serde_json::json!({"http_status": status, "grpc_status": grpc_status, "message": reply}));
+    Ok(())
 }
 
 async fn tcp_client(addr: &str, send: &str) -> anyhow::Result<()> {
