@@ -189,6 +189,17 @@ impl Index {
                 dirty.all_pods = true;
                 dirty.all_services = true;
             }
+            Kind::DestinationRule => {
+                // Its host is a service; short names and FQDNs of this namespace (or any).
+                dirty.services_in.insert(ns.clone());
+                for o in [previous, current].into_iter().flatten() {
+                    if let Object::DestinationRule(dr) = o {
+                        if let Some(other) = dr.spec.host.split('.').nth(1) {
+                            dirty.services_in.insert(other.into());
+                        }
+                    }
+                }
+            }
             Kind::HttpRoute | Kind::GrpcRoute => {
                 // The services it names as parents (old and new), in whichever namespaces.
                 dirty.services_in.insert(ns.clone());

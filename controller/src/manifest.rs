@@ -137,6 +137,7 @@ fn typed_object(k: Kind, label: &str, value: serde_json::Value) -> Result<Parsed
         Kind::Gateway => Object::Gateway(typed(&label, value)?),
         Kind::HttpRoute => Object::HttpRoute(typed(&label, value)?),
         Kind::GrpcRoute => Object::GrpcRoute(typed(&label, value)?),
+        Kind::DestinationRule => Object::DestinationRule(typed(&label, value)?),
     };
     normalize_namespace(&mut object);
     validate(&label, &object)?;
@@ -166,16 +167,9 @@ fn known_but_unread(api_version: &str, kind: &str) -> Option<bool> {
         "apps" => &["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ControllerRevision"],
         "batch" => &["Job", "CronJob"],
         "security.istio.io" => &["RequestAuthentication"],
-        "networking.istio.io" => &[
-            "DestinationRule",
-            "VirtualService",
-            "Sidecar",
-            "Gateway",
-            "WorkloadEntry",
-            "WorkloadGroup",
-            "ProxyConfig",
-            "EnvoyFilter",
-        ],
+        "networking.istio.io" => {
+            &["VirtualService", "Sidecar", "Gateway", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "EnvoyFilter"]
+        }
         "gateway.networking.k8s.io" => {
             &["GatewayClass", "TCPRoute", "TLSRoute", "UDPRoute", "ReferenceGrant", "BackendTLSPolicy"]
         }
@@ -208,6 +202,7 @@ fn normalize_namespace(object: &mut Object) {
         Object::Gateway(o) => &mut o.metadata,
         Object::HttpRoute(o) => &mut o.metadata,
         Object::GrpcRoute(o) => &mut o.metadata,
+        Object::DestinationRule(o) => &mut o.metadata,
         Object::Namespace(_) | Object::Node(_) => return,
     };
     if meta.namespace.as_deref().unwrap_or("").is_empty() {
@@ -307,6 +302,7 @@ fn validate(label: &str, object: &Object) -> Result<(), Rejection> {
         }
         Object::HttpRoute(route) => crate::translate::waypoint::validate_http_route(label, route)?,
         Object::GrpcRoute(route) => crate::translate::waypoint::validate_grpc_route(label, route)?,
+        Object::DestinationRule(dr) => crate::translate::waypoint::validate_destination_rule(label, dr)?,
         Object::Namespace(_) | Object::Node(_) | Object::ServiceAccount(_) => {}
     }
     Ok(())

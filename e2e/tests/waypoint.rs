@@ -73,7 +73,7 @@ spec:
   replicas: 1
   selector: {matchLabels: {app: reviews, version: v1}}
   template:
-    metadata: {labels: {app: reviews, version: v1}}
+    metadata: {labels: {app: reviews, version: v1, pool: a}}
     spec:
       nodeName: node-2
       containers:
@@ -91,6 +91,38 @@ spec:
       nodeName: node-1
       containers:
       - {name: echo, image: ambit/echo, args: ['--port', '8080', '--tcp-port', '9000'], ports: [{containerPort: 8080}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: broken, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: broken}}
+  template:
+    metadata: {labels: {app: broken, pool: a}}
+    spec:
+      containers: [{name: echo, image: ambit/echo, args: ['--port', '8080', '--fail-status', '500'], ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pool, namespace: shop}
+spec:
+  selector: {pool: a}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: shop}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: limited, namespace: shop}
+spec:
+  selector: {app: reviews, version: v1}
+  ports: [{name: http, port: 8080}]
 ---
 apiVersion: v1
 kind: Service
@@ -133,6 +165,32 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /mirrored}}]
     filters: [{type: RequestMirror, requestMirror: {backendRef: {name: reviews-v2, port: 8080}}}]
     backendRefs: [{name: reviews-v1, port: 8080}]
+";
+
+const BACKENDS: &str = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: pool, namespace: shop}
+spec:
+  host: pool
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 50}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: sticky, namespace: shop}
+spec:
+  host: sticky.shop.svc.cluster.local
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: limited, namespace: shop}
+spec:
+  host: limited
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
 ";
 
 const POLICY: &str = "
@@ -246,6 +304,36 @@ fn waypoint_routes_authorizes_and_observes() {
     let share = v1 as f64 / 2000.0;
     assert!((0.87..=0.93).contains(&share), "v1 share {share}: {load}");
 
+    // Backend policy (DestinationRule): outlier ejection, consistent hash, pool overflow.
+    sb.apply(&write_file(&scratch, "backends.yaml", BACKENDS)).unwrap();
+    wait_for("the sticky backend", Duration::from_secs(20), || {
+        let pods: std::collections::BTreeSet<String> =
+            (0..8).map(|_| call(&sb, "http://sticky:8080/", &["-H", "x-user: alice"]).1["pod"].to_string()).collect();
+        (pods.len() == 1).then_some(())
+    });
+    for user in ["bob", "carol", "dave"] {
+        let first = call(&sb, "http://sticky:8080/", &["-H", &format!("x-user: {user}")]).1["pod"].clone();
+        for _ in 0..5 {
+            assert_eq!(call(&sb, "http://sticky:8080/", &["-H", &format!("x-user: {user}")]).1["pod"], first, "{user}");
+        }
+    }
+    // The broken replica answers 500 until it is ejected; then only the healthy one answers.
+    let statuses: Vec<u16> = (0..20).map(|_| call(&sb, "http://pool:8080/", &[]).0).collect();
+    let failures = statuses.iter().filter(|s| **s == 500).count();
+    assert!(failures <= 1, "ejected after its first 500: {statuses:?}");
+    assert!(statuses[statuses.len() - 10..].iter().all(|s| *s == 200), "{statuses:?}");
+    // One connection and one pending request: the rest of 8 concurrent slow requests overflow.
+    let out = sb
+        .exec(
+            "client-0",
+            &["ambit-sample", "load", "http://limited:8080/delay/500", "--requests", "8", "--concurrency", "8"],
+        )
+        .unwrap();
+    let load: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let overflowed = load["by_pod"]["status 503"].as_u64().unwrap_or(0);
+    let served = load["by_pod"]["reviews-v1-0"].as_u64().unwrap_or(0);
+    assert!(overflowed >= 4 && served >= 1 && overflowed + served == 8, "{load}");
+
     // L7 authorization: DELETE denied by the waypoint policy, other paths by the service's
     // ALLOW; the rest allowed.
     sb.apply(&write_file(&scratch, "policy.yaml", POLICY)).unwrap();
@@ -298,6 +386,12 @@ fn waypoint_routes_authorizes_and_observes() {
             && l.contains("response_code=\"504\"")
             && l.contains("response_flags=\"UT\"")),
         "timeout counted"
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("response_code=\"503\"")
+            && l.contains("response_flags=\"UO\"")),
+        "overflow counted"
     );
     assert!(sb.log(&format!("pod-{}", wp.replace('/', "-"))).contains("request complete"), "access log");
 

@@ -642,6 +642,8 @@ pub struct ServiceL7 {
     pub ports: Vec<(u16, pb::Protocol)>,
     pub routes: Vec<Route>,
     pub policies: Vec<Policy>,
+    /// Its DestinationRule's traffic policy.
+    pub backend: Option<pb::BackendPolicy>,
 }
 
 impl ServiceL7 {
@@ -656,6 +658,7 @@ impl ServiceL7 {
                 .map(|(i, r)| Route::compile(&format!("routes[{i}] ({})", r.name), r))
                 .collect::<Result<_, _>>()?,
             policies: c.policies.iter().map(Policy::compile).collect::<Result<_, _>>()?,
+            backend: c.backend.clone(),
         })
     }
 

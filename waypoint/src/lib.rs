@@ -2,11 +2,13 @@
 //!
 //! - [`config`]: flags and environment;
 //! - [`l7`]: a bound service's routes and authorization policies, compiled;
+//! - [`balance`]: endpoint choice, outlier ejection and pool limits (DestinationRule);
 //! - [`xds`]: the control plane's workloads, services and L7 configuration, kept current;
 //! - [`proxy`]: HBONE in, the HTTP pipeline (or TCP), pooled HBONE out;
 //! - [`metrics`]: Istio's request metrics and the access log;
 //! - [`run`]: wiring and drain.
 
+pub mod balance;
 pub mod config;
 pub mod l7;
 pub mod metrics;

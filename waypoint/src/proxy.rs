@@ -31,6 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::balance::{Backends, HashInput, Outcome};
 use crate::l7::{authorize, BackendRef, Filter, RequestView, Route, ServiceL7, Subject};
 use crate::metrics::{Flag, Metrics, RequestLabels};
 
@@ -156,10 +157,15 @@ impl tower_service::Service<Uri> for Dialer {
 /// The L7 configuration of every bound service, by service key (`ns/hostname`).
 pub type L7Map = Arc<RwLock<HashMap<String, Arc<ServiceL7>>>>;
 
+/// An attempt's result: the response and the endpoint, or the failure answer, its flag and the
+/// endpoint tried.
+type Attempt = Result<(Response<Body>, Arc<Workload>), (Response<Body>, Flag, Option<Arc<Workload>>)>;
+
 pub struct Waypoint {
     pub dialer: Dialer,
     pub l7: L7Map,
     pub metrics: Arc<Metrics>,
+    backends: Arc<Backends>,
     h1: Client<Dialer, Body>,
     h2: Client<Dialer, Body>,
 }
@@ -182,7 +188,14 @@ impl Waypoint {
         h1.pool_idle_timeout(Duration::from_secs(90)).pool_timer(TokioTimer::new());
         let mut h2 = Client::builder(TokioExecutor::new());
         h2.http2_only(true).pool_idle_timeout(Duration::from_secs(90)).pool_timer(TokioTimer::new());
-        Arc::new(Waypoint { h1: h1.build(dialer.clone()), h2: h2.build(dialer.clone()), dialer, l7, metrics })
+        Arc::new(Waypoint {
+            h1: h1.build(dialer.clone()),
+            h2: h2.build(dialer.clone()),
+            dialer,
+            l7,
+            metrics,
+            backends: Arc::default(),
+        })
     }
 
     fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -435,7 +448,7 @@ impl Waypoint {
         };
         for m in mirrors {
             if let Some(bytes) = &body_bytes {
-                self.mirror(&m, &parts, bytes.clone(), port);
+                self.mirror(&m, &parts, bytes.clone(), port, down.source_ip);
             }
         }
         let attempt_limit = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
@@ -461,7 +474,7 @@ impl Waypoint {
                 (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
                 (None, None) => None,
             };
-            let sent = self.send(backend, request, port);
+            let sent = self.send(backend, request, port, down.source_ip);
             let outcome = match per_try {
                 Some(t) => match tokio::time::timeout(t, sent).await {
                     Ok(r) => r,
@@ -502,45 +515,70 @@ impl Waypoint {
         port: u16,
     ) -> (Response<Body>, Flag, Option<Arc<Workload>>) {
         let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
-        let endpoint = match &down.service {
-            Some(svc) => {
-                let state = self.state();
-                pick_endpoint(&state.endpoints(svc, port))
-            }
-            None => {
-                let state = self.state();
-                state.workload_by_addr(&self.dialer.network, down.vip.ip()).cloned().map(|w| (w, port))
-            }
-        };
-        let Some((w, target)) = endpoint else {
+        if let Some(svc) = &down.service {
+            return match self.dispatch(svc.clone(), port, req, down.source_ip).await {
+                Ok((r, w)) => (r, Flag::None, Some(w)),
+                Err(failed) => failed,
+            };
+        }
+        let endpoint = self.state().workload_by_addr(&self.dialer.network, down.vip.ip()).cloned();
+        let Some(w) = endpoint else {
             return (respond(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"), Flag::NoHealthyUpstream, None);
         };
-        match self.send_to(&w, target, req).await {
+        match self.send_to(&w, port, req).await {
             Ok(r) => (r, Flag::None, Some(w)),
             Err((r, flag)) => (r, flag, Some(w)),
         }
     }
 
-    /// One attempt to a backend service: an endpoint, then the request.
-    async fn send(
-        &self,
-        backend: &BackendRef,
-        req: Request<Body>,
-        port: u16,
-    ) -> Result<(Response<Body>, Arc<Workload>), (Response<Body>, Flag, Option<Arc<Workload>>)> {
+    /// One attempt to a backend service.
+    async fn send(&self, backend: &BackendRef, req: Request<Body>, port: u16, source_ip: IpAddr) -> Attempt {
         let port = if backend.port == 0 { port } else { backend.port };
-        let endpoint = {
-            let state = self.state();
-            state.service(&backend.service_key).and_then(|svc| pick_endpoint(&state.endpoints(svc, port)))
-        };
-        let Some((w, target)) = endpoint else {
+        let service = self.state().service(&backend.service_key).cloned();
+        let Some(service) = service else {
             return Err((
                 respond(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
                 Flag::NoHealthyUpstream,
                 None,
             ));
         };
-        match self.send_to(&w, target, req).await {
+        self.dispatch(service, port, req, source_ip).await
+    }
+
+    /// A request to a service: its pool limits, an endpoint by its load-balancing policy, the
+    /// outcome fed to outlier detection.
+    async fn dispatch(&self, service: Arc<Service>, port: u16, req: Request<Body>, source_ip: IpAddr) -> Attempt {
+        let l7 = self.l7.read().unwrap_or_else(|p| p.into_inner()).get(&*service.key).cloned();
+        let policy = l7.as_ref().and_then(|l| l.backend.as_ref());
+        let backend = self.backends.get(&service.key);
+        let Some(_admission) = backend.admit(policy) else {
+            return Err((
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                ),
+                Flag::Overflow,
+                None,
+            ));
+        };
+        let endpoints = self.state().endpoints(&service, port);
+        let count = endpoints.len();
+        let input = HashInput { headers: req.headers(), source_ip };
+        let Some((w, target)) = backend.choose(endpoints, policy, &input) else {
+            return Err((
+                respond(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                Flag::NoHealthyUpstream,
+                None,
+            ));
+        };
+        backend.started(&w);
+        let result = self.send_to(&w, target, req).await;
+        let outcome = match &result {
+            Ok(r) => Outcome::Status(r.status().as_u16()),
+            Err(_) => Outcome::Failure,
+        };
+        backend.finished(&w, outcome, policy, count);
+        match result {
             Ok(r) => Ok((r, w)),
             Err((r, flag)) => Err((r, flag, Some(w))),
         }
@@ -588,7 +626,7 @@ impl Waypoint {
     }
 
     /// A copy to the mirror backend, answered into the void.
-    fn mirror(&self, backend: &BackendRef, parts: &http::request::Parts, bytes: Bytes, port: u16) {
+    fn mirror(&self, backend: &BackendRef, parts: &http::request::Parts, bytes: Bytes, port: u16, source_ip: IpAddr) {
         let mut parts = parts.clone();
         // Envoy marks mirrored requests' host with `-shadow`.
         if let Some(host) = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()) {
@@ -599,7 +637,7 @@ impl Waypoint {
         let req = Request::from_parts(parts, body(bytes));
         let (backend, this) = (backend.clone(), self.clone_for_mirror());
         tokio::spawn(async move {
-            if let Err((r, flag, _)) = this.send(&backend, req, port).await {
+            if let Err((r, flag, _)) = this.send(&backend, req, port, source_ip).await {
                 tracing::debug!(status = r.status().as_u16(), flag = flag.as_str(), "mirror request failed");
             }
         });
@@ -610,6 +648,7 @@ impl Waypoint {
             dialer: self.dialer.clone(),
             l7: self.l7.clone(),
             metrics: self.metrics.clone(),
+            backends: self.backends.clone(),
             h1: self.h1.clone(),
             h2: self.h2.clone(),
         }

@@ -29,6 +29,7 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
     ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
     ("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
+    ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
     ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
     ("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),

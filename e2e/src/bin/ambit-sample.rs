@@ -32,6 +32,9 @@ enum Cmd {
         /// Also a TCP echo on this port.
         #[arg(long)]
         tcp_port: Option<u16>,
+        /// Answer every request with this status (a broken replica).
+        #[arg(long)]
+        fail_status: Option<u16>,
     },
     /// TCP echo server.
     TcpEcho {
@@ -148,6 +151,7 @@ struct Who {
     served: std::sync::atomic::AtomicU64,
     /// Requests to `/flaky` (odd ones fail).
     flaky: std::sync::atomic::AtomicU64,
+    fail_status: Option<u16>,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -155,14 +159,19 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 fn who() -> Arc<Who> {
-    Arc::new(Who {
+    Arc::new(who_is())
+}
+
+fn who_is() -> Who {
+    Who {
         pod: env_or("POD_NAME", "unknown"),
         namespace: env_or("POD_NAMESPACE", "unknown"),
         version: env_or("POD_VERSION", "v1"),
         node: env_or("NODE_NAME", "unknown"),
         served: Default::default(),
         flaky: Default::default(),
-    })
+        fail_status: None,
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -179,15 +188,15 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         match cmd {
-            Cmd::Echo { port, tcp_port } => {
+            Cmd::Echo { port, tcp_port, fail_status } => {
                 if let Some(tcp) = tcp_port {
                     tokio::spawn(tcp_echo(tcp));
                 }
-                serve_http(port, None).await
+                serve_http(port, None, fail_status).await
             }
             Cmd::TcpClient { addr, send } => tcp_client(&addr, &send).await,
             Cmd::Grpc { url, message } => grpc_call(&url, &message).await,
-            Cmd::Front { port, backends } => serve_http(port, Some(Arc::new(backends))).await,
+            Cmd::Front { port, backends } => serve_http(port, Some(Arc::new(backends)), None).await,
             Cmd::TcpEcho { port } => tcp_echo(port).await,
             Cmd::Get { url, timeout_ms, method, header, status: show } => {
                 let request = request(&url, &method, &header);
@@ -207,7 +216,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             Cmd::BenchServer { http, sink, echo } => {
                 tokio::spawn(ambit_e2e::load::sink(sink));
                 tokio::spawn(ambit_e2e::load::byte_echo(echo));
-                serve_http(http, None).await
+                serve_http(http, None, None).await
             }
             Cmd::Bulk { addr, streams, seconds } => print(ambit_e2e::load::bulk(addr, streams, seconds).await?),
             Cmd::Latency { addr, rate, seconds, connections, body } => {
@@ -233,9 +242,9 @@ fn print(v: serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve_http(port: u16, backends: Option<Arc<Vec<String>>>) -> anyhow::Result<()> {
+async fn serve_http(port: u16, backends: Option<Arc<Vec<String>>>, fail_status: Option<u16>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port)).await?;
-    let me = who();
+    let me = Arc::new(Who { fail_status, ..who_is() });
     eprintln!("ambit-sample: {} listening on :{port}", if backends.is_some() { "front" } else { "echo" });
     loop {
         let (tcp, peer) = listener.accept().await?;
@@ -264,7 +273,7 @@ async fn answer(
     }
     // Test behaviours: /status/<code>, /delay/<ms>, /flaky (every other request 503), /__count.
     let path = req.uri().path().to_owned();
-    let mut forced = None;
+    let mut forced = me.fail_status;
     if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok()) {
         forced = Some(code);
     } else if let Some(ms) = path.strip_prefix("/delay/").and_then(|c| c.parse::<u64>().ok()) {

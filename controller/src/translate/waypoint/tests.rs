@@ -174,3 +174,46 @@ fn malformed_routes_are_rejected_with_the_field() {
         assert!(message.contains(field) && message.contains("HTTPRoute shop/r"), "{spec}: {message}");
     }
 }
+
+#[test]
+fn destination_rules_become_the_backend_policy() {
+    let c = config(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 2, http2MaxRequests: 10}}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+    loadBalancer: {consistentHash: {httpHeaderName: X-User}}
+---
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: other, namespace: shop}
+spec: {host: ratings.shop.svc.cluster.local}",
+    );
+    let b = c.backend.expect("backend policy");
+    assert_eq!(b.source, "shop/reviews");
+    assert_eq!((b.max_connections, b.max_pending_requests, b.max_requests), (1, 2, 10));
+    let od = b.outlier.unwrap();
+    assert_eq!((od.consecutive_5xx, od.max_ejection_percent), (1, 100));
+    assert_eq!(od.base_ejection_time, Some(prost_types::Duration { seconds: 30, nanos: 0 }));
+    assert_eq!(b.load_balancer.unwrap().hash_header, "x-user");
+    assert!(config("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: x, namespace: shop}").backend.is_none());
+}
+
+#[test]
+fn malformed_destination_rules_are_rejected_with_the_field() {
+    let reject = |spec: &str| {
+        let v: serde_json::Value = serde_yaml::from_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d, namespace: shop}}\nspec:\n{spec}"
+        ))
+        .unwrap();
+        parse_object("d.yaml", v).err().map(|r| r.to_string()).unwrap_or_default()
+    };
+    assert!(reject("  trafficPolicy: {}").contains("spec.host"));
+    let bad_time = reject("  host: r\n  trafficPolicy: {outlierDetection: {baseEjectionTime: soon}}");
+    assert!(bad_time.contains("spec.trafficPolicy.outlierDetection.baseEjectionTime"), "{bad_time}");
+    let bad_lb = reject("  host: r\n  trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}");
+    assert!(bad_lb.contains("spec.trafficPolicy.loadBalancer.simple"), "{bad_lb}");
+    let two =
+        reject("  host: r\n  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, httpHeaderName: x}}}");
+    assert!(two.contains("consistentHash"), "{two}");
+}
