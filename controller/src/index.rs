@@ -189,6 +189,9 @@ impl Index {
                 dirty.all_pods = true;
                 dirty.all_services = true;
             }
+            Kind::RequestAuthentication => {
+                dirty.services_in.insert(ns.clone());
+            }
             Kind::DestinationRule => {
                 // Its host is a service; short names and FQDNs of this namespace (or any).
                 dirty.services_in.insert(ns.clone());

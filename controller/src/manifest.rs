@@ -138,6 +138,7 @@ fn typed_object(k: Kind, label: &str, value: serde_json::Value) -> Result<Parsed
         Kind::HttpRoute => Object::HttpRoute(typed(&label, value)?),
         Kind::GrpcRoute => Object::GrpcRoute(typed(&label, value)?),
         Kind::DestinationRule => Object::DestinationRule(typed(&label, value)?),
+        Kind::RequestAuthentication => Object::RequestAuthentication(typed(&label, value)?),
     };
     normalize_namespace(&mut object);
     validate(&label, &object)?;
@@ -166,7 +167,7 @@ fn known_but_unread(api_version: &str, kind: &str) -> Option<bool> {
         ],
         "apps" => &["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ControllerRevision"],
         "batch" => &["Job", "CronJob"],
-        "security.istio.io" => &["RequestAuthentication"],
+        "security.istio.io" => &[],
         "networking.istio.io" => {
             &["VirtualService", "Sidecar", "Gateway", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "EnvoyFilter"]
         }
@@ -203,6 +204,7 @@ fn normalize_namespace(object: &mut Object) {
         Object::HttpRoute(o) => &mut o.metadata,
         Object::GrpcRoute(o) => &mut o.metadata,
         Object::DestinationRule(o) => &mut o.metadata,
+        Object::RequestAuthentication(o) => &mut o.metadata,
         Object::Namespace(_) | Object::Node(_) => return,
     };
     if meta.namespace.as_deref().unwrap_or("").is_empty() {
@@ -303,6 +305,7 @@ fn validate(label: &str, object: &Object) -> Result<(), Rejection> {
         Object::HttpRoute(route) => crate::translate::waypoint::validate_http_route(label, route)?,
         Object::GrpcRoute(route) => crate::translate::waypoint::validate_grpc_route(label, route)?,
         Object::DestinationRule(dr) => crate::translate::waypoint::validate_destination_rule(label, dr)?,
+        Object::RequestAuthentication(ra) => crate::translate::waypoint::validate_request_authentication(label, ra)?,
         Object::Namespace(_) | Object::Node(_) | Object::ServiceAccount(_) => {}
     }
     Ok(())

@@ -28,6 +28,7 @@ pub enum Kind {
     HttpRoute,
     GrpcRoute,
     DestinationRule,
+    RequestAuthentication,
 }
 
 impl Kind {
@@ -42,6 +43,7 @@ impl Kind {
             ("", "ServiceAccount") => Kind::ServiceAccount,
             ("security.istio.io", "AuthorizationPolicy") => Kind::AuthorizationPolicy,
             ("security.istio.io", "PeerAuthentication") => Kind::PeerAuthentication,
+            ("security.istio.io", "RequestAuthentication") => Kind::RequestAuthentication,
             ("networking.istio.io", "ServiceEntry") => Kind::ServiceEntry,
             ("networking.istio.io", "DestinationRule") => Kind::DestinationRule,
             ("gateway.networking.k8s.io", "Gateway") => Kind::Gateway,
@@ -121,6 +123,7 @@ pub enum Object {
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
     DestinationRule(DestinationRule),
+    RequestAuthentication(RequestAuthentication),
 }
 
 impl Object {
@@ -138,6 +141,7 @@ impl Object {
             Object::HttpRoute(o) => &o.metadata,
             Object::GrpcRoute(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
+            Object::RequestAuthentication(o) => &o.metadata,
         }
     }
 
@@ -155,6 +159,7 @@ impl Object {
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::DestinationRule(_) => Kind::DestinationRule,
+            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
         }
     }
 
@@ -431,6 +436,59 @@ pub struct WhenCondition {
     pub values: Vec<String>,
     #[serde(default)]
     pub not_values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RequestAuthentication {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RequestAuthenticationSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub target_ref: Option<PolicyTargetReference>,
+    #[serde(default)]
+    pub target_refs: Vec<PolicyTargetReference>,
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRuleSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtRuleSpec {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub jwks: Option<String>,
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeader>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimToHeaderSpec>,
+    #[serde(default)]
+    pub forward_original_token: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct JwtHeader {
+    pub name: String,
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ClaimToHeaderSpec {
+    pub header: String,
+    pub claim: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

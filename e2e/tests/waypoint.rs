@@ -1,8 +1,9 @@
 //! The waypoint end to end on the sandbox (root): a Gateway deployed by the controller and run
 //! as a pod, a namespace bound to it beside a namespace without one; traffic from a meshed
 //! client through ztunnel → waypoint → ztunnel: weighted split, header and path routes with a
-//! header filter, retries, a request timeout, a mirror, gRPC, L7 authorization by method, path
-//! and principal, TCP through the waypoint, malformed requests, and the request metrics.
+//! header filter, retries, a request timeout, a mirror, gRPC, DestinationRules, JWTs, L7
+//! authorization by method, path, principal and claim, TCP through the waypoint, malformed
+//! requests, and the request metrics.
 
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -212,6 +213,42 @@ spec:
     to: [{operation: {paths: ['/v2*', '/']}}]
 ";
 
+/// RequestAuthentication on the waypoint, and policies on its request principal and claims.
+fn jwt_policies(jwks: &str) -> String {
+    format!(
+        "
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  jwtRules:
+  - issuer: https://issuer.example
+    audiences: [shop]
+    jwks: '{jwks}'
+    outputClaimToHeaders: [{{header: x-group, claim: group}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: private-needs-jwt, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Service, group: '', name: reviews}}]
+  action: DENY
+  rules: [{{from: [{{source: {{notRequestPrincipals: ['*']}}}}], to: [{{operation: {{paths: ['/v2/private*']}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: admin-needs-claim, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Service, group: '', name: reviews}}]
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: ['/v2/admin*']}}}}]
+    when: [{{key: 'request.auth.claims[group]', notValues: [admins]}}]
+"
+    )
+}
+
 /// `ambit-sample get` in the client pod: (status, JSON body).
 fn call(sb: &Sandbox, url: &str, extra: &[&str]) -> (u16, serde_json::Value) {
     let mut args = vec!["ambit-sample", "get", "--status", url];
@@ -345,6 +382,29 @@ fn waypoint_routes_authorizes_and_observes() {
     assert_eq!(call(&sb, "http://reviews:8080/other", &[]).0, 403, "path not allowed");
     assert_eq!(call(&sb, "http://reviews:8080/v2/x", &[]).0, 200, "allowed path and principal");
     assert_eq!(call(&sb, "http://reviews:8080/", &["-X", "POST"]).0, 200);
+
+    // RequestAuthentication: a valid token (principal, claims, claim header), an invalid one
+    // (401), none (passes, without a principal).
+    let issuer = ambit_shared::testing::TestIssuer::new("https://issuer.example");
+    sb.apply(&write_file(&scratch, "jwt.yaml", &jwt_policies(&issuer.jwks))).unwrap();
+    let admin = issuer.token("alice", "shop", 600, serde_json::json!({"group": "admins"}));
+    let user = issuer.token("bob", "shop", 600, serde_json::json!({"group": "users"}));
+    let expired = issuer.token("carol", "shop", -600, serde_json::json!({"group": "admins"}));
+    let bearer = |t: &str| format!("authorization: Bearer {t}");
+    wait_for("the JWT rules", Duration::from_secs(20), || {
+        (call(&sb, "http://reviews:8080/v2/x", &["-H", &bearer(&expired)]).0 == 401).then_some(())
+    });
+    let (status, body) = call(&sb, "http://reviews:8080/v2/x", &["-H", &bearer(&expired)]);
+    assert_eq!((status, body.as_str()), (401, Some("Jwt verification fails")));
+    let (status, answer) = call(&sb, "http://reviews:8080/v2/x", &["-H", &bearer(&admin)]);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["headers"]["x-group"], "admins", "claim to header: {answer}");
+    assert!(answer["headers"].get("authorization").is_none(), "the token is not forwarded: {answer}");
+    assert_eq!(call(&sb, "http://reviews:8080/v2/x", &[]).0, 200, "no token: passes");
+    assert_eq!(call(&sb, "http://reviews:8080/v2/private", &[]).0, 403, "requestPrincipals needs a token");
+    assert_eq!(call(&sb, "http://reviews:8080/v2/private", &["-H", &bearer(&user)]).0, 200);
+    assert_eq!(call(&sb, "http://reviews:8080/v2/admin", &["-H", &bearer(&user)]).0, 403, "claim check");
+    assert_eq!(call(&sb, "http://reviews:8080/v2/admin", &["-H", &bearer(&admin)]).0, 200);
 
     // A port that is not HTTP: TCP through the waypoint (the echo pods' TCP echo on 9000).
     let echoed =

@@ -113,3 +113,42 @@ pub fn expect_startup_failure(binary: &str, args: &[&str]) -> String {
     assert!(!out.status.success(), "{binary} {args:?} should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A JWT issuer for tests: an ECDSA P-256 key, its JSON Web Key Set, and signed tokens.
+pub struct TestIssuer {
+    pub issuer: String,
+    key: jsonwebtoken::EncodingKey,
+    /// `{"keys": [...]}` with the public key (kid `test-key`, ES256).
+    pub jwks: String,
+}
+
+impl TestIssuer {
+    pub fn new(issuer: &str) -> Self {
+        use base64::Engine;
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("test JWT key");
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("test JWT key PEM");
+        // Uncompressed point: 0x04 || X || Y.
+        let raw = pair.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "test-key", "alg": "ES256", "use": "sig",
+            "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+        }]})
+        .to_string();
+        TestIssuer { issuer: issuer.to_owned(), key, jwks }
+    }
+
+    /// A token with `iss`, `sub`, `aud`, an expiry `valid_for` from now (negative: expired) and
+    /// any extra claims.
+    pub fn token(&self, sub: &str, aud: &str, valid_for: i64, extra: serde_json::Value) -> String {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let mut claims =
+            serde_json::json!({"iss": self.issuer, "sub": sub, "aud": aud, "iat": now, "exp": now + valid_for});
+        if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("test-key".into());
+        jsonwebtoken::encode(&header, &claims, &self.key).expect("signing a test JWT")
+    }
+}

@@ -19,6 +19,8 @@ pub enum CompileError {
     Regex { field: String, source: regex::Error },
     #[error("{field}: {value:?} is not a valid {what}")]
     Invalid { field: String, value: String, what: &'static str },
+    #[error(transparent)]
+    Jwt(#[from] crate::jwt::JwtConfigError),
 }
 
 fn regex(field: impl Into<String>, re: &str) -> Result<Regex, CompileError> {
@@ -644,6 +646,8 @@ pub struct ServiceL7 {
     pub policies: Vec<Policy>,
     /// Its DestinationRule's traffic policy.
     pub backend: Option<pb::BackendPolicy>,
+    /// RequestAuthentication rules.
+    pub jwt: Vec<crate::jwt::Rule>,
 }
 
 impl ServiceL7 {
@@ -659,6 +663,7 @@ impl ServiceL7 {
                 .collect::<Result<_, _>>()?,
             policies: c.policies.iter().map(Policy::compile).collect::<Result<_, _>>()?,
             backend: c.backend.clone(),
+            jwt: c.jwt_rules.iter().map(crate::jwt::Rule::compile).collect::<Result<_, _>>()?,
         })
     }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: flags and environment;
 //! - [`l7`]: a bound service's routes and authorization policies, compiled;
+//! - [`jwt`]: RequestAuthentication (JWT validation, key sets);
 //! - [`balance`]: endpoint choice, outlier ejection and pool limits (DestinationRule);
 //! - [`xds`]: the control plane's workloads, services and L7 configuration, kept current;
 //! - [`proxy`]: HBONE in, the HTTP pipeline (or TCP), pooled HBONE out;
@@ -10,6 +11,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod jwt;
 pub mod l7;
 pub mod metrics;
 pub mod proxy;

@@ -26,8 +26,10 @@ pub enum Flag {
     UpstreamTimeout,
     /// Fault injection abort (FI) / delay (DI).
     FaultAbort,
-    /// Denied by authorization (UAEX is for external; Istio reports RBAC denials with this flag).
+    /// Denied by authorization (Envoy's RBAC filter).
     RbacDenied,
+    /// A JWT present but invalid (Envoy's jwt_authn filter).
+    JwtDenied,
     /// Downstream protocol error (DPE).
     DownstreamProtocolError,
     /// Connection pool / circuit breaker overflow (UO).
@@ -44,6 +46,7 @@ impl Flag {
             Flag::UpstreamTimeout => "UT",
             Flag::FaultAbort => "FI",
             Flag::RbacDenied => "RBAC",
+            Flag::JwtDenied => "JWT",
             Flag::DownstreamProtocolError => "DPE",
             Flag::Overflow => "UO",
         }

@@ -166,6 +166,7 @@ pub struct Waypoint {
     pub l7: L7Map,
     pub metrics: Arc<Metrics>,
     backends: Arc<Backends>,
+    keysets: Arc<crate::jwt::KeySets>,
     h1: Client<Dialer, Body>,
     h2: Client<Dialer, Body>,
 }
@@ -176,7 +177,6 @@ struct Downstream {
     identity: Identity,
     source: Peer,
     source_ip: IpAddr,
-    peer_ip: IpAddr,
     vip: SocketAddr,
     service: Option<Arc<Service>>,
     l7: Option<Arc<ServiceL7>>,
@@ -195,6 +195,7 @@ impl Waypoint {
             l7,
             metrics,
             backends: Arc::default(),
+            keysets: Arc::default(),
         })
     }
 
@@ -235,7 +236,6 @@ impl Waypoint {
             identity: req.peer_identity.clone(),
             source,
             source_ip,
-            peer_ip: req.peer_addr.ip(),
             vip: req.authority,
             service,
             l7,
@@ -354,6 +354,26 @@ impl Waypoint {
             // A workload-addressed request, or a service without L7 configuration: straight on.
             return self.forward_default(down, req, port).await;
         };
+        let (request_principal, claims) = if l7.jwt.is_empty() {
+            (None, None)
+        } else {
+            let (mut parts, body) = req.into_parts();
+            let verdict = crate::jwt::authenticate(&l7.jwt, &self.keysets, &mut parts).await;
+            req = Request::from_parts(parts, body);
+            match verdict {
+                crate::jwt::Verdict::Anonymous => (None, None),
+                crate::jwt::Verdict::Valid { principal, claims } => (Some(principal), Some(claims)),
+                crate::jwt::Verdict::Invalid(reason) => {
+                    tracing::debug!(%reason, "JWT refused");
+                    let text = if reason.contains("issuer is not configured") {
+                        "Jwt issuer is not configured"
+                    } else {
+                        "Jwt verification fails"
+                    };
+                    return (respond(StatusCode::UNAUTHORIZED, text), Flag::JwtDenied, None);
+                }
+            }
+        };
         let host = req
             .headers()
             .get(http::header::HOST)
@@ -364,7 +384,7 @@ impl Waypoint {
         let subject = Subject {
             principal: Some(&down.principal),
             namespace: Some(down.identity.namespace()),
-            request_principal: None,
+            request_principal: request_principal.as_deref(),
             source_ip: down.source_ip,
             remote_ip: down.source_ip,
             destination_ip: down.vip.ip(),
@@ -373,13 +393,12 @@ impl Waypoint {
             method: req.method().as_str(),
             path: req.uri().path(),
             headers: req.headers(),
-            claims: None,
+            claims: claims.as_ref(),
         };
         if let Err(policy) = authorize(&l7.policies, &subject) {
             tracing::debug!(%policy, "request denied");
             return (respond(StatusCode::FORBIDDEN, "RBAC: access denied"), Flag::RbacDenied, None);
         }
-        let _ = down.peer_ip;
         let view = RequestView {
             method: req.method(),
             path: req.uri().path(),
@@ -649,6 +668,7 @@ impl Waypoint {
             l7: self.l7.clone(),
             metrics: self.metrics.clone(),
             backends: self.backends.clone(),
+            keysets: self.keysets.clone(),
             h1: self.h1.clone(),
             h2: self.h2.clone(),
         }

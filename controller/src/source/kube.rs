@@ -28,6 +28,7 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "ServiceAccount", "serviceaccounts"),
     ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
     ("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
+    ("security.istio.io", "v1", "RequestAuthentication", "requestauthentications"),
     ("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
     ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
     ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),

@@ -13,7 +13,8 @@ use ambit_shared::proto::waypoint as pb;
 use crate::manifest::Rejection;
 use crate::model::{
     AuthorizationPolicy, BackendObjectReference, DestinationRule, Gateway, GrpcRoute, HeaderModifierSpec, HttpRoute,
-    HttpRouteFilter, HttpRouteRule, HttpValueMatch, Kind, Object, ParentReference, PolicyTargetReference, Service,
+    HttpRouteFilter, HttpRouteRule, HttpValueMatch, Kind, Object, ParentReference, PolicyTargetReference,
+    RequestAuthentication, Service,
 };
 use crate::store::Store;
 use crate::translate::MeshSettings;
@@ -305,6 +306,77 @@ pub fn validate_destination_rule(label: &str, dr: &DestinationRule) -> Result<()
         }
     }
     Ok(())
+}
+
+pub fn validate_request_authentication(label: &str, ra: &RequestAuthentication) -> Result<(), Rejection> {
+    for (i, rule) in ra.spec.jwt_rules.iter().enumerate() {
+        let at = |f: &str| format!("spec.jwtRules[{i}].{f}");
+        if rule.issuer.is_empty() {
+            return Err(Rejection::new(label, at("issuer"), "required"));
+        }
+        match (&rule.jwks, &rule.jwks_uri) {
+            (Some(jwks), _) => {
+                let parsed: Result<jsonwebtoken::jwk::JwkSet, _> = serde_json::from_str(jwks);
+                if let Err(e) = parsed {
+                    return Err(Rejection::new(label, at("jwks"), format!("not a JSON Web Key Set: {e}")));
+                }
+            }
+            (None, Some(uri)) if uri.starts_with("http://") || uri.starts_with("https://") => {}
+            (None, Some(uri)) => {
+                return Err(Rejection::new(label, at("jwksUri"), format!("{uri:?} is not an http(s) URI")))
+            }
+            (None, None) => return Err(Rejection::new(label, at("jwks"), "jwks or jwksUri is required")),
+        }
+        for (j, h) in rule.from_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                return Err(Rejection::new(
+                    label,
+                    at(&format!("fromHeaders[{j}].name")),
+                    format!("{:?} is not a header name", h.name),
+                ));
+            }
+        }
+        for (j, o) in rule.output_claim_to_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(o.header.as_bytes()).is_err() {
+                return Err(Rejection::new(
+                    label,
+                    at(&format!("outputClaimToHeaders[{j}].header")),
+                    format!("{:?} is not a header name", o.header),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn jwt_rules(ra: &RequestAuthentication) -> impl Iterator<Item = pb::JwtRule> + '_ {
+    let source = format!("{}/{}", ra.metadata.namespace.as_deref().unwrap_or_default(), ra.metadata.name);
+    ra.spec.jwt_rules.iter().map(move |r| {
+        let mut locations: Vec<pb::JwtLocation> = r
+            .from_headers
+            .iter()
+            .map(|h| pb::JwtLocation {
+                header: h.name.to_ascii_lowercase(),
+                prefix: h.prefix.clone().unwrap_or_default(),
+                param: String::new(),
+            })
+            .collect();
+        locations.extend(r.from_params.iter().map(|p| pb::JwtLocation { param: p.clone(), ..Default::default() }));
+        pb::JwtRule {
+            source: source.clone(),
+            issuer: r.issuer.clone(),
+            audiences: r.audiences.clone(),
+            jwks: r.jwks.clone().unwrap_or_default(),
+            jwks_uri: r.jwks_uri.clone().unwrap_or_default(),
+            locations,
+            output_claim_to_headers: r
+                .output_claim_to_headers
+                .iter()
+                .map(|o| pb::ClaimToHeader { header: o.header.to_ascii_lowercase(), claim: o.claim.clone() })
+                .collect(),
+            forward_original_token: r.forward_original_token,
+        }
+    })
 }
 
 /// The DestinationRule for a service: one in the service's namespace first, then any other
@@ -738,12 +810,27 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
             b.route.rule_index,
         ))
     });
+    // A policy in `namespace` attaches when it targets the service (in its namespace) or the
+    // waypoint's Gateway (in the Gateway's namespace).
+    let attached = |namespace: &str, refs: &[PolicyTargetReference], one: &Option<PolicyTargetReference>| {
+        let refs: Vec<&PolicyTargetReference> = refs.iter().chain(one.iter()).collect();
+        (namespace == ns && targets(&refs, "Service", &["", "core"], &svc.metadata.name))
+            || (namespace == gw_ns && targets(&refs, "Gateway", &["gateway.networking.k8s.io"], &gw.metadata.name))
+    };
     let mut policies = Vec::new();
+    let mut jwt = Vec::new();
+    let mut seen_ra = Vec::new();
     for namespace in [ns, gw_ns] {
+        for o in store.list(Kind::RequestAuthentication, Some(namespace)) {
+            let Object::RequestAuthentication(ra) = o else { continue };
+            let hit = attached(namespace, &ra.spec.target_refs, &ra.spec.target_ref);
+            if hit && !seen_ra.contains(&(namespace, ra.metadata.name.as_str())) {
+                seen_ra.push((namespace, ra.metadata.name.as_str()));
+                jwt.extend(jwt_rules(ra));
+            }
+        }
         for p in store.authorization_policies(Some(namespace)) {
-            let refs: Vec<&PolicyTargetReference> = p.spec.target_refs.iter().chain(p.spec.target_ref.iter()).collect();
-            let hit = (namespace == ns && targets(&refs, "Service", &["", "core"], &svc.metadata.name))
-                || (namespace == gw_ns && targets(&refs, "Gateway", &["gateway.networking.k8s.io"], &gw.metadata.name));
+            let hit = attached(namespace, &p.spec.target_refs, &p.spec.target_ref);
             if hit && !policies.iter().any(|q: &pb::Policy| q.name == p.metadata.name && q.namespace == namespace) {
                 policies.push(policy(p));
             }
@@ -769,6 +856,7 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
         routes: candidates.into_iter().map(|c| c.route).collect(),
         policies,
         backend: backend_policy(svc, store, mesh),
+        jwt_rules: jwt,
     }
 }
 
