@@ -1,13 +1,14 @@
 //! `ambit-bench`: throughput, latency and cost of the mesh against no mesh, on the sandbox.
 //!
-//! Two namespaces with the same pods — `bench-direct` outside the mesh, `bench-mesh` in it
-//! (`l4`: ztunnel at both ends) — a client on node-1 and a server on node-1 (same-node) and
-//! node-2 (cross-node). For each mode and placement: bulk TCP throughput (1 and 8 streams),
+//! Three namespaces with the same pods — `bench-direct` outside the mesh, `bench-mesh` in it
+//! (`l4`: ztunnel at both ends), `bench-l7` in it with a waypoint (`l7`: ztunnel → waypoint →
+//! ztunnel, addressed by service VIP) — a client on node-1 and a server on node-1 (same-node)
+//! and node-2 (cross-node). For each mode and placement: bulk TCP throughput (1 and 8 streams),
 //! HTTP/1.1 latency with 1 KiB bodies at a fixed rate (from intended send times), the maximum
 //! request rate over 16 connections, new connections per second; for `l4` the ztunnels' CPU
 //! seconds per 1 000 requests at the fixed rate, their peak RSS, and RSS per idle connection
 //! with N idle connections open through the mesh. Every figure is also given as a ratio to
-//! `direct` from the same run. Writes `<out>/bench.json` and `<out>/bench.md`.
+//! `direct` from the same run; for `l7` also the waypoint's CPU per 1 000 requests and RSS. Writes `<out>/bench.json` and `<out>/bench.md`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,6 +50,17 @@ metadata: {name: bench-direct}
 apiVersion: v1
 kind: Namespace
 metadata: {name: bench-mesh, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-l7, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: bench-l7}
+spec:
+  gatewayClassName: ambit-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
 "#;
 
 fn pods(ns: &str) -> String {
@@ -57,11 +69,28 @@ fn pods(ns: &str) -> String {
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\nspec:\n  nodeName: {node}\n  serviceAccountName: server\n  containers: [{{name: s, image: ambit/bench-server, ports: [{{containerPort: 8080}}]}}]\n"
         )
     };
+    let service = |name: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 8080}}, {{name: tcp-sink, port: 9000}}, {{name: tcp-idle, port: 9001}}]\n"
+        )
+    };
     format!(
-        "{}{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: {ns}}}\nspec:\n  nodeName: node-1\n  serviceAccountName: client\n  containers: [{{name: c, image: ambit/sleep}}]\n",
+        "{}{}{}{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: {ns}}}\nspec:\n  nodeName: node-1\n  serviceAccountName: client\n  containers: [{{name: c, image: ambit/sleep}}]\n",
         server("server-local", "node-1"),
-        server("server-remote", "node-2")
+        server("server-remote", "node-2"),
+        service("server-local"),
+        service("server-remote")
     )
+}
+
+/// The waypoint pod's pid.
+fn waypoints(sb: &Sandbox) -> Vec<(String, u32)> {
+    sb.state
+        .pods
+        .iter()
+        .filter(|(k, _)| k.starts_with("bench-l7/waypoint-"))
+        .filter_map(|(k, p)| Some((k.clone(), p.pid?)))
+        .collect()
 }
 
 fn main() -> std::process::ExitCode {
@@ -117,6 +146,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(manifests.join("ns.yaml"), MANIFESTS)?;
     std::fs::write(manifests.join("direct.yaml"), pods("bench-direct"))?;
     std::fs::write(manifests.join("mesh.yaml"), pods("bench-mesh"))?;
+    std::fs::write(manifests.join("l7.yaml"), pods("bench-l7"))?;
     sb.apply(&manifests)?;
 
     let secs = args.seconds.to_string();
@@ -128,26 +158,39 @@ fn run(args: Args) -> anyhow::Result<()> {
         ("direct", "bench-direct", "cross-node", "server-remote"),
         ("l4", "bench-mesh", "same-node", "server-local"),
         ("l4", "bench-mesh", "cross-node", "server-remote"),
+        ("l7", "bench-l7", "same-node", "server-local"),
+        ("l7", "bench-l7", "cross-node", "server-remote"),
     ];
-    let target = |ns: &str, server: &str| sb.state.pods[&format!("{ns}/{server}")].ip;
+    // Pods by address, except through the waypoint: by service VIP (what binds to it).
+    let target = |ns: &str, server: &str| {
+        if ns == "bench-l7" {
+            sb.state.services[&format!("{ns}/{server}")].vip
+        } else {
+            sb.state.pods[&format!("{ns}/{server}")].ip
+        }
+    };
     // Fixed-rate latency first, on fresh ztunnels: their CPU and memory at that rate are not
     // inflated by the bulk runs that follow.
     for (mode, ns, placement, server) in cases {
         let (client, http) = (format!("{ns}/client"), format!("{}:8080", target(ns, server)));
         eprintln!("{mode} {placement}: latency at {rate}/s");
-        let cpu_before: f64 = ztunnels(&sb).iter().map(|(_, p)| cpu_seconds(*p, ticks)).sum();
+        let cpu = |list: Vec<(String, u32)>| list.iter().map(|(_, p)| cpu_seconds(*p, ticks)).sum::<f64>();
+        let (zt_before, wp_before) = (cpu(ztunnels(&sb)), cpu(waypoints(&sb)));
         let lat = exec_json(&sb, &client, &["latency", &http, "--rate", &rate, "--seconds", &lat_secs])?;
-        let cpu_after: f64 = ztunnels(&sb).iter().map(|(_, p)| cpu_seconds(*p, ticks)).sum();
+        let (zt_after, wp_after) = (cpu(ztunnels(&sb)), cpu(waypoints(&sb)));
         let requests = lat["requests"].as_f64().unwrap_or(0.0).max(1.0);
-        let rss: BTreeMap<String, u64> =
-            ztunnels(&sb).iter().map(|(n, p)| (n.clone(), proc_field(*p, "status", "VmRSS:").unwrap_or(0))).collect();
-        let mesh = mode != "direct";
+        let rss = |list: Vec<(String, u32)>| -> BTreeMap<String, u64> {
+            list.iter().map(|(n, p)| (n.clone(), proc_field(*p, "status", "VmRSS:").unwrap_or(0))).collect()
+        };
+        let (mesh, l7) = (mode != "direct", mode == "l7");
         results.insert(
             format!("{mode}/{placement}"),
             json!({
                 "latency": lat,
-                "ztunnel_cpu_s_per_1000": if mesh { json!((cpu_after - cpu_before) / (requests / 1000.0)) } else { Value::Null },
-                "ztunnel_rss_kib_after_latency": if mesh { json!(rss) } else { Value::Null },
+                "ztunnel_cpu_s_per_1000": if mesh { json!((zt_after - zt_before) / (requests / 1000.0)) } else { Value::Null },
+                "ztunnel_rss_kib_after_latency": if mesh { json!(rss(ztunnels(&sb))) } else { Value::Null },
+                "waypoint_cpu_s_per_1000": if l7 { json!((wp_after - wp_before) / (requests / 1000.0)) } else { Value::Null },
+                "waypoint_rss_kib_after_latency": if l7 { json!(rss(waypoints(&sb)).values().sum::<u64>()) } else { Value::Null },
             }),
         );
     }
@@ -172,12 +215,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let idle = idle_memory(&sb, args.idle)?;
     let peak: BTreeMap<String, u64> =
         ztunnels(&sb).iter().map(|(n, p)| (n.clone(), proc_field(*p, "status", "VmHWM:").unwrap_or(0))).collect();
+    let waypoint_peak: u64 = waypoints(&sb).iter().map(|(_, p)| proc_field(*p, "status", "VmHWM:").unwrap_or(0)).sum();
     let machine = json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
         "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_owned())).unwrap_or_default(),
     });
-    let report = json!({"machine": machine, "settings": {"seconds": args.seconds, "latency_seconds": args.latency_seconds, "rate": args.rate, "idle": args.idle}, "results": results, "idle": idle, "ztunnel_peak_rss_kib": peak});
+    let report = json!({"machine": machine, "settings": {"seconds": args.seconds, "latency_seconds": args.latency_seconds, "rate": args.rate, "idle": args.idle}, "results": results, "idle": idle, "ztunnel_peak_rss_kib": peak, "waypoint_peak_rss_kib": waypoint_peak});
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("bench.json"), serde_json::to_vec_pretty(&report)?)?;
     let md = markdown(&report);
@@ -236,7 +280,10 @@ fn markdown(report: &Value) -> String {
         m["kernel"].as_str().unwrap_or("?"),
         report["settings"]
     );
-    out.push_str("| Figure | direct same-node | l4 same-node | ratio | direct cross-node | l4 cross-node | ratio |\n|---|---|---|---|---|---|---|\n");
+    out.push_str(
+        "| Figure | direct same-node | l4 | ratio | l7 | ratio | direct cross-node | l4 | ratio | l7 | ratio |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     // (row, JSON pointer into each result)
     let rows = [
         ("Bulk TCP, 1 stream (Gbit/s)", "/bulk_1_gbps"),
@@ -248,6 +295,8 @@ fn markdown(report: &Value) -> String {
         ("Max requests/s, 16 connections", "/max_rps_16"),
         ("New connections/s", "/new_conns_per_s"),
         ("ztunnels' CPU s per 1 000 requests", "/ztunnel_cpu_s_per_1000"),
+        ("waypoint CPU s per 1 000 requests", "/waypoint_cpu_s_per_1000"),
+        ("waypoint RSS after the fixed-rate run (KiB)", "/waypoint_rss_kib_after_latency"),
     ];
     for (name, pointer) in rows {
         let cell = |key: &str| r[key].pointer(pointer).and_then(num);
@@ -260,21 +309,28 @@ fn markdown(report: &Value) -> String {
             (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
             _ => "—".into(),
         };
-        let (ds, ls, dc, lc) =
-            (cell("direct/same-node"), cell("l4/same-node"), cell("direct/cross-node"), cell("l4/cross-node"));
-        out.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} | {} |\n",
-            fmt(ds),
-            fmt(ls),
-            ratio(ds, ls),
-            fmt(dc),
-            fmt(lc),
-            ratio(dc, lc)
-        ));
+        let mut line = format!("| {name} |");
+        for placement in ["same-node", "cross-node"] {
+            let direct = cell(&format!("direct/{placement}"));
+            let (l4, l7) = (cell(&format!("l4/{placement}")), cell(&format!("l7/{placement}")));
+            line.push_str(&format!(
+                " {} | {} | {} | {} | {} |",
+                fmt(direct),
+                fmt(l4),
+                ratio(direct, l4),
+                fmt(l7),
+                ratio(direct, l7)
+            ));
+        }
+        out.push_str(&line);
+        out.push('\n');
     }
     out.push_str(&format!(
-        "\nztunnel peak RSS (KiB): {}; RSS per idle connection with {} open (bytes): {}\n",
-        report["ztunnel_peak_rss_kib"], report["idle"]["connections"], report["idle"]["bytes_per_connection"]
+        "\nztunnel peak RSS (KiB): {}; waypoint peak RSS (KiB): {}; RSS per idle connection with {} open (bytes): {}\n",
+        report["ztunnel_peak_rss_kib"],
+        report["waypoint_peak_rss_kib"],
+        report["idle"]["connections"],
+        report["idle"]["bytes_per_connection"]
     ));
     out
 }
