@@ -89,6 +89,10 @@ pub struct Config {
     /// The control plane's address as waypoints reach it (xDS and CA).
     #[arg(long, env = "WAYPOINT_XDS_ADDRESS", default_value = "ambit-controller.ambit-system.svc:15012")]
     pub waypoint_xds_address: String,
+    /// OTLP/HTTP collector waypoints export spans to (a Gateway's `ambit.dev/otlp-endpoint`
+    /// annotation overrides it).
+    #[arg(long, env = "WAYPOINT_OTLP_ENDPOINT")]
+    pub waypoint_otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -170,6 +174,7 @@ impl Config {
             image: self.waypoint_image.clone(),
             xds_address: self.waypoint_xds_address.clone(),
             trust_domain: self.trust_domain.clone(),
+            otlp_endpoint: self.waypoint_otlp_endpoint.clone(),
         }
     }
 

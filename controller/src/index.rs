@@ -192,14 +192,17 @@ impl Index {
             Kind::RequestAuthentication => {
                 dirty.services_in.insert(ns.clone());
             }
-            Kind::DestinationRule => {
-                // Its host is a service; short names and FQDNs of this namespace (or any).
+            Kind::DestinationRule | Kind::VirtualService => {
+                // Its hosts are services; short names and FQDNs of this namespace (or any).
                 dirty.services_in.insert(ns.clone());
                 for o in [previous, current].into_iter().flatten() {
-                    if let Object::DestinationRule(dr) = o {
-                        if let Some(other) = dr.spec.host.split('.').nth(1) {
-                            dirty.services_in.insert(other.into());
-                        }
+                    let hosts: Vec<&String> = match o {
+                        Object::DestinationRule(dr) => vec![&dr.spec.host],
+                        Object::VirtualService(vs) => vs.spec.hosts.iter().collect(),
+                        _ => continue,
+                    };
+                    for other in hosts.iter().filter_map(|h| h.split('.').nth(1)) {
+                        dirty.services_in.insert(other.into());
                     }
                 }
             }

@@ -139,6 +139,7 @@ fn typed_object(k: Kind, label: &str, value: serde_json::Value) -> Result<Parsed
         Kind::GrpcRoute => Object::GrpcRoute(typed(&label, value)?),
         Kind::DestinationRule => Object::DestinationRule(typed(&label, value)?),
         Kind::RequestAuthentication => Object::RequestAuthentication(typed(&label, value)?),
+        Kind::VirtualService => Object::VirtualService(typed(&label, value)?),
     };
     normalize_namespace(&mut object);
     validate(&label, &object)?;
@@ -205,6 +206,7 @@ fn normalize_namespace(object: &mut Object) {
         Object::GrpcRoute(o) => &mut o.metadata,
         Object::DestinationRule(o) => &mut o.metadata,
         Object::RequestAuthentication(o) => &mut o.metadata,
+        Object::VirtualService(o) => &mut o.metadata,
         Object::Namespace(_) | Object::Node(_) => return,
     };
     if meta.namespace.as_deref().unwrap_or("").is_empty() {
@@ -306,6 +308,7 @@ fn validate(label: &str, object: &Object) -> Result<(), Rejection> {
         Object::GrpcRoute(route) => crate::translate::waypoint::validate_grpc_route(label, route)?,
         Object::DestinationRule(dr) => crate::translate::waypoint::validate_destination_rule(label, dr)?,
         Object::RequestAuthentication(ra) => crate::translate::waypoint::validate_request_authentication(label, ra)?,
+        Object::VirtualService(vs) => crate::translate::waypoint::validate_virtual_service(label, vs)?,
         Object::Namespace(_) | Object::Node(_) | Object::ServiceAccount(_) => {}
     }
     Ok(())

@@ -29,6 +29,7 @@ pub enum Kind {
     GrpcRoute,
     DestinationRule,
     RequestAuthentication,
+    VirtualService,
 }
 
 impl Kind {
@@ -46,6 +47,7 @@ impl Kind {
             ("security.istio.io", "RequestAuthentication") => Kind::RequestAuthentication,
             ("networking.istio.io", "ServiceEntry") => Kind::ServiceEntry,
             ("networking.istio.io", "DestinationRule") => Kind::DestinationRule,
+            ("networking.istio.io", "VirtualService") => Kind::VirtualService,
             ("gateway.networking.k8s.io", "Gateway") => Kind::Gateway,
             ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
             ("gateway.networking.k8s.io", "GRPCRoute") => Kind::GrpcRoute,
@@ -124,6 +126,7 @@ pub enum Object {
     GrpcRoute(GrpcRoute),
     DestinationRule(DestinationRule),
     RequestAuthentication(RequestAuthentication),
+    VirtualService(VirtualService),
 }
 
 impl Object {
@@ -142,6 +145,7 @@ impl Object {
             Object::GrpcRoute(o) => &o.metadata,
             Object::DestinationRule(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
+            Object::VirtualService(o) => &o.metadata,
         }
     }
 
@@ -160,6 +164,7 @@ impl Object {
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
+            Object::VirtualService(_) => Kind::VirtualService,
         }
     }
 
@@ -552,6 +557,177 @@ pub struct ServiceEntryPort {
     pub name: Option<String>,
     #[serde(default)]
     pub target_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct VirtualService {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: VirtualServiceSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VirtualServiceSpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub http: Vec<VsHttpRoute>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VsHttpRoute {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "match")]
+    pub matches: Vec<VsMatch>,
+    #[serde(default)]
+    pub route: Vec<VsDestinationWeight>,
+    #[serde(default)]
+    pub redirect: Option<VsRedirect>,
+    #[serde(default)]
+    pub rewrite: Option<VsRewrite>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub retries: Option<VsRetries>,
+    #[serde(default)]
+    pub fault: Option<VsFault>,
+    #[serde(default)]
+    pub mirror: Option<VsDestination>,
+    #[serde(default)]
+    pub mirror_percentage: Option<VsPercent>,
+    #[serde(default)]
+    pub headers: Option<VsHeaders>,
+}
+
+/// exact / prefix / regex, one of them.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VsStringMatch {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VsMatch {
+    #[serde(default)]
+    pub uri: Option<VsStringMatch>,
+    #[serde(default)]
+    pub method: Option<VsStringMatch>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, VsStringMatch>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, VsStringMatch>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VsDestination {
+    pub host: String,
+    #[serde(default)]
+    pub subset: Option<String>,
+    #[serde(default)]
+    pub port: Option<VsPort>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VsPort {
+    pub number: u16,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VsDestinationWeight {
+    pub destination: VsDestination,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub headers: Option<VsHeaders>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VsHeaders {
+    #[serde(default)]
+    pub request: Option<VsHeaderOps>,
+    #[serde(default)]
+    pub response: Option<VsHeaderOps>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VsHeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VsRedirect {
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub redirect_code: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VsRewrite {
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub authority: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VsRetries {
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    #[serde(default)]
+    pub per_try_timeout: Option<String>,
+    #[serde(default)]
+    pub retry_on: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VsFault {
+    #[serde(default)]
+    pub delay: Option<VsDelay>,
+    #[serde(default)]
+    pub abort: Option<VsAbort>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VsDelay {
+    #[serde(default)]
+    pub fixed_delay: Option<String>,
+    #[serde(default)]
+    pub percentage: Option<VsPercent>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VsAbort {
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    #[serde(default)]
+    pub percentage: Option<VsPercent>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VsPercent {
+    #[serde(default)]
+    pub value: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

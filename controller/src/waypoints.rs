@@ -28,7 +28,13 @@ pub struct WaypointSettings {
     /// The control plane as waypoints reach it (xDS and CA).
     pub xds_address: String,
     pub trust_domain: String,
+    /// OTLP collector for every waypoint's spans (a Gateway's annotation overrides it).
+    pub otlp_endpoint: Option<String>,
 }
+
+/// Gateway annotations that tune its waypoint's tracing.
+pub const OTLP_ENDPOINT_ANNOTATION: &str = "ambit.dev/otlp-endpoint";
+pub const TRACE_SAMPLING_ANNOTATION: &str = "ambit.dev/trace-sampling";
 
 /// The objects deployed for one waypoint Gateway.
 pub fn objects(gw: &Gateway, settings: &WaypointSettings) -> (ServiceAccount, Deployment, Service) {
@@ -76,16 +82,27 @@ pub fn objects(gw: &Gateway, settings: &WaypointSettings) -> (ServiceAccount, De
     let container = Container {
         name: "waypoint".into(),
         image: Some(settings.image.clone()),
-        env: Some(vec![
-            field("POD_NAME", "metadata.name"),
-            field("POD_NAMESPACE", "metadata.namespace"),
-            field("POD_IP", "status.podIP"),
-            field("NODE_NAME", "spec.nodeName"),
-            env("GATEWAY_NAME", &name),
-            env("SERVICE_ACCOUNT", &name),
-            env("TRUST_DOMAIN", &settings.trust_domain),
-            env("XDS_ADDRESS", &settings.xds_address),
-        ]),
+        env: Some({
+            let mut vars = vec![
+                field("POD_NAME", "metadata.name"),
+                field("POD_NAMESPACE", "metadata.namespace"),
+                field("POD_IP", "status.podIP"),
+                field("NODE_NAME", "spec.nodeName"),
+                env("GATEWAY_NAME", &name),
+                env("SERVICE_ACCOUNT", &name),
+                env("TRUST_DOMAIN", &settings.trust_domain),
+                env("XDS_ADDRESS", &settings.xds_address),
+            ];
+            let annotations = &gw.metadata.annotations;
+            let otlp = annotations.get(OTLP_ENDPOINT_ANNOTATION).or(settings.otlp_endpoint.as_ref());
+            if let Some(endpoint) = otlp {
+                vars.push(env("OTLP_ENDPOINT", endpoint));
+            }
+            if let Some(sampling) = annotations.get(TRACE_SAMPLING_ANNOTATION) {
+                vars.push(env("TRACE_SAMPLING", sampling));
+            }
+            vars
+        }),
         ports: Some(vec![port("mesh", 15008), port("status-port", 15021), port("metrics", 15020)]),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
@@ -245,6 +262,7 @@ mod tests {
             image: "ambit/waypoint:0.1.0".into(),
             xds_address: "10.0.0.1:15012".into(),
             trust_domain: "cluster.local".into(),
+            otlp_endpoint: None,
         }
     }
 
@@ -266,6 +284,12 @@ mod tests {
         assert_eq!(d.metadata.owner_references.unwrap()[0].uid, "u-1", "garbage-collected with the Gateway");
         let env = pod.containers[0].env.clone().unwrap();
         assert!(env.iter().any(|e| e.name == "XDS_ADDRESS" && e.value.as_deref() == Some("10.0.0.1:15012")));
+        assert!(!env.iter().any(|e| e.name == "OTLP_ENDPOINT"), "no tracing unless configured");
+        let traced = gateway("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w, namespace: shop, annotations: {ambit.dev/otlp-endpoint: 'http://c:4318', ambit.dev/trace-sampling: '100'}}\nspec: {gatewayClassName: ambit-waypoint}");
+        let (_, d, _) = objects(&traced, &settings());
+        let env = d.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+        assert!(env.iter().any(|e| e.name == "OTLP_ENDPOINT" && e.value.as_deref() == Some("http://c:4318")));
+        assert!(env.iter().any(|e| e.name == "TRACE_SAMPLING" && e.value.as_deref() == Some("100")));
     }
 
     #[test]

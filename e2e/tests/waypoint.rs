@@ -3,7 +3,7 @@
 //! client through ztunnel → waypoint → ztunnel: weighted split, header and path routes with a
 //! header filter, retries, a request timeout, a mirror, gRPC, DestinationRules, JWTs, L7
 //! authorization by method, path, principal and claim, TCP through the waypoint, malformed
-//! requests, and the request metrics.
+//! requests, tracing, and the request metrics.
 
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -24,7 +24,10 @@ metadata: {name: plain, labels: {istio.io/dataplane-mode: ambient}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
-metadata: {name: waypoint, namespace: shop}
+metadata:
+  name: waypoint
+  namespace: shop
+  annotations: {ambit.dev/otlp-endpoint: 'http://collector.observability.svc.cluster.local:4318'}
 spec:
   gatewayClassName: ambit-waypoint
   listeners: [{name: mesh, port: 15008, protocol: HBONE}]
@@ -126,6 +129,28 @@ spec:
   ports: [{name: http, port: 8080}]
 ---
 apiVersion: v1
+kind: Namespace
+metadata: {name: observability}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: collector, namespace: observability}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: collector}}
+  template:
+    metadata: {labels: {app: collector}}
+    spec:
+      containers: [{name: c, image: ambit/otlp-sink, ports: [{containerPort: 4318}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: collector, namespace: observability}
+spec:
+  selector: {app: collector}
+  ports: [{name: http, port: 4318}]
+---
+apiVersion: v1
 kind: Service
 metadata: {name: echo, namespace: plain}
 spec:
@@ -166,6 +191,23 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /mirrored}}]
     filters: [{type: RequestMirror, requestMirror: {backendRef: {name: reviews-v2, port: 8080}}}]
     backendRefs: [{name: reviews-v1, port: 8080}]
+";
+
+const FAULTS: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-v2, namespace: shop}
+spec:
+  hosts: [reviews-v2]
+  http:
+  - match: [{uri: {prefix: /fault}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: reviews-v2}}]
+  - match: [{uri: {prefix: /slow}}]
+    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}
+    route: [{destination: {host: reviews-v2}}]
+  - route: [{destination: {host: reviews-v2}}]
+    headers: {response: {set: {x-via: virtual-service}}}
 ";
 
 const BACKENDS: &str = "
@@ -341,6 +383,18 @@ fn waypoint_routes_authorizes_and_observes() {
     let share = v1 as f64 / 2000.0;
     assert!((0.87..=0.93).contains(&share), "v1 share {share}: {load}");
 
+    // VirtualService routes on the same route model: fault abort and delay.
+    sb.apply(&write_file(&scratch, "faults.yaml", FAULTS)).unwrap();
+    wait_for("the fault abort", Duration::from_secs(20), || {
+        (call(&sb, "http://reviews-v2:8080/fault", &[]).0 == 418).then_some(())
+    });
+    let started = std::time::Instant::now();
+    let (status, answer) = call(&sb, "http://reviews-v2:8080/slow", &[]);
+    assert_eq!(status, 200, "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "delayed: {:?}", started.elapsed());
+    let page = sb.exec("client-0", &["ambit-sample", "get", "--status", "http://reviews-v2:8080/"]).unwrap();
+    assert!(String::from_utf8_lossy(&page.stdout).starts_with("200"));
+
     // Backend policy (DestinationRule): outlier ejection, consistent hash, pool overflow.
     sb.apply(&write_file(&scratch, "backends.yaml", BACKENDS)).unwrap();
     wait_for("the sticky backend", Duration::from_secs(20), || {
@@ -405,6 +459,25 @@ fn waypoint_routes_authorizes_and_observes() {
     assert_eq!(call(&sb, "http://reviews:8080/v2/private", &["-H", &bearer(&user)]).0, 200);
     assert_eq!(call(&sb, "http://reviews:8080/v2/admin", &["-H", &bearer(&user)]).0, 403, "claim check");
     assert_eq!(call(&sb, "http://reviews:8080/v2/admin", &["-H", &bearer(&admin)]).0, 200);
+
+    // Tracing: the caller's W3C context continues through the waypoint's span (same trace,
+    // the waypoint as the next hop's parent, B3 alongside), and the span reaches the collector.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("traceparent: 00-{trace}-00f067aa0ba902b7-01");
+    let (_, answer) = call(&sb, "http://reviews:8080/v2/traced", &["-H", &incoming]);
+    let forwarded = answer["headers"]["traceparent"].as_str().unwrap_or_default().to_owned();
+    assert!(forwarded.starts_with(&format!("00-{trace}-")) && !forwarded.contains("00f067aa0ba902b7"), "{answer}");
+    assert_eq!(answer["headers"]["x-b3-traceid"], trace);
+    assert_eq!(answer["headers"]["x-b3-parentspanid"], "00f067aa0ba902b7");
+    let waypoint_span = &forwarded[36..52];
+    wait_for("the span at the collector", Duration::from_secs(10), || {
+        let log = sb.log("pod-observability-collector-0");
+        log.lines()
+            .any(|l| {
+                l.contains(trace) && l.contains(waypoint_span) && l.contains("\"parentSpanId\":\"00f067aa0ba902b7\"")
+            })
+            .then_some(())
+    });
 
     // A port that is not HTTP: TCP through the waypoint (the echo pods' TCP echo on 9000).
     let echoed =

@@ -57,6 +57,15 @@ pub struct Config {
     /// Prometheus endpoint (`/metrics`, `/stats/prometheus`).
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:15020")]
     pub metrics_addr: SocketAddr,
+    /// OTLP/HTTP collector for spans (`http://host:4318`); no export when empty.
+    #[arg(long, env = "OTLP_ENDPOINT", default_value = "")]
+    pub otlp_endpoint: String,
+    /// Percent of requests without a sampling decision that start a sampled trace.
+    #[arg(long, env = "TRACE_SAMPLING", default_value_t = 1.0)]
+    pub trace_sampling: f64,
+    /// Data-path worker threads.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
     /// Grace period for open connections on SIGTERM, in seconds.
     #[arg(long, env = "DRAIN_SECONDS", default_value_t = 5)]
     pub drain_seconds: u64,
@@ -72,6 +81,12 @@ pub enum ConfigError {
     Identity(String, String),
     #[error("--cert-lifetime-seconds {0} is below 60")]
     CertLifetime(u64),
+    #[error("--trace-sampling {0} is not a percentage (0-100)")]
+    Sampling(f64),
+    #[error("--otlp-endpoint {0:?} is not an http:// URL")]
+    Otlp(String),
+    #[error("--worker-threads must be at least 1")]
+    Workers,
     #[error(transparent)]
     AddressClash(#[from] AddressClash),
 }
@@ -85,6 +100,15 @@ impl Config {
         self.control_plane_identity()?;
         if self.cert_lifetime_seconds < 60 {
             return Err(ConfigError::CertLifetime(self.cert_lifetime_seconds));
+        }
+        if !(0.0..=100.0).contains(&self.trace_sampling) {
+            return Err(ConfigError::Sampling(self.trace_sampling));
+        }
+        if !self.otlp_endpoint.is_empty() && !self.otlp_endpoint.starts_with("http://") {
+            return Err(ConfigError::Otlp(self.otlp_endpoint.clone()));
+        }
+        if self.worker_threads == 0 {
+            return Err(ConfigError::Workers);
         }
         distinct_addresses(&[
             ("--hbone-addr", self.hbone_addr),

@@ -147,28 +147,15 @@ impl KeySets {
 
 /// One GET of a key set (plain HTTP: an in-cluster issuer; https issuers are for the next step).
 async fn fetch(uri: &str) -> Result<JwkSet, String> {
-    use http_body_util::BodyExt;
     let parsed: http::Uri = uri.parse().map_err(|e| format!("{e}"))?;
     if parsed.scheme_str() != Some("http") {
         return Err("only http:// key set URIs are fetched".into());
     }
-    let authority = parsed.authority().ok_or("no host")?.clone();
-    let addr = if authority.port().is_some() { authority.to_string() } else { format!("{authority}:80") };
-    let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = http::Request::get(parsed.path_and_query().map_or("/", |p| p.as_str()))
-        .header(http::header::HOST, authority.as_str())
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status()));
+    let (status, body) = crate::trace::plain_http(http::Method::GET, &parsed, None, bytes::Bytes::new(), 80).await?;
+    if !status.is_success() {
+        return Err(format!("status {status}"));
     }
-    let body =
-        http_body_util::Limited::new(resp.into_body(), 1024 * 1024).collect().await.map_err(|e| e.to_string())?;
-    serde_json::from_slice(&body.to_bytes()).map_err(|e| format!("not a JWKS: {e}"))
+    serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))
 }
 
 fn find_token(rules: &[Rule], headers: &http::HeaderMap, query: Option<&str>) -> Option<(String, Location)> {

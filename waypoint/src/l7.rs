@@ -82,6 +82,8 @@ pub enum PathMatch {
     Exact(String),
     /// Gateway API prefix: whole path segments (`/api` matches `/api` and `/api/x`, not `/apix`).
     Prefix(String),
+    /// VirtualService prefix: leading characters.
+    StringPrefix(String),
     Regex(Regex),
 }
 
@@ -94,6 +96,7 @@ impl PathMatch {
                 let p = p.trim_end_matches('/');
                 path.starts_with(p) && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'))
             }
+            PathMatch::StringPrefix(p) => path.starts_with(p.as_str()),
             PathMatch::Regex(r) => r.is_match(path),
         }
     }
@@ -235,6 +238,7 @@ impl Route {
                         pb::PathKind::PathExact => PathMatch::Exact(m.path.clone()),
                         pb::PathKind::PathPrefix => PathMatch::Prefix(m.path.clone()),
                         pb::PathKind::PathRegex => PathMatch::Regex(regex(format!("{at}.path"), &m.path)?),
+                        pb::PathKind::PathStringPrefix => PathMatch::StringPrefix(m.path.clone()),
                     }
                 };
                 let method = if m.method.is_empty() {

@@ -7,6 +7,7 @@
 //! - [`xds`]: the control plane's workloads, services and L7 configuration, kept current;
 //! - [`proxy`]: HBONE in, the HTTP pipeline (or TCP), pooled HBONE out;
 //! - [`metrics`]: Istio's request metrics and the access log;
+//! - [`trace`]: W3C / B3 trace context and OTLP span export;
 //! - [`run`]: wiring and drain.
 
 pub mod balance;
@@ -16,4 +17,5 @@ pub mod l7;
 pub mod metrics;
 pub mod proxy;
 pub mod run;
+pub mod trace;
 pub mod xds;

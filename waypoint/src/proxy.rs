@@ -167,6 +167,8 @@ pub struct Waypoint {
     pub metrics: Arc<Metrics>,
     backends: Arc<Backends>,
     keysets: Arc<crate::jwt::KeySets>,
+    tracer: crate::trace::Exporter,
+    sampling: f64,
     h1: Client<Dialer, Body>,
     h2: Client<Dialer, Body>,
 }
@@ -183,7 +185,13 @@ struct Downstream {
 }
 
 impl Waypoint {
-    pub fn new(dialer: Dialer, l7: L7Map, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        dialer: Dialer,
+        l7: L7Map,
+        metrics: Arc<Metrics>,
+        tracer: crate::trace::Exporter,
+        sampling: f64,
+    ) -> Arc<Self> {
         let mut h1 = Client::builder(TokioExecutor::new());
         h1.pool_idle_timeout(Duration::from_secs(90)).pool_timer(TokioTimer::new());
         let mut h2 = Client::builder(TokioExecutor::new());
@@ -196,6 +204,8 @@ impl Waypoint {
             metrics,
             backends: Arc::default(),
             keysets: Arc::default(),
+            tracer,
+            sampling,
         })
     }
 
@@ -298,8 +308,10 @@ impl Waypoint {
     }
 
     /// One request, start to finish, with its telemetry.
-    async fn request(&self, down: &Downstream, req: Request<Incoming>) -> Response<Body> {
+    async fn request(&self, down: &Downstream, mut req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
+        let span = crate::trace::start(req.headers_mut(), self.sampling);
+        let span_start = self.tracer.enabled().then(std::time::SystemTime::now);
         let method = req.method().clone();
         let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         let grpc = req
@@ -339,6 +351,7 @@ impl Waypoint {
             source_ip: down.source_ip,
             principal: down.principal.clone(),
             endpoint: endpoint.map(|w| w.name.clone()),
+            span: span_start.map(|t| (span, t, self.tracer.clone())),
         };
         // Recorded when the response body ends (gRPC's status is in its trailers).
         response.map(|inner| Observed { inner, bytes: 0, completion: Some(completion) }.boxed())
@@ -669,6 +682,8 @@ impl Waypoint {
             metrics: self.metrics.clone(),
             backends: self.backends.clone(),
             keysets: self.keysets.clone(),
+            tracer: self.tracer.clone(),
+            sampling: self.sampling,
             h1: self.h1.clone(),
             h2: self.h2.clone(),
         }
@@ -686,11 +701,31 @@ struct Completion {
     source_ip: IpAddr,
     principal: Arc<str>,
     endpoint: Option<Arc<str>>,
+    /// The waypoint's span, when spans are exported.
+    span: Option<(crate::trace::SpanContext, std::time::SystemTime, crate::trace::Exporter)>,
 }
 
 impl Completion {
     fn finish(self, response_bytes: u64) {
         let ms = self.start.elapsed().as_secs_f64() * 1e3;
+        if let Some((ctx, started, exporter)) = &self.span {
+            let l = &self.labels;
+            exporter.record(crate::trace::Span {
+                ctx: *ctx,
+                name: format!("{} {}", self.method, l.service.as_ref().map_or("unknown", |s| &*s.hostname)),
+                start: *started,
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    ("http.method", self.method.to_string()),
+                    ("http.url", self.path.clone()),
+                    ("http.status_code", l.code.to_string()),
+                    ("upstream_cluster", self.endpoint.as_deref().unwrap_or("-").to_owned()),
+                    ("response_flags", l.flag.as_str().to_owned()),
+                    ("peer.principal", self.principal.to_string()),
+                ],
+                error: l.code >= 500,
+            });
+        }
         self.metrics.record(&self.labels, ms, self.request_bytes, response_bytes);
         let l = &self.labels;
         tracing::info!(
@@ -805,8 +840,10 @@ fn rewrite(r: &ambit_shared::proto::waypoint::Rewrite, req: &mut Request<Incomin
     } else if !r.path_prefix.is_empty() {
         // Replace the matched prefix (the route's first prefix match that holds).
         route.matches.iter().find_map(|m| match &m.path {
-            crate::l7::PathMatch::Prefix(p) if m.path.matches(path) => {
-                let rest = &path[p.trim_end_matches('/').len()..];
+            crate::l7::PathMatch::Prefix(p) | crate::l7::PathMatch::StringPrefix(p) if m.path.matches(path) => {
+                let matched =
+                    if matches!(m.path, crate::l7::PathMatch::Prefix(_)) { p.trim_end_matches('/') } else { p };
+                let rest = &path[matched.len()..];
                 let base = r.path_prefix.trim_end_matches('/');
                 Some(if rest.is_empty() {
                     if base.is_empty() {

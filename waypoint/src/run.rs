@@ -25,7 +25,11 @@ pub fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     config.validate().context("invalid configuration")?;
     config.log.init().context("starting logging")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("waypoint-data").build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .thread_name("waypoint-data")
+        .build()?;
     runtime.block_on(run(config))
 }
 
@@ -80,7 +84,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         identity: identity.clone(),
         hbone: HboneClient::new(roots.clone(), PoolSettings::default()),
     };
-    let waypoint = Waypoint::new(dialer, l7, metrics);
+    let tracer = if config.otlp_endpoint.is_empty() {
+        crate::trace::Exporter::disabled()
+    } else {
+        crate::trace::Exporter::spawn(&config.otlp_endpoint, &format!("{}.{}", config.gateway, config.namespace))
+    };
+    let waypoint = Waypoint::new(dialer, l7, metrics, tracer, config.trace_sampling);
     let listener = tokio::net::TcpListener::bind(config.hbone_addr)
         .await
         .with_context(|| format!("binding --hbone-addr {}", config.hbone_addr))?;

@@ -31,6 +31,7 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("security.istio.io", "v1", "RequestAuthentication", "requestauthentications"),
     ("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
     ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
+    ("networking.istio.io", "v1", "VirtualService", "virtualservices"),
     ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
     ("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),

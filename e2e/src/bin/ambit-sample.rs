@@ -74,6 +74,12 @@ enum Cmd {
     },
     /// Idles until stopped.
     Sleep,
+    /// An OTLP/HTTP collector: prints `{"traceId", "spanId", "parentSpanId", "name"}` per span
+    /// received on `POST /v1/traces` (JSON encoding).
+    OtlpSink {
+        #[arg(long, default_value_t = 4318)]
+        port: u16,
+    },
     /// One unary gRPC call (HTTP/2 cleartext) to `http://host:port/pkg.Service/Method`.
     Grpc {
         url: String,
@@ -196,6 +202,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             Cmd::TcpClient { addr, send } => tcp_client(&addr, &send).await,
             Cmd::Grpc { url, message } => grpc_call(&url, &message).await,
+            Cmd::OtlpSink { port } => otlp_sink(port).await,
             Cmd::Front { port, backends } => serve_http(port, Some(Arc::new(backends)), None).await,
             Cmd::TcpEcho { port } => tcp_echo(port).await,
             Cmd::Get { url, timeout_ms, method, header, status: show } => {
@@ -353,6 +360,33 @@ async fn grpc_echo(req: Request<Incoming>, me: &Who) -> Response<EchoBody> {
     let mut resp = Response::new(body.boxed());
     resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/grpc"));
     resp
+}
+
+async fn otlp_sink(port: u16) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+    eprintln!("ambit-sample: OTLP sink listening on :{port}");
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let scopes = doc["resourceSpans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|r| r["scopeSpans"].as_array().cloned().unwrap_or_default());
+                for span in scopes.flat_map(|s| s["spans"].as_array().cloned().unwrap_or_default()) {
+                    println!(
+                        "{}",
+                        serde_json::json!({"traceId": span["traceId"], "spanId": span["spanId"], "parentSpanId": span["parentSpanId"], "name": span["name"]})
+                    );
+                }
+                Ok::<_, Infallible>(json_response(200, "{}".into()))
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
 }
 
 /// One unary gRPC call over HTTP/2 cleartext: prints `{"grpc_status", "message"}`.

@@ -217,3 +217,71 @@ fn malformed_destination_rules_are_rejected_with_the_field() {
         reject("  host: r\n  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, httpHeaderName: x}}}");
     assert!(two.contains("consistentHash"), "{two}");
 }
+
+#[test]
+fn virtual_services_map_onto_the_route_model_in_order() {
+    let c = config(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /fault}, headers: {x-test: {exact: 'yes'}}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}, delay: {fixedDelay: 100ms, percentage: {value: 50}}}
+    route: [{destination: {host: reviews-v1}}]
+  - match: [{uri: {exact: /retry}}]
+    retries: {attempts: 3, perTryTimeout: 1s, retryOn: 'gateway-error,connect-failure'}
+    timeout: 5s
+    route: [{destination: {host: reviews-v1.shop.svc.cluster.local, port: {number: 8080}}, weight: 70}, {destination: {host: reviews-v2.shop}, weight: 30}]
+  - route: [{destination: {host: reviews-v2}}]
+    mirror: {host: reviews-v1}
+    mirrorPercentage: {value: 25}",
+    );
+    let names: Vec<_> = c.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["VirtualService/shop/reviews/0", "VirtualService/shop/reviews/1", "VirtualService/shop/reviews/2"]
+    );
+    let fault = c.routes[0].fault.unwrap();
+    assert_eq!((fault.abort_status, fault.abort_percent, fault.delay_percent), (418, 100.0, 50.0));
+    assert_eq!(c.routes[0].matches[0].path_kind(), pb::PathKind::PathStringPrefix);
+    assert_eq!(c.routes[0].backends[0].weight, 100, "a single destination weighs 100");
+    let retry = c.routes[1].retry.as_ref().unwrap();
+    assert_eq!((retry.attempts, retry.codes.clone(), retry.connect_failure), (3, vec![502, 503, 504], true));
+    let hosts: Vec<_> =
+        c.routes[1].backends.iter().map(|b| (b.hostname.as_str(), b.namespace.as_str(), b.port, b.weight)).collect();
+    assert_eq!(
+        hosts,
+        [("reviews-v1.shop.svc.cluster.local", "shop", 8080, 70), ("reviews-v2.shop.svc.cluster.local", "shop", 0, 30)]
+    );
+    assert!(matches!(&c.routes[2].filters[0].kind, Some(pb::filter::Kind::Mirror(m)) if m.percent == 25.0));
+    // An HTTPRoute for the service takes over from VirtualServices.
+    let both = config(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews-v2}}]}]}
+---
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}
+spec: {parentRefs: [{kind: Service, name: reviews}], rules: [{backendRefs: [{name: reviews-v1, port: 8080}]}]}",
+    );
+    assert_eq!(both.routes.len(), 1);
+    assert!(both.routes[0].name.starts_with("HTTPRoute/"));
+}
+
+#[test]
+fn malformed_virtual_services_are_rejected_with_the_field() {
+    let reject = |spec: &str| {
+        let v: serde_json::Value = serde_yaml::from_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: shop}}\nspec:\n{spec}"
+        ))
+        .unwrap();
+        parse_object("v.yaml", v).err().map(|r| r.to_string()).unwrap_or_default()
+    };
+    assert!(reject("  http: []").contains("spec.hosts"));
+    let subset = reject("  hosts: [r]\n  http: [{route: [{destination: {host: r, subset: v1}}]}]");
+    assert!(subset.contains("spec.http[0].route[0].destination.subset"), "{subset}");
+    let abort = reject(
+        "  hosts: [r]\n  http: [{fault: {abort: {percentage: {value: 10}}}, route: [{destination: {host: r}}]}]",
+    );
+    assert!(abort.contains("spec.http[0].fault.abort.httpStatus"), "{abort}");
+    let timeout = reject("  hosts: [r]\n  http: [{timeout: soon, route: [{destination: {host: r}}]}]");
+    assert!(timeout.contains("spec.http[0].timeout"), "{timeout}");
+}
