@@ -490,6 +490,17 @@ fn waypoint_routes_authorizes_and_observes() {
     let garbage = sb.exec("client-0", &["ambit-sample", "tcp-client", "reviews.shop:8080", "--send", send]).unwrap();
     let garbage = String::from_utf8_lossy(&garbage.stdout).into_owned();
     assert!(garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    // Oversized request headers (100 KiB) are refused (431, or the connection closed).
+    let big = "GET /v2/x HTTP/1.1\\r\\nhost: reviews\\r\\nx-big: {fill:102400}\\r\\n\\r\\n";
+    let answer = sb.exec("client-0", &["ambit-sample", "tcp-client", "reviews.shop:8080", "--send", big]).unwrap();
+    let answer = String::from_utf8_lossy(&answer.stdout).into_owned();
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // An HTTP/2 preface followed by a frame that is not valid (a DATA frame on stream 0).
+    let bad_h2 = "PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00\\x00abcd";
+    let answer = sb.exec("client-0", &["ambit-sample", "tcp-client", "reviews.shop:8080", "--send", bad_h2]).unwrap();
+    assert!(answer.status.success(), "the connection is closed, not hung: {}", String::from_utf8_lossy(&answer.stderr));
+    // The server's SETTINGS then GOAWAY (type 7) with PROTOCOL_ERROR (1).
+    assert!(answer.stdout.windows(2).any(|w| w == [0x07, 0x00]), "a GOAWAY: {:?}", answer.stdout);
     assert_eq!(call(&sb, "http://reviews:8080/v2/x", &[]).0, 200, "still serving");
 
     // Istio's request metrics, reported by the waypoint.

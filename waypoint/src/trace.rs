@@ -256,7 +256,8 @@ pub async fn plain_http(
     let req = req.body(http_body_util::Full::new(body)).map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
-    let body = http_body_util::Limited::new(resp.into_body(), 1024 * 1024).collect().await.map_err(|e| e.to_string())?;
+    let body =
+        http_body_util::Limited::new(resp.into_body(), 1024 * 1024).collect().await.map_err(|e| e.to_string())?;
     Ok((status, body.to_bytes()))
 }
 

@@ -414,9 +414,38 @@ async fn grpc_call(url: &str, message: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `\r`, `\n`, `\xNN` escapes, and `{fill:N}` for N bytes of `a` (oversized requests).
+fn unescape(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("\\r") {
+            out.push(b'\r');
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("\\n") {
+            out.push(b'\n');
+            rest = r;
+        } else if let Some(byte) =
+            rest.strip_prefix("\\x").and_then(|r| r.get(..2)).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            rest = &rest[4..];
+        } else if let Some((n, r)) = rest.strip_prefix("{fill:").and_then(|r| r.split_once('}')) {
+            out.resize(out.len() + n.parse::<usize>().unwrap_or(0), b'a');
+            rest = r;
+        } else {
+            let c = rest.chars().next().unwrap_or(' ');
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
 async fn tcp_client(addr: &str, send: &str) -> anyhow::Result<()> {
     let mut tcp = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
-    tcp.write_all(send.replace("\\r", "\r").replace("\\n", "\n").as_bytes()).await?;
+    tcp.write_all(&unescape(send)).await?;
     tcp.shutdown().await?;
     let mut back = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut back))
