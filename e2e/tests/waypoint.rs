@@ -323,6 +323,14 @@ fn waypoint_routes_authorizes_and_observes() {
     let (status, answer) = call(&sb, "http://reviews:8080/", &[]);
     assert_eq!(status, 200, "{answer}");
     assert!(answer["peer"].as_str().unwrap().starts_with(&format!("{wp_ip}:")), "via the waypoint: {answer}");
+    // The destination's ztunnel saw the waypoint's identity.
+    let dst_metrics = ["node-1", "node-2"].map(|n| sb.get_in_node(n, 15020, "/metrics").unwrap_or_default()).join("\n");
+    let from_waypoint = ambit_e2e::metric_sum(
+        &dst_metrics,
+        "istio_tcp_connections_opened_total",
+        &["reporter=\"destination\"", "source_principal=\"spiffe://cluster.local/ns/shop/sa/waypoint\""],
+    );
+    assert!(from_waypoint >= 1.0, "destination ztunnel saw the waypoint:\n{dst_metrics}");
     // The namespace without a waypoint: direct, the client is the peer.
     let client_ip = sb.state.pods["shop/client-0"].ip.to_string();
     let (status, answer) = call(&sb, "http://echo.plain:8080/", &[]);
