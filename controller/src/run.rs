@@ -73,6 +73,14 @@ pub fn admin_routes(shared: Shared) -> AdminRoutes {
             Some(serde_json::to_string_pretty(&body).unwrap_or_default())
         }
         "/debug/rejected" => Some(serde_json::to_string_pretty(&shared.rejections.all()).unwrap_or_default()),
+        "/debug/waypoints" => {
+            let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
+            let statuses: Vec<serde_json::Value> = crate::waypoints::statuses(index.store(), index.mesh())
+                .into_iter()
+                .map(|((kind, ns, name), status)| serde_json::json!({"kind": kind, "namespace": ns, "name": name, "status": status}))
+                .collect();
+            Some(serde_json::to_string_pretty(&statuses).unwrap_or_default())
+        }
         _ => None,
     })
 }
@@ -89,8 +97,10 @@ async fn index_loop(
     readiness: Readiness,
     expected_syncs: usize,
     mut deployer: Option<crate::waypoints::DirDeployer>,
+    status_tx: Option<mpsc::Sender<crate::source::kube::StatusPatch>>,
 ) {
     let mut syncs = 0;
+    let mut written: std::collections::BTreeMap<_, serde_json::Value> = std::collections::BTreeMap::new();
     while let Some(mut batch) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
@@ -101,6 +111,20 @@ async fn index_loop(
             let changes = index.apply(batch);
             if let Some(d) = deployer.as_mut() {
                 d.sync(index.store());
+            }
+            if let Some(tx) = &status_tx {
+                // Waypoint statuses that changed; a Service no longer asking for a waypoint
+                // gets our condition removed (an empty list under our field manager).
+                let now = crate::waypoints::statuses(index.store(), index.mesh());
+                for (key, status) in &now {
+                    if written.get(key) != Some(status) {
+                        send_status(tx, key, status.clone());
+                    }
+                }
+                for key in written.keys().filter(|k| !now.contains_key(*k)) {
+                    send_status(tx, key, serde_json::json!({"conditions": []}));
+                }
+                written = now;
             }
             (changes, index.store().node_identities())
         };
@@ -113,6 +137,18 @@ async fn index_loop(
             shared.xds.mark_synced();
             readiness.set_ready();
         }
+    }
+}
+
+fn send_status(
+    tx: &mpsc::Sender<crate::source::kube::StatusPatch>,
+    (kind, namespace, name): &(crate::model::Kind, String, String),
+    status: serde_json::Value,
+) {
+    let Some(resource) = crate::source::kube::status_resource(*kind) else { return };
+    let patch = crate::source::kube::StatusPatch { resource, namespace: namespace.clone(), name: name.clone(), status };
+    if tx.try_send(patch).is_err() {
+        tracing::warn!(%namespace, %name, "status queue full; the next change rewrites it");
     }
 }
 
@@ -160,6 +196,7 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     };
     let (tx, rx) = mpsc::channel(1024);
 
+    let mut status_tx = None;
     let (ca, auth, expected_syncs): (Ca, Arc<dyn Authenticator>, usize) = match &config.manifests {
         Some(dir) => {
             let ca = match (&config.ca_cert_file, &config.ca_key_file) {
@@ -181,6 +218,9 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
             let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
             let ca = crate::source::kube::load_or_create_root_secret(&client, config).await?;
             crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone());
+            let (stx, srx) = mpsc::channel(1024);
+            tokio::spawn(crate::source::kube::write_status_patches(client.clone(), srx));
+            status_tx = Some(stx);
             let auth = Arc::new(crate::source::kube::TokenReviewer::new(
                 client,
                 config.trust_domain.clone(),
@@ -202,7 +242,7 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
         ),
         _ => None,
     };
-    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs, deployer));
+    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs, deployer, status_tx));
     tokio::spawn(
         xds.clone()
             .debounce(Duration::from_millis(config.push_debounce_ms), Duration::from_millis(config.push_max_delay_ms)),

@@ -186,6 +186,64 @@ fn typed<T: serde::Serialize>(api_version: &str, kind: &str, o: &T) -> Result<se
     Ok(v)
 }
 
+/// The status the controller reports, without timestamps (the writer adds them), keyed by
+/// (kind, namespace, name): each waypoint Gateway's `Accepted` and `Programmed` conditions and
+/// its address; for each Service asking for a waypoint, Istio's `istio.io/WaypointBound`.
+pub fn statuses(
+    store: &Store,
+    mesh: &crate::translate::MeshSettings,
+) -> BTreeMap<(Kind, String, String), serde_json::Value> {
+    let mut out = BTreeMap::new();
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| serde_json::json!({"type": type_, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message});
+    for gw in waypoint_gateways(store) {
+        let ns = gw.metadata.namespace.clone().unwrap_or_default();
+        let name = gw.metadata.name.clone();
+        let service = store.services(Some(&ns)).find(|s| s.metadata.name == name);
+        let ip = service.and_then(|s| s.spec.cluster_ip.clone()).filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+        let address = match &ip {
+            Some(ip) => serde_json::json!({"type": "IPAddress", "value": ip}),
+            None => serde_json::json!({"type": "Hostname", "value": mesh.hostname(&name, &ns)}),
+        };
+        let programmed = service.is_some();
+        out.insert(
+            (Kind::Gateway, ns.clone(), name.clone()),
+            serde_json::json!({
+                "addresses": [address],
+                "conditions": [
+                    condition("Accepted", true, "Accepted", "accepted by ambit-controller as a waypoint".into()),
+                    if programmed {
+                        condition("Programmed", true, "Programmed", format!("waypoint Service {ns}/{name} deployed"))
+                    } else {
+                        condition("Programmed", false, "Pending", format!("waiting for the waypoint Service {ns}/{name}"))
+                    },
+                ],
+            }),
+        );
+    }
+    for svc in store.services(None) {
+        if svc.metadata.labels.contains_key(keys::GATEWAY_NAME) {
+            continue;
+        }
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let Some((wp_ns, wp)) = crate::translate::workload::requested_waypoint(&svc.metadata.labels, &ns, store) else {
+            continue;
+        };
+        let bound = crate::translate::workload::waypoint_gateway(&svc.metadata.labels, &ns, false, store).is_some();
+        let cond = if bound {
+            condition("istio.io/WaypointBound", true, "WaypointAccepted", format!("bound to waypoint {wp_ns}/{wp}"))
+        } else {
+            condition(
+                "istio.io/WaypointBound",
+                false,
+                "WaypointNotFound",
+                format!("waypoint {wp_ns}/{wp} does not exist or does not serve services"),
+            )
+        };
+        out.insert((Kind::Service, ns, svc.metadata.name.clone()), serde_json::json!({"conditions": [cond]}));
+    }
+    out
+}
+
 /// Directory mode: keeps `<dir>/<namespace>.<gateway>.yaml` equal to the waypoints' objects.
 #[derive(Debug)]
 pub struct DirDeployer {
@@ -290,6 +348,43 @@ mod tests {
         let env = d.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
         assert!(env.iter().any(|e| e.name == "OTLP_ENDPOINT" && e.value.as_deref() == Some("http://c:4318")));
         assert!(env.iter().any(|e| e.name == "TRACE_SAMPLING" && e.value.as_deref() == Some("100")));
+    }
+
+    #[test]
+    fn status_of_gateways_and_bound_services() {
+        let mut store = Store::default();
+        let add = |store: &mut Store, yaml: &str| {
+            let v: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+            if let Parsed::Object(o) = parse_object("t", v).unwrap() {
+                store.upsert(*o);
+            }
+        };
+        add(
+            &mut store,
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}",
+        );
+        add(&mut store, "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: ambit-waypoint}");
+        add(
+            &mut store,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec: {ports: [{port: 80}]}",
+        );
+        add(&mut store, "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop, labels: {istio.io/use-waypoint: missing}}\nspec: {ports: [{port: 80}]}");
+        let mesh = crate::translate::MeshSettings::default();
+        let s = statuses(&store, &mesh);
+        let gw = &s[&(Kind::Gateway, "shop".into(), "waypoint".into())];
+        assert_eq!(gw["conditions"][1]["status"], "False", "no Service yet: not programmed");
+        assert_eq!(gw["addresses"][0]["value"], "waypoint.shop.svc.cluster.local");
+        assert_eq!(s[&(Kind::Service, "shop".into(), "reviews".into())]["conditions"][0]["status"], "True");
+        assert_eq!(s[&(Kind::Service, "shop".into(), "other".into())]["conditions"][0]["reason"], "WaypointNotFound");
+        add(&mut store, "apiVersion: v1\nkind: Service\nmetadata: {name: waypoint, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 15008}]}");
+        let s = statuses(&store, &mesh);
+        let gw = &s[&(Kind::Gateway, "shop".into(), "waypoint".into())];
+        assert_eq!(gw["conditions"][1]["status"], "True");
+        assert_eq!(gw["addresses"][0], serde_json::json!({"type": "IPAddress", "value": "10.96.0.9"}));
+        assert!(
+            !s.contains_key(&(Kind::Service, "shop".into(), "waypoint".into())),
+            "the waypoint's own Service is not bound"
+        );
     }
 
     #[test]

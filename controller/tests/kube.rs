@@ -200,3 +200,44 @@ async fn rejections_are_written_as_status_conditions() {
     }
     panic!("no status written for the rejected policy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waypoint_statuses_are_applied_to_gateways_and_services() {
+    use ambit_controller::model::Kind;
+    use ambit_controller::source::kube::{status_resource, write_status_patches, StatusPatch};
+    let (_, server, client) = api_server().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(write_status_patches(client, rx));
+    let conditions =
+        serde_json::json!([{"type": "Programmed", "status": "True", "reason": "Programmed", "message": "m"}]);
+    for (kind, name) in [(Kind::Gateway, "waypoint"), (Kind::Service, "reviews")] {
+        let status = serde_json::json!({"conditions": conditions});
+        let patch = StatusPatch {
+            resource: status_resource(kind).unwrap(),
+            namespace: "shop".into(),
+            name: name.into(),
+            status,
+        };
+        tx.send(patch).await.unwrap();
+    }
+    let want = [
+        "/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways/waypoint/status",
+        "/api/v1/namespaces/shop/services/reviews/status",
+    ];
+    for path in want {
+        let mut found = None;
+        for _ in 0..200 {
+            found = server.requests.lock().unwrap().iter().find(|(_, p, _)| p == path).cloned();
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (method, _, body) = found.unwrap_or_else(|| panic!("no PATCH of {path}"));
+        assert_eq!(method, "PATCH");
+        let patch: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let cond = &patch["status"]["conditions"][0];
+        assert_eq!(cond["type"], "Programmed");
+        assert!(cond["lastTransitionTime"].as_str().is_some_and(|t| t.ends_with('Z')), "{cond}");
+    }
+}

@@ -91,6 +91,46 @@ pub async fn write_statuses(client: Client, mut rx: tokio::sync::mpsc::Receiver<
     }
 }
 
+/// A status the controller owns on an object it does not define (a Gateway, a Service).
+#[derive(Debug, Clone)]
+pub struct StatusPatch {
+    pub resource: ApiResource,
+    pub namespace: String,
+    pub name: String,
+    /// The `status` fields we own, conditions without `lastTransitionTime` (added here).
+    pub status: serde_json::Value,
+}
+
+/// The API resource of a kind whose status the controller writes.
+pub fn status_resource(kind: crate::model::Kind) -> Option<ApiResource> {
+    match kind {
+        crate::model::Kind::Gateway => Some(api_resource("gateway.networking.k8s.io", "v1", "Gateway", "gateways")),
+        crate::model::Kind::Service => Some(api_resource("", "v1", "Service", "services")),
+        _ => None,
+    }
+}
+
+/// Writes waypoint statuses with server-side apply (field manager `ambit-controller`): our
+/// conditions and addresses only, beside whatever else owns the rest of `status`.
+pub async fn write_status_patches(client: Client, mut rx: tokio::sync::mpsc::Receiver<StatusPatch>) {
+    use kube::api::{Patch, PatchParams};
+    let params = PatchParams::apply("ambit-controller").force();
+    while let Some(mut p) = rx.recv().await {
+        let now = rfc3339_now();
+        if let Some(conds) = p.status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+            for c in conds.iter_mut().filter_map(|c| c.as_object_mut()) {
+                c.insert("lastTransitionTime".into(), now.clone().into());
+            }
+        }
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &p.namespace, &p.resource);
+        let patch =
+            serde_json::json!({"apiVersion": p.resource.api_version, "kind": p.resource.kind, "status": p.status});
+        if let Err(e) = api.patch_status(&p.name, &params, &Patch::Apply(&patch)).await {
+            tracing::warn!(kind = %p.resource.kind, namespace = %p.namespace, name = %p.name, error = %e, "writing waypoint status failed");
+        }
+    }
+}
+
 /// RFC 3339 UTC timestamp with second precision, as Kubernetes writes them.
 fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;

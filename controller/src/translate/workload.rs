@@ -103,6 +103,14 @@ pub fn waypoint_gateway<'s>(
     for_workloads: bool,
     store: &'s Store,
 ) -> Option<&'s Gateway> {
+    let (wp_ns, name) = requested_waypoint(labels, namespace, store)?;
+    let gw = store.gateway(&wp_ns, &name)?;
+    waypoint_serves(gw, for_workloads).then_some(gw)
+}
+
+/// The waypoint an object asks for by label (its own, else its namespace's): (namespace, name).
+/// `none` asks for none.
+pub fn requested_waypoint(labels: &Labels, namespace: &str, store: &Store) -> Option<(String, String)> {
     let ns_labels = store.namespace(namespace).map(|n| &n.metadata.labels);
     let (name, wp_ns) = match labels.get(keys::USE_WAYPOINT) {
         Some(name) => (name, labels.get(keys::USE_WAYPOINT_NAMESPACE)),
@@ -114,9 +122,7 @@ pub fn waypoint_gateway<'s>(
     if name == "none" {
         return None;
     }
-    let wp_ns = wp_ns.map(String::as_str).unwrap_or(namespace);
-    let gw = store.gateway(wp_ns, name)?;
-    waypoint_serves(gw, for_workloads).then_some(gw)
+    Some((wp_ns.map(String::as_str).unwrap_or(namespace).to_owned(), name.clone()))
 }
 
 fn waypoint_serves(gw: &Gateway, for_workloads: bool) -> bool {
