@@ -2,7 +2,8 @@
 # The Ambit demo on a fresh Debian machine (as root): builds the workspace, brings the example
 # application of examples/shop up on a two-node sandbox (network namespaces, the real
 # controller and ztunnels), sends traffic, shows it is mutually authenticated, applies a deny
-# policy and shows the refusal, then tears everything down.
+# policy and shows the refusal, then adds a waypoint (L7): a 90/10 split, header routing and an
+# L7 policy, with the waypoint's request metrics; then tears everything down.
 #
 #   scripts/demo.sh          run the demo and clean up
 #   scripts/demo.sh --keep   leave the sandbox running to poke at it
@@ -50,13 +51,27 @@ echo
 say "the refusals, counted by ztunnel (response_flags=\"DENY\")"
 { $S metrics node-1; $S metrics node-2; } | grep 'response_flags="DENY"' | grep closed | head -n 3
 
+say "L7: adding a waypoint to shop (examples/waypoint: Gateway, namespace label, routes, policy)"
+$S delete examples/policies/deny-visitors.yaml >/dev/null
+$S apply examples/waypoint | grep -E 'waypoint' || true
+sleep 1
+say "reviews through the waypoint: 100 requests split 90/10 between v1 and v2"
+$S exec frontend-0 -- ambit-sample load http://reviews:8080/ --requests 100
+say "a tester (header x-user: tester) always gets v2"
+$S exec frontend-0 -- ambit-sample get -H 'x-user: tester' http://reviews:8080/ | grep -o '"pod":"[^"]*"'
+say "DELETE is refused by the waypoint's L7 policy"
+$S exec frontend-0 -- ambit-sample get --status -X DELETE http://reviews:8080/
+echo
+say "the waypoint's request metrics (reporter=\"waypoint\")"
+$S exec waypoint-0 -- ambit-sample get http://127.0.0.1:15020/metrics | grep '^istio_requests_total' | head -n 3
+
 if [[ $KEEP == 1 ]]; then
   say "the sandbox keeps running. Try:"
   cat <<HELP
   export AMBIT_SANDBOX_DIR=$AMBIT_SANDBOX_DIR
   $S status
   $S exec visitor-0 -- ambit-sample get http://frontend.shop/
-  $S delete examples/policies/deny-visitors.yaml
+  $S delete examples/waypoint/20-l7-policy.yaml
   $S logs ztunnel-node-1
   $S metrics node-1
   $S down

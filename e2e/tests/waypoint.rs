@@ -229,6 +229,13 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
+metadata: {name: one-request-per-connection, namespace: shop}
+spec:
+  host: reviews-v2
+  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
 metadata: {name: limited, namespace: shop}
 spec:
   host: limited
@@ -432,6 +439,16 @@ fn waypoint_routes_authorizes_and_observes() {
     let overflowed = load["by_pod"]["status 503"].as_u64().unwrap_or(0);
     let served = load["by_pod"]["reviews-v1-0"].as_u64().unwrap_or(0);
     assert!(overflowed >= 4 && served >= 1 && overflowed + served == 8, "{load}");
+
+    // maxRequestsPerConnection: 1 — every request to reviews-v2 reaches it on a new connection
+    // (a new peer port); reviews-v1 keeps its pooled connection.
+    let peers = |url: &str| -> std::collections::BTreeSet<String> {
+        (0..4).map(|_| call(&sb, url, &[]).1["peer"].as_str().unwrap_or_default().to_owned()).collect()
+    };
+    wait_for("one request per connection", Duration::from_secs(20), || {
+        (peers("http://reviews-v2:8080/").len() == 4).then_some(())
+    });
+    assert_eq!(peers("http://reviews-v1:8080/").len(), 1, "pooled: one connection");
 
     // L7 authorization: DELETE denied by the waypoint policy, other paths by the service's
     // ALLOW; the rest allowed.

@@ -83,7 +83,7 @@ pub enum ConfigError {
     CertLifetime(u64),
     #[error("--trace-sampling {0} is not a percentage (0-100)")]
     Sampling(f64),
-    #[error("--otlp-endpoint {0:?} is not an http:// URL")]
+    #[error("--otlp-endpoint {0:?} is not an http(s):// URL")]
     Otlp(String),
     #[error("--worker-threads must be at least 1")]
     Workers,
@@ -104,7 +104,10 @@ impl Config {
         if !(0.0..=100.0).contains(&self.trace_sampling) {
             return Err(ConfigError::Sampling(self.trace_sampling));
         }
-        if !self.otlp_endpoint.is_empty() && !self.otlp_endpoint.starts_with("http://") {
+        if !self.otlp_endpoint.is_empty()
+            && !self.otlp_endpoint.starts_with("http://")
+            && !self.otlp_endpoint.starts_with("https://")
+        {
             return Err(ConfigError::Otlp(self.otlp_endpoint.clone()));
         }
         if self.worker_threads == 0 {

@@ -104,13 +104,24 @@ pub enum Verdict {
 }
 
 /// Key sets fetched from `jwksUri`, shared by every service's rules.
-#[derive(Default)]
 pub struct KeySets {
     fetched: RwLock<HashMap<String, (Instant, Arc<JwkSet>)>>,
     fetching: tokio::sync::Mutex<()>,
+    /// Roots for `https://` key set URIs (the system's by default).
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Default for KeySets {
+    fn default() -> Self {
+        KeySets::with_tls(crate::fetch::system_tls())
+    }
 }
 
 impl KeySets {
+    pub fn with_tls(tls: Arc<rustls::ClientConfig>) -> Self {
+        KeySets { fetched: RwLock::default(), fetching: tokio::sync::Mutex::new(()), tls }
+    }
+
     async fn get(&self, uri: &str) -> Result<Arc<JwkSet>, String> {
         let cached = self.fetched.read().unwrap_or_else(|p| p.into_inner()).get(uri).cloned();
         if let Some((at, set)) = &cached {
@@ -124,7 +135,10 @@ impl KeySets {
                 return Ok(set.clone());
             }
         }
-        match tokio::time::timeout(FIRST_FETCH_WAIT, fetch(uri)).await.unwrap_or_else(|_| Err("timed out".into())) {
+        match tokio::time::timeout(FIRST_FETCH_WAIT, fetch(uri, &self.tls))
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()))
+        {
             Ok(set) => {
                 let set = Arc::new(set);
                 self.fetched
@@ -145,13 +159,10 @@ impl KeySets {
     }
 }
 
-/// One GET of a key set (plain HTTP: an in-cluster issuer; https issuers are for the next step).
-async fn fetch(uri: &str) -> Result<JwkSet, String> {
+/// One GET of a key set, over HTTP or HTTPS.
+async fn fetch(uri: &str, tls: &Arc<rustls::ClientConfig>) -> Result<JwkSet, String> {
     let parsed: http::Uri = uri.parse().map_err(|e| format!("{e}"))?;
-    if parsed.scheme_str() != Some("http") {
-        return Err("only http:// key set URIs are fetched".into());
-    }
-    let (status, body) = crate::trace::plain_http(http::Method::GET, &parsed, None, bytes::Bytes::new(), 80).await?;
+    let (status, body) = crate::fetch::request(http::Method::GET, &parsed, None, bytes::Bytes::new(), tls).await?;
     if !status.is_success() {
         return Err(format!("status {status}"));
     }

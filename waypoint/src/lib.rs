@@ -7,11 +7,13 @@
 //! - [`xds`]: the control plane's workloads, services and L7 configuration, kept current;
 //! - [`proxy`]: HBONE in, the HTTP pipeline (or TCP), pooled HBONE out;
 //! - [`metrics`]: Istio's request metrics and the access log;
+//! - [`fetch`]: the waypoint's own HTTP(S) calls (key sets, span export);
 //! - [`trace`]: W3C / B3 trace context and OTLP span export;
 //! - [`run`]: wiring and drain.
 
 pub mod balance;
 pub mod config;
+pub mod fetch;
 pub mod jwt;
 pub mod l7;
 pub mod metrics;

@@ -171,6 +171,9 @@ pub struct Waypoint {
     sampling: f64,
     h1: Client<Dialer, Body>,
     h2: Client<Dialer, Body>,
+    /// Without pooling: one request per connection.
+    h1_fresh: Client<Dialer, Body>,
+    h2_fresh: Client<Dialer, Body>,
 }
 
 /// Who sent the request and where it was going, fixed per HBONE stream.
@@ -196,9 +199,15 @@ impl Waypoint {
         h1.pool_idle_timeout(Duration::from_secs(90)).pool_timer(TokioTimer::new());
         let mut h2 = Client::builder(TokioExecutor::new());
         h2.http2_only(true).pool_idle_timeout(Duration::from_secs(90)).pool_timer(TokioTimer::new());
+        let mut h1_fresh = Client::builder(TokioExecutor::new());
+        h1_fresh.pool_max_idle_per_host(0);
+        let mut h2_fresh = Client::builder(TokioExecutor::new());
+        h2_fresh.http2_only(true).pool_max_idle_per_host(0);
         Arc::new(Waypoint {
             h1: h1.build(dialer.clone()),
             h2: h2.build(dialer.clone()),
+            h1_fresh: h1_fresh.build(dialer.clone()),
+            h2_fresh: h2_fresh.build(dialer.clone()),
             dialer,
             l7,
             metrics,
@@ -557,7 +566,7 @@ impl Waypoint {
         let Some(w) = endpoint else {
             return (respond(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"), Flag::NoHealthyUpstream, None);
         };
-        match self.send_to(&w, port, req).await {
+        match self.send_to(&w, port, req, false).await {
             Ok(r) => (r, Flag::None, Some(w)),
             Err((r, flag)) => (r, flag, Some(w)),
         }
@@ -604,7 +613,8 @@ impl Waypoint {
             ));
         };
         backend.started(&w);
-        let result = self.send_to(&w, target, req).await;
+        let fresh = policy.is_some_and(|p| p.max_requests_per_connection == 1);
+        let result = self.send_to(&w, target, req, fresh).await;
         let outcome = match &result {
             Ok(r) => Outcome::Status(r.status().as_u16()),
             Err(_) => Outcome::Failure,
@@ -616,11 +626,14 @@ impl Waypoint {
         }
     }
 
+    /// One request to an endpoint; `fresh`: on a connection of its own, closed afterwards
+    /// (`maxRequestsPerConnection: 1`).
     async fn send_to(
         &self,
         w: &Workload,
         port: u16,
         req: Request<Body>,
+        fresh: bool,
     ) -> Result<Response<Body>, (Response<Body>, Flag)> {
         let Some(ip) = w.addresses.first() else {
             return Err((
@@ -641,7 +654,13 @@ impl Waypoint {
         parts.version = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
         strip_hop_by_hop(&mut parts.headers);
         let req = Request::from_parts(parts, body);
-        let result = if h2 { self.h2.request(req).await } else { self.h1.request(req).await };
+        let client = match (h2, fresh) {
+            (true, false) => &self.h2,
+            (false, false) => &self.h1,
+            (true, true) => &self.h2_fresh,
+            (false, true) => &self.h1_fresh,
+        };
+        let result = client.request(req).await;
         match result {
             Ok(r) => Ok(r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
             Err(e) => {
@@ -686,6 +705,8 @@ impl Waypoint {
             sampling: self.sampling,
             h1: self.h1.clone(),
             h2: self.h2.clone(),
+            h1_fresh: self.h1_fresh.clone(),
+            h2_fresh: self.h2_fresh.clone(),
         }
     }
 }

@@ -219,46 +219,13 @@ async fn post(endpoint: &str, body: &serde_json::Value) {
 async fn try_post(endpoint: &str, body: &serde_json::Value) -> Result<(), String> {
     let uri: http::Uri = format!("{endpoint}/v1/traces").parse().map_err(|e| format!("{e}"))?;
     let body = bytes::Bytes::from(body.to_string());
-    let (status, _) = plain_http(http::Method::POST, &uri, Some("application/json"), body, 4318).await?;
+    let tls = crate::fetch::system_tls();
+    let (status, _) = crate::fetch::request(http::Method::POST, &uri, Some("application/json"), body, &tls).await?;
     if status.is_success() {
         Ok(())
     } else {
         Err(format!("collector answered {status}"))
     }
-}
-
-/// One HTTP/1.1 request over plain TCP (the control-side calls of the waypoint: key sets,
-/// span export), answer bodies up to 1 MiB, 5 s to connect.
-pub async fn plain_http(
-    method: http::Method,
-    uri: &http::Uri,
-    content_type: Option<&str>,
-    body: bytes::Bytes,
-    default_port: u16,
-) -> Result<(http::StatusCode, bytes::Bytes), String> {
-    use http_body_util::BodyExt;
-    let authority = uri.authority().ok_or("no host")?.clone();
-    let addr = if authority.port().is_some() { authority.to_string() } else { format!("{authority}:{default_port}") };
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&addr))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(http::header::HOST, authority.as_str());
-    if let Some(ct) = content_type {
-        req = req.header(http::header::CONTENT_TYPE, ct);
-    }
-    let req = req.body(http_body_util::Full::new(body)).map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body =
-        http_body_util::Limited::new(resp.into_body(), 1024 * 1024).collect().await.map_err(|e| e.to_string())?;
-    Ok((status, body.to_bytes()))
 }
 
 #[cfg(test)]

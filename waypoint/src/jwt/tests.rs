@@ -117,3 +117,56 @@ async fn key_sets_are_fetched_from_the_uri_once_and_cached() {
     }
     assert_eq!(served.load(Ordering::SeqCst), 1, "fetched once, then cached");
 }
+
+#[tokio::test]
+async fn key_sets_are_fetched_over_https_with_the_given_roots() {
+    let issuer = TestIssuer::new("https://issuer.example");
+    // A server certificate for localhost, trusted through its own (self-signed) certificate.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let jwks = issuer.jwks.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, jwks) = (acceptor.clone(), jwks.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = http_body_util::Full::new(bytes::Bytes::from(jwks.clone()));
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let rules = [Rule::compile(&pb::JwtRule {
+        source: "shop/jwt".into(),
+        issuer: issuer.issuer.clone(),
+        jwks_uri: format!("https://localhost:{port}/jwks.json"),
+        ..Default::default()
+    })
+    .unwrap()];
+    let token = issuer.token("alice", "any", 300, serde_json::json!({}));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let trusted = KeySets::with_tls(crate::fetch::tls_with_roots(roots));
+    let mut p = parts(Some(&format!("Bearer {token}")), "");
+    assert!(matches!(authenticate(&rules, &trusted, &mut p).await, Verdict::Valid { .. }), "fetched over https");
+    // Without the root, the fetch fails and the token cannot be validated: refused, not passed.
+    let untrusted = KeySets::with_tls(crate::fetch::tls_with_roots(rustls::RootCertStore::empty()));
+    let mut p = parts(Some(&format!("Bearer {token}")), "");
+    assert!(matches!(authenticate(&rules, &untrusted, &mut p).await, Verdict::Invalid(_)), "untrusted server");
+}
