@@ -96,7 +96,7 @@ async fn index_loop(
     shared: Shared,
     readiness: Readiness,
     expected_syncs: usize,
-    mut deployer: Option<crate::waypoints::DirDeployer>,
+    mut deployer: Option<Box<dyn crate::waypoints::Deploy>>,
     status_tx: Option<mpsc::Sender<crate::source::kube::StatusPatch>>,
 ) {
     let mut syncs = 0;
@@ -197,6 +197,7 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     let (tx, rx) = mpsc::channel(1024);
 
     let mut status_tx = None;
+    let mut kube_deployer: Option<Box<dyn crate::waypoints::Deploy>> = None;
     let (ca, auth, expected_syncs): (Ca, Arc<dyn Authenticator>, usize) = match &config.manifests {
         Some(dir) => {
             let ca = match (&config.ca_cert_file, &config.ca_key_file) {
@@ -221,6 +222,13 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
             let (stx, srx) = mpsc::channel(1024);
             tokio::spawn(crate::source::kube::write_status_patches(client.clone(), srx));
             status_tx = Some(stx);
+            let (atx, arx) = mpsc::channel(1024);
+            tokio::spawn(crate::source::apply::apply_owned(client.clone(), arx));
+            kube_deployer = Some(Box::new(crate::source::apply::KubeDeployer::new(
+                config.waypoint_settings(),
+                ca.root_pem().to_owned(),
+                atx,
+            )));
             let auth = Arc::new(crate::source::kube::TokenReviewer::new(
                 client,
                 config.trust_domain.clone(),
@@ -235,12 +243,12 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     let (serving, _) = serving_cert(&ca, &identity, config.cert_lifetime())?;
     let tls = Arc::new(control_plane_server_config_reloadable(serving, &roots)?);
 
-    let deployer = match (&config.waypoint_dir, &config.manifests) {
-        (Some(dir), Some(_)) => Some(
+    let deployer: Option<Box<dyn crate::waypoints::Deploy>> = match (&config.waypoint_dir, &config.manifests) {
+        (Some(dir), Some(_)) => Some(Box::new(
             crate::waypoints::DirDeployer::new(dir, config.waypoint_settings())
                 .with_context(|| format!("creating --waypoint-dir {}", dir.display()))?,
-        ),
-        _ => None,
+        )),
+        _ => kube_deployer,
     };
     tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs, deployer, status_tx));
     tokio::spawn(

@@ -1,12 +1,15 @@
 //! Sources of objects: a directory of manifests (`dir`) or Kubernetes (`kube`). Both parse
 //! through `manifest::parse_object` and hand the index batches of events; rejections go to
-//! the shared `Rejections` registry. Nothing downstream knows which source ran.
+//! the shared `Rejections` registry. Nothing downstream knows which source ran. In Kubernetes
+//! mode `apply` also keeps the objects the controller owns applied (waypoints, the root
+//! ConfigMap).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::manifest::Rejection;
 
+pub mod apply;
 pub mod dir;
 pub mod kube;
 

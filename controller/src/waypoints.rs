@@ -244,6 +244,17 @@ pub fn statuses(
     out
 }
 
+/// Keeps what the controller deploys in step with the store, after every index batch.
+pub trait Deploy: Send {
+    fn sync(&mut self, store: &Store);
+}
+
+impl Deploy for DirDeployer {
+    fn sync(&mut self, store: &Store) {
+        DirDeployer::sync(self, store);
+    }
+}
+
 /// Directory mode: keeps `<dir>/<namespace>.<gateway>.yaml` equal to the waypoints' objects.
 #[derive(Debug)]
 pub struct DirDeployer {

@@ -241,3 +241,59 @@ async fn waypoint_statuses_are_applied_to_gateways_and_services() {
         assert!(cond["lastTransitionTime"].as_str().is_some_and(|t| t.ends_with('Z')), "{cond}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waypoint_objects_and_the_root_configmap_are_applied_once() {
+    use ambit_controller::manifest::{parse_object, Parsed};
+    use ambit_controller::source::apply::{apply_owned, KubeDeployer};
+    use ambit_controller::store::Store;
+    use ambit_controller::waypoints::{Deploy, WaypointSettings};
+    let (_, server, client) = api_server().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(apply_owned(client, rx));
+    let settings = WaypointSettings {
+        image: "ambit/waypoint:test".into(),
+        xds_address: "ambit-controller.ambit-system.svc:15012".into(),
+        trust_domain: "cluster.local".into(),
+        otlp_endpoint: None,
+    };
+    let mut deployer = KubeDeployer::new(settings, "-----BEGIN CERTIFICATE-----\nroot\n".into(), tx);
+    let mut store = Store::default();
+    for yaml in [
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop, uid: 7f6c}\nspec: {gatewayClassName: istio-waypoint}",
+    ] {
+        let v: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        let Parsed::Object(o) = parse_object("t", v).unwrap() else { panic!() };
+        store.upsert(*o);
+    }
+    deployer.sync(&store);
+    deployer.sync(&store);
+    let want = [
+        "/api/v1/namespaces/shop/serviceaccounts/waypoint",
+        "/apis/apps/v1/namespaces/shop/deployments/waypoint",
+        "/api/v1/namespaces/shop/services/waypoint",
+        "/api/v1/namespaces/shop/configmaps/istio-ca-root-cert",
+    ];
+    let patches = || server.requests.lock().unwrap().iter().filter(|(m, _, _)| m == "PATCH").count();
+    for _ in 0..200 {
+        if patches() >= want.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A little longer: a second round of writes (there must be none) would land by now.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen: Vec<_> = server.requests.lock().unwrap().iter().filter(|(m, _, _)| m == "PATCH").cloned().collect();
+    assert_eq!(seen.len(), want.len(), "each object applied once: {:?}", seen.iter().map(|s| &s.1).collect::<Vec<_>>());
+    for path in want {
+        let (_, _, body) = seen.iter().find(|(_, p, _)| p == path).unwrap_or_else(|| panic!("no apply of {path}"));
+        let object: serde_json::Value = serde_json::from_str(body).unwrap();
+        if path.ends_with("istio-ca-root-cert") {
+            assert!(object["data"]["root-cert.pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+        } else {
+            let owner = &object["metadata"]["ownerReferences"][0];
+            assert_eq!((owner["kind"].as_str(), owner["uid"].as_str()), (Some("Gateway"), Some("7f6c")), "{path}");
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Kubernetes mode: the objects the controller owns, kept applied with server-side apply (field
+//! manager `ambit-controller`): each waypoint Gateway's ServiceAccount, Deployment and Service
+//! (owned by the Gateway, so Kubernetes garbage-collects them with it), and the mesh root
+//! certificate as the ConfigMap `istio-ca-root-cert` in every namespace (what workloads and
+//! waypoints mount, as istiod publishes it).
+//!
+//! Only what changed since the last batch is written; a write that fails is logged and made
+//! again when the object next changes or the controller restarts.
+
+use std::collections::BTreeMap;
+
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::Client;
+use tokio::sync::mpsc;
+
+use crate::model::{Kind, Object};
+use crate::store::Store;
+use crate::waypoints::{objects, waypoint_gateways, WaypointSettings};
+
+/// The ConfigMap carrying the mesh root in every namespace (Istio's name and key).
+pub const ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
+pub const ROOT_CONFIGMAP_KEY: &str = "root-cert.pem";
+
+/// One object to apply.
+#[derive(Debug, Clone)]
+pub struct Owned {
+    pub resource: ApiResource,
+    pub namespace: String,
+    pub name: String,
+    /// The whole object we own (apiVersion, kind, metadata, spec / data).
+    pub body: serde_json::Value,
+}
+
+fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+fn typed<T: serde::Serialize>(resource: &ApiResource, o: &T) -> Option<serde_json::Value> {
+    let mut v = serde_json::to_value(o).ok()?;
+    let map = v.as_object_mut()?;
+    map.insert("apiVersion".into(), resource.api_version.clone().into());
+    map.insert("kind".into(), resource.kind.clone().into());
+    Some(v)
+}
+
+/// Everything the controller should own for `store`, by (kind, namespace, name).
+pub fn desired(
+    store: &Store,
+    settings: &WaypointSettings,
+    root_pem: &str,
+) -> BTreeMap<(String, String, String), Owned> {
+    let mut out = BTreeMap::new();
+    let mut put = |resource: ApiResource, namespace: &str, name: &str, body: Option<serde_json::Value>| {
+        if let Some(body) = body {
+            let key = (resource.kind.clone(), namespace.to_owned(), name.to_owned());
+            out.insert(key, Owned { resource, namespace: namespace.to_owned(), name: name.to_owned(), body });
+        }
+    };
+    for gw in waypoint_gateways(store) {
+        // Without a uid there is no owner reference, so nothing would collect the objects.
+        if gw.metadata.uid.is_none() {
+            continue;
+        }
+        let ns = gw.metadata.namespace.clone().unwrap_or_default();
+        let name = gw.metadata.name.clone();
+        let (sa, deployment, service) = objects(gw, settings);
+        let r = resource("", "v1", "ServiceAccount", "serviceaccounts");
+        put(r.clone(), &ns, &name, typed(&r, &sa));
+        let r = resource("apps", "v1", "Deployment", "deployments");
+        put(r.clone(), &ns, &name, typed(&r, &deployment));
+        let r = resource("", "v1", "Service", "services");
+        put(r.clone(), &ns, &name, typed(&r, &service));
+    }
+    for o in store.list(Kind::Namespace, None) {
+        let Object::Namespace(n) = o else { continue };
+        let r = resource("", "v1", "ConfigMap", "configmaps");
+        let body = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": ROOT_CONFIGMAP, "namespace": n.metadata.name, "labels": {"istio.io/config": "true"}},
+            "data": {ROOT_CONFIGMAP_KEY: root_pem},
+        });
+        put(r, &n.metadata.name, ROOT_CONFIGMAP, Some(body));
+    }
+    out
+}
+
+/// Keeps the owned objects applied: sends what changed to the writer.
+pub struct KubeDeployer {
+    settings: WaypointSettings,
+    root_pem: String,
+    written: BTreeMap<(String, String, String), serde_json::Value>,
+    tx: mpsc::Sender<Owned>,
+}
+
+impl KubeDeployer {
+    pub fn new(settings: WaypointSettings, root_pem: String, tx: mpsc::Sender<Owned>) -> Self {
+        KubeDeployer { settings, root_pem, written: BTreeMap::new(), tx }
+    }
+}
+
+impl crate::waypoints::Deploy for KubeDeployer {
+    fn sync(&mut self, store: &Store) {
+        let want = desired(store, &self.settings, &self.root_pem);
+        for (key, owned) in &want {
+            if self.written.get(key) == Some(&owned.body) {
+                continue;
+            }
+            if self.tx.try_send(owned.clone()).is_err() {
+                tracing::warn!(kind = %key.0, namespace = %key.1, name = %key.2, "apply queue full; retried on the next change");
+                continue;
+            }
+            self.written.insert(key.clone(), owned.body.clone());
+        }
+        // Gone from the desired set (Gateway deleted: Kubernetes collects its objects through
+        // the owner reference; namespace deleted: its ConfigMap goes with it).
+        self.written.retain(|k, _| want.contains_key(k));
+    }
+}
+
+/// Applies owned objects as they come.
+pub async fn apply_owned(client: Client, mut rx: mpsc::Receiver<Owned>) {
+    let params = PatchParams::apply("ambit-controller").force();
+    while let Some(o) = rx.recv().await {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &o.namespace, &o.resource);
+        match api.patch(&o.name, &params, &Patch::Apply(&o.body)).await {
+            Ok(_) => tracing::info!(kind = %o.resource.kind, namespace = %o.namespace, name = %o.name, "applied"),
+            Err(e) => {
+                tracing::warn!(kind = %o.resource.kind, namespace = %o.namespace, name = %o.name, error = %e, "applying failed")
+            }
+        }
+    }
+}
