@@ -89,6 +89,13 @@ pub struct Config {
     /// The control plane's address as waypoints reach it (xDS and CA).
     #[arg(long, env = "WAYPOINT_XDS_ADDRESS", default_value = "ambit-controller.ambit-system.svc:15012")]
     pub waypoint_xds_address: String,
+    /// Kubernetes mode: elect a leader among replicas through the Lease `ambit-controller` in
+    /// `--namespace`; only the leader writes waypoint objects and statuses.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// This replica's name in the Lease (default: `ambit-controller-<pid>`).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// OTLP/HTTP collector waypoints export spans to (a Gateway's `ambit.dev/otlp-endpoint`
     /// annotation overrides it).
     #[arg(long, env = "WAYPOINT_OTLP_ENDPOINT")]

@@ -12,7 +12,7 @@ use ambit_shared::telemetry::{self, AdminRoutes, Readiness};
 use ambit_shared::tls::{control_plane_server_config_reloadable, MeshRoots, ReloadableCert};
 use ambit_shared::{Identity, WorkloadCert};
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Authenticator, ReloadingTokenFile};
 use crate::ca::{load_or_create_root, load_root, CaService, CaSettings};
@@ -98,10 +98,33 @@ async fn index_loop(
     expected_syncs: usize,
     mut deployer: Option<Box<dyn crate::waypoints::Deploy>>,
     status_tx: Option<mpsc::Sender<crate::source::kube::StatusPatch>>,
+    mut leader: watch::Receiver<bool>,
 ) {
     let mut syncs = 0;
     let mut written: std::collections::BTreeMap<_, serde_json::Value> = std::collections::BTreeMap::new();
-    while let Some(mut batch) = rx.recv().await {
+    let mut leading = *leader.borrow();
+    // The election's sender goes away when there is none (directory mode): stop watching then.
+    let mut watching = true;
+    loop {
+        // A batch of events, or a leadership change (which re-writes everything we own).
+        let mut batch = tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(b) => b,
+                None => return,
+            },
+            changed = leader.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                leading = *leader.borrow_and_update();
+                written.clear();
+                if let Some(d) = deployer.as_mut() {
+                    d.reset();
+                }
+                Vec::new()
+            }
+        };
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
         }
@@ -109,10 +132,10 @@ async fn index_loop(
         let (changes, identities) = {
             let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
             let changes = index.apply(batch);
-            if let Some(d) = deployer.as_mut() {
+            if let Some(d) = deployer.as_mut().filter(|_| leading) {
                 d.sync(index.store());
             }
-            if let Some(tx) = &status_tx {
+            if let Some(tx) = status_tx.as_ref().filter(|_| leading) {
                 // Waypoint statuses that changed; a Service no longer asking for a waypoint
                 // gets our condition removed (an empty list under our field manager).
                 let now = crate::waypoints::statuses(index.store(), index.mesh());
@@ -197,6 +220,8 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     let (tx, rx) = mpsc::channel(1024);
 
     let mut status_tx = None;
+    // Directory mode (one controller) always leads.
+    let (leader_tx, leader_rx) = watch::channel(true);
     let mut kube_deployer: Option<Box<dyn crate::waypoints::Deploy>> = None;
     let (ca, auth, expected_syncs): (Ca, Arc<dyn Authenticator>, usize) = match &config.manifests {
         Some(dir) => {
@@ -224,6 +249,12 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
             status_tx = Some(stx);
             let (atx, arx) = mpsc::channel(1024);
             tokio::spawn(crate::source::apply::apply_owned(client.clone(), arx));
+            if config.leader_election {
+                leader_tx.send_replace(false);
+                let identity =
+                    config.pod_name.clone().unwrap_or_else(|| format!("ambit-controller-{}", std::process::id()));
+                tokio::spawn(crate::source::lease::run(client.clone(), config.namespace.clone(), identity, leader_tx));
+            }
             kube_deployer = Some(Box::new(crate::source::apply::KubeDeployer::new(
                 config.waypoint_settings(),
                 ca.root_pem().to_owned(),
@@ -250,7 +281,7 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
         )),
         _ => kube_deployer,
     };
-    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs, deployer, status_tx));
+    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs, deployer, status_tx, leader_rx));
     tokio::spawn(
         xds.clone()
             .debounce(Duration::from_millis(config.push_debounce_ms), Duration::from_millis(config.push_max_delay_ms)),

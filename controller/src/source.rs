@@ -12,6 +12,7 @@ use crate::manifest::Rejection;
 pub mod apply;
 pub mod dir;
 pub mod kube;
+pub mod lease;
 
 /// Current rejections, by origin (a file path, or a Kubernetes object), for the admin endpoint.
 #[derive(Debug, Default, Clone)]

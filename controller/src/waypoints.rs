@@ -247,6 +247,8 @@ pub fn statuses(
 /// Keeps what the controller deploys in step with the store, after every index batch.
 pub trait Deploy: Send {
     fn sync(&mut self, store: &Store);
+    /// Forget what was written (a new leader writes everything again).
+    fn reset(&mut self) {}
 }
 
 impl Deploy for DirDeployer {

@@ -59,6 +59,7 @@ struct ApiServer {
     /// (method, path, body) of every request.
     requests: Mutex<Vec<(String, String, String)>>,
     secret: Mutex<Option<String>>,
+    lease: Mutex<Option<serde_json::Value>>,
 }
 
 impl ApiServer {
@@ -80,6 +81,31 @@ impl ApiServer {
             ("POST", "/api/v1/namespaces/ambit-system/secrets") => {
                 *self.secret.lock().unwrap() = Some(body.clone());
                 json(201, body)
+            }
+            ("GET", "/apis/coordination.k8s.io/v1/namespaces/ambit-system/leases/ambit-controller") => {
+                match self.lease.lock().unwrap().clone() {
+                    Some(l) => json(200, l.to_string()),
+                    None => json(404, fixture("secret.notfound.json")),
+                }
+            }
+            ("POST", "/apis/coordination.k8s.io/v1/namespaces/ambit-system/leases") => {
+                let mut lease: serde_json::Value = serde_json::from_str(&body).unwrap();
+                lease["metadata"]["resourceVersion"] = "1".into();
+                *self.lease.lock().unwrap() = Some(lease.clone());
+                json(201, lease.to_string())
+            }
+            ("PUT", "/apis/coordination.k8s.io/v1/namespaces/ambit-system/leases/ambit-controller") => {
+                // Optimistic concurrency, as the API server does it.
+                let mut lease: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let mut stored = self.lease.lock().unwrap();
+                let current = stored.as_ref().map(|l| l["metadata"]["resourceVersion"].clone());
+                if current.as_ref() != Some(&lease["metadata"]["resourceVersion"]) {
+                    return json(409, fixture("secret.notfound.json").replace("404", "409"));
+                }
+                let next = current.and_then(|v| v.as_str()?.parse::<u64>().ok()).unwrap_or(0) + 1;
+                lease["metadata"]["resourceVersion"] = next.to_string().into();
+                *stored = Some(lease.clone());
+                json(200, lease.to_string())
             }
             ("PATCH", _) => json(200, body),
             ("GET", _) if is_watch => match resource.as_str() {
@@ -296,4 +322,26 @@ async fn waypoint_objects_and_the_root_configmap_are_applied_once() {
             assert_eq!((owner["kind"].as_str(), owner["uid"].as_str()), (Some("Gateway"), Some("7f6c")), "{path}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_until_its_lease_expires() {
+    use ambit_controller::source::lease::try_acquire;
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (_, server, client) = api_server().await;
+    let api: kube::Api<Lease> = kube::Api::namespaced(client, "ambit-system");
+    assert!(try_acquire(&api, "replica-a").await.unwrap(), "no lease yet: a creates it and leads");
+    assert!(!try_acquire(&api, "replica-b").await.unwrap(), "b waits while a renews");
+    assert!(try_acquire(&api, "replica-a").await.unwrap(), "a renews");
+    // a stops renewing: its last renewal long ago.
+    {
+        let mut lease = server.lease.lock().unwrap();
+        let l = lease.as_mut().unwrap();
+        l["spec"]["renewTime"] = "2020-01-01T00:00:00.000000Z".into();
+    }
+    assert!(try_acquire(&api, "replica-b").await.unwrap(), "b takes over an expired lease");
+    let lease = server.lease.lock().unwrap().clone().unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    assert!(!try_acquire(&api, "replica-a").await.unwrap(), "a, back, does not take it back");
 }

@@ -116,6 +116,10 @@ impl crate::waypoints::Deploy for KubeDeployer {
         // the owner reference; namespace deleted: its ConfigMap goes with it).
         self.written.retain(|k, _| want.contains_key(k));
     }
+
+    fn reset(&mut self) {
+        self.written.clear();
+    }
 }
 
 /// Applies owned objects as they come.
