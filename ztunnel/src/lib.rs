@@ -1,6 +1,7 @@
 //! ztunnel: Ambit's per-node L4 proxy.
 //!
 //! - [`cni`]: the CNI plugin mode of the binary (the runtime's entry point for each pod);
+//! - [`cni_install`]: `ztunnel install-cni`, placing and chaining the plugin on a node;
 //! - [`agent`]: the node agent — pods from the CNI plugin, redirect rules, ZDS server;
 //! - [`proxy`]: the ZDS client and the per-pod listeners (outbound 15001, inbound 15006 and
 //!   HBONE 15008) opened inside each pod's network namespace;
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod agent;
 pub mod cni;
+pub mod cni_install;
 pub mod config;
 pub mod identity;
 pub mod inpod;

@@ -1,5 +1,5 @@
 //! ztunnel: the node proxy and node agent; run by a container runtime with `CNI_COMMAND` set,
-//! the CNI plugin.
+//! the CNI plugin; `ztunnel install-cni` installs that plugin on a node.
 
 use std::process::ExitCode;
 
@@ -7,6 +7,17 @@ fn main() -> ExitCode {
     if ambit_ztunnel::cni::invoked_as_plugin() {
         let status = ambit_ztunnel::cni::main();
         return ExitCode::from(u8::try_from(status).unwrap_or(1));
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "install-cni") {
+        use clap::Parser;
+        let args = ambit_ztunnel::cni_install::InstallArgs::parse_from(std::env::args_os().skip(1));
+        return match ambit_ztunnel::cni_install::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ztunnel install-cni: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match ambit_ztunnel::run::main() {
         Ok(()) => ExitCode::SUCCESS,

@@ -87,3 +87,40 @@ fn del_without_an_agent_succeeds_and_non_pods_pass_through() {
     assert_eq!(code, 0);
     assert_eq!(json["ips"][0]["address"], "10.0.0.9/24");
 }
+
+#[test]
+fn install_cni_places_chains_and_removes_the_plugin() {
+    let root = std::env::temp_dir().join(format!("ambit-install-cni-{}", std::process::id()));
+    let (bin, conf) = (root.join("bin"), root.join("net.d"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("10-kindnet.conflist"),
+        r#"{"cniVersion": "0.3.1", "name": "kindnet", "plugins": [{"type": "ptp"}]}"#,
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["install-cni", "--bin-dir", bin.to_str().unwrap(), "--conf-dir", conf.to_str().unwrap()])
+            .args(["--agent-socket", "/var/run/ambit/cni.sock"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[]);
+    let placed = bin.join("ambit-cni");
+    assert!(placed.exists(), "the plugin binary is placed");
+    let conflist: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(conf.join("10-kindnet.conflist")).unwrap()).unwrap();
+    assert_eq!(conflist["plugins"][1]["type"], "ambit-cni");
+    // The placed binary is the plugin: a runtime's VERSION call answers.
+    let out = Command::new(&placed).env("CNI_COMMAND", "VERSION").stdin(Stdio::null()).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("supportedVersions"));
+    run(&["--uninstall"]);
+    assert!(!placed.exists());
+    let conflist: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(conf.join("10-kindnet.conflist")).unwrap()).unwrap();
+    assert_eq!(conflist["plugins"].as_array().unwrap().len(), 1, "the node's configuration as it was");
+    let _ = std::fs::remove_dir_all(&root);
+}
