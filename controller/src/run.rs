@@ -19,6 +19,7 @@ use crate::ca::{load_or_create_root, load_root, CaService, CaSettings};
 use crate::config::Config;
 use crate::index::{Event, Index};
 use crate::metrics::Metrics;
+use crate::model::Kind;
 use crate::source::dir::DirSource;
 use crate::source::Rejections;
 use crate::xds::{AdsService, XdsState};
@@ -103,6 +104,8 @@ async fn index_loop(
     let mut syncs = 0;
     let mut written: std::collections::BTreeMap<_, serde_json::Value> = std::collections::BTreeMap::new();
     let mut leading = *leader.borrow();
+    // A new leader writes everything again, even without a batch.
+    let mut rewrite = false;
     // The election's sender goes away when there is none (directory mode): stop watching then.
     let mut watching = true;
     loop {
@@ -122,6 +125,7 @@ async fn index_loop(
                 if let Some(d) = deployer.as_mut() {
                     d.reset();
                 }
+                rewrite = true;
                 Vec::new()
             }
         };
@@ -129,13 +133,26 @@ async fn index_loop(
             batch.extend(more);
         }
         syncs += batch.iter().filter(|e| matches!(e, Event::Synced)).count();
+        // Waypoint objects and statuses depend on Gateways, Services and Namespaces only: pod
+        // churn does not recompute them.
+        let waypoint_inputs = rewrite
+            || batch.iter().any(|e| {
+                let kind = match e {
+                    Event::Apply(o) => o.kind(),
+                    Event::Delete(k) => k.kind,
+                    Event::Synced => return true,
+                };
+                matches!(kind, Kind::Gateway | Kind::Service | Kind::Namespace)
+            });
+        rewrite = false;
+        let write_waypoints = leading && waypoint_inputs;
         let (changes, identities) = {
             let mut index = shared.index.write().unwrap_or_else(|p| p.into_inner());
             let changes = index.apply(batch);
-            if let Some(d) = deployer.as_mut().filter(|_| leading) {
+            if let Some(d) = deployer.as_mut().filter(|_| write_waypoints) {
                 d.sync(index.store());
             }
-            if let Some(tx) = status_tx.as_ref().filter(|_| leading) {
+            if let Some(tx) = status_tx.as_ref().filter(|_| write_waypoints) {
                 // Waypoint statuses that changed; a Service no longer asking for a waypoint
                 // gets our condition removed (an empty list under our field manager).
                 let now = crate::waypoints::statuses(index.store(), index.mesh());

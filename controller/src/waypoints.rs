@@ -177,13 +177,23 @@ pub fn manifest(gw: &Gateway, settings: &WaypointSettings) -> Result<String, ser
     Ok(docs.join("---\n"))
 }
 
-fn typed<T: serde::Serialize>(api_version: &str, kind: &str, o: &T) -> Result<serde_json::Value, serde_yaml::Error> {
-    let mut v = serde_json::to_value(o).map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
+/// A k8s-openapi object as JSON with its `apiVersion` and `kind` (which its serialization
+/// leaves out).
+pub fn with_type_meta<T: serde::Serialize>(
+    api_version: &str,
+    kind: &str,
+    o: &T,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut v = serde_json::to_value(o)?;
     if let Some(map) = v.as_object_mut() {
         map.insert("apiVersion".into(), api_version.into());
         map.insert("kind".into(), kind.into());
     }
     Ok(v)
+}
+
+fn typed<T: serde::Serialize>(api_version: &str, kind: &str, o: &T) -> Result<serde_json::Value, serde_yaml::Error> {
+    with_type_meta(api_version, kind, o).map_err(<serde_yaml::Error as serde::ser::Error>::custom)
 }
 
 /// The status the controller reports, without timestamps (the writer adds them), keyed by

@@ -36,6 +36,31 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
+/// Why a mesh root file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsFileError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: String, source: crate::certs::CertError },
+    #[error("{path} holds no certificate")]
+    Empty { path: String },
+    #[error("{path}: {source}")]
+    Roots { path: String, source: TlsError },
+}
+
+/// The mesh roots from a PEM file (`ROOT_CERT`, the mounted `istio-ca-root-cert`).
+pub fn read_roots_file(path: &std::path::Path) -> Result<MeshRoots, RootsFileError> {
+    let p = path.display().to_string();
+    let pem = std::fs::read_to_string(path).map_err(|source| RootsFileError::Read { path: p.clone(), source })?;
+    let certs = crate::certs::parse_pem_chain(std::slice::from_ref(&pem))
+        .map_err(|source| RootsFileError::Parse { path: p.clone(), source })?;
+    if certs.is_empty() {
+        return Err(RootsFileError::Empty { path: p });
+    }
+    MeshRoots::new(&certs).map_err(|source| RootsFileError::Roots { path: p, source })
+}
+
 /// Why a peer certificate was refused; carried inside rustls errors as `CertificateError::Other`
 /// for the cases webpki has no variant for, so both ends of a failed handshake can say which.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

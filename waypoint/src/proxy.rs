@@ -317,7 +317,7 @@ impl Waypoint {
     }
 
     /// One request, start to finish, with its telemetry.
-    async fn request(&self, down: &Downstream, mut req: Request<Incoming>) -> Response<Body> {
+    async fn request(self: &Arc<Self>, down: &Downstream, mut req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         let span = crate::trace::start(req.headers_mut(), self.sampling);
         let span_start = self.tracer.enabled().then(std::time::SystemTime::now);
@@ -367,7 +367,7 @@ impl Waypoint {
     }
 
     async fn handle(
-        &self,
+        self: &Arc<Self>,
         down: &Downstream,
         mut req: Request<Incoming>,
     ) -> (Response<Body>, Flag, Option<Arc<Workload>>) {
@@ -677,7 +677,14 @@ impl Waypoint {
     }
 
     /// A copy to the mirror backend, answered into the void.
-    fn mirror(&self, backend: &BackendRef, parts: &http::request::Parts, bytes: Bytes, port: u16, source_ip: IpAddr) {
+    fn mirror(
+        self: &Arc<Self>,
+        backend: &BackendRef,
+        parts: &http::request::Parts,
+        bytes: Bytes,
+        port: u16,
+        source_ip: IpAddr,
+    ) {
         let mut parts = parts.clone();
         // Envoy marks mirrored requests' host with `-shadow`.
         if let Some(host) = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()) {
@@ -686,28 +693,12 @@ impl Waypoint {
             }
         }
         let req = Request::from_parts(parts, body(bytes));
-        let (backend, this) = (backend.clone(), self.clone_for_mirror());
+        let (backend, this) = (backend.clone(), Arc::clone(self));
         tokio::spawn(async move {
             if let Err((r, flag, _)) = this.send(&backend, req, port, source_ip).await {
                 tracing::debug!(status = r.status().as_u16(), flag = flag.as_str(), "mirror request failed");
             }
         });
-    }
-
-    fn clone_for_mirror(&self) -> Waypoint {
-        Waypoint {
-            dialer: self.dialer.clone(),
-            l7: self.l7.clone(),
-            metrics: self.metrics.clone(),
-            backends: self.backends.clone(),
-            keysets: self.keysets.clone(),
-            tracer: self.tracer.clone(),
-            sampling: self.sampling,
-            h1: self.h1.clone(),
-            h2: self.h2.clone(),
-            h1_fresh: self.h1_fresh.clone(),
-            h2_fresh: self.h2_fresh.clone(),
-        }
     }
 }
 

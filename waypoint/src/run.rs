@@ -4,14 +4,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ambit_shared::certs::parse_pem_chain;
 use ambit_shared::hbone::client::{Client as HboneClient, PoolSettings};
 use ambit_shared::hbone::server::Server;
 use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
 use ambit_shared::telemetry::{self, Readiness};
-use ambit_shared::tls::{control_plane_client_config, server_config, MeshRoots};
+use ambit_shared::tls::{control_plane_client_config, read_roots_file};
 use ambit_shared::xds;
-use ambit_ztunnel::identity::{CaClient, CertManager};
+use ambit_ztunnel::identity::{CaClient, CertManager, ServerTls};
 use ambit_ztunnel::state::Updater;
 use anyhow::Context;
 use clap::Parser;
@@ -47,11 +46,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )
     .context("starting the admin endpoints")?;
 
-    let pem = std::fs::read_to_string(&config.root_cert)
+    let roots = read_roots_file(&config.root_cert)
         .with_context(|| format!("reading the mesh root certificate --root-cert {}", config.root_cert.display()))?;
-    let certs_der = parse_pem_chain(std::slice::from_ref(&pem)).context("parsing the root certificate")?;
-    anyhow::ensure!(!certs_der.is_empty(), "{} holds no certificate", config.root_cert.display());
-    let roots = MeshRoots::new(&certs_der).context("loading the mesh roots")?;
     let token = std::fs::read_to_string(&config.token_file)
         .with_context(|| format!("reading --token-file {}", config.token_file.display()))?
         .trim()
@@ -74,8 +70,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(client.run(WaypointUpdater { workloads: workloads.clone(), l7: Arc::clone(&l7) }));
 
     let certs = CertManager::new(CaClient { address: control_plane, tls, token, lifetime: config.cert_lifetime() });
-    let cert = certs.fetch(&identity).await.context("fetching the waypoint's certificate")?;
-    let server_tls = Arc::new(server_config(&cert, &roots).context("building the HBONE server configuration")?);
+    // The first certificate before the listener opens; renewals follow through ServerTls.
+    certs.fetch(&identity).await.context("fetching the waypoint's certificate")?;
 
     let dialer = Dialer {
         network: Arc::from(config.network.as_str()),
@@ -96,8 +92,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(gateway = %config.gateway, %identity, hbone = %config.hbone_addr, readiness = %bound[0], metrics = %bound[1], "waypoint started");
 
     // The certificate is renewed by the manager; the listener's configuration follows it.
-    let resolver =
-        Arc::new(CurrentCert { certs: certs.clone(), identity: identity.clone(), roots, fallback: server_tls });
+    let resolver = Arc::new(ServerTls::new(identity.clone(), certs.clone(), roots));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(Server::new(Arc::new(Inbound(waypoint)), resolver).serve_until(listener, async move {
         let _ = stop_rx.await;
@@ -117,21 +112,4 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(config.drain_seconds), server).await;
     tracing::info!("waypoint stopped");
     Ok(())
-}
-
-/// The HBONE server's TLS configuration from the waypoint's current certificate.
-struct CurrentCert {
-    certs: Arc<CertManager>,
-    identity: ambit_shared::Identity,
-    roots: MeshRoots,
-    fallback: Arc<rustls::ServerConfig>,
-}
-
-impl ambit_shared::hbone::server::CertResolver for CurrentCert {
-    fn config_for(&self, _: std::net::SocketAddr) -> Option<Arc<rustls::ServerConfig>> {
-        match self.certs.current(&self.identity) {
-            Some(cert) => server_config(&cert, &self.roots).ok().map(Arc::new).or_else(|| Some(self.fallback.clone())),
-            None => Some(self.fallback.clone()),
-        }
-    }
 }

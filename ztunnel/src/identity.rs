@@ -34,6 +34,49 @@ pub enum IdentityError {
     Stopped,
 }
 
+/// The TLS server configuration of one identity, from its current certificate, rebuilt only
+/// when the certificate was renewed (a pod's inbound listener, a waypoint's). No current
+/// certificate refuses the connection.
+pub struct ServerTls {
+    identity: Identity,
+    certs: Arc<CertManager>,
+    roots: ambit_shared::tls::MeshRoots,
+    cached: Mutex<Option<(Arc<WorkloadCert>, Arc<rustls::ServerConfig>)>>,
+}
+
+impl ServerTls {
+    pub fn new(identity: Identity, certs: Arc<CertManager>, roots: ambit_shared::tls::MeshRoots) -> Self {
+        ServerTls { identity, certs, roots, cached: Mutex::default() }
+    }
+
+    pub fn config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        let cert = self.certs.current(&self.identity)?;
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, config)) = cached.as_ref() {
+            if Arc::ptr_eq(c, &cert) {
+                return Some(config.clone());
+            }
+        }
+        match ambit_shared::tls::server_config(&cert, &self.roots) {
+            Ok(config) => {
+                let config = Arc::new(config);
+                *cached = Some((cert, config.clone()));
+                Some(config)
+            }
+            Err(e) => {
+                tracing::error!(identity = %self.identity, error = %e, "cannot build the TLS server configuration");
+                None
+            }
+        }
+    }
+}
+
+impl ambit_shared::hbone::server::CertResolver for ServerTls {
+    fn config_for(&self, _local: SocketAddr) -> Option<Arc<rustls::ServerConfig>> {
+        self.config()
+    }
+}
+
 /// Talks to `IstioCertificateService`.
 #[derive(Clone)]
 pub struct CaClient {

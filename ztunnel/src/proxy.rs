@@ -15,10 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use ambit_shared::certs::WorkloadCert;
 use ambit_shared::hbone::client::{Client as HboneClient, PoolSettings};
 use ambit_shared::hbone::server::{CertResolver, Server as HboneServer};
-use ambit_shared::tls::{server_config, MeshRoots};
+use ambit_shared::tls::MeshRoots;
 use ambit_shared::zds::{ProxyConn, ZdsEvent};
 use ambit_shared::Identity;
 use rustls::ServerConfig;
@@ -26,7 +25,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
 use crate::config::Config;
-use crate::identity::CertManager;
+use crate::identity::{CertManager, ServerTls};
 use crate::inpod::netns::Netns;
 use crate::inpod::rules::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::metrics::Metrics;
@@ -61,9 +60,7 @@ pub struct Pod {
     pub netns: Arc<Netns>,
     /// Tunnels from this pod (dialed inside its namespace).
     pub hbone: HboneClient,
-    tls: Mutex<Option<(Arc<WorkloadCert>, Arc<ServerConfig>)>>,
-    certs: Arc<CertManager>,
-    roots: MeshRoots,
+    tls: ServerTls,
 }
 
 /// A pod's listener tasks. Dropping it aborts them and with them every connection they
@@ -86,24 +83,7 @@ impl Drop for PodHandle {
 /// The pod's server certificate, rebuilt only when the certificate was renewed.
 impl CertResolver for Pod {
     fn config_for(&self, _local: SocketAddr) -> Option<Arc<ServerConfig>> {
-        let cert = self.certs.current(&self.identity)?;
-        let mut cached = self.tls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((c, config)) = cached.as_ref() {
-            if Arc::ptr_eq(c, &cert) {
-                return Some(config.clone());
-            }
-        }
-        match server_config(&cert, &self.roots) {
-            Ok(config) => {
-                let config = Arc::new(config);
-                *cached = Some((cert, config.clone()));
-                Some(config)
-            }
-            Err(e) => {
-                tracing::error!(identity = %self.identity, error = %e, "cannot build the pod's TLS configuration");
-                None
-            }
-        }
+        self.tls.config()
     }
 }
 
@@ -220,9 +200,7 @@ impl Proxy {
             workload_uid: self.config.pod_uid(&info.namespace, &info.name),
             netns,
             hbone,
-            tls: Mutex::default(),
-            certs: self.certs.clone(),
-            roots: self.roots.clone(),
+            tls: ServerTls::new(identity.clone(), self.certs.clone(), self.roots.clone()),
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -4,10 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ambit_shared::certs::parse_pem_chain;
 use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION};
 use ambit_shared::telemetry::{self, AdminRoutes, Readiness};
-use ambit_shared::tls::{control_plane_client_config, MeshRoots};
+use ambit_shared::tls::{control_plane_client_config, read_roots_file};
 use ambit_shared::xds;
 use anyhow::Context;
 use clap::Parser;
@@ -29,18 +28,10 @@ pub fn main() -> anyhow::Result<()> {
     runtime.block_on(run(Arc::new(config)))
 }
 
-fn read_roots(config: &Config) -> anyhow::Result<(MeshRoots, Vec<String>)> {
-    let pem = std::fs::read_to_string(&config.root_cert).with_context(|| {
+async fn run(config: Arc<Config>) -> anyhow::Result<()> {
+    let roots = read_roots_file(&config.root_cert).with_context(|| {
         format!("reading the mesh root certificate --root-cert / ROOT_CERT {}", config.root_cert.display())
     })?;
-    let certs = parse_pem_chain(std::slice::from_ref(&pem))
-        .with_context(|| format!("parsing {}", config.root_cert.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", config.root_cert.display());
-    Ok((MeshRoots::new(&certs).context("loading the mesh roots")?, vec![pem]))
-}
-
-async fn run(config: Arc<Config>) -> anyhow::Result<()> {
-    let (roots, _) = read_roots(&config)?;
     let token = std::fs::read_to_string(&config.token_file)
         .with_context(|| format!("reading --token-file / TOKEN_FILE {}", config.token_file.display()))?
         .trim()

@@ -36,11 +36,7 @@ fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource
 }
 
 fn typed<T: serde::Serialize>(resource: &ApiResource, o: &T) -> Option<serde_json::Value> {
-    let mut v = serde_json::to_value(o).ok()?;
-    let map = v.as_object_mut()?;
-    map.insert("apiVersion".into(), resource.api_version.clone().into());
-    map.insert("kind".into(), resource.kind.clone().into());
-    Some(v)
+    crate::waypoints::with_type_meta(&resource.api_version, &resource.kind, o).ok()
 }
 
 /// Everything the controller should own for `store`, by (kind, namespace, name).

@@ -883,37 +883,61 @@ fn rule_backends(refs: &[crate::model::HttpBackendRef], ns: &str, mesh: &MeshSet
         .collect()
 }
 
+fn http_match(m: &crate::model::HttpRouteMatch) -> pb::Match {
+    let (has_path, kind, path) = match &m.path {
+        None => (false, pb::PathKind::PathPrefix, String::new()),
+        Some(p) => {
+            let kind = match p.type_.as_deref() {
+                Some("Exact") => pb::PathKind::PathExact,
+                Some("RegularExpression") => pb::PathKind::PathRegex,
+                _ => pb::PathKind::PathPrefix,
+            };
+            (true, kind, p.value.clone().unwrap_or_else(|| "/".into()))
+        }
+    };
+    pb::Match {
+        path_kind: kind as i32,
+        path,
+        has_path,
+        headers: m.headers.iter().map(string_match).collect(),
+        query: m.query_params.iter().map(string_match).collect(),
+        method: m.method.clone().unwrap_or_default(),
+    }
+}
+
+/// A gRPC method match as a path match on `/<service>/<method>`.
+fn grpc_match(m: &crate::model::GrpcRouteMatch) -> pb::Match {
+    let (has_path, kind, path) = match &m.method {
+        None => (false, pb::PathKind::PathPrefix, String::new()),
+        Some(method) => match (method.type_.as_deref(), &method.service, &method.method) {
+            (Some("RegularExpression"), s, meth) => (
+                true,
+                pb::PathKind::PathRegex,
+                format!("/{}/{}", s.as_deref().unwrap_or("[^/]+"), meth.as_deref().unwrap_or("[^/]+")),
+            ),
+            (_, Some(s), Some(meth)) => (true, pb::PathKind::PathExact, format!("/{s}/{meth}")),
+            (_, Some(s), None) => (true, pb::PathKind::PathPrefix, format!("/{s}/")),
+            (_, None, Some(meth)) => (true, pb::PathKind::PathRegex, format!("/[^/]+/{}", regex::escape(meth))),
+            (_, None, None) => (false, pb::PathKind::PathPrefix, String::new()),
+        },
+    };
+    pb::Match {
+        path_kind: kind as i32,
+        path,
+        has_path,
+        headers: m.headers.iter().map(string_match).collect(),
+        query: Vec::new(),
+        method: String::new(),
+    }
+}
+
 fn http_routes(svc: &Service, store: &Store, mesh: &MeshSettings, out: &mut Vec<Candidate>) {
     for object in store.list(Kind::HttpRoute, None) {
         let Object::HttpRoute(r) = object else { continue };
         let ns = r.metadata.namespace.as_deref().unwrap_or_default();
         for parent in r.spec.parent_refs.iter().filter(|p| parent_matches(p, ns, svc)) {
             for (i, rule) in r.spec.rules.iter().enumerate() {
-                let matches = rule
-                    .matches
-                    .iter()
-                    .map(|m| {
-                        let (has_path, kind, path) = match &m.path {
-                            None => (false, pb::PathKind::PathPrefix, String::new()),
-                            Some(p) => {
-                                let kind = match p.type_.as_deref() {
-                                    Some("Exact") => pb::PathKind::PathExact,
-                                    Some("RegularExpression") => pb::PathKind::PathRegex,
-                                    _ => pb::PathKind::PathPrefix,
-                                };
-                                (true, kind, p.value.clone().unwrap_or_else(|| "/".into()))
-                            }
-                        };
-                        pb::Match {
-                            path_kind: kind as i32,
-                            path,
-                            has_path,
-                            headers: m.headers.iter().map(string_match).collect(),
-                            query: m.query_params.iter().map(string_match).collect(),
-                            method: m.method.clone().unwrap_or_default(),
-                        }
-                    })
-                    .collect();
+                let matches = rule.matches.iter().map(http_match).collect();
                 let timeouts = rule.timeouts.as_ref().map_or((None, None), |t| {
                     (
                         t.request.as_deref().and_then(parse_duration).filter(|d| !d.is_zero()),
@@ -949,40 +973,7 @@ fn grpc_routes(svc: &Service, store: &Store, mesh: &MeshSettings, out: &mut Vec<
         let ns = r.metadata.namespace.as_deref().unwrap_or_default();
         for parent in r.spec.parent_refs.iter().filter(|p| parent_matches(p, ns, svc)) {
             for (i, rule) in r.spec.rules.iter().enumerate() {
-                let matches = rule
-                    .matches
-                    .iter()
-                    .map(|m| {
-                        let (has_path, kind, path) = match &m.method {
-                            None => (false, pb::PathKind::PathPrefix, String::new()),
-                            Some(method) => match (method.type_.as_deref(), &method.service, &method.method) {
-                                (Some("RegularExpression"), s, meth) => (
-                                    true,
-                                    pb::PathKind::PathRegex,
-                                    format!(
-                                        "/{}/{}",
-                                        s.as_deref().unwrap_or("[^/]+"),
-                                        meth.as_deref().unwrap_or("[^/]+")
-                                    ),
-                                ),
-                                (_, Some(s), Some(meth)) => (true, pb::PathKind::PathExact, format!("/{s}/{meth}")),
-                                (_, Some(s), None) => (true, pb::PathKind::PathPrefix, format!("/{s}/")),
-                                (_, None, Some(meth)) => {
-                                    (true, pb::PathKind::PathRegex, format!("/[^/]+/{}", regex::escape(meth)))
-                                }
-                                (_, None, None) => (false, pb::PathKind::PathPrefix, String::new()),
-                            },
-                        };
-                        pb::Match {
-                            path_kind: kind as i32,
-                            path,
-                            has_path,
-                            headers: m.headers.iter().map(string_match).collect(),
-                            query: Vec::new(),
-                            method: String::new(),
-                        }
-                    })
-                    .collect();
+                let matches = rule.matches.iter().map(grpc_match).collect();
                 push_rule(
                     out,
                     "GRPCRoute",
