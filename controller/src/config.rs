@@ -182,6 +182,8 @@ impl Config {
             xds_address: self.waypoint_xds_address.clone(),
             trust_domain: self.trust_domain.clone(),
             otlp_endpoint: self.waypoint_otlp_endpoint.clone(),
+            control_plane_account: format!("{}/{}", self.namespace, self.service_account),
+            token_audience: self.token_audience.clone(),
         }
     }
 

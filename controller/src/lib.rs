@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod ca;
 pub mod config;
+pub mod crds;
 pub mod index;
 pub mod manifest;
 pub mod metrics;

@@ -316,14 +316,14 @@ pub enum IntOrString {
 
 // --- security.istio.io/v1 ------------------------------------------------------------------
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSelector {
     #[serde(default)]
     pub match_labels: Labels,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetReference {
     #[serde(default)]
@@ -341,7 +341,7 @@ pub struct AuthorizationPolicy {
     pub spec: AuthorizationPolicySpec,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
     #[serde(default)]
@@ -359,7 +359,7 @@ pub struct AuthorizationPolicySpec {
     pub provider: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rule {
     #[serde(default)]
@@ -370,19 +370,19 @@ pub struct Rule {
     pub when: Vec<WhenCondition>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct RuleFrom {
     #[serde(default)]
     pub source: Source,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct RuleTo {
     #[serde(default)]
     pub operation: Operation,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
     #[serde(default)]
@@ -411,7 +411,7 @@ pub struct Source {
     pub not_remote_ip_blocks: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
     #[serde(default)]
@@ -433,7 +433,7 @@ pub struct Operation {
 }
 
 /// A `when` condition of an authorization rule.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WhenCondition {
     pub key: String,
@@ -450,7 +450,7 @@ pub struct RequestAuthentication {
     pub spec: RequestAuthenticationSpec,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestAuthenticationSpec {
     #[serde(default)]
@@ -463,7 +463,7 @@ pub struct RequestAuthenticationSpec {
     pub jwt_rules: Vec<JwtRuleSpec>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JwtRuleSpec {
     pub issuer: String,
@@ -483,14 +483,14 @@ pub struct JwtRuleSpec {
     pub forward_original_token: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct JwtHeader {
     pub name: String,
     #[serde(default)]
     pub prefix: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ClaimToHeaderSpec {
     pub header: String,
     pub claim: String,
@@ -503,7 +503,7 @@ pub struct PeerAuthentication {
     pub spec: PeerAuthenticationSpec,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {
     #[serde(default)]
@@ -514,7 +514,7 @@ pub struct PeerAuthenticationSpec {
     pub port_level_mtls: BTreeMap<String, MutualTls>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct MutualTls {
     /// UNSET (default), DISABLE, PERMISSIVE or STRICT.
     #[serde(default)]
@@ -530,7 +530,7 @@ pub struct ServiceEntry {
     pub spec: ServiceEntrySpec,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceEntrySpec {
     #[serde(default)]
@@ -547,7 +547,7 @@ pub struct ServiceEntrySpec {
     pub subject_alt_names: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceEntryPort {
     pub number: u16,
@@ -566,7 +566,7 @@ pub struct VirtualService {
     pub spec: VirtualServiceSpec,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VirtualServiceSpec {
     #[serde(default)]
     pub hosts: Vec<String>,
@@ -574,7 +574,7 @@ pub struct VirtualServiceSpec {
     pub http: Vec<VsHttpRoute>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VsHttpRoute {
     #[serde(default)]
@@ -602,7 +602,7 @@ pub struct VsHttpRoute {
 }
 
 /// exact / prefix / regex, one of them.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VsStringMatch {
     #[serde(default)]
     pub exact: Option<String>,
@@ -612,7 +612,7 @@ pub struct VsStringMatch {
     pub regex: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VsMatch {
     #[serde(default)]
@@ -625,7 +625,7 @@ pub struct VsMatch {
     pub query_params: BTreeMap<String, VsStringMatch>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VsDestination {
     pub host: String,
     #[serde(default)]
@@ -634,12 +634,12 @@ pub struct VsDestination {
     pub port: Option<VsPort>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VsPort {
     pub number: u16,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VsDestinationWeight {
     pub destination: VsDestination,
     #[serde(default)]
@@ -648,7 +648,7 @@ pub struct VsDestinationWeight {
     pub headers: Option<VsHeaders>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VsHeaders {
     #[serde(default)]
     pub request: Option<VsHeaderOps>,
@@ -656,7 +656,7 @@ pub struct VsHeaders {
     pub response: Option<VsHeaderOps>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VsHeaderOps {
     #[serde(default)]
     pub set: BTreeMap<String, String>,
@@ -666,7 +666,7 @@ pub struct VsHeaderOps {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VsRedirect {
     #[serde(default)]
@@ -679,7 +679,7 @@ pub struct VsRedirect {
     pub redirect_code: Option<u16>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VsRewrite {
     #[serde(default)]
     pub uri: Option<String>,
@@ -687,7 +687,7 @@ pub struct VsRewrite {
     pub authority: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VsRetries {
     #[serde(default)]
@@ -698,7 +698,7 @@ pub struct VsRetries {
     pub retry_on: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VsFault {
     #[serde(default)]
     pub delay: Option<VsDelay>,
@@ -706,7 +706,7 @@ pub struct VsFault {
     pub abort: Option<VsAbort>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VsDelay {
     #[serde(default)]
@@ -715,7 +715,7 @@ pub struct VsDelay {
     pub percentage: Option<VsPercent>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VsAbort {
     #[serde(default)]
@@ -724,7 +724,7 @@ pub struct VsAbort {
     pub percentage: Option<VsPercent>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct VsPercent {
     #[serde(default)]
     pub value: f64,
@@ -737,7 +737,7 @@ pub struct DestinationRule {
     pub spec: DestinationRuleSpec,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSpec {
     #[serde(default)]
@@ -746,7 +746,7 @@ pub struct DestinationRuleSpec {
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicy {
     #[serde(default)]
@@ -757,7 +757,7 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancerSpec>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ConnectionPool {
     #[serde(default)]
     pub tcp: Option<TcpPool>,
@@ -765,14 +765,14 @@ pub struct ConnectionPool {
     pub http: Option<HttpPool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TcpPool {
     #[serde(default)]
     pub max_connections: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpPool {
     #[serde(default, rename = "http1MaxPendingRequests")]
@@ -783,7 +783,7 @@ pub struct HttpPool {
     pub max_requests_per_connection: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetectionSpec {
     #[serde(default, rename = "consecutive5xxErrors")]
@@ -798,7 +798,7 @@ pub struct OutlierDetectionSpec {
     pub max_ejection_percent: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancerSpec {
     /// LEAST_REQUEST (default), ROUND_ROBIN, RANDOM, PASSTHROUGH (refused for waypoints).
@@ -808,7 +808,7 @@ pub struct LoadBalancerSpec {
     pub consistent_hash: Option<ConsistentHash>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsistentHash {
     #[serde(default)]
@@ -819,7 +819,7 @@ pub struct ConsistentHash {
     pub use_source_ip: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct HttpCookie {
     pub name: String,
 }

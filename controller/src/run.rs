@@ -259,7 +259,11 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
         }
         None => {
             let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
-            let ca = crate::source::kube::load_or_create_root_secret(&client, config).await?;
+            // An operator-supplied root (mounted files) wins over the root Secret.
+            let ca = match (&config.ca_cert_file, &config.ca_key_file) {
+                (Some(c), Some(k)) => load_root(c, k)?,
+                _ => crate::source::kube::load_or_create_root_secret(&client, config).await?,
+            };
             crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone());
             let (stx, srx) = mpsc::channel(1024);
             tokio::spawn(crate::source::kube::write_status_patches(client.clone(), srx));

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::manifest::Rejection;
 
+pub mod access;
 pub mod apply;
 pub mod dir;
 pub mod kube;

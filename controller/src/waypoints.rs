@@ -12,13 +12,16 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Probe, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SecurityContext,
+    Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::model::{keys, Gateway, Kind, Object, WAYPOINT_CLASSES};
+use crate::source::apply::ROOT_CONFIGMAP;
 use crate::store::Store;
 
 /// What the controller puts into waypoint Deployments.
@@ -30,6 +33,10 @@ pub struct WaypointSettings {
     pub trust_domain: String,
     /// OTLP collector for every waypoint's spans (a Gateway's annotation overrides it).
     pub otlp_endpoint: Option<String>,
+    /// The controller's `<namespace>/<service account>`: the identity waypoints expect of it.
+    pub control_plane_account: String,
+    /// Audience of the service-account token waypoints present to the CA.
+    pub token_audience: String,
 }
 
 /// Gateway annotations that tune its waypoint's tracing.
@@ -73,6 +80,10 @@ pub fn objects(gw: &Gateway, settings: &WaypointSettings) -> (ServiceAccount, De
         }),
         ..Default::default()
     };
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(15021), ..Default::default() }),
+        ..Default::default()
+    };
     let port = |name: &str, port: i32| ContainerPort {
         name: Some(name.into()),
         container_port: port,
@@ -92,6 +103,7 @@ pub fn objects(gw: &Gateway, settings: &WaypointSettings) -> (ServiceAccount, De
                 env("SERVICE_ACCOUNT", &name),
                 env("TRUST_DOMAIN", &settings.trust_domain),
                 env("XDS_ADDRESS", &settings.xds_address),
+                env("CONTROL_PLANE_ACCOUNT", &settings.control_plane_account),
             ];
             let annotations = &gw.metadata.annotations;
             let otlp = annotations.get(OTLP_ENDPOINT_ANNOTATION).or(settings.otlp_endpoint.as_ref());
@@ -104,16 +116,54 @@ pub fn objects(gw: &Gateway, settings: &WaypointSettings) -> (ServiceAccount, De
             vars
         }),
         ports: Some(vec![port("mesh", 15008), port("status-port", 15021), port("metrics", 15020)]),
-        readiness_probe: Some(Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some("/healthz/ready".into()),
-                port: IntOrString::Int(15021),
+        readiness_probe: Some(probe("/healthz/ready")),
+        liveness_probe: Some(probe("/healthz/live")),
+        // The token and root the waypoint's defaults (TOKEN_FILE, ROOT_CERT) point at.
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "istio-token".into(),
+                mount_path: "/var/run/secrets/tokens".into(),
+                read_only: Some(true),
                 ..Default::default()
-            }),
+            },
+            VolumeMount {
+                name: "istio-ca-root-cert".into(),
+                mount_path: "/var/run/secrets/istio".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
             ..Default::default()
         }),
         ..Default::default()
     };
+    let volumes = vec![
+        Volume {
+            name: "istio-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(settings.token_audience.clone()),
+                        expiration_seconds: Some(43_200),
+                        path: "istio-token".into(),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "istio-ca-root-cert".into(),
+            config_map: Some(ConfigMapVolumeSource { name: ROOT_CONFIGMAP.into(), ..Default::default() }),
+            ..Default::default()
+        },
+    ];
     let deployment = Deployment {
         metadata: meta(&labels),
         spec: Some(DeploymentSpec {
@@ -127,6 +177,12 @@ pub fn objects(gw: &Gateway, settings: &WaypointSettings) -> (ServiceAccount, De
                 spec: Some(PodSpec {
                     service_account_name: Some(name.clone()),
                     containers: vec![container],
+                    volumes: Some(volumes),
+                    security_context: Some(PodSecurityContext {
+                        run_as_user: Some(1337),
+                        run_as_group: Some(1337),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
             },
@@ -344,6 +400,8 @@ mod tests {
             xds_address: "10.0.0.1:15012".into(),
             trust_domain: "cluster.local".into(),
             otlp_endpoint: None,
+            control_plane_account: "ambit-system/ambit-controller".into(),
+            token_audience: "istio-ca".into(),
         }
     }
 

@@ -282,6 +282,8 @@ async fn waypoint_objects_and_the_root_configmap_are_applied_once() {
         xds_address: "ambit-controller.ambit-system.svc:15012".into(),
         trust_domain: "cluster.local".into(),
         otlp_endpoint: None,
+        control_plane_account: "ambit-system/ambit-controller".into(),
+        token_audience: "istio-ca".into(),
     };
     let mut deployer = KubeDeployer::new(settings, "-----BEGIN CERTIFICATE-----\nroot\n".into(), tx);
     let mut store = Store::default();

@@ -213,6 +213,8 @@ fn admin_response(
     }
     match req.uri().path() {
         "/debug/config" => text(StatusCode::OK, config.to_string()),
+        // Liveness: the admin runtime answers, whatever the readiness.
+        "/healthz/live" => text(StatusCode::OK, "live\n"),
         "/healthz/ready" | "/ready" => {
             if readiness.is_ready() {
                 text(StatusCode::OK, "ready\n")
@@ -272,6 +274,7 @@ mod tests {
         assert!(get(addr, "/healthz/ready").await.starts_with("HTTP/1.1 200"));
         let metrics = get(addr, "/metrics").await;
         assert!(metrics.contains("istio_tcp_connections_opened_total 3"), "{metrics}");
+        assert!(get(addr, "/healthz/live").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     }
 }

@@ -430,6 +430,8 @@ struct Source {
     namespaces: Field<Pattern>,
     ip_blocks: Field<(IpAddr, u8)>,
     remote_ip_blocks: Field<(IpAddr, u8)>,
+    /// `ns/sa`, exact.
+    service_accounts: Field<String>,
 }
 
 #[derive(Debug)]
@@ -491,7 +493,15 @@ impl Source {
             && self.namespaces.check(|p| s.namespace.is_some_and(|v| p.matches(v)))
             && self.ip_blocks.check(|c| in_cidr(s.source_ip, c))
             && self.remote_ip_blocks.check(|c| in_cidr(s.remote_ip, c))
+            && self.service_accounts.check(|want| principal.is_some_and(|p| is_service_account(p, want)))
     }
+}
+
+/// Whether principal `td/ns/<ns>/sa/<sa>` is service account `want` (`<ns>/<sa>`).
+fn is_service_account(principal: &str, want: &str) -> bool {
+    let Some((_, rest)) = principal.split_once("/ns/") else { return false };
+    let Some((ns, sa)) = rest.split_once("/sa/") else { return false };
+    want.split_once('/') == Some((ns, sa))
 }
 
 impl Operation {
@@ -592,6 +602,10 @@ impl Policy {
                                     &f.remote_ip_blocks,
                                     &f.not_remote_ip_blocks,
                                 )?,
+                                service_accounts: Field {
+                                    values: f.service_accounts.clone(),
+                                    not: f.not_service_accounts.clone(),
+                                },
                             })
                         })
                         .collect::<Result<_, CompileError>>()?,

@@ -179,6 +179,62 @@ pub fn run(args: &InstallArgs) -> Result<(), InstallError> {
     }
 }
 
+/// The plugin installed by a running ztunnel for its own node agent (the DaemonSet's way):
+/// placed and chained once the agent listens, kept chained, and taken out when that ztunnel
+/// stops unless a successor has taken the agent socket over (a rolling update), so a node
+/// without an agent is left with its network plugin alone.
+pub struct AgentInstall {
+    args: InstallArgs,
+    socket: PathBuf,
+    inode: u64,
+}
+
+fn inode(path: &Path) -> Result<u64, InstallError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).map(|m| m.ino()).map_err(io(path))
+}
+
+impl AgentInstall {
+    /// Places `binary` and chains the plugin, reaching the agent at `host_socket` (its path on
+    /// the host); `socket` is where this process sees the socket its agent just bound. A node
+    /// without a network configuration yet is not an error: [`AgentInstall::keep`] chains it
+    /// when one appears.
+    pub fn new(
+        binary: &Path,
+        bin_dir: PathBuf,
+        conf_dir: PathBuf,
+        host_socket: String,
+        socket: PathBuf,
+    ) -> Result<(Self, Option<PathBuf>), InstallError> {
+        let inode = inode(&socket)?;
+        place_binary(binary, &bin_dir)?;
+        let args = InstallArgs { bin_dir, conf_dir, agent_socket: host_socket, uninstall: false, watch: true };
+        let this = AgentInstall { args, socket, inode };
+        let chained = this.keep()?;
+        Ok((this, chained))
+    }
+
+    /// Chains the plugin again if the network plugin rewrote its configuration; returns the
+    /// file written, if any.
+    pub fn keep(&self) -> Result<Option<PathBuf>, InstallError> {
+        match chain_if_needed(&self.args) {
+            Err(InstallError::NoConfig(_)) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// On stop: removes the plugin when the agent socket is still this ztunnel's; returns
+    /// whether it did (false: a successor bound the socket and keeps the plugin).
+    pub fn release(&self) -> Result<bool, InstallError> {
+        match inode(&self.socket) {
+            Ok(now) if now != self.inode => return Ok(false),
+            _ => {}
+        }
+        run(&InstallArgs { uninstall: true, watch: false, ..self.args.clone() })?;
+        Ok(true)
+    }
+}
+
 fn chain_if_needed(args: &InstallArgs) -> Result<Option<PathBuf>, InstallError> {
     if is_chained(&args.conf_dir) {
         return Ok(None);
@@ -273,5 +329,42 @@ mod tests {
         assert!(!placed.exists() && !is_chained(&conf));
         let _ = std::fs::remove_dir_all(&bin);
         let _ = std::fs::remove_dir_all(&conf);
+    }
+
+    #[test]
+    fn a_stopping_agent_removes_the_plugin_unless_a_successor_took_its_socket() {
+        let (bin, conf, run) = (dir("agent-bin"), dir("agent-conf"), dir("agent-run"));
+        let me = std::env::current_exe().unwrap();
+        let socket = run.join("cni.sock");
+        let bind = || {
+            let _ = std::fs::remove_file(&socket);
+            std::os::unix::net::UnixListener::bind(&socket).unwrap()
+        };
+
+        // A node still without a network configuration: placed, chained once one appears.
+        let _first = bind();
+        let (old, chained) =
+            AgentInstall::new(&me, bin.clone(), conf.clone(), "/var/run/ambit/cni.sock".into(), socket.clone())
+                .unwrap();
+        assert_eq!(chained, None);
+        assert!(bin.join(PLUGIN_TYPE).exists());
+        std::fs::write(conf.join("10-calico.conflist"), CALICO).unwrap();
+        assert_eq!(old.keep().unwrap(), Some(conf.join("10-calico.conflist")));
+        assert_eq!(old.keep().unwrap(), None, "already chained");
+
+        // Rolling update: the successor binds the socket anew; the old one leaves it all.
+        let _second = bind();
+        let (new, _) =
+            AgentInstall::new(&me, bin.clone(), conf.clone(), "/var/run/ambit/cni.sock".into(), socket.clone())
+                .unwrap();
+        assert!(!old.release().unwrap(), "a successor owns the socket");
+        assert!(is_chained(&conf) && bin.join(PLUGIN_TYPE).exists());
+
+        // Uninstall: the last ztunnel stops with its socket still in place and removes the plugin.
+        assert!(new.release().unwrap());
+        assert!(!is_chained(&conf) && !bin.join(PLUGIN_TYPE).exists());
+        for d in [bin, conf, run] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

@@ -19,12 +19,13 @@ pub struct Config {
     /// SPIFFE trust domain of the mesh.
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
-    /// Control plane address for xDS (delta ADS) over TLS.
+    /// Control plane address for xDS (delta ADS) over TLS: `host:port` (a name is resolved at
+    /// start, e.g. `ambit-controller.ambit-system.svc:15012`).
     #[arg(long, env = "XDS_ADDRESS", default_value = "127.0.0.1:15012")]
-    pub xds_address: SocketAddr,
-    /// Certificate authority address (IstioCertificateService).
+    pub xds_address: String,
+    /// Certificate authority address (IstioCertificateService), `host:port`.
     #[arg(long, env = "CA_ADDRESS", default_value = "127.0.0.1:15012")]
-    pub ca_address: SocketAddr,
+    pub ca_address: String,
     /// Cluster the node belongs to (part of workload names: `<cluster>//Pod/<ns>/<name>`).
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub cluster_id: String,
@@ -54,6 +55,17 @@ pub struct Config {
     #[arg(long, env = "CNI_AGENT_SOCKET", default_value = "/var/run/ambit/cni.sock")]
     pub cni_socket: PathBuf,
     /// Where the node agent keeps the pods it captured, to reconcile after a restart.
+    /// With --cni-conf-dir: install the CNI plugin into this directory of the host's (mounted)
+    /// once the node agent listens, keep it chained, and remove it when this ztunnel stops
+    /// without a successor (a rolling update's new ztunnel keeps it).
+    #[arg(long, env = "CNI_BIN_DIR", requires = "cni_conf_dir")]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// The host's CNI configuration directory (mounted), for --cni-bin-dir.
+    #[arg(long, env = "CNI_CONF_DIR", requires = "cni_bin_dir")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The agent socket's path as the plugin, on the host, reaches it (default --cni-socket).
+    #[arg(long, env = "CNI_HOST_SOCKET")]
+    pub cni_host_socket: Option<String>,
     #[arg(long, env = "AGENT_STATE_DIR", default_value = "/var/run/ambit/pods")]
     pub agent_state_dir: PathBuf,
     /// How long a CNI ADD waits for the control plane to describe a new pod, in milliseconds.

@@ -37,6 +37,8 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         .trim()
         .to_owned();
     let control_plane = Arc::new(control_plane_client_config(&roots, vec![config.control_plane_identity()?])?);
+    let xds_address = resolve(&config.xds_address, "--xds-address / XDS_ADDRESS").await?;
+    let ca_address = resolve(&config.ca_address, "--ca-address / CA_ADDRESS").await?;
 
     let mut registry = telemetry::istio_registry();
     telemetry::register_build_info(&mut registry, "ztunnel");
@@ -44,24 +46,20 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
 
     let updater = Updater::default();
     let node = xds::istio_node("ztunnel", "", &format!("ztunnel-{}", config.node_name), "", &config.node_name);
-    let mut xds_config =
-        xds::Config::new(config.xds_address, control_plane.clone(), node, vec![ADDRESS, AUTHORIZATION]);
+    let mut xds_config = xds::Config::new(xds_address, control_plane.clone(), node, vec![ADDRESS, AUTHORIZATION]);
     xds_config.token = Some(token.clone());
     let (client, synced) = xds::Client::new(xds_config);
     tokio::spawn(client.run(updater.clone()));
 
-    let certs = CertManager::new(CaClient {
-        address: config.ca_address,
-        tls: control_plane,
-        token,
-        lifetime: config.cert_lifetime(),
-    });
+    let certs =
+        CertManager::new(CaClient { address: ca_address, tls: control_plane, token, lifetime: config.cert_lifetime() });
     let proxy = Proxy::new(config.clone(), updater.state.clone(), certs.clone(), roots, metrics);
 
     if config.node_agent {
         crate::agent::start(config.clone(), updater.state.clone(), updater.changes.subscribe(), synced.clone())
             .context("starting the node agent")?;
     }
+    let cni = install_cni(&config)?;
     let (snapshot_tx, snapshot) = watch::channel(false);
     tokio::spawn(proxy::run_zds(proxy.clone(), config.zds_socket.clone(), snapshot_tx));
 
@@ -98,7 +96,65 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
 
     ambit_shared::lifecycle::shutdown_signal().await;
     tracing::info!("ztunnel stopping: closing listeners and draining");
+    if let Some((install, keeper)) = cni {
+        keeper.abort();
+        match tokio::task::spawn_blocking(move || install.release()).await {
+            Ok(Ok(true)) => tracing::info!("CNI plugin removed from the node (no successor took the agent socket)"),
+            Ok(Ok(false)) => tracing::info!("CNI plugin left to the successor that took the agent socket"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "removing the CNI plugin"),
+            Err(e) => tracing::warn!(error = %e, "removing the CNI plugin"),
+        }
+    }
     proxy.drain(Duration::from_secs(config.drain_seconds)).await;
     tracing::info!("ztunnel stopped");
     Ok(())
+}
+
+async fn resolve(address: &str, flag: &str) -> anyhow::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host(address)
+        .await
+        .with_context(|| format!("resolving {flag} {address}"))?
+        .next()
+        .with_context(|| format!("{flag} {address} resolves to nothing"))
+}
+
+/// With --cni-bin-dir/--cni-conf-dir: the plugin installed for this node agent and a task
+/// keeping it chained (the network plugin may rewrite its configuration).
+fn install_cni(
+    config: &Config,
+) -> anyhow::Result<Option<(Arc<crate::cni_install::AgentInstall>, tokio::task::JoinHandle<()>)>> {
+    let (Some(bin_dir), Some(conf_dir)) = (&config.cni_bin_dir, &config.cni_conf_dir) else { return Ok(None) };
+    anyhow::ensure!(config.node_agent, "--cni-bin-dir needs the node agent (--node-agent=true)");
+    let me = std::env::current_exe().context("locating this executable")?;
+    let host_socket = config.cni_host_socket.clone().unwrap_or_else(|| config.cni_socket.display().to_string());
+    let (install, chained) = crate::cni_install::AgentInstall::new(
+        &me,
+        bin_dir.clone(),
+        conf_dir.clone(),
+        host_socket,
+        config.cni_socket.clone(),
+    )
+    .context("installing the CNI plugin")?;
+    match chained {
+        Some(path) => tracing::info!(config = %path.display(), "CNI plugin chained"),
+        None => tracing::info!(dir = %conf_dir.display(), "CNI plugin in place; waiting for the network configuration"),
+    }
+    let install = Arc::new(install);
+    let keeper = {
+        let install = install.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let install = install.clone();
+                match tokio::task::spawn_blocking(move || install.keep()).await {
+                    Ok(Ok(Some(path))) => tracing::info!(config = %path.display(), "CNI plugin chained again"),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "keeping the CNI plugin chained"),
+                    Err(e) => tracing::warn!(error = %e, "keeping the CNI plugin chained"),
+                }
+            }
+        })
+    };
+    Ok(Some((install, keeper)))
 }

@@ -129,11 +129,9 @@ impl Service {
                     .ok_or_else(|| err(format!("VIP of {} bytes", a.address.len())))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let subject_alt_names = s
-            .subject_alt_names
-            .iter()
-            .map(|n| n.parse::<Identity>().map_err(|e| err(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
+        // SPIFFE identities only: a ServiceEntry may also list DNS names (for TLS origination
+        // elsewhere), which say nothing about mesh peers; they are skipped, not fatal.
+        let subject_alt_names = s.subject_alt_names.iter().filter_map(|n| n.parse::<Identity>().ok()).collect();
         let allow_unhealthy = s
             .load_balancing
             .as_ref()

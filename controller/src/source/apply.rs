@@ -21,6 +21,13 @@ use crate::waypoints::{objects, waypoint_gateways, WaypointSettings};
 pub const ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
 pub const ROOT_CONFIGMAP_KEY: &str = "root-cert.pem";
 
+/// (group, version, kind, plural) of what the controller applies.
+pub const SERVICE_ACCOUNTS: (&str, &str, &str, &str) = ("", "v1", "ServiceAccount", "serviceaccounts");
+pub const DEPLOYMENTS: (&str, &str, &str, &str) = ("apps", "v1", "Deployment", "deployments");
+pub const SERVICES: (&str, &str, &str, &str) = ("", "v1", "Service", "services");
+pub const CONFIGMAPS: (&str, &str, &str, &str) = ("", "v1", "ConfigMap", "configmaps");
+pub const APPLIED: [(&str, &str, &str, &str); 4] = [SERVICE_ACCOUNTS, DEPLOYMENTS, SERVICES, CONFIGMAPS];
+
 /// One object to apply.
 #[derive(Debug, Clone)]
 pub struct Owned {
@@ -31,7 +38,7 @@ pub struct Owned {
     pub body: serde_json::Value,
 }
 
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+fn resource((group, version, kind, plural): (&str, &str, &str, &str)) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
@@ -60,16 +67,16 @@ pub fn desired(
         let ns = gw.metadata.namespace.clone().unwrap_or_default();
         let name = gw.metadata.name.clone();
         let (sa, deployment, service) = objects(gw, settings);
-        let r = resource("", "v1", "ServiceAccount", "serviceaccounts");
+        let r = resource(SERVICE_ACCOUNTS);
         put(r.clone(), &ns, &name, typed(&r, &sa));
-        let r = resource("apps", "v1", "Deployment", "deployments");
+        let r = resource(DEPLOYMENTS);
         put(r.clone(), &ns, &name, typed(&r, &deployment));
-        let r = resource("", "v1", "Service", "services");
+        let r = resource(SERVICES);
         put(r.clone(), &ns, &name, typed(&r, &service));
     }
     for o in store.list(Kind::Namespace, None) {
         let Object::Namespace(n) = o else { continue };
-        let r = resource("", "v1", "ConfigMap", "configmaps");
+        let r = resource(CONFIGMAPS);
         let body = serde_json::json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",

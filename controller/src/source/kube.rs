@@ -37,14 +37,14 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),
 ];
 
-fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+pub(crate) fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     let gvk = GroupVersionKind::gvk(group, version, kind);
     ApiResource::from_gvk_with_plural(&gvk, plural)
 }
 
 /// Kinds whose `status` we own and write: the mesh's custom resources (Kubernetes validates
 /// its core kinds itself).
-fn writes_status(ar: &ApiResource) -> bool {
+pub(crate) fn writes_status(ar: &ApiResource) -> bool {
     matches!(ar.group.as_str(), "security.istio.io" | "networking.istio.io" | "gateway.networking.k8s.io")
         && ar.kind != "Gateway"
 }

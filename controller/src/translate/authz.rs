@@ -66,7 +66,12 @@ pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
                     check_wildcard(v).map_err(|e| r(format!("{base}.{field}[{i}]"), e))?;
                 }
             }
-            for (field, list) in [("ipBlocks", &s.ip_blocks), ("notIpBlocks", &s.not_ip_blocks)] {
+            for (field, list) in [
+                ("ipBlocks", &s.ip_blocks),
+                ("notIpBlocks", &s.not_ip_blocks),
+                ("remoteIpBlocks", &s.remote_ip_blocks),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+            ] {
                 for (i, v) in list.iter().enumerate() {
                     if parse_cidr(v).is_none() {
                         return Err(r(format!("{base}.{field}[{i}]"), format!("{v:?} is not an IP address or CIDR")));

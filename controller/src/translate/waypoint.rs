@@ -454,6 +454,14 @@ pub fn validate_virtual_service(label: &str, vs: &VirtualService) -> Result<(), 
             for re in uri_regex.into_iter().chain(header_regexes) {
                 check_regex(&at(&format!("match[{j}]")), re, label)?;
             }
+            if let Some(method) = &m.method {
+                if method.exact.is_none() || method.prefix.is_some() || method.regex.is_some() {
+                    return Err(r(at(&format!("match[{j}].method")), "only exact method matches are supported".into()));
+                }
+            }
+        }
+        if route.route.len() > 1 && route.route.iter().all(|d| d.weight.unwrap_or(0) == 0) {
+            return Err(r(at("route"), "several destinations need weights (their sum must not be 0)".into()));
         }
         if route.route.is_empty() && route.redirect.is_none() {
             return Err(r(at("route"), "a route needs destinations or a redirect".into()));
@@ -561,13 +569,14 @@ fn virtual_service_routes(svc: &Service, store: &Store, mesh: &MeshSettings) -> 
                 .iter()
                 .map(|d| {
                     let (hostname, namespace) = resolve_host(&d.destination.host, vs_ns, mesh);
-                    let filters = d
-                        .headers
-                        .as_ref()
+                    let headers = d.headers.as_ref();
+                    let request = headers
                         .and_then(|h| h.request.as_ref())
-                        .map(|ops| pb::Filter { kind: Some(pb::filter::Kind::RequestHeaders(vs_header_ops(ops))) })
-                        .into_iter()
-                        .collect();
+                        .map(|ops| pb::Filter { kind: Some(pb::filter::Kind::RequestHeaders(vs_header_ops(ops))) });
+                    let response = headers
+                        .and_then(|h| h.response.as_ref())
+                        .map(|ops| pb::Filter { kind: Some(pb::filter::Kind::ResponseHeaders(vs_header_ops(ops))) });
+                    let filters = request.into_iter().chain(response).collect();
                     pb::Backend {
                         hostname,
                         namespace,
@@ -998,9 +1007,15 @@ fn targets(refs: &[&PolicyTargetReference], kind: &str, group: &[&str], name: &s
 /// An AuthorizationPolicy as the waypoint evaluates it.
 pub fn policy(p: &AuthorizationPolicy) -> pb::Policy {
     let action = match p.spec.action.as_deref() {
-        Some("DENY") => pb::Action::Deny,
+        // CUSTOM (external authorization) is not implemented: what it would send to its
+        // provider is denied rather than let through (fail closed).
+        Some("DENY" | "CUSTOM") => pb::Action::Deny,
         Some("AUDIT") => pb::Action::Audit,
         _ => pb::Action::Allow,
+    };
+    let policy_ns = p.metadata.namespace.as_deref().unwrap_or_default();
+    let sas = |l: &Vec<String>| -> Vec<String> {
+        l.iter().map(|v| if v.contains('/') { v.clone() } else { format!("{policy_ns}/{v}") }).collect()
     };
     let rules = p
         .spec
@@ -1024,6 +1039,8 @@ pub fn policy(p: &AuthorizationPolicy) -> pb::Policy {
                         not_ip_blocks: s.not_ip_blocks.clone(),
                         remote_ip_blocks: s.remote_ip_blocks.clone(),
                         not_remote_ip_blocks: s.not_remote_ip_blocks.clone(),
+                        service_accounts: sas(&s.service_accounts),
+                        not_service_accounts: sas(&s.not_service_accounts),
                     }
                 })
                 .collect(),

@@ -67,6 +67,31 @@ fn authorization_follows_istios_order_and_string_forms() {
 }
 
 #[test]
+fn service_accounts_match_the_peer_principal() {
+    let h = http::HeaderMap::new();
+    let only_frontend = policy(
+        pb::Action::Allow,
+        pb::Rule {
+            from: vec![pb::Source { service_accounts: vec!["shop/frontend".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    assert!(authorize(std::slice::from_ref(&only_frontend), &subject(&h, FRONTEND, "GET", "/")).is_ok());
+    assert!(authorize(std::slice::from_ref(&only_frontend), &subject(&h, VISITOR, "GET", "/")).is_err());
+    let unrelated = "spiffe://cluster.local/ns/shopfront/sa/end";
+    assert!(authorize(std::slice::from_ref(&only_frontend), &subject(&h, unrelated, "GET", "/")).is_err());
+    let not_visitor = policy(
+        pb::Action::Deny,
+        pb::Rule {
+            from: vec![pb::Source { not_service_accounts: vec!["shop/frontend".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    assert!(authorize(std::slice::from_ref(&not_visitor), &subject(&h, FRONTEND, "GET", "/")).is_ok());
+    assert!(authorize(std::slice::from_ref(&not_visitor), &subject(&h, VISITOR, "GET", "/")).is_err());
+}
+
+#[test]
 fn not_forms_namespaces_ip_blocks_and_headers() {
     let mut h = http::HeaderMap::new();
     h.insert("x-user", HeaderValue::from_static("tester"));

@@ -284,4 +284,28 @@ fn malformed_virtual_services_are_rejected_with_the_field() {
     assert!(abort.contains("spec.http[0].fault.abort.httpStatus"), "{abort}");
     let timeout = reject("  hosts: [r]\n  http: [{timeout: soon, route: [{destination: {host: r}}]}]");
     assert!(timeout.contains("spec.http[0].timeout"), "{timeout}");
+    let method = reject("  hosts: [r]\n  http: [{match: [{method: {prefix: G}}], route: [{destination: {host: r}}]}]");
+    assert!(method.contains("spec.http[0].match[0].method"), "{method}");
+    let weights = reject("  hosts: [r]\n  http: [{route: [{destination: {host: r}}, {destination: {host: s}}]}]");
+    assert!(weights.contains("spec.http[0].route") && weights.contains("weights"), "{weights}");
+}
+
+#[test]
+fn custom_policies_deny_and_service_accounts_are_qualified_at_the_waypoint() {
+    let c = config(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: '', name: reviews}]
+  action: CUSTOM
+  provider: {name: opa}
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+---
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: by-account, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: '', name: reviews}]
+  rules: [{from: [{source: {serviceAccounts: [frontend, other/batch]}}]}]",
+    );
+    let by_name: BTreeMap<_, _> = c.policies.iter().map(|p| (p.name.as_str(), p)).collect();
+    assert_eq!(by_name["ext"].action(), pb::Action::Deny, "an external authorizer we cannot ask denies (fail closed)");
+    assert_eq!(by_name["by-account"].rules[0].from[0].service_accounts, ["shop/frontend", "other/batch"]);
 }

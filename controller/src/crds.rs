@@ -1,0 +1,269 @@
+//! The CustomResourceDefinitions of the Istio kinds the controller serves, generated from the
+//! model types it parses them into (`schemars`), for the Helm chart
+//! (`charts/ambit/files/crds.yaml`, regenerated with `cargo run -p ambit-controller --bin
+//! ambit-crds`; a test fails when the chart's copy drifts).
+//!
+//! Names, groups, versions, short names and categories are Istio's, so the definitions can
+//! replace Istio's own. Each `spec` schema lists the fields Ambit reads with their types, and
+//! every object in it keeps unknown fields (`x-kubernetes-preserve-unknown-fields`): an Istio
+//! manifest using a field Ambit does not implement is stored as written instead of being
+//! silently pruned. `status` is a subresource the controller writes.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceDefinitionNames, CustomResourceDefinitionSpec,
+    CustomResourceDefinitionVersion, CustomResourceSubresourceStatus, CustomResourceSubresources,
+    CustomResourceValidation, JSONSchemaProps,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use schemars::generate::SchemaSettings;
+use schemars::JsonSchema;
+use serde_json::{json, Map, Value};
+
+use crate::model;
+
+/// One served kind.
+struct Definition {
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    short: &'static str,
+    versions: &'static [&'static str],
+    spec: Value,
+}
+
+fn spec_schema<T: JsonSchema>() -> Value {
+    let settings = SchemaSettings::openapi3().with(|s| s.inline_subschemas = true);
+    let schema = settings.into_generator().into_root_schema_for::<T>();
+    let mut value = schema.to_value();
+    structural(&mut value);
+    value
+}
+
+/// Rewrites a schemars schema into a Kubernetes structural schema: no `$schema`, titles or
+/// defaults, `nullable` dropped (absent is how Kubernetes says null), and free-form values
+/// (`serde_json::Value`) as objects that keep their fields.
+fn structural(value: &mut Value) {
+    let Some(obj) = value.as_object_mut() else { return };
+    for key in ["$schema", "title", "default", "nullable", "definitions", "$defs", "components"] {
+        obj.remove(key);
+    }
+    if obj.is_empty() {
+        obj.insert("type".into(), json!("object"));
+        obj.insert("x-kubernetes-preserve-unknown-fields".into(), Value::Bool(true));
+        return;
+    }
+    if let Some(Value::Object(props)) = obj.get_mut("properties") {
+        for v in props.values_mut() {
+            structural(v);
+        }
+        // Istio fields Ambit does not read, at any depth, are stored as written.
+        obj.insert("x-kubernetes-preserve-unknown-fields".into(), Value::Bool(true));
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(v) = obj.get_mut(key) {
+            structural(v);
+        }
+    }
+}
+
+fn definitions() -> Vec<Definition> {
+    const SECURITY: &[&str] = &["v1", "v1beta1"];
+    const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+    vec![
+        Definition {
+            group: "security.istio.io",
+            kind: "AuthorizationPolicy",
+            plural: "authorizationpolicies",
+            short: "ap",
+            versions: SECURITY,
+            spec: spec_schema::<model::AuthorizationPolicySpec>(),
+        },
+        Definition {
+            group: "security.istio.io",
+            kind: "PeerAuthentication",
+            plural: "peerauthentications",
+            short: "pa",
+            versions: SECURITY,
+            spec: spec_schema::<model::PeerAuthenticationSpec>(),
+        },
+        Definition {
+            group: "security.istio.io",
+            kind: "RequestAuthentication",
+            plural: "requestauthentications",
+            short: "ra",
+            versions: SECURITY,
+            spec: spec_schema::<model::RequestAuthenticationSpec>(),
+        },
+        Definition {
+            group: "networking.istio.io",
+            kind: "DestinationRule",
+            plural: "destinationrules",
+            short: "dr",
+            versions: NETWORKING,
+            spec: spec_schema::<model::DestinationRuleSpec>(),
+        },
+        Definition {
+            group: "networking.istio.io",
+            kind: "ServiceEntry",
+            plural: "serviceentries",
+            short: "se",
+            versions: NETWORKING,
+            spec: spec_schema::<model::ServiceEntrySpec>(),
+        },
+        Definition {
+            group: "networking.istio.io",
+            kind: "VirtualService",
+            plural: "virtualservices",
+            short: "vs",
+            versions: NETWORKING,
+            spec: spec_schema::<model::VirtualServiceSpec>(),
+        },
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    #[error("the generated schema of {0} is not a JSONSchemaProps: {1}")]
+    Schema(&'static str, serde_json::Error),
+    #[error("encoding the definitions as YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+}
+
+/// The definitions, in the order above.
+pub fn custom_resource_definitions() -> Result<Vec<CustomResourceDefinition>, CrdError> {
+    definitions()
+        .into_iter()
+        .map(|d| {
+            let mut properties = Map::new();
+            properties.insert("spec".into(), d.spec);
+            properties.insert("status".into(), json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+            let schema: JSONSchemaProps = serde_json::from_value(json!({"type": "object", "properties": properties}))
+                .map_err(|e| CrdError::Schema(d.kind, e))?;
+            let category = d.group.replace('.', "-");
+            let versions = d
+                .versions
+                .iter()
+                .enumerate()
+                .map(|(i, name)| CustomResourceDefinitionVersion {
+                    name: (*name).into(),
+                    served: true,
+                    storage: i == 0,
+                    schema: Some(CustomResourceValidation { open_api_v3_schema: Some(schema.clone()) }),
+                    subresources: Some(CustomResourceSubresources {
+                        status: Some(CustomResourceSubresourceStatus(json!({}))),
+                        scale: None,
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            Ok(CustomResourceDefinition {
+                metadata: ObjectMeta {
+                    name: Some(format!("{}.{}", d.plural, d.group)),
+                    labels: Some([("app.kubernetes.io/part-of".to_owned(), "ambit".to_owned())].into()),
+                    // Deleting a definition deletes every object of its kind: uninstalling
+                    // the chart leaves them (and the users' policies) in place.
+                    annotations: Some([("helm.sh/resource-policy".to_owned(), "keep".to_owned())].into()),
+                    ..Default::default()
+                },
+                spec: CustomResourceDefinitionSpec {
+                    group: d.group.into(),
+                    names: CustomResourceDefinitionNames {
+                        kind: d.kind.into(),
+                        list_kind: Some(format!("{}List", d.kind)),
+                        plural: d.plural.into(),
+                        singular: Some(d.kind.to_lowercase()),
+                        short_names: Some(vec![d.short.into()]),
+                        categories: Some(vec!["istio-io".into(), category]),
+                    },
+                    scope: "Namespaced".into(),
+                    versions,
+                    ..Default::default()
+                },
+                status: None,
+            })
+        })
+        .collect()
+}
+
+/// The chart's `files/crds.yaml`: every definition as one YAML document.
+pub fn render() -> Result<String, CrdError> {
+    let mut out = String::from(
+        "# Generated by `cargo run -p ambit-controller --bin ambit-crds` from the controller's model\n\
+         # types; do not edit (a test compares this file with the generated one).\n",
+    );
+    for crd in custom_resource_definitions()? {
+        let mut value = serde_json::to_value(&crd).map_err(|e| CrdError::Schema("CustomResourceDefinition", e))?;
+        if let Some(obj) = value.as_object_mut() {
+            // apiVersion/kind first, as people write them.
+            let mut ordered = Map::new();
+            ordered.insert("apiVersion".into(), json!("apiextensions.k8s.io/v1"));
+            ordered.insert("kind".into(), json!("CustomResourceDefinition"));
+            ordered.extend(std::mem::take(obj));
+            value = Value::Object(ordered);
+        }
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&value)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kubernetes' structural-schema rules: every node typed (or keeping unknown fields), no
+    /// `$ref`, no `anyOf`/`oneOf`/`allOf`, no `nullable`.
+    fn assert_structural(path: &str, v: &Value) {
+        let obj = v.as_object().unwrap_or_else(|| panic!("{path}: not an object"));
+        for banned in ["$ref", "anyOf", "oneOf", "allOf", "nullable", "default"] {
+            assert!(!obj.contains_key(banned), "{path}: has {banned}");
+        }
+        let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+        assert!(obj.contains_key("type") || preserve, "{path}: no type");
+        if let Some(Value::Object(props)) = obj.get("properties") {
+            for (k, p) in props {
+                assert_structural(&format!("{path}.{k}"), p);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(p) = obj.get(key) {
+                assert_structural(&format!("{path}.{key}"), p);
+            }
+        }
+    }
+
+    #[test]
+    fn definitions_are_structural_and_carry_the_model_fields() {
+        let crds = custom_resource_definitions().unwrap();
+        assert_eq!(crds.len(), 6);
+        for crd in &crds {
+            let name = crd.metadata.name.clone().unwrap();
+            assert_eq!(crd.spec.versions.iter().filter(|v| v.storage).count(), 1, "{name}: one storage version");
+            for v in &crd.spec.versions {
+                let schema = v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).unwrap();
+                assert_structural(&name, &serde_json::to_value(schema).unwrap());
+            }
+        }
+        let ap = serde_json::to_value(&crds[0].spec.versions[0].schema).unwrap();
+        let spec = &ap["openAPIV3Schema"]["properties"]["spec"];
+        let source = &spec["properties"]["rules"]["items"]["properties"]["from"]["items"]["properties"]["source"];
+        assert_eq!(source["properties"]["remoteIpBlocks"]["items"]["type"], "string");
+        assert_eq!(spec["properties"]["provider"]["x-kubernetes-preserve-unknown-fields"], true);
+        assert_eq!(spec["x-kubernetes-preserve-unknown-fields"], true, "unimplemented Istio fields kept, not pruned");
+        assert_eq!(source["x-kubernetes-preserve-unknown-fields"], true, "at every depth");
+        let dr = serde_json::to_value(&crds[3].spec.versions[0].schema).unwrap();
+        let pool = &dr["openAPIV3Schema"]["properties"]["spec"]["properties"]["trafficPolicy"]["properties"]
+            ["connectionPool"]["properties"]["http"]["properties"];
+        assert_eq!(pool["http2MaxRequests"]["type"], "integer");
+    }
+
+    #[test]
+    fn rendered_documents_read_back_as_the_definitions() {
+        let text = render().unwrap();
+        let crds = custom_resource_definitions().unwrap();
+        let docs: Vec<CustomResourceDefinition> =
+            serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+        assert_eq!(docs, crds);
+        assert!(text.contains("subresources:\n      status: {}"), "the status subresource enabled");
+    }
+}

@@ -1,0 +1,594 @@
+//! The Helm chart (`charts/ambit`), rendered the way Helm renders it — Go's text/template with
+//! Sprig and Helm's own functions, by `charts/render` (Debian's golang-go and
+//! golang-github-masterminds-sprig-dev; no helm binary or API server can run here) — with the
+//! default values and with `charts/ambit/ci/production-values.yaml`. Every rendered object must
+//! read into its Kubernetes type with no field unknown or dropped, and agree with what the
+//! binaries actually do: each environment variable is one the daemon reads and the whole set
+//! passes its validation; ports, probes, selectors, service accounts, mounted token and root,
+//! host paths and RBAC (against the controller's own list of API accesses) all line up; the
+//! CRDs are the ones generated from the model types.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ambit_controller::source::access::{self, Scope};
+use clap::CommandFactory;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Service, ServiceAccount, Volume};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// Builds the renderer once per test binary (Go's GOPATH mode over Debian's packaged sources).
+fn renderer() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chart-render");
+            std::fs::create_dir_all(&tmp).expect("target tmp dir");
+            let out = tmp.join("render");
+            let status = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(repo().join("charts/render"))
+                .env("GO111MODULE", "off")
+                .env("GOPATH", "/usr/share/gocode")
+                .env("GOCACHE", tmp.join("gocache"))
+                .env("GOFLAGS", "")
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run `go` ({e}): the chart tests need Debian's golang-go and \
+                         golang-github-masterminds-sprig-dev (scripts/packages.sh installs them)"
+                    )
+                });
+            assert!(
+                status.success(),
+                "building charts/render failed (is golang-github-masterminds-sprig-dev installed?)"
+            );
+            out
+        })
+        .clone()
+}
+
+fn run_render(namespace: &str, values: Option<&Path>, notes: bool) -> Result<String, String> {
+    let mut cmd = Command::new(renderer());
+    cmd.args(["-namespace", namespace, "-name", "ambit"]);
+    if let Some(v) = values {
+        cmd.arg("-f").arg(v);
+    }
+    if notes {
+        cmd.arg("-notes");
+    }
+    let out = cmd.arg(repo().join("charts/ambit")).output().expect("running the renderer");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).expect("UTF-8 output"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The rendered objects, as JSON values.
+fn render(namespace: &str, values: Option<&Path>) -> Vec<Value> {
+    let text = run_render(namespace, values, false).unwrap_or_else(|e| panic!("rendering failed: {e}"));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("rendered YAML: {e}\n{text}")))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// Paths where two JSON values differ.
+fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for k in x.keys().chain(y.keys()).collect::<BTreeSet<_>>() {
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => diff(&format!("{path}.{k}"), p, q, out),
+                    (Some(_), None) => out.push(format!("{path}.{k}: dropped by the typed object")),
+                    (None, Some(_)) => out.push(format!("{path}.{k}: added by the typed object")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                diff(&format!("{path}[{i}]"), p, q, out);
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
+        _ if a == b => {}
+        _ => out.push(format!("{path}: {a} became {b}")),
+    }
+}
+
+/// The Gateway API's GatewayClass, which k8s-openapi does not carry: every field it has.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GatewayClass {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: GatewayClassSpec,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GatewayClassSpec {
+    controller_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+}
+
+/// Reads `v` as `T` and back; the two must be the same object.
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> T {
+    let name = format!("{} {}", v["kind"], v["metadata"]["name"]);
+    let typed: T = serde_path_to_error::deserialize(v.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let back = serde_json::to_value(&typed).expect("serializing");
+    let mut out = Vec::new();
+    diff("", v, &back, &mut out);
+    assert!(out.is_empty(), "{name} does not survive its type:\n{}", out.join("\n"));
+    typed
+}
+
+#[derive(Default)]
+struct Rendered {
+    service_accounts: BTreeMap<String, ServiceAccount>,
+    deployments: BTreeMap<String, Deployment>,
+    daemonsets: BTreeMap<String, DaemonSet>,
+    services: BTreeMap<String, Service>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+    pdbs: Vec<PodDisruptionBudget>,
+    crds: Vec<CustomResourceDefinition>,
+    gateway_classes: Vec<GatewayClass>,
+}
+
+fn typed(namespace: &str, objects: &[Value]) -> Rendered {
+    let mut r = Rendered::default();
+    for v in objects {
+        let kind = (v["apiVersion"].as_str().unwrap_or(""), v["kind"].as_str().unwrap_or(""));
+        let name = v["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        assert_eq!(v["metadata"]["labels"]["app.kubernetes.io/part-of"], "ambit", "{kind:?} {name}: chart labels");
+        let namespaced =
+            !matches!(kind.1, "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition" | "GatewayClass");
+        if namespaced {
+            assert_eq!(v["metadata"]["namespace"], namespace, "{kind:?} {name}: in the release namespace");
+        } else {
+            assert!(v["metadata"].get("namespace").is_none(), "{kind:?} {name}: cluster-scoped");
+        }
+        match kind {
+            ("v1", "ServiceAccount") => drop(r.service_accounts.insert(name, round_trip(v))),
+            ("v1", "Service") => drop(r.services.insert(name, round_trip(v))),
+            ("apps/v1", "Deployment") => drop(r.deployments.insert(name, round_trip(v))),
+            ("apps/v1", "DaemonSet") => drop(r.daemonsets.insert(name, round_trip(v))),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => r.cluster_roles.push(round_trip(v)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => r.cluster_role_bindings.push(round_trip(v)),
+            ("rbac.authorization.k8s.io/v1", "Role") => r.roles.push(round_trip(v)),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => r.role_bindings.push(round_trip(v)),
+            ("policy/v1", "PodDisruptionBudget") => r.pdbs.push(round_trip(v)),
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => r.crds.push(round_trip(v)),
+            ("gateway.networking.k8s.io/v1", "GatewayClass") => r.gateway_classes.push(round_trip(v)),
+            other => panic!("the chart renders {other:?} {name}, which this test does not know"),
+        }
+    }
+    r
+}
+
+fn pod_spec<'a>(name: &str, spec: Option<&'a PodSpec>) -> &'a PodSpec {
+    spec.unwrap_or_else(|| panic!("{name}: no pod spec"))
+}
+
+/// The container's environment as command-line flags of the binary whose arguments `cmd`
+/// describes: every variable must be one the binary reads. `valueFrom` field references get
+/// the values Kubernetes would give them.
+fn env_to_args(cmd: &clap::Command, container: &Container, pod: &PodSpec, namespace: &str) -> Vec<String> {
+    let mut args = vec![cmd.get_name().to_owned()];
+    for EnvVar { name, value, value_from } in container.env.as_deref().unwrap_or_default() {
+        let value = match (value, value_from) {
+            (Some(v), None) => v.clone(),
+            (None, Some(from)) => {
+                let path = from.field_ref.as_ref().map(|f| f.field_path.as_str()).unwrap_or_default();
+                match path {
+                    "metadata.name" => format!("{}-7d9f-abcde", container.name),
+                    "metadata.namespace" => namespace.to_owned(),
+                    "spec.serviceAccountName" => pod.service_account_name.clone().unwrap_or_default(),
+                    "spec.nodeName" => "node-1".to_owned(),
+                    "status.podIP" => "10.0.0.7".to_owned(),
+                    other => panic!("{}: {name} from unsupported {other:?}", container.name),
+                }
+            }
+            other => panic!("{}: {name} is {other:?}", container.name),
+        };
+        let arg = cmd.get_arguments().find(|a| a.get_env().is_some_and(|e| e == name.as_str())).unwrap_or_else(|| {
+            panic!("{}: the chart sets {name}, which `{}` does not read", container.name, cmd.get_name())
+        });
+        args.push(format!("--{}", arg.get_long().expect("env args have long names")));
+        args.push(value);
+    }
+    args
+}
+
+fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
+    pod.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn port_named(c: &Container, name: &str) -> i32 {
+    c.ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|p| p.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("{}: no port {name}", c.name))
+        .container_port
+}
+
+/// The volume mounted at exactly `dir` in the container.
+fn volume_at<'a>(pod: &'a PodSpec, c: &Container, dir: &Path) -> &'a Volume {
+    let mount = c
+        .volume_mounts
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|m| Path::new(&m.mount_path) == dir)
+        .unwrap_or_else(|| panic!("{}: nothing mounted at {}", c.name, dir.display()));
+    pod.volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .unwrap_or_else(|| panic!("{}: no volume {}", c.name, mount.name))
+}
+
+/// The volume mounted at the directory holding `file`, and the file's name in it.
+fn volume_of<'a>(pod: &'a PodSpec, c: &Container, file: &Path) -> (&'a Volume, String) {
+    let volume = volume_at(pod, c, file.parent().expect("a file in a directory"));
+    (volume, file.file_name().expect("file name").to_string_lossy().into_owned())
+}
+
+/// The host path mounted at exactly `dir` in the container.
+fn host_path_at(pod: &PodSpec, c: &Container, dir: &Path) -> String {
+    let volume = volume_at(pod, c, dir);
+    volume.host_path.as_ref().unwrap_or_else(|| panic!("{}: {} is not a host path", c.name, dir.display())).path.clone()
+}
+
+fn token_audience(volume: &Volume, file: &str) -> String {
+    let sources = volume.projected.as_ref().and_then(|p| p.sources.as_ref()).expect("a projected token volume");
+    let token = sources.iter().find_map(|s| s.service_account_token.as_ref()).expect("a service account token");
+    assert_eq!(token.path, file, "the token file is the projected path");
+    token.audience.clone().expect("an audience")
+}
+
+fn assert_selects(what: &str, selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) {
+    assert!(!selector.is_empty(), "{what}: empty selector");
+    for (k, v) in selector {
+        assert_eq!(labels.get(k), Some(v), "{what}: selector {k}={v} does not match the pod labels");
+    }
+}
+
+/// RBAC rules as (scope, group, resource, verb) grants.
+fn grants(scope: Scope, rules: &[PolicyRule]) -> BTreeSet<(Scope, String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none(), "plain rules only");
+        for group in rule.api_groups.as_deref().unwrap_or_default() {
+            for resource in rule.resources.as_deref().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    assert_ne!(verb, "*", "no wildcard verbs");
+                    out.insert((scope, group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Everything a render must agree with; `values` names the file for messages.
+fn check(namespace: &str, values: Option<&Path>) -> Rendered {
+    let r = typed(namespace, &render(namespace, values));
+
+    // --- the controller -------------------------------------------------------------------
+    let deployment = r.deployments.get("ambit-controller").expect("the controller Deployment");
+    let spec = deployment.spec.as_ref().expect("spec");
+    let template_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    assert_selects(
+        "controller Deployment",
+        spec.selector.match_labels.as_ref().expect("matchLabels"),
+        &template_labels,
+    );
+    assert_eq!(template_labels.get("istio.io/dataplane-mode").map(String::as_str), Some("none"), "never captured");
+    let pod = pod_spec("controller", spec.template.spec.as_ref());
+    let sa = pod.service_account_name.clone().expect("controller service account");
+    assert!(r.service_accounts.contains_key(&sa), "controller service account {sa} rendered");
+    let c = container(pod, "controller");
+    let args = env_to_args(&ambit_controller::config::Config::command(), c, pod, namespace);
+    let config = <ambit_controller::config::Config as clap::Parser>::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("the controller refuses the chart's environment {args:?}: {e}"));
+    config.validate().unwrap_or_else(|e| panic!("the controller refuses the chart's configuration: {e}"));
+    assert!(config.manifests.is_none(), "Kubernetes mode");
+    assert_eq!(config.namespace, namespace);
+    assert_eq!(config.service_account, sa);
+    assert_eq!(port_named(c, "grpc-xds"), i32::from(config.grpc_addr.port()));
+    assert_eq!(port_named(c, "http-monitoring"), i32::from(config.admin_addr.port()));
+    for (what, probe) in [("readiness", &c.readiness_probe), ("liveness", &c.liveness_probe)] {
+        let get = probe.as_ref().and_then(|p| p.http_get.as_ref()).unwrap_or_else(|| panic!("controller {what} probe"));
+        assert!(
+            matches!(&get.port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(p) if p == "http-monitoring")
+        );
+        assert!(["/ready", "/healthz/live"].contains(&get.path.as_deref().unwrap_or("")), "{what} probe path");
+    }
+    let sec = c.security_context.as_ref().expect("controller securityContext");
+    assert_eq!(sec.allow_privilege_escalation, Some(false));
+    assert_eq!(sec.read_only_root_filesystem, Some(true));
+    assert_eq!(pod.security_context.as_ref().and_then(|s| s.run_as_non_root), Some(true));
+    if let (Some(cert), Some(key)) = (&config.ca_cert_file, &config.ca_key_file) {
+        for file in [cert, key] {
+            let (volume, _) = volume_of(pod, c, file);
+            assert!(volume.secret.is_some(), "the plugged-in root comes from a Secret");
+        }
+    }
+
+    let service = r.services.get("ambit-controller").expect("the controller Service");
+    let sspec = service.spec.as_ref().expect("service spec");
+    assert_selects("controller Service", sspec.selector.as_ref().expect("selector"), &template_labels);
+    let mut grpc_port = None;
+    for p in sspec.ports.as_deref().unwrap_or_default() {
+        let target = match &p.target_port {
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name)) => port_named(c, name),
+            other => panic!("controller Service port {:?} targets {other:?}", p.name),
+        };
+        if target == i32::from(config.grpc_addr.port()) {
+            grpc_port = Some(p.port);
+        }
+    }
+    let controller_address = format!("ambit-controller.{namespace}.svc:{}", grpc_port.expect("a Service port for xDS"));
+    assert_eq!(config.waypoint_xds_address, controller_address, "waypoints reach the controller's Service");
+    for pdb in &r.pdbs {
+        let sel = pdb.spec.as_ref().and_then(|s| s.selector.as_ref()).and_then(|s| s.match_labels.clone());
+        assert_selects("controller PodDisruptionBudget", &sel.expect("selector"), &template_labels);
+    }
+    assert_eq!(r.pdbs.len(), usize::from(spec.replicas.unwrap_or(1) > 1), "a budget when there are replicas to keep");
+
+    // --- RBAC: exactly what the controller uses -------------------------------------------
+    let mut granted = BTreeSet::new();
+    for role in &r.cluster_roles {
+        let name = role.metadata.name.clone().expect("name");
+        let bound =
+            r.cluster_role_bindings.iter().any(|b| {
+                b.role_ref.name == name
+                    && b.subjects.as_deref().unwrap_or_default().iter().any(|s| {
+                        s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(namespace)
+                    })
+            });
+        assert!(bound, "ClusterRole {name} bound to the controller");
+        granted.extend(grants(Scope::Cluster, role.rules.as_deref().unwrap_or_default()));
+    }
+    for role in &r.roles {
+        let name = role.metadata.name.clone().expect("name");
+        let bound = r.role_bindings.iter().any(|b| {
+            b.role_ref.name == name
+                && b.role_ref.kind == "Role"
+                && b.subjects.as_deref().unwrap_or_default().iter().any(|s| s.name == sa)
+        });
+        assert!(bound, "Role {name} bound to the controller");
+        granted.extend(grants(Scope::OwnNamespace, role.rules.as_deref().unwrap_or_default()));
+    }
+    let mut needed = BTreeSet::new();
+    for a in access::required() {
+        for verb in &a.verbs {
+            needed.insert((a.scope, a.group.clone(), a.resource.clone(), (*verb).to_owned()));
+        }
+    }
+    let missing: Vec<_> = needed.difference(&granted).collect();
+    let extra: Vec<_> = granted.difference(&needed).collect();
+    assert!(missing.is_empty(), "the controller needs rights the chart does not grant: {missing:?}");
+    assert!(extra.is_empty(), "the chart grants rights the controller never uses: {extra:?}");
+
+    // --- ztunnel --------------------------------------------------------------------------
+    let ds = r.daemonsets.get("ztunnel").expect("the ztunnel DaemonSet");
+    let dspec = ds.spec.as_ref().expect("spec");
+    let zlabels = dspec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+    assert_selects("ztunnel DaemonSet", dspec.selector.match_labels.as_ref().expect("matchLabels"), &zlabels);
+    let rolling = dspec.update_strategy.as_ref().and_then(|s| s.rolling_update.as_ref()).expect("rolling update");
+    assert_eq!(
+        rolling.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)),
+        "no node without a ztunnel"
+    );
+    assert_eq!(rolling.max_surge, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)));
+    let zpod = pod_spec("ztunnel", dspec.template.spec.as_ref());
+    let zsa = zpod.service_account_name.clone().expect("ztunnel service account");
+    assert!(r.service_accounts.contains_key(&zsa));
+    assert!(zpod.host_network != Some(true), "ztunnel runs in its own network namespace");
+    let z = container(zpod, "ztunnel");
+    let zargs = env_to_args(&ambit_ztunnel::config::Config::command(), z, zpod, namespace);
+    let zconfig = <ambit_ztunnel::config::Config as clap::Parser>::try_parse_from(&zargs)
+        .unwrap_or_else(|e| panic!("ztunnel refuses the chart's environment {zargs:?}: {e}"));
+    zconfig.validate().unwrap_or_else(|e| panic!("ztunnel refuses the chart's configuration: {e}"));
+    assert_eq!(zconfig.xds_address, controller_address);
+    assert_eq!(zconfig.ca_address, controller_address);
+    assert_eq!(zconfig.control_plane_account, format!("{}/{}", config.namespace, config.service_account));
+    assert_eq!(zconfig.trust_domain, config.trust_domain);
+    assert_eq!(zconfig.cluster_id, config.cluster_id);
+    assert!(
+        config.node_proxy_accounts.contains(&format!("{namespace}/{zsa}")),
+        "the CA lets ztunnel's account ask for its pods' certificates"
+    );
+    assert_eq!(zconfig.drain_seconds, zpod.termination_grace_period_seconds.expect("grace period") as u64);
+    assert_eq!(port_named(z, "ztunnel-stats"), i32::from(zconfig.metrics_addr.port()));
+    assert_eq!(port_named(z, "status-port"), i32::from(zconfig.readiness_addr.port()));
+    let (token, file) = volume_of(zpod, z, &zconfig.token_file);
+    assert_eq!(token_audience(token, &file), config.token_audience, "ztunnel's token is for the CA's audience");
+    let (root, file) = volume_of(zpod, z, &zconfig.root_cert);
+    let cm = root.config_map.as_ref().expect("the root from a ConfigMap");
+    assert_eq!(cm.name, ambit_controller::source::apply::ROOT_CONFIGMAP, "the ConfigMap the controller publishes");
+    assert_eq!(file, ambit_controller::source::apply::ROOT_CONFIGMAP_KEY);
+    for dir in [zconfig.cni_socket.parent(), zconfig.agent_state_dir.parent(), zconfig.zds_socket.parent()] {
+        let dir = dir.expect("a directory");
+        let host = host_path_at(zpod, z, dir);
+        assert_eq!(Path::new(&host), dir, "the CNI plugin on the host reaches the same path");
+    }
+    let bin = zconfig.cni_bin_dir.as_ref().expect("ztunnel installs the CNI plugin");
+    let conf = zconfig.cni_conf_dir.as_ref().expect("and chains it");
+    let netns = z
+        .volume_mounts
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|m| m.mount_propagation.as_deref() == Some("HostToContainer"))
+        .expect("pod network namespaces mounted with host-to-container propagation");
+    let zs = z.security_context.as_ref().expect("ztunnel securityContext");
+    assert_eq!(zs.privileged, Some(false));
+    let caps = zs.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    let mut added = caps.add.clone().unwrap_or_default();
+    added.sort();
+    assert_eq!(added, ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"], "in-pod capture's capabilities, no more");
+    let ready = z.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("ztunnel readiness probe");
+    assert_eq!(ready.path.as_deref(), Some("/healthz/ready"));
+
+    // --- waypoints the controller will deploy: their environment fits the waypoint -------
+    let gw: ambit_controller::model::Gateway = serde_yaml::from_str(
+        "metadata: {name: waypoint, namespace: shop, uid: u-1}\nspec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}",
+    )
+    .expect("a Gateway");
+    let (_, wdeploy, _) = ambit_controller::waypoints::objects(&gw, &config.waypoint_settings());
+    let wpod = pod_spec("waypoint", wdeploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+    let w = container(wpod, "waypoint");
+    let wargs = env_to_args(&ambit_waypoint::config::Config::command(), w, wpod, "shop");
+    let wconfig = <ambit_waypoint::config::Config as clap::Parser>::try_parse_from(&wargs)
+        .unwrap_or_else(|e| panic!("the waypoint refuses its environment {wargs:?}: {e}"));
+    wconfig.validate().unwrap_or_else(|e| panic!("the waypoint refuses its configuration: {e}"));
+    assert_eq!(wconfig.xds_address, controller_address);
+    assert_eq!(wconfig.control_plane_account, zconfig.control_plane_account);
+    let (token, file) = volume_of(wpod, w, &wconfig.token_file);
+    assert_eq!(token_audience(token, &file), config.token_audience);
+    let (root, _) = volume_of(wpod, w, &wconfig.root_cert);
+    assert_eq!(
+        root.config_map.as_ref().map(|c| c.name.as_str()),
+        Some(ambit_controller::source::apply::ROOT_CONFIGMAP)
+    );
+
+    // --- GatewayClass ---------------------------------------------------------------------
+    for class in &r.gateway_classes {
+        let name = class.metadata.name.clone().expect("name");
+        assert!(ambit_controller::model::WAYPOINT_CLASSES.contains(&name.as_str()), "{name} is a waypoint class");
+    }
+    // The CNI directories are what the values say (checked by the callers).
+    let _ = (bin, conf, netns);
+    r
+}
+
+fn ztunnel_host_paths(r: &Rendered) -> (String, String) {
+    let ds = &r.daemonsets["ztunnel"];
+    let pod = ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
+    let z = container(pod, "ztunnel");
+    let args = env_to_args(&ambit_ztunnel::config::Config::command(), z, pod, "x");
+    let config = <ambit_ztunnel::config::Config as clap::Parser>::try_parse_from(&args).expect("config");
+    (
+        host_path_at(pod, z, config.cni_bin_dir.as_deref().expect("bin")),
+        host_path_at(pod, z, config.cni_conf_dir.as_deref().expect("conf")),
+    )
+}
+
+#[test]
+fn default_values_render_a_consistent_install() {
+    let r = check("ambit-system", None);
+    let version = env!("CARGO_PKG_VERSION");
+    let image = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers[0].image.clone().unwrap_or_default())
+    };
+    assert_eq!(image(&r.deployments["ambit-controller"]), Some(format!("ambit/controller:{version}")));
+    let ds_image = r.daemonsets["ztunnel"]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers[0].image.clone());
+    assert_eq!(
+        ds_image,
+        Some(Some(format!("ambit/ztunnel:{version}"))),
+        "the chart's appVersion is the crates' version"
+    );
+    assert_eq!(r.deployments["ambit-controller"].spec.as_ref().and_then(|s| s.replicas), Some(2));
+    assert_eq!(ztunnel_host_paths(&r), ("/opt/cni/bin".to_owned(), "/etc/cni/net.d".to_owned()));
+    assert_eq!(r.gateway_classes.len(), 1);
+    assert_eq!(r.gateway_classes[0].metadata.name.as_deref(), Some("ambit-waypoint"));
+
+    // The CRDs are the generated ones, and the chart's copy has not drifted.
+    let generated = ambit_controller::crds::render().expect("generating the CRDs");
+    let file =
+        std::fs::read_to_string(repo().join("charts/ambit/files/crds.yaml")).expect("charts/ambit/files/crds.yaml");
+    assert!(
+        file == generated,
+        "charts/ambit/files/crds.yaml drifted from the model types: regenerate it with \
+         `cargo run -p ambit-controller --bin ambit-crds > charts/ambit/files/crds.yaml`"
+    );
+    assert_eq!(r.crds, ambit_controller::crds::custom_resource_definitions().expect("CRDs"));
+    let names: BTreeSet<_> = r.crds.iter().map(|c| c.spec.names.kind.clone()).collect();
+    let expected: BTreeSet<_> = [
+        "AuthorizationPolicy",
+        "PeerAuthentication",
+        "RequestAuthentication",
+        "DestinationRule",
+        "VirtualService",
+        "ServiceEntry",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(names, expected);
+    // The controller watches each kind the chart defines, at a served version.
+    for crd in &r.crds {
+        let watched = ambit_controller::source::kube::WATCHED.iter().any(|(g, v, k, _)| {
+            *g == crd.spec.group
+                && *k == crd.spec.names.kind
+                && crd.spec.versions.iter().any(|x| x.name == *v && x.served)
+        });
+        assert!(watched, "{} is watched at a served version", crd.spec.names.kind);
+    }
+
+    let notes = run_render("ambit-system", None, true).expect("NOTES.txt renders");
+    assert!(notes.contains("istio.io/dataplane-mode=ambient"), "NOTES tell the next step:\n{notes}");
+    assert!(notes.contains("gatewayClassName: ambit-waypoint"));
+}
+
+#[test]
+fn production_values_render_a_consistent_install() {
+    let values = repo().join("charts/ambit/ci/production-values.yaml");
+    let r = check("mesh", Some(&values));
+    let pod = r.deployments["ambit-controller"].spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
+    assert_eq!(pod.containers[0].image.as_deref(), Some("registry.example.com/mesh/controller:0.1.0-rc1"));
+    assert_eq!(pod.image_pull_secrets.as_ref().map(|s| s[0].name.clone()), Some("regcred".to_owned()));
+    assert!(r.crds.is_empty(), "crds.install=false");
+    assert!(r.gateway_classes.is_empty(), "gatewayClass.create=false");
+    assert!(r.pdbs.is_empty(), "one replica, no budget");
+    assert_eq!(
+        ztunnel_host_paths(&r),
+        ("/var/lib/rancher/k3s/data/cni".to_owned(), "/var/lib/rancher/k3s/agent/etc/cni/net.d".to_owned())
+    );
+    let zpod = r.daemonsets["ztunnel"].spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
+    let selector = zpod.node_selector.clone().unwrap_or_default();
+    assert_eq!(selector.get("mesh").map(String::as_str), Some("enabled"), "values merged over the defaults");
+    assert_eq!(selector.get("kubernetes.io/os").map(String::as_str), Some("linux"));
+}
+
+#[test]
+fn a_missing_required_value_is_refused_with_its_name() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chart-values");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("no-trust-domain.yaml");
+    std::fs::write(&file, "trustDomain: \"\"\n").expect("write");
+    let err = run_render("ambit-system", Some(&file), false).expect_err("an empty trust domain renders nothing");
+    assert!(err.contains("trustDomain is required"), "{err}");
+}
