@@ -100,6 +100,10 @@ pub struct Config {
     /// annotation overrides it).
     #[arg(long, env = "WAYPOINT_OTLP_ENDPOINT")]
     pub waypoint_otlp_endpoint: Option<String>,
+    /// Image pull secrets of waypoint pods (comma list; each must exist in the waypoint's
+    /// namespace).
+    #[arg(long, env = "WAYPOINT_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    pub waypoint_image_pull_secrets: Vec<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -184,6 +188,7 @@ impl Config {
             otlp_endpoint: self.waypoint_otlp_endpoint.clone(),
             control_plane_account: format!("{}/{}", self.namespace, self.service_account),
             token_audience: self.token_audience.clone(),
+            image_pull_secrets: self.waypoint_image_pull_secrets.clone(),
         }
     }
 

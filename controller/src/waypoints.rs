@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SecurityContext,
+    LocalObjectReference, ObjectFieldSelector, PodSecurityContext, SeccompProfile, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SecurityContext,
     Service, ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeProjection,
 };
@@ -37,6 +37,8 @@ pub struct WaypointSettings {
     pub control_plane_account: String,
     /// Audience of the service-account token waypoints present to the CA.
     pub token_audience: String,
+    /// Image pull secrets of waypoint pods.
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// Gateway annotations that tune its waypoint's tracing.
@@ -178,9 +180,19 @@ pub fn objects(gw: &Gateway, settings: &WaypointSettings) -> (ServiceAccount, De
                     service_account_name: Some(name.clone()),
                     containers: vec![container],
                     volumes: Some(volumes),
+                    // The waypoint needs no Kubernetes API access.
+                    automount_service_account_token: Some(false),
+                    image_pull_secrets: (!settings.image_pull_secrets.is_empty()).then(|| {
+                        settings
+                            .image_pull_secrets
+                            .iter()
+                            .map(|name| LocalObjectReference { name: name.clone() })
+                            .collect()
+                    }),
                     security_context: Some(PodSecurityContext {
                         run_as_user: Some(1337),
                         run_as_group: Some(1337),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -402,6 +414,7 @@ mod tests {
             otlp_endpoint: None,
             control_plane_account: "ambit-system/ambit-controller".into(),
             token_audience: "istio-ca".into(),
+            image_pull_secrets: vec![],
         }
     }
 

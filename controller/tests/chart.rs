@@ -424,6 +424,12 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
         "the CA lets ztunnel's account ask for its pods' certificates"
     );
     assert_eq!(zconfig.drain_seconds, zpod.termination_grace_period_seconds.expect("grace period") as u64);
+    assert_eq!(zconfig.cert_lifetime_seconds, config.cert_lifetime_seconds, "ztunnel asks for what the CA is set to give");
+    assert!(
+        zconfig.cni_exclude_namespaces.iter().any(|n| n == namespace),
+        "the mesh's own pods start without an agent (a ztunnel replacing a dead one)"
+    );
+    assert_eq!(zpod.automount_service_account_token, Some(false), "ztunnel has no API rights to use");
     assert_eq!(port_named(z, "ztunnel-stats"), i32::from(zconfig.metrics_addr.port()));
     assert_eq!(port_named(z, "status-port"), i32::from(zconfig.readiness_addr.port()));
     let (token, file) = volume_of(zpod, z, &zconfig.token_file);
@@ -463,6 +469,10 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
     .expect("a Gateway");
     let (_, wdeploy, _) = ambit_controller::waypoints::objects(&gw, &config.waypoint_settings());
     let wpod = pod_spec("waypoint", wdeploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+    let pull = |p: &PodSpec| -> Vec<String> {
+        p.image_pull_secrets.as_deref().unwrap_or_default().iter().map(|s| s.name.clone()).collect()
+    };
+    assert_eq!(pull(wpod), pull(pod), "waypoints pull from the registry the chart's images come from");
     let w = container(wpod, "waypoint");
     let wargs = env_to_args(&ambit_waypoint::config::Config::command(), w, wpod, "shop");
     let wconfig = <ambit_waypoint::config::Config as clap::Parser>::try_parse_from(&wargs)
@@ -581,6 +591,13 @@ fn production_values_render_a_consistent_install() {
     let selector = zpod.node_selector.clone().unwrap_or_default();
     assert_eq!(selector.get("mesh").map(String::as_str), Some("enabled"), "values merged over the defaults");
     assert_eq!(selector.get("kubernetes.io/os").map(String::as_str), Some("linux"));
+    let z = &zpod.containers[0];
+    let selinux = z.security_context.as_ref().and_then(|s| s.se_linux_options.as_ref()).and_then(|o| o.type_.clone());
+    assert_eq!(selinux.as_deref(), Some("spc_t"));
+    let env = |name: &str| {
+        pod.containers[0].env.as_deref().unwrap_or_default().iter().find(|e| e.name == name).and_then(|e| e.value.clone())
+    };
+    assert_eq!(env("CERT_LIFETIME_SECONDS").as_deref(), Some("2592000"), "large numbers stay integers");
 }
 
 #[test]

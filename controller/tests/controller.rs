@@ -150,7 +150,7 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 fn shared_client(env: &Env, token: &str) -> (Recorder, tokio::task::JoinHandle<()>) {
     let node = xds::istio_node("ztunnel", "10.0.0.1", "ztunnel-x", "ambit-system", "node-1");
     let mut config = xds::Config::new(env.running.grpc_addr, env.tls.clone(), node, vec![ADDRESS, AUTHORIZATION]);
-    config.token = Some(token.to_owned());
+    config.token = Some(token.into());
     let (client, _) = xds::Client::new(config);
     let recorder = Recorder::default();
     (recorder.clone(), tokio::spawn(client.run(recorder)))

@@ -284,6 +284,7 @@ async fn waypoint_objects_and_the_root_configmap_are_applied_once() {
         otlp_endpoint: None,
         control_plane_account: "ambit-system/ambit-controller".into(),
         token_audience: "istio-ca".into(),
+        image_pull_secrets: vec![],
     };
     let mut deployer = KubeDeployer::new(settings, "-----BEGIN CERTIFICATE-----\nroot\n".into(), tx);
     let mut store = Store::default();

@@ -84,6 +84,60 @@ pub fn bearer(token: &str) -> Option<tonic::metadata::MetadataValue<tonic::metad
     format!("Bearer {token}").parse().ok()
 }
 
+/// The bearer token a daemon presents to the control plane: fixed, or a file read again at each
+/// use — Kubernetes rotates projected service-account tokens in place, and a daemon that kept
+/// the first one would be refused once it expires.
+#[derive(Debug, Clone)]
+pub enum Token {
+    Fixed(Arc<str>),
+    File(std::path::PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("reading the token file {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("the token file {0} is empty")]
+    Empty(String),
+    #[error("the bearer token is not a valid header value")]
+    Invalid,
+}
+
+impl From<&str> for Token {
+    fn from(s: &str) -> Self {
+        Token::Fixed(Arc::from(s))
+    }
+}
+
+impl From<String> for Token {
+    fn from(s: String) -> Self {
+        Token::Fixed(Arc::from(s))
+    }
+}
+
+impl Token {
+    /// The token as it is now (a file's content, trimmed).
+    pub fn read(&self) -> Result<String, TokenError> {
+        match self {
+            Token::Fixed(t) => Ok(t.to_string()),
+            Token::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| TokenError::Read { path: path.display().to_string(), source })?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(TokenError::Empty(path.display().to_string()));
+                }
+                Ok(token.to_owned())
+            }
+        }
+    }
+
+    /// `Bearer <token>` for the `authorization` metadata.
+    pub fn header(&self) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, TokenError> {
+        bearer(&self.read()?).ok_or(TokenError::Invalid)
+    }
+}
+
 /// Who is on the other end of a server-side connection.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {

@@ -33,8 +33,8 @@ pub enum XdsError {
     Decode { name: String, source: prost::DecodeError },
     #[error("control plane stream: {0}")]
     Grpc(#[from] tonic::Status),
-    #[error("bearer token is not a valid header value")]
-    BadToken,
+    #[error(transparent)]
+    Token(#[from] grpc::TokenError),
     #[error("response for unsubscribed type {0}")]
     UnknownType(String),
 }
@@ -87,7 +87,7 @@ pub struct Config {
     pub address: SocketAddr,
     pub tls: Arc<rustls::ClientConfig>,
     /// Sent as `authorization: Bearer <token>`.
-    pub token: Option<String>,
+    pub token: Option<grpc::Token>,
     pub node: Node,
     /// Type URLs to subscribe to (wildcard).
     pub types: Vec<&'static str>,
@@ -178,7 +178,8 @@ impl Client {
         }
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         if let Some(token) = &self.config.token {
-            let value = grpc::bearer(token).ok_or((XdsError::BadToken, false))?;
+            // Read at every (re)connection: a rotated token is picked up.
+            let value = token.header().map_err(|e| (XdsError::Token(e), false))?;
             request.metadata_mut().insert("authorization", value);
         }
         let channel = grpc::channel(self.config.address, self.config.tls.clone());

@@ -48,10 +48,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let roots = read_roots_file(&config.root_cert)
         .with_context(|| format!("reading the mesh root certificate --root-cert {}", config.root_cert.display()))?;
-    let token = std::fs::read_to_string(&config.token_file)
-        .with_context(|| format!("reading --token-file {}", config.token_file.display()))?
-        .trim()
-        .to_owned();
+    // Read at every use (Kubernetes rotates it); read once now to fail early.
+    let token = ambit_shared::grpc::Token::File(config.token_file.clone());
+    token.read().context("--token-file")?;
     let control_plane = tokio::net::lookup_host(&config.xds_address)
         .await
         .with_context(|| format!("resolving --xds-address {}", config.xds_address))?

@@ -273,6 +273,12 @@ fn execute(command: &str, config: &Value, inv: &Invocation) -> Result<String, Cn
         // Not a Kubernetes pod: nothing for the mesh to do.
         return Ok(if command == "ADD" { pass_through(config, version) } else { String::new() });
     };
+    // Excluded namespaces (the mesh's own, the system's) never wait for an agent: a node whose
+    // ztunnel is gone must still be able to start the next one.
+    let excluded = config.get("exclude_namespaces").and_then(Value::as_array);
+    if excluded.is_some_and(|l| l.iter().any(|n| n.as_str() == Some(namespace.as_str()))) {
+        return Ok(if command == "ADD" { pass_through(config, version) } else { String::new() });
+    }
     let cmd = match command {
         "ADD" => CniCommand::Add,
         "DEL" => CniCommand::Del,

@@ -29,6 +29,10 @@ pub struct InstallArgs {
     /// The node agent's socket, as the plugin will reach it.
     #[arg(long, env = "CNI_AGENT_SOCKET", default_value = "/var/run/ambit/cni.sock")]
     pub agent_socket: String,
+    /// Namespaces whose pods the plugin lets through without asking the agent (comma list):
+    /// the mesh's own (ztunnel must start when no agent runs) and the system's.
+    #[arg(long, env = "CNI_EXCLUDE_NAMESPACES", value_delimiter = ',', default_value = "kube-system")]
+    pub exclude_namespaces: Vec<String>,
     /// Remove the plugin instead.
     #[arg(long)]
     pub uninstall: bool,
@@ -73,13 +77,17 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn our_entry(agent_socket: &str) -> serde_json::Value {
-    serde_json::json!({"type": PLUGIN_TYPE, "agent_socket": agent_socket})
+fn our_entry(agent_socket: &str, exclude_namespaces: &[String]) -> serde_json::Value {
+    let mut entry = serde_json::json!({"type": PLUGIN_TYPE, "agent_socket": agent_socket});
+    if !exclude_namespaces.is_empty() {
+        entry["exclude_namespaces"] = serde_json::json!(exclude_namespaces);
+    }
+    entry
 }
 
 /// Chains our plugin into the primary configuration; returns the file written (a `.conf` is
 /// replaced by a `.conflist`). Idempotent.
-pub fn chain(conf_dir: &Path, agent_socket: &str) -> Result<PathBuf, InstallError> {
+pub fn chain(conf_dir: &Path, agent_socket: &str, exclude_namespaces: &[String]) -> Result<PathBuf, InstallError> {
     let path = primary_config(conf_dir)?;
     let bad = |reason: String| InstallError::Config { path: path.clone(), reason };
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
@@ -99,7 +107,7 @@ pub fn chain(conf_dir: &Path, agent_socket: &str) -> Result<PathBuf, InstallErro
     };
     let plugins = list["plugins"].as_array_mut().ok_or_else(|| bad("plugins is not a list".into()))?;
     plugins.retain(|p| p["type"] != PLUGIN_TYPE);
-    plugins.push(our_entry(agent_socket));
+    plugins.push(our_entry(agent_socket, exclude_namespaces));
     let mut bytes = serde_json::to_vec_pretty(&list).map_err(|e| bad(e.to_string()))?;
     bytes.push(b'\n');
     write_atomically(&target, &bytes, None)?;
@@ -204,11 +212,13 @@ impl AgentInstall {
         bin_dir: PathBuf,
         conf_dir: PathBuf,
         host_socket: String,
+        exclude_namespaces: Vec<String>,
         socket: PathBuf,
     ) -> Result<(Self, Option<PathBuf>), InstallError> {
         let inode = inode(&socket)?;
         place_binary(binary, &bin_dir)?;
-        let args = InstallArgs { bin_dir, conf_dir, agent_socket: host_socket, uninstall: false, watch: true };
+        let args =
+            InstallArgs { bin_dir, conf_dir, agent_socket: host_socket, exclude_namespaces, uninstall: false, watch: true };
         let this = AgentInstall { args, socket, inode };
         let chained = this.keep()?;
         Ok((this, chained))
@@ -239,7 +249,7 @@ fn chain_if_needed(args: &InstallArgs) -> Result<Option<PathBuf>, InstallError> 
     if is_chained(&args.conf_dir) {
         return Ok(None);
     }
-    chain(&args.conf_dir, &args.agent_socket).map(Some)
+    chain(&args.conf_dir, &args.agent_socket, &args.exclude_namespaces).map(Some)
 }
 
 #[cfg(test)]
@@ -261,7 +271,7 @@ mod tests {
         std::fs::write(d.join("10-calico.conflist"), CALICO).unwrap();
         std::fs::write(d.join("99-other.conflist"), CALICO).unwrap();
         for _ in 0..2 {
-            let path = chain(&d, "/var/run/ambit/cni.sock").unwrap();
+            let path = chain(&d, "/var/run/ambit/cni.sock", &[]).unwrap();
             assert_eq!(path, d.join("10-calico.conflist"), "the primary (first) configuration");
         }
         let doc: serde_json::Value =
@@ -269,6 +279,11 @@ mod tests {
         let types: Vec<_> = doc["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
         assert_eq!(types, ["calico", "portmap", "ambit-cni"], "ours last, once");
         assert_eq!(doc["plugins"][2]["agent_socket"], "/var/run/ambit/cni.sock");
+        assert!(doc["plugins"][2].get("exclude_namespaces").is_none(), "none given, none written");
+        chain(&d, "/var/run/ambit/cni.sock", &["kube-system".into(), "ambit-system".into()]).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("10-calico.conflist")).unwrap()).unwrap();
+        assert_eq!(doc["plugins"][2]["exclude_namespaces"], serde_json::json!(["kube-system", "ambit-system"]));
         assert_eq!(doc["cniVersion"], "0.3.1", "the rest untouched");
         assert!(!std::fs::read_to_string(d.join("99-other.conflist")).unwrap().contains("ambit"), "others untouched");
         assert!(is_chained(&d));
@@ -288,7 +303,7 @@ mod tests {
             r#"{"cniVersion": "1.0.0", "name": "bridge-net", "type": "bridge", "bridge": "cni0"}"#,
         )
         .unwrap();
-        let path = chain(&d, "/s.sock").unwrap();
+        let path = chain(&d, "/s.sock", &[]).unwrap();
         assert_eq!(path, d.join("10-bridge.conflist"));
         assert!(!d.join("10-bridge.conf").exists());
         let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -301,9 +316,9 @@ mod tests {
     #[test]
     fn missing_or_broken_configurations_are_named() {
         let d = dir("none");
-        assert!(matches!(chain(&d, "/s"), Err(InstallError::NoConfig(_))));
+        assert!(matches!(chain(&d, "/s", &[]), Err(InstallError::NoConfig(_))));
         std::fs::write(d.join("10-x.conflist"), "{not json").unwrap();
-        let err = chain(&d, "/s").unwrap_err().to_string();
+        let err = chain(&d, "/s", &[]).unwrap_err().to_string();
         assert!(err.contains("10-x.conflist") && err.contains("not JSON"), "{err}");
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -320,6 +335,7 @@ mod tests {
             bin_dir: bin.clone(),
             conf_dir: conf.clone(),
             agent_socket: "/s".into(),
+            exclude_namespaces: vec!["kube-system".into()],
             uninstall: false,
             watch: false,
         };
@@ -344,7 +360,7 @@ mod tests {
         // A node still without a network configuration: placed, chained once one appears.
         let _first = bind();
         let (old, chained) =
-            AgentInstall::new(&me, bin.clone(), conf.clone(), "/var/run/ambit/cni.sock".into(), socket.clone())
+            AgentInstall::new(&me, bin.clone(), conf.clone(), "/var/run/ambit/cni.sock".into(), vec![], socket.clone())
                 .unwrap();
         assert_eq!(chained, None);
         assert!(bin.join(PLUGIN_TYPE).exists());
@@ -355,7 +371,7 @@ mod tests {
         // Rolling update: the successor binds the socket anew; the old one leaves it all.
         let _second = bind();
         let (new, _) =
-            AgentInstall::new(&me, bin.clone(), conf.clone(), "/var/run/ambit/cni.sock".into(), socket.clone())
+            AgentInstall::new(&me, bin.clone(), conf.clone(), "/var/run/ambit/cni.sock".into(), vec![], socket.clone())
                 .unwrap();
         assert!(!old.release().unwrap(), "a successor owns the socket");
         assert!(is_chained(&conf) && bin.join(PLUGIN_TYPE).exists());

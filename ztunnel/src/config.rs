@@ -66,6 +66,11 @@ pub struct Config {
     /// The agent socket's path as the plugin, on the host, reaches it (default --cni-socket).
     #[arg(long, env = "CNI_HOST_SOCKET")]
     pub cni_host_socket: Option<String>,
+    /// Namespaces the installed plugin lets through without asking the agent (comma list):
+    /// put the mesh's own namespace here, so a ztunnel pod can start on a node whose agent is
+    /// gone.
+    #[arg(long, env = "CNI_EXCLUDE_NAMESPACES", value_delimiter = ',', default_value = "kube-system")]
+    pub cni_exclude_namespaces: Vec<String>,
     #[arg(long, env = "AGENT_STATE_DIR", default_value = "/var/run/ambit/pods")]
     pub agent_state_dir: PathBuf,
     /// How long a CNI ADD waits for the control plane to describe a new pod, in milliseconds.

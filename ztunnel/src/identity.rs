@@ -82,8 +82,8 @@ impl ambit_shared::hbone::server::CertResolver for ServerTls {
 pub struct CaClient {
     pub address: SocketAddr,
     pub tls: Arc<rustls::ClientConfig>,
-    /// Sent as `authorization: Bearer <token>`.
-    pub token: String,
+    /// Sent as `authorization: Bearer <token>`, read at every request.
+    pub token: grpc::Token,
     pub lifetime: Duration,
 }
 
@@ -104,7 +104,7 @@ impl CaClient {
             validity_duration: i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX),
             metadata: Some(metadata),
         });
-        let bearer = grpc::bearer(&self.token).ok_or_else(|| fail("token is not a valid header".into()))?;
+        let bearer = self.token.header().map_err(|e| fail(e.to_string()))?;
         request.metadata_mut().insert("authorization", bearer);
         let mut client = IstioCertificateServiceClient::new(grpc::channel(self.address, self.tls.clone()));
         let response =

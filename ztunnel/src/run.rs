@@ -32,10 +32,9 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let roots = read_roots_file(&config.root_cert).with_context(|| {
         format!("reading the mesh root certificate --root-cert / ROOT_CERT {}", config.root_cert.display())
     })?;
-    let token = std::fs::read_to_string(&config.token_file)
-        .with_context(|| format!("reading --token-file / TOKEN_FILE {}", config.token_file.display()))?
-        .trim()
-        .to_owned();
+    // Read at every use (Kubernetes rotates it); read once now to fail early.
+    let token = ambit_shared::grpc::Token::File(config.token_file.clone());
+    token.read().context("--token-file / TOKEN_FILE")?;
     let control_plane = Arc::new(control_plane_client_config(&roots, vec![config.control_plane_identity()?])?);
     let xds_address = resolve(&config.xds_address, "--xds-address / XDS_ADDRESS").await?;
     let ca_address = resolve(&config.ca_address, "--ca-address / CA_ADDRESS").await?;
@@ -132,6 +131,7 @@ fn install_cni(
         bin_dir.clone(),
         conf_dir.clone(),
         host_socket,
+        config.cni_exclude_namespaces.clone(),
         config.cni_socket.clone(),
     )
     .context("installing the CNI plugin")?;

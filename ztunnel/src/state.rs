@@ -324,7 +324,8 @@ impl State {
         let Some(uids) = self.endpoints.get(&service.key) else { return Vec::new() };
         uids.iter()
             .filter_map(|uid| self.workloads.get(uid))
-            .filter(|w| w.healthy || service.allow_unhealthy)
+            // A pod scheduled but without an address yet cannot take a connection.
+            .filter(|w| (w.healthy || service.allow_unhealthy) && !w.addresses.is_empty())
             .filter_map(|w| service.target_port(port, w).map(|p| (w.clone(), p)))
             .collect()
     }

@@ -20,7 +20,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* The controller's xDS/CA address as ztunnels and waypoints reach it. */}}
 {{- define "ambit.controllerAddress" -}}
-{{- printf "ambit-controller.%s.svc:%v" .Release.Namespace .Values.controller.ports.grpc -}}
+{{- printf "ambit-controller.%s.svc:%d" .Release.Namespace (.Values.controller.ports.grpc | int64) -}}
 {{- end -}}
 
 {{/* The projected token and mesh root every mesh daemon presents to and checks the CA with. */}}

@@ -95,6 +95,26 @@ fn a_pod_change_recomputes_only_that_pod() {
 }
 
 #[test]
+fn a_scheduled_pod_is_known_before_it_has_an_address() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    // As the CNI plugins run: scheduled on node-1, no IP yet. The node agent must be able to
+    // tell whether it belongs to the mesh.
+    let changes = index.apply(objects(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1\nkind: Pod\nmetadata: {name: cart-2, namespace: shop, labels: {app: cart}}\nspec: {nodeName: node-1, serviceAccountName: cart}\nstatus: {phase: Pending}
+---
+apiVersion: v1\nkind: Pod\nmetadata: {name: cart-3, namespace: shop, labels: {app: cart}}\nspec: {serviceAccountName: cart}\nstatus: {phase: Pending}",
+    ));
+    let w = workload(&changes, "Kubernetes//Pod/shop/cart-2");
+    assert!(w.addresses.is_empty());
+    assert_eq!((w.node.as_str(), w.tunnel_protocol), ("node-1", TunnelProtocol::Hbone as i32));
+    assert_eq!(w.status, ambit_shared::proto::workload::WorkloadStatus::Unhealthy as i32, "no endpoint yet");
+    assert!(!names(&changes).iter().any(|(n, _)| n.ends_with("cart-3")), "unscheduled: nothing to say yet");
+}
+
+#[test]
 fn labelling_the_namespace_enrolls_its_pods() {
     let mut index = Index::new(MeshSettings::default());
     index.apply(objects(BASE));

@@ -249,12 +249,18 @@ pub fn peer_authn_chain<'a>(pod: &Pod, store: &'a Store, mesh: &MeshSettings) ->
     PeerAuthnChain { mesh: mesh_pa, namespace: namespace_pa, workload: workload_pa }
 }
 
-/// Translates one pod; `None` for pods without an IP or that have terminated.
+/// Translates one pod; `None` for pods neither scheduled nor addressed, or that have
+/// terminated. A pod scheduled on a node but without an IP yet is sent (without addresses,
+/// unhealthy): in Kubernetes the IP only appears after the CNI plugins ran, and the node agent
+/// must know at CNI ADD whether the pod belongs to the mesh, to capture it before it starts.
 pub fn translate_pod(pod: &Pod, store: &Store, mesh: &MeshSettings) -> Option<Workload> {
     let ips = pod_ips(pod);
-    if ips.is_empty() || matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+    if (ips.is_empty() && pod.spec.node_name.is_none())
+        || matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
         return None;
     }
+    let addressed = !ips.is_empty();
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let labels = &pod.metadata.labels;
     let name = workload_name(pod);
@@ -286,7 +292,8 @@ pub fn translate_pod(pod: &Pod, store: &Store, mesh: &MeshSettings) -> Option<Wo
         workload_name: name,
         services,
         authorization_policies: policies_for(pod, store, mesh),
-        status: if is_ready(pod) { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy } as i32,
+        status: if is_ready(pod) && addressed { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy }
+            as i32,
         cluster_id: mesh.cluster_id.clone(),
         network_mode: if pod.spec.host_network { NetworkMode::HostNetwork } else { NetworkMode::Standard } as i32,
         ..Default::default()

@@ -125,7 +125,10 @@ async fn subscribe_ack_nack_and_resume_with_versions() {
     let tls = Arc::new(control_plane_client_config(&ca.roots, vec![controller_id]).unwrap());
     let node = istio_node("ztunnel", "10.0.0.2", "ztunnel-abc", "ambit-system", "node-1");
     let mut config = Config::new(addr, tls, node, vec![ADDRESS, AUTHORIZATION]);
-    config.token = Some("s3cret".into());
+    // A token file, as Kubernetes projects it: read again at each connection.
+    let token_file = std::env::temp_dir().join(format!("ambit-xds-token-{}", std::process::id()));
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    config.token = Some(grpc::Token::File(token_file.clone()));
     config.initial_backoff = Duration::from_millis(20);
     let (client, mut synced) = Client::new(config);
     let recorder = Recorder::default();
@@ -167,10 +170,14 @@ async fn subscribe_ack_nack_and_resume_with_versions() {
     assert_eq!(*recorder.applied.lock().unwrap(), vec!["a", "b", "d"]);
     assert_eq!(*recorder.removed.lock().unwrap(), vec!["b"]);
 
-    // The server drops the stream: the client reconnects and says what it holds.
+    // The token rotates; the server drops the stream: the client reconnects with the new
+    // token and says what it holds.
+    std::fs::write(&token_file, "rotated").unwrap();
     c1.responses.send(Err(Status::unavailable("restarting"))).await.unwrap();
     drop(c1);
     let mut c2 = tokio::time::timeout(Duration::from_secs(10), conns.recv()).await.unwrap().unwrap();
+    assert_eq!(c2.token.as_deref(), Some("Bearer rotated"));
+    let _ = std::fs::remove_file(&token_file);
     let resume = next(&mut c2).await;
     assert_eq!(resume.type_url, ADDRESS);
     let mut held: Vec<_> = resume.initial_resource_versions.into_iter().collect();

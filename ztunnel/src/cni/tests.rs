@@ -75,6 +75,17 @@ fn unreachable_agent_fails_add_but_not_del() {
     del.push(("CNI_COMMAND", "DEL"));
     let out = run(&inv(&del, &conf));
     assert_eq!((out.status, out.stdout.as_str()), (0, ""));
+
+    // The mesh's own namespace passes without an agent (a new ztunnel must start), the
+    // previous result handed on.
+    let excluded = format!(
+        r#"{{"cniVersion":"1.0.0","name":"k8s","type":"ambit-cni","agent_socket":"{}/none.sock","exclude_namespaces":["kube-system","b"],"prevResult":{{"ips":[{{"address":"10.1.0.9/24"}}]}}}}"#,
+        dir.display()
+    );
+    let out = run(&inv(&add, &excluded));
+    assert_eq!(out.status, 0, "{}", out.stdout);
+    let result: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(result["ips"][0]["address"], "10.1.0.9/24");
 }
 
 #[test]
