@@ -29,11 +29,12 @@ EXPOSE 15008 15020 15021
 ENTRYPOINT ["/usr/local/bin/waypoint"]
 
 # ztunnel runs as root with NET_ADMIN, NET_RAW and SYS_ADMIN (see the chart): it installs
-# redirect rules inside pod network namespaces with iptables-restore under nsenter, and copies
-# itself to the host as the CNI plugin (a static-enough binary: glibc, as on the nodes).
+# redirect rules inside pod network namespaces with iptables-restore and ip (rules, routes)
+# under nsenter, and copies itself to the host as the CNI plugin: a glibc binary built on
+# bookworm, so nodes need glibc 2.34 or later (build on an older base for older nodes).
 FROM debian:bookworm-slim AS ztunnel
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables util-linux \
+ && apt-get install -y --no-install-recommends iptables iproute2 util-linux \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ztunnel /usr/local/bin/ztunnel
 EXPOSE 15020 15021

@@ -424,7 +424,10 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
         "the CA lets ztunnel's account ask for its pods' certificates"
     );
     assert_eq!(zconfig.drain_seconds, zpod.termination_grace_period_seconds.expect("grace period") as u64);
-    assert_eq!(zconfig.cert_lifetime_seconds, config.cert_lifetime_seconds, "ztunnel asks for what the CA is set to give");
+    assert_eq!(
+        zconfig.cert_lifetime_seconds, config.cert_lifetime_seconds,
+        "ztunnel asks for what the CA is set to give"
+    );
     assert!(
         zconfig.cni_exclude_namespaces.iter().any(|n| n == namespace),
         "the mesh's own pods start without an agent (a ztunnel replacing a dead one)"
@@ -595,7 +598,13 @@ fn production_values_render_a_consistent_install() {
     let selinux = z.security_context.as_ref().and_then(|s| s.se_linux_options.as_ref()).and_then(|o| o.type_.clone());
     assert_eq!(selinux.as_deref(), Some("spc_t"));
     let env = |name: &str| {
-        pod.containers[0].env.as_deref().unwrap_or_default().iter().find(|e| e.name == name).and_then(|e| e.value.clone())
+        pod.containers[0]
+            .env
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
     };
     assert_eq!(env("CERT_LIFETIME_SECONDS").as_deref(), Some("2592000"), "large numbers stay integers");
 }

@@ -60,6 +60,8 @@ struct ApiServer {
     requests: Mutex<Vec<(String, String, String)>>,
     secret: Mutex<Option<String>>,
     lease: Mutex<Option<serde_json::Value>>,
+    /// PATCHes still to refuse with 500 (an API server having a bad moment).
+    failing_patches: Mutex<u32>,
 }
 
 impl ApiServer {
@@ -107,7 +109,14 @@ impl ApiServer {
                 *stored = Some(lease.clone());
                 json(200, lease.to_string())
             }
-            ("PATCH", _) => json(200, body),
+            ("PATCH", _) => {
+                let mut failing = self.failing_patches.lock().unwrap();
+                if *failing > 0 {
+                    *failing -= 1;
+                    return json(500, fixture("secret.notfound.json").replace("404", "500"));
+                }
+                json(200, body)
+            }
             ("GET", _) if is_watch => match resource.as_str() {
                 "pods" => watch(fixture("pods.watch.jsonl")),
                 _ => watch(String::new()),
@@ -347,4 +356,31 @@ async fn one_replica_leads_until_its_lease_expires() {
     assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     assert!(!try_acquire(&api, "replica-a").await.unwrap(), "a, back, does not take it back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_apply_is_retried_until_it_lands() {
+    use ambit_controller::source::apply::{apply_owned, Owned};
+    let (_, server, client) = api_server().await;
+    *server.failing_patches.lock().unwrap() = 2;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(apply_owned(client, rx));
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("", "v1", "ConfigMap"),
+        "configmaps",
+    );
+    let body = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio-ca-root-cert", "namespace": "ambit-system"}, "data": {"root-cert.pem": "x"}});
+    tx.send(Owned { resource, namespace: "ambit-system".into(), name: "istio-ca-root-cert".into(), body })
+        .await
+        .unwrap();
+    let patches = || server.requests.lock().unwrap().iter().filter(|(m, _, _)| m == "PATCH").count();
+    for _ in 0..600 {
+        if patches() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(patches(), 3, "refused twice, then applied");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(patches(), 3, "nothing more once it landed");
 }

@@ -217,8 +217,14 @@ impl AgentInstall {
     ) -> Result<(Self, Option<PathBuf>), InstallError> {
         let inode = inode(&socket)?;
         place_binary(binary, &bin_dir)?;
-        let args =
-            InstallArgs { bin_dir, conf_dir, agent_socket: host_socket, exclude_namespaces, uninstall: false, watch: true };
+        let args = InstallArgs {
+            bin_dir,
+            conf_dir,
+            agent_socket: host_socket,
+            exclude_namespaces,
+            uninstall: false,
+            watch: true,
+        };
         let this = AgentInstall { args, socket, inode };
         let chained = this.keep()?;
         Ok((this, chained))

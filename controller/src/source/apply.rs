@@ -4,8 +4,8 @@
 //! certificate as the ConfigMap `istio-ca-root-cert` in every namespace (what workloads and
 //! waypoints mount, as istiod publishes it).
 //!
-//! Only what changed since the last batch is written; a write that fails is logged and made
-//! again when the object next changes or the controller restarts.
+//! Only what changed since the last batch is written; a write that fails is tried again every
+//! few seconds until it succeeds or the object changes.
 
 use std::collections::BTreeMap;
 
@@ -125,15 +125,41 @@ impl crate::waypoints::Deploy for KubeDeployer {
     }
 }
 
-/// Applies owned objects as they come.
+/// How often objects whose apply failed are tried again.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Applies owned objects as they come. A failed apply is tried again every `RETRY_EVERY`
+/// until it succeeds or a newer version of the object replaces it; errors that no retry can
+/// mend (404: the namespace is gone, 422: the object is invalid) are logged and dropped.
 pub async fn apply_owned(client: Client, mut rx: mpsc::Receiver<Owned>) {
     let params = PatchParams::apply("ambit-controller").force();
-    while let Some(o) = rx.recv().await {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &o.namespace, &o.resource);
-        match api.patch(&o.name, &params, &Patch::Apply(&o.body)).await {
-            Ok(_) => tracing::info!(kind = %o.resource.kind, namespace = %o.namespace, name = %o.name, "applied"),
-            Err(e) => {
-                tracing::warn!(kind = %o.resource.kind, namespace = %o.namespace, name = %o.name, error = %e, "applying failed")
+    let mut failed: BTreeMap<(String, String, String), Owned> = BTreeMap::new();
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let batch: Vec<Owned> = tokio::select! {
+            o = rx.recv() => match o {
+                Some(o) => vec![o],
+                None => return,
+            },
+            _ = retry.tick(), if !failed.is_empty() => std::mem::take(&mut failed).into_values().collect(),
+        };
+        for o in batch {
+            let key = (o.resource.kind.clone(), o.namespace.clone(), o.name.clone());
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &o.namespace, &o.resource);
+            match api.patch(&o.name, &params, &Patch::Apply(&o.body)).await {
+                Ok(_) => {
+                    failed.remove(&key);
+                    tracing::info!(kind = %o.resource.kind, namespace = %o.namespace, name = %o.name, "applied");
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => {
+                    failed.remove(&key);
+                    tracing::warn!(kind = %o.resource.kind, namespace = %o.namespace, name = %o.name, error = %e, "applying failed; not retried");
+                }
+                Err(e) => {
+                    tracing::warn!(kind = %o.resource.kind, namespace = %o.namespace, name = %o.name, error = %e, "applying failed; retrying");
+                    failed.insert(key, o);
+                }
             }
         }
     }

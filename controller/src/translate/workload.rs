@@ -292,8 +292,7 @@ pub fn translate_pod(pod: &Pod, store: &Store, mesh: &MeshSettings) -> Option<Wo
         workload_name: name,
         services,
         authorization_policies: policies_for(pod, store, mesh),
-        status: if is_ready(pod) && addressed { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy }
-            as i32,
+        status: if is_ready(pod) && addressed { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy } as i32,
         cluster_id: mesh.cluster_id.clone(),
         network_mode: if pod.spec.host_network { NetworkMode::HostNetwork } else { NetworkMode::Standard } as i32,
         ..Default::default()
