@@ -38,7 +38,7 @@ $S exec frontend-0 -- ambit-sample load http://reviews:8080/ --requests 50
 say "mutual TLS: ztunnel's access log on node-1, the front end's node (identities of both ends)"
 $S logs ztunnel-node-1 | grep 'access' | grep 'direction="outbound"' | grep 'sa/frontend' | tail -n 2 || true
 say "and its metrics (connection_security_policy=\"mutual_tls\", SPIFFE principals)"
-$S metrics node-1 | grep 'istio_tcp_connections_opened_total' | grep 'mutual_tls' | head -n 2
+$S metrics node-1 | grep 'istio_tcp_connections_opened_total' | grep 'mutual_tls' | sed -n '1,2p'  # reads to the end: no SIGPIPE under pipefail
 
 say "applying examples/policies/deny-visitors.yaml (DENY plaintext at catalog, DENY frontend at reviews)"
 $S apply examples/policies/deny-visitors.yaml >/dev/null
@@ -49,7 +49,7 @@ say "the front end still reaches catalog but reviews refuses it:"
 $S exec frontend-0 -- ambit-sample get http://frontend/ || true
 echo
 say "the refusals, counted by ztunnel (response_flags=\"DENY\")"
-{ $S metrics node-1; $S metrics node-2; } | grep 'response_flags="DENY"' | grep closed | head -n 3
+{ $S metrics node-1; $S metrics node-2; } | grep 'response_flags="DENY"' | grep closed | sed -n '1,3p'  # reads to the end: no SIGPIPE under pipefail
 
 say "L7: adding a waypoint to shop (examples/waypoint: Gateway, namespace label, routes, policy)"
 $S delete examples/policies/deny-visitors.yaml >/dev/null
@@ -63,7 +63,7 @@ say "DELETE is refused by the waypoint's L7 policy"
 $S exec frontend-0 -- ambit-sample get --status -X DELETE http://reviews:8080/
 echo
 say "the waypoint's request metrics (reporter=\"waypoint\")"
-$S exec waypoint-0 -- ambit-sample get http://127.0.0.1:15020/metrics | grep '^istio_requests_total' | head -n 3
+$S exec waypoint-0 -- ambit-sample get http://127.0.0.1:15020/metrics | grep '^istio_requests_total' | sed -n '1,3p'  # reads to the end: no SIGPIPE under pipefail
 
 if [[ $KEEP == 1 ]]; then
   say "the sandbox keeps running. Try:"
