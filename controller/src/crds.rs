@@ -20,6 +20,7 @@ use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
 use crate::model;
+use crate::source::kube::WATCHED;
 
 /// One served kind.
 struct Definition {
@@ -66,59 +67,25 @@ fn structural(value: &mut Value) {
     }
 }
 
+/// The served kinds, their group and plural taken from the watched kinds (one table).
 fn definitions() -> Vec<Definition> {
     const SECURITY: &[&str] = &["v1", "v1beta1"];
     const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
-    vec![
-        Definition {
-            group: "security.istio.io",
-            kind: "AuthorizationPolicy",
-            plural: "authorizationpolicies",
-            short: "ap",
-            versions: SECURITY,
-            spec: spec_schema::<model::AuthorizationPolicySpec>(),
-        },
-        Definition {
-            group: "security.istio.io",
-            kind: "PeerAuthentication",
-            plural: "peerauthentications",
-            short: "pa",
-            versions: SECURITY,
-            spec: spec_schema::<model::PeerAuthenticationSpec>(),
-        },
-        Definition {
-            group: "security.istio.io",
-            kind: "RequestAuthentication",
-            plural: "requestauthentications",
-            short: "ra",
-            versions: SECURITY,
-            spec: spec_schema::<model::RequestAuthenticationSpec>(),
-        },
-        Definition {
-            group: "networking.istio.io",
-            kind: "DestinationRule",
-            plural: "destinationrules",
-            short: "dr",
-            versions: NETWORKING,
-            spec: spec_schema::<model::DestinationRuleSpec>(),
-        },
-        Definition {
-            group: "networking.istio.io",
-            kind: "ServiceEntry",
-            plural: "serviceentries",
-            short: "se",
-            versions: NETWORKING,
-            spec: spec_schema::<model::ServiceEntrySpec>(),
-        },
-        Definition {
-            group: "networking.istio.io",
-            kind: "VirtualService",
-            plural: "virtualservices",
-            short: "vs",
-            versions: NETWORKING,
-            spec: spec_schema::<model::VirtualServiceSpec>(),
-        },
+    [
+        ("AuthorizationPolicy", "ap", spec_schema::<model::AuthorizationPolicySpec>()),
+        ("PeerAuthentication", "pa", spec_schema::<model::PeerAuthenticationSpec>()),
+        ("RequestAuthentication", "ra", spec_schema::<model::RequestAuthenticationSpec>()),
+        ("DestinationRule", "dr", spec_schema::<model::DestinationRuleSpec>()),
+        ("ServiceEntry", "se", spec_schema::<model::ServiceEntrySpec>()),
+        ("VirtualService", "vs", spec_schema::<model::VirtualServiceSpec>()),
     ]
+    .into_iter()
+    .filter_map(|(kind, short, spec)| {
+        let &(group, _, kind, plural) = WATCHED.iter().find(|w| w.2 == kind)?;
+        let versions = if group == "security.istio.io" { SECURITY } else { NETWORKING };
+        Some(Definition { group, kind, plural, short, versions, spec })
+    })
+    .collect()
 }
 
 #[derive(Debug, thiserror::Error)]

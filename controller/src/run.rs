@@ -240,11 +240,16 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     // Directory mode (one controller) always leads.
     let (leader_tx, leader_rx) = watch::channel(true);
     let mut kube_deployer: Option<Box<dyn crate::waypoints::Deploy>> = None;
+    // An operator-supplied root wins in either mode.
+    let plugged = match (&config.ca_cert_file, &config.ca_key_file) {
+        (Some(c), Some(k)) => Some(load_root(c, k)?),
+        _ => None,
+    };
     let (ca, auth, expected_syncs): (Ca, Arc<dyn Authenticator>, usize) = match &config.manifests {
         Some(dir) => {
-            let ca = match (&config.ca_cert_file, &config.ca_key_file) {
-                (Some(c), Some(k)) => load_root(c, k)?,
-                _ => load_or_create_root(
+            let ca = match plugged {
+                Some(ca) => ca,
+                None => load_or_create_root(
                     &config.ca_dir,
                     &config.trust_domain,
                     ambit_shared::certs::DEFAULT_ROOT_LIFETIME,
@@ -259,10 +264,9 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
         }
         None => {
             let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
-            // An operator-supplied root (mounted files) wins over the root Secret.
-            let ca = match (&config.ca_cert_file, &config.ca_key_file) {
-                (Some(c), Some(k)) => load_root(c, k)?,
-                _ => crate::source::kube::load_or_create_root_secret(&client, config).await?,
+            let ca = match plugged {
+                Some(ca) => ca,
+                None => crate::source::kube::load_or_create_root_secret(&client, config).await?,
             };
             crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone());
             let (stx, srx) = mpsc::channel(1024);

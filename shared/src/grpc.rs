@@ -84,6 +84,25 @@ pub fn bearer(token: &str) -> Option<tonic::metadata::MetadataValue<tonic::metad
     format!("Bearer {token}").parse().ok()
 }
 
+/// Why a control-plane address could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("resolving {0}: {1}")]
+    Lookup(String, io::Error),
+    #[error("{0} resolves to nothing")]
+    Nothing(String),
+}
+
+/// Resolves a control-plane `host:port` (an IP or a name such as
+/// `ambit-controller.ambit-system.svc:15012`) to the address to dial.
+pub async fn resolve(address: &str) -> Result<SocketAddr, ResolveError> {
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| ResolveError::Lookup(address.to_owned(), e))?
+        .next()
+        .ok_or_else(|| ResolveError::Nothing(address.to_owned()))
+}
+
 /// The bearer token a daemon presents to the control plane: fixed, or a file read again at each
 /// use — Kubernetes rotates projected service-account tokens in place, and a daemon that kept
 /// the first one would be refused once it expires.

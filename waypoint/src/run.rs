@@ -51,11 +51,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Read at every use (Kubernetes rotates it); read once now to fail early.
     let token = ambit_shared::grpc::Token::File(config.token_file.clone());
     token.read().context("--token-file")?;
-    let control_plane = tokio::net::lookup_host(&config.xds_address)
-        .await
-        .with_context(|| format!("resolving --xds-address {}", config.xds_address))?
-        .next()
-        .with_context(|| format!("--xds-address {} resolves to nothing", config.xds_address))?;
+    let control_plane = ambit_shared::grpc::resolve(&config.xds_address).await.context("--xds-address")?;
     let tls = Arc::new(control_plane_client_config(&roots, vec![config.control_plane_identity()?])?);
     let identity = config.identity()?;
 

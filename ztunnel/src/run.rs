@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ambit_shared::grpc;
 use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION};
 use ambit_shared::telemetry::{self, AdminRoutes, Readiness};
 use ambit_shared::tls::{control_plane_client_config, read_roots_file};
@@ -33,11 +34,11 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         format!("reading the mesh root certificate --root-cert / ROOT_CERT {}", config.root_cert.display())
     })?;
     // Read at every use (Kubernetes rotates it); read once now to fail early.
-    let token = ambit_shared::grpc::Token::File(config.token_file.clone());
+    let token = grpc::Token::File(config.token_file.clone());
     token.read().context("--token-file / TOKEN_FILE")?;
     let control_plane = Arc::new(control_plane_client_config(&roots, vec![config.control_plane_identity()?])?);
-    let xds_address = resolve(&config.xds_address, "--xds-address / XDS_ADDRESS").await?;
-    let ca_address = resolve(&config.ca_address, "--ca-address / CA_ADDRESS").await?;
+    let xds_address = grpc::resolve(&config.xds_address).await.context("--xds-address / XDS_ADDRESS")?;
+    let ca_address = grpc::resolve(&config.ca_address).await.context("--ca-address / CA_ADDRESS")?;
 
     let mut registry = telemetry::istio_registry();
     telemetry::register_build_info(&mut registry, "ztunnel");
@@ -107,14 +108,6 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     proxy.drain(Duration::from_secs(config.drain_seconds)).await;
     tracing::info!("ztunnel stopped");
     Ok(())
-}
-
-async fn resolve(address: &str, flag: &str) -> anyhow::Result<std::net::SocketAddr> {
-    tokio::net::lookup_host(address)
-        .await
-        .with_context(|| format!("resolving {flag} {address}"))?
-        .next()
-        .with_context(|| format!("{flag} {address} resolves to nothing"))
 }
 
 /// With --cni-bin-dir/--cni-conf-dir: the plugin installed for this node agent and a task
