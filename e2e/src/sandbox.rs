@@ -293,7 +293,8 @@ impl Sandbox {
         }
     }
 
-    fn start_controller(&mut self) -> Result<(), SandboxError> {
+    /// Starts the controller (after `stop_daemon("controller")`: same CA, same manifests).
+    pub fn start_controller(&mut self) -> Result<(), SandboxError> {
         say(&self.opts, "controller (host network of node-1)");
         let mut tokens = String::from("tokens:\n");
         for node in &self.state.nodes {

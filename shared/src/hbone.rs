@@ -52,8 +52,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keepalive: ping after this much silence, give up when no answer within the timeout.
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// TCP connect timeout towards a peer's 15008.
+/// TCP connect timeout towards a peer's 15008, and towards an application from a proxy.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client waits for the answer to its CONNECT. The server connects upstream within
+/// [`CONNECT_TIMEOUT`] before it answers, so this is that plus room for the round trips.
+pub const CONNECT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Request header names HBONE uses.
 pub mod headers {

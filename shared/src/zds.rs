@@ -51,7 +51,12 @@ pub enum ZdsError {
     Refused { uid: String, error: String },
     #[error("ZDS version {0} is not supported (only V1)")]
     Version(i32),
+    #[error("ZDS peer sent no hello within {HELLO_TIMEOUT:?}")]
+    HelloTimeout,
 }
+
+/// How long the agent waits for a connecting ztunnel's hello.
+pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A SOCK_SEQPACKET connection, non-blocking under tokio.
 pub struct Conn {
@@ -177,7 +182,10 @@ impl Listener {
                 Ok(Ok(raw)) => {
                     // SAFETY: accept4 returned a new descriptor that nothing else owns.
                     let conn = Conn::new(unsafe { OwnedFd::from_raw_fd(raw) })?;
-                    let (hello, _) = conn.recv::<ZdsHello>().await?;
+                    // A peer that connects and never says hello must not stall the agent.
+                    let (hello, _) = tokio::time::timeout(HELLO_TIMEOUT, conn.recv::<ZdsHello>())
+                        .await
+                        .map_err(|_| ZdsError::HelloTimeout)??;
                     if hello.version != Version::V1 as i32 {
                         return Err(ZdsError::Version(hello.version));
                     }

@@ -69,6 +69,14 @@ pub struct Config {
     /// Grace period for open connections on SIGTERM, in seconds.
     #[arg(long, env = "DRAIN_SECONDS", default_value_t = 5)]
     pub drain_seconds: u64,
+    /// Request path normalization before authorization, routing and the upstream request
+    /// (Istio's meshConfig `pathNormalization`): NONE, BASE, MERGE_SLASHES or
+    /// DECODE_AND_MERGE_SLASHES.
+    #[arg(long, env = "PATH_NORMALIZATION", default_value = "BASE")]
+    pub path_normalization: String,
+    /// Connection and stream budgets of the HBONE listeners (all of them together).
+    #[command(flatten)]
+    pub hbone_limits: ambit_shared::hbone::server::Limits,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -87,6 +95,8 @@ pub enum ConfigError {
     Otlp(String),
     #[error("--worker-threads must be at least 1")]
     Workers,
+    #[error("--path-normalization / PATH_NORMALIZATION {0:?}: expected NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")]
+    Normalization(String),
     #[error(transparent)]
     AddressClash(#[from] AddressClash),
 }
@@ -113,12 +123,18 @@ impl Config {
         if self.worker_threads == 0 {
             return Err(ConfigError::Workers);
         }
+        self.normalization()?;
         distinct_addresses(&[
             ("--hbone-addr", self.hbone_addr),
             ("--readiness-addr", self.readiness_addr),
             ("--metrics-addr", self.metrics_addr),
         ])?;
         Ok(())
+    }
+
+    /// The request path normalization.
+    pub fn normalization(&self) -> Result<crate::l7::normalize::Normalization, ConfigError> {
+        self.path_normalization.parse().map_err(|_| ConfigError::Normalization(self.path_normalization.clone()))
     }
 
     /// The waypoint's own identity.

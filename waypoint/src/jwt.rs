@@ -7,8 +7,8 @@
 //! claims (for authorization), copies claims to headers as configured, and is removed from
 //! the request unless `forwardOriginalToken` is set.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ambit_shared::proto::waypoint as pb;
@@ -20,6 +20,9 @@ use jsonwebtoken::{DecodingKey, Validation};
 const JWKS_REFRESH: Duration = Duration::from_secs(20 * 60);
 /// How long a request waits for a key set that has never been fetched.
 const FIRST_FETCH_WAIT: Duration = Duration::from_secs(5);
+/// After a failed first fetch, requests needing that key set fail at once (401) for this long
+/// instead of queueing behind another fetch; after a failed refresh, the next try waits this.
+const FETCH_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 enum Location {
@@ -103,9 +106,20 @@ pub enum Verdict {
     Invalid(String),
 }
 
-/// Key sets fetched from `jwksUri`, shared by every service's rules.
+type Fetched = HashMap<String, (Instant, Arc<JwkSet>)>;
+
+/// Key sets fetched from `jwksUri`, shared by every service's rules. Requests never wait for a
+/// refresh: a stale key set is served while one background task fetches the next (an outage
+/// keeps the last good keys). Only a key set never fetched is waited for, once, with a deadline;
+/// a failure is remembered for [`FETCH_BACKOFF`] so an outage does not queue every request.
 pub struct KeySets {
-    fetched: RwLock<HashMap<String, (Instant, Arc<JwkSet>)>>,
+    /// Each URI's last good key set and when it was fetched.
+    fetched: Arc<RwLock<Fetched>>,
+    /// URIs with a background refresh in flight (one each).
+    refreshing: Arc<Mutex<HashSet<String>>>,
+    /// URIs whose first fetch failed, until when requests fail fast.
+    failed: RwLock<HashMap<String, Instant>>,
+    /// First fetches, one at a time.
     fetching: tokio::sync::Mutex<()>,
     /// Roots for `https://` key set URIs (the system's by default).
     tls: Arc<rustls::ClientConfig>,
@@ -119,21 +133,40 @@ impl Default for KeySets {
 
 impl KeySets {
     pub fn with_tls(tls: Arc<rustls::ClientConfig>) -> Self {
-        KeySets { fetched: RwLock::default(), fetching: tokio::sync::Mutex::new(()), tls }
+        KeySets {
+            fetched: Arc::default(),
+            refreshing: Arc::default(),
+            failed: RwLock::default(),
+            fetching: tokio::sync::Mutex::new(()),
+            tls,
+        }
+    }
+
+    fn cached(&self, uri: &str) -> Option<(Instant, Arc<JwkSet>)> {
+        self.fetched.read().unwrap_or_else(|p| p.into_inner()).get(uri).cloned()
+    }
+
+    fn failed_recently(&self, uri: &str) -> bool {
+        self.failed.read().unwrap_or_else(|p| p.into_inner()).get(uri).is_some_and(|until| Instant::now() < *until)
     }
 
     async fn get(&self, uri: &str) -> Result<Arc<JwkSet>, String> {
-        let cached = self.fetched.read().unwrap_or_else(|p| p.into_inner()).get(uri).cloned();
-        if let Some((at, set)) = &cached {
-            if at.elapsed() < JWKS_REFRESH {
-                return Ok(set.clone());
+        if let Some((at, set)) = self.cached(uri) {
+            if at.elapsed() >= JWKS_REFRESH {
+                self.refresh_in_background(uri);
             }
+            return Ok(set);
+        }
+        let recent_failure = || Err(format!("fetching {uri} failed recently; retrying after {FETCH_BACKOFF:?}"));
+        if self.failed_recently(uri) {
+            return recent_failure();
         }
         let _one = self.fetching.lock().await;
-        if let Some((at, set)) = self.fetched.read().unwrap_or_else(|p| p.into_inner()).get(uri) {
-            if at.elapsed() < JWKS_REFRESH {
-                return Ok(set.clone());
-            }
+        if let Some((_, set)) = self.cached(uri) {
+            return Ok(set);
+        }
+        if self.failed_recently(uri) {
+            return recent_failure();
         }
         match tokio::time::timeout(FIRST_FETCH_WAIT, fetch(uri, &self.tls))
             .await
@@ -145,17 +178,49 @@ impl KeySets {
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(uri.to_owned(), (Instant::now(), set.clone()));
+                self.failed.write().unwrap_or_else(|p| p.into_inner()).remove(uri);
                 Ok(set)
             }
-            // A refresh that fails keeps the keys we have.
-            Err(e) => match cached {
-                Some((_, set)) => {
-                    tracing::warn!(%uri, error = %e, "JWKS refresh failed; keeping the previous keys");
-                    Ok(set)
-                }
-                None => Err(format!("fetching {uri}: {e}")),
-            },
+            Err(e) => {
+                self.failed
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(uri.to_owned(), Instant::now() + FETCH_BACKOFF);
+                Err(format!("fetching {uri}: {e}"))
+            }
         }
+    }
+
+    /// Fetches `uri` again on a task of its own; a failure keeps the keys and retries after
+    /// [`FETCH_BACKOFF`].
+    fn refresh_in_background(&self, uri: &str) {
+        if !self.refreshing.lock().unwrap_or_else(|p| p.into_inner()).insert(uri.to_owned()) {
+            return;
+        }
+        let (fetched, refreshing, tls, uri) =
+            (self.fetched.clone(), self.refreshing.clone(), self.tls.clone(), uri.to_owned());
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(FIRST_FETCH_WAIT, fetch(&uri, &tls))
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+            let mut map = fetched.write().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(set) => {
+                    map.insert(uri.clone(), (Instant::now(), Arc::new(set)));
+                }
+                Err(e) => {
+                    tracing::warn!(%uri, error = %e, "JWKS refresh failed; keeping the previous keys");
+                    // Stale again after the back-off, which triggers the next try.
+                    let retry_from =
+                        Instant::now().checked_sub(JWKS_REFRESH - FETCH_BACKOFF).unwrap_or_else(Instant::now);
+                    if let Some(entry) = map.get_mut(&uri) {
+                        entry.0 = retry_from;
+                    }
+                }
+            }
+            drop(map);
+            refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&uri);
+        });
     }
 }
 

@@ -4,7 +4,9 @@
 //! - routes: the first whose port and match hold takes the request (the controller sends them
 //!   in Gateway API precedence);
 //! - authorization: Istio's order — CUSTOM is not supported, then DENY (any match denies),
-//!   then ALLOW (with ALLOW policies present, one must match); AUDIT only logs.
+//!   then ALLOW (with ALLOW policies present, one must match); AUDIT only logs. A connection
+//!   forwarded as TCP is checked with Istio's L4 semantics ([`Layer::Tcp`]).
+//! - [`normalize`]: the request path every check, route and upstream sees.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -12,6 +14,8 @@ use std::time::Duration;
 use ambit_shared::proto::waypoint as pb;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
+
+pub mod normalize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -377,6 +381,10 @@ struct Field<T> {
 }
 
 impl<T> Field<T> {
+    fn is_set(&self) -> bool {
+        !self.values.is_empty() || !self.not.is_empty()
+    }
+
     fn check(&self, hit: impl Fn(&T) -> bool) -> bool {
         (self.values.is_empty() || self.values.iter().any(&hit)) && !self.not.iter().any(&hit)
     }
@@ -410,7 +418,8 @@ fn cidrs(field: &str, values: &[String], not: &[String]) -> Result<Field<(IpAddr
 }
 
 fn in_cidr(ip: IpAddr, (net, len): &(IpAddr, u8)) -> bool {
-    match (ip, net) {
+    // An IPv4 client seen through a dual-stack socket is still that IPv4 address.
+    match (ip.to_canonical(), net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let mask = if *len == 0 { 0 } else { u32::MAX << (32 - u32::from(*len)) };
             u32::from(a) & mask == u32::from(*n) & mask
@@ -485,11 +494,27 @@ fn strip_spiffe(p: &str) -> &str {
     p.strip_prefix("spiffe://").unwrap_or(p)
 }
 
+/// What a check can see: a request's attributes, or only a TCP connection's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    Http,
+    /// A connection forwarded as TCP: HTTP attributes do not exist. As at Istio's ztunnel, an
+    /// ALLOW rule that needs them cannot match, and a DENY rule is enforced on its L4 part
+    /// alone (a broader deny, never a narrower one).
+    Tcp,
+}
+
 impl Source {
-    fn matches(&self, s: &Subject<'_>) -> bool {
+    fn needs_http(&self) -> bool {
+        self.request_principals.is_set()
+    }
+
+    /// With `Layer::Tcp` the HTTP-only fields are left out (see [`Layer::Tcp`]).
+    fn matches(&self, s: &Subject<'_>, layer: Layer) -> bool {
         let principal = s.principal.map(strip_spiffe);
         self.principals.check(|p| principal.is_some_and(|v| p.matches(v)))
-            && self.request_principals.check(|p| s.request_principal.is_some_and(|v| p.matches(v)))
+            && (layer == Layer::Tcp
+                || self.request_principals.check(|p| s.request_principal.is_some_and(|v| p.matches(v))))
             && self.namespaces.check(|p| s.namespace.is_some_and(|v| p.matches(v)))
             && self.ip_blocks.check(|c| in_cidr(s.source_ip, c))
             && self.remote_ip_blocks.check(|c| in_cidr(s.remote_ip, c))
@@ -505,8 +530,15 @@ fn is_service_account(principal: &str, want: &str) -> bool {
 }
 
 impl Operation {
-    fn matches(&self, s: &Subject<'_>) -> bool {
+    fn needs_http(&self) -> bool {
+        self.hosts.is_set() || self.methods.is_set() || self.paths.is_set()
+    }
+
+    fn matches(&self, s: &Subject<'_>, layer: Layer) -> bool {
         let port = s.port.to_string();
+        if layer == Layer::Tcp {
+            return self.ports.check(|p| p.matches(&port));
+        }
         let host = s.host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(s.host, |(h, _)| h);
         self.hosts.check(|p| p.matches_ci(host) || p.matches_ci(s.host))
             && self.ports.check(|p| p.matches(&port))
@@ -532,6 +564,11 @@ fn claim<'v>(claims: &'v serde_json::Value, key: &str) -> Vec<&'v str> {
 }
 
 impl Condition {
+    /// Keys only a request has (the TLS SNI is not seen by a waypoint either).
+    fn needs_http(&self) -> bool {
+        self.key.starts_with("request.") || self.key == "connection.sni"
+    }
+
     fn matches(&self, s: &Subject<'_>) -> bool {
         let key = self.key.as_str();
         let owned;
@@ -573,10 +610,19 @@ impl Condition {
 }
 
 impl Rule {
-    fn matches(&self, s: &Subject<'_>) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|f| f.matches(s)))
-            && (self.to.is_empty() || self.to.iter().any(|t| t.matches(s)))
-            && self.when.iter().all(|c| c.matches(s))
+    fn needs_http(&self) -> bool {
+        self.from.iter().any(Source::needs_http)
+            || self.to.iter().any(Operation::needs_http)
+            || self.when.iter().any(Condition::needs_http)
+    }
+
+    fn matches(&self, s: &Subject<'_>, layer: Layer, action: pb::Action) -> bool {
+        if layer == Layer::Tcp && action != pb::Action::Deny && self.needs_http() {
+            return false;
+        }
+        (self.from.is_empty() || self.from.iter().any(|f| f.matches(s, layer)))
+            && (self.to.is_empty() || self.to.iter().any(|t| t.matches(s, layer)))
+            && self.when.iter().all(|c| (layer == Layer::Tcp && c.needs_http()) || c.matches(s))
     }
 }
 
@@ -630,25 +676,25 @@ impl Policy {
         Ok(Policy { name: format!("{}/{}", p.namespace, p.name), action: p.action(), rules, dry_run: p.dry_run })
     }
 
-    pub fn matches(&self, s: &Subject<'_>) -> bool {
-        self.rules.iter().any(|r| r.matches(s))
+    pub fn matches(&self, s: &Subject<'_>, layer: Layer) -> bool {
+        self.rules.iter().any(|r| r.matches(s, layer, self.action))
     }
 }
 
 /// The authorization verdict: `Err(policy name)` when denied.
-pub fn authorize(policies: &[Policy], s: &Subject<'_>) -> Result<(), String> {
-    for p in policies.iter().filter(|p| p.action == pb::Action::Audit && p.matches(s)) {
+pub fn authorize(policies: &[Policy], s: &Subject<'_>, layer: Layer) -> Result<(), String> {
+    for p in policies.iter().filter(|p| p.action == pb::Action::Audit && p.matches(s, layer)) {
         tracing::info!(target: "access", policy = %p.name, "audit policy matched");
     }
     let enforced = |p: &&Policy| !p.dry_run;
-    if let Some(p) = policies.iter().filter(enforced).find(|p| p.action == pb::Action::Deny && p.matches(s)) {
+    if let Some(p) = policies.iter().filter(enforced).find(|p| p.action == pb::Action::Deny && p.matches(s, layer)) {
         return Err(p.name.clone());
     }
     let mut allows = policies.iter().filter(enforced).filter(|p| p.action == pb::Action::Allow).peekable();
     if allows.peek().is_none() {
         return Ok(());
     }
-    if allows.clone().any(|p| p.matches(s)) {
+    if allows.clone().any(|p| p.matches(s, layer)) {
         Ok(())
     } else {
         Err("no ALLOW policy matched".into())

@@ -4,6 +4,13 @@
 //!
 //! The connection's protocol comes from the service port (`appProtocol`, port name) or, when
 //! undeclared, from its first bytes (the HTTP/2 preface, an HTTP/1 request line, else TCP).
+//!
+//! Fail closed: a CONNECT is served only for a service bound to this waypoint and only with its
+//! L7 configuration in hand (503 without it); every path through — HTTP, gRPC, TCP by
+//! declaration or by sniffing — is authorized (TCP with Istio's L4 semantics, so no protocol
+//! choice is a weaker check); the source for policy is the connection's peer, never a header
+//! the client wrote; request paths are normalized before authorization, routing and the
+//! upstream request.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,14 +22,15 @@ use std::time::{Duration, Instant};
 
 use ambit_shared::hbone::client::{Client as HboneClient, ConnectRequest};
 use ambit_shared::hbone::server::{Handler, InboundConnect, Responder};
-use ambit_shared::hbone::{forwarded_for, headers as hbone_headers, H2Stream, HBONE_PORT};
+use ambit_shared::hbone::{H2Stream, HBONE_PORT};
 use ambit_shared::proto::waypoint::Protocol;
+use ambit_shared::proto::workload::{gateway_address, GatewayAddress};
 use ambit_shared::Identity;
 use ambit_ztunnel::identity::CertManager;
 use ambit_ztunnel::metrics::{Peer, ServiceLabels};
-use ambit_ztunnel::state::{pick_endpoint, Destination, Service, State, Workload};
+use ambit_ztunnel::state::{ip_from_bytes, pick_endpoint, Destination, Service, State, Workload};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -32,7 +40,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::balance::{Backends, HashInput, Outcome};
-use crate::l7::{authorize, BackendRef, Filter, RequestView, Route, ServiceL7, Subject};
+use crate::l7::normalize::{normalize, Normalization};
+use crate::l7::{authorize, BackendRef, Filter, Layer, RequestView, Route, ServiceL7, Subject};
 use crate::metrics::{Flag, Metrics, RequestLabels};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -154,17 +163,94 @@ impl tower_service::Service<Uri> for Dialer {
     }
 }
 
-/// The L7 configuration of every bound service, by service key (`ns/hostname`).
-pub type L7Map = Arc<RwLock<HashMap<String, Arc<ServiceL7>>>>;
+/// A service's L7 configuration as the waypoint holds it.
+#[derive(Debug, Clone)]
+pub enum L7Entry {
+    /// Compiled and in force.
+    Ready(Arc<ServiceL7>),
+    /// Refused (NACKed) with no earlier version to keep: the service is answered 503, never
+    /// forwarded without its policies.
+    Rejected(Arc<str>),
+}
+
+/// The L7 configuration of every service, by service key (`ns/hostname`).
+pub type L7Map = Arc<RwLock<HashMap<String, L7Entry>>>;
+
+/// The waypoint itself: what bindings name (its Gateway) and where it runs.
+#[derive(Debug, Clone)]
+pub struct Me {
+    pub namespace: String,
+    pub gateway: String,
+    pub pod_ip: Option<IpAddr>,
+}
+
+impl Me {
+    /// Whether a service's or workload's `waypoint` is this waypoint: its Service by hostname
+    /// or address, or its own pod address.
+    pub fn is(&self, state: &State, network: &str, gw: Option<&GatewayAddress>) -> bool {
+        let mine = |s: &Service| *s.namespace == *self.namespace && *s.name == *self.gateway;
+        match gw.and_then(|g| g.destination.as_ref()) {
+            Some(gateway_address::Destination::Hostname(h)) => {
+                h.namespace == self.namespace
+                    && state.service(&format!("{}/{}", h.namespace, h.hostname)).is_some_and(|s| mine(s))
+            }
+            Some(gateway_address::Destination::Address(a)) => ip_from_bytes(&a.address).is_some_and(|ip| {
+                Some(ip) == self.pod_ip
+                    || matches!(state.destination(network, SocketAddr::new(ip, 0)),
+                        Destination::Service { service, .. } if mine(&service))
+            }),
+            None => false,
+        }
+    }
+}
+
+/// Why a CONNECT is not served.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("no service or workload at this address")]
+    Unknown,
+    #[error("not bound to this waypoint")]
+    NotBound,
+    #[error("workload-addressed traffic through a waypoint is not supported yet")]
+    Workload,
+    #[error("no L7 configuration for the service yet")]
+    NoConfig,
+    #[error("the service's L7 configuration was rejected: {0}")]
+    Rejected(Arc<str>),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Unknown => StatusCode::NOT_FOUND,
+            Refusal::NotBound => StatusCode::UNAUTHORIZED,
+            Refusal::Workload | Refusal::NoConfig | Refusal::Rejected(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// What the waypoint was started with, beside its connections.
+pub struct Options {
+    pub me: Me,
+    /// Request path normalization (meshConfig `pathNormalization`).
+    pub normalization: Normalization,
+    /// Trace sampling percentage.
+    pub sampling: f64,
+}
 
 /// An attempt's result: the response and the endpoint, or the failure answer, its flag and the
 /// endpoint tried.
-type Attempt = Result<(Response<Body>, Arc<Workload>), (Response<Body>, Flag, Option<Arc<Workload>>)>;
+/// How a request ended: the response, the flag saying why (none when a backend answered), and
+/// the workload that answered or was meant to.
+type Handled = (Response<Body>, Flag, Option<Arc<Workload>>);
+type Attempt = Result<(Response<Body>, Arc<Workload>), Handled>;
 
 pub struct Waypoint {
     pub dialer: Dialer,
     pub l7: L7Map,
     pub metrics: Arc<Metrics>,
+    me: Me,
+    normalization: Normalization,
     backends: Arc<Backends>,
     keysets: Arc<crate::jwt::KeySets>,
     tracer: crate::trace::Exporter,
@@ -181,10 +267,34 @@ struct Downstream {
     principal: Arc<str>,
     identity: Identity,
     source: Peer,
+    /// The connection's peer: the client's address as its ztunnel dialed from the client pod.
     source_ip: IpAddr,
     vip: SocketAddr,
-    service: Option<Arc<Service>>,
-    l7: Option<Arc<ServiceL7>>,
+    service: Arc<Service>,
+    l7: Arc<ServiceL7>,
+}
+
+impl Downstream {
+    /// Authorizes a connection forwarded as TCP, with Istio's L4 semantics: ALLOW rules that
+    /// need HTTP attributes cannot match, DENY rules apply their L4 part.
+    fn authorize_tcp(&self) -> Result<(), String> {
+        let headers = HeaderMap::new();
+        let subject = Subject {
+            principal: Some(&self.principal),
+            namespace: Some(self.identity.namespace()),
+            request_principal: None,
+            source_ip: self.source_ip,
+            remote_ip: self.source_ip,
+            destination_ip: self.vip.ip(),
+            host: "",
+            port: self.vip.port(),
+            method: "",
+            path: "",
+            headers: &headers,
+            claims: None,
+        };
+        authorize(&self.l7.policies, &subject, Layer::Tcp)
+    }
 }
 
 impl Waypoint {
@@ -193,7 +303,7 @@ impl Waypoint {
         l7: L7Map,
         metrics: Arc<Metrics>,
         tracer: crate::trace::Exporter,
-        sampling: f64,
+        options: Options,
     ) -> Arc<Self> {
         let mut h1 = Client::builder(TokioExecutor::new());
         h1.pool_idle_timeout(Duration::from_secs(90)).pool_timer(TokioTimer::new());
@@ -211,10 +321,12 @@ impl Waypoint {
             dialer,
             l7,
             metrics,
+            me: options.me,
+            normalization: options.normalization,
             backends: Arc::default(),
             keysets: Arc::default(),
             tracer,
-            sampling,
+            sampling: options.sampling,
         })
     }
 
@@ -222,28 +334,43 @@ impl Waypoint {
         self.dialer.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What a CONNECT to `authority` is for: a service bound to this waypoint, with its L7
+    /// configuration. Only looks things up.
+    fn target(&self, network: &str, authority: SocketAddr) -> Result<(Arc<Service>, Arc<ServiceL7>), Refusal> {
+        let service = {
+            let state = self.state();
+            match state.destination(network, authority) {
+                Destination::Service { service, .. } if self.me.is(&state, network, service.waypoint.as_ref()) => {
+                    service
+                }
+                Destination::Workload(w) if self.me.is(&state, network, w.waypoint.as_ref()) => {
+                    return Err(Refusal::Workload)
+                }
+                Destination::Service { .. } | Destination::Workload(_) => return Err(Refusal::NotBound),
+                Destination::Passthrough => return Err(Refusal::Unknown),
+            }
+        };
+        let map = self.l7.read().unwrap_or_else(|p| p.into_inner());
+        match map.get(&*service.key) {
+            Some(L7Entry::Ready(l7)) => Ok((service, l7.clone())),
+            Some(L7Entry::Rejected(reason)) => Err(Refusal::Rejected(reason.clone())),
+            None => Err(Refusal::NoConfig),
+        }
+    }
+
     async fn serve(self: Arc<Self>, req: InboundConnect, responder: Responder) {
         let network = self.dialer.network.clone();
-        let (service, target) = match self.state().destination(&network, req.authority) {
-            Destination::Service { service, .. } => (Some(service), None),
-            Destination::Workload(w) => (None, Some(w)),
-            Destination::Passthrough => (None, None),
+        let (service, l7) = match self.target(&network, req.authority) {
+            Ok(found) => found,
+            Err(refusal) => {
+                tracing::info!(target: "access", status = refusal.status().as_u16(), src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst = %req.authority, reason = %refusal, "connection refused");
+                responder.reject(refusal.status());
+                return;
+            }
         };
-        if service.is_none() && target.is_none() {
-            tracing::debug!(authority = %req.authority, "CONNECT to an address the waypoint does not serve");
-            responder.reject(StatusCode::NOT_FOUND);
-            return;
-        }
-        let l7 = service.as_ref().and_then(|s| {
-            let map = self.l7.read().unwrap_or_else(|p| p.into_inner());
-            map.get(&*s.key).cloned()
-        });
-        let source_ip = req
-            .headers
-            .get(hbone_headers::FORWARDED)
-            .and_then(|v| v.to_str().ok())
-            .and_then(forwarded_for)
-            .map_or(req.peer_addr.ip(), |a| a.ip());
+        // The peer is the client pod itself (its ztunnel dials from inside it); a `forwarded`
+        // header is the client's to write and is never believed.
+        let source_ip = req.peer_addr.ip().to_canonical();
         let source_workload = self.state().workload_by_addr(&network, source_ip).cloned();
         let principal: Arc<str> = Arc::from(req.peer_identity.to_string());
         let source = match &source_workload {
@@ -259,32 +386,43 @@ impl Waypoint {
             service,
             l7,
         });
+        let declared = down.l7.protocol(req.authority.port());
+        if declared == Protocol::Tcp {
+            // Refused before the tunnel opens: the client's ztunnel sees the denial.
+            if let Err(policy) = down.authorize_tcp() {
+                tracing::info!(target: "access", protocol = "tcp", src.addr = %down.source_ip, src.identity = %down.principal, dst = %down.vip, %policy, response_flags = Flag::RbacDenied.as_str(), "tcp connection denied");
+                responder.reject(StatusCode::UNAUTHORIZED);
+                return;
+            }
+        }
         let Ok(stream) = responder.accept() else { return };
-        let declared = down.l7.as_ref().map_or(Protocol::Unspecified, |l7| l7.protocol(req.authority.port()));
         match declared {
-            Protocol::Tcp => self.forward_tcp(down, target, stream).await,
+            Protocol::Tcp => self.forward_tcp(down, stream).await,
             Protocol::Http | Protocol::Http2 | Protocol::Grpc => self.serve_http(down, Prefixed::new(stream)).await,
             Protocol::Unspecified => match sniff(stream).await {
                 Ok((true, stream)) => self.serve_http(down, stream).await,
-                Ok((false, stream)) => self.forward_tcp(down, target, stream).await,
+                // Not HTTP (or not yet): TCP, authorized as TCP — never a weaker check.
+                Ok((false, stream)) => {
+                    if let Err(policy) = down.authorize_tcp() {
+                        tracing::info!(target: "access", protocol = "tcp", src.addr = %down.source_ip, src.identity = %down.principal, dst = %down.vip, %policy, response_flags = Flag::RbacDenied.as_str(), "tcp connection denied");
+                        return;
+                    }
+                    self.forward_tcp(down, stream).await
+                }
                 Err(e) => tracing::debug!(error = %e, "connection closed before its protocol was known"),
             },
         }
     }
 
-    /// Plain TCP: one endpoint of the service (or the addressed workload), bytes copied.
-    async fn forward_tcp<S>(&self, down: Arc<Downstream>, target: Option<Arc<Workload>>, mut stream: S)
+    /// Plain TCP, already authorized: one endpoint of the service, bytes copied.
+    async fn forward_tcp<S>(&self, down: Arc<Downstream>, mut stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let endpoint = match (&down.service, target) {
-            (Some(svc), _) => {
-                let state = self.state();
-                pick_endpoint(&state.endpoints(svc, down.vip.port()))
-                    .and_then(|(w, port)| Some(SocketAddr::new(*w.addresses.first()?, port)))
-            }
-            (None, Some(w)) => w.addresses.first().map(|ip| SocketAddr::new(*ip, down.vip.port())),
-            (None, None) => None,
+        let endpoint = {
+            let state = self.state();
+            pick_endpoint(&state.endpoints(&down.service, down.vip.port()))
+                .and_then(|(w, port)| Some(SocketAddr::new(*w.addresses.first()?, port)))
         };
         let Some(endpoint) = endpoint else {
             tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = "UH", "tcp connection refused: no healthy endpoint");
@@ -347,7 +485,7 @@ impl Waypoint {
             labels: RequestLabels {
                 source: down.source.clone(),
                 destination,
-                service: down.service.as_deref().map(ServiceLabels::of),
+                service: Some(ServiceLabels::of(&down.service)),
                 protocol,
                 code: response.status().as_u16(),
                 grpc_status,
@@ -366,16 +504,12 @@ impl Waypoint {
         response.map(|inner| Observed { inner, bytes: 0, completion: Some(completion) }.boxed())
     }
 
-    async fn handle(
-        self: &Arc<Self>,
-        down: &Downstream,
-        mut req: Request<Incoming>,
-    ) -> (Response<Body>, Flag, Option<Arc<Workload>>) {
+    async fn handle(self: &Arc<Self>, down: &Downstream, mut req: Request<Incoming>) -> Handled {
         let port = down.vip.port();
-        let Some(l7) = down.l7.clone() else {
-            // A workload-addressed request, or a service without L7 configuration: straight on.
-            return self.forward_default(down, req, port).await;
-        };
+        if let Err(refused) = self.normalize(&mut req) {
+            return refused;
+        }
+        let l7 = down.l7.clone();
         let (request_principal, claims) = if l7.jwt.is_empty() {
             (None, None)
         } else {
@@ -417,7 +551,7 @@ impl Waypoint {
             headers: req.headers(),
             claims: claims.as_ref(),
         };
-        if let Err(policy) = authorize(&l7.policies, &subject) {
+        if let Err(policy) = authorize(&l7.policies, &subject, Layer::Http) {
             tracing::debug!(%policy, "request denied");
             return (respond(StatusCode::FORBIDDEN, "RBAC: access denied"), Flag::RbacDenied, None);
         }
@@ -548,27 +682,44 @@ impl Waypoint {
         }
     }
 
-    /// Without routes: the addressed service (or workload) at the request's port.
-    async fn forward_default(
-        &self,
-        down: &Downstream,
-        req: Request<Incoming>,
-        port: u16,
-    ) -> (Response<Body>, Flag, Option<Arc<Workload>>) {
+    /// Without routes: the addressed service at the request's port.
+    async fn forward_default(&self, down: &Downstream, req: Request<Incoming>, port: u16) -> Handled {
         let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
-        if let Some(svc) = &down.service {
-            return match self.dispatch(svc.clone(), port, req, down.source_ip).await {
-                Ok((r, w)) => (r, Flag::None, Some(w)),
-                Err(failed) => failed,
-            };
+        match self.dispatch(down.service.clone(), port, req, down.source_ip).await {
+            Ok((r, w)) => (r, Flag::None, Some(w)),
+            Err(failed) => failed,
         }
-        let endpoint = self.state().workload_by_addr(&self.dialer.network, down.vip.ip()).cloned();
-        let Some(w) = endpoint else {
-            return (respond(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"), Flag::NoHealthyUpstream, None);
+    }
+
+    /// The request as Istio would see it: a lower-case method or a path that cannot be
+    /// normalized is answered 400; otherwise the normalized path replaces the client's, so
+    /// authorization, route matching and the upstream all see the same one.
+    #[allow(clippy::result_large_err)]
+    fn normalize(&self, req: &mut Request<Incoming>) -> Result<(), Handled> {
+        let bad = |text| Err((respond(StatusCode::BAD_REQUEST, text), Flag::DownstreamProtocolError, None));
+        if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return bad("method must be upper case");
+        }
+        let Some(path) = req.uri().path_and_query() else { return Ok(()) };
+        let normalized = match normalize(path.as_str(), self.normalization) {
+            Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+            Ok(std::borrow::Cow::Owned(p)) => p,
+            Err(e) => {
+                tracing::debug!(path = %path, error = %e, "request path refused");
+                return bad("invalid request path");
+            }
         };
-        match self.send_to(&w, port, req, false).await {
-            Ok(r) => (r, Flag::None, Some(w)),
-            Err((r, flag)) => (r, flag, Some(w)),
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = match normalized.parse() {
+            Ok(p) => Some(p),
+            Err(_) => return bad("invalid request path"),
+        };
+        match Uri::from_parts(parts) {
+            Ok(uri) => {
+                *req.uri_mut() = uri;
+                Ok(())
+            }
+            Err(_) => bad("invalid request path"),
         }
     }
 
@@ -589,7 +740,10 @@ impl Waypoint {
     /// A request to a service: its pool limits, an endpoint by its load-balancing policy, the
     /// outcome fed to outlier detection.
     async fn dispatch(&self, service: Arc<Service>, port: u16, req: Request<Body>, source_ip: IpAddr) -> Attempt {
-        let l7 = self.l7.read().unwrap_or_else(|p| p.into_inner()).get(&*service.key).cloned();
+        let l7 = match self.l7.read().unwrap_or_else(|p| p.into_inner()).get(&*service.key) {
+            Some(L7Entry::Ready(l7)) => Some(l7.clone()),
+            _ => None,
+        };
         let policy = l7.as_ref().and_then(|l| l.backend.as_ref());
         let backend = self.backends.get(&service.key);
         let Some(_admission) = backend.admit(policy) else {
@@ -816,9 +970,35 @@ impl Drop for Observed {
     }
 }
 
+/// Removes what belongs to one hop only (RFC 9110 §7.6.1): the headers `Connection` names, the
+/// fixed hop-by-hop set, and `te` unless it says only `trailers` (gRPC needs that on HTTP/2).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for h in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    for h in named {
         headers.remove(h);
+    }
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ] {
+        headers.remove(h);
+    }
+    let te_is_trailers =
+        headers.get_all(http::header::TE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_is_trailers {
+        headers.remove(http::header::TE);
     }
 }
 

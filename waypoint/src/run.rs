@@ -17,7 +17,7 @@ use clap::Parser;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::{Dialer, Inbound, Waypoint};
+use crate::proxy::{Dialer, Inbound, Me, Options, Waypoint};
 use crate::xds::WaypointUpdater;
 
 pub fn main() -> anyhow::Result<()> {
@@ -80,7 +80,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         crate::trace::Exporter::spawn(&config.otlp_endpoint, &format!("{}.{}", config.gateway, config.namespace))
     };
-    let waypoint = Waypoint::new(dialer, l7, metrics, tracer, config.trace_sampling);
+    let options = Options {
+        me: Me {
+            namespace: config.namespace.clone(),
+            gateway: config.gateway.clone(),
+            pod_ip: config.pod_ip.parse().ok(),
+        },
+        normalization: config.normalization()?,
+        sampling: config.trace_sampling,
+    };
+    let waypoint = Waypoint::new(dialer, l7, metrics, tracer, options);
+
+    // Fail closed: no listener before the first complete configuration, so nothing is
+    // accepted that the waypoint could not yet check; readiness follows.
+    tracing::info!("waiting for the control plane's state before listening");
+    synced.wait_for(|s| *s).await.context("the xDS client stopped before the first configuration")?;
     let listener = tokio::net::TcpListener::bind(config.hbone_addr)
         .await
         .with_context(|| format!("binding --hbone-addr {}", config.hbone_addr))?;
@@ -89,17 +103,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The certificate is renewed by the manager; the listener's configuration follows it.
     let resolver = Arc::new(ServerTls::new(identity.clone(), certs.clone(), roots));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(Server::new(Arc::new(Inbound(waypoint)), resolver).serve_until(listener, async move {
+    let budget = ambit_shared::hbone::server::Budget::new(config.hbone_limits);
+    let server = Server::with_budget(Arc::new(Inbound(waypoint)), resolver, budget);
+    let server = tokio::spawn(server.serve_until(listener, async move {
         let _ = stop_rx.await;
     }));
-
-    let ready = readiness.clone();
-    tokio::spawn(async move {
-        if synced.wait_for(|s| *s).await.is_ok() {
-            ready.set_ready();
-            tracing::info!("ready: control plane state received");
-        }
-    });
+    readiness.set_ready();
+    tracing::info!("ready: control plane state received, listening");
 
     ambit_shared::lifecycle::shutdown_signal().await;
     tracing::info!("waypoint stopping: closing the listener and draining");

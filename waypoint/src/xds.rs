@@ -1,6 +1,7 @@
 //! The waypoint's xDS handler: workloads and services go to ztunnel's indexed state (one
 //! implementation), `ambit.waypoint.ServiceConfig` resources are compiled into the L7 map.
-//! A configuration that does not compile is NACKed by name and the previous one kept.
+//! A configuration that does not compile is NACKed by name and the previous one kept (its DENY
+//! rules still hold); without a previous one the service is marked rejected and answered 503.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use ambit_shared::xds::{self, Rejection, Update};
 use ambit_ztunnel::state::Updater;
 
 use crate::l7::ServiceL7;
-use crate::proxy::L7Map;
+use crate::proxy::{L7Entry, L7Map};
 
 #[derive(Clone)]
 pub struct WaypointUpdater {
@@ -43,7 +44,17 @@ impl xds::Handler for WaypointUpdater {
                     map.remove(name);
                 }
                 for (name, c) in compiled {
-                    map.insert(name, c);
+                    map.insert(name, L7Entry::Ready(c));
+                }
+                for r in &rejected {
+                    match map.get(&r.name) {
+                        Some(L7Entry::Ready(_)) => {
+                            tracing::warn!(resource = %r.name, "keeping the previous L7 configuration");
+                        }
+                        _ => {
+                            map.insert(r.name.clone(), L7Entry::Rejected(r.reason.as_str().into()));
+                        }
+                    }
                 }
                 rejected
             }

@@ -381,8 +381,12 @@ impl Agent {
                 } else if self.proxy.is_none() {
                     CniResponse::error(format!("pod {key}: ztunnel is not connected to the node agent"))
                 } else {
-                    tracing::info!(pod = %key, "the control plane does not describe the pod yet; started uncaptured, it is captured when it is");
-                    CniResponse::ok(false)
+                    // Fail closed: a pod of an ambient namespace must not start uncaptured. The
+                    // runtime retries the ADD; by then the control plane describes the pod.
+                    tracing::warn!(pod = %key, "the control plane does not describe the pod yet; refusing the ADD (the runtime retries)");
+                    CniResponse::error(format!(
+                        "pod {key}: the control plane does not describe the pod yet; not starting it uncaptured"
+                    ))
                 };
                 let _ = waiter.send(response);
             }

@@ -88,6 +88,9 @@ pub struct Config {
     /// Admin endpoint (`/debug/config`), loopback only by default.
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
+    /// Connection and stream budgets of the HBONE listeners (all of them together).
+    #[command(flatten)]
+    pub hbone_limits: ambit_shared::hbone::server::Limits,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -87,6 +87,9 @@ pub struct CaClient {
     pub lifetime: Duration,
 }
 
+/// Deadline of one CreateCertificate call, connection included.
+pub const CA_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
 impl CaClient {
     /// Generates a key, sends the CSR, checks the answer names `identity`.
     pub async fn request(&self, identity: &Identity) -> Result<WorkloadCert, IdentityError> {
@@ -107,8 +110,11 @@ impl CaClient {
         let bearer = self.token.header().map_err(|e| fail(e.to_string()))?;
         request.metadata_mut().insert("authorization", bearer);
         let mut client = IstioCertificateServiceClient::new(grpc::channel(self.address, self.tls.clone()));
-        let response =
-            client.create_certificate(request).await.map_err(|s| fail(format!("{:?}: {}", s.code(), s.message())))?;
+        // A stalled CA must not hang renewal (and every caller waiting for the certificate).
+        let response = tokio::time::timeout(CA_REQUEST_TIMEOUT, client.create_certificate(request))
+            .await
+            .map_err(|_| fail(format!("the CA did not answer within {CA_REQUEST_TIMEOUT:?}")))?
+            .map_err(|s| fail(format!("{:?}: {}", s.code(), s.message())))?;
         let cert =
             WorkloadCert::from_pem_chain(key, &response.into_inner().cert_chain).map_err(|e| fail(e.to_string()))?;
         if cert.identity != *identity {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ambit_shared::hbone::client::{Client as HboneClient, PoolSettings};
-use ambit_shared::hbone::server::{CertResolver, Server as HboneServer};
+use ambit_shared::hbone::server::{Budget, CertResolver, Server as HboneServer};
 use ambit_shared::tls::MeshRoots;
 use ambit_shared::zds::{ProxyConn, ZdsEvent};
 use ambit_shared::Identity;
@@ -43,6 +43,8 @@ pub struct Proxy {
     pub roots: MeshRoots,
     pub metrics: Metrics,
     pods: Mutex<HashMap<String, PodHandle>>,
+    /// Connections and streams every pod's 15008 takes on, together.
+    hbone_budget: Arc<Budget>,
     active: AtomicUsize,
     idle: Notify,
     draining: AtomicBool,
@@ -118,6 +120,7 @@ impl Proxy {
         metrics: Metrics,
     ) -> Arc<Self> {
         Arc::new(Proxy {
+            hbone_budget: Budget::new(config.hbone_limits),
             config,
             state,
             certs,
@@ -216,7 +219,7 @@ impl Proxy {
                     .abort_handle(),
             );
             let handler = Arc::new(inbound::HboneHandler { proxy: self.clone(), pod: pod.clone() });
-            let server = HboneServer::new(handler, pod.clone());
+            let server = HboneServer::with_budget(handler, pod.clone(), self.hbone_budget.clone());
             let mut stop_hbone = stopped.clone();
             let until = async move {
                 let _ = stop_hbone.wait_for(|s| *s).await;
@@ -306,7 +309,24 @@ async fn accept_loop<F, Fut>(
 
 /// Follows the node agent over ZDS: connects (retrying), applies each instruction, acks it.
 /// `snapshot` turns true once the first snapshot is in (readiness).
-pub async fn run_zds(proxy: Arc<Proxy>, path: PathBuf, snapshot: watch::Sender<bool>) {
+///
+/// Fails closed: nothing is enrolled — no listener opens in any pod — before the control
+/// plane's first complete state (`synced`). Until then a pod's redirected connections find no
+/// listener and are refused, where a proxy without state would have passed them through as
+/// "unknown destination" in plaintext; and a successor that cannot reach the control plane
+/// never binds beside a working predecessor, which keeps serving.
+pub async fn run_zds(
+    proxy: Arc<Proxy>,
+    path: PathBuf,
+    mut synced: watch::Receiver<bool>,
+    snapshot: watch::Sender<bool>,
+) {
+    if !*synced.borrow() {
+        tracing::info!("waiting for the control plane's state before taking pods");
+    }
+    if synced.wait_for(|s| *s).await.is_err() {
+        return;
+    }
     let mut backoff = Duration::from_millis(100);
     loop {
         if proxy.is_draining() {

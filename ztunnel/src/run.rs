@@ -61,7 +61,7 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     }
     let cni = install_cni(&config)?;
     let (snapshot_tx, snapshot) = watch::channel(false);
-    tokio::spawn(proxy::run_zds(proxy.clone(), config.zds_socket.clone(), snapshot_tx));
+    tokio::spawn(proxy::run_zds(proxy.clone(), config.zds_socket.clone(), synced.clone(), snapshot_tx));
 
     let readiness = Readiness::default();
     let routes: AdminRoutes = {

@@ -92,6 +92,9 @@ enum Cmd {
         addr: String,
         #[arg(long, default_value = "")]
         send: String,
+        /// Stay silent this long after connecting before sending (a slow client).
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
     },
     /// Benchmark server: HTTP echo (`/bytes/N` answers N bytes), a sink, a byte echo.
     BenchServer {
@@ -200,7 +203,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 }
                 serve_http(port, None, fail_status).await
             }
-            Cmd::TcpClient { addr, send } => tcp_client(&addr, &send).await,
+            Cmd::TcpClient { addr, send, wait_ms } => tcp_client(&addr, &send, wait_ms).await,
             Cmd::Grpc { url, message } => grpc_call(&url, &message).await,
             Cmd::OtlpSink { port } => otlp_sink(port).await,
             Cmd::Front { port, backends } => serve_http(port, Some(Arc::new(backends)), None).await,
@@ -443,8 +446,9 @@ fn unescape(s: &str) -> Vec<u8> {
     out
 }
 
-async fn tcp_client(addr: &str, send: &str) -> anyhow::Result<()> {
+async fn tcp_client(addr: &str, send: &str, wait_ms: u64) -> anyhow::Result<()> {
     let mut tcp = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}"))?;
+    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
     tcp.write_all(&unescape(send)).await?;
     tcp.shutdown().await?;
     let mut back = Vec::new();

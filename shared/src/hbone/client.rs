@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
 use super::{
-    keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, CONNECT_TIMEOUT, MAX_FRAME_SIZE,
-    MAX_STREAMS_PER_CONNECTION, SEND_BUFFER, STREAM_WINDOW,
+    keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, CONNECT_RESPONSE_TIMEOUT, CONNECT_TIMEOUT,
+    MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION, SEND_BUFFER, STREAM_WINDOW,
 };
 use crate::certs::WorkloadCert;
 use crate::identity::Identity;
@@ -381,7 +381,12 @@ async fn send_connect(conn: &Conn, request: Request<()>, slot: StreamSlot) -> Re
     };
     let mut sender = conn.sender.clone().ready().await.map_err(gone)?;
     let (response, send) = sender.send_request(request, false).map_err(gone)?;
-    let response = response.await.map_err(|e| {
+    // The peer answers once it has connected upstream (its connect has its own deadline); a
+    // peer that never answers must not hold the caller forever.
+    let response = tokio::time::timeout(CONNECT_RESPONSE_TIMEOUT, response)
+        .await
+        .map_err(|_| SendError::Final(HboneError::ConnectTimeout(conn.addr)))?;
+    let response = response.map_err(|e| {
         // GOAWAY past our stream, or REFUSED_STREAM: the peer never processed it; retry elsewhere.
         if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
             SendError::ConnectionGone(e.into())

@@ -5,9 +5,10 @@
 //! Malformed requests (not CONNECT, an authority that is not `ip:port`) get 400 here and never
 //! reach the handler. A bad connection affects only itself.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -103,21 +104,116 @@ impl CertResolver for Arc<ServerConfig> {
     }
 }
 
+/// What a 15008 listener (or several sharing one [`Budget`]) takes on at once, so a flood of
+/// connections or streams from one peer, or from all, costs bounded memory and tasks while
+/// other clients are still served. Streams per connection are bounded by the HTTP/2 setting
+/// [`SERVER_MAX_CONCURRENT_STREAMS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args, serde::Serialize)]
+pub struct Limits {
+    /// Open HBONE connections in all; more are closed at accept.
+    #[arg(long = "hbone-max-connections", env = "HBONE_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+    /// Open HBONE connections from one peer address; more are closed at accept.
+    #[arg(long = "hbone-max-connections-per-peer", env = "HBONE_MAX_CONNECTIONS_PER_PEER", default_value_t = 1_024)]
+    pub max_connections_per_peer: usize,
+    /// CONNECT streams being handled or carrying bytes, in all; more are answered 503.
+    #[arg(long = "hbone-max-streams", env = "HBONE_MAX_STREAMS", default_value_t = 65_536)]
+    pub max_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_connections: 16_384, max_connections_per_peer: 1_024, max_streams: 65_536 }
+    }
+}
+
+/// The counters behind [`Limits`], shared by every server given the same budget.
+#[derive(Debug)]
+pub struct Budget {
+    limits: Limits,
+    connections: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl Budget {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Budget {
+            limits,
+            connections: Mutex::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
+        })
+    }
+
+    /// A connection slot for `peer`, or `None` when the peer or the listener is at its limit.
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<ConnectionSlot> {
+        let mut guard = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_peer) = &mut *guard;
+        let mine = per_peer.entry(peer).or_insert(0);
+        if *total >= self.limits.max_connections || *mine >= self.limits.max_connections_per_peer {
+            if *mine == 0 {
+                per_peer.remove(&peer);
+            }
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(ConnectionSlot { budget: self.clone(), peer })
+    }
+
+    /// Open connections: in all, and from `peer`.
+    pub fn connections(&self, peer: IpAddr) -> (usize, usize) {
+        let guard = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        (guard.0, guard.1.get(&peer).copied().unwrap_or(0))
+    }
+
+    /// Streams in flight.
+    pub fn streams(&self) -> usize {
+        self.limits.max_streams - self.streams.available_permits()
+    }
+}
+
+/// One admitted connection; returns its slot when dropped.
+struct ConnectionSlot {
+    budget: Arc<Budget>,
+    peer: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut guard = self.budget.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_peer) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = per_peer.get_mut(&self.peer) {
+            *mine -= 1;
+            if *mine == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// The HBONE acceptor.
 pub struct Server<H, C> {
     handler: Arc<H>,
     certs: Arc<C>,
+    budget: Arc<Budget>,
 }
 
 impl<H, C> Clone for Server<H, C> {
     fn clone(&self) -> Self {
-        Server { handler: self.handler.clone(), certs: self.certs.clone() }
+        Server { handler: self.handler.clone(), certs: self.certs.clone(), budget: self.budget.clone() }
     }
 }
 
 impl<H: Handler, C: CertResolver> Server<H, C> {
+    /// A server with the default [`Limits`] of its own.
     pub fn new(handler: Arc<H>, certs: Arc<C>) -> Self {
-        Server { handler, certs }
+        Self::with_budget(handler, certs, Budget::new(Limits::default()))
+    }
+
+    /// A server counting against `budget` (shared by a daemon's listeners).
+    pub fn with_budget(handler: Arc<H>, certs: Arc<C>, budget: Arc<Budget>) -> Self {
+        Server { handler, certs, budget }
     }
 
     /// Accepts connections forever; each runs on its own task. Dropping (aborting) this future
@@ -147,8 +243,13 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
                     continue;
                 }
             };
+            let Some(slot) = self.budget.admit(peer.ip()) else {
+                tracing::warn!(%peer, "HBONE connection refused: connection limit reached");
+                continue;
+            };
             let server = self.clone();
             connections.spawn(async move {
+                let _slot = slot;
                 if let Err(e) = server.serve_connection(tcp).await {
                     tracing::debug!(%peer, error = %e, "HBONE connection failed");
                 }
@@ -186,11 +287,18 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
         let ping = connection.ping_pong();
         let accept_loop = async {
             while let Some(next) = connection.accept().await {
-                let (request, respond) = next?;
+                let (request, mut respond) = next?;
+                // A stream's permit lives as long as its task (handling, then carrying bytes).
+                let Ok(permit) = self.budget.streams.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer_addr, "HBONE stream refused: stream limit reached");
+                    send_status(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
+                    continue;
+                };
                 let handler = self.handler.clone();
                 let peer_identity = peer_identity.clone();
                 tokio::spawn(async move {
                     dispatch(&*handler, request, respond, peer_identity, peer_addr, local_addr).await;
+                    drop(permit);
                 });
             }
             Ok::<(), HboneError>(())

@@ -1,5 +1,10 @@
 use super::*;
 
+/// Request-level authorization, as the HTTP pipeline calls it.
+fn authorize(policies: &[Policy], s: &Subject<'_>) -> Result<(), String> {
+    super::authorize(policies, s, Layer::Http)
+}
+
 fn subject<'a>(headers: &'a http::HeaderMap, principal: &'a str, method: &'a str, path: &'a str) -> Subject<'a> {
     Subject {
         principal: Some(principal),
@@ -221,3 +226,99 @@ fn weighted_backends_spread_by_weight() {
 }
 
 use std::collections::HashMap;
+
+/// A connection forwarded as TCP: ALLOW rules needing HTTP attributes cannot match; DENY rules
+/// keep their L4 part (so a DENY on paths denies every TCP connection its L4 part covers).
+#[test]
+fn tcp_connections_are_authorized_with_l4_semantics() {
+    let h = http::HeaderMap::new();
+    let tcp = |ps: &[Policy], who: &str, port: u16| {
+        let mut s = subject(&h, who, "", "");
+        s.port = port;
+        s.host = "";
+        super::authorize(ps, &s, Layer::Tcp)
+    };
+    let deny_admin = policy(
+        pb::Action::Deny,
+        pb::Rule {
+            to: vec![pb::Operation { paths: vec!["/admin".into(), "/admin/*".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    assert!(tcp(std::slice::from_ref(&deny_admin), FRONTEND, 8080).is_err(), "a path DENY denies TCP outright");
+    let deny_get_on_9000 = policy(
+        pb::Action::Deny,
+        pb::Rule {
+            to: vec![pb::Operation { methods: vec!["GET".into()], ports: vec!["9000".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    assert!(tcp(std::slice::from_ref(&deny_get_on_9000), FRONTEND, 9000).is_err(), "L4 part: the port");
+    assert!(tcp(std::slice::from_ref(&deny_get_on_9000), FRONTEND, 8080).is_ok(), "other ports pass");
+    let deny_header = policy(
+        pb::Action::Deny,
+        pb::Rule {
+            from: vec![pb::Source {
+                principals: vec!["cluster.local/ns/outside/sa/visitor".into()],
+                ..Default::default()
+            }],
+            when: vec![pb::Condition {
+                key: "request.headers[x-evil]".into(),
+                values: vec!["1".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    assert!(tcp(std::slice::from_ref(&deny_header), VISITOR, 8080).is_err(), "the header condition is dropped");
+    assert!(tcp(std::slice::from_ref(&deny_header), FRONTEND, 8080).is_ok(), "the principal still counts");
+    let allow_get = policy(
+        pb::Action::Allow,
+        pb::Rule {
+            from: vec![pb::Source {
+                principals: vec!["cluster.local/ns/shop/sa/frontend".into()],
+                ..Default::default()
+            }],
+            to: vec![pb::Operation { methods: vec!["GET".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    assert!(tcp(std::slice::from_ref(&allow_get), FRONTEND, 8080).is_err(), "an HTTP ALLOW cannot match TCP");
+    let allow_frontend = policy(
+        pb::Action::Allow,
+        pb::Rule {
+            from: vec![pb::Source {
+                principals: vec!["cluster.local/ns/shop/sa/frontend".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    let both = [allow_get, allow_frontend];
+    assert!(tcp(&both, FRONTEND, 8080).is_ok(), "an L4 ALLOW matches");
+    assert!(tcp(&both, VISITOR, 8080).is_err());
+    let jwt_only = policy(
+        pb::Action::Allow,
+        pb::Rule {
+            from: vec![pb::Source { request_principals: vec!["*".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    assert!(tcp(std::slice::from_ref(&jwt_only), FRONTEND, 8080).is_err(), "no JWT over TCP");
+}
+
+/// An IPv4 peer seen through a dual-stack socket matches IPv4 blocks.
+#[test]
+fn ipv4_mapped_sources_match_ipv4_blocks() {
+    let h = http::HeaderMap::new();
+    let deny_block = policy(
+        pb::Action::Deny,
+        pb::Rule {
+            from: vec![pb::Source { ip_blocks: vec!["10.244.1.0/24".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    let mut s = subject(&h, FRONTEND, "GET", "/");
+    s.source_ip = "::ffff:10.244.1.5".parse().unwrap();
+    assert!(authorize(std::slice::from_ref(&deny_block), &s).is_err());
+}

@@ -182,22 +182,24 @@ impl InPodRules {
         out
     }
 
-    /// Whether the namespace has IPv6 (then it gets the IPv6 rule set too).
-    pub fn has_ipv6(&self) -> bool {
-        self.run("cat", &["/proc/sys/net/ipv6/conf/all/disable_ipv6"], None).is_ok_and(|v| v.trim() == "0")
+    /// Whether the namespace has IPv6 (then it gets the IPv6 rule set too). A probe that fails
+    /// is an error, never "no IPv6": that would leave a dual-stack pod's IPv6 uncaptured. Only
+    /// a kernel without IPv6 at all (no `/proc/sys/net/ipv6`) means none.
+    pub fn has_ipv6(&self) -> Result<bool, RulesError> {
+        match self.run("cat", &["/proc/sys/net/ipv6/conf/all/disable_ipv6"], None) {
+            Ok(v) => Ok(v.trim() == "0"),
+            Err(_) if !Path::new("/proc/sys/net/ipv6").exists() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
-    fn families(&self) -> Vec<Family> {
-        if self.has_ipv6() {
-            vec![Family::V4, Family::V6]
-        } else {
-            vec![Family::V4]
-        }
+    fn families(&self) -> Result<Vec<Family>, RulesError> {
+        Ok(if self.has_ipv6()? { vec![Family::V4, Family::V6] } else { vec![Family::V4] })
     }
 
     /// Installs (or refreshes) the rules, for IPv6 too when the namespace has it.
     pub fn apply(&self) -> Result<(), RulesError> {
-        for family in self.families() {
+        for family in self.families()? {
             self.apply_family(family)?;
         }
         Ok(())
@@ -218,7 +220,7 @@ impl InPodRules {
 
     /// Removes everything `apply` added (what is already gone is skipped).
     pub fn remove(&self) -> Result<(), RulesError> {
-        for family in self.families() {
+        for family in self.families()? {
             self.remove_family(family)?;
         }
         Ok(())

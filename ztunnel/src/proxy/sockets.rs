@@ -58,14 +58,22 @@ pub async fn connect_transparent(netns: &Netns, src: std::net::IpAddr, dst: Sock
     if src.is_ipv4() == dst.is_ipv4() {
         socket.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
     }
-    let stream = TcpSocket::from_std_stream(std::net::TcpStream::from(socket)).connect(dst).await?;
+    let stream = with_deadline(TcpSocket::from_std_stream(std::net::TcpStream::from(socket)).connect(dst)).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
 
+/// Every connect a proxy makes has a deadline: a destination that never answers must not hold
+/// a task (and the client's stream) forever.
+async fn with_deadline(connect: impl std::future::Future<Output = io::Result<TcpStream>>) -> io::Result<TcpStream> {
+    tokio::time::timeout(ambit_shared::hbone::CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
 /// Connects to `dst` from the pod, uncaptured.
 pub async fn connect_marked(netns: &Netns, dst: SocketAddr) -> io::Result<TcpStream> {
-    let stream = marked(netns, dst)?.connect(dst).await?;
+    let stream = with_deadline(marked(netns, dst)?.connect(dst)).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
