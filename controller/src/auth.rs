@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ambit_shared::Identity;
 use tonic::metadata::MetadataMap;
@@ -247,5 +247,139 @@ mod tests {
     fn service_account_usernames() {
         assert_eq!(service_account_of("system:serviceaccount:ambit-system:ztunnel"), Some(("ambit-system", "ztunnel")));
         assert_eq!(service_account_of("kubernetes-admin"), None);
+    }
+}
+
+/// How long a reviewed token's caller is remembered. Short, so a deleted service account or
+/// pod stops being served within a minute, yet a reconnect storm after a controller restart
+/// costs one review per token, not one per stream.
+pub const REVIEW_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Deadline of one review (an API server that hangs must not hold a CA call forever).
+pub const REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Reviews in flight at once; more callers wait their turn (within the deadline).
+const REVIEWS_IN_FLIGHT: usize = 32;
+/// Remembered callers at most; beyond it, expired entries are dropped, then nothing new is kept.
+const REVIEW_CACHE_ENTRIES: usize = 16_384;
+
+/// Wraps an authenticator that asks someone else (the API server's TokenReview): successful
+/// reviews are remembered for [`REVIEW_CACHE_TTL`] under the token's SHA-256 (the token itself
+/// is not kept), reviews run at most [`REVIEWS_IN_FLIGHT`] at a time, each within
+/// [`REVIEW_TIMEOUT`]. Failures are never cached, so a token that starts working is accepted
+/// at once; they cost a review each, bounded by the same limit.
+pub struct CachedReviews<A> {
+    inner: A,
+    cache: Mutex<HashMap<[u8; 32], (std::time::Instant, Caller)>>,
+    in_flight: tokio::sync::Semaphore,
+    ttl: std::time::Duration,
+    timeout: std::time::Duration,
+}
+
+impl<A: Authenticator> CachedReviews<A> {
+    pub fn new(inner: A) -> Self {
+        Self::with_times(inner, REVIEW_CACHE_TTL, REVIEW_TIMEOUT)
+    }
+
+    /// With another cache lifetime and review deadline.
+    pub fn with_times(inner: A, ttl: std::time::Duration, timeout: std::time::Duration) -> Self {
+        let in_flight = tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT);
+        CachedReviews { inner, cache: Mutex::default(), in_flight, ttl, timeout }
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<Caller> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, caller)| caller.clone())
+    }
+
+    fn remember(&self, key: [u8; 32], caller: &Caller) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= REVIEW_CACHE_ENTRIES {
+            cache.retain(|_, (at, _)| at.elapsed() < self.ttl);
+        }
+        if cache.len() < REVIEW_CACHE_ENTRIES {
+            cache.insert(key, (std::time::Instant::now(), caller.clone()));
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<A: Authenticator> Authenticator for CachedReviews<A> {
+    async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(caller) = self.cached(&key) {
+            return Ok(caller);
+        }
+        let review = async {
+            let _turn = self.in_flight.acquire().await.map_err(|_| AuthError::Review("shutting down".into()))?;
+            if let Some(caller) = self.cached(&key) {
+                return Ok(caller);
+            }
+            self.inner.authenticate(token).await
+        };
+        let caller = tokio::time::timeout(self.timeout, review)
+            .await
+            .map_err(|_| AuthError::Review(format!("no answer within {:?}", self.timeout)))??;
+        self.remember(key, &caller);
+        Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts reviews; accepts "good", rejects anything else, hangs on "slow".
+    struct Counting(Arc<AtomicUsize>);
+
+    #[tonic::async_trait]
+    impl Authenticator for Counting {
+        async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            match token {
+                "good" => Ok(Caller {
+                    identity: Identity::new("cluster.local", "shop", "web").expect("identity"),
+                    node: None,
+                    pod: None,
+                }),
+                "slow" => std::future::pending().await,
+                _ => Err(AuthError::UnknownToken),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn successes_are_cached_failures_are_not() {
+        let reviews = Arc::new(AtomicUsize::new(0));
+        let auth = CachedReviews::new(Counting(reviews.clone()));
+        for _ in 0..5 {
+            assert_eq!(
+                auth.authenticate("good").await.expect("accepted").identity.to_string(),
+                "spiffe://cluster.local/ns/shop/sa/web"
+            );
+        }
+        assert_eq!(reviews.load(Ordering::SeqCst), 1, "one review for five calls");
+        for _ in 0..3 {
+            assert_eq!(auth.authenticate("bad").await, Err(AuthError::UnknownToken));
+        }
+        assert_eq!(reviews.load(Ordering::SeqCst), 4, "every failure is reviewed again");
+    }
+
+    #[tokio::test]
+    async fn entries_expire() {
+        let reviews = Arc::new(AtomicUsize::new(0));
+        let auth = CachedReviews::with_times(Counting(reviews.clone()), std::time::Duration::ZERO, REVIEW_TIMEOUT);
+        auth.authenticate("good").await.expect("accepted");
+        auth.authenticate("good").await.expect("accepted");
+        assert_eq!(reviews.load(Ordering::SeqCst), 2, "an expired entry is reviewed again");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_review_ends_at_its_deadline() {
+        let counting = Counting(Arc::new(AtomicUsize::new(0)));
+        let auth = CachedReviews::with_times(counting, REVIEW_CACHE_TTL, std::time::Duration::from_millis(50));
+        let err = auth.authenticate("slow").await.expect_err("times out");
+        assert!(matches!(err, AuthError::Review(ref m) if m.contains("no answer")), "{err}");
     }
 }

@@ -39,6 +39,13 @@ pub struct Config {
     /// Admin endpoint: `/ready`, `/metrics`, `/debug/config`, `/debug/config_dump`, `/debug/rejected`.
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:15014")]
     pub admin_addr: SocketAddr,
+    /// Open xDS/CA connections in all; more are closed at accept.
+    #[arg(long, env = "GRPC_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub grpc_max_connections: usize,
+    /// Open xDS/CA connections from one address (a node's ztunnel and the waypoints beside it
+    /// share one); more are closed at accept.
+    #[arg(long, env = "GRPC_MAX_CONNECTIONS_PER_PEER", default_value_t = 256)]
+    pub grpc_max_connections_per_peer: usize,
     /// Lifetime of issued workload certificates, in seconds (Istio's SECRET_TTL).
     #[arg(long, env = "CERT_LIFETIME_SECONDS", default_value_t = 24 * 3600)]
     pub cert_lifetime_seconds: u64,
@@ -104,6 +111,10 @@ pub struct Config {
     /// namespace).
     #[arg(long, env = "WAYPOINT_IMAGE_PULL_SECRETS", value_delimiter = ',')]
     pub waypoint_image_pull_secrets: Vec<String>,
+    /// How waypoints normalize request paths before authorization and routing (Istio's
+    /// meshConfig `pathNormalization`): NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
+    #[arg(long, env = "PATH_NORMALIZATION", value_enum, ignore_case = true, default_value = "BASE")]
+    pub path_normalization: PathNormalization,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -189,6 +200,7 @@ impl Config {
             control_plane_account: format!("{}/{}", self.namespace, self.service_account),
             token_audience: self.token_audience.clone(),
             image_pull_secrets: self.waypoint_image_pull_secrets.clone(),
+            path_normalization: self.path_normalization,
         }
     }
 
@@ -198,6 +210,29 @@ impl Config {
             cluster_id: self.cluster_id.clone(),
             root_namespace: self.root_namespace.clone(),
             domain_suffix: self.domain_suffix.clone(),
+        }
+    }
+}
+
+/// Request path normalization at waypoints (meshConfig `pathNormalization.normalization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    None,
+    Base,
+    MergeSlashes,
+    DecodeAndMergeSlashes,
+}
+
+impl PathNormalization {
+    /// The name waypoints read from `PATH_NORMALIZATION`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathNormalization::None => "NONE",
+            PathNormalization::Base => "BASE",
+            PathNormalization::MergeSlashes => "MERGE_SLASHES",
+            PathNormalization::DecodeAndMergeSlashes => "DECODE_AND_MERGE_SLASHES",
         }
     }
 }

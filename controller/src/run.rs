@@ -285,11 +285,11 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
                 ca.root_pem().to_owned(),
                 atx,
             )));
-            let auth = Arc::new(crate::source::kube::TokenReviewer::new(
+            let auth = Arc::new(crate::auth::CachedReviews::new(crate::source::kube::TokenReviewer::new(
                 client,
                 config.trust_domain.clone(),
                 vec![config.token_audience.clone()],
-            ));
+            )));
             (ca, auth, crate::source::kube::WATCHED.len())
         }
     };
@@ -329,9 +329,18 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
         .await
         .with_context(|| format!("binding --grpc-addr {}", config.grpc_addr))?;
     let grpc_addr = listener.local_addr()?;
-    let incoming = ambit_shared::grpc::tls_incoming(listener, tls);
+    let limits = ambit_shared::admission::ConnectionLimits {
+        total: config.grpc_max_connections,
+        per_peer: config.grpc_max_connections_per_peer,
+    };
+    let incoming = ambit_shared::grpc::tls_incoming(listener, tls, limits);
     tokio::spawn(async move {
+        // A client holds one ADS stream and makes CA calls: a few streams each. Keepalives
+        // close connections whose peer vanished (a node that rebooted never sends a FIN).
         let served = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(GRPC_MAX_STREAMS_PER_CONNECTION))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024))
             .add_service(IstioCertificateServiceServer::new(ca_service))
             .serve_with_incoming(incoming)
@@ -343,6 +352,9 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     tracing::info!(%grpc_addr, %identity, "serving xDS and CA");
     Ok(Running { grpc_addr, shared, root_pem: ca.root_pem().to_owned(), identity })
 }
+
+/// Concurrent gRPC streams on one control-plane connection.
+const GRPC_MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// Runs the controller until SIGTERM/Ctrl-C.
 pub fn main(config: Config) -> anyhow::Result<()> {

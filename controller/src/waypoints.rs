@@ -39,6 +39,8 @@ pub struct WaypointSettings {
     pub token_audience: String,
     /// Image pull secrets of waypoint pods.
     pub image_pull_secrets: Vec<String>,
+    /// How waypoints normalize request paths.
+    pub path_normalization: crate::config::PathNormalization,
 }
 
 /// Gateway annotations that tune its waypoint's tracing.
@@ -106,6 +108,7 @@ pub fn objects(gw: &Gateway, settings: &WaypointSettings) -> (ServiceAccount, De
                 env("TRUST_DOMAIN", &settings.trust_domain),
                 env("XDS_ADDRESS", &settings.xds_address),
                 env("CONTROL_PLANE_ACCOUNT", &settings.control_plane_account),
+                env("PATH_NORMALIZATION", settings.path_normalization.name()),
             ];
             let annotations = &gw.metadata.annotations;
             let otlp = annotations.get(OTLP_ENDPOINT_ANNOTATION).or(settings.otlp_endpoint.as_ref());
@@ -415,6 +418,7 @@ mod tests {
             control_plane_account: "ambit-system/ambit-controller".into(),
             token_audience: "istio-ca".into(),
             image_pull_secrets: vec![],
+            path_normalization: crate::config::PathNormalization::MergeSlashes,
         }
     }
 
@@ -437,6 +441,10 @@ mod tests {
         let env = pod.containers[0].env.clone().unwrap();
         assert!(env.iter().any(|e| e.name == "XDS_ADDRESS" && e.value.as_deref() == Some("10.0.0.1:15012")));
         assert!(!env.iter().any(|e| e.name == "OTLP_ENDPOINT"), "no tracing unless configured");
+        assert!(
+            env.iter().any(|e| e.name == "PATH_NORMALIZATION" && e.value.as_deref() == Some("MERGE_SLASHES")),
+            "the mesh's path normalization reaches the waypoint"
+        );
         let traced = gateway("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w, namespace: shop, annotations: {ambit.dev/otlp-endpoint: 'http://c:4318', ambit.dev/trace-sampling: '100'}}\nspec: {gatewayClassName: ambit-waypoint}");
         let (_, d, _) = objects(&traced, &settings());
         let env = d.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();

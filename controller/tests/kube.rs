@@ -294,6 +294,7 @@ async fn waypoint_objects_and_the_root_configmap_are_applied_once() {
         control_plane_account: "ambit-system/ambit-controller".into(),
         token_audience: "istio-ca".into(),
         image_pull_secrets: vec![],
+        path_normalization: ambit_controller::config::PathNormalization::Base,
     };
     let mut deployer = KubeDeployer::new(settings, "-----BEGIN CERTIFICATE-----\nroot\n".into(), tx);
     let mut store = Store::default();

@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::admission::{Admission, ConnectionLimits, Slot};
 use crate::identity::Identity;
 use crate::tls::{peer_identity_of, HandshakeFailure};
 
@@ -169,6 +170,8 @@ pub struct PeerInfo {
 pub struct ServerIo {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
+    /// Held for the connection's life.
+    _slot: Slot,
 }
 
 impl Connected for ServerIo {
@@ -207,8 +210,14 @@ impl AsyncWrite for ServerIo {
 }
 
 /// Accepts TCP connections and completes TLS on each in its own task, so one slow or broken
-/// client never holds up the others; failed handshakes are logged and dropped.
-pub fn tls_incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> ReceiverStream<io::Result<ServerIo>> {
+/// client never holds up the others; failed handshakes are logged and dropped. Connections
+/// beyond `limits` (in all, or from one address) are closed at accept.
+pub fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    limits: ConnectionLimits,
+) -> ReceiverStream<io::Result<ServerIo>> {
+    let admission = Admission::new(limits);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -221,13 +230,18 @@ pub fn tls_incoming(listener: TcpListener, config: Arc<rustls::ServerConfig>) ->
                     continue;
                 }
             };
+            let Some(slot) = admission.admit(addr.ip()) else {
+                tracing::warn!(%addr, "control-plane connection refused: connection limit reached");
+                continue;
+            };
             let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(inner)) => {
                         let identity = peer_identity_of(inner.get_ref().1);
-                        let _ = conn_tx.send(Ok(ServerIo { inner, info: PeerInfo { addr, identity } })).await;
+                        let io = ServerIo { inner, info: PeerInfo { addr, identity }, _slot: slot };
+                        let _ = conn_tx.send(Ok(io)).await;
                     }
                     Ok(Err(e)) => {
                         tracing::info!(%addr, failure = %HandshakeFailure::from_io(&e), "control-plane TLS handshake failed")

@@ -1,5 +1,6 @@
 //! Ambit's shared crate: the one implementation of every protocol the mesh speaks.
 //!
+//! - [`admission`]: connection counts per peer and in all, for the listeners' limits.
 //! - [`identity`]: SPIFFE identities.
 //! - [`certs`]: the CA, workload keys and CSRs, certificate chains and renewal times.
 //! - [`tls`]: rustls configurations that pin peer identities.
@@ -16,6 +17,7 @@
 //! Daemons (ztunnel, waypoint, controller) and the e2e sandbox build on these; none of them
 //! speaks a protocol on its own.
 
+pub mod admission;
 pub mod certs;
 pub mod copy;
 pub mod grpc;

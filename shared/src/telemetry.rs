@@ -4,19 +4,22 @@
 //! Owns process-wide telemetry plumbing. Which metrics exist is each daemon's business.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+
+use crate::admission::{Admission, ConnectionLimits};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -148,6 +151,12 @@ impl Readiness {
     }
 }
 
+/// How long an admin client has to send a request head (probes and scrapes send at once).
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open admin connections: kubelet probes and a few scrapers need far fewer.
+const ADMIN_CONNECTIONS: ConnectionLimits = ConnectionLimits { total: 512, per_peer: 64 };
+
 /// The admin server: `/healthz/ready` (200 once ready, 503 before) and `/metrics`
 /// (Prometheus text format). Runs on whatever runtime the caller spawns it on.
 pub struct AdminServer {
@@ -177,20 +186,45 @@ impl AdminServer {
         self.listener.local_addr()
     }
 
+    /// Serves forever. `/debug/*` pages (configuration, state dumps) answer loopback peers
+    /// only — `kubectl port-forward` arrives on loopback — while probes and metrics answer
+    /// anyone. A client gets [`ADMIN_HEADER_TIMEOUT`] to send its request head, and the
+    /// open connections are bounded in all and per address.
     pub async fn serve(self) {
         let state = Arc::new((self.readiness, self.registry, self.config, self.routes));
+        let admission = Admission::new(ADMIN_CONNECTIONS);
         loop {
-            let Ok((tcp, _)) = self.listener.accept().await else { continue };
+            let Ok((tcp, peer)) = self.listener.accept().await else { continue };
+            let Some(slot) = admission.admit(peer.ip()) else { continue };
             let state = state.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(admin_response(&req, &state.0, &state.1, &state.2, state.3.as_ref())) }
+                    async move {
+                        if !admin_page_allowed(peer.ip(), req.uri().path()) {
+                            return Ok::<_, Infallible>(text(
+                                StatusCode::FORBIDDEN,
+                                "debug pages are served to loopback clients only (use kubectl port-forward)\n",
+                            ));
+                        }
+                        Ok(admin_response(&req, &state.0, &state.1, &state.2, state.3.as_ref()))
+                    }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                    .max_buf_size(16 * 1024)
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
             });
         }
     }
+}
+
+/// Probes and metrics answer anyone; `/debug/*` answers loopback peers only.
+fn admin_page_allowed(peer: IpAddr, path: &str) -> bool {
+    peer.to_canonical().is_loopback() || !path.starts_with("/debug/")
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -276,5 +310,39 @@ mod tests {
         assert!(metrics.contains("istio_tcp_connections_opened_total 3"), "{metrics}");
         assert!(get(addr, "/healthz/live").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        assert!(get(addr, "/debug/config").await.starts_with("HTTP/1.1 200"), "loopback reads debug pages");
+    }
+
+    #[test]
+    fn debug_pages_answer_loopback_only() {
+        let pod: IpAddr = "10.244.1.7".parse().unwrap();
+        for path in ["/debug/config", "/debug/config_dump", "/debug/rejected"] {
+            assert!(!admin_page_allowed(pod, path), "{path}");
+            assert!(admin_page_allowed("127.0.0.1".parse().unwrap(), path));
+            assert!(admin_page_allowed("::1".parse().unwrap(), path));
+            assert!(admin_page_allowed("::ffff:127.0.0.1".parse().unwrap(), path));
+        }
+        for path in ["/metrics", "/stats/prometheus", "/healthz/ready", "/ready"] {
+            assert!(admin_page_allowed(pod, path), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_request_is_disconnected() {
+        let admin = AdminServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Readiness::default(),
+            Arc::new(Mutex::new(istio_registry())),
+        )
+        .await
+        .unwrap();
+        let addr = admin.local_addr().unwrap();
+        tokio::spawn(admin.serve());
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        let mut out = Vec::new();
+        // The server closes the connection once the header deadline passes.
+        let _ = s.read_to_end(&mut out).await;
+        assert!(!String::from_utf8_lossy(&out).contains("200 OK"), "no response to an unfinished request");
     }
 }

@@ -8,6 +8,7 @@
 //!   forwarded as TCP is checked with Istio's L4 semantics ([`Layer::Tcp`]).
 //! - [`normalize`]: the request path every check, route and upstream sees.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -453,8 +454,60 @@ struct Operation {
 
 #[derive(Debug)]
 struct Condition {
-    key: String,
+    attribute: Attribute,
     values: Field<Pattern>,
+}
+
+/// An AuthorizationPolicy `when` key the waypoint can evaluate. Any other key is a compile
+/// error (the service's L7 config is rejected) rather than a condition that never matches,
+/// which would make a DENY rule silently inert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Attribute {
+    SourceIp,
+    RemoteIp,
+    SourceNamespace,
+    SourcePrincipal,
+    DestinationIp,
+    DestinationPort,
+    RequestPrincipal,
+    RequestAudiences,
+    RequestPresenter,
+    /// `request.headers[name]`, the name lower-cased.
+    Header(String),
+    /// `request.auth.claims[a][b]…`: the path into the claims.
+    Claim(Vec<String>),
+}
+
+impl Attribute {
+    fn parse(key: &str) -> Option<Attribute> {
+        let bracketed = |rest: &str| -> Option<Vec<String>> {
+            let inner = rest.strip_prefix('[')?.strip_suffix(']')?;
+            let parts: Vec<String> = inner.split("][").map(str::to_owned).collect();
+            (!parts.iter().any(|p| p.is_empty() || p.contains(['[', ']']))).then_some(parts)
+        };
+        Some(match key {
+            "source.ip" => Attribute::SourceIp,
+            "remote.ip" => Attribute::RemoteIp,
+            "source.namespace" => Attribute::SourceNamespace,
+            "source.principal" => Attribute::SourcePrincipal,
+            "destination.ip" => Attribute::DestinationIp,
+            "destination.port" => Attribute::DestinationPort,
+            "request.auth.principal" => Attribute::RequestPrincipal,
+            "request.auth.audiences" => Attribute::RequestAudiences,
+            "request.auth.presenter" => Attribute::RequestPresenter,
+            _ => {
+                if let Some(rest) = key.strip_prefix("request.headers") {
+                    let mut name = bracketed(rest)?;
+                    if name.len() != 1 {
+                        return None;
+                    }
+                    Attribute::Header(name.remove(0).to_ascii_lowercase())
+                } else {
+                    Attribute::Claim(bracketed(key.strip_prefix("request.auth.claims")?)?)
+                }
+            }
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -547,10 +600,10 @@ impl Operation {
     }
 }
 
-fn claim<'v>(claims: &'v serde_json::Value, key: &str) -> Vec<&'v str> {
-    // request.auth.claims[a][b]: nested claims.
+/// The string values at `path` in the claims (`request.auth.claims[a][b]` nests).
+fn claim<'v>(claims: &'v serde_json::Value, path: &[&str]) -> Vec<&'v str> {
     let mut v = claims;
-    for part in key.trim_start_matches('[').trim_end_matches(']').split("][") {
+    for part in path {
         match v.get(part) {
             Some(next) => v = next,
             None => return Vec::new(),
@@ -564,34 +617,39 @@ fn claim<'v>(claims: &'v serde_json::Value, key: &str) -> Vec<&'v str> {
 }
 
 impl Condition {
-    /// Keys only a request has (the TLS SNI is not seen by a waypoint either).
+    /// Keys only a request has.
     fn needs_http(&self) -> bool {
-        self.key.starts_with("request.") || self.key == "connection.sni"
+        matches!(
+            self.attribute,
+            Attribute::RequestPrincipal
+                | Attribute::RequestAudiences
+                | Attribute::RequestPresenter
+                | Attribute::Header(_)
+                | Attribute::Claim(_)
+        )
     }
 
     fn matches(&self, s: &Subject<'_>) -> bool {
-        let key = self.key.as_str();
-        let owned;
-        let values: Vec<&str> = if let Some(h) = key.strip_prefix("request.headers[").and_then(|k| k.strip_suffix(']'))
-        {
-            s.headers.get_all(h.to_ascii_lowercase().as_str()).iter().filter_map(|v| v.to_str().ok()).collect()
-        } else if let Some(c) = key.strip_prefix("request.auth.claims") {
-            s.claims.map(|claims| claim(claims, c)).unwrap_or_default()
-        } else {
-            owned = match key {
-                "source.ip" => s.source_ip.to_string(),
-                "remote.ip" => s.remote_ip.to_string(),
-                "source.namespace" => s.namespace.unwrap_or_default().to_owned(),
-                "source.principal" => s.principal.map(strip_spiffe).unwrap_or_default().to_owned(),
-                "request.auth.principal" => s.request_principal.unwrap_or_default().to_owned(),
-                "destination.ip" => s.destination_ip.to_string(),
-                "destination.port" => s.port.to_string(),
-                "connection.sni" => String::new(),
-                _ => return false,
-            };
-            vec![owned.as_str()]
+        let claims = |path: &[&str]| -> Vec<Cow<'_, str>> {
+            s.claims.map(|claims| claim(claims, path)).unwrap_or_default().into_iter().map(Cow::Borrowed).collect()
         };
-        let ip_key = matches!(key, "source.ip" | "remote.ip" | "destination.ip");
+        let one = |v: String| vec![Cow::Owned(v)];
+        let values: Vec<Cow<'_, str>> = match &self.attribute {
+            Attribute::SourceIp => one(s.source_ip.to_string()),
+            Attribute::RemoteIp => one(s.remote_ip.to_string()),
+            Attribute::SourceNamespace => one(s.namespace.unwrap_or_default().to_owned()),
+            Attribute::SourcePrincipal => one(s.principal.map(strip_spiffe).unwrap_or_default().to_owned()),
+            Attribute::DestinationIp => one(s.destination_ip.to_string()),
+            Attribute::DestinationPort => one(s.port.to_string()),
+            Attribute::RequestPrincipal => one(s.request_principal.unwrap_or_default().to_owned()),
+            Attribute::RequestAudiences => claims(&["aud"]),
+            Attribute::RequestPresenter => claims(&["azp"]),
+            Attribute::Header(name) => {
+                s.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok()).map(Cow::Borrowed).collect()
+            }
+            Attribute::Claim(path) => claims(&path.iter().map(String::as_str).collect::<Vec<_>>()),
+        };
+        let ip_key = matches!(self.attribute, Attribute::SourceIp | Attribute::RemoteIp | Attribute::DestinationIp);
         let hit = |p: &Pattern, v: &str| {
             if ip_key {
                 if let Pattern::Exact(block) = p {
@@ -668,8 +726,15 @@ impl Policy {
                     when: r
                         .when
                         .iter()
-                        .map(|c| Condition { key: c.key.clone(), values: patterns(&c.values, &c.not_values) })
-                        .collect(),
+                        .map(|c| {
+                            let attribute = Attribute::parse(&c.key).ok_or_else(|| CompileError::Invalid {
+                                field: format!("{at}.when.key"),
+                                value: c.key.clone(),
+                                what: "condition key for a waypoint",
+                            })?;
+                            Ok(Condition { attribute, values: patterns(&c.values, &c.not_values) })
+                        })
+                        .collect::<Result<_, CompileError>>()?,
                 })
             })
             .collect::<Result<_, CompileError>>()?;

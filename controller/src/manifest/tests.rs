@@ -109,6 +109,21 @@ fn semantic_errors_name_the_field() {
             "not a port",
         ),
         (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: DENY\n  rules:\n  - when:\n    - {key: 'request.headers[x-a]', values: [b]}\n    - {key: connection.sni, values: [evil.example]}",
+            "spec.rules[0].when[1].key",
+            "not a condition key Ambit evaluates",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n  - when:\n    - {key: 'request.headers[a][b]', values: [b]}",
+            "spec.rules[0].when[0].key",
+            "not a condition key",
+        ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n  - when:\n    - {key: remote.ip, values: [10.0.0.0/33]}",
+            "spec.rules[0].when[0].values[0]",
+            "not valid for key remote.ip",
+        ),
+        (
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {selector: {matchLabels: {'': x}}}",
             "spec.selector.matchLabels.",
             "not a valid label key",

@@ -94,6 +94,12 @@ pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
             if when.key.is_empty() {
                 return Err(r(format!("{base}.key"), "required".into()));
             }
+            if !when_key_supported(&when.key) {
+                return Err(r(
+                    format!("{base}.key"),
+                    format!("{:?} is not a condition key Ambit evaluates (a rule on it would never fire)", when.key),
+                ));
+            }
             if when.values.is_empty() && when.not_values.is_empty() {
                 return Err(r(format!("{base}.values"), "values or notValues is required".into()));
             }
@@ -101,7 +107,7 @@ pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
                 for (i, v) in list.iter().enumerate() {
                     let ok = match when.key.as_str() {
                         "destination.port" => parse_port(v).is_some(),
-                        "source.ip" | "destination.ip" => parse_cidr(v).is_some(),
+                        "source.ip" | "remote.ip" | "destination.ip" => parse_cidr(v).is_some(),
                         "source.principal" => check_principal(v).is_ok(),
                         _ => true,
                     };
@@ -116,6 +122,23 @@ pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
         }
     }
     Ok(())
+}
+
+/// `when` keys the waypoint (and, for the L4 ones, ztunnel) evaluates. Istio's others
+/// (`connection.sni`, `experimental.*`, label keys) are refused rather than left inert.
+fn when_key_supported(key: &str) -> bool {
+    const REQUEST_KEYS: &[&str] =
+        &["remote.ip", "request.auth.principal", "request.auth.audiences", "request.auth.presenter"];
+    let bracketed = |rest: &str, max: usize| {
+        rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')).is_some_and(|inner| {
+            let parts: Vec<&str> = inner.split("][").collect();
+            parts.len() <= max && parts.iter().all(|p| !p.is_empty() && !p.contains(['[', ']']))
+        })
+    };
+    L4_WHEN_KEYS.contains(&key)
+        || REQUEST_KEYS.contains(&key)
+        || key.strip_prefix("request.headers").is_some_and(|rest| bracketed(rest, 1))
+        || key.strip_prefix("request.auth.claims").is_some_and(|rest| bracketed(rest, usize::MAX))
 }
 
 fn parse_port(v: &str) -> Option<u32> {

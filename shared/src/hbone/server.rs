@@ -5,10 +5,9 @@
 //! Malformed requests (not CONNECT, an authority that is not `ip:port`) get 400 here and never
 //! reach the handler. A bad connection affects only itself.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -22,6 +21,7 @@ use super::{
     keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, SEND_BUFFER,
     SERVER_MAX_CONCURRENT_STREAMS, STREAM_WINDOW,
 };
+use crate::admission::{Admission, ConnectionLimits};
 use crate::identity::Identity;
 use crate::tls::{peer_identity_of, HandshakeFailure};
 
@@ -131,7 +131,7 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct Budget {
     limits: Limits,
-    connections: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    connections: Arc<Admission>,
     streams: Arc<tokio::sync::Semaphore>,
 }
 
@@ -139,56 +139,22 @@ impl Budget {
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Budget {
             limits,
-            connections: Mutex::default(),
+            connections: Admission::new(ConnectionLimits {
+                total: limits.max_connections,
+                per_peer: limits.max_connections_per_peer,
+            }),
             streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
         })
     }
 
-    /// A connection slot for `peer`, or `None` when the peer or the listener is at its limit.
-    fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<ConnectionSlot> {
-        let mut guard = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_peer) = &mut *guard;
-        let mine = per_peer.entry(peer).or_insert(0);
-        if *total >= self.limits.max_connections || *mine >= self.limits.max_connections_per_peer {
-            if *mine == 0 {
-                per_peer.remove(&peer);
-            }
-            return None;
-        }
-        *mine += 1;
-        *total += 1;
-        Some(ConnectionSlot { budget: self.clone(), peer })
-    }
-
     /// Open connections: in all, and from `peer`.
     pub fn connections(&self, peer: IpAddr) -> (usize, usize) {
-        let guard = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        (guard.0, guard.1.get(&peer).copied().unwrap_or(0))
+        self.connections.open(peer)
     }
 
     /// Streams in flight.
     pub fn streams(&self) -> usize {
         self.limits.max_streams - self.streams.available_permits()
-    }
-}
-
-/// One admitted connection; returns its slot when dropped.
-struct ConnectionSlot {
-    budget: Arc<Budget>,
-    peer: IpAddr,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut guard = self.budget.connections.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_peer) = &mut *guard;
-        *total = total.saturating_sub(1);
-        if let Some(mine) = per_peer.get_mut(&self.peer) {
-            *mine -= 1;
-            if *mine == 0 {
-                per_peer.remove(&self.peer);
-            }
-        }
     }
 }
 
@@ -243,7 +209,7 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
                     continue;
                 }
             };
-            let Some(slot) = self.budget.admit(peer.ip()) else {
+            let Some(slot) = self.budget.connections.admit(peer.ip()) else {
                 tracing::warn!(%peer, "HBONE connection refused: connection limit reached");
                 continue;
             };

@@ -105,7 +105,9 @@ async fn scripted_server(
 ) -> (std::net::SocketAddr, mpsc::Receiver<Conn>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let incoming = grpc::tls_incoming(listener, Arc::new(control_plane_server_config(server_cert, &ca.roots).unwrap()));
+    let limits = crate::admission::ConnectionLimits { total: 64, per_peer: 64 };
+    let incoming =
+        grpc::tls_incoming(listener, Arc::new(control_plane_server_config(server_cert, &ca.roots).unwrap()), limits);
     let (conns_tx, conns) = mpsc::channel(4);
     tokio::spawn(
         tonic::transport::Server::builder()

@@ -322,3 +322,77 @@ fn ipv4_mapped_sources_match_ipv4_blocks() {
     s.source_ip = "::ffff:10.244.1.5".parse().unwrap();
     assert!(authorize(std::slice::from_ref(&deny_block), &s).is_err());
 }
+
+fn when(key: &str, values: &[&str]) -> pb::Policy {
+    pb::Policy {
+        name: "p".into(),
+        namespace: "shop".into(),
+        action: pb::Action::Deny as i32,
+        rules: vec![pb::Rule {
+            when: vec![pb::Condition {
+                key: key.into(),
+                values: values.iter().map(|v| v.to_string()).collect(),
+                not_values: vec![],
+            }],
+            ..Default::default()
+        }],
+        dry_run: false,
+    }
+}
+
+#[test]
+fn unknown_condition_keys_do_not_compile() {
+    // A DENY on a key we cannot evaluate must not become a rule that never fires.
+    for key in [
+        "connection.sni",
+        "request.headers",
+        "request.headers[]",
+        "request.headers[a][b]",
+        "request.auth.claims",
+        "request.auth.claims[]",
+        "experimental.envoy.filters.network.mysql_proxy[db.table]",
+        "source.labels[app]",
+        "Source.IP",
+    ] {
+        let err = Policy::compile(&when(key, &["x"])).expect_err(key);
+        assert!(err.to_string().contains("when.key"), "{key}: {err}");
+    }
+    for key in [
+        "source.ip",
+        "remote.ip",
+        "source.namespace",
+        "source.principal",
+        "destination.ip",
+        "destination.port",
+        "request.auth.principal",
+        "request.auth.audiences",
+        "request.auth.presenter",
+        "request.headers[X-Token]",
+        "request.auth.claims[groups]",
+        "request.auth.claims[realm][roles]",
+    ] {
+        assert!(Policy::compile(&when(key, &["x"])).is_ok(), "{key}");
+    }
+}
+
+#[test]
+fn token_conditions_read_the_verified_claims() {
+    let claims = serde_json::json!({
+        "aud": ["shop", "billing"],
+        "azp": "web",
+        "realm": {"roles": ["admin"]},
+    });
+    let h = http::HeaderMap::new();
+    let mut s = subject(&h, FRONTEND, "GET", "/");
+    s.claims = Some(&claims);
+    for (key, value, denied) in [
+        ("request.auth.audiences", "billing", true),
+        ("request.auth.audiences", "other", false),
+        ("request.auth.presenter", "web", true),
+        ("request.auth.claims[realm][roles]", "admin", true),
+        ("request.auth.claims[realm][roles]", "user", false),
+    ] {
+        let ps = [Policy::compile(&when(key, &[value])).unwrap()];
+        assert_eq!(authorize(&ps, &s).is_err(), denied, "{key} = {value}");
+    }
+}

@@ -63,8 +63,11 @@ async fn fixture(lifetime: Duration) -> Fixture {
     let server_cert = test_ca.cert("ambit-system", "ambit-controller");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let incoming =
-        grpc::tls_incoming(listener, Arc::new(control_plane_server_config(&server_cert, &test_ca.roots).unwrap()));
+    let incoming = grpc::tls_incoming(
+        listener,
+        Arc::new(control_plane_server_config(&server_cert, &test_ca.roots).unwrap()),
+        ambit_shared::admission::ConnectionLimits { total: 64, per_peer: 64 },
+    );
     let (requests, fail, seen) =
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
     let server =
