@@ -605,7 +605,7 @@ fn production_values_render_a_consistent_install() {
             .and_then(|e| e.value.clone())
     };
     assert_eq!(env("CERT_LIFETIME_SECONDS").as_deref(), Some("2592000"), "large numbers stay integers");
-    assert_eq!(env("PATH_NORMALIZATION").as_deref(), Some("MERGE_SLASHES"), "meshConfig.pathNormalization");
+    assert_eq!(env("PATH_NORMALIZATION").as_deref(), Some("DECODE_AND_MERGE_SLASHES"), "meshConfig.pathNormalization");
 }
 
 #[test]

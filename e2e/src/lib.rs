@@ -1,10 +1,11 @@
 //! Ambit's local sandbox, end-to-end tests and benchmarks (issue #5 builds the sandbox).
 //!
 //! Owns what needs a whole mesh on one host: network namespaces as nodes and pods, the real
-//! daemons, sample apps: the root guard, network namespaces ([`netns`]), the sandbox
+//! daemons, sample apps: the root guard, network namespaces ([`netns`]), packet captures ([`capture`]), the sandbox
 //! ([`sandbox`]), daemon command lines ([`daemons`]), load generators ([`load`]) and the helpers
 //! the root tests share.
 
+pub mod capture;
 pub mod daemons;
 pub mod load;
 pub mod netns;

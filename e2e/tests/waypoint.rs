@@ -250,7 +250,9 @@ metadata: {name: no-deletes, namespace: shop}
 spec:
   targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
   action: DENY
-  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+  # Scoped to the HTTP port: on a TCP connection a DENY's HTTP fields are ignored (Istio's
+  # rule), so without the port it would deny every TCP connection through the waypoint.
+  rules: [{to: [{operation: {methods: [DELETE], ports: ['8080']}}]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -260,6 +262,10 @@ spec:
   rules:
   - from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]
     to: [{operation: {paths: ['/v2*', '/']}}]
+  # TCP connections are authorized too, on their L4 attributes only (a rule with paths
+  # cannot match one).
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]
+    to: [{operation: {ports: ['9000']}}]
 ";
 
 /// RequestAuthentication on the waypoint, and policies on its request principal and claims.
@@ -283,7 +289,7 @@ metadata: {{name: private-needs-jwt, namespace: shop}}
 spec:
   targetRefs: [{{kind: Service, group: '', name: reviews}}]
   action: DENY
-  rules: [{{from: [{{source: {{notRequestPrincipals: ['*']}}}}], to: [{{operation: {{paths: ['/v2/private*']}}}}]}}]
+  rules: [{{from: [{{source: {{notRequestPrincipals: ['*']}}}}], to: [{{operation: {{paths: ['/v2/private*'], ports: ['8080']}}}}]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -292,7 +298,7 @@ spec:
   targetRefs: [{{kind: Service, group: '', name: reviews}}]
   action: DENY
   rules:
-  - to: [{{operation: {{paths: ['/v2/admin*']}}}}]
+  - to: [{{operation: {{paths: ['/v2/admin*'], ports: ['8080']}}}}]
     when: [{{key: 'request.auth.claims[group]', notValues: [admins]}}]
 "
     )

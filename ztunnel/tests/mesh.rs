@@ -12,12 +12,11 @@
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ambit_e2e::capture::{contains, Tcpdump};
 use ambit_e2e::sandbox::{Options, Sandbox};
 
 const MARKER: &str = "PLAINTEXT-MARKER-a7c3e9";
@@ -86,48 +85,6 @@ fn wait_metric(sb: &Sandbox, node: &str, port: u16, name: &str, labels: &[&str],
         std::thread::park_timeout(Duration::from_millis(100));
     }
     panic!("no {name} {labels:?} >= {min} in:\n{last}");
-}
-
-struct Tcpdump {
-    child: std::process::Child,
-    file: PathBuf,
-    rest: std::thread::JoinHandle<String>,
-}
-
-impl Tcpdump {
-    /// Captures TCP on `iface` of namespace `netns` until stopped.
-    fn start(netns: &str, iface: &str, file: PathBuf) -> Self {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", netns, "tcpdump", "--immediate-mode", "-i", iface, "-U", "-s", "0", "-w"])
-            .arg(&file)
-            .arg("tcp")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump is needed (the README's test command installs it)");
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        err.read_line(&mut line).unwrap();
-        assert!(line.contains("listening"), "tcpdump did not start: {line}");
-        let rest = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Tcpdump { child, file, rest }
-    }
-
-    fn stop(mut self) -> Vec<u8> {
-        std::thread::park_timeout(Duration::from_millis(300));
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).output();
-        let _ = self.child.wait();
-        let _ = self.rest.join();
-        std::fs::read(&self.file).unwrap()
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[test]
