@@ -22,7 +22,7 @@ pub struct Caller {
     pub pod: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("no bearer token in the authorization header")]
     NoToken,
@@ -30,6 +30,9 @@ pub enum AuthError {
     UnknownToken,
     #[error("token review failed: {0}")]
     Review(String),
+    /// The reviewer answered, and the answer is no (not authenticated, wrong audience).
+    #[error("token refused: {0}")]
+    Refused(String),
     #[error("authenticated user {0:?} is not a service account")]
     NotServiceAccount(String),
 }
@@ -258,17 +261,25 @@ pub const REVIEW_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs
 pub const REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Reviews in flight at once; more callers wait their turn (within the deadline).
 const REVIEWS_IN_FLIGHT: usize = 32;
-/// Remembered callers at most; beyond it, expired entries are dropped, then nothing new is kept.
+/// Remembered answers at most; beyond it, expired entries are dropped, then nothing new is kept.
 const REVIEW_CACHE_ENTRIES: usize = 16_384;
+/// How long a definitive refusal is remembered: a client retrying a bad token in a loop costs
+/// one review per interval. Short, so a token that was only early (not yet propagated) passes
+/// soon after.
+pub const REVIEW_REFUSAL_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Wraps an authenticator that asks someone else (the API server's TokenReview): successful
-/// reviews are remembered for [`REVIEW_CACHE_TTL`] under the token's SHA-256 (the token itself
-/// is not kept), reviews run at most [`REVIEWS_IN_FLIGHT`] at a time, each within
-/// [`REVIEW_TIMEOUT`]. Failures are never cached, so a token that starts working is accepted
-/// at once; they cost a review each, bounded by the same limit.
+/// A remembered answer and until when it holds.
+type Remembered = (std::time::Instant, Result<Caller, AuthError>);
+
+/// Wraps an authenticator that asks someone else (the API server's TokenReview). Answers are
+/// remembered under the token's SHA-256 (the token itself is not kept): an acceptance for
+/// [`REVIEW_CACHE_TTL`], never past the token's own `exp`; a definitive refusal for
+/// [`REVIEW_REFUSAL_TTL`]. A review that failed to happen (API server unreachable, timeout) is
+/// not remembered. Reviews run at most [`REVIEWS_IN_FLIGHT`] at a time, each within
+/// [`REVIEW_TIMEOUT`].
 pub struct CachedReviews<A> {
     inner: A,
-    cache: Mutex<HashMap<[u8; 32], (std::time::Instant, Caller)>>,
+    cache: Mutex<HashMap<[u8; 32], Remembered>>,
     in_flight: tokio::sync::Semaphore,
     ttl: std::time::Duration,
     timeout: std::time::Duration,
@@ -285,18 +296,30 @@ impl<A: Authenticator> CachedReviews<A> {
         CachedReviews { inner, cache: Mutex::default(), in_flight, ttl, timeout }
     }
 
-    fn cached(&self, key: &[u8; 32]) -> Option<Caller> {
+    fn cached(&self, key: &[u8; 32]) -> Option<Result<Caller, AuthError>> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, caller)| caller.clone())
+        let now = std::time::Instant::now();
+        cache.get(key).filter(|(until, _)| now < *until).map(|(_, answer)| answer.clone())
     }
 
-    fn remember(&self, key: [u8; 32], caller: &Caller) {
+    fn remember(&self, key: [u8; 32], token: &str, answer: &Result<Caller, AuthError>) {
+        let now = std::time::Instant::now();
+        let lifetime = match answer {
+            Ok(_) => token_lifetime(token).map_or(self.ttl, |left| left.min(self.ttl)),
+            Err(AuthError::Refused(_) | AuthError::UnknownToken | AuthError::NotServiceAccount(_)) => {
+                REVIEW_REFUSAL_TTL.min(self.ttl)
+            }
+            Err(_) => return,
+        };
+        if lifetime.is_zero() {
+            return;
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= REVIEW_CACHE_ENTRIES {
-            cache.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            cache.retain(|_, (until, _)| now < *until);
         }
         if cache.len() < REVIEW_CACHE_ENTRIES {
-            cache.insert(key, (std::time::Instant::now(), caller.clone()));
+            cache.insert(key, (now + lifetime, answer.clone()));
         }
     }
 }
@@ -306,22 +329,33 @@ impl<A: Authenticator> Authenticator for CachedReviews<A> {
     async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
         use sha2::Digest;
         let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        if let Some(caller) = self.cached(&key) {
-            return Ok(caller);
+        if let Some(answer) = self.cached(&key) {
+            return answer;
         }
         let review = async {
             let _turn = self.in_flight.acquire().await.map_err(|_| AuthError::Review("shutting down".into()))?;
-            if let Some(caller) = self.cached(&key) {
-                return Ok(caller);
+            if let Some(answer) = self.cached(&key) {
+                return answer;
             }
-            self.inner.authenticate(token).await
+            let answer = self.inner.authenticate(token).await;
+            self.remember(key, token, &answer);
+            answer
         };
-        let caller = tokio::time::timeout(self.timeout, review)
+        tokio::time::timeout(self.timeout, review)
             .await
-            .map_err(|_| AuthError::Review(format!("no answer within {:?}", self.timeout)))??;
-        self.remember(key, &caller);
-        Ok(caller)
+            .map_err(|_| AuthError::Review(format!("no answer within {:?}", self.timeout)))?
     }
+}
+
+/// Time left before a JWT's `exp` (read, not verified: it only shortens how long an answer the
+/// reviewer gave is remembered). `None` when the token carries no readable `exp`.
+fn token_lifetime(token: &str) -> Option<std::time::Duration> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let exp = serde_json::from_slice::<serde_json::Value>(&json).ok()?.get("exp")?.as_u64()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(std::time::Duration::from_secs(exp.saturating_sub(now)))
 }
 
 #[cfg(test)]
@@ -344,26 +378,43 @@ mod cache_tests {
                     pod: None,
                 }),
                 "slow" => std::future::pending().await,
+                "unreachable" => Err(AuthError::Review("connection refused".into())),
                 _ => Err(AuthError::UnknownToken),
             }
         }
     }
 
     #[tokio::test]
-    async fn successes_are_cached_failures_are_not() {
+    async fn answers_are_cached_failed_reviews_are_not() {
         let reviews = Arc::new(AtomicUsize::new(0));
         let auth = CachedReviews::new(Counting(reviews.clone()));
         for _ in 0..5 {
-            assert_eq!(
-                auth.authenticate("good").await.expect("accepted").identity.to_string(),
-                "spiffe://cluster.local/ns/shop/sa/web"
-            );
+            let caller = auth.authenticate("good").await.expect("accepted");
+            assert_eq!(caller.identity.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
         }
         assert_eq!(reviews.load(Ordering::SeqCst), 1, "one review for five calls");
         for _ in 0..3 {
             assert_eq!(auth.authenticate("bad").await, Err(AuthError::UnknownToken));
         }
-        assert_eq!(reviews.load(Ordering::SeqCst), 4, "every failure is reviewed again");
+        assert_eq!(reviews.load(Ordering::SeqCst), 2, "a refusal is remembered too");
+        for _ in 0..3 {
+            assert!(matches!(auth.authenticate("unreachable").await, Err(AuthError::Review(_))));
+        }
+        assert_eq!(reviews.load(Ordering::SeqCst), 5, "a review that failed to happen is asked again");
+    }
+
+    #[test]
+    fn a_token_is_not_trusted_past_its_expiry() {
+        use base64::Engine;
+        let encode = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let token = |exp: u64| {
+            format!("{}.{}.sig", encode(serde_json::json!({"alg": "RS256"})), encode(serde_json::json!({"exp": exp})))
+        };
+        let left = token_lifetime(&token(now + 30)).expect("exp read");
+        assert!(left <= std::time::Duration::from_secs(30) && left >= std::time::Duration::from_secs(28), "{left:?}");
+        assert_eq!(token_lifetime(&token(now - 10)), Some(std::time::Duration::ZERO));
+        assert_eq!(token_lifetime("opaque-bootstrap-token"), None);
     }
 
     #[tokio::test]

@@ -113,7 +113,7 @@ pub struct Config {
     pub waypoint_image_pull_secrets: Vec<String>,
     /// How waypoints normalize request paths before authorization and routing (Istio's
     /// meshConfig `pathNormalization`): NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
-    #[arg(long, env = "PATH_NORMALIZATION", value_enum, ignore_case = true, default_value = "MERGE_SLASHES")]
+    #[arg(long, env = "PATH_NORMALIZATION", value_enum, ignore_case = true, default_value = "BASE")]
     pub path_normalization: PathNormalization,
     #[command(flatten)]
     pub log: LogArgs,

@@ -101,6 +101,8 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// Print progress.
     pub verbose: bool,
+    /// Extra controller flags (`--path-normalization MERGE_SLASHES`…).
+    pub controller_flags: Vec<String>,
 }
 
 impl Options {
@@ -112,6 +114,7 @@ impl Options {
             nodes: 2,
             bin_dir: bin_dir(),
             verbose: false,
+            controller_flags: Vec::new(),
         }
     }
 }
@@ -301,8 +304,9 @@ impl Sandbox {
             tokens.push_str(&crate::daemons::node_token_entry(&format!("{TOKEN_PREFIX}{node}"), node));
         }
         std::fs::write(self.opts.root.join("tokens.yaml"), tokens).map_err(setup)?;
-        let args =
+        let mut args =
             crate::daemons::controller_args(&self.opts.root, &format!("{}:15012", node_ip(0)), "127.0.0.1:15014");
+        args.extend(self.opts.controller_flags.iter().cloned());
         let bin = self.binary("controller")?;
         let ns = self.netns_name(&self.state.nodes[0]);
         self.spawn("controller", &ns, &bin, &args, &[("RUST_LOG".into(), "info".into())])?;

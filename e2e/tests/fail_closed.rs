@@ -216,6 +216,8 @@ fn hbone_to_waypoint(
 fn nothing_gets_around_the_mesh() {
     let mut opts = Options::for_tests();
     opts.prefix = format!("{}-fc", opts.prefix);
+    // Istio's security best practice for backends that read `//admin` as `/admin`.
+    opts.controller_flags = vec!["--path-normalization".into(), "merge_slashes".into()];
     let root = opts.root.clone();
     let scratch = opts.root.with_extension("files");
     std::fs::create_dir_all(&scratch).unwrap();

@@ -72,7 +72,7 @@ pub struct Config {
     /// Request path normalization before authorization, routing and the upstream request
     /// (Istio's meshConfig `pathNormalization`): NONE, BASE, MERGE_SLASHES or
     /// DECODE_AND_MERGE_SLASHES.
-    #[arg(long, env = "PATH_NORMALIZATION", default_value = "MERGE_SLASHES")]
+    #[arg(long, env = "PATH_NORMALIZATION", default_value = "BASE")]
     pub path_normalization: String,
     /// Connection and stream budgets of the HBONE listeners (all of them together).
     #[command(flatten)]

@@ -66,3 +66,66 @@ impl xds::Handler for WaypointUpdater {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ambit_shared::proto::waypoint as pb;
+    use prost::Message;
+
+    use super::*;
+
+    fn resource(name: &str, config: &pb::ServiceConfig) -> xds::Resource {
+        xds::Resource {
+            name: name.into(),
+            version: "v".into(),
+            body: prost_types::Any { type_url: WAYPOINT_SERVICE.into(), value: config.encode_to_vec() },
+        }
+    }
+
+    /// A service whose policy denies DELETE, or (broken) one whose condition key cannot be
+    /// evaluated.
+    fn config(broken: bool) -> pb::ServiceConfig {
+        let key = if broken { "connection.sni" } else { "source.namespace" };
+        pb::ServiceConfig {
+            hostname: "reviews.shop.svc.cluster.local".into(),
+            policies: vec![pb::Policy {
+                name: "deny".into(),
+                namespace: "shop".into(),
+                action: pb::Action::Deny as i32,
+                rules: vec![pb::Rule {
+                    when: vec![pb::Condition { key: key.into(), values: vec!["x".into()], not_values: vec![] }],
+                    ..Default::default()
+                }],
+                dry_run: false,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn apply(updater: &mut WaypointUpdater, name: &str, broken: bool) -> Vec<Rejection> {
+        let update =
+            Update { type_url: WAYPOINT_SERVICE, added: vec![resource(name, &config(broken))], removed: vec![] };
+        xds::Handler::handle(updater, update)
+    }
+
+    #[test]
+    fn a_rejected_configuration_never_leaves_a_service_unprotected() {
+        let mut updater = WaypointUpdater { workloads: Updater::default(), l7: L7Map::default() };
+        // Never accepted: the service is marked rejected (answered 503), not left unconfigured.
+        let nacked = apply(&mut updater, "shop/reviews", true);
+        assert_eq!(nacked.len(), 1, "NACKed by name");
+        assert!(nacked[0].reason.contains("when.key"), "{}", nacked[0].reason);
+        assert!(matches!(updater.l7.read().unwrap().get("shop/reviews"), Some(L7Entry::Rejected(_))));
+        // A good version replaces the mark; a later bad one keeps it, DENY rule and all.
+        assert!(apply(&mut updater, "shop/reviews", false).is_empty());
+        assert_eq!(apply(&mut updater, "shop/reviews", true).len(), 1);
+        match updater.l7.read().unwrap().get("shop/reviews") {
+            Some(L7Entry::Ready(kept)) => assert_eq!(kept.policies.len(), 1, "the previous policies hold"),
+            other => panic!("the last good configuration must stay in force, got {other:?}"),
+        }
+        // Removal is the only way out.
+        let removed = Update { type_url: WAYPOINT_SERVICE, added: vec![], removed: vec!["shop/reviews".into()] };
+        assert!(xds::Handler::handle(&mut updater, removed).is_empty());
+        assert!(updater.l7.read().unwrap().get("shop/reviews").is_none());
+    }
+}

@@ -322,13 +322,13 @@ impl Authenticator for TokenReviewer {
         let result = api.create(&PostParams::default(), &review).await.map_err(|e| AuthError::Review(e.to_string()))?;
         let status = result.status.ok_or_else(|| AuthError::Review("no status in the review".into()))?;
         if status.authenticated != Some(true) {
-            return Err(AuthError::Review(status.error.unwrap_or_else(|| "token not authenticated".into())));
+            return Err(AuthError::Refused(status.error.unwrap_or_else(|| "token not authenticated".into())));
         }
         // Authenticators that ignore audiences answer with none: such a token was not minted
         // for us and must not be accepted.
         let audiences = status.audiences.unwrap_or_default();
         if !self.audiences.iter().any(|a| audiences.contains(a)) {
-            return Err(AuthError::Review(format!("token is not for audience {:?}", self.audiences)));
+            return Err(AuthError::Refused(format!("token is not for audience {:?}", self.audiences)));
         }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();

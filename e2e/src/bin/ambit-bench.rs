@@ -137,8 +137,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0);
-    let opts =
-        Options { prefix: "ambitbench".into(), root: args.dir.clone(), nodes: 2, bin_dir: bin_dir(), verbose: true };
+    let opts = Options {
+        prefix: "ambitbench".into(),
+        root: args.dir.clone(),
+        nodes: 2,
+        bin_dir: bin_dir(),
+        verbose: true,
+        controller_flags: Vec::new(),
+    };
     eprintln!("starting the sandbox");
     let mut sb = Sandbox::up(opts)?;
     let manifests = args.dir.join("bench-manifests");

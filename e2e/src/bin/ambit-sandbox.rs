@@ -52,7 +52,14 @@ enum Cmd {
 }
 
 fn opts(cli: &Cli, nodes: usize) -> Options {
-    Options { prefix: cli.prefix.clone(), root: cli.dir.clone(), nodes, bin_dir: bin_dir(), verbose: true }
+    Options {
+        prefix: cli.prefix.clone(),
+        root: cli.dir.clone(),
+        nodes,
+        bin_dir: bin_dir(),
+        verbose: true,
+        controller_flags: Vec::new(),
+    }
 }
 
 fn main() -> ExitCode {

@@ -6,9 +6,9 @@
 //! string is never touched.
 //!
 //! - `NONE`: the path is used as written.
-//! - `BASE` (Istio's default): RFC 3986 normalization — percent-encoded unreserved characters are
+//! - `BASE` (the default, as in Istio): RFC 3986 normalization — percent-encoded unreserved characters are
 //!   decoded, remaining escapes upper-cased, `\` becomes `/`, and `.` / `..` segments removed.
-//! - `MERGE_SLASHES` (Ambit's default): `BASE`, then runs of `/` collapsed into one.
+//! - `MERGE_SLASHES`: `BASE`, then runs of `/` collapsed into one.
 //! - `DECODE_AND_MERGE_SLASHES`: `%2F` and `%5C` decoded to `/` first, then `MERGE_SLASHES`.
 //!
 //! A path that cannot be read unambiguously — a malformed escape, an encoded NUL, a path that is
@@ -26,11 +26,11 @@ use serde::Serialize;
 pub enum Normalization {
     /// The path is used as the client wrote it.
     None,
-    /// RFC 3986 normalization plus `\` to `/` (Istio's default).
-    Base,
-    /// `Base`, then consecutive slashes merged. Ambit's default: most backends read `//admin`
-    /// as `/admin`, so a policy on `/admin` must see it that way too.
+    /// RFC 3986 normalization plus `\` to `/` (Istio's default, and ours).
     #[default]
+    Base,
+    /// `Base`, then consecutive slashes merged (what Istio's security best practices advise
+    /// when backends read `//admin` as `/admin`).
     MergeSlashes,
     /// Encoded slashes and backslashes decoded, then `MergeSlashes`.
     DecodeAndMergeSlashes,
