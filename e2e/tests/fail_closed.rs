@@ -264,6 +264,16 @@ fn nothing_gets_around_the_mesh() {
         let back = raw(&sb, "vault:8081", &send, wait);
         assert!(!back.contains("200 OK") && !back.contains("\"path\""), "{what} client reached the backend: {back}");
     }
+    // A port the service does not declare carries nothing (port-scoped rules were written for
+    // the declared ones).
+    let undeclared = raw(&sb, "vault:1234", &admin.replace("/admin", "/public"), 0);
+    assert!(!undeclared.contains("200 OK"), "an undeclared service port reached the backend: {undeclared}");
+    // Two Host headers: rules and the upstream must not each pick one.
+    let out = sb
+        .exec("client-0", &["ambit-sample", "get", "--status", "-H", "host: internal", "http://vault:8080/public"])
+        .unwrap();
+    let two_hosts = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(two_hosts.starts_with("400"), "a second Host header must be refused: {two_hosts}");
     // A declared TCP port of a service with path rules: raw bytes never reach the backend.
     assert!(raw(&sb, "open:9000", "hello", 0).contains("peer="), "control: TCP through the waypoint works");
     assert!(!raw(&sb, "vault:9000", "hello", 0).contains("peer="), "TCP to a path-protected service is denied");

@@ -154,8 +154,9 @@ impl Readiness {
 /// How long an admin client has to send a request head (probes and scrapes send at once).
 pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Open admin connections: kubelet probes and a few scrapers need far fewer.
-const ADMIN_CONNECTIONS: ConnectionLimits = ConnectionLimits { total: 512, per_peer: 64 };
+/// Open admin connections. Bounded per address, so the kubelet's probes (from their own
+/// address) cannot be crowded out by pods holding connections; the total is only a backstop.
+const ADMIN_CONNECTIONS: ConnectionLimits = ConnectionLimits { total: 16_384, per_peer: 64 };
 
 /// The admin server: `/healthz/ready` (200 once ready, 503 before) and `/metrics`
 /// (Prometheus text format). Runs on whatever runtime the caller spawns it on.
@@ -194,7 +195,14 @@ impl AdminServer {
         let state = Arc::new((self.readiness, self.registry, self.config, self.routes));
         let admission = Admission::new(ADMIN_CONNECTIONS);
         loop {
-            let Ok((tcp, peer)) = self.listener.accept().await else { continue };
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let Some(slot) = admission.admit(peer.ip()) else { continue };
             let state = state.clone();
             tokio::spawn(async move {

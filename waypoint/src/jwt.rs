@@ -299,7 +299,12 @@ fn verify(token: &str, rule: &Rule, keys: &JwkSet) -> Result<serde_json::Value, 
 }
 
 /// Authenticates a request against `rules` (the service's), updating its headers on success.
+/// Every `outputClaimToHeaders` header the client wrote is removed first, whatever the verdict:
+/// only a verified claim may fill one (a backend trusts them).
 pub async fn authenticate(rules: &[Rule], keys: &KeySets, parts: &mut http::request::Parts) -> Verdict {
+    for (header, _) in rules.iter().flat_map(|r| &r.output) {
+        parts.headers.remove(header);
+    }
     let Some((token, location)) = find_token(rules, &parts.headers, parts.uri.query()) else {
         return Verdict::Anonymous;
     };

@@ -501,7 +501,12 @@ impl Attribute {
                     if name.len() != 1 {
                         return None;
                     }
-                    Attribute::Header(name.remove(0).to_ascii_lowercase())
+                    let name = name.remove(0).to_ascii_lowercase();
+                    let pseudo = matches!(name.as_str(), ":authority" | ":path" | ":method");
+                    if !pseudo && http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return None;
+                    }
+                    Attribute::Header(name)
                 } else {
                     Attribute::Claim(bracketed(key.strip_prefix("request.auth.claims")?)?)
                 }
@@ -592,12 +597,23 @@ impl Operation {
         if layer == Layer::Tcp {
             return self.ports.check(|p| p.matches(&port));
         }
-        let host = s.host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(s.host, |(h, _)| h);
-        self.hosts.check(|p| p.matches_ci(host) || p.matches_ci(s.host))
+        let host = canonical_host(s.host);
+        self.hosts.check(|p| p.matches_ci(&host) || p.matches_ci(s.host))
             && self.ports.check(|p| p.matches(&port))
             && self.methods.check(|p| p.matches(s.method))
             && self.paths.check(|p| p.matches(s.path))
     }
+}
+
+/// A host as `hosts` rules see it: without a port (whatever follows the colon, so `host:` and
+/// `host:99999` are `host` too), without a trailing dot, lower case. IPv6 literals keep their
+/// brackets.
+fn canonical_host(host: &str) -> String {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.find(']').map_or(host, |end| &host[..end + 2]),
+        None => host.split(':').next().unwrap_or(host),
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// The string values at `path` in the claims (`request.auth.claims[a][b]` nests).
@@ -644,8 +660,14 @@ impl Condition {
             Attribute::RequestPrincipal => one(s.request_principal.unwrap_or_default().to_owned()),
             Attribute::RequestAudiences => claims(&["aud"]),
             Attribute::RequestPresenter => claims(&["azp"]),
+            // The request line's parts as Envoy names them; `host` is the authority in HTTP/2 too.
+            Attribute::Header(name) if name == ":authority" || name == "host" => vec![Cow::Borrowed(s.host)],
+            Attribute::Header(name) if name == ":path" => vec![Cow::Borrowed(s.path)],
+            Attribute::Header(name) if name == ":method" => vec![Cow::Borrowed(s.method)],
+            // Values that are not text are compared as lossy text, never skipped (a skipped
+            // value would let a DENY on the header pass).
             Attribute::Header(name) => {
-                s.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok()).map(Cow::Borrowed).collect()
+                s.headers.get_all(name.as_str()).iter().map(|v| String::from_utf8_lossy(v.as_bytes())).collect()
             }
             Attribute::Claim(path) => claims(&path.iter().map(String::as_str).collect::<Vec<_>>()),
         };

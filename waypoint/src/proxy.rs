@@ -30,7 +30,7 @@ use ambit_ztunnel::identity::CertManager;
 use ambit_ztunnel::metrics::{Peer, ServiceLabels};
 use ambit_ztunnel::state::{ip_from_bytes, pick_endpoint, Destination, Service, State, Workload};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -106,7 +106,8 @@ impl Connection for Conn {
 }
 
 /// Dials endpoints for the HTTP clients' pools: HBONE as the waypoint's identity to meshed
-/// workloads (their ztunnel checks it), plain TCP to the rest.
+/// workloads (their ztunnel checks it), plain TCP only to workloads the state says are outside
+/// the mesh; an address the state no longer knows is refused, never dialed in plaintext.
 #[derive(Clone)]
 pub struct Dialer {
     pub network: Arc<str>,
@@ -134,11 +135,15 @@ impl Dialer {
                 };
                 Ok(Conn::Hbone(self.hbone.connect(&req).await?))
             }
-            _ => {
-                let tcp = TcpStream::connect(addr).await?;
+            Some(_) => {
+                let tcp = tokio::time::timeout(ambit_shared::hbone::CONNECT_TIMEOUT, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| format!("connecting to {addr}: timed out"))??;
                 let _ = tcp.set_nodelay(true);
                 Ok(Conn::Tcp(tcp))
             }
+            // Chosen from the state but gone from it since: never guess plaintext for it.
+            None => Err(format!("endpoint {addr} is no longer known").into()),
         }
     }
 }
@@ -211,6 +216,10 @@ enum Refusal {
     Unknown,
     #[error("not bound to this waypoint")]
     NotBound,
+    /// A port the service does not declare: nothing (routes, `ports` rules) was written for
+    /// it, so nothing is forwarded on it.
+    #[error("port {0} is not a port of the service")]
+    UndeclaredPort(u16),
     #[error("workload-addressed traffic through a waypoint is not supported yet")]
     Workload,
     #[error("no L7 configuration for the service yet")]
@@ -222,7 +231,7 @@ enum Refusal {
 impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
-            Refusal::Unknown => StatusCode::NOT_FOUND,
+            Refusal::Unknown | Refusal::UndeclaredPort(_) => StatusCode::NOT_FOUND,
             Refusal::NotBound => StatusCode::UNAUTHORIZED,
             Refusal::Workload | Refusal::NoConfig | Refusal::Rejected(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -340,7 +349,10 @@ impl Waypoint {
         let service = {
             let state = self.state();
             match state.destination(network, authority) {
-                Destination::Service { service, .. } if self.me.is(&state, network, service.waypoint.as_ref()) => {
+                Destination::Service { service, port } if self.me.is(&state, network, service.waypoint.as_ref()) => {
+                    if !service.ports.iter().any(|p| p.service_port == u32::from(port)) {
+                        return Err(Refusal::UndeclaredPort(port));
+                    }
                     service
                 }
                 Destination::Workload(w) if self.me.is(&state, network, w.waypoint.as_ref()) => {
@@ -700,7 +712,19 @@ impl Waypoint {
         if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
             return bad("method must be upper case");
         }
-        let Some(path) = req.uri().path_and_query() else { return Ok(()) };
+        // A tunnel inside the tunnel would carry bytes no rule looked at.
+        if req.method() == Method::CONNECT {
+            return bad("CONNECT is not served here");
+        }
+        // One readable Host: rules and the upstream must not each pick their own.
+        let mut hosts = req.headers().get_all(http::header::HOST).iter();
+        if let (Some(first), second) = (hosts.next(), hosts.next()) {
+            if second.is_some() || first.to_str().is_err() {
+                return bad("one valid Host header is required");
+            }
+        }
+        // Origin or absolute form only: an authority-form target has no path to authorize.
+        let Some(path) = req.uri().path_and_query() else { return bad("request target has no path") };
         let normalized = match normalize(path.as_str(), self.normalization) {
             Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
             Ok(std::borrow::Cow::Owned(p)) => p,

@@ -135,9 +135,13 @@ fn when_key_supported(key: &str) -> bool {
             parts.len() <= max && parts.iter().all(|p| !p.is_empty() && !p.contains(['[', ']']))
         })
     };
+    let header_name = |rest: &str| {
+        let name = rest.trim_start_matches('[').trim_end_matches(']');
+        matches!(name, ":authority" | ":path" | ":method") || http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+    };
     L4_WHEN_KEYS.contains(&key)
         || REQUEST_KEYS.contains(&key)
-        || key.strip_prefix("request.headers").is_some_and(|rest| bracketed(rest, 1))
+        || key.strip_prefix("request.headers").is_some_and(|rest| bracketed(rest, 1) && header_name(rest))
         || key.strip_prefix("request.auth.claims").is_some_and(|rest| bracketed(rest, usize::MAX))
 }
 

@@ -170,3 +170,28 @@ async fn key_sets_are_fetched_over_https_with_the_given_roots() {
     let mut p = parts(Some(&format!("Bearer {token}")), "");
     assert!(matches!(authenticate(&rules, &untrusted, &mut p).await, Verdict::Invalid(_)), "untrusted server");
 }
+
+#[tokio::test]
+async fn claim_headers_written_by_the_client_never_reach_the_backend() {
+    let issuer = TestIssuer::new("https://issuer.example");
+    let rules = [rule(&issuer, &["shop"], false)];
+    let keys = KeySets::default();
+    let forged = |auth: Option<&str>| {
+        let mut p = parts(auth, "");
+        p.headers.insert("x-group", HeaderValue::from_static("admins"));
+        p
+    };
+    // No token: anonymous, and the forged claim header is gone.
+    let mut p = forged(None);
+    assert!(matches!(authenticate(&rules, &keys, &mut p).await, Verdict::Anonymous));
+    assert!(p.headers.get("x-group").is_none(), "a forged claim header without a token");
+    // A valid token without the claim: still gone.
+    let token = issuer.token("mallory", "shop", 300, serde_json::json!({}));
+    let mut p = forged(Some(&format!("Bearer {token}")));
+    assert!(matches!(authenticate(&rules, &keys, &mut p).await, Verdict::Valid { .. }));
+    assert!(p.headers.get("x-group").is_none(), "a forged claim header beside a token without the claim");
+    // An invalid token: gone too.
+    let mut p = forged(Some("Bearer not.a.token"));
+    assert!(matches!(authenticate(&rules, &keys, &mut p).await, Verdict::Invalid(_)));
+    assert!(p.headers.get("x-group").is_none());
+}

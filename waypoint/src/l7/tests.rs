@@ -396,3 +396,49 @@ fn token_conditions_read_the_verified_claims() {
         assert_eq!(authorize(&ps, &s).is_err(), denied, "{key} = {value}");
     }
 }
+
+#[test]
+fn host_spellings_do_not_escape_hosts_rules() {
+    let p = policy(
+        pb::Action::Deny,
+        pb::Rule {
+            to: vec![pb::Operation { hosts: vec!["admin.example".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    let ps = [p];
+    let h = http::HeaderMap::new();
+    for host in [
+        "admin.example",
+        "ADMIN.example",
+        "admin.example.",
+        "admin.example:",
+        "admin.example:99999",
+        "admin.example:8080",
+    ] {
+        let mut s = subject(&h, FRONTEND, "GET", "/");
+        s.host = host;
+        assert!(authorize(&ps, &s).is_err(), "{host} must be denied");
+    }
+    let mut s = subject(&h, FRONTEND, "GET", "/");
+    s.host = "other.example";
+    assert!(authorize(&ps, &s).is_ok());
+    assert_eq!(canonical_host("[fd00::1]:8080"), "[fd00::1]");
+}
+
+#[test]
+fn request_line_headers_and_binary_values_are_matched() {
+    let mut h = http::HeaderMap::new();
+    h.insert("x-debug", HeaderValue::from_bytes(b"1\xff").unwrap());
+    let s = subject(&h, FRONTEND, "DELETE", "/admin");
+    for (key, value) in [
+        (":method", "DELETE"),
+        (":path", "/admin"),
+        (":authority", "reviews.shop.svc.cluster.local:8080"),
+        ("x-debug", "*"),
+    ] {
+        let ps = [Policy::compile(&when(&format!("request.headers[{key}]"), &[value])).unwrap()];
+        assert!(authorize(&ps, &s).is_err(), "a DENY on request.headers[{key}] fires");
+    }
+    assert!(Policy::compile(&when("request.headers[bad header]", &["x"])).is_err(), "invalid header names refused");
+}
