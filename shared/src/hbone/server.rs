@@ -119,31 +119,41 @@ pub struct Limits {
     /// CONNECT streams being handled or carrying bytes, in all; more are answered 503.
     #[arg(long = "hbone-max-streams", env = "HBONE_MAX_STREAMS", default_value_t = 65_536)]
     pub max_streams: usize,
+    /// CONNECT streams from one peer address (a quarter of the total by default, so one peer
+    /// holding idle tunnels cannot take every stream); more are answered 503.
+    #[arg(long = "hbone-max-streams-per-peer", env = "HBONE_MAX_STREAMS_PER_PEER", default_value_t = 16_384)]
+    pub max_streams_per_peer: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections: 16_384, max_connections_per_peer: 1_024, max_streams: 65_536 }
+        Limits {
+            max_connections: 16_384,
+            max_connections_per_peer: 1_024,
+            max_streams: 65_536,
+            max_streams_per_peer: 16_384,
+        }
     }
 }
 
 /// The counters behind [`Limits`], shared by every server given the same budget.
 #[derive(Debug)]
 pub struct Budget {
-    limits: Limits,
     connections: Arc<Admission>,
-    streams: Arc<tokio::sync::Semaphore>,
+    streams: Arc<Admission>,
 }
 
 impl Budget {
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Budget {
-            limits,
             connections: Admission::new(ConnectionLimits {
                 total: limits.max_connections,
                 per_peer: limits.max_connections_per_peer,
             }),
-            streams: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
+            streams: Admission::new(ConnectionLimits {
+                total: limits.max_streams,
+                per_peer: limits.max_streams_per_peer,
+            }),
         })
     }
 
@@ -152,9 +162,9 @@ impl Budget {
         self.connections.open(peer)
     }
 
-    /// Streams in flight.
-    pub fn streams(&self) -> usize {
-        self.limits.max_streams - self.streams.available_permits()
+    /// Streams in flight: in all, and from `peer`.
+    pub fn streams(&self, peer: IpAddr) -> (usize, usize) {
+        self.streams.open(peer)
     }
 }
 
@@ -255,7 +265,7 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
             while let Some(next) = connection.accept().await {
                 let (request, mut respond) = next?;
                 // A stream's permit lives as long as its task (handling, then carrying bytes).
-                let Ok(permit) = self.budget.streams.clone().try_acquire_owned() else {
+                let Some(permit) = self.budget.streams.admit(peer_addr.ip()) else {
                     tracing::warn!(%peer_addr, "HBONE stream refused: stream limit reached");
                     send_status(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
                     continue;

@@ -355,3 +355,51 @@ async fn waiters_share_a_failed_dial_instead_of_redialing() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one dial for twenty waiters");
     assert_eq!(client.connection_count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_refuse_streams_and_connections_beyond_their_limits() {
+    use super::server::{Budget, Limits};
+    let ca = TestCa::new();
+    let config = Arc::new(server_config(&ca.cert("shop", "cart"), &ca.roots).unwrap());
+    let limits = Limits { max_connections_per_peer: 2, max_streams_per_peer: 3, ..Limits::default() };
+    let budget = Budget::new(limits);
+    let server = Server::with_budget(Arc::new(TestHandler::default()), Arc::new(config), budget.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener));
+    let source = ca.cert("shop", "front");
+    let request = |_: &Client| ConnectRequest {
+        source: source.clone(),
+        destination_identities: vec![identity("shop", "cart")],
+        hbone_addr: addr,
+        authority: SocketAddr::from(([10, 0, 0, 9], 8080)),
+        headers: HeaderMap::new(),
+    };
+    let client = Client::new(ca.roots.clone(), PoolSettings::default());
+    // Open tunnels hold their streams: the fourth from this address is refused.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(client.connect(&request(&client)).await.expect("within the budget"));
+    }
+    let err = client.connect(&request(&client)).await.expect_err("over the per-peer stream budget");
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+    assert_eq!(budget.streams("127.0.0.1".parse().unwrap()), (3, 3));
+    // Closing one gives its stream back.
+    drop(open.pop());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while budget.streams("127.0.0.1".parse().unwrap()).1 > 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the stream is returned");
+    client.connect(&request(&client)).await.expect("a freed stream is reused");
+    // Connections: the pool holds one; a second is admitted, a third from this address is
+    // closed at accept.
+    assert_eq!(client.connection_count(), 1);
+    let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte)).await.expect("closed promptly");
+    assert!(matches!(closed, Ok(0) | Err(_)), "the third connection is closed: {closed:?}");
+}
