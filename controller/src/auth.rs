@@ -261,8 +261,12 @@ pub const REVIEW_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs
 pub const REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Reviews in flight at once; more callers wait their turn (within the deadline).
 const REVIEWS_IN_FLIGHT: usize = 32;
-/// Remembered answers at most; beyond it, expired entries are dropped, then nothing new is kept.
+/// Remembered acceptances at most; beyond it, expired entries are dropped, then nothing new is
+/// kept.
 const REVIEW_CACHE_ENTRIES: usize = 16_384;
+/// Remembered refusals at most, apart from the acceptances: a flood of junk tokens can fill
+/// this, never push out the callers that were accepted.
+const REFUSAL_CACHE_ENTRIES: usize = 1_024;
 /// How long a definitive refusal is remembered: a client retrying a bad token in a loop costs
 /// one review per interval. Short, so a token that was only early (not yet propagated) passes
 /// soon after.
@@ -280,6 +284,7 @@ type Remembered = (std::time::Instant, Result<Caller, AuthError>);
 pub struct CachedReviews<A> {
     inner: A,
     cache: Mutex<HashMap<[u8; 32], Remembered>>,
+    refusals: Mutex<HashMap<[u8; 32], Remembered>>,
     in_flight: tokio::sync::Semaphore,
     ttl: std::time::Duration,
     timeout: std::time::Duration,
@@ -293,33 +298,38 @@ impl<A: Authenticator> CachedReviews<A> {
     /// With another cache lifetime and review deadline.
     pub fn with_times(inner: A, ttl: std::time::Duration, timeout: std::time::Duration) -> Self {
         let in_flight = tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT);
-        CachedReviews { inner, cache: Mutex::default(), in_flight, ttl, timeout }
+        CachedReviews { inner, cache: Mutex::default(), refusals: Mutex::default(), in_flight, ttl, timeout }
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<Result<Caller, AuthError>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
-        cache.get(key).filter(|(until, _)| now < *until).map(|(_, answer)| answer.clone())
+        let live = |map: &Mutex<HashMap<[u8; 32], Remembered>>| {
+            let map = map.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(key).filter(|(until, _)| now < *until).map(|(_, answer)| answer.clone())
+        };
+        live(&self.cache).or_else(|| live(&self.refusals))
     }
 
     fn remember(&self, key: [u8; 32], token: &str, answer: &Result<Caller, AuthError>) {
         let now = std::time::Instant::now();
-        let lifetime = match answer {
-            Ok(_) => token_lifetime(token).map_or(self.ttl, |left| left.min(self.ttl)),
+        let (map, lifetime, limit) = match answer {
+            Ok(_) => {
+                (&self.cache, token_lifetime(token).map_or(self.ttl, |left| left.min(self.ttl)), REVIEW_CACHE_ENTRIES)
+            }
             Err(AuthError::Refused(_) | AuthError::UnknownToken | AuthError::NotServiceAccount(_)) => {
-                REVIEW_REFUSAL_TTL.min(self.ttl)
+                (&self.refusals, REVIEW_REFUSAL_TTL.min(self.ttl), REFUSAL_CACHE_ENTRIES)
             }
             Err(_) => return,
         };
         if lifetime.is_zero() {
             return;
         }
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= REVIEW_CACHE_ENTRIES {
-            cache.retain(|_, (until, _)| now < *until);
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= limit {
+            map.retain(|_, (until, _)| now < *until);
         }
-        if cache.len() < REVIEW_CACHE_ENTRIES {
-            cache.insert(key, (now + lifetime, answer.clone()));
+        if map.len() < limit {
+            map.insert(key, (now + lifetime, answer.clone()));
         }
     }
 }

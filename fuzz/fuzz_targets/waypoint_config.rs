@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         port: 8080,
         method: "GET",
         path: "/admin/keys",
+        query: Some("debug=1"),
         headers: &headers,
         claims: Some(&claims),
     };

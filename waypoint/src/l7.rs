@@ -544,6 +544,8 @@ pub struct Subject<'a> {
     pub port: u16,
     pub method: &'a str,
     pub path: &'a str,
+    /// The query string, without `?` (`request.headers[:path]` includes it, as Envoy's does).
+    pub query: Option<&'a str>,
     pub headers: &'a http::HeaderMap,
     pub claims: Option<&'a serde_json::Value>,
 }
@@ -662,7 +664,10 @@ impl Condition {
             Attribute::RequestPresenter => claims(&["azp"]),
             // The request line's parts as Envoy names them; `host` is the authority in HTTP/2 too.
             Attribute::Header(name) if name == ":authority" || name == "host" => vec![Cow::Borrowed(s.host)],
-            Attribute::Header(name) if name == ":path" => vec![Cow::Borrowed(s.path)],
+            Attribute::Header(name) if name == ":path" => vec![match s.query {
+                Some(q) => Cow::Owned(format!("{}?{q}", s.path)),
+                None => Cow::Borrowed(s.path),
+            }],
             Attribute::Header(name) if name == ":method" => vec![Cow::Borrowed(s.method)],
             // Values that are not text are compared as lossy text, never skipped (a skipped
             // value would let a DENY on the header pass).

@@ -299,6 +299,7 @@ impl Downstream {
             port: self.vip.port(),
             method: "",
             path: "",
+            query: None,
             headers: &headers,
             claims: None,
         };
@@ -560,6 +561,7 @@ impl Waypoint {
             port,
             method: req.method().as_str(),
             path: req.uri().path(),
+            query: req.uri().query(),
             headers: req.headers(),
             claims: claims.as_ref(),
         };
@@ -719,9 +721,12 @@ impl Waypoint {
         // One readable Host: rules and the upstream must not each pick their own.
         let mut hosts = req.headers().get_all(http::header::HOST).iter();
         if let (Some(first), second) = (hosts.next(), hosts.next()) {
-            if second.is_some() || first.to_str().is_err() {
+            if second.is_some() || !first.to_str().is_ok_and(valid_host) {
                 return bad("one valid Host header is required");
             }
+        }
+        if !req.uri().authority().is_none_or(|a| valid_host(a.as_str())) {
+            return bad("invalid request authority");
         }
         // Origin or absolute form only: an authority-form target has no path to authorize.
         let Some(path) = req.uri().path_and_query() else { return bad("request target has no path") };
@@ -1162,4 +1167,54 @@ pub async fn sniff<S: AsyncRead + Unpin>(mut inner: S) -> std::io::Result<(bool,
     };
     buf.truncate(have);
     Ok((http, Prefixed { prefix: Bytes::from(buf), inner }))
+}
+
+/// A Host (or `:authority`) a rule can read one way only: `name[:port]` or `[ipv6][:port]`,
+/// the port empty or 1–65535, no userinfo.
+fn valid_host(host: &str) -> bool {
+    let port_ok = |rest: &str| match rest.strip_prefix(':') {
+        None => rest.is_empty(),
+        Some("") => true,
+        Some(p) => p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|p| p > 0),
+    };
+    if host.contains('@') {
+        return false;
+    }
+    match host.strip_prefix('[') {
+        Some(rest) => {
+            rest.split_once(']').is_some_and(|(ip, rest)| ip.parse::<std::net::Ipv6Addr>().is_ok() && port_ok(rest))
+        }
+        None => {
+            let (name, rest) = host.find(':').map_or((host, ""), |i| host.split_at(i));
+            !name.is_empty() && !name.contains([']', '[']) && port_ok(rest)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn hosts_are_read_one_way_only() {
+        for ok in
+            ["reviews", "reviews:8080", "reviews.shop.svc.cluster.local:", "[fd00::1]", "[fd00::1]:8080", "10.0.0.1:80"]
+        {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "api.example:@internal.example",
+            "a@b",
+            "x:99999",
+            "x:0",
+            "x:8o",
+            "x:80:90",
+            "[fd00::1]junk",
+            "[nope]:80",
+            ":80",
+            "",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
 }

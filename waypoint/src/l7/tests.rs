@@ -17,6 +17,7 @@ fn subject<'a>(headers: &'a http::HeaderMap, principal: &'a str, method: &'a str
         port: 8080,
         method,
         path,
+        query: None,
         headers,
         claims: None,
     }
@@ -441,4 +442,15 @@ fn request_line_headers_and_binary_values_are_matched() {
         assert!(authorize(&ps, &s).is_err(), "a DENY on request.headers[{key}] fires");
     }
     assert!(Policy::compile(&when("request.headers[bad header]", &["x"])).is_err(), "invalid header names refused");
+}
+
+#[test]
+fn the_path_pseudo_header_includes_the_query() {
+    let h = http::HeaderMap::new();
+    let mut s = subject(&h, FRONTEND, "GET", "/api/items");
+    s.query = Some("debug=1");
+    let ps = [Policy::compile(&when("request.headers[:path]", &["*?debug=1"])).unwrap()];
+    assert!(authorize(&ps, &s).is_err(), "a DENY on the query fires");
+    s.query = None;
+    assert!(authorize(&ps, &s).is_ok());
 }
