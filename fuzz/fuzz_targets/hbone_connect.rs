@@ -1,5 +1,5 @@
 //! HBONE request heads from a peer: the CONNECT parser never panics, accepts only `ip:port`
-//! authorities, and `baggage` parsing round-trips what it keeps.
+//! authorities, and `baggage` parsing round-trips what it keeps as text.
 #![no_main]
 
 use ambit_shared::hbone::server::parse_connect;
@@ -18,8 +18,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let parsed = Baggage::parse(baggage);
-    if let Ok(header) = parsed.to_header() {
-        let again = Baggage::parse(header.to_str().unwrap_or_default());
-        assert_eq!(again, parsed, "baggage round-trips");
+    // What is written as text reads back the same (a value with non-ASCII bytes is not text
+    // in a header, and readers drop it whole).
+    if let Some(text) = parsed.to_header().ok().and_then(|h| h.to_str().ok().map(str::to_owned)) {
+        assert_eq!(Baggage::parse(&text), parsed, "baggage round-trips");
     }
 });
