@@ -1170,7 +1170,7 @@ pub async fn sniff<S: AsyncRead + Unpin>(mut inner: S) -> std::io::Result<(bool,
 }
 
 /// A Host (or `:authority`) a rule can read one way only: `name[:port]` or `[ipv6][:port]`,
-/// the port empty or 1–65535, no userinfo.
+/// the port empty or 1–65535, no userinfo, a name of RFC 3986 reg-name characters only.
 fn valid_host(host: &str) -> bool {
     let port_ok = |rest: &str| match rest.strip_prefix(':') {
         None => rest.is_empty(),
@@ -1186,7 +1186,9 @@ fn valid_host(host: &str) -> bool {
         }
         None => {
             let (name, rest) = host.find(':').map_or((host, ""), |i| host.split_at(i));
-            !name.is_empty() && !name.contains([']', '[']) && port_ok(rest)
+            // RFC 3986 reg-name characters only: no whitespace a backend might trim away.
+            let reg_name = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
+            !name.is_empty() && name.bytes().all(reg_name) && port_ok(rest)
         }
     }
 }
@@ -1213,6 +1215,8 @@ mod tests {
             "[nope]:80",
             ":80",
             "",
+            "admin.example\t",
+            "admin example",
         ] {
             assert!(!valid_host(bad), "{bad}");
         }
