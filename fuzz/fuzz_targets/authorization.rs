@@ -5,8 +5,8 @@
 use ambit_shared::proto::security::Authorization;
 use ambit_shared::proto::workload as pb;
 use ambit_shared::Identity;
-use ambit_ztunnel::rbac::ConnectionInfo;
-use ambit_ztunnel::state::{State, Workload};
+use ambit_ztunnel::rbac::{Authorize, ConnectionInfo};
+use ambit_dataplane::state::{State, Workload};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let (policy, rest) = data.split_at(data.len() / 2);
     let Ok(policy) = Authorization::decode(policy) else { return };
     let Ok(workload) = pb::Workload::decode(rest) else { return };
-    let Ok(workload) = Workload::from_proto(workload) else { return };
+    let Ok(workload) = Workload::try_from(workload) else { return };
     let mut state = State::default();
     let name = policy.name.clone();
     state.insert_policy(policy);

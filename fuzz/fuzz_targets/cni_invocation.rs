@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 
-use ambit_ztunnel::cni::{run, Invocation};
+use ambit_ztunnel::node::cni::{run, Invocation};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use ambit_shared::proto::workload as pb;
-use ambit_ztunnel::state::{Service, State, Workload};
+use ambit_dataplane::state::{Service, State, Workload};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let mut state = State::default();
     match address.r#type {
         Some(pb::address::Type::Workload(w)) => {
-            if let Ok(w) = Workload::from_proto(w) {
+            if let Ok(w) = Workload::try_from(w) {
                 let uid = w.uid.clone();
                 state.insert_workload(w);
                 assert!(state.workload(&uid).is_some(), "an inserted workload is found");
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Some(pb::address::Type::Service(s)) => {
-            if let Ok(s) = Service::from_proto(s) {
+            if let Ok(s) = Service::try_from(s) {
                 state.insert_service(s);
             }
         }

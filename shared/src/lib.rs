@@ -2,6 +2,7 @@
 //!
 //! - [`admission`]: connection counts per peer and in all, for the listeners' limits.
 //! - [`identity`]: SPIFFE identities.
+//! - [`cidr`]: IP blocks and matching addresses against them.
 //! - [`certs`]: the CA, workload keys and CSRs, certificate chains and renewal times.
 //! - [`tls`]: rustls configurations that pin peer identities.
 //! - [`hbone`]: HTTP/2 CONNECT tunnels over mutual TLS (pooled client, server).
@@ -19,6 +20,7 @@
 
 pub mod admission;
 pub mod certs;
+pub mod cidr;
 pub mod copy;
 pub mod grpc;
 pub mod hbone;
@@ -36,5 +38,6 @@ pub mod testing;
 
 // The public interface, by name.
 pub use certs::{Ca, CertError, Validity, WorkloadCert, WorkloadKey};
+pub use cidr::Cidr;
 pub use identity::{Identity, IdentityError};
 pub use tls::MeshRoots;

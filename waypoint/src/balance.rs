@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use ambit_dataplane::state::Workload;
 use ambit_shared::proto::waypoint::{load_balancer::Simple, BackendPolicy};
-use ambit_ztunnel::state::Workload;
 
 #[derive(Debug, Default)]
 struct EndpointStat {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ambit_ztunnel::metrics::{encode_peers, Peer, ServiceLabels};
+use ambit_dataplane::labels::{encode_peers, Peer, ServiceLabels};
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};

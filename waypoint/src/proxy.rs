@@ -20,15 +20,15 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use ambit_dataplane::cert_manager::CertManager;
+use ambit_dataplane::labels::{Peer, ServiceLabels};
+use ambit_dataplane::state::{ip_from_bytes, pick_endpoint, Destination, Service, State, Workload};
 use ambit_shared::hbone::client::{Client as HboneClient, ConnectRequest};
 use ambit_shared::hbone::server::{Handler, InboundConnect, Responder};
 use ambit_shared::hbone::{H2Stream, HBONE_PORT};
 use ambit_shared::proto::waypoint::Protocol;
 use ambit_shared::proto::workload::{gateway_address, GatewayAddress};
 use ambit_shared::Identity;
-use ambit_ztunnel::identity::CertManager;
-use ambit_ztunnel::metrics::{Peer, ServiceLabels};
-use ambit_ztunnel::state::{ip_from_bytes, pick_endpoint, Destination, Service, State, Workload};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};

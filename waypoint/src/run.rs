@@ -4,14 +4,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ambit_dataplane::cert_manager::{CaClient, CertManager, ServerTls};
+use ambit_dataplane::state::Updater;
 use ambit_shared::hbone::client::{Client as HboneClient, PoolSettings};
 use ambit_shared::hbone::server::Server;
 use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
 use ambit_shared::telemetry::{self, Readiness};
 use ambit_shared::tls::{control_plane_client_config, read_roots_file};
 use ambit_shared::xds;
-use ambit_ztunnel::identity::{CaClient, CertManager, ServerTls};
-use ambit_ztunnel::state::Updater;
 use anyhow::Context;
 use clap::Parser;
 

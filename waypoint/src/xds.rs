@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use ambit_dataplane::state::Updater;
 use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
 use ambit_shared::proto::waypoint::ServiceConfig;
 use ambit_shared::xds::{self, Rejection, Update};
-use ambit_ztunnel::state::Updater;
 
 use crate::l7::ServiceL7;
 use crate::proxy::{L7Entry, L7Map};

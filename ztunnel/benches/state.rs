@@ -9,11 +9,11 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use ambit_dataplane::state::{Destination, Service, State, Workload};
 use ambit_shared::proto::security::{self as sec, Action, Authorization, Group, Match, Rules, Scope, StringMatch};
 use ambit_shared::proto::workload as pb;
 use ambit_shared::Identity;
-use ambit_ztunnel::rbac::ConnectionInfo;
-use ambit_ztunnel::state::{Destination, Service, State, Workload};
+use ambit_ztunnel::rbac::{Authorize, ConnectionInfo};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn ip(i: u32) -> Ipv4Addr {
@@ -23,7 +23,7 @@ fn ip(i: u32) -> Ipv4Addr {
 fn workload(i: u32) -> Workload {
     let ns = format!("ns-{}", i % 100);
     let svc = format!("{ns}/svc-{}.{ns}.svc.cluster.local", i % 10_000 / 100);
-    Workload::from_proto(pb::Workload {
+    Workload::try_from(pb::Workload {
         uid: format!("Kubernetes//Pod/{ns}/pod-{i}"),
         name: format!("pod-{i}"),
         namespace: ns,
@@ -72,7 +72,7 @@ fn build(all_in_one_namespace: bool) -> State {
     for i in 0..10_000u32 {
         let ns = format!("ns-{}", i % 100);
         s.insert_service(
-            Service::from_proto(pb::Service {
+            Service::try_from(pb::Service {
                 name: format!("svc-{i}"),
                 namespace: ns.clone(),
                 hostname: format!("svc-{i}.{ns}.svc.cluster.local"),

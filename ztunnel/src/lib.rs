@@ -1,27 +1,22 @@
-//! ztunnel: Ambit's per-node L4 proxy.
+//! ztunnel: Ambit's per-node L4 proxy. The binary has two roles:
 //!
-//! - [`cni`]: the CNI plugin mode of the binary (the runtime's entry point for each pod);
-//! - [`cni_install`]: `ztunnel install-cni`, placing and chaining the plugin on a node;
-//! - [`agent`]: the node agent — pods from the CNI plugin, redirect rules, ZDS server;
-//! - [`proxy`]: the ZDS client and the per-pod listeners (outbound 15001, inbound 15006 and
-//!   HBONE 15008) opened inside each pod's network namespace;
-//! - [`state`]: workloads, services and policies from xDS, indexed for per-connection look-ups;
-//! - [`rbac`]: L4 authorization with Istio's semantics;
-//! - [`identity`]: workload certificates from the CA, renewed at half life;
-//! - [`inpod`]: entering pod network namespaces and Istio's in-pod redirect rules;
-//! - [`metrics`]: `istio_tcp_*` metrics and the access log;
-//! - [`admin`]: the `/config_dump` page;
-//! - [`config`], [`run`]: flags and the daemon's wiring.
+//! - the data path: [`proxy`] opens each enrolled pod's listeners inside its network
+//!   namespace (outbound 15001, inbound 15006 and HBONE 15008) and carries connections;
+//!   [`inpod`] is its side of the hand-over from the node agent (the ZDS client and the
+//!   ports and marks shared with the rules); [`rbac`] is L4 authorization with Istio's
+//!   semantics; [`metrics`] the `istio_tcp_*` metrics and the access log;
+//! - the node: [`node`] holds the node agent (pods from the CNI plugin, redirect rules, ZDS
+//!   server), the CNI plugin mode of the binary and its installer.
+//!
+//! The mesh state, certificates and peer labels come from `ambit-dataplane`, shared with the
+//! waypoint; protocols (HBONE, TLS, xDS, ZDS) from `ambit-shared`. [`admin`] serves
+//! `/config_dump`; [`config`] and [`run`] are the flags and the daemon's wiring.
 
 pub mod admin;
-pub mod agent;
-pub mod cni;
-pub mod cni_install;
 pub mod config;
-pub mod identity;
 pub mod inpod;
 pub mod metrics;
+pub mod node;
 pub mod proxy;
 pub mod rbac;
 pub mod run;
-pub mod state;

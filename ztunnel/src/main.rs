@@ -4,14 +4,14 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    if ambit_ztunnel::cni::invoked_as_plugin() {
-        let status = ambit_ztunnel::cni::main();
+    if ambit_ztunnel::node::cni::invoked_as_plugin() {
+        let status = ambit_ztunnel::node::cni::main();
         return ExitCode::from(u8::try_from(status).unwrap_or(1));
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "install-cni") {
         use clap::Parser;
-        let args = ambit_ztunnel::cni_install::InstallArgs::parse_from(std::env::args_os().skip(1));
-        return match ambit_ztunnel::cni_install::run(&args) {
+        let args = ambit_ztunnel::node::install::InstallArgs::parse_from(std::env::args_os().skip(1));
+        return match ambit_ztunnel::node::install::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ztunnel install-cni: {e}");

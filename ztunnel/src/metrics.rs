@@ -9,7 +9,6 @@
 //! hash look-up per family, not string copies.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
@@ -17,7 +16,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::state::{Service, Workload};
+use ambit_dataplane::labels::{encode_peers, Peer, ServiceLabels};
+
+/// A failure that ends a connection, as telemetry classifies it.
+pub trait Failure: std::fmt::Display {
+    /// The response flag it is recorded with.
+    fn flags(&self) -> ResponseFlags;
+}
 
 /// Which end reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,78 +73,6 @@ pub enum Security {
     Unknown,
 }
 
-/// One side of a connection as labels see it: shared strings from the workload state.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Peer {
-    pub workload: Arc<str>,
-    pub canonical_service: Arc<str>,
-    pub canonical_revision: Arc<str>,
-    pub namespace: Arc<str>,
-    pub cluster: Arc<str>,
-    /// SPIFFE URI, when known.
-    pub principal: Arc<str>,
-}
-
-fn unknown() -> Arc<str> {
-    static UNKNOWN_ARC: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    UNKNOWN_ARC.get_or_init(|| Arc::from(UNKNOWN)).clone()
-}
-
-fn or_unknown(s: &Arc<str>) -> Arc<str> {
-    if s.is_empty() {
-        unknown()
-    } else {
-        s.clone()
-    }
-}
-
-impl Peer {
-    pub fn unknown() -> Self {
-        Peer {
-            workload: unknown(),
-            canonical_service: unknown(),
-            canonical_revision: unknown(),
-            namespace: unknown(),
-            cluster: unknown(),
-            principal: unknown(),
-        }
-    }
-
-    /// A peer known only by its identity (plaintext clients have none).
-    pub fn from_principal(principal: Option<Arc<str>>) -> Self {
-        Peer { principal: principal.unwrap_or_else(unknown), ..Peer::unknown() }
-    }
-
-    pub fn from_workload(w: &Workload, principal: Option<Arc<str>>) -> Self {
-        Peer {
-            workload: or_unknown(&w.workload_name),
-            canonical_service: or_unknown(&w.canonical_name),
-            canonical_revision: or_unknown(&w.canonical_revision),
-            namespace: or_unknown(&w.namespace),
-            cluster: or_unknown(&w.cluster_id),
-            principal: principal.unwrap_or_else(unknown),
-        }
-    }
-}
-
-/// The destination service, when the connection was addressed to one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServiceLabels {
-    pub hostname: Arc<str>,
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
-}
-
-impl ServiceLabels {
-    pub fn of(s: &Service) -> Self {
-        ServiceLabels {
-            hostname: or_unknown(&s.hostname),
-            namespace: or_unknown(&s.namespace),
-            name: or_unknown(&s.name),
-        }
-    }
-}
-
 /// The label set of every `istio_tcp_*` series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Labels {
@@ -149,43 +82,6 @@ pub struct Labels {
     pub service: Option<ServiceLabels>,
     pub security: Security,
     pub flags: ResponseFlags,
-}
-
-const UNKNOWN: &str = "unknown";
-
-/// The peer and service labels Istio puts on every L4 and L7 series (`source_*`,
-/// `destination_service*`, `destination_*`), shared with the waypoint's request metrics.
-pub fn encode_peers(
-    put: &mut impl FnMut(&str, &str) -> Result<(), std::fmt::Error>,
-    source: &Peer,
-    destination: &Peer,
-    service: Option<&ServiceLabels>,
-) -> Result<(), std::fmt::Error> {
-    for (prefix, p) in [("source", source), ("destination", destination)] {
-        if prefix == "destination" {
-            let (host, ns, name) = match service {
-                Some(s) => (&*s.hostname, &*s.namespace, &*s.name),
-                None => (UNKNOWN, UNKNOWN, UNKNOWN),
-            };
-            put("destination_service", host)?;
-            put("destination_service_namespace", ns)?;
-            put("destination_service_name", name)?;
-        }
-        let values = [
-            ("workload", &p.workload),
-            ("canonical_service", &p.canonical_service),
-            ("canonical_revision", &p.canonical_revision),
-            ("workload_namespace", &p.namespace),
-            ("principal", &p.principal),
-            ("app", &p.canonical_service),
-            ("version", &p.canonical_revision),
-            ("cluster", &p.cluster),
-        ];
-        for (key, value) in values {
-            put(&[prefix, "_", key].concat(), value)?;
-        }
-    }
-    Ok(())
 }
 
 impl EncodeLabelSet for Labels {
@@ -267,6 +163,13 @@ impl ConnectionRecord {
             self.opened = true;
             self.metrics.opened.get_or_create(&self.labels).inc();
         }
+    }
+
+    /// Ends a connection that failed before carrying a byte: the failure names its own
+    /// response flag, so no path sets one by hand or forgets it.
+    pub fn fail(mut self, failure: &impl Failure) {
+        self.labels.flags = failure.flags();
+        self.finish(0, 0, Some(failure));
     }
 
     /// Counts it closed, adds its bytes and writes the access-log line.

@@ -8,9 +8,8 @@
 //! Every connection is one task; decisions read the shared [`State`] under a short read lock
 //! and never scan it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -18,19 +17,22 @@ use std::time::Duration;
 use ambit_shared::hbone::client::{Client as HboneClient, PoolSettings};
 use ambit_shared::hbone::server::{Budget, CertResolver, Server as HboneServer};
 use ambit_shared::tls::MeshRoots;
-use ambit_shared::zds::{ProxyConn, ZdsEvent};
+
 use ambit_shared::Identity;
 use rustls::ServerConfig;
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
 use crate::config::Config;
-use crate::identity::{CertManager, ServerTls};
-use crate::inpod::netns::Netns;
-use crate::inpod::rules::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::inpod::zds::Pods;
+use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::metrics::Metrics;
-use crate::state::State;
+use ambit_dataplane::cert_manager::{CertManager, ServerTls};
+use ambit_dataplane::state::State;
+use ambit_shared::netns::Netns;
+use ambit_shared::proto::zds::WorkloadInfo;
 
+mod error;
 mod inbound;
 mod outbound;
 pub mod sockets;
@@ -181,7 +183,7 @@ impl Proxy {
         };
         let mut listeners =
             vec![(listen(OUTBOUND_PORT)?, listen(INBOUND_PLAINTEXT_PORT)?, listen(INBOUND_HBONE_PORT)?)];
-        // IPv6 too when the pod has it (its rules capture IPv6 as well; see inpod::rules).
+        // IPv6 too when the pod has it (its rules capture IPv6 as well; see node::rules).
         let listen6 = |port| sockets::listen(&netns, SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
         match (listen6(OUTBOUND_PORT), listen6(INBOUND_PLAINTEXT_PORT), listen6(INBOUND_HBONE_PORT)) {
             (Ok(o), Ok(p), Ok(h)) => listeners.push((o, p, h)),
@@ -307,90 +309,27 @@ async fn accept_loop<F, Fut>(
     while connections.join_next().await.is_some() {}
 }
 
-/// Follows the node agent over ZDS: connects (retrying), applies each instruction, acks it.
-/// `snapshot` turns true once the first snapshot is in (readiness).
-///
-/// Fails closed: nothing is enrolled — no listener opens in any pod — before the control
-/// plane's first complete state (`synced`). Until then a pod's redirected connections find no
-/// listener and are refused, where a proxy without state would have passed them through as
-/// "unknown destination" in plaintext; and a successor that cannot reach the control plane
-/// never binds beside a working predecessor, which keeps serving.
-pub async fn run_zds(
-    proxy: Arc<Proxy>,
-    path: PathBuf,
-    mut synced: watch::Receiver<bool>,
-    snapshot: watch::Sender<bool>,
-) {
-    if !*synced.borrow() {
-        tracing::info!("waiting for the control plane's state before taking pods");
-    }
-    if synced.wait_for(|s| *s).await.is_err() {
-        return;
-    }
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if proxy.is_draining() {
-            return;
-        }
-        match ProxyConn::connect(&path).await {
-            Ok(conn) => {
-                backoff = Duration::from_millis(100);
-                tracing::info!(path = %path.display(), "connected to the node agent (ZDS)");
-                if let Err(e) = follow(&proxy, &conn, &snapshot).await {
-                    tracing::warn!(error = %e, "ZDS connection ended; reconnecting");
-                }
-            }
-            Err(e) => tracing::debug!(path = %path.display(), error = %e, "node agent not reachable yet"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
+/// The ZDS client enrolls and releases pods through this.
+impl Pods for Arc<Proxy> {
+    type Error = PodError;
 
-async fn follow(
-    proxy: &Arc<Proxy>,
-    conn: &ProxyConn,
-    snapshot: &watch::Sender<bool>,
-) -> Result<(), ambit_shared::zds::ZdsError> {
-    // Pods named before the snapshot ends; the rest are dropped at its end.
-    let mut seen: Option<HashSet<String>> = Some(HashSet::new());
-    loop {
-        let event = conn.next().await?;
-        let result = match event {
-            ZdsEvent::Add { uid, info, netns } => {
-                if let Some(seen) = seen.as_mut() {
-                    seen.insert(uid.clone());
-                }
-                proxy.add_pod(&uid, &info, Netns::from_fd(netns)).map_err(|e| e.to_string())
-            }
-            ZdsEvent::Keep { uid } => {
-                if let Some(seen) = seen.as_mut() {
-                    seen.insert(uid.clone());
-                }
-                if proxy.pods().contains_key(&uid) {
-                    Ok(())
-                } else {
-                    Err(format!("keep {uid}: not held"))
-                }
-            }
-            ZdsEvent::Del { uid } => {
-                proxy.remove_pod(&uid);
-                Ok(())
-            }
-            ZdsEvent::SnapshotSent => {
-                if let Some(seen) = seen.take() {
-                    let stale: Vec<String> = proxy.pods().keys().filter(|u| !seen.contains(*u)).cloned().collect();
-                    for uid in stale {
-                        proxy.remove_pod(&uid);
-                    }
-                }
-                snapshot.send_replace(true);
-                Ok(())
-            }
-        };
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "ZDS instruction refused");
-        }
-        conn.ack(result.err()).await?;
+    fn enroll(&self, uid: &str, info: &WorkloadInfo, netns: Netns) -> Result<(), PodError> {
+        self.add_pod(uid, info, netns)
+    }
+
+    fn release(&self, uid: &str) {
+        self.remove_pod(uid);
+    }
+
+    fn holds(&self, uid: &str) -> bool {
+        self.pods().contains_key(uid)
+    }
+
+    fn held(&self) -> Vec<String> {
+        self.pods().keys().cloned().collect()
+    }
+
+    fn is_draining(&self) -> bool {
+        Proxy::is_draining(self)
     }
 }

@@ -11,10 +11,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use ambit_dataplane::state::{State, Workload};
 use ambit_shared::proto::security::{
     string_match::MatchType, Action, Address, Authorization, Group, Match, Rules, ServiceAccountMatch, StringMatch,
 };
-use ambit_shared::Identity;
+use ambit_shared::{Cidr, Identity};
 
 /// What authorization knows about one connection.
 #[derive(Debug, Clone)]
@@ -56,29 +57,10 @@ fn string_matches(m: &StringMatch, value: &str) -> bool {
     }
 }
 
+/// A block from a policy; one that cannot be read matches nothing (the controller validates
+/// them, so this is a malformed resource).
 fn cidr_contains(a: &Address, ip: IpAddr) -> bool {
-    let bits = a.length as usize;
-    let (net, addr): (&[u8], Vec<u8>) = match ip {
-        IpAddr::V4(v4) if a.address.len() == 4 => (&a.address, v4.octets().to_vec()),
-        IpAddr::V6(v6) if a.address.len() == 16 => (&a.address, v6.octets().to_vec()),
-        // An IPv4 client seen as IPv4-mapped IPv6.
-        IpAddr::V6(v6) if a.address.len() == 4 => match v6.to_ipv4_mapped() {
-            Some(v4) => (&a.address, v4.octets().to_vec()),
-            None => return false,
-        },
-        _ => return false,
-    };
-    if bits > net.len() * 8 {
-        return false;
-    }
-    let (full, rest) = (bits / 8, bits % 8);
-    if net[..full] != addr[..full] {
-        return false;
-    }
-    rest == 0 || {
-        let mask = 0xffu8 << (8 - rest);
-        net[full] & mask == addr[full] & mask
-    }
+    Cidr::from_bytes(&a.address, a.length).is_some_and(|c| c.contains(ip))
 }
 
 fn sa_matches(m: &ServiceAccountMatch, id: Option<&Identity>) -> bool {
@@ -167,6 +149,20 @@ pub fn authorize<'p>(
         Ok(())
     } else {
         Err(Denial::NotAllowed)
+    }
+}
+
+/// Authorization of a connection against the mesh state: the policies
+/// [`State::policies_for`] finds for the destination, evaluated by [`authorize`].
+pub trait Authorize {
+    /// Authorizes a connection to `destination`: global policies, its namespace's, and the
+    /// ones it names (fail closed on unknown names).
+    fn authorize(&self, destination: &Workload, conn: &ConnectionInfo<'_>) -> Result<(), Denial>;
+}
+
+impl Authorize for State {
+    fn authorize(&self, destination: &Workload, conn: &ConnectionInfo<'_>) -> Result<(), Denial> {
+        authorize(self.policies_for(destination), conn)
     }
 }
 

@@ -14,17 +14,17 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::identity::{CaClient, CertManager};
 use crate::metrics::Metrics;
-use crate::proxy::{self, Proxy};
-use crate::state::Updater;
+use crate::proxy::Proxy;
+use ambit_dataplane::cert_manager::{CaClient, CertManager};
+use ambit_dataplane::state::Updater;
 
 /// Runs the daemon until SIGTERM / SIGINT, then drains.
 pub fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     config.validate().context("invalid configuration")?;
     config.log.init().context("starting logging")?;
-    crate::inpod::netns::record_host().context("recording the host network namespace")?;
+    ambit_shared::netns::record_host().context("recording the host network namespace")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ztunnel-data").build()?;
     runtime.block_on(run(Arc::new(config)))
 }
@@ -56,12 +56,12 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
     let proxy = Proxy::new(config.clone(), updater.state.clone(), certs.clone(), roots, metrics);
 
     if config.node_agent {
-        crate::agent::start(config.clone(), updater.state.clone(), updater.changes.subscribe(), synced.clone())
+        crate::node::agent::start(config.clone(), updater.state.clone(), updater.changes.subscribe(), synced.clone())
             .context("starting the node agent")?;
     }
     let cni = install_cni(&config)?;
     let (snapshot_tx, snapshot) = watch::channel(false);
-    tokio::spawn(proxy::run_zds(proxy.clone(), config.zds_socket.clone(), synced.clone(), snapshot_tx));
+    tokio::spawn(crate::inpod::zds::run_zds(proxy.clone(), config.zds_socket.clone(), synced.clone(), snapshot_tx));
 
     let readiness = Readiness::default();
     let routes: AdminRoutes = {
@@ -114,12 +114,12 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
 /// keeping it chained (the network plugin may rewrite its configuration).
 fn install_cni(
     config: &Config,
-) -> anyhow::Result<Option<(Arc<crate::cni_install::AgentInstall>, tokio::task::JoinHandle<()>)>> {
+) -> anyhow::Result<Option<(Arc<crate::node::install::AgentInstall>, tokio::task::JoinHandle<()>)>> {
     let (Some(bin_dir), Some(conf_dir)) = (&config.cni_bin_dir, &config.cni_conf_dir) else { return Ok(None) };
     anyhow::ensure!(config.node_agent, "--cni-bin-dir needs the node agent (--node-agent=true)");
     let me = std::env::current_exe().context("locating this executable")?;
     let host_socket = config.cni_host_socket.clone().unwrap_or_else(|| config.cni_socket.display().to_string());
-    let (install, chained) = crate::cni_install::AgentInstall::new(
+    let (install, chained) = crate::node::install::AgentInstall::new(
         &me,
         bin_dir.clone(),
         conf_dir.clone(),

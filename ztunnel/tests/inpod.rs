@@ -11,8 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use ambit_e2e::netns::Netns as TestNetns;
-use ambit_ztunnel::inpod::netns::Netns;
-use ambit_ztunnel::inpod::rules::{InPodRules, PROXY_MARK};
+use ambit_shared::netns::Netns;
+use ambit_ztunnel::inpod::PROXY_MARK;
+use ambit_ztunnel::node::rules::InPodRules;
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
 fn count(haystack: &str, needle: &str) -> usize {

@@ -10,19 +10,22 @@ use ambit_shared::copy::copy_bidirectional;
 use ambit_shared::hbone::copy_tcp_tunnel;
 use ambit_shared::hbone::server::{Handler, InboundConnect, Responder};
 use ambit_shared::Identity;
-use http::StatusCode;
 use tokio::net::TcpStream;
 
+use super::error::{ConnError, Refused};
 use super::{sockets, Pod, Proxy};
-use crate::inpod::rules::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
-use crate::metrics::{ConnectionRecord, Direction, Labels, Peer, Reporter, ResponseFlags, Security, ServiceLabels};
-use crate::rbac::ConnectionInfo;
-use crate::state::Workload;
+use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::metrics::{ConnectionRecord, Direction, Labels, Reporter, ResponseFlags, Security};
+use crate::rbac::{Authorize, ConnectionInfo};
+use ambit_dataplane::labels::{Peer, ServiceLabels};
+use ambit_dataplane::state::Workload;
 
 /// What was decided about one inbound connection.
 struct Admission {
+    /// The connection's telemetry, labelled with both ends.
     record: ConnectionRecord,
-    verdict: Result<(), String>,
+    /// Whether the application may be dialed.
+    verdict: Result<(), Refused>,
 }
 
 /// Looks up both ends, builds the labels and authorizes, under one read lock.
@@ -52,25 +55,22 @@ fn admit(proxy: &Proxy, pod: &Pod, src: SocketAddr, dst: SocketAddr, peer_identi
         security: if peer_identity.is_some() { Security::MutualTls } else { Security::Unknown },
         flags: ResponseFlags::None,
     };
-    let mut record = ConnectionRecord::new(&proxy.metrics, labels, Direction::Inbound, src, dst);
+    let record = ConnectionRecord::new(&proxy.metrics, labels, Direction::Inbound, src, dst);
     let verdict = match &dst_w {
-        None => Err(format!("{dst} is not pod {}", pod.workload_uid)),
+        None => Err(Refused::NotThisPod { dst, pod: pod.workload_uid.clone() }),
         Some(w) if matches!(dst.port(), OUTBOUND_PORT | INBOUND_PLAINTEXT_PORT | INBOUND_HBONE_PORT) => {
-            Err(format!("port {} of {} is the proxy's own", dst.port(), w.uid))
+            Err(Refused::ProxyPort { port: dst.port(), uid: w.uid.clone() })
         }
         Some(w) => {
             let info = ConnectionInfo { source_identity: peer_identity, source_ip: src.ip(), destination: dst };
-            state.authorize(w, &info).map_err(|denial| {
-                record.labels.flags = ResponseFlags::Deny;
-                denial.to_string()
-            })
+            state.authorize(w, &info).map_err(Refused::Denied)
         }
     };
     Admission { record, verdict }
 }
 
 /// The service whose target port this is on the workload (for the `destination_service` label).
-fn service_for(state: &crate::state::State, w: &Workload, port: u16) -> Option<ServiceLabels> {
+fn service_for(state: &ambit_dataplane::state::State, w: &Workload, port: u16) -> Option<ServiceLabels> {
     w.services.iter().find_map(|(key, ports)| {
         let maps = ports
             .iter()
@@ -91,32 +91,22 @@ impl Handler for HboneHandler {
         let Admission { mut record, verdict } = admit(&self.proxy, &self.pod, src, authority, Some(&req.peer_identity));
         // The request's headers are not needed past admission; a long tunnel should not keep them.
         drop(req);
-        if let Err(reason) = verdict {
-            let status = if record.labels.flags == ResponseFlags::Deny {
-                StatusCode::UNAUTHORIZED
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            responder.reject(status);
-            if record.labels.flags == ResponseFlags::None {
-                record.labels.flags = ResponseFlags::Connect;
-            }
-            record.finish(0, 0, Some(&reason));
-            return;
-        }
-        let mut app = match sockets::connect_transparent(&self.pod.netns, src.ip(), authority).await {
+        let dialed = match verdict {
+            Ok(()) => sockets::connect_transparent(&self.pod.netns, src.ip(), authority).await.map_err(ConnError::Dial),
+            Err(refused) => Err(ConnError::Refused(refused)),
+        };
+        let mut app = match dialed {
             Ok(app) => app,
             Err(e) => {
-                responder.reject(StatusCode::SERVICE_UNAVAILABLE);
-                record.labels.flags = ResponseFlags::Connect;
-                record.finish(0, 0, Some(&e));
+                responder.reject(e.status());
+                record.fail(&e);
                 return;
             }
         };
         let mut tunnel = match responder.accept() {
             Ok(t) => t,
             Err(e) => {
-                record.finish(0, 0, Some(&e));
+                record.fail(&ConnError::Accept(e));
                 return;
             }
         };
@@ -138,11 +128,8 @@ pub(super) async fn plaintext(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpS
         }
     };
     let Admission { mut record, verdict } = admit(&proxy, &pod, src, dst, None);
-    if let Err(reason) = verdict {
-        if record.labels.flags == ResponseFlags::None {
-            record.labels.flags = ResponseFlags::Connect;
-        }
-        record.finish(0, 0, Some(&reason));
+    if let Err(refused) = verdict {
+        record.fail(&ConnError::Refused(refused));
         return;
     }
     match sockets::connect_transparent(&pod.netns, src.ip(), dst).await {
@@ -151,9 +138,6 @@ pub(super) async fn plaintext(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpS
             let (t, err) = copy_bidirectional(&mut client, &mut app).await;
             record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display));
         }
-        Err(e) => {
-            record.labels.flags = ResponseFlags::Connect;
-            record.finish(0, 0, Some(&e));
-        }
+        Err(e) => record.fail(&ConnError::Dial(e)),
     }
 }

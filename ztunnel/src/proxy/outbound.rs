@@ -5,36 +5,26 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use ambit_shared::copy::copy_bidirectional;
+use ambit_shared::copy::{copy_bidirectional, CopyError, Transferred};
 use ambit_shared::hbone::client::ConnectRequest;
-use ambit_shared::hbone::{copy_tcp_tunnel, forwarded_header, headers, Baggage, HboneError, HBONE_PORT};
+use ambit_shared::hbone::{copy_tcp_tunnel, forwarded_header, headers, Baggage, HBONE_PORT};
 use ambit_shared::proto::workload::{gateway_address, GatewayAddress};
 use ambit_shared::Identity;
 use http::{HeaderMap, HeaderValue};
 use tokio::net::TcpStream;
 
+use super::error::{ConnError, RouteError};
 use super::{sockets, Pod, Proxy};
-use crate::inpod::rules::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
-use crate::metrics::{ConnectionRecord, Direction, Labels, Peer, Reporter, ResponseFlags, Security, ServiceLabels};
-use crate::state::{pick_endpoint, Destination, Service, State, Workload};
+use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::metrics::{ConnectionRecord, Direction, Labels, Reporter, ResponseFlags, Security};
+use ambit_dataplane::labels::{Peer, ServiceLabels};
+use ambit_dataplane::state::{pick_endpoint, Destination, Service, State, Workload};
 
 /// Where one connection goes.
 #[derive(Debug)]
 enum Plan {
     Hbone { hbone_addr: SocketAddr, authority: SocketAddr, identities: Vec<Identity> },
     Direct(SocketAddr),
-}
-
-#[derive(Debug, thiserror::Error)]
-enum RouteError {
-    #[error("service {0} has no healthy endpoint for port {1}")]
-    NoEndpoint(String, u16),
-    #[error("waypoint {0} cannot be resolved")]
-    Waypoint(String),
-    #[error("workload {0} has no address")]
-    NoAddress(String),
-    #[error("connection to the proxy's own port {0}")]
-    Loop(u16),
 }
 
 fn address_like(w: &Workload, like: IpAddr) -> Option<IpAddr> {
@@ -60,7 +50,8 @@ fn to_waypoint(state: &State, network: &str, gw: &GatewayAddress, authority: Soc
     let describe = || format!("{gw:?}");
     let endpoint = match &gw.destination {
         Some(gateway_address::Destination::Address(a)) => {
-            let ip = crate::state::ip_from_bytes(&a.address).ok_or_else(|| RouteError::Waypoint(describe()))?;
+            let ip =
+                ambit_dataplane::state::ip_from_bytes(&a.address).ok_or_else(|| RouteError::Waypoint(describe()))?;
             match state.destination(network, SocketAddr::new(ip, port)) {
                 Destination::Service { service, .. } => pick_endpoint(&state.endpoints(&service, port)),
                 Destination::Workload(w) => Some((w, port)),
@@ -77,19 +68,35 @@ fn to_waypoint(state: &State, network: &str, gw: &GatewayAddress, authority: Soc
     Ok(Plan::Hbone { hbone_addr: SocketAddr::new(ip, port), authority, identities: vec![w.identity.clone()] })
 }
 
-/// A routing decision: the plan, and the service and workload the metrics name.
-type Routed = (Result<Plan, RouteError>, Option<Arc<Service>>, Option<Arc<Workload>>);
+/// A routing decision for one outbound connection: what `route` found by looking things up.
+#[derive(Debug)]
+struct Routed {
+    /// Where the connection goes, or why it cannot go anywhere.
+    plan: Result<Plan, RouteError>,
+    /// The service the connection was addressed to, when it was (the `destination_service*`
+    /// labels).
+    service: Option<Arc<Service>>,
+    /// The workload that will serve it, when the proxy chose it (the `destination_*` labels;
+    /// `None` behind a waypoint, which chooses).
+    workload: Option<Arc<Workload>>,
+}
 
 /// Decides, under the read lock, where `dst` goes and what the metrics will say.
 fn route(state: &State, network: &str, dst: SocketAddr) -> Routed {
     match state.destination(network, dst) {
         Destination::Service { service, port } => {
             if let Some(gw) = &service.waypoint {
-                return (to_waypoint(state, network, gw, dst), Some(service.clone()), None);
+                let plan = to_waypoint(state, network, gw, dst);
+                return Routed { plan, service: Some(service.clone()), workload: None };
             }
             match pick_endpoint(&state.endpoints(&service, port)) {
-                Some((w, target)) => (to_workload(&w, target, dst.ip()), Some(service), Some(w)),
-                None => (Err(RouteError::NoEndpoint(service.hostname.to_string(), port)), Some(service), None),
+                Some((w, target)) => {
+                    Routed { plan: to_workload(&w, target, dst.ip()), service: Some(service), workload: Some(w) }
+                }
+                None => {
+                    let plan = Err(RouteError::NoEndpoint(service.hostname.to_string(), port));
+                    Routed { plan, service: Some(service), workload: None }
+                }
             }
         }
         Destination::Workload(w) => {
@@ -97,9 +104,9 @@ fn route(state: &State, network: &str, dst: SocketAddr) -> Routed {
                 Some(gw) => to_waypoint(state, network, gw, dst),
                 None => to_workload(&w, dst.port(), dst.ip()),
             };
-            (plan, None, Some(w))
+            Routed { plan, service: None, workload: Some(w) }
         }
-        Destination::Passthrough => (Ok(Plan::Direct(dst)), None, None),
+        Destination::Passthrough => Routed { plan: Ok(Plan::Direct(dst)), service: None, workload: None },
     }
 }
 
@@ -121,14 +128,6 @@ fn baggage(w: Option<&Workload>) -> Option<HeaderValue> {
     b.to_header().ok()
 }
 
-fn flags_of(e: &HboneError) -> ResponseFlags {
-    match e {
-        HboneError::Tls { .. } => ResponseFlags::TlsFailure,
-        HboneError::Rejected(s) if *s == http::StatusCode::UNAUTHORIZED => ResponseFlags::Deny,
-        _ => ResponseFlags::Connect,
-    }
-}
-
 pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
     let _guard = proxy.guard();
     let _ = client.set_nodelay(true);
@@ -144,8 +143,8 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
         let state = proxy.state.read().unwrap_or_else(|p| p.into_inner());
         let src =
             state.workload(&pod.workload_uid).cloned().or_else(|| state.workload_by_addr(network, peer.ip()).cloned());
-        let (plan, service, dst_w) = route(&state, network, dst);
-        (plan, service, dst_w, src)
+        let Routed { plan, service, workload } = route(&state, network, dst);
+        (plan, service, workload, src)
     };
     let plan = match plan {
         Ok(Plan::Direct(addr))
@@ -174,59 +173,70 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
         flags: ResponseFlags::None,
     };
     let mut record = ConnectionRecord::new(&proxy.metrics, labels, Direction::Outbound, peer, dst);
-    let plan = match plan {
-        Ok(plan) => plan,
-        Err(e) => {
-            record.labels.flags = ResponseFlags::Connect;
-            record.finish(0, 0, Some(&e));
-            return;
+    let result = match plan {
+        Err(e) => Err(ConnError::Route(e)),
+        Ok(Plan::Direct(addr)) => proxy_to_tcp(&pod, &mut client, addr, &mut record).await,
+        Ok(Plan::Hbone { hbone_addr, authority, identities }) => {
+            record.hbone_addr = Some(hbone_addr);
+            let hop = Hop { hbone_addr, authority, identities };
+            proxy_to_hbone(&proxy, &pod, &mut client, peer, src_workload.as_deref(), hop, &mut record).await
         }
     };
-    match plan {
-        Plan::Direct(addr) => match sockets::connect_marked(&pod.netns, addr).await {
-            Ok(mut upstream) => {
-                record.open();
-                let (t, err) = copy_bidirectional(&mut client, &mut upstream).await;
-                record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display));
-            }
-            Err(e) => {
-                record.labels.flags = ResponseFlags::Connect;
-                record.finish(0, 0, Some(&e));
-            }
-        },
-        Plan::Hbone { hbone_addr, authority, identities } => {
-            record.hbone_addr = Some(hbone_addr);
-            let cert = match Box::pin(proxy.certs.fetch(&pod.identity)).await {
-                Ok(cert) => cert,
-                Err(e) => {
-                    record.labels.flags = ResponseFlags::IdentityError;
-                    record.finish(0, 0, Some(&e));
-                    return;
-                }
-            };
-            let mut headers = HeaderMap::new();
-            if let Ok(v) = forwarded_header(peer, None) {
-                headers.insert(headers::FORWARDED, v);
-            }
-            if let Some(v) = baggage(src_workload.as_deref()) {
-                headers.insert(headers::BAGGAGE, v);
-            }
-            let request =
-                ConnectRequest { source: cert, destination_identities: identities, hbone_addr, authority, headers };
-            // Boxed so the connection's long-lived future does not carry the pool's states.
-            match Box::pin(pod.hbone.connect(&request)).await {
-                Ok(mut tunnel) => {
-                    record.open();
-                    let (t, err) = copy_tcp_tunnel(&mut client, &mut tunnel).await;
-                    record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display));
-                }
-                Err(e) => {
-                    record.labels.flags = flags_of(&e);
-                    record.finish(0, 0, Some(&e));
-                }
-            }
-        }
+    match result {
+        Ok((t, err)) => record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display)),
+        Err(e) => record.fail(&e),
     }
+}
+
+/// Bytes each way (client → upstream first) and the error that ended a carried connection.
+type Carried = (Transferred, Option<CopyError>);
+
+/// Plain TCP from the pod's address to a destination outside the mesh.
+async fn proxy_to_tcp(
+    pod: &Pod,
+    client: &mut TcpStream,
+    addr: SocketAddr,
+    record: &mut ConnectionRecord,
+) -> Result<Carried, ConnError> {
+    let mut upstream = sockets::connect_marked(&pod.netns, addr).await.map_err(ConnError::Dial)?;
+    record.open();
+    Ok(copy_bidirectional(client, &mut upstream).await)
+}
+
+/// One HBONE hop: where the tunnel goes and whom it must reach.
+struct Hop {
+    /// The peer's HBONE listener.
+    hbone_addr: SocketAddr,
+    /// The CONNECT target (the original destination, or the endpoint's address and port).
+    authority: SocketAddr,
+    /// The identities the peer's certificate may carry.
+    identities: Vec<Identity>,
+}
+
+/// An HBONE tunnel with the pod's own certificate, to an endpoint or its waypoint.
+async fn proxy_to_hbone(
+    proxy: &Proxy,
+    pod: &Pod,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    src_workload: Option<&Workload>,
+    hop: Hop,
+    record: &mut ConnectionRecord,
+) -> Result<Carried, ConnError> {
+    let cert = Box::pin(proxy.certs.fetch(&pod.identity)).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = forwarded_header(peer, None) {
+        headers.insert(headers::FORWARDED, v);
+    }
+    if let Some(v) = baggage(src_workload) {
+        headers.insert(headers::BAGGAGE, v);
+    }
+    let Hop { hbone_addr, authority, identities } = hop;
+    let request = ConnectRequest { source: cert, destination_identities: identities, hbone_addr, authority, headers };
+    // Boxed so the connection's long-lived future does not carry the pool's states.
+    let mut tunnel = Box::pin(pod.hbone.connect(&request)).await?;
+    record.open();
+    Ok(copy_tcp_tunnel(client, &mut tunnel).await)
 }
 
 fn address_is_pod(w: &Option<Arc<Workload>>, ip: IpAddr) -> bool {

@@ -11,10 +11,10 @@ use ambit_shared::hbone::client::Dialer;
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::inpod::netns::Netns;
-use crate::inpod::rules::PROXY_MARK;
+use crate::inpod::PROXY_MARK;
+use ambit_shared::netns::Netns;
 
-fn netns_err(e: crate::inpod::netns::NetnsError) -> io::Error {
+fn netns_err(e: ambit_shared::netns::NetnsError) -> io::Error {
     io::Error::other(e.to_string())
 }
 

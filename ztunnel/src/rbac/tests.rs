@@ -380,3 +380,36 @@ fn unknown_policies_fail_closed_and_denials_say_why() {
     dry.dry_run = true;
     assert_eq!(authorize([Ok(&dry)], &conn), Ok(()), "dry-run policies are not enforced");
 }
+
+#[test]
+fn authorization_uses_global_namespace_and_named_policies() {
+    use ambit_dataplane::state::testing::wl;
+    let mut s = State::default();
+    let dst = wl("w1", "shop", "cart", "10.1.0.5", None, true);
+    let deny_all = |name: &str, ns: &str, scope: Scope| Authorization {
+        name: name.into(),
+        namespace: ns.into(),
+        scope: scope as i32,
+        action: Action::Deny as i32,
+        groups: vec![Group { rules: vec![] }],
+        dry_run: false,
+    };
+    let conn = ConnectionInfo {
+        source_identity: None,
+        source_ip: "10.2.0.1".parse().unwrap(),
+        destination: "10.1.0.5:8080".parse().unwrap(),
+    };
+    assert!(s.authorize(&dst, &conn).is_ok());
+    s.insert_policy(deny_all("ns-wide", "other", Scope::Namespace));
+    assert!(s.authorize(&dst, &conn).is_ok(), "another namespace's policy does not apply");
+    s.insert_policy(deny_all("mesh", "istio-system", Scope::Global));
+    assert_eq!(s.authorize(&dst, &conn), Err(Denial::DeniedBy("istio-system/mesh".into())));
+    assert!(s.remove_policy("istio-system/mesh"));
+    s.insert_policy(deny_all("selected", "shop", Scope::WorkloadSelector));
+    assert!(s.authorize(&dst, &conn).is_ok(), "selector policies apply only where named");
+    let mut named = dst.clone();
+    named.policies = vec!["shop/selected".into()];
+    assert_eq!(s.authorize(&named, &conn), Err(Denial::DeniedBy("shop/selected".into())));
+    named.policies = vec!["shop/not-yet-arrived".into()];
+    assert_eq!(s.authorize(&named, &conn), Err(Denial::UnknownPolicy("shop/not-yet-arrived".into())));
+}

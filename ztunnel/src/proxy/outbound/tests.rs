@@ -1,7 +1,7 @@
 use ambit_shared::proto::workload::{GatewayAddress, NetworkAddress};
 
 use super::*;
-use crate::state::testing::{svc, wl};
+use ambit_dataplane::state::testing::{svc, wl};
 
 const CART: &str = "shop/cart.shop.svc.cluster.local";
 
@@ -20,7 +20,7 @@ fn service_vip_goes_over_hbone_to_an_endpoint_with_its_identity() {
     let mut s = State::default();
     s.insert_service(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]));
     s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true));
-    let (plan, service, workload) = route(&s, "", "10.96.0.10:80".parse().unwrap());
+    let Routed { plan, service, workload } = route(&s, "", "10.96.0.10:80".parse().unwrap());
     match plan.unwrap() {
         Plan::Hbone { hbone_addr, authority, identities } => {
             assert_eq!(hbone_addr, "10.1.0.5:15008".parse().unwrap());
@@ -38,9 +38,9 @@ fn no_healthy_endpoint_is_an_error_and_unknown_addresses_pass_through() {
     let mut s = State::default();
     s.insert_service(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]));
     s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), false));
-    assert!(matches!(route(&s, "", "10.96.0.10:80".parse().unwrap()).0, Err(RouteError::NoEndpoint(..))));
+    assert!(matches!(route(&s, "", "10.96.0.10:80".parse().unwrap()).plan, Err(RouteError::NoEndpoint(..))));
     let dst = "93.184.216.34:443".parse().unwrap();
-    assert!(matches!(route(&s, "", dst).0, Ok(Plan::Direct(d)) if d == dst));
+    assert!(matches!(route(&s, "", dst).plan, Ok(Plan::Direct(d)) if d == dst));
 }
 
 #[test]
@@ -50,7 +50,7 @@ fn workloads_outside_hbone_get_plain_tcp() {
     w.hbone = false;
     s.insert_workload(w);
     let dst = "10.1.0.5:9000".parse().unwrap();
-    assert!(matches!(route(&s, "", dst).0, Ok(Plan::Direct(d)) if d == dst));
+    assert!(matches!(route(&s, "", dst).plan, Ok(Plan::Direct(d)) if d == dst));
 }
 
 #[test]
@@ -61,7 +61,7 @@ fn a_waypoint_gets_the_connection_with_the_original_vip_as_authority() {
     s.insert_service(cart);
     s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true));
     s.insert_workload(wl("wp", "shop", "waypoint", "10.1.0.99", None, true));
-    match route(&s, "", "10.96.0.10:80".parse().unwrap()).0.unwrap() {
+    match route(&s, "", "10.96.0.10:80".parse().unwrap()).plan.unwrap() {
         Plan::Hbone { hbone_addr, authority, identities } => {
             assert_eq!(hbone_addr, "10.1.0.99:15008".parse().unwrap());
             assert_eq!(authority, "10.96.0.10:80".parse().unwrap(), "authority = VIP:port");
@@ -73,7 +73,7 @@ fn a_waypoint_gets_the_connection_with_the_original_vip_as_authority() {
     let mut w2 = wl("w2", "shop", "cart", "10.1.0.6", None, true);
     w2.waypoint = Some(waypoint_at([10, 1, 0, 99]));
     s.insert_workload(w2);
-    match route(&s, "", "10.1.0.6:8080".parse().unwrap()).0.unwrap() {
+    match route(&s, "", "10.1.0.6:8080".parse().unwrap()).plan.unwrap() {
         Plan::Hbone { hbone_addr, authority, .. } => {
             assert_eq!((hbone_addr, authority), ("10.1.0.99:15008".parse().unwrap(), "10.1.0.6:8080".parse().unwrap()));
         }
@@ -83,5 +83,5 @@ fn a_waypoint_gets_the_connection_with_the_original_vip_as_authority() {
     let mut w3 = wl("w3", "shop", "cart", "10.1.0.7", None, true);
     w3.waypoint = Some(waypoint_at([10, 1, 0, 250]));
     s.insert_workload(w3);
-    assert!(matches!(route(&s, "", "10.1.0.7:8080".parse().unwrap()).0, Err(RouteError::Waypoint(_))));
+    assert!(matches!(route(&s, "", "10.1.0.7:8080".parse().unwrap()).plan, Err(RouteError::Waypoint(_))));
 }

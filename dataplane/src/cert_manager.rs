@@ -25,7 +25,7 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(150);
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum IdentityError {
+pub enum FetchError {
     #[error("certificate request for {identity} failed: {reason}")]
     Request { identity: Identity, reason: String },
     #[error("the CA answered with a certificate for {got}, not {want}")]
@@ -92,8 +92,8 @@ pub const CA_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl CaClient {
     /// Generates a key, sends the CSR, checks the answer names `identity`.
-    pub async fn request(&self, identity: &Identity) -> Result<WorkloadCert, IdentityError> {
-        let fail = |reason: String| IdentityError::Request { identity: identity.clone(), reason };
+    pub async fn request(&self, identity: &Identity) -> Result<WorkloadCert, FetchError> {
+        let fail = |reason: String| FetchError::Request { identity: identity.clone(), reason };
         let key = WorkloadKey::generate(identity).map_err(|e| fail(e.to_string()))?;
         let metadata = prost_types::Struct {
             fields: [(
@@ -118,7 +118,7 @@ impl CaClient {
         let cert =
             WorkloadCert::from_pem_chain(key, &response.into_inner().cert_chain).map_err(|e| fail(e.to_string()))?;
         if cert.identity != *identity {
-            return Err(IdentityError::WrongIdentity { want: identity.clone(), got: cert.identity });
+            return Err(FetchError::WrongIdentity { want: identity.clone(), got: cert.identity });
         }
         Ok(cert)
     }
@@ -131,7 +131,7 @@ pub enum CertState {
     Pending,
     Ready(Arc<WorkloadCert>),
     /// No usable certificate; the refresher keeps retrying.
-    Failed(IdentityError),
+    Failed(FetchError),
 }
 
 struct Slot {
@@ -167,13 +167,13 @@ impl CertManager {
     }
 
     /// The current certificate, waiting for the first one if needed.
-    pub async fn fetch(&self, identity: &Identity) -> Result<Arc<WorkloadCert>, IdentityError> {
+    pub async fn fetch(&self, identity: &Identity) -> Result<Arc<WorkloadCert>, FetchError> {
         let mut rx = self.slot(identity);
-        let state = rx.wait_for(|s| !matches!(s, CertState::Pending)).await.map_err(|_| IdentityError::Stopped)?;
+        let state = rx.wait_for(|s| !matches!(s, CertState::Pending)).await.map_err(|_| FetchError::Stopped)?;
         match &*state {
             CertState::Ready(cert) => Ok(cert.clone()),
             CertState::Failed(e) => Err(e.clone()),
-            CertState::Pending => Err(IdentityError::Stopped),
+            CertState::Pending => Err(FetchError::Stopped),
         }
     }
 

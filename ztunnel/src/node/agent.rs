@@ -25,11 +25,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::cni::{CniCommand, CniRequest, CniResponse};
 use crate::config::Config;
-use crate::inpod::netns::Netns;
-use crate::inpod::rules::InPodRules;
-use crate::state::State;
+use crate::node::cni::{CniCommand, CniRequest, CniResponse};
+use crate::node::rules::InPodRules;
+use ambit_dataplane::state::State;
+use ambit_shared::netns::Netns;
 
 /// Longest the agent waits for the proxy to answer one ZDS instruction.
 const ZDS_TIMEOUT: Duration = Duration::from_secs(10);

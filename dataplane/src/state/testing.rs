@@ -20,7 +20,7 @@ pub fn wl(uid: &str, ns: &str, sa: &str, ip: &str, svc: Option<&str>, healthy: b
             PortList { ports: vec![Port { service_port: 80, target_port: 8080, app_protocol: 0 }] },
         );
     }
-    Workload::from_proto(pb::Workload {
+    Workload::try_from(pb::Workload {
         uid: uid.into(),
         name: uid.into(),
         namespace: ns.into(),
@@ -35,7 +35,7 @@ pub fn wl(uid: &str, ns: &str, sa: &str, ip: &str, svc: Option<&str>, healthy: b
 }
 
 pub fn svc(ns: &str, host: &str, vip: [u8; 4]) -> Service {
-    Service::from_proto(pb::Service {
+    Service::try_from(pb::Service {
         name: host.split('.').next().unwrap().into(),
         namespace: ns.into(),
         hostname: host.into(),

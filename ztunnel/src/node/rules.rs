@@ -16,14 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Mark ztunnel sets on its own sockets (Istio's 1337).
-pub const PROXY_MARK: u32 = 0x539;
-/// Connection mark for ztunnel's connections.
-pub const CONN_MARK: u32 = 0x111;
-pub const MARK_MASK: u32 = 0xfff;
-pub const OUTBOUND_PORT: u16 = 15001;
-pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
-pub const INBOUND_HBONE_PORT: u16 = 15008;
+use crate::inpod::{CONN_MARK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK_MASK, OUTBOUND_PORT, PROXY_MARK};
+
 /// Source address kubelet probes are rewritten to on the node (left uncaptured).
 pub const PROBE_SOURCE: &str = "169.254.7.127";
 /// Istio's IPv6 equivalent.

@@ -1,10 +1,11 @@
-//! ztunnel's view of the mesh, from the controller over xDS: workloads, services and
+//! The proxies' view of the mesh, from the controller over xDS: workloads, services and
 //! authorization policies, indexed for the per-connection look-ups (by address, by VIP, by
 //! name) so a connection costs hash look-ups, never a scan.
 //!
 //! `Updater` is the xDS handler that keeps it current; when the controller is away the last
-//! state keeps serving. Decisions (where to send a connection, whether to allow it) read it
-//! through `State`'s methods.
+//! state keeps serving. Decisions (where to send a connection, which endpoint) read it through
+//! `State`'s methods. Evaluating policies is not done here: ztunnel's `rbac` reads them
+//! through [`State::policies_for`]; the waypoint evaluates its own L7 policies.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -15,8 +16,6 @@ use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION};
 use ambit_shared::proto::workload::{self as pb, address};
 use ambit_shared::xds::{self, Rejection, Update};
 use ambit_shared::Identity;
-
-use crate::rbac::{self, ConnectionInfo, Denial};
 
 /// Network name + address: workloads and VIPs are unique per network.
 pub type NetworkAddr = (Arc<str>, IpAddr);
@@ -60,14 +59,45 @@ pub struct Service {
     pub allow_unhealthy: bool,
 }
 
+/// An xDS resource the data path cannot use, named by kind and name.
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("workload {0}: {1}")]
-    Workload(String, String),
-    #[error("service {0}: {1}")]
-    Service(String, String),
-    #[error("authorization {0}: {1}")]
-    Authorization(String, String),
+#[error("{kind} {name}: {problem}")]
+pub struct StateError {
+    /// Which kind of resource was refused.
+    pub kind: ResourceKind,
+    /// Its xDS name (a workload's uid, a service's `namespace/hostname`).
+    pub name: String,
+    /// What is wrong with it.
+    pub problem: Problem,
+}
+
+/// The kinds of resources the state holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    Workload,
+    Service,
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResourceKind::Workload => "workload",
+            ResourceKind::Service => "service",
+        })
+    }
+}
+
+/// Why a resource was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("uid is empty")]
+    EmptyUid,
+    #[error("address of {0} bytes")]
+    AddressLength(usize),
+    #[error("VIP of {0} bytes")]
+    VipLength(usize),
+    #[error(transparent)]
+    Identity(#[from] ambit_shared::identity::IdentityError),
 }
 
 /// An IP from its raw bytes (4 or 16).
@@ -79,21 +109,23 @@ pub fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
     }
 }
 
-impl Workload {
+impl TryFrom<pb::Workload> for Workload {
+    type Error = StateError;
+
     /// Converts the xDS message, validating what the data path relies on.
-    pub fn from_proto(w: pb::Workload) -> Result<Self, StateError> {
-        let err = |msg: String| StateError::Workload(w.uid.clone(), msg);
+    fn try_from(w: pb::Workload) -> Result<Self, StateError> {
+        let err = |problem: Problem| StateError { kind: ResourceKind::Workload, name: w.uid.clone(), problem };
         if w.uid.is_empty() {
-            return Err(err("uid is empty".into()));
+            return Err(err(Problem::EmptyUid));
         }
         let addresses = w
             .addresses
             .iter()
-            .map(|a| ip_from_bytes(a).ok_or_else(|| err(format!("address of {} bytes", a.len()))))
+            .map(|a| ip_from_bytes(a).ok_or_else(|| err(Problem::AddressLength(a.len()))))
             .collect::<Result<Vec<_>, _>>()?;
         let td = if w.trust_domain.is_empty() { "cluster.local" } else { &w.trust_domain };
         let sa = if w.service_account.is_empty() { "default" } else { &w.service_account };
-        let identity = Identity::new(td, &w.namespace, sa).map_err(|e| err(e.to_string()))?;
+        let identity = Identity::new(td, &w.namespace, sa).map_err(|e| err(e.into()))?;
         Ok(Workload {
             uid: w.uid.as_str().into(),
             name: w.name.as_str().into(),
@@ -116,17 +148,20 @@ impl Workload {
     }
 }
 
-impl Service {
-    pub fn from_proto(s: pb::Service) -> Result<Self, StateError> {
+impl TryFrom<pb::Service> for Service {
+    type Error = StateError;
+
+    /// Converts the xDS message; the key is `namespace/hostname`.
+    fn try_from(s: pb::Service) -> Result<Self, StateError> {
         let key = format!("{}/{}", s.namespace, s.hostname);
-        let err = |msg: String| StateError::Service(key.clone(), msg);
+        let err = |problem: Problem| StateError { kind: ResourceKind::Service, name: key.clone(), problem };
         let vips = s
             .addresses
             .iter()
             .map(|a| {
                 ip_from_bytes(&a.address)
                     .map(|ip| (Arc::from(a.network.as_str()), ip))
-                    .ok_or_else(|| err(format!("VIP of {} bytes", a.address.len())))
+                    .ok_or_else(|| err(Problem::VipLength(a.address.len())))
             })
             .collect::<Result<Vec<_>, _>>()?;
         // SPIFFE identities only: a ServiceEntry may also list DNS names (for TLS origination
@@ -148,7 +183,9 @@ impl Service {
             allow_unhealthy,
         })
     }
+}
 
+impl Service {
     /// The target port for `port` on `workload` (the workload's own mapping wins; 0 means
     /// "same as the service port").
     pub fn target_port(&self, port: u16, workload: &Workload) -> Option<u16> {
@@ -330,16 +367,20 @@ impl State {
             .collect()
     }
 
-    /// Authorizes a connection to `destination`: global policies, its namespace's, and the
-    /// ones it names (fail closed on unknown names).
-    pub fn authorize(&self, destination: &Workload, conn: &ConnectionInfo<'_>) -> Result<(), Denial> {
+    /// The policies that apply to connections to `destination`: global ones, its namespace's,
+    /// and the ones it names. A named policy that has not arrived is `Err(name)`, so the
+    /// evaluator can fail closed on it.
+    pub fn policies_for<'s>(
+        &'s self,
+        destination: &'s Workload,
+    ) -> impl Iterator<Item = Result<&'s Authorization, &'s str>> + 's {
         let named = destination.policies.iter().map(|n| self.policies.get(n).map(|p| &**p).ok_or(&**n));
         let scoped = self
             .global_policies
             .iter()
             .chain(self.namespace_policies.get(&destination.namespace).into_iter().flatten())
             .filter_map(|n| self.policies.get(n).map(|p| Ok(&**p)));
-        rbac::authorize(scoped.chain(named), conn)
+        scoped.chain(named)
     }
 }
 
@@ -403,10 +444,10 @@ impl xds::Handler for Updater {
             let result = match update.type_url {
                 ADDRESS => r.decode::<pb::Address>(ADDRESS).map_err(|e| e.to_string()).and_then(|a| match a.r#type {
                     Some(address::Type::Workload(w)) => {
-                        Workload::from_proto(w).map(|w| state.insert_workload(w)).map_err(|e| e.to_string())
+                        Workload::try_from(w).map(|w| state.insert_workload(w)).map_err(|e| e.to_string())
                     }
                     Some(address::Type::Service(s)) => {
-                        Service::from_proto(s).map(|s| state.insert_service(s)).map_err(|e| e.to_string())
+                        Service::try_from(s).map(|s| state.insert_service(s)).map_err(|e| e.to_string())
                     }
                     None => Err("address has neither workload nor service".into()),
                 }),
@@ -425,7 +466,7 @@ impl xds::Handler for Updater {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
