@@ -1,5 +1,6 @@
 //! Ambit's shared crate: the one implementation of every protocol the mesh speaks.
 //!
+//! - [`api`]: label, annotation and GatewayClass names on Kubernetes objects.
 //! - [`admission`]: connection counts per peer and in all, for the listeners' limits.
 //! - [`identity`]: SPIFFE identities.
 //! - [`cidr`]: IP blocks and matching addresses against them.
@@ -19,6 +20,7 @@
 //! speaks a protocol on its own.
 
 pub mod admission;
+pub mod api;
 pub mod certs;
 pub mod cidr;
 pub mod copy;

@@ -1,0 +1,22 @@
+//! Names users and peers see on Kubernetes objects — Istio's label and annotation keys and the
+//! GatewayClasses that make a Gateway a waypoint — so the controller that reads them and the
+//! sandbox that plays the cluster spell them one way. Their meaning is the controller's.
+
+/// Well-known label and annotation keys (Istio's).
+pub mod keys {
+    pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+    pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+    pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+    pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+    pub const REDIRECTION: &str = "ambient.istio.io/redirection";
+    pub const DRY_RUN: &str = "istio.io/dry-run";
+    pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
+    pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
+    pub const WORKLOAD_NAME: &str = "service.istio.io/workload-name";
+    pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+    pub const TRAFFIC_DISTRIBUTION: &str = "networking.istio.io/traffic-distribution";
+    pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+}
+
+/// Gateway classes that make a Gateway a waypoint (ours, and Istio's as an alias).
+pub const WAYPOINT_CLASSES: &[&str] = &["ambit-waypoint", "istio-waypoint"];
