@@ -18,6 +18,7 @@ pub mod index;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod rejection;
 pub mod run;
 pub mod source;
 pub mod store;

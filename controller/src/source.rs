@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use crate::manifest::Rejection;
+use crate::rejection::Rejection;
 
 pub mod access;
 pub mod apply;

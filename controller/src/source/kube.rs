@@ -15,8 +15,9 @@ use kube::Client;
 
 use crate::auth::{service_account_of, AuthError, Authenticator, Caller};
 use crate::index::Event;
-use crate::manifest::{parse_object, Parsed, Rejection};
+use crate::manifest::{parse_object, Parsed};
 use crate::model::{Kind, ObjectKey};
+use crate::rejection::Rejection;
 use crate::source::Rejections;
 
 /// (group, version, kind, plural) of every kind we watch.

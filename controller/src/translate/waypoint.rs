@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use ambit_shared::proto::waypoint as pb;
 
-use crate::manifest::Rejection;
 use crate::model::{
     AuthorizationPolicy, BackendObjectReference, DestinationRule, Gateway, GrpcRoute, HeaderModifierSpec, HttpRoute,
     HttpRouteFilter, HttpRouteRule, HttpValueMatch, Kind, Object, ParentReference, PolicyTargetReference,
     RequestAuthentication, Service, VirtualService, VsHeaderOps, VsStringMatch,
 };
+use crate::rejection::Rejection;
 use crate::store::Store;
 use crate::translate::MeshSettings;
 
