@@ -14,6 +14,7 @@ pub mod auth;
 pub mod ca;
 pub mod config;
 pub mod crds;
+pub mod deploy;
 pub mod index;
 pub mod manifest;
 pub mod metrics;
@@ -23,5 +24,11 @@ pub mod run;
 pub mod source;
 pub mod store;
 pub mod translate;
-pub mod waypoints;
+
+/// The old path of `deploy::waypoint_objects::objects`, kept while `tests/chart.rs` still
+/// imports it from here.
+#[doc(hidden)]
+pub mod waypoints {
+    pub use crate::deploy::waypoint_objects::objects;
+}
 pub mod xds;

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::{Authenticator, ReloadingTokenFile};
 use crate::ca::{load_or_create_root, load_root, CaService, CaSettings};
 use crate::config::Config;
+use crate::deploy::status::StatusSync;
+use crate::deploy::Deploy;
 use crate::index::{Event, Index};
 use crate::metrics::Metrics;
 use crate::model::Kind;
@@ -76,7 +78,7 @@ pub fn admin_routes(shared: Shared) -> AdminRoutes {
         "/debug/rejected" => Some(serde_json::to_string_pretty(&shared.rejections.all()).unwrap_or_default()),
         "/debug/waypoints" => {
             let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
-            let statuses: Vec<serde_json::Value> = crate::waypoints::statuses(index.store(), index.mesh())
+            let statuses: Vec<serde_json::Value> = crate::deploy::status::statuses(index.store(), index.mesh())
                 .into_iter()
                 .map(|((kind, ns, name), status)| serde_json::json!({"kind": kind, "namespace": ns, "name": name, "status": status}))
                 .collect();
@@ -97,12 +99,11 @@ async fn index_loop(
     shared: Shared,
     readiness: Readiness,
     expected_syncs: usize,
-    mut deployer: Option<Box<dyn crate::waypoints::Deploy>>,
-    status_tx: Option<mpsc::Sender<crate::source::kube::StatusPatch>>,
+    mut deployer: Option<Box<dyn Deploy>>,
+    mut status: Option<StatusSync>,
     mut leader: watch::Receiver<bool>,
 ) {
     let mut syncs = 0;
-    let mut written: std::collections::BTreeMap<_, serde_json::Value> = std::collections::BTreeMap::new();
     let mut leading = *leader.borrow();
     // A new leader writes everything again, even without a batch.
     let mut rewrite = false;
@@ -121,7 +122,9 @@ async fn index_loop(
                     continue;
                 }
                 leading = *leader.borrow_and_update();
-                written.clear();
+                if let Some(s) = status.as_mut() {
+                    s.reset();
+                }
                 if let Some(d) = deployer.as_mut() {
                     d.reset();
                 }
@@ -152,19 +155,8 @@ async fn index_loop(
             if let Some(d) = deployer.as_mut().filter(|_| write_waypoints) {
                 d.sync(index.store());
             }
-            if let Some(tx) = status_tx.as_ref().filter(|_| write_waypoints) {
-                // Waypoint statuses that changed; a Service no longer asking for a waypoint
-                // gets our condition removed (an empty list under our field manager).
-                let now = crate::waypoints::statuses(index.store(), index.mesh());
-                for (key, status) in &now {
-                    if written.get(key) != Some(status) {
-                        send_status(tx, key, status.clone());
-                    }
-                }
-                for key in written.keys().filter(|k| !now.contains_key(*k)) {
-                    send_status(tx, key, serde_json::json!({"conditions": []}));
-                }
-                written = now;
+            if let Some(s) = status.as_mut().filter(|_| write_waypoints) {
+                s.sync(index.store(), index.mesh());
             }
             (changes, index.store().node_identities())
         };
@@ -177,18 +169,6 @@ async fn index_loop(
             shared.xds.mark_synced();
             readiness.set_ready();
         }
-    }
-}
-
-fn send_status(
-    tx: &mpsc::Sender<crate::source::kube::StatusPatch>,
-    (kind, namespace, name): &(crate::model::Kind, String, String),
-    status: serde_json::Value,
-) {
-    let Some(resource) = crate::source::kube::status_resource(*kind) else { return };
-    let patch = crate::source::kube::StatusPatch { resource, namespace: namespace.clone(), name: name.clone(), status };
-    if tx.try_send(patch).is_err() {
-        tracing::warn!(%namespace, %name, "status queue full; the next change rewrites it");
     }
 }
 
@@ -236,10 +216,10 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     };
     let (tx, rx) = mpsc::channel(1024);
 
-    let mut status_tx = None;
+    let mut status_sync = None;
     // Directory mode (one controller) always leads.
     let (leader_tx, leader_rx) = watch::channel(true);
-    let mut kube_deployer: Option<Box<dyn crate::waypoints::Deploy>> = None;
+    let mut kube_deployer: Option<Box<dyn Deploy>> = None;
     // An operator-supplied root wins in either mode.
     let plugged = match (&config.ca_cert_file, &config.ca_key_file) {
         (Some(c), Some(k)) => Some(load_root(c, k)?),
@@ -270,17 +250,17 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
             };
             crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone());
             let (stx, srx) = mpsc::channel(1024);
-            tokio::spawn(crate::source::kube::write_status_patches(client.clone(), srx));
-            status_tx = Some(stx);
+            tokio::spawn(crate::deploy::status::write_status_patches(client.clone(), srx));
+            status_sync = Some(StatusSync::new(stx));
             let (atx, arx) = mpsc::channel(1024);
-            tokio::spawn(crate::source::apply::apply_owned(client.clone(), arx));
+            tokio::spawn(crate::deploy::apply::apply_owned(client.clone(), arx));
             if config.leader_election {
                 leader_tx.send_replace(false);
                 let identity =
                     config.pod_name.clone().unwrap_or_else(|| format!("ambit-controller-{}", std::process::id()));
                 tokio::spawn(crate::source::lease::run(client.clone(), config.namespace.clone(), identity, leader_tx));
             }
-            kube_deployer = Some(Box::new(crate::source::apply::KubeDeployer::new(
+            kube_deployer = Some(Box::new(crate::deploy::apply::KubeDeployer::new(
                 config.waypoint_settings(),
                 ca.root_pem().to_owned(),
                 atx,
@@ -299,14 +279,14 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     let (serving, _) = serving_cert(&ca, &identity, config.cert_lifetime())?;
     let tls = Arc::new(control_plane_server_config_reloadable(serving, &roots)?);
 
-    let deployer: Option<Box<dyn crate::waypoints::Deploy>> = match (&config.waypoint_dir, &config.manifests) {
+    let deployer: Option<Box<dyn Deploy>> = match (&config.waypoint_dir, &config.manifests) {
         (Some(dir), Some(_)) => Some(Box::new(
-            crate::waypoints::DirDeployer::new(dir, config.waypoint_settings())
+            crate::deploy::dir::DirDeployer::new(dir, config.waypoint_settings())
                 .with_context(|| format!("creating --waypoint-dir {}", dir.display()))?,
         )),
         _ => kube_deployer,
     };
-    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs, deployer, status_tx, leader_rx));
+    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs, deployer, status_sync, leader_rx));
     tokio::spawn(
         xds.clone()
             .debounce(Duration::from_millis(config.push_debounce_ms), Duration::from_millis(config.push_max_delay_ms)),
