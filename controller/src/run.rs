@@ -216,62 +216,16 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     };
     let (tx, rx) = mpsc::channel(1024);
 
-    let mut status_sync = None;
     // Directory mode (one controller) always leads.
     let (leader_tx, leader_rx) = watch::channel(true);
-    let mut kube_deployer: Option<Box<dyn Deploy>> = None;
     // An operator-supplied root wins in either mode.
     let plugged = match (&config.ca_cert_file, &config.ca_key_file) {
         (Some(c), Some(k)) => Some(load_root(c, k)?),
         _ => None,
     };
-    let (ca, auth, expected_syncs): (Ca, Arc<dyn Authenticator>, usize) = match &config.manifests {
-        Some(dir) => {
-            let ca = match plugged {
-                Some(ca) => ca,
-                None => load_or_create_root(
-                    &config.ca_dir,
-                    &config.trust_domain,
-                    ambit_shared::certs::DEFAULT_ROOT_LIFETIME,
-                )?,
-            };
-            let token_file = config.token_file.as_ref().context("--token-file is required with --manifests")?;
-            let auth = Arc::new(ReloadingTokenFile::load(token_file)?);
-            tokio::spawn(
-                DirSource::new(dir.clone(), Duration::from_millis(config.manifest_poll_ms), rejections.clone()).run(tx),
-            );
-            (ca, auth, 1)
-        }
-        None => {
-            let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
-            let ca = match plugged {
-                Some(ca) => ca,
-                None => crate::source::kube::load_or_create_root_secret(&client, config).await?,
-            };
-            crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone());
-            let (stx, srx) = mpsc::channel(1024);
-            tokio::spawn(crate::deploy::status::write_status_patches(client.clone(), srx));
-            status_sync = Some(StatusSync::new(stx));
-            let (atx, arx) = mpsc::channel(1024);
-            tokio::spawn(crate::deploy::apply::apply_owned(client.clone(), arx));
-            if config.leader_election {
-                leader_tx.send_replace(false);
-                let identity =
-                    config.pod_name.clone().unwrap_or_else(|| format!("ambit-controller-{}", std::process::id()));
-                tokio::spawn(crate::source::lease::run(client.clone(), config.namespace.clone(), identity, leader_tx));
-            }
-            kube_deployer = Some(Box::new(crate::deploy::apply::KubeDeployer::new(
-                config.waypoint_settings(),
-                ca.root_pem().to_owned(),
-                atx,
-            )));
-            let auth = Arc::new(crate::auth::CachedReviews::new(crate::source::kube::TokenReviewer::new(
-                client,
-                config.trust_domain.clone(),
-                vec![config.token_audience.clone()],
-            )));
-            (ca, auth, crate::source::kube::WATCHED.len())
-        }
+    let Inputs { ca, auth, expected_syncs, deployer: kube_deployer, status: status_sync } = match &config.manifests {
+        Some(dir) => start_directory(config, dir, plugged, &rejections, tx)?,
+        None => start_kubernetes(config, plugged, &rejections, tx, leader_tx).await?,
     };
     let ca = Arc::new(ca);
     let roots = MeshRoots::new(std::slice::from_ref(ca.root_der()))?;
@@ -314,23 +268,98 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
         per_peer: config.grpc_max_connections_per_peer,
     };
     let incoming = ambit_shared::grpc::tls_incoming(listener, tls, limits);
-    tokio::spawn(async move {
-        // A client holds one ADS stream and makes CA calls: a few streams each. Keepalives
-        // close connections whose peer vanished (a node that rebooted never sends a FIN).
-        let served = tonic::transport::Server::builder()
-            .max_concurrent_streams(Some(GRPC_MAX_STREAMS_PER_CONNECTION))
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-            .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024))
-            .add_service(IstioCertificateServiceServer::new(ca_service))
-            .serve_with_incoming(incoming)
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "gRPC server stopped");
-        }
-    });
+    tokio::spawn(serve_grpc(incoming, ads, ca_service));
     tracing::info!(%grpc_addr, %identity, "serving xDS and CA");
     Ok(Running { grpc_addr, shared, root_pem: ca.root_pem().to_owned(), identity })
+}
+
+/// What a source mode starts: the CA root, caller authentication, how many source parts must
+/// report their initial state, and in Kubernetes mode the deployer and the status writer.
+struct Inputs {
+    ca: Ca,
+    auth: Arc<dyn Authenticator>,
+    expected_syncs: usize,
+    deployer: Option<Box<dyn Deploy>>,
+    status: Option<StatusSync>,
+}
+
+/// Directory mode: the root from `--ca-dir`, callers by token file, the manifest directory.
+fn start_directory(
+    config: &Config,
+    dir: &std::path::Path,
+    plugged: Option<Ca>,
+    rejections: &Rejections,
+    tx: mpsc::Sender<Vec<Event>>,
+) -> anyhow::Result<Inputs> {
+    let ca = match plugged {
+        Some(ca) => ca,
+        None => load_or_create_root(&config.ca_dir, &config.trust_domain, ambit_shared::certs::DEFAULT_ROOT_LIFETIME)?,
+    };
+    let token_file = config.token_file.as_ref().context("--token-file is required with --manifests")?;
+    let auth = Arc::new(ReloadingTokenFile::load(token_file)?);
+    tokio::spawn(
+        DirSource::new(dir.to_path_buf(), Duration::from_millis(config.manifest_poll_ms), rejections.clone()).run(tx),
+    );
+    Ok(Inputs { ca, auth, expected_syncs: 1, deployer: None, status: None })
+}
+
+/// Kubernetes mode: the root Secret, the watchers, the status and apply writers, leader
+/// election, callers by TokenReview.
+async fn start_kubernetes(
+    config: &Config,
+    plugged: Option<Ca>,
+    rejections: &Rejections,
+    tx: mpsc::Sender<Vec<Event>>,
+    leader_tx: watch::Sender<bool>,
+) -> anyhow::Result<Inputs> {
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let ca = match plugged {
+        Some(ca) => ca,
+        None => crate::source::kube::load_or_create_root_secret(&client, config).await?,
+    };
+    crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone());
+    let (stx, srx) = mpsc::channel(1024);
+    tokio::spawn(crate::deploy::status::write_status_patches(client.clone(), srx));
+    let status = Some(StatusSync::new(stx));
+    let (atx, arx) = mpsc::channel(1024);
+    tokio::spawn(crate::deploy::apply::apply_owned(client.clone(), arx));
+    if config.leader_election {
+        leader_tx.send_replace(false);
+        let identity = config.pod_name.clone().unwrap_or_else(|| format!("ambit-controller-{}", std::process::id()));
+        tokio::spawn(crate::source::lease::run(client.clone(), config.namespace.clone(), identity, leader_tx));
+    }
+    let deployer: Option<Box<dyn Deploy>> = Some(Box::new(crate::deploy::apply::KubeDeployer::new(
+        config.waypoint_settings(),
+        ca.root_pem().to_owned(),
+        atx,
+    )));
+    let auth = Arc::new(crate::auth::CachedReviews::new(crate::source::kube::TokenReviewer::new(
+        client,
+        config.trust_domain.clone(),
+        vec![config.token_audience.clone()],
+    )));
+    Ok(Inputs { ca, auth, expected_syncs: crate::source::kube::WATCHED.len(), deployer, status })
+}
+
+/// Serves xDS and the CA on the accepted TLS connections until the listener fails.
+async fn serve_grpc(
+    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<ambit_shared::grpc::ServerIo>>,
+    ads: AdsService,
+    ca_service: CaService,
+) {
+    // A client holds one ADS stream and makes CA calls: a few streams each. Keepalives
+    // close connections whose peer vanished (a node that rebooted never sends a FIN).
+    let served = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(GRPC_MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024))
+        .add_service(IstioCertificateServiceServer::new(ca_service))
+        .serve_with_incoming(incoming)
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "gRPC server stopped");
+    }
 }
 
 /// Concurrent gRPC streams on one control-plane connection.
