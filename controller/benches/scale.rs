@@ -186,7 +186,7 @@ async fn measure(dir: &Path, manifests: &Path, staging: &Path, pid: u32, grpc: &
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cpu_before = cpu_seconds(pid);
     let start = Instant::now();
-    for entry in std::fs::read_dir(&staging).unwrap() {
+    for entry in std::fs::read_dir(staging).unwrap() {
         let entry = entry.unwrap();
         std::fs::rename(entry.path(), manifests.join(entry.file_name())).unwrap();
     }
