@@ -9,6 +9,8 @@ use ambit_shared::lifecycle::{distinct_addresses, AddressClash};
 use ambit_shared::telemetry::LogArgs;
 use ambit_shared::Identity;
 
+pub use crate::deploy::waypoint_objects::PathNormalization;
+
 /// The control plane: reads Kubernetes (or a directory of the same manifests), serves delta
 /// xDS to ztunnels and waypoints, and is the mesh's certificate authority.
 #[derive(Debug, Clone, clap::Parser, serde::Serialize)]
@@ -191,8 +193,8 @@ impl Config {
             .map_err(|e| ConfigError::OwnIdentity(format!("{}/{}", self.namespace, self.service_account), e))
     }
 
-    pub fn waypoint_settings(&self) -> crate::waypoints::WaypointSettings {
-        crate::waypoints::WaypointSettings {
+    pub fn waypoint_settings(&self) -> crate::deploy::waypoint_objects::WaypointSettings {
+        crate::deploy::waypoint_objects::WaypointSettings {
             image: self.waypoint_image.clone(),
             xds_address: self.waypoint_xds_address.clone(),
             trust_domain: self.trust_domain.clone(),
@@ -210,29 +212,6 @@ impl Config {
             cluster_id: self.cluster_id.clone(),
             root_namespace: self.root_namespace.clone(),
             domain_suffix: self.domain_suffix.clone(),
-        }
-    }
-}
-
-/// Request path normalization at waypoints (meshConfig `pathNormalization.normalization`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[value(rename_all = "SCREAMING_SNAKE_CASE")]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum PathNormalization {
-    None,
-    Base,
-    MergeSlashes,
-    DecodeAndMergeSlashes,
-}
-
-impl PathNormalization {
-    /// The name waypoints read from `PATH_NORMALIZATION`.
-    pub fn name(self) -> &'static str {
-        match self {
-            PathNormalization::None => "NONE",
-            PathNormalization::Base => "BASE",
-            PathNormalization::MergeSlashes => "MERGE_SLASHES",
-            PathNormalization::DecodeAndMergeSlashes => "DECODE_AND_MERGE_SLASHES",
         }
     }
 }

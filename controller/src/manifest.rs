@@ -5,42 +5,12 @@
 //! same rules. Validation rejects what we could not enforce faithfully; it never guesses.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::IpAddr;
 
 use serde::de::DeserializeOwned;
 
 use crate::model::*;
-
-/// Why an input was refused, with enough context to find it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Rejection {
-    /// `Kind ns/name` when known, otherwise what is known (`document 3 of x.yaml`).
-    pub object: String,
-    /// Dotted path of the offending field (`spec.rules[0].from[1].source.principals[0]`), or
-    /// empty when the whole document is at fault.
-    pub field: String,
-    pub reason: String,
-    /// The object, when the document got far enough to name it.
-    #[serde(skip)]
-    pub key: Option<ObjectKey>,
-}
-
-impl Rejection {
-    pub fn new(object: impl Into<String>, field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Rejection { object: object.into(), field: field.into(), reason: reason.into(), key: None }
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}: {}", self.object, self.reason)
-        } else {
-            write!(f, "{}: field {}: {}", self.object, self.field, self.reason)
-        }
-    }
-}
+use crate::rejection::{parse_cidr, validate_labels, Rejection};
 
 /// A parsed document: an object we read, or one we ignore by kind.
 #[derive(Debug)]
@@ -218,87 +188,11 @@ fn validate(label: &str, object: &Object) -> Result<(), Rejection> {
     let r = |field: String, reason: String| reject(label, field, reason);
     validate_labels(label, "metadata.labels", &object.meta().labels)?;
     match object {
-        Object::Pod(p) => {
-            for (i, ip) in p.status.pod_ips.iter().enumerate() {
-                ip.ip
-                    .parse::<IpAddr>()
-                    .map_err(|_| r(format!("status.podIPs[{i}].ip"), format!("{:?} is not an IP address", ip.ip)))?;
-            }
-            if let Some(ip) = &p.status.pod_ip {
-                ip.parse::<IpAddr>().map_err(|_| r("status.podIP".into(), format!("{ip:?} is not an IP address")))?;
-            }
-        }
-        Object::Service(s) => {
-            let mut seen = BTreeSet::new();
-            for (i, port) in s.spec.ports.iter().enumerate() {
-                if port.port == 0 {
-                    return Err(r(format!("spec.ports[{i}].port"), "must be 1-65535".into()));
-                }
-                let proto = port.protocol.as_deref().unwrap_or("TCP");
-                if !seen.insert((port.port, proto.to_owned())) {
-                    return Err(r(format!("spec.ports[{i}].port"), format!("duplicate port {} ({proto})", port.port)));
-                }
-                if let Some(IntOrString::Int(t)) = &port.target_port {
-                    if !(1..=65535).contains(t) {
-                        return Err(r(format!("spec.ports[{i}].targetPort"), format!("{t} is not a port (1-65535)")));
-                    }
-                }
-            }
-            for (i, ip) in s.spec.cluster_ips.iter().enumerate() {
-                if ip != "None" && ip.parse::<IpAddr>().is_err() {
-                    return Err(r(format!("spec.clusterIPs[{i}]"), format!("{ip:?} is not an IP address")));
-                }
-            }
-            if let Some(ip) = &s.spec.cluster_ip {
-                if ip != "None" && !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
-                    return Err(r("spec.clusterIP".into(), format!("{ip:?} is not an IP address")));
-                }
-            }
-            if let Some(sel) = &s.spec.selector {
-                validate_labels(label, "spec.selector", sel)?;
-            }
-        }
+        Object::Pod(p) => validate_pod(label, p)?,
+        Object::Service(s) => validate_service(label, s)?,
         Object::AuthorizationPolicy(p) => crate::translate::authz::validate(label, p)?,
-        Object::PeerAuthentication(p) => {
-            if let Some(sel) = &p.spec.selector {
-                validate_labels(label, "spec.selector.matchLabels", &sel.match_labels)?;
-            }
-            let check_mode = |field: String, m: &MutualTls| match m.mode.as_deref() {
-                None | Some("UNSET" | "DISABLE" | "PERMISSIVE" | "STRICT") => Ok(()),
-                Some(other) => Err(r(field, format!("unknown mode {other:?} (UNSET, DISABLE, PERMISSIVE, STRICT)"))),
-            };
-            if let Some(m) = &p.spec.mtls {
-                check_mode("spec.mtls.mode".into(), m)?;
-            }
-            for (port, m) in &p.spec.port_level_mtls {
-                if port.parse::<u16>().map_or(true, |p| p == 0) {
-                    return Err(r(format!("spec.portLevelMtls.{port}"), format!("{port:?} is not a port number")));
-                }
-                check_mode(format!("spec.portLevelMtls.{port}.mode"), m)?;
-            }
-            if !p.spec.port_level_mtls.is_empty() && p.spec.selector.is_none() {
-                return Err(r("spec.portLevelMtls".into(), "port-level mTLS needs a workload selector".into()));
-            }
-        }
-        Object::ServiceEntry(se) => {
-            if se.spec.hosts.is_empty() {
-                return Err(r("spec.hosts".into(), "at least one host is required".into()));
-            }
-            let mut seen = BTreeSet::new();
-            for (i, p) in se.spec.ports.iter().enumerate() {
-                if p.number == 0 || !seen.insert(p.number) {
-                    return Err(r(
-                        format!("spec.ports[{i}].number"),
-                        format!("port {} is zero or duplicated", p.number),
-                    ));
-                }
-            }
-            for (i, a) in se.spec.addresses.iter().enumerate() {
-                if parse_cidr(a).is_none() {
-                    return Err(r(format!("spec.addresses[{i}]"), format!("{a:?} is not an IP address or CIDR")));
-                }
-            }
-        }
+        Object::PeerAuthentication(p) => validate_peer_authentication(label, p)?,
+        Object::ServiceEntry(se) => validate_service_entry(label, se)?,
         Object::Gateway(g) => {
             if g.spec.gateway_class_name.is_empty() {
                 return Err(r("spec.gatewayClassName".into(), "required".into()));
@@ -314,38 +208,93 @@ fn validate(label: &str, object: &Object) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Label keys: optional DNS-subdomain prefix, then a name of ≤63 characters; values ≤63,
-/// alphanumerics with `-_.` inside.
-pub fn validate_labels(label: &str, field: &str, labels: &Labels) -> Result<(), Rejection> {
-    fn name_ok(s: &str) -> bool {
-        s.len() <= 63
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && s.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
-            && s.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
+fn validate_pod(label: &str, p: &Pod) -> Result<(), Rejection> {
+    let r = |field: String, reason: String| reject(label, field, reason);
+    for (i, ip) in p.status.pod_ips.iter().enumerate() {
+        ip.ip
+            .parse::<IpAddr>()
+            .map_err(|_| r(format!("status.podIPs[{i}].ip"), format!("{:?} is not an IP address", ip.ip)))?;
     }
-    for (k, v) in labels {
-        let name = k.rsplit_once('/').map_or(k.as_str(), |(_, n)| n);
-        if name.is_empty() || !name_ok(name) || k.len() > 316 {
-            return Err(reject(label, format!("{field}.{k}"), format!("{k:?} is not a valid label key")));
-        }
-        if !name_ok(v) {
-            return Err(reject(label, format!("{field}.{k}"), format!("{v:?} is not a valid label value")));
-        }
+    if let Some(ip) = &p.status.pod_ip {
+        ip.parse::<IpAddr>().map_err(|_| r("status.podIP".into(), format!("{ip:?} is not an IP address")))?;
     }
     Ok(())
 }
 
-/// `10.0.0.0/8`, `10.1.2.3` (a /32), `fd00::/8`.
-pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (ip, len) = match s.split_once('/') {
-        Some((ip, len)) => (ip.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?),
-        None => {
-            let ip = s.parse::<IpAddr>().ok()?;
-            (ip, if ip.is_ipv4() { 32 } else { 128 })
+fn validate_service(label: &str, s: &Service) -> Result<(), Rejection> {
+    let r = |field: String, reason: String| reject(label, field, reason);
+    let mut seen = BTreeSet::new();
+    for (i, port) in s.spec.ports.iter().enumerate() {
+        if port.port == 0 {
+            return Err(r(format!("spec.ports[{i}].port"), "must be 1-65535".into()));
         }
+        let proto = port.protocol.as_deref().unwrap_or("TCP");
+        if !seen.insert((port.port, proto.to_owned())) {
+            return Err(r(format!("spec.ports[{i}].port"), format!("duplicate port {} ({proto})", port.port)));
+        }
+        if let Some(IntOrString::Int(t)) = &port.target_port {
+            if !(1..=65535).contains(t) {
+                return Err(r(format!("spec.ports[{i}].targetPort"), format!("{t} is not a port (1-65535)")));
+            }
+        }
+    }
+    for (i, ip) in s.spec.cluster_ips.iter().enumerate() {
+        if ip != "None" && ip.parse::<IpAddr>().is_err() {
+            return Err(r(format!("spec.clusterIPs[{i}]"), format!("{ip:?} is not an IP address")));
+        }
+    }
+    if let Some(ip) = &s.spec.cluster_ip {
+        if ip != "None" && !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
+            return Err(r("spec.clusterIP".into(), format!("{ip:?} is not an IP address")));
+        }
+    }
+    if let Some(sel) = &s.spec.selector {
+        validate_labels(label, "spec.selector", sel)?;
+    }
+    Ok(())
+}
+
+fn validate_peer_authentication(label: &str, p: &PeerAuthentication) -> Result<(), Rejection> {
+    let r = |field: String, reason: String| reject(label, field, reason);
+    if let Some(sel) = &p.spec.selector {
+        validate_labels(label, "spec.selector.matchLabels", &sel.match_labels)?;
+    }
+    let check_mode = |field: String, m: &MutualTls| match m.mode.as_deref() {
+        None | Some("UNSET" | "DISABLE" | "PERMISSIVE" | "STRICT") => Ok(()),
+        Some(other) => Err(r(field, format!("unknown mode {other:?} (UNSET, DISABLE, PERMISSIVE, STRICT)"))),
     };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    (len <= max).then_some((ip, len))
+    if let Some(m) = &p.spec.mtls {
+        check_mode("spec.mtls.mode".into(), m)?;
+    }
+    for (port, m) in &p.spec.port_level_mtls {
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(r(format!("spec.portLevelMtls.{port}"), format!("{port:?} is not a port number")));
+        }
+        check_mode(format!("spec.portLevelMtls.{port}.mode"), m)?;
+    }
+    if !p.spec.port_level_mtls.is_empty() && p.spec.selector.is_none() {
+        return Err(r("spec.portLevelMtls".into(), "port-level mTLS needs a workload selector".into()));
+    }
+    Ok(())
+}
+
+fn validate_service_entry(label: &str, se: &ServiceEntry) -> Result<(), Rejection> {
+    let r = |field: String, reason: String| reject(label, field, reason);
+    if se.spec.hosts.is_empty() {
+        return Err(r("spec.hosts".into(), "at least one host is required".into()));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, p) in se.spec.ports.iter().enumerate() {
+        if p.number == 0 || !seen.insert(p.number) {
+            return Err(r(format!("spec.ports[{i}].number"), format!("port {} is zero or duplicated", p.number)));
+        }
+    }
+    for (i, a) in se.spec.addresses.iter().enumerate() {
+        if parse_cidr(a).is_none() {
+            return Err(r(format!("spec.addresses[{i}]"), format!("{a:?} is not an IP address or CIDR")));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::{Authenticator, ReloadingTokenFile};
 use crate::ca::{load_or_create_root, load_root, CaService, CaSettings};
 use crate::config::Config;
+use crate::deploy::status::StatusSync;
+use crate::deploy::Deploy;
 use crate::index::{Event, Index};
 use crate::metrics::Metrics;
 use crate::model::Kind;
@@ -76,7 +78,7 @@ pub fn admin_routes(shared: Shared) -> AdminRoutes {
         "/debug/rejected" => Some(serde_json::to_string_pretty(&shared.rejections.all()).unwrap_or_default()),
         "/debug/waypoints" => {
             let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
-            let statuses: Vec<serde_json::Value> = crate::waypoints::statuses(index.store(), index.mesh())
+            let statuses: Vec<serde_json::Value> = crate::deploy::status::statuses(index.store(), index.mesh())
                 .into_iter()
                 .map(|((kind, ns, name), status)| serde_json::json!({"kind": kind, "namespace": ns, "name": name, "status": status}))
                 .collect();
@@ -97,12 +99,11 @@ async fn index_loop(
     shared: Shared,
     readiness: Readiness,
     expected_syncs: usize,
-    mut deployer: Option<Box<dyn crate::waypoints::Deploy>>,
-    status_tx: Option<mpsc::Sender<crate::source::kube::StatusPatch>>,
+    mut deployer: Option<Box<dyn Deploy>>,
+    mut status: Option<StatusSync>,
     mut leader: watch::Receiver<bool>,
 ) {
     let mut syncs = 0;
-    let mut written: std::collections::BTreeMap<_, serde_json::Value> = std::collections::BTreeMap::new();
     let mut leading = *leader.borrow();
     // A new leader writes everything again, even without a batch.
     let mut rewrite = false;
@@ -121,7 +122,9 @@ async fn index_loop(
                     continue;
                 }
                 leading = *leader.borrow_and_update();
-                written.clear();
+                if let Some(s) = status.as_mut() {
+                    s.reset();
+                }
                 if let Some(d) = deployer.as_mut() {
                     d.reset();
                 }
@@ -152,19 +155,8 @@ async fn index_loop(
             if let Some(d) = deployer.as_mut().filter(|_| write_waypoints) {
                 d.sync(index.store());
             }
-            if let Some(tx) = status_tx.as_ref().filter(|_| write_waypoints) {
-                // Waypoint statuses that changed; a Service no longer asking for a waypoint
-                // gets our condition removed (an empty list under our field manager).
-                let now = crate::waypoints::statuses(index.store(), index.mesh());
-                for (key, status) in &now {
-                    if written.get(key) != Some(status) {
-                        send_status(tx, key, status.clone());
-                    }
-                }
-                for key in written.keys().filter(|k| !now.contains_key(*k)) {
-                    send_status(tx, key, serde_json::json!({"conditions": []}));
-                }
-                written = now;
+            if let Some(s) = status.as_mut().filter(|_| write_waypoints) {
+                s.sync(index.store(), index.mesh());
             }
             (changes, index.store().node_identities())
         };
@@ -177,18 +169,6 @@ async fn index_loop(
             shared.xds.mark_synced();
             readiness.set_ready();
         }
-    }
-}
-
-fn send_status(
-    tx: &mpsc::Sender<crate::source::kube::StatusPatch>,
-    (kind, namespace, name): &(crate::model::Kind, String, String),
-    status: serde_json::Value,
-) {
-    let Some(resource) = crate::source::kube::status_resource(*kind) else { return };
-    let patch = crate::source::kube::StatusPatch { resource, namespace: namespace.clone(), name: name.clone(), status };
-    if tx.try_send(patch).is_err() {
-        tracing::warn!(%namespace, %name, "status queue full; the next change rewrites it");
     }
 }
 
@@ -236,62 +216,16 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     };
     let (tx, rx) = mpsc::channel(1024);
 
-    let mut status_tx = None;
     // Directory mode (one controller) always leads.
     let (leader_tx, leader_rx) = watch::channel(true);
-    let mut kube_deployer: Option<Box<dyn crate::waypoints::Deploy>> = None;
     // An operator-supplied root wins in either mode.
     let plugged = match (&config.ca_cert_file, &config.ca_key_file) {
         (Some(c), Some(k)) => Some(load_root(c, k)?),
         _ => None,
     };
-    let (ca, auth, expected_syncs): (Ca, Arc<dyn Authenticator>, usize) = match &config.manifests {
-        Some(dir) => {
-            let ca = match plugged {
-                Some(ca) => ca,
-                None => load_or_create_root(
-                    &config.ca_dir,
-                    &config.trust_domain,
-                    ambit_shared::certs::DEFAULT_ROOT_LIFETIME,
-                )?,
-            };
-            let token_file = config.token_file.as_ref().context("--token-file is required with --manifests")?;
-            let auth = Arc::new(ReloadingTokenFile::load(token_file)?);
-            tokio::spawn(
-                DirSource::new(dir.clone(), Duration::from_millis(config.manifest_poll_ms), rejections.clone()).run(tx),
-            );
-            (ca, auth, 1)
-        }
-        None => {
-            let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
-            let ca = match plugged {
-                Some(ca) => ca,
-                None => crate::source::kube::load_or_create_root_secret(&client, config).await?,
-            };
-            crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone());
-            let (stx, srx) = mpsc::channel(1024);
-            tokio::spawn(crate::source::kube::write_status_patches(client.clone(), srx));
-            status_tx = Some(stx);
-            let (atx, arx) = mpsc::channel(1024);
-            tokio::spawn(crate::source::apply::apply_owned(client.clone(), arx));
-            if config.leader_election {
-                leader_tx.send_replace(false);
-                let identity =
-                    config.pod_name.clone().unwrap_or_else(|| format!("ambit-controller-{}", std::process::id()));
-                tokio::spawn(crate::source::lease::run(client.clone(), config.namespace.clone(), identity, leader_tx));
-            }
-            kube_deployer = Some(Box::new(crate::source::apply::KubeDeployer::new(
-                config.waypoint_settings(),
-                ca.root_pem().to_owned(),
-                atx,
-            )));
-            let auth = Arc::new(crate::auth::CachedReviews::new(crate::source::kube::TokenReviewer::new(
-                client,
-                config.trust_domain.clone(),
-                vec![config.token_audience.clone()],
-            )));
-            (ca, auth, crate::source::kube::WATCHED.len())
-        }
+    let Inputs { ca, auth, expected_syncs, deployer: kube_deployer, status: status_sync } = match &config.manifests {
+        Some(dir) => start_directory(config, dir, plugged, &rejections, tx)?,
+        None => start_kubernetes(config, plugged, &rejections, tx, leader_tx).await?,
     };
     let ca = Arc::new(ca);
     let roots = MeshRoots::new(std::slice::from_ref(ca.root_der()))?;
@@ -299,14 +233,14 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     let (serving, _) = serving_cert(&ca, &identity, config.cert_lifetime())?;
     let tls = Arc::new(control_plane_server_config_reloadable(serving, &roots)?);
 
-    let deployer: Option<Box<dyn crate::waypoints::Deploy>> = match (&config.waypoint_dir, &config.manifests) {
+    let deployer: Option<Box<dyn Deploy>> = match (&config.waypoint_dir, &config.manifests) {
         (Some(dir), Some(_)) => Some(Box::new(
-            crate::waypoints::DirDeployer::new(dir, config.waypoint_settings())
+            crate::deploy::dir::DirDeployer::new(dir, config.waypoint_settings())
                 .with_context(|| format!("creating --waypoint-dir {}", dir.display()))?,
         )),
         _ => kube_deployer,
     };
-    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs, deployer, status_tx, leader_rx));
+    tokio::spawn(index_loop(rx, shared.clone(), readiness, expected_syncs, deployer, status_sync, leader_rx));
     tokio::spawn(
         xds.clone()
             .debounce(Duration::from_millis(config.push_debounce_ms), Duration::from_millis(config.push_max_delay_ms)),
@@ -334,23 +268,98 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
         per_peer: config.grpc_max_connections_per_peer,
     };
     let incoming = ambit_shared::grpc::tls_incoming(listener, tls, limits);
-    tokio::spawn(async move {
-        // A client holds one ADS stream and makes CA calls: a few streams each. Keepalives
-        // close connections whose peer vanished (a node that rebooted never sends a FIN).
-        let served = tonic::transport::Server::builder()
-            .max_concurrent_streams(Some(GRPC_MAX_STREAMS_PER_CONNECTION))
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-            .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024))
-            .add_service(IstioCertificateServiceServer::new(ca_service))
-            .serve_with_incoming(incoming)
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "gRPC server stopped");
-        }
-    });
+    tokio::spawn(serve_grpc(incoming, ads, ca_service));
     tracing::info!(%grpc_addr, %identity, "serving xDS and CA");
     Ok(Running { grpc_addr, shared, root_pem: ca.root_pem().to_owned(), identity })
+}
+
+/// What a source mode starts: the CA root, caller authentication, how many source parts must
+/// report their initial state, and in Kubernetes mode the deployer and the status writer.
+struct Inputs {
+    ca: Ca,
+    auth: Arc<dyn Authenticator>,
+    expected_syncs: usize,
+    deployer: Option<Box<dyn Deploy>>,
+    status: Option<StatusSync>,
+}
+
+/// Directory mode: the root from `--ca-dir`, callers by token file, the manifest directory.
+fn start_directory(
+    config: &Config,
+    dir: &std::path::Path,
+    plugged: Option<Ca>,
+    rejections: &Rejections,
+    tx: mpsc::Sender<Vec<Event>>,
+) -> anyhow::Result<Inputs> {
+    let ca = match plugged {
+        Some(ca) => ca,
+        None => load_or_create_root(&config.ca_dir, &config.trust_domain, ambit_shared::certs::DEFAULT_ROOT_LIFETIME)?,
+    };
+    let token_file = config.token_file.as_ref().context("--token-file is required with --manifests")?;
+    let auth = Arc::new(ReloadingTokenFile::load(token_file)?);
+    tokio::spawn(
+        DirSource::new(dir.to_path_buf(), Duration::from_millis(config.manifest_poll_ms), rejections.clone()).run(tx),
+    );
+    Ok(Inputs { ca, auth, expected_syncs: 1, deployer: None, status: None })
+}
+
+/// Kubernetes mode: the root Secret, the watchers, the status and apply writers, leader
+/// election, callers by TokenReview.
+async fn start_kubernetes(
+    config: &Config,
+    plugged: Option<Ca>,
+    rejections: &Rejections,
+    tx: mpsc::Sender<Vec<Event>>,
+    leader_tx: watch::Sender<bool>,
+) -> anyhow::Result<Inputs> {
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let ca = match plugged {
+        Some(ca) => ca,
+        None => crate::source::kube::load_or_create_root_secret(&client, config).await?,
+    };
+    crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone());
+    let (stx, srx) = mpsc::channel(1024);
+    tokio::spawn(crate::deploy::status::write_status_patches(client.clone(), srx));
+    let status = Some(StatusSync::new(stx));
+    let (atx, arx) = mpsc::channel(1024);
+    tokio::spawn(crate::deploy::apply::apply_owned(client.clone(), arx));
+    if config.leader_election {
+        leader_tx.send_replace(false);
+        let identity = config.pod_name.clone().unwrap_or_else(|| format!("ambit-controller-{}", std::process::id()));
+        tokio::spawn(crate::source::lease::run(client.clone(), config.namespace.clone(), identity, leader_tx));
+    }
+    let deployer: Option<Box<dyn Deploy>> = Some(Box::new(crate::deploy::apply::KubeDeployer::new(
+        config.waypoint_settings(),
+        ca.root_pem().to_owned(),
+        atx,
+    )));
+    let auth = Arc::new(crate::auth::CachedReviews::new(crate::source::kube::TokenReviewer::new(
+        client,
+        config.trust_domain.clone(),
+        vec![config.token_audience.clone()],
+    )));
+    Ok(Inputs { ca, auth, expected_syncs: crate::source::kube::WATCHED.len(), deployer, status })
+}
+
+/// Serves xDS and the CA on the accepted TLS connections until the listener fails.
+async fn serve_grpc(
+    incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<ambit_shared::grpc::ServerIo>>,
+    ads: AdsService,
+    ca_service: CaService,
+) {
+    // A client holds one ADS stream and makes CA calls: a few streams each. Keepalives
+    // close connections whose peer vanished (a node that rebooted never sends a FIN).
+    let served = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(GRPC_MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024))
+        .add_service(IstioCertificateServiceServer::new(ca_service))
+        .serve_with_incoming(incoming)
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "gRPC server stopped");
+    }
 }
 
 /// Concurrent gRPC streams on one control-plane connection.

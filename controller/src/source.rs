@@ -1,20 +1,26 @@
 //! Sources of objects: a directory of manifests (`dir`) or Kubernetes (`kube`). Both parse
 //! through `manifest::parse_object` and hand the index batches of events; rejections go to
-//! the shared `Rejections` registry. Nothing downstream knows which source ran. In Kubernetes
-//! mode `apply` also keeps the objects the controller owns applied (waypoints, the root
-//! ConfigMap).
+//! the shared `Rejections` registry. Nothing downstream knows which source ran. Also the
+//! Kubernetes leader election (`lease`) and the table of every API access (`access`).
+//!
+//! What the controller writes (waypoint objects, the root ConfigMap, statuses) is `deploy`'s.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use crate::manifest::Rejection;
+use crate::rejection::Rejection;
 
 pub mod access;
-pub mod apply;
 pub mod dir;
 pub mod kube;
 pub mod lease;
 
+/// The old home of the root ConfigMap's name, kept while `tests/chart.rs` still imports it
+/// from here; the constants live in `deploy::root_configmap`.
+#[doc(hidden)]
+pub mod apply {
+    pub use crate::deploy::root_configmap::{ROOT_CONFIGMAP, ROOT_CONFIGMAP_KEY};
+}
 /// Current rejections, by origin (a file path, or a Kubernetes object), for the admin endpoint.
 #[derive(Debug, Default, Clone)]
 pub struct Rejections(Arc<Mutex<BTreeMap<String, Vec<Rejection>>>>);

@@ -238,8 +238,8 @@ async fn rejections_are_written_as_status_conditions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waypoint_statuses_are_applied_to_gateways_and_services() {
+    use ambit_controller::deploy::status::{status_resource, write_status_patches, StatusPatch};
     use ambit_controller::model::Kind;
-    use ambit_controller::source::kube::{status_resource, write_status_patches, StatusPatch};
     let (_, server, client) = api_server().await;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     tokio::spawn(write_status_patches(client, rx));
@@ -279,10 +279,11 @@ async fn waypoint_statuses_are_applied_to_gateways_and_services() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waypoint_objects_and_the_root_configmap_are_applied_once() {
+    use ambit_controller::deploy::apply::{apply_owned, KubeDeployer};
+    use ambit_controller::deploy::waypoint_objects::WaypointSettings;
+    use ambit_controller::deploy::Deploy;
     use ambit_controller::manifest::{parse_object, Parsed};
-    use ambit_controller::source::apply::{apply_owned, KubeDeployer};
     use ambit_controller::store::Store;
-    use ambit_controller::waypoints::{Deploy, WaypointSettings};
     let (_, server, client) = api_server().await;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(apply_owned(client, rx));
@@ -361,7 +362,7 @@ async fn one_replica_leads_until_its_lease_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_apply_is_retried_until_it_lands() {
-    use ambit_controller::source::apply::{apply_owned, Owned};
+    use ambit_controller::deploy::apply::{apply_owned, Owned};
     let (_, server, client) = api_server().await;
     *server.failing_patches.lock().unwrap() = 2;
     let (tx, rx) = tokio::sync::mpsc::channel(8);

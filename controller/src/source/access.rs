@@ -3,9 +3,10 @@
 //! objects it applies, the Lease, TokenReview and the root Secret). The Helm chart's RBAC is
 //! tested against this list: everything here granted, nothing granted beyond it.
 
+use crate::deploy::apply::APPLIED;
+use crate::deploy::status::{status_resource, writes_status};
 use crate::model::Kind;
-use crate::source::apply::APPLIED;
-use crate::source::kube::{api_resource, status_resource, writes_status, WATCHED};
+use crate::source::kube::{api_resource, WATCHED};
 
 /// Where a grant applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::index::Event;
-use crate::manifest::{parse_object, split_yaml, Parsed, Rejection};
+use crate::manifest::{parse_object, split_yaml, Parsed};
 use crate::model::{Object, ObjectKey};
+use crate::rejection::Rejection;
 use crate::source::Rejections;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

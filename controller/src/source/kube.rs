@@ -14,9 +14,11 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 
 use crate::auth::{service_account_of, AuthError, Authenticator, Caller};
+use crate::deploy::status::{write_statuses, writes_status, StatusUpdate, ACCEPTED_MESSAGE};
 use crate::index::Event;
-use crate::manifest::{parse_object, Parsed, Rejection};
+use crate::manifest::{parse_object, Parsed};
 use crate::model::{Kind, ObjectKey};
+use crate::rejection::Rejection;
 use crate::source::Rejections;
 
 /// (group, version, kind, plural) of every kind we watch.
@@ -40,112 +42,6 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
 pub(crate) fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     let gvk = GroupVersionKind::gvk(group, version, kind);
     ApiResource::from_gvk_with_plural(&gvk, plural)
-}
-
-/// Kinds whose `status` we own and write: the mesh's custom resources (Kubernetes validates
-/// its core kinds itself).
-pub(crate) fn writes_status(ar: &ApiResource) -> bool {
-    matches!(ar.group.as_str(), "security.istio.io" | "networking.istio.io" | "gateway.networking.k8s.io")
-        && ar.kind != "Gateway"
-}
-
-const ACCEPTED_MESSAGE: &str = "accepted by ambit-controller";
-
-/// One status condition to write back.
-#[derive(Debug, Clone)]
-pub struct StatusUpdate {
-    pub resource: ApiResource,
-    pub namespace: String,
-    pub name: String,
-    pub generation: Option<i64>,
-    /// `None`: accepted; `Some(reason)`: rejected.
-    pub rejection: Option<String>,
-}
-
-/// Writes `Accepted` conditions with server-side apply (field manager `ambit-controller`), so a
-/// `kubectl get -o yaml` shows why an object was refused.
-pub async fn write_statuses(client: Client, mut rx: tokio::sync::mpsc::Receiver<StatusUpdate>) {
-    use kube::api::{Patch, PatchParams};
-    let params = PatchParams::apply("ambit-controller").force();
-    while let Some(u) = rx.recv().await {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &u.namespace, &u.resource);
-        let (status, reason, message) = match &u.rejection {
-            None => ("True", "Accepted", ACCEPTED_MESSAGE.to_owned()),
-            Some(why) => ("False", "Invalid", why.clone()),
-        };
-        let patch = serde_json::json!({
-            "apiVersion": u.resource.api_version,
-            "kind": u.resource.kind,
-            "status": {"conditions": [{
-                "type": "Accepted",
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": u.generation,
-                "lastTransitionTime": rfc3339_now(),
-            }]},
-        });
-        if let Err(e) = api.patch_status(&u.name, &params, &Patch::Apply(&patch)).await {
-            tracing::warn!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, error = %e, "writing status failed");
-        }
-    }
-}
-
-/// A status the controller owns on an object it does not define (a Gateway, a Service).
-#[derive(Debug, Clone)]
-pub struct StatusPatch {
-    pub resource: ApiResource,
-    pub namespace: String,
-    pub name: String,
-    /// The `status` fields we own, conditions without `lastTransitionTime` (added here).
-    pub status: serde_json::Value,
-}
-
-/// The API resource of a kind whose status the controller writes.
-pub fn status_resource(kind: crate::model::Kind) -> Option<ApiResource> {
-    match kind {
-        crate::model::Kind::Gateway => Some(api_resource("gateway.networking.k8s.io", "v1", "Gateway", "gateways")),
-        crate::model::Kind::Service => Some(api_resource("", "v1", "Service", "services")),
-        _ => None,
-    }
-}
-
-/// Writes waypoint statuses with server-side apply (field manager `ambit-controller`): our
-/// conditions and addresses only, beside whatever else owns the rest of `status`.
-pub async fn write_status_patches(client: Client, mut rx: tokio::sync::mpsc::Receiver<StatusPatch>) {
-    use kube::api::{Patch, PatchParams};
-    let params = PatchParams::apply("ambit-controller").force();
-    while let Some(mut p) = rx.recv().await {
-        let now = rfc3339_now();
-        if let Some(conds) = p.status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
-            for c in conds.iter_mut().filter_map(|c| c.as_object_mut()) {
-                c.insert("lastTransitionTime".into(), now.clone().into());
-            }
-        }
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &p.namespace, &p.resource);
-        let patch =
-            serde_json::json!({"apiVersion": p.resource.api_version, "kind": p.resource.kind, "status": p.status});
-        if let Err(e) = api.patch_status(&p.name, &params, &Patch::Apply(&patch)).await {
-            tracing::warn!(kind = %p.resource.kind, namespace = %p.namespace, name = %p.name, error = %e, "writing waypoint status failed");
-        }
-    }
-}
-
-/// RFC 3339 UTC timestamp with second precision, as Kubernetes writes them.
-fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Turns one watched object into an event, or records why it was rejected.

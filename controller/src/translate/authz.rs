@@ -15,8 +15,8 @@ use ambit_shared::proto::security::{
 };
 use ambit_shared::Identity;
 
-use crate::manifest::{parse_cidr, validate_labels, Rejection};
 use crate::model::{keys, AuthorizationPolicy, Operation, PeerAuthentication, Rule, Source, WhenCondition};
+use crate::rejection::{parse_cidr, validate_labels, Rejection};
 use crate::translate::MeshSettings;
 
 /// Name of the converted STRICT policy in the root namespace (Istio's).

@@ -6,8 +6,8 @@ use ambit_shared::proto::workload::{
     load_balancing, AppProtocol, IpFamilies, LoadBalancing, NetworkAddress, Port, Service as PbService,
 };
 
-use crate::manifest::parse_cidr;
 use crate::model::{keys, IntOrString, Service, ServiceEntry};
+use crate::rejection::parse_cidr;
 use crate::store::Store;
 use crate::translate::workload::{ip_bytes, waypoint_for};
 use crate::translate::MeshSettings;

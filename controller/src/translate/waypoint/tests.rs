@@ -1,3 +1,6 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use super::*;
 use crate::manifest::{parse_object, Parsed};
 

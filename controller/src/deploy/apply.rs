@@ -13,13 +13,11 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use kube::Client;
 use tokio::sync::mpsc;
 
+use crate::deploy::root_configmap::{ROOT_CONFIGMAP, ROOT_CONFIGMAP_KEY};
+use crate::deploy::waypoint_objects::{objects, waypoint_gateways, with_type_meta, WaypointSettings};
+use crate::deploy::Deploy;
 use crate::model::{Kind, Object};
 use crate::store::Store;
-use crate::waypoints::{objects, waypoint_gateways, WaypointSettings};
-
-/// The ConfigMap carrying the mesh root in every namespace (Istio's name and key).
-pub const ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
-pub const ROOT_CONFIGMAP_KEY: &str = "root-cert.pem";
 
 /// (group, version, kind, plural) of what the controller applies.
 pub const SERVICE_ACCOUNTS: (&str, &str, &str, &str) = ("", "v1", "ServiceAccount", "serviceaccounts");
@@ -38,12 +36,12 @@ pub struct Owned {
     pub body: serde_json::Value,
 }
 
-fn resource((group, version, kind, plural): (&str, &str, &str, &str)) -> ApiResource {
+pub(crate) fn resource((group, version, kind, plural): (&str, &str, &str, &str)) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
 fn typed<T: serde::Serialize>(resource: &ApiResource, o: &T) -> Option<serde_json::Value> {
-    crate::waypoints::with_type_meta(&resource.api_version, &resource.kind, o).ok()
+    with_type_meta(&resource.api_version, &resource.kind, o).ok()
 }
 
 /// Everything the controller should own for `store`, by (kind, namespace, name).
@@ -102,7 +100,7 @@ impl KubeDeployer {
     }
 }
 
-impl crate::waypoints::Deploy for KubeDeployer {
+impl Deploy for KubeDeployer {
     fn sync(&mut self, store: &Store) {
         let want = desired(store, &self.settings, &self.root_pem);
         for (key, owned) in &want {

@@ -1,0 +1,267 @@
+//! The status the controller writes back: each watched custom object's `Accepted` condition
+//! (accepted, or why it was rejected), and the waypoint statuses on objects it does not define
+//! — a waypoint Gateway's `Accepted` / `Programmed` conditions and address, Istio's
+//! `istio.io/WaypointBound` on Services asking for a waypoint. Both written with server-side
+//! apply (field manager `ambit-controller`).
+//!
+//! Deciding which objects are accepted is `manifest`'s; watching them is `source::kube`'s.
+
+use std::collections::BTreeMap;
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::Client;
+use tokio::sync::mpsc;
+
+use crate::deploy::apply::resource;
+use crate::deploy::waypoint_objects::waypoint_gateways;
+use crate::model::{keys, Kind};
+use crate::store::Store;
+use crate::translate::MeshSettings;
+
+/// The status the controller reports, without timestamps (the writer adds them), keyed by
+/// (kind, namespace, name): each waypoint Gateway's `Accepted` and `Programmed` conditions and
+/// its address; for each Service asking for a waypoint, Istio's `istio.io/WaypointBound`.
+pub fn statuses(store: &Store, mesh: &MeshSettings) -> BTreeMap<(Kind, String, String), serde_json::Value> {
+    let mut out = BTreeMap::new();
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| serde_json::json!({"type": type_, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message});
+    for gw in waypoint_gateways(store) {
+        let ns = gw.metadata.namespace.clone().unwrap_or_default();
+        let name = gw.metadata.name.clone();
+        let service = store.services(Some(&ns)).find(|s| s.metadata.name == name);
+        let ip = service.and_then(|s| s.spec.cluster_ip.clone()).filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+        let address = match &ip {
+            Some(ip) => serde_json::json!({"type": "IPAddress", "value": ip}),
+            None => serde_json::json!({"type": "Hostname", "value": mesh.hostname(&name, &ns)}),
+        };
+        let programmed = service.is_some();
+        out.insert(
+            (Kind::Gateway, ns.clone(), name.clone()),
+            serde_json::json!({
+                "addresses": [address],
+                "conditions": [
+                    condition("Accepted", true, "Accepted", "accepted by ambit-controller as a waypoint".into()),
+                    if programmed {
+                        condition("Programmed", true, "Programmed", format!("waypoint Service {ns}/{name} deployed"))
+                    } else {
+                        condition("Programmed", false, "Pending", format!("waiting for the waypoint Service {ns}/{name}"))
+                    },
+                ],
+            }),
+        );
+    }
+    for svc in store.services(None) {
+        if svc.metadata.labels.contains_key(keys::GATEWAY_NAME) {
+            continue;
+        }
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let Some((wp_ns, wp)) = crate::translate::workload::requested_waypoint(&svc.metadata.labels, &ns, store) else {
+            continue;
+        };
+        let bound = crate::translate::workload::waypoint_gateway(&svc.metadata.labels, &ns, false, store).is_some();
+        let cond = if bound {
+            condition("istio.io/WaypointBound", true, "WaypointAccepted", format!("bound to waypoint {wp_ns}/{wp}"))
+        } else {
+            condition(
+                "istio.io/WaypointBound",
+                false,
+                "WaypointNotFound",
+                format!("waypoint {wp_ns}/{wp} does not exist or does not serve services"),
+            )
+        };
+        out.insert((Kind::Service, ns, svc.metadata.name.clone()), serde_json::json!({"conditions": [cond]}));
+    }
+    out
+}
+
+/// Kinds whose `status` we own and write: the mesh's custom resources (Kubernetes validates
+/// its core kinds itself).
+pub fn writes_status(ar: &ApiResource) -> bool {
+    matches!(ar.group.as_str(), "security.istio.io" | "networking.istio.io" | "gateway.networking.k8s.io")
+        && ar.kind != "Gateway"
+}
+
+pub(crate) const ACCEPTED_MESSAGE: &str = "accepted by ambit-controller";
+
+/// One status condition to write back.
+#[derive(Debug, Clone)]
+pub struct StatusUpdate {
+    pub resource: ApiResource,
+    pub namespace: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    /// `None`: accepted; `Some(reason)`: rejected.
+    pub rejection: Option<String>,
+}
+
+/// Writes `Accepted` conditions with server-side apply (field manager `ambit-controller`), so a
+/// `kubectl get -o yaml` shows why an object was refused.
+pub async fn write_statuses(client: Client, mut rx: mpsc::Receiver<StatusUpdate>) {
+    let params = PatchParams::apply("ambit-controller").force();
+    while let Some(u) = rx.recv().await {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &u.namespace, &u.resource);
+        let (status, reason, message) = match &u.rejection {
+            None => ("True", "Accepted", ACCEPTED_MESSAGE.to_owned()),
+            Some(why) => ("False", "Invalid", why.clone()),
+        };
+        let patch = serde_json::json!({
+            "apiVersion": u.resource.api_version,
+            "kind": u.resource.kind,
+            "status": {"conditions": [{
+                "type": "Accepted",
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": u.generation,
+                "lastTransitionTime": rfc3339_now(),
+            }]},
+        });
+        if let Err(e) = api.patch_status(&u.name, &params, &Patch::Apply(&patch)).await {
+            tracing::warn!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, error = %e, "writing status failed");
+        }
+    }
+}
+
+/// A status the controller owns on an object it does not define (a Gateway, a Service).
+#[derive(Debug, Clone)]
+pub struct StatusPatch {
+    pub resource: ApiResource,
+    pub namespace: String,
+    pub name: String,
+    /// The `status` fields we own, conditions without `lastTransitionTime` (added here).
+    pub status: serde_json::Value,
+}
+
+/// The API resource of a kind whose status the controller writes.
+pub fn status_resource(kind: Kind) -> Option<ApiResource> {
+    match kind {
+        Kind::Gateway => Some(resource(("gateway.networking.k8s.io", "v1", "Gateway", "gateways"))),
+        Kind::Service => Some(resource(("", "v1", "Service", "services"))),
+        _ => None,
+    }
+}
+
+/// Writes waypoint statuses with server-side apply (field manager `ambit-controller`): our
+/// conditions and addresses only, beside whatever else owns the rest of `status`.
+pub async fn write_status_patches(client: Client, mut rx: mpsc::Receiver<StatusPatch>) {
+    let params = PatchParams::apply("ambit-controller").force();
+    while let Some(mut p) = rx.recv().await {
+        let now = rfc3339_now();
+        if let Some(conds) = p.status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+            for c in conds.iter_mut().filter_map(|c| c.as_object_mut()) {
+                c.insert("lastTransitionTime".into(), now.clone().into());
+            }
+        }
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &p.namespace, &p.resource);
+        let patch =
+            serde_json::json!({"apiVersion": p.resource.api_version, "kind": p.resource.kind, "status": p.status});
+        if let Err(e) = api.patch_status(&p.name, &params, &Patch::Apply(&patch)).await {
+            tracing::warn!(kind = %p.resource.kind, namespace = %p.namespace, name = %p.name, error = %e, "writing waypoint status failed");
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamp with second precision, as Kubernetes writes them.
+fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Sends the waypoint statuses that changed since the last call to the status writer
+/// (`write_status_patches`).
+pub struct StatusSync {
+    tx: mpsc::Sender<StatusPatch>,
+    /// What was last sent, by (kind, namespace, name).
+    written: BTreeMap<(Kind, String, String), serde_json::Value>,
+}
+
+impl StatusSync {
+    pub fn new(tx: mpsc::Sender<StatusPatch>) -> Self {
+        StatusSync { tx, written: BTreeMap::new() }
+    }
+
+    /// Waypoint statuses that changed; a Service no longer asking for a waypoint gets our
+    /// condition removed (an empty list under our field manager).
+    pub fn sync(&mut self, store: &Store, mesh: &MeshSettings) {
+        let now = statuses(store, mesh);
+        for (key, status) in &now {
+            if self.written.get(key) != Some(status) {
+                send_status(&self.tx, key, status.clone());
+            }
+        }
+        for key in self.written.keys().filter(|k| !now.contains_key(*k)) {
+            send_status(&self.tx, key, serde_json::json!({"conditions": []}));
+        }
+        self.written = now;
+    }
+
+    /// Forget what was sent (a new leader writes everything again).
+    pub fn reset(&mut self) {
+        self.written.clear();
+    }
+}
+
+fn send_status(
+    tx: &mpsc::Sender<StatusPatch>,
+    (kind, namespace, name): &(Kind, String, String),
+    status: serde_json::Value,
+) {
+    let Some(resource) = status_resource(*kind) else { return };
+    let patch = StatusPatch { resource, namespace: namespace.clone(), name: name.clone(), status };
+    if tx.try_send(patch).is_err() {
+        tracing::warn!(%namespace, %name, "status queue full; the next change rewrites it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{parse_object, Parsed};
+
+    #[test]
+    fn status_of_gateways_and_bound_services() {
+        let mut store = Store::default();
+        let add = |store: &mut Store, yaml: &str| {
+            let v: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+            if let Parsed::Object(o) = parse_object("t", v).unwrap() {
+                store.upsert(*o);
+            }
+        };
+        add(
+            &mut store,
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}",
+        );
+        add(&mut store, "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: ambit-waypoint}");
+        add(
+            &mut store,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: shop}\nspec: {ports: [{port: 80}]}",
+        );
+        add(&mut store, "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop, labels: {istio.io/use-waypoint: missing}}\nspec: {ports: [{port: 80}]}");
+        let mesh = crate::translate::MeshSettings::default();
+        let s = statuses(&store, &mesh);
+        let gw = &s[&(Kind::Gateway, "shop".into(), "waypoint".into())];
+        assert_eq!(gw["conditions"][1]["status"], "False", "no Service yet: not programmed");
+        assert_eq!(gw["addresses"][0]["value"], "waypoint.shop.svc.cluster.local");
+        assert_eq!(s[&(Kind::Service, "shop".into(), "reviews".into())]["conditions"][0]["status"], "True");
+        assert_eq!(s[&(Kind::Service, "shop".into(), "other".into())]["conditions"][0]["reason"], "WaypointNotFound");
+        add(&mut store, "apiVersion: v1\nkind: Service\nmetadata: {name: waypoint, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 15008}]}");
+        let s = statuses(&store, &mesh);
+        let gw = &s[&(Kind::Gateway, "shop".into(), "waypoint".into())];
+        assert_eq!(gw["conditions"][1]["status"], "True");
+        assert_eq!(gw["addresses"][0], serde_json::json!({"type": "IPAddress", "value": "10.96.0.9"}));
+        assert!(
+            !s.contains_key(&(Kind::Service, "shop".into(), "waypoint".into())),
+            "the waypoint's own Service is not bound"
+        );
+    }
+}

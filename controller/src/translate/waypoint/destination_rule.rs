@@ -1,0 +1,105 @@
+//! DestinationRule: its validation and the traffic policy (connection pool, outlier detection,
+//! load balancer) the waypoint applies to a service's backends.
+
+use ambit_shared::proto::waypoint as pb;
+
+use super::fields::{names_service, parse_duration, proto_duration};
+use crate::model::{DestinationRule, Kind, Object, Service};
+use crate::rejection::Rejection;
+use crate::store::Store;
+use crate::translate::MeshSettings;
+
+pub fn validate_destination_rule(label: &str, dr: &DestinationRule) -> Result<(), Rejection> {
+    let r = |field: &str, reason: String| Rejection::new(label, field, reason);
+    if dr.spec.host.is_empty() {
+        return Err(r("spec.host", "required".into()));
+    }
+    let Some(tp) = &dr.spec.traffic_policy else { return Ok(()) };
+    if let Some(od) = &tp.outlier_detection {
+        for (name, v) in [("interval", &od.interval), ("baseEjectionTime", &od.base_ejection_time)] {
+            if let Some(v) = v {
+                if parse_duration(v).is_none_or(|d| d.is_zero()) {
+                    return Err(r(
+                        &format!("spec.trafficPolicy.outlierDetection.{name}"),
+                        format!("{v:?} is not a positive duration"),
+                    ));
+                }
+            }
+        }
+        if od.max_ejection_percent.is_some_and(|p| p > 100) {
+            return Err(r("spec.trafficPolicy.outlierDetection.maxEjectionPercent", "must be 0-100".into()));
+        }
+    }
+    if let Some(lb) = &tp.load_balancer {
+        match lb.simple.as_deref() {
+            None | Some("UNSPECIFIED" | "LEAST_REQUEST" | "LEAST_CONN" | "ROUND_ROBIN" | "RANDOM") => {}
+            Some(other) => {
+                return Err(r(
+                    "spec.trafficPolicy.loadBalancer.simple",
+                    format!("{other:?} is not supported by waypoints (LEAST_REQUEST, ROUND_ROBIN, RANDOM)"),
+                ))
+            }
+        }
+        if let Some(h) = &lb.consistent_hash {
+            let set = [h.http_header_name.is_some(), h.http_cookie.is_some(), h.use_source_ip == Some(true)];
+            if set.iter().filter(|s| **s).count() != 1 {
+                return Err(r(
+                    "spec.trafficPolicy.loadBalancer.consistentHash",
+                    "exactly one of httpHeaderName, httpCookie, useSourceIp".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The DestinationRule for a service: one in the service's namespace first, then any other
+/// whose host names it (oldest first); its traffic policy as the waypoint applies it.
+pub(super) fn backend_policy(svc: &Service, store: &Store, mesh: &MeshSettings) -> Option<pb::BackendPolicy> {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+    let names = |dr: &DestinationRule| {
+        names_service(&dr.spec.host, dr.metadata.namespace.as_deref().unwrap_or_default(), svc, mesh)
+    };
+    let mut candidates: Vec<&DestinationRule> = store
+        .list(Kind::DestinationRule, None)
+        .filter_map(|o| match o {
+            Object::DestinationRule(dr) if names(dr) => Some(dr),
+            _ => None,
+        })
+        .collect();
+    candidates.sort_by_key(|dr| (dr.metadata.namespace.as_deref() != Some(ns), dr.metadata.creation_timestamp.clone()));
+    let dr = candidates.first()?;
+    let tp = dr.spec.traffic_policy.clone().unwrap_or_default();
+    let pool = tp.connection_pool.unwrap_or_default();
+    let http = pool.http.unwrap_or_default();
+    let duration = |v: &Option<String>| v.as_deref().and_then(parse_duration).map(proto_duration);
+    let outlier = tp.outlier_detection.map(|od| pb::OutlierDetection {
+        consecutive_5xx: od.consecutive_5xx_errors.unwrap_or(5),
+        consecutive_gateway_errors: od.consecutive_gateway_errors.unwrap_or(0),
+        interval: duration(&od.interval),
+        base_ejection_time: duration(&od.base_ejection_time),
+        max_ejection_percent: od.max_ejection_percent.unwrap_or(10),
+    });
+    let load_balancer = tp.load_balancer.map(|lb| {
+        let hash = lb.consistent_hash.unwrap_or_default();
+        pb::LoadBalancer {
+            simple: match lb.simple.as_deref() {
+                Some("ROUND_ROBIN") => pb::load_balancer::Simple::RoundRobin,
+                Some("RANDOM") => pb::load_balancer::Simple::Random,
+                _ => pb::load_balancer::Simple::LeastRequest,
+            } as i32,
+            hash_header: hash.http_header_name.unwrap_or_default().to_ascii_lowercase(),
+            hash_cookie: hash.http_cookie.map(|c| c.name).unwrap_or_default(),
+            hash_source_ip: hash.use_source_ip.unwrap_or(false),
+        }
+    });
+    Some(pb::BackendPolicy {
+        source: format!("{}/{}", dr.metadata.namespace.as_deref().unwrap_or_default(), dr.metadata.name),
+        max_connections: pool.tcp.and_then(|t| t.max_connections).unwrap_or(0),
+        max_pending_requests: http.http1_max_pending_requests.unwrap_or(0),
+        max_requests: http.http2_max_requests.unwrap_or(0),
+        max_requests_per_connection: http.max_requests_per_connection.unwrap_or(0),
+        outlier,
+        load_balancer,
+    })
+}
