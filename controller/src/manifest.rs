@@ -10,7 +10,9 @@ use std::net::IpAddr;
 use serde::de::DeserializeOwned;
 
 use crate::model::*;
-use crate::rejection::{parse_cidr, validate_labels, Rejection};
+use ambit_shared::Cidr;
+
+use crate::rejection::{validate_labels, Rejection};
 
 /// A parsed document: an object we read, or one we ignore by kind.
 #[derive(Debug)]
@@ -290,7 +292,7 @@ fn validate_service_entry(label: &str, se: &ServiceEntry) -> Result<(), Rejectio
         }
     }
     for (i, a) in se.spec.addresses.iter().enumerate() {
-        if parse_cidr(a).is_none() {
+        if a.parse::<Cidr>().is_err() {
             return Err(r(format!("spec.addresses[{i}]"), format!("{a:?} is not an IP address or CIDR")));
         }
     }

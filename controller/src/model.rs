@@ -1117,21 +1117,6 @@ pub struct GrpcMethodMatch {
     pub method: Option<String>,
 }
 
-/// Well-known label and annotation keys (Istio's).
-pub mod keys {
-    pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
-    pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
-    pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
-    pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
-    pub const REDIRECTION: &str = "ambient.istio.io/redirection";
-    pub const DRY_RUN: &str = "istio.io/dry-run";
-    pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";
-    pub const CANONICAL_REVISION: &str = "service.istio.io/canonical-revision";
-    pub const WORKLOAD_NAME: &str = "service.istio.io/workload-name";
-    pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
-    pub const TRAFFIC_DISTRIBUTION: &str = "networking.istio.io/traffic-distribution";
-    pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
-}
-
-/// Gateway classes that make a Gateway a waypoint.
-pub const WAYPOINT_CLASSES: &[&str] = &["ambit-waypoint", "istio-waypoint"];
+// Istio's label and annotation keys and the waypoint GatewayClasses, spelled once for the
+// controller and the sandbox.
+pub use ambit_shared::api::{keys, WAYPOINT_CLASSES};

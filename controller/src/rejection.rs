@@ -1,12 +1,11 @@
-//! Why an input is refused, and the field checks every layer shares: label syntax and IP
-//! addresses / CIDR blocks.
+//! Why an input is refused, and the field checks every layer shares: label syntax (IP blocks
+//! are `ambit_shared::Cidr`, the type the proxies match with).
 //!
 //! The bottom of the controller: parsing (`manifest`) and the per-kind validation beside each
 //! translation (`translate::*`) both build `Rejection`s from here, so neither needs the other's
 //! helpers. It knows the model's keys and labels, nothing above them.
 
 use std::fmt;
-use std::net::IpAddr;
 
 use crate::model::{Labels, ObjectKey};
 
@@ -59,17 +58,4 @@ pub fn validate_labels(label: &str, field: &str, labels: &Labels) -> Result<(), 
         }
     }
     Ok(())
-}
-
-/// `10.0.0.0/8`, `10.1.2.3` (a /32), `fd00::/8`.
-pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (ip, len) = match s.split_once('/') {
-        Some((ip, len)) => (ip.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?),
-        None => {
-            let ip = s.parse::<IpAddr>().ok()?;
-            (ip, if ip.is_ipv4() { 32 } else { 128 })
-        }
-    };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    (len <= max).then_some((ip, len))
 }

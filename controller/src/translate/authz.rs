@@ -13,10 +13,10 @@ use std::net::IpAddr;
 use ambit_shared::proto::security::{
     self as pb, string_match::MatchType, Address, Authorization, Group, Match, Rules, ServiceAccountMatch, StringMatch,
 };
-use ambit_shared::Identity;
+use ambit_shared::{Cidr, Identity};
 
 use crate::model::{keys, AuthorizationPolicy, Operation, PeerAuthentication, Rule, Source, WhenCondition};
-use crate::rejection::{parse_cidr, validate_labels, Rejection};
+use crate::rejection::{validate_labels, Rejection};
 use crate::translate::MeshSettings;
 
 /// Name of the converted STRICT policy in the root namespace (Istio's).
@@ -73,7 +73,7 @@ pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
                 ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
             ] {
                 for (i, v) in list.iter().enumerate() {
-                    if parse_cidr(v).is_none() {
+                    if v.parse::<Cidr>().is_err() {
                         return Err(r(format!("{base}.{field}[{i}]"), format!("{v:?} is not an IP address or CIDR")));
                     }
                 }
@@ -107,7 +107,7 @@ pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
                 for (i, v) in list.iter().enumerate() {
                     let ok = match when.key.as_str() {
                         "destination.port" => parse_port(v).is_some(),
-                        "source.ip" | "remote.ip" | "destination.ip" => parse_cidr(v).is_some(),
+                        "source.ip" | "remote.ip" | "destination.ip" => v.parse::<Cidr>().is_ok(),
                         "source.principal" => check_principal(v).is_ok(),
                         _ => true,
                     };
@@ -187,12 +187,12 @@ fn string_match(v: &str) -> StringMatch {
 }
 
 fn address(v: &str) -> Option<Address> {
-    let (ip, length) = parse_cidr(v)?;
-    let bytes = match ip {
+    let cidr: Cidr = v.parse().ok()?;
+    let bytes = match cidr.addr() {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
     };
-    Some(Address { address: bytes, length: u32::from(length) })
+    Some(Address { address: bytes, length: u32::from(cidr.prefix()) })
 }
 
 fn service_account(v: &str, policy_ns: &str) -> ServiceAccountMatch {

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use ambit_shared::proto::workload::{
     load_balancing, AppProtocol, IpFamilies, LoadBalancing, NetworkAddress, Port, Service as PbService,
 };
+use ambit_shared::Cidr;
 
 use crate::model::{keys, IntOrString, Service, ServiceEntry};
-use crate::rejection::parse_cidr;
 use crate::store::Store;
 use crate::translate::workload::{ip_bytes, waypoint_for};
 use crate::translate::MeshSettings;
@@ -113,8 +113,8 @@ pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSett
         .spec
         .addresses
         .iter()
-        .filter_map(|a| parse_cidr(a))
-        .map(|(ip, _)| NetworkAddress { network: String::new(), address: ip_bytes(ip) })
+        .filter_map(|a| a.parse::<Cidr>().ok())
+        .map(|c| NetworkAddress { network: String::new(), address: ip_bytes(c.addr()) })
         .collect();
     let ports: Vec<Port> = se
         .spec
