@@ -2,12 +2,15 @@
 //! address falls inside one: the one implementation the controller validates policies with
 //! and both proxies match connections against.
 //!
-//! An IPv4 client seen through a dual-stack socket (`::ffff:10.1.2.3`) is matched as the IPv4
-//! address it is, so a policy written for IPv4 cannot be side-stepped by the address family
-//! a socket happens to report. Host bits beyond the prefix are ignored, as Istio does.
+//! An IPv4 address and its IPv4-mapped IPv6 form (`::ffff:10.1.2.3`) are one address: a
+//! client seen through a dual-stack socket matches the IPv4 blocks that cover it, and a block
+//! written in mapped form matches the IPv4 clients it covers, so neither the family a socket
+//! reports nor the way a block is written decides whether a policy applies. Otherwise the
+//! families never mix (`::/0` matches no IPv4 client, as in Envoy). Host bits beyond the
+//! prefix are ignored, as Istio does.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 /// An address block: an address and a prefix length that fits its family.
@@ -55,20 +58,25 @@ impl Cidr {
     }
 
     /// Whether `ip` is inside the block. Families do not mix (as in Envoy), except that an
-    /// IPv4-mapped IPv6 address is also the IPv4 address it carries.
+    /// IPv4 address and its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) are one address: a mapped
+    /// client matches IPv4 blocks, and a block written in mapped form (`::ffff:10.0.0.0/104`)
+    /// matches the IPv4 clients it covers. `::/0` still matches no IPv4 client.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let v4 = |a: std::net::Ipv4Addr, n: std::net::Ipv4Addr| {
-            let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+        let v4 = |a: Ipv4Addr, n: Ipv4Addr, prefix: u8| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
             u32::from(a) & mask == u32::from(n) & mask
         };
         match (ip, self.addr) {
-            (IpAddr::V4(a), IpAddr::V4(n)) => v4(a, n),
-            (IpAddr::V6(a), IpAddr::V4(n)) => a.to_ipv4_mapped().is_some_and(|a| v4(a, n)),
+            (IpAddr::V4(a), IpAddr::V4(n)) => v4(a, n, self.prefix),
+            (IpAddr::V6(a), IpAddr::V4(n)) => a.to_ipv4_mapped().is_some_and(|a| v4(a, n, self.prefix)),
             (IpAddr::V6(a), IpAddr::V6(n)) => {
                 let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
                 u128::from(a) & mask == u128::from(n) & mask
             }
-            (IpAddr::V4(_), IpAddr::V6(_)) => false,
+            (IpAddr::V4(a), IpAddr::V6(n)) => match n.to_ipv4_mapped() {
+                Some(n) if self.prefix >= 96 => v4(a, n, self.prefix - 96),
+                _ => false,
+            },
         }
     }
 }
@@ -136,7 +144,18 @@ mod tests {
         assert!(c("10.0.0.0/8").contains(mapped));
         assert!(!c("11.0.0.0/8").contains(mapped));
         assert!(c("::ffff:0:0/96").contains(mapped), "and still the IPv6 address it is");
-        assert!(!c("::ffff:0:0/96").contains("10.1.2.3".parse().unwrap()), "an IPv4 address is not IPv6");
+    }
+
+    #[test]
+    fn a_block_in_mapped_form_covers_its_ipv4_clients() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(c("::ffff:10.0.0.0/104").contains(ip("10.1.2.3")));
+        assert!(!c("::ffff:10.0.0.0/104").contains(ip("11.1.2.3")));
+        assert!(c("::ffff:0:0/96").contains(ip("192.0.2.1")));
+        assert!(c("::ffff:10.1.2.3").contains(ip("10.1.2.3")));
+        assert!(!c("::/0").contains(ip("10.1.2.3")), "a block wider than the mapped range is IPv6 only");
+        assert!(!c("::/95").contains(ip("10.1.2.3")));
+        assert!(!c("2001:db8::/32").contains(ip("10.1.2.3")));
     }
 
     #[test]

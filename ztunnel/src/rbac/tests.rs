@@ -234,6 +234,30 @@ fn istio_semantics() {
             allowed: true,
         },
         Case {
+            name: "a DENY block written in IPv4-mapped form denies the IPv4 client",
+            policies: vec![policy(
+                "p",
+                Action::Deny,
+                one(Match { source_ips: vec![cidr("::ffff:10.0.0.0", 104)], ..Default::default() }),
+            )],
+            identity: None,
+            source: "10.9.8.7",
+            destination: "10.0.0.2:80",
+            allowed: false,
+        },
+        Case {
+            name: "an IPv4 DENY block denies the client seen as IPv4-mapped IPv6",
+            policies: vec![policy(
+                "p",
+                Action::Deny,
+                one(Match { source_ips: vec![cidr("10.0.0.0", 8)], ..Default::default() }),
+            )],
+            identity: None,
+            source: "::ffff:10.9.8.7",
+            destination: "10.0.0.2:80",
+            allowed: false,
+        },
+        Case {
             name: "ports",
             policies: vec![policy(
                 "p",
