@@ -1,7 +1,7 @@
 //! The CNI plugin as a container runtime runs it: the ztunnel binary with `CNI_*` in the
 //! environment and the network configuration on stdin. Malformed input of every kind gets a
 //! CNI error object on stdout and exit status 1 — never a panic. (ADD/CHECK/DEL against a live
-//! node agent run in tests/mesh.rs.)
+//! node agent run in e2e/tests/ztunnel_l4_mesh.rs.)
 
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
