@@ -37,12 +37,33 @@ impl Tcpdump {
         Tcpdump { child, file, rest }
     }
 
-    /// Stops the capture (after a moment for the last packets) and returns the pcap.
+    /// Stops the capture and returns the pcap, once tcpdump has written every packet the
+    /// kernel handed it: the file must stop growing before tcpdump is interrupted, and its
+    /// closing counts must show nothing left unread or dropped. A capture that missed packets
+    /// would make "the payload never crossed the link" pass vacuously, so it fails instead.
     pub fn stop(mut self) -> Vec<u8> {
-        std::thread::park_timeout(Duration::from_millis(300));
+        let size = |f: &PathBuf| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        let started = std::time::Instant::now();
+        let mut last = size(&self.file);
+        let mut stable = 0;
+        // Busy machines deschedule tcpdump for a while: wait for three quiet looks in a row.
+        while stable < 3 && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(150));
+            let now = size(&self.file);
+            stable = if now == last { stable + 1 } else { 0 };
+            last = now;
+        }
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).output();
         let _ = self.child.wait();
-        let _ = self.rest.join();
+        let summary = self.rest.join().unwrap_or_default();
+        let count = |what: &str| summary.lines().find_map(|l| l.strip_suffix(what)?.trim().parse::<u64>().ok());
+        let (captured, received, dropped) =
+            (count(" packets captured"), count(" packets received by filter"), count(" packets dropped by kernel"));
+        assert!(
+            captured.is_some() && captured == received && dropped == Some(0),
+            "the capture is incomplete (captured {captured:?}, received {received:?}, dropped {dropped:?}): \
+             its verdict would mean nothing\n{summary}"
+        );
         std::fs::read(&self.file).expect("reading the capture")
     }
 }
