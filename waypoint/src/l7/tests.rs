@@ -1,3 +1,6 @@
+use http::{HeaderValue, Method};
+
+use super::authz::canonical_host;
 use super::*;
 
 /// Request-level authorization, as the HTTP pipeline calls it.

@@ -1,0 +1,175 @@
+//! Sending a routed request on: the body buffered when it may be sent more than once (retries,
+//! mirrors; 413 past [`MAX_BUFFERED_BODY`]), mirrors sent, then attempts to the backend within
+//! the route's timeouts, retried on the route's codes or connect failures while the body can
+//! be replayed and time remains. The response header operations apply to whatever answers.
+//! It does not choose endpoints (see [`crate::proxy::upstream`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ambit_shared::proto::waypoint as pb;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::filters::Effects;
+use super::Answered;
+use crate::l7::{BackendRef, Route};
+use crate::metrics::Flag;
+use crate::proxy::downstream::Downstream;
+use crate::proxy::{body, respond, Attempt, Body, BoxError, Handled, Waypoint};
+
+/// Requests whose bodies are buffered (retries, mirrors) may not exceed this.
+const MAX_BUFFERED_BODY: usize = 1024 * 1024;
+
+/// The request body across attempts.
+enum RequestBody {
+    /// Read whole: every attempt gets a copy.
+    Buffered(Bytes),
+    /// Streamed to the first attempt; later ones (none are made) would get nothing.
+    Streamed(Option<Incoming>),
+}
+
+impl RequestBody {
+    /// Reads the body whole when `buffered`; 413 when it is too large for that.
+    async fn read(incoming: Incoming, buffered: bool) -> Result<Self, Handled> {
+        if !buffered {
+            return Ok(RequestBody::Streamed(Some(incoming)));
+        }
+        match http_body_util::Limited::new(incoming, MAX_BUFFERED_BODY).collect().await {
+            Ok(b) => Ok(RequestBody::Buffered(b.to_bytes())),
+            Err(_) => Err((
+                respond(StatusCode::PAYLOAD_TOO_LARGE, "request body too large to retry or mirror"),
+                Flag::DownstreamProtocolError,
+                None,
+            )),
+        }
+    }
+
+    /// The body for the next attempt.
+    fn next(&mut self) -> Body {
+        match self {
+            RequestBody::Buffered(b) => body(b.clone()),
+            RequestBody::Streamed(incoming) => match incoming.take() {
+                Some(incoming) => incoming.map_err(|e| Box::new(e) as BoxError).boxed(),
+                None => body(Bytes::new()),
+            },
+        }
+    }
+}
+
+/// The route's retry policy and timeouts, fixed when the request starts.
+struct Attempts<'a> {
+    /// The route's retry policy, if any.
+    retry: Option<&'a pb::Retry>,
+    /// The first attempt and the retries.
+    limit: u32,
+    /// The pause between attempts (25 ms unless the policy says).
+    backoff: Duration,
+    /// When the route's whole timeout runs out.
+    deadline: Option<Instant>,
+    /// The route's per-attempt timeout.
+    per_try: Option<Duration>,
+}
+
+impl<'a> Attempts<'a> {
+    fn of(route: &'a Route, now: Instant) -> Self {
+        let retry = route.retry.as_ref();
+        Attempts {
+            retry,
+            limit: 1 + retry.map_or(0, |r| r.attempts),
+            backoff: retry
+                .and_then(|r| r.backoff.and_then(|b| Duration::try_from(b).ok()))
+                .unwrap_or(Duration::from_millis(25)),
+            deadline: route.timeout.map(|t| now + t),
+            per_try: route.backend_timeout,
+        }
+    }
+
+    /// How long the attempt starting at `now` may take: the per-try timeout, cut to what is
+    /// left of the whole.
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        match (self.per_try, self.deadline) {
+            (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(now))),
+            (Some(t), None) => Some(t),
+            (None, Some(d)) => Some(d.saturating_duration_since(now)),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether the outcome of attempt number `attempt` (from 1) is tried again at `now`.
+    fn again(&self, outcome: &Attempt, attempt: u32, now: Instant) -> bool {
+        let retryable = match (outcome, self.retry) {
+            (Ok((r, _)), Some(retry)) => retry.codes.contains(&u32::from(r.status().as_u16())),
+            (Err((_, Flag::UpstreamFailure, _)), Some(retry)) => retry.connect_failure,
+            _ => false,
+        };
+        let out_of_time = self.deadline.is_some_and(|d| now + self.backoff >= d);
+        retryable && attempt < self.limit && !out_of_time
+    }
+}
+
+impl Waypoint {
+    /// Sends the routed request to `backend`, with the route's mirrors, timeouts and retries.
+    pub(super) async fn forward(
+        self: &Arc<Self>,
+        down: &Downstream,
+        route: &Route,
+        backend: &BackendRef,
+        effects: Effects<'_>,
+        req: Request<Incoming>,
+    ) -> Answered {
+        let port = down.vip.port();
+        let buffered = route.retry.is_some() || !effects.mirrors.is_empty();
+        let (parts, incoming) = req.into_parts();
+        let mut body = RequestBody::read(incoming, buffered).await?;
+        if let RequestBody::Buffered(bytes) = &body {
+            for m in &effects.mirrors {
+                self.mirror(m, &parts, bytes.clone(), port, down.source_ip);
+            }
+        }
+        let attempts = Attempts::of(route, Instant::now());
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            let request = Request::from_parts(parts.clone(), body.next());
+            let outcome = self.attempt(backend, request, port, down, attempts.timeout(Instant::now())).await;
+            let replayable = matches!(body, RequestBody::Buffered(_));
+            if replayable && attempts.again(&outcome, attempt, Instant::now()) {
+                tokio::time::sleep(attempts.backoff).await;
+                continue;
+            }
+            break outcome;
+        };
+        let mut answered = outcome.map(|(r, w)| (r, Some(w)));
+        let headers = match &mut answered {
+            Ok((r, _)) | Err((r, _, _)) => r.headers_mut(),
+        };
+        for ops in &effects.response_ops {
+            ops.apply(headers);
+        }
+        answered
+    }
+
+    /// One attempt, within its timeout (504 past it).
+    async fn attempt(
+        &self,
+        backend: &BackendRef,
+        request: Request<Body>,
+        port: u16,
+        down: &Downstream,
+        timeout: Option<Duration>,
+    ) -> Attempt {
+        let sent = self.send(backend, request, port, down.source_ip);
+        match timeout {
+            Some(t) => match tokio::time::timeout(t, sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    Err((respond(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"), Flag::UpstreamTimeout, None))
+                }
+            },
+            None => sent.await,
+        }
+    }
+}
