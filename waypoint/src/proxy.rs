@@ -18,21 +18,19 @@
 //! - [`downstream`]: who sent a stream and where it was going, fixed per HBONE stream;
 //! - [`pipeline`]: one HTTP request's stages (validation, authn, authz, route, filters and
 //!   faults, retry);
-//! - [`upstream`]: the dialer and the dispatch of one attempt to an endpoint;
+//! - [`upstream`]: the dispatch of one attempt to an endpoint, the dialer and the pools keyed
+//!   by the chosen endpoint;
 //! - [`telemetry`]: the request's metrics, access-log line and span.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use ambit_shared::proto::workload::{gateway_address, GatewayAddress};
 use ambit_ztunnel::state::{ip_from_bytes, Destination, Service, State, Workload};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::Backends;
 use crate::l7::normalize::Normalization;
@@ -46,7 +44,7 @@ mod telemetry;
 mod upstream;
 
 pub use inbound::{sniff, Inbound, Prefixed};
-pub use upstream::{Conn, Dialer};
+pub use upstream::{Conn, Connector, Dialer, Endpoint, Pools, Tunnel};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -106,6 +104,10 @@ impl Me {
 /// What the waypoint was started with, beside its connections.
 pub struct Options {
     pub me: Me,
+    /// The network the waypoint's addresses are on.
+    pub network: Arc<str>,
+    /// The mesh state, kept current by xDS.
+    pub state: Arc<RwLock<State>>,
     /// Request path normalization (meshConfig `pathNormalization`).
     pub normalization: Normalization,
     /// Trace sampling percentage.
@@ -120,7 +122,12 @@ type Handled = (Response<Body>, Flag, Option<Arc<Workload>>);
 type Attempt = Result<(Response<Body>, Arc<Workload>), Handled>;
 
 pub struct Waypoint {
-    pub dialer: Dialer,
+    /// The network the waypoint's addresses are on.
+    network: Arc<str>,
+    /// The mesh state: workloads, services, endpoints.
+    state: Arc<RwLock<State>>,
+    /// The endpoints' HTTP clients and the dialer under them.
+    pools: Pools,
     pub l7: L7Map,
     pub metrics: Arc<Metrics>,
     me: Me,
@@ -129,11 +136,6 @@ pub struct Waypoint {
     keysets: Arc<crate::jwt::KeySets>,
     tracer: crate::trace::Exporter,
     sampling: f64,
-    h1: Client<Dialer, Body>,
-    h2: Client<Dialer, Body>,
-    /// Without pooling: one request per connection.
-    h1_fresh: Client<Dialer, Body>,
-    h2_fresh: Client<Dialer, Body>,
 }
 
 impl Waypoint {
@@ -144,20 +146,10 @@ impl Waypoint {
         tracer: crate::trace::Exporter,
         options: Options,
     ) -> Arc<Self> {
-        let mut h1 = Client::builder(TokioExecutor::new());
-        h1.pool_idle_timeout(Duration::from_secs(90)).pool_timer(TokioTimer::new());
-        let mut h2 = Client::builder(TokioExecutor::new());
-        h2.http2_only(true).pool_idle_timeout(Duration::from_secs(90)).pool_timer(TokioTimer::new());
-        let mut h1_fresh = Client::builder(TokioExecutor::new());
-        h1_fresh.pool_max_idle_per_host(0);
-        let mut h2_fresh = Client::builder(TokioExecutor::new());
-        h2_fresh.http2_only(true).pool_max_idle_per_host(0);
         Arc::new(Waypoint {
-            h1: h1.build(dialer.clone()),
-            h2: h2.build(dialer.clone()),
-            h1_fresh: h1_fresh.build(dialer.clone()),
-            h2_fresh: h2_fresh.build(dialer.clone()),
-            dialer,
+            network: options.network,
+            state: options.state,
+            pools: Pools::new(dialer),
             l7,
             metrics,
             me: options.me,
@@ -170,6 +162,6 @@ impl Waypoint {
     }
 
     fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.dialer.state.read().unwrap_or_else(|p| p.into_inner())
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -69,8 +69,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     certs.fetch(&identity).await.context("fetching the waypoint's certificate")?;
 
     let dialer = Dialer {
-        network: Arc::from(config.network.as_str()),
-        state: workloads.state.clone(),
         certs: certs.clone(),
         identity: identity.clone(),
         hbone: HboneClient::new(roots.clone(), PoolSettings::default()),
@@ -86,6 +84,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             gateway: config.gateway.clone(),
             pod_ip: config.pod_ip.parse().ok(),
         },
+        network: Arc::from(config.network.as_str()),
+        state: workloads.state.clone(),
         normalization: config.normalization()?,
         sampling: config.trace_sampling,
     };

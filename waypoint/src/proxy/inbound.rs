@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::downstream::Downstream;
-use super::{L7Entry, Waypoint};
+use super::{Endpoint, L7Entry, Waypoint};
 use crate::l7::ServiceL7;
 use crate::metrics::Flag;
 
@@ -86,7 +86,7 @@ impl Waypoint {
     }
 
     async fn serve(self: Arc<Self>, req: InboundConnect, responder: Responder) {
-        let network = self.dialer.network.clone();
+        let network = self.network.clone();
         let (service, l7) = match self.target(&network, req.authority) {
             Ok(found) => found,
             Err(refusal) => {
@@ -148,21 +148,20 @@ impl Waypoint {
     {
         let endpoint = {
             let state = self.state();
-            pick_endpoint(&state.endpoints(&down.service, down.vip.port()))
-                .and_then(|(w, port)| Some(SocketAddr::new(*w.addresses.first()?, port)))
+            pick_endpoint(&state.endpoints(&down.service, down.vip.port())).and_then(|(w, port)| Endpoint::of(&w, port))
         };
         let Some(endpoint) = endpoint else {
             tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = "UH", "tcp connection refused: no healthy endpoint");
             return;
         };
         let start = Instant::now();
-        match self.dialer.dial(endpoint).await {
+        match self.pools.dialer().dial(&endpoint).await {
             Ok(mut upstream) => {
                 let (t, err) = ambit_shared::copy::copy_bidirectional(&mut stream, &mut upstream).await;
-                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, src.identity = %down.principal, dst = %down.vip, endpoint = %endpoint, bytes_sent = t.a_to_b, bytes_recv = t.b_to_a, duration = format!("{:.1}ms", start.elapsed().as_secs_f64() * 1e3), error = err.map(|e| e.to_string()), "tcp connection complete");
+                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, src.identity = %down.principal, dst = %down.vip, endpoint = %endpoint.addr, bytes_sent = t.a_to_b, bytes_recv = t.b_to_a, duration = format!("{:.1}ms", start.elapsed().as_secs_f64() * 1e3), error = err.map(|e| e.to_string()), "tcp connection complete");
             }
             Err(e) => {
-                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, dst = %down.vip, endpoint = %endpoint, response_flags = "UF", error = %e, "tcp connection failed");
+                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, dst = %down.vip, endpoint = %endpoint.addr, response_flags = "UF", error = %e, "tcp connection failed");
             }
         }
     }

@@ -1,137 +1,25 @@
-//! Upstream: the dialer the HTTP clients' pools use (HBONE as the waypoint's identity, plain
-//! TCP only to workloads the state says are outside the mesh) and the dispatch of one attempt
-//! — the backend service's pool limits, an endpoint by its load-balancing policy, the request
-//! sent, the outcome fed to outlier detection. It does not decide routes, retries or filters
-//! (see [`super::pipeline`]).
+//! Upstream: the dispatch of one attempt — the backend service's pool limits, an endpoint by
+//! its load-balancing policy (the one look-up of the mesh state on the way out), the request
+//! sent on that endpoint's pooled client, the outcome fed to outlier detection — and, in
+//! [`dial`], the connections keyed by the chosen endpoint. It does not decide routes, retries
+//! or filters (see [`super::pipeline`]).
 
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
+use std::net::IpAddr;
+use std::sync::Arc;
 
-use ambit_shared::hbone::client::{Client as HboneClient, ConnectRequest};
-use ambit_shared::hbone::{H2Stream, HBONE_PORT};
-use ambit_shared::Identity;
-use ambit_ztunnel::identity::CertManager;
-use ambit_ztunnel::state::{Service, State, Workload};
+use ambit_ztunnel::state::{Service, Workload};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+
+mod dial;
+
+pub use dial::{Conn, Connector, Dialer, Endpoint, Pools, Tunnel};
 
 use super::{body, respond, Attempt, Body, BoxError, L7Entry, Waypoint};
 use crate::balance::{HashInput, Outcome};
 use crate::l7::BackendRef;
 use crate::metrics::Flag;
-
-/// The connection to an endpoint: an HBONE stream, or TCP for endpoints outside the mesh.
-pub enum Conn {
-    Hbone(H2Stream),
-    Tcp(TcpStream),
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Hbone(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Hbone(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Hbone(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Hbone(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-/// Dials endpoints for the HTTP clients' pools: HBONE as the waypoint's identity to meshed
-/// workloads (their ztunnel checks it), plain TCP only to workloads the state says are outside
-/// the mesh; an address the state no longer knows is refused, never dialed in plaintext.
-#[derive(Clone)]
-pub struct Dialer {
-    pub network: Arc<str>,
-    pub state: Arc<RwLock<State>>,
-    pub certs: Arc<CertManager>,
-    pub identity: Identity,
-    pub hbone: HboneClient,
-}
-
-impl Dialer {
-    pub async fn dial(&self, addr: SocketAddr) -> Result<Conn, BoxError> {
-        let workload = {
-            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-            state.workload_by_addr(&self.network, addr.ip()).cloned()
-        };
-        match workload {
-            Some(w) if w.hbone => {
-                let cert = self.certs.fetch(&self.identity).await?;
-                let req = ConnectRequest {
-                    source: cert,
-                    destination_identities: vec![w.identity.clone()],
-                    hbone_addr: SocketAddr::new(addr.ip(), HBONE_PORT),
-                    authority: addr,
-                    headers: HeaderMap::new(),
-                };
-                Ok(Conn::Hbone(self.hbone.connect(&req).await?))
-            }
-            Some(_) => {
-                let tcp = tokio::time::timeout(ambit_shared::hbone::CONNECT_TIMEOUT, TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| format!("connecting to {addr}: timed out"))??;
-                let _ = tcp.set_nodelay(true);
-                Ok(Conn::Tcp(tcp))
-            }
-            // Chosen from the state but gone from it since: never guess plaintext for it.
-            None => Err(format!("endpoint {addr} is no longer known").into()),
-        }
-    }
-}
-
-impl tower_service::Service<Uri> for Dialer {
-    type Response = TokioIo<Conn>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<TokioIo<Conn>, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let dialer = self.clone();
-        Box::pin(async move {
-            let host = uri.host().ok_or("upstream URI without host")?;
-            let ip: IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse()?;
-            let port = uri.port_u16().ok_or("upstream URI without port")?;
-            dialer.dial(SocketAddr::new(ip, port)).await.map(TokioIo::new)
-        })
-    }
-}
 
 impl Waypoint {
     /// One attempt to a backend service.
@@ -206,7 +94,7 @@ impl Waypoint {
         req: Request<Body>,
         fresh: bool,
     ) -> Result<Response<Body>, (Response<Body>, Flag)> {
-        let Some(ip) = w.addresses.first() else {
+        let Some(endpoint) = Endpoint::of(w, port) else {
             return Err((
                 respond(StatusCode::SERVICE_UNAVAILABLE, "endpoint without address"),
                 Flag::NoHealthyUpstream,
@@ -214,7 +102,7 @@ impl Waypoint {
         };
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let authority = SocketAddr::new(*ip, port);
+        let authority = endpoint.addr;
         parts.uri = match format!("http://{authority}{path}").parse() {
             Ok(u) => u,
             Err(_) => {
@@ -225,12 +113,7 @@ impl Waypoint {
         parts.version = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
         strip_hop_by_hop(&mut parts.headers);
         let req = Request::from_parts(parts, body);
-        let client = match (h2, fresh) {
-            (true, false) => &self.h2,
-            (false, false) => &self.h1,
-            (true, true) => &self.h2_fresh,
-            (false, true) => &self.h1_fresh,
-        };
+        let client = self.pools.client(&endpoint, h2, fresh);
         let result = client.request(req).await;
         match result {
             Ok(r) => Ok(r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
