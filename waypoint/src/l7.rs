@@ -19,7 +19,7 @@ mod authz;
 pub mod normalize;
 mod route;
 
-pub use authz::{authorize, Layer, Policy, Subject};
+pub use authz::{authorize, Denial, Layer, Policy, Subject};
 pub use route::{BackendRef, Filter, HeaderOps, Matcher, PathMatch, RequestView, Route, RouteMatch};
 
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,8 @@
 //!   faults, retry);
 //! - [`upstream`]: the dispatch of one attempt to an endpoint, the dialer and the pools keyed
 //!   by the chosen endpoint;
-//! - [`telemetry`]: the request's metrics, access-log line and span.
+//! - [`failure`]: why the waypoint answered a request itself, typed and classified by side;
+//! - [`telemetry`]: the request's metrics, access-log line and span, recorded once.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -35,9 +36,10 @@ use http_body_util::{BodyExt, Full};
 use crate::balance::Backends;
 use crate::l7::normalize::Normalization;
 use crate::l7::ServiceL7;
-use crate::metrics::{Flag, Metrics};
+use crate::metrics::Metrics;
 
 mod downstream;
+mod failure;
 mod inbound;
 mod pipeline;
 mod telemetry;
@@ -114,12 +116,9 @@ pub struct Options {
     pub sampling: f64,
 }
 
-/// How a request ended: the response, the flag saying why (none when a backend answered), and
-/// the workload that answered or was meant to.
-type Handled = (Response<Body>, Flag, Option<Arc<Workload>>);
-/// An attempt's result: the response and the endpoint, or the failure answer, its flag and the
-/// endpoint tried.
-type Attempt = Result<(Response<Body>, Arc<Workload>), Handled>;
+/// An attempt's result: the response and the workload that gave it, or the failure (with the
+/// workload tried, if one was).
+type Attempt = Result<(Response<Body>, Arc<Workload>), failure::Failed<'static>>;
 
 pub struct Waypoint {
     /// The network the waypoint's addresses are on.

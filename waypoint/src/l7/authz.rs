@@ -447,18 +447,58 @@ impl Policy {
     }
 
     pub fn matches(&self, s: &Subject<'_>, layer: Layer) -> bool {
-        self.rules.iter().any(|r| r.matches(s, layer, self.action))
+        self.matching_rule(s, layer).is_some()
+    }
+
+    /// The index of the first rule that matches.
+    fn matching_rule(&self, s: &Subject<'_>, layer: Layer) -> Option<usize> {
+        self.rules.iter().position(|r| r.matches(s, layer, self.action))
     }
 }
 
-/// The authorization verdict: `Err(policy name)` when denied.
-pub fn authorize(policies: &[Policy], s: &Subject<'_>, layer: Layer) -> Result<(), String> {
+/// Why a request or connection is denied. Displays as the log lines always read: the DENY
+/// policy's `ns/name`, or `no ALLOW policy matched`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// A DENY policy matched (action DENY).
+    Deny {
+        /// The policy, `ns/name`.
+        policy: String,
+        /// The index of its first rule that matched.
+        rule: usize,
+    },
+    /// ALLOW policies are in force and none matched (action ALLOW).
+    NoAllowMatched,
+}
+
+impl Denial {
+    /// The action of the policies that decided.
+    pub fn action(&self) -> pb::Action {
+        match self {
+            Denial::Deny { .. } => pb::Action::Deny,
+            Denial::NoAllowMatched => pb::Action::Allow,
+        }
+    }
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Denial::Deny { policy, .. } => f.write_str(policy),
+            Denial::NoAllowMatched => f.write_str("no ALLOW policy matched"),
+        }
+    }
+}
+
+/// The authorization verdict: `Err` says why when denied.
+pub fn authorize(policies: &[Policy], s: &Subject<'_>, layer: Layer) -> Result<(), Denial> {
     for p in policies.iter().filter(|p| p.action == pb::Action::Audit && p.matches(s, layer)) {
         tracing::info!(target: "access", policy = %p.name, "audit policy matched");
     }
     let enforced = |p: &&Policy| !p.dry_run;
-    if let Some(p) = policies.iter().filter(enforced).find(|p| p.action == pb::Action::Deny && p.matches(s, layer)) {
-        return Err(p.name.clone());
+    let mut deny = policies.iter().filter(enforced).filter(|p| p.action == pb::Action::Deny);
+    if let Some((p, rule)) = deny.find_map(|p| Some((p, p.matching_rule(s, layer)?))) {
+        return Err(Denial::Deny { policy: p.name.clone(), rule });
     }
     let mut allows = policies.iter().filter(enforced).filter(|p| p.action == pb::Action::Allow).peekable();
     if allows.peek().is_none() {
@@ -467,6 +507,6 @@ pub fn authorize(policies: &[Policy], s: &Subject<'_>, layer: Layer) -> Result<(
     if allows.clone().any(|p| p.matches(s, layer)) {
         Ok(())
     } else {
-        Err("no ALLOW policy matched".into())
+        Err(Denial::NoAllowMatched)
     }
 }

@@ -4,7 +4,7 @@ use super::authz::canonical_host;
 use super::*;
 
 /// Request-level authorization, as the HTTP pipeline calls it.
-fn authorize(policies: &[Policy], s: &Subject<'_>) -> Result<(), String> {
+fn authorize(policies: &[Policy], s: &Subject<'_>) -> Result<(), Denial> {
     super::authorize(policies, s, Layer::Http)
 }
 
@@ -456,4 +456,24 @@ fn the_path_pseudo_header_includes_the_query() {
     assert!(authorize(&ps, &s).is_err(), "a DENY on the query fires");
     s.query = None;
     assert!(authorize(&ps, &s).is_ok());
+}
+
+#[test]
+fn denials_name_the_policy_as_the_log_always_did() {
+    let h = http::HeaderMap::new();
+    let deny = policy(pb::Action::Deny, pb::Rule::default());
+    let denial = authorize(std::slice::from_ref(&deny), &subject(&h, VISITOR, "GET", "/")).unwrap_err();
+    assert_eq!(denial, Denial::Deny { policy: "shop/p".into(), rule: 0 });
+    assert_eq!(denial.to_string(), "shop/p");
+    assert_eq!(denial.action(), pb::Action::Deny);
+    let allow = policy(
+        pb::Action::Allow,
+        pb::Rule {
+            from: vec![pb::Source { namespaces: vec!["nobody".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    let denial = authorize(std::slice::from_ref(&allow), &subject(&h, VISITOR, "GET", "/")).unwrap_err();
+    assert_eq!(denial.to_string(), "no ALLOW policy matched");
+    assert_eq!(denial.action(), pb::Action::Allow);
 }

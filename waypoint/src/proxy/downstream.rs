@@ -11,7 +11,7 @@ use ambit_ztunnel::metrics::Peer;
 use ambit_ztunnel::state::Service;
 use http::HeaderMap;
 
-use crate::l7::{authorize, Layer, ServiceL7, Subject};
+use crate::l7::{authorize, Denial, Layer, ServiceL7, Subject};
 
 /// Who sent the request and where it was going, fixed per HBONE stream.
 pub(super) struct Downstream {
@@ -28,7 +28,7 @@ pub(super) struct Downstream {
 impl Downstream {
     /// Authorizes a connection forwarded as TCP, with Istio's L4 semantics: ALLOW rules that
     /// need HTTP attributes cannot match, DENY rules apply their L4 part.
-    pub(super) fn authorize_tcp(&self) -> Result<(), String> {
+    pub(super) fn authorize_tcp(&self) -> Result<(), Denial> {
         let headers = HeaderMap::new();
         let subject = Subject {
             principal: Some(&self.principal),

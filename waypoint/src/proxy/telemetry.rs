@@ -1,6 +1,9 @@
 //! A request's telemetry: Istio's request metrics, the access-log line (target `access`) and
-//! the waypoint's span, recorded once when the response body ends — or is dropped, for a
-//! client gone early. It does not decide flags or statuses; it records what it is given.
+//! the waypoint's span. [`Telemetry`] is taken when the request arrives; its one
+//! [`Telemetry::record`] call takes how the request ended — a backend's answer or a typed
+//! [`Failed`] — derives the status and response flag from it, and hands back the response whose
+//! body records the request once when it ends, or is dropped (a client gone early). It does
+//! not decide anything about the request.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -8,24 +11,141 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use ambit_ztunnel::metrics::{Peer, ServiceLabels};
+use ambit_ztunnel::state::Workload;
 use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
 
+use super::downstream::Downstream;
+use super::failure::Failed;
 use super::{Body, BoxError};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Flag, Metrics, RequestLabels};
+
+/// How a request ended: answered by a backend (its workload) or by the waypoint itself (a
+/// redirect), or failed.
+pub(super) type Answered<'a> = Result<(Response<Body>, Option<Arc<Workload>>), Failed<'a>>;
+
+/// What is known of a request when it arrives, until [`Telemetry::record`] is given its end.
+pub(super) struct Telemetry {
+    metrics: Arc<Metrics>,
+    start: Instant,
+    /// The waypoint's span, and when it started if spans are exported.
+    span: (crate::trace::SpanContext, Option<std::time::SystemTime>),
+    tracer: crate::trace::Exporter,
+    method: http::Method,
+    /// The path and query as the client sent them.
+    path: String,
+    /// `grpc`, `http2` or `http`.
+    protocol: &'static str,
+    /// The request's `content-length`, 0 without one.
+    request_bytes: u64,
+    source: Peer,
+    service: ServiceLabels,
+    source_ip: IpAddr,
+    principal: Arc<str>,
+}
+
+impl Telemetry {
+    /// Starts the request's telemetry (and continues or starts its trace in its headers).
+    pub(super) fn start<B>(
+        metrics: &Arc<Metrics>,
+        tracer: &crate::trace::Exporter,
+        sampling: f64,
+        down: &Downstream,
+        req: &mut Request<B>,
+    ) -> Self {
+        let span = crate::trace::start(req.headers_mut(), sampling);
+        let span_start = tracer.enabled().then(std::time::SystemTime::now);
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let protocol = if grpc {
+            "grpc"
+        } else if req.version() == http::Version::HTTP_2 {
+            "http2"
+        } else {
+            "http"
+        };
+        Telemetry {
+            metrics: metrics.clone(),
+            start: Instant::now(),
+            span: (span, span_start),
+            tracer: tracer.clone(),
+            method: req.method().clone(),
+            path: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            protocol,
+            request_bytes: req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0),
+            source: down.source.clone(),
+            service: ServiceLabels::of(&down.service),
+            source_ip: down.source_ip,
+            principal: down.principal.clone(),
+        }
+    }
+
+    /// The one record of a request: the response (a failure's, with the route's response
+    /// header operations), its flag, and the body that records the request when it ends.
+    pub(super) fn record(self, answered: Answered<'_>) -> Response<Body> {
+        let (response, flag, endpoint) = match answered {
+            Ok((response, endpoint)) => (response, Flag::None, endpoint),
+            Err(failed) => {
+                tracing::debug!(side = ?failed.failure.side(), failure = %failed.failure, "answered by the waypoint");
+                let mut response = failed.failure.response();
+                for ops in &failed.response_ops {
+                    ops.apply(response.headers_mut());
+                }
+                (response, failed.failure.flag(), failed.endpoint)
+            }
+        };
+        let destination = match &endpoint {
+            Some(w) => Peer::from_workload(w, Some(Arc::from(w.identity.to_string()))),
+            None => Peer::unknown(),
+        };
+        let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+        let (span, span_start) = self.span;
+        let completion = Completion {
+            metrics: self.metrics,
+            labels: RequestLabels {
+                source: self.source,
+                destination,
+                service: Some(self.service),
+                protocol: self.protocol,
+                code: response.status().as_u16(),
+                grpc_status,
+                flag,
+            },
+            start: self.start,
+            request_bytes: self.request_bytes,
+            method: self.method,
+            path: self.path,
+            source_ip: self.source_ip,
+            principal: self.principal,
+            endpoint: endpoint.map(|w| w.name.clone()),
+            span: span_start.map(|t| (span, t, self.tracer)),
+        };
+        // Recorded when the response body ends (gRPC's status is in its trailers).
+        response.map(|inner| Observed { inner, bytes: 0, completion: Some(completion) }.boxed())
+    }
+}
 
 /// What is recorded for a request once its response has been sent.
-pub(super) struct Completion {
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) labels: RequestLabels,
-    pub(super) start: Instant,
-    pub(super) request_bytes: u64,
-    pub(super) method: http::Method,
-    pub(super) path: String,
-    pub(super) source_ip: IpAddr,
-    pub(super) principal: Arc<str>,
-    pub(super) endpoint: Option<Arc<str>>,
+struct Completion {
+    metrics: Arc<Metrics>,
+    labels: RequestLabels,
+    start: Instant,
+    request_bytes: u64,
+    method: http::Method,
+    path: String,
+    source_ip: IpAddr,
+    principal: Arc<str>,
+    endpoint: Option<Arc<str>>,
     /// The waypoint's span, when spans are exported.
-    pub(super) span: Option<(crate::trace::SpanContext, std::time::SystemTime, crate::trace::Exporter)>,
+    span: Option<(crate::trace::SpanContext, std::time::SystemTime, crate::trace::Exporter)>,
 }
 
 impl Completion {
@@ -73,10 +193,10 @@ impl Completion {
 
 /// The response body on its way to the client: counts bytes, reads `grpc-status` from the
 /// trailers, and records the request when it ends (or is dropped, for a client gone early).
-pub(super) struct Observed {
-    pub(super) inner: Body,
-    pub(super) bytes: u64,
-    pub(super) completion: Option<Completion>,
+struct Observed {
+    inner: Body,
+    bytes: u64,
+    completion: Option<Completion>,
 }
 
 impl hyper::body::Body for Observed {

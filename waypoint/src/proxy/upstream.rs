@@ -9,30 +9,24 @@ use std::sync::Arc;
 
 use ambit_ztunnel::state::{Service, Workload};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 
 mod dial;
 
 pub use dial::{Conn, Connector, Dialer, Endpoint, Pools, Tunnel};
 
-use super::{body, respond, Attempt, Body, BoxError, L7Entry, Waypoint};
+use super::failure::{Failed, Failure};
+use super::{body, Attempt, Body, BoxError, L7Entry, Waypoint};
 use crate::balance::{HashInput, Outcome};
 use crate::l7::BackendRef;
-use crate::metrics::Flag;
 
 impl Waypoint {
     /// One attempt to a backend service.
     pub(super) async fn send(&self, backend: &BackendRef, req: Request<Body>, port: u16, source_ip: IpAddr) -> Attempt {
         let port = if backend.port == 0 { port } else { backend.port };
         let service = self.state().service(&backend.service_key).cloned();
-        let Some(service) = service else {
-            return Err((
-                respond(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-                Flag::NoHealthyUpstream,
-                None,
-            ));
-        };
+        let Some(service) = service else { return Err(Failure::NoHealthyUpstream.into()) };
         self.dispatch(service, port, req, source_ip).await
     }
 
@@ -51,25 +45,12 @@ impl Waypoint {
         };
         let policy = l7.as_ref().and_then(|l| l.backend.as_ref());
         let backend = self.backends.get(&service.key);
-        let Some(_admission) = backend.admit(policy) else {
-            return Err((
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-                ),
-                Flag::Overflow,
-                None,
-            ));
-        };
+        let Some(_admission) = backend.admit(policy) else { return Err(Failure::Overflow.into()) };
         let endpoints = self.state().endpoints(&service, port);
         let count = endpoints.len();
         let input = HashInput { headers: req.headers(), source_ip };
         let Some((w, target)) = backend.choose(endpoints, policy, &input) else {
-            return Err((
-                respond(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
-                Flag::NoHealthyUpstream,
-                None,
-            ));
+            return Err(Failure::NoHealthyUpstream.into());
         };
         backend.started(&w);
         let fresh = policy.is_some_and(|p| p.max_requests_per_connection == 1);
@@ -81,7 +62,7 @@ impl Waypoint {
         backend.finished(&w, outcome, policy, count);
         match result {
             Ok(r) => Ok((r, w)),
-            Err((r, flag)) => Err((r, flag, Some(w))),
+            Err(failure) => Err(Failed { failure, endpoint: Some(w), response_ops: Vec::new() }),
         }
     }
 
@@ -93,21 +74,14 @@ impl Waypoint {
         port: u16,
         req: Request<Body>,
         fresh: bool,
-    ) -> Result<Response<Body>, (Response<Body>, Flag)> {
-        let Some(endpoint) = Endpoint::of(w, port) else {
-            return Err((
-                respond(StatusCode::SERVICE_UNAVAILABLE, "endpoint without address"),
-                Flag::NoHealthyUpstream,
-            ));
-        };
+    ) -> Result<Response<Body>, Failure> {
+        let Some(endpoint) = Endpoint::of(w, port) else { return Err(Failure::NoEndpointAddress) };
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let authority = endpoint.addr;
         parts.uri = match format!("http://{authority}{path}").parse() {
             Ok(u) => u,
-            Err(_) => {
-                return Err((respond(StatusCode::BAD_REQUEST, "bad request path"), Flag::DownstreamProtocolError))
-            }
+            Err(_) => return Err(Failure::BadUpstreamPath),
         };
         let h2 = parts.version == http::Version::HTTP_2;
         parts.version = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
@@ -119,13 +93,7 @@ impl Waypoint {
             Ok(r) => Ok(r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
             Err(e) => {
                 tracing::debug!(endpoint = %authority, error = %e, "upstream request failed");
-                Err((
-                    respond(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "upstream connect error or disconnect/reset before headers",
-                    ),
-                    Flag::UpstreamFailure,
-                ))
+                Err(Failure::Connect)
             }
         }
     }
@@ -149,8 +117,9 @@ impl Waypoint {
         let req = Request::from_parts(parts, body(bytes));
         let (backend, this) = (backend.clone(), Arc::clone(self));
         tokio::spawn(async move {
-            if let Err((r, flag, _)) = this.send(&backend, req, port, source_ip).await {
-                tracing::debug!(status = r.status().as_u16(), flag = flag.as_str(), "mirror request failed");
+            if let Err(failed) = this.send(&backend, req, port, source_ip).await {
+                let (status, flag) = (failed.failure.status(), failed.failure.flag());
+                tracing::debug!(status = status.as_u16(), flag = flag.as_str(), "mirror request failed");
             }
         });
     }

@@ -3,13 +3,12 @@
 //! valid one gives the request principal and claims (claim headers the client wrote are
 //! stripped by [`crate::jwt::authenticate`]). It does not authorize.
 
-use http::{Request, StatusCode};
+use http::Request;
 use hyper::body::Incoming;
 
 use crate::jwt::{KeySets, Verdict};
 use crate::l7::ServiceL7;
-use crate::metrics::Flag;
-use crate::proxy::{respond, Handled};
+use crate::proxy::failure::Failure;
 
 /// Who the request's token says is calling; empty for no token (or no rules).
 #[derive(Debug, Default)]
@@ -25,7 +24,7 @@ pub(super) async fn authenticate(
     l7: &ServiceL7,
     keysets: &KeySets,
     req: Request<Incoming>,
-) -> Result<(Request<Incoming>, Caller), Handled> {
+) -> Result<(Request<Incoming>, Caller), Failure> {
     if l7.jwt.is_empty() {
         return Ok((req, Caller::default()));
     }
@@ -39,7 +38,7 @@ pub(super) async fn authenticate(
         }
         Verdict::Invalid(reason) => {
             tracing::debug!(%reason, "JWT refused");
-            Err((respond(StatusCode::UNAUTHORIZED, refusal_text(&reason)), Flag::JwtDenied, None))
+            Err(Failure::Jwt(refusal_text(&reason)))
         }
     }
 }

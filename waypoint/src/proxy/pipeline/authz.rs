@@ -3,14 +3,13 @@
 //! order by [`crate::l7::authorize`]. Denied is 403 `RBAC: access denied`. It does not
 //! authenticate nor route.
 
-use http::{Request, StatusCode};
+use http::Request;
 use hyper::body::Incoming;
 
 use super::authn::Caller;
 use crate::l7::{authorize, Layer, Subject};
-use crate::metrics::Flag;
 use crate::proxy::downstream::Downstream;
-use crate::proxy::{respond, Handled};
+use crate::proxy::failure::Failure;
 
 /// The request's host as rules see it: `Host`, else the URI's authority, else empty.
 pub(super) fn host<B>(req: &Request<B>) -> String {
@@ -23,8 +22,7 @@ pub(super) fn host<B>(req: &Request<B>) -> String {
 }
 
 /// Checks the service's policies against the request.
-#[allow(clippy::result_large_err)]
-pub(super) fn check(down: &Downstream, caller: &Caller, host: &str, req: &Request<Incoming>) -> Result<(), Handled> {
+pub(super) fn check(down: &Downstream, caller: &Caller, host: &str, req: &Request<Incoming>) -> Result<(), Failure> {
     let subject = Subject {
         principal: Some(&down.principal),
         namespace: Some(down.identity.namespace()),
@@ -42,7 +40,7 @@ pub(super) fn check(down: &Downstream, caller: &Caller, host: &str, req: &Reques
     };
     if let Err(policy) = authorize(&down.l7.policies, &subject, Layer::Http) {
         tracing::debug!(%policy, "request denied");
-        return Err((respond(StatusCode::FORBIDDEN, "RBAC: access denied"), Flag::RbacDenied, None));
+        return Err(Failure::Denied(policy));
     }
     Ok(())
 }

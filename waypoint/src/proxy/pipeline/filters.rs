@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 
 use crate::l7::{BackendRef, Filter, HeaderOps, Route};
-use crate::metrics::Flag;
-use crate::proxy::{body, respond, Body, Handled};
+use crate::proxy::failure::Failure;
+use crate::proxy::{body, Body};
 
 /// What the filters leave for later stages.
 pub(super) struct Effects<'a> {
@@ -40,9 +40,8 @@ pub(super) fn apply<'a, B>(route: &'a Route, req: &mut Request<B>, host: &str) -
     Ok(effects)
 }
 
-/// The route's fault: a delay by its percentage, then an abort by its percentage (answered with
-/// the response header operations applied).
-pub(super) async fn fault(route: &Route, response_ops: &[&HeaderOps]) -> Result<(), Handled> {
+/// The route's fault: a delay by its percentage, then an abort by its percentage.
+pub(super) async fn fault(route: &Route) -> Result<(), Failure> {
     let Some(fault) = &route.fault else { return Ok(()) };
     if fault.delay.is_some() && fastrand::f64() * 100.0 < fault.delay_percent {
         if let Some(d) = fault.delay.and_then(|d| Duration::try_from(d).ok()) {
@@ -51,11 +50,7 @@ pub(super) async fn fault(route: &Route, response_ops: &[&HeaderOps]) -> Result<
     }
     if fault.abort_status != 0 && fastrand::f64() * 100.0 < fault.abort_percent {
         let status = u16::try_from(fault.abort_status).ok().and_then(|s| StatusCode::from_u16(s).ok());
-        let mut r = respond(status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "fault filter abort");
-        for ops in response_ops {
-            ops.apply(r.headers_mut());
-        }
-        return Err((r, Flag::FaultAbort, None));
+        return Err(Failure::FaultAbort(status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE)));
     }
     Ok(())
 }

@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 
 use ambit_shared::proto::waypoint as pb;
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::filters::Effects;
-use super::Answered;
 use crate::l7::{BackendRef, Route};
-use crate::metrics::Flag;
 use crate::proxy::downstream::Downstream;
-use crate::proxy::{body, respond, Attempt, Body, BoxError, Handled, Waypoint};
+use crate::proxy::failure::{Failed, Failure};
+use crate::proxy::telemetry::Answered;
+use crate::proxy::{body, Attempt, Body, BoxError, Waypoint};
 
 /// Requests whose bodies are buffered (retries, mirrors) may not exceed this.
 const MAX_BUFFERED_BODY: usize = 1024 * 1024;
@@ -33,17 +33,13 @@ enum RequestBody {
 
 impl RequestBody {
     /// Reads the body whole when `buffered`; 413 when it is too large for that.
-    async fn read(incoming: Incoming, buffered: bool) -> Result<Self, Handled> {
+    async fn read(incoming: Incoming, buffered: bool) -> Result<Self, Failure> {
         if !buffered {
             return Ok(RequestBody::Streamed(Some(incoming)));
         }
         match http_body_util::Limited::new(incoming, MAX_BUFFERED_BODY).collect().await {
             Ok(b) => Ok(RequestBody::Buffered(b.to_bytes())),
-            Err(_) => Err((
-                respond(StatusCode::PAYLOAD_TOO_LARGE, "request body too large to retry or mirror"),
-                Flag::DownstreamProtocolError,
-                None,
-            )),
+            Err(_) => Err(Failure::BodyTooLarge),
         }
     }
 
@@ -102,7 +98,7 @@ impl<'a> Attempts<'a> {
     fn again(&self, outcome: &Attempt, attempt: u32, now: Instant) -> bool {
         let retryable = match (outcome, self.retry) {
             (Ok((r, _)), Some(retry)) => retry.codes.contains(&u32::from(r.status().as_u16())),
-            (Err((_, Flag::UpstreamFailure, _)), Some(retry)) => retry.connect_failure,
+            (Err(failed), Some(retry)) if failed.failure.is_connect_failure() => retry.connect_failure,
             _ => false,
         };
         let out_of_time = self.deadline.is_some_and(|d| now + self.backoff >= d);
@@ -112,14 +108,14 @@ impl<'a> Attempts<'a> {
 
 impl Waypoint {
     /// Sends the routed request to `backend`, with the route's mirrors, timeouts and retries.
-    pub(super) async fn forward(
+    pub(super) async fn forward<'a>(
         self: &Arc<Self>,
         down: &Downstream,
         route: &Route,
         backend: &BackendRef,
-        effects: Effects<'_>,
+        effects: Effects<'a>,
         req: Request<Incoming>,
-    ) -> Answered {
+    ) -> Answered<'a> {
         let port = down.vip.port();
         let buffered = route.retry.is_some() || !effects.mirrors.is_empty();
         let (parts, incoming) = req.into_parts();
@@ -142,14 +138,16 @@ impl Waypoint {
             }
             break outcome;
         };
-        let mut answered = outcome.map(|(r, w)| (r, Some(w)));
-        let headers = match &mut answered {
-            Ok((r, _)) | Err((r, _, _)) => r.headers_mut(),
-        };
-        for ops in &effects.response_ops {
-            ops.apply(headers);
+        match outcome {
+            Ok((mut response, w)) => {
+                for ops in &effects.response_ops {
+                    ops.apply(response.headers_mut());
+                }
+                Ok((response, Some(w)))
+            }
+            // The record applies them to the failure's answer.
+            Err(failed) => Err(Failed { response_ops: effects.response_ops, ..failed }),
         }
-        answered
     }
 
     /// One attempt, within its timeout (504 past it).
@@ -165,9 +163,7 @@ impl Waypoint {
         match timeout {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => r,
-                Err(_) => {
-                    Err((respond(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"), Flag::UpstreamTimeout, None))
-                }
+                Err(_) => Err(Failure::Timeout.into()),
             },
             None => sent.await,
         }

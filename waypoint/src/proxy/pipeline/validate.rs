@@ -4,17 +4,15 @@
 //! authorization, route matching and the upstream all see the same one. It does not
 //! authenticate or authorize.
 
-use http::{Method, Request, StatusCode, Uri};
+use http::{Method, Request, Uri};
 use hyper::body::Incoming;
 
 use crate::l7::normalize::{normalize, Normalization};
-use crate::metrics::Flag;
-use crate::proxy::{respond, Handled};
+use crate::proxy::failure::Failure;
 
 /// Validates the request and normalizes its path in place (see the module's paragraph).
-#[allow(clippy::result_large_err)]
-pub(super) fn request(req: &mut Request<Incoming>, normalization: Normalization) -> Result<(), Handled> {
-    let bad = |text| Err((respond(StatusCode::BAD_REQUEST, text), Flag::DownstreamProtocolError, None));
+pub(super) fn request(req: &mut Request<Incoming>, normalization: Normalization) -> Result<(), Failure> {
+    let bad = |text| Err(Failure::BadRequest(text));
     if req.method().as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return bad("method must be upper case");
     }
