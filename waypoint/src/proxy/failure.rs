@@ -24,7 +24,7 @@ pub(super) enum Side {
 }
 
 /// A request the waypoint answered itself.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub(super) enum Failure {
     /// A request the waypoint will not read one way (400); the text says what.
     #[error("bad request: {0}")]

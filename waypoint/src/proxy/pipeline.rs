@@ -1,8 +1,9 @@
 //! One HTTP request through the waypoint, stage by stage, in this order on every path:
 //! [`validate`] (method, Host, path normalization) → [`authn`] (RequestAuthentication) →
-//! [`authz`] (AuthorizationPolicy) → [`route`] (the first route that matches) → [`filters`]
-//! (header operations, redirect, rewrite, mirrors, fault) → [`retry`] (body buffering, attempts,
-//! timeouts) → the upstream. Each stage either hands the request on or answers it; none is
+//! [`authz`] (AuthorizationPolicy) → [`plan`]: the pure decision — [`route`] (the first route
+//! that matches), [`filters`] (header operations, redirect, rewrite, mirrors, the fault drawn),
+//! the backend by weight — carried out by [`Waypoint::follow`]: the fault, then [`retry`] (body
+//! buffering, attempts, timeouts) → the upstream. Each stage either hands the request on or answers it; none is
 //! skipped. This module owns the order; it does not dial (see [`super::upstream`]) nor record
 //! (see [`super::telemetry`]).
 
@@ -16,10 +17,12 @@ use super::downstream::Downstream;
 use super::failure::{Failed, Failure};
 use super::telemetry::{Answered, Telemetry};
 use super::{Body, BoxError, Waypoint};
+use plan::{Decision, Plan};
 
 mod authn;
 mod authz;
 mod filters;
+mod plan;
 mod retry;
 mod route;
 mod validate;
@@ -38,23 +41,23 @@ impl Waypoint {
         let (mut req, caller) = authn::authenticate(&down.l7, &self.keysets, req).await?;
         let host = authz::host(&req);
         authz::check(down, &caller, &host, &req)?;
-        let route = match route::select(&down.l7.routes, port, &req) {
-            route::Selected::Route(route) => route,
-            route::Selected::Default => return self.forward_default(down, req, port).await,
-            route::Selected::NoMatch => return Err(Failure::NoRoute.into()),
-        };
-        let effects = match filters::apply(route, &mut req, &host) {
-            Ok(effects) => effects,
-            Err(redirect) => return Ok((redirect, None)),
-        };
-        if let Err(failure) = filters::fault(route).await {
-            return Err(Failed { failure, endpoint: None, response_ops: effects.response_ops });
+        match plan::decide(&down.l7, port, &mut req, &host)? {
+            Decision::Route(plan) => self.follow(down, plan, req).await,
+            Decision::Default => self.forward_default(down, req, port).await,
+            Decision::Redirect(redirect) => Ok((redirect, None)),
         }
-        let Some(backend) = route.pick_backend() else { return Err(Failure::NoBackend.into()) };
-        if let Some(ops) = &backend.request_headers {
-            ops.apply(req.headers_mut());
+    }
+
+    /// Carries out a routed request's plan: the fault, then the backend.
+    async fn follow<'d>(self: &Arc<Self>, down: &Downstream, plan: Plan<'d>, req: Request<Incoming>) -> Answered<'d> {
+        if let Some(delay) = plan.fault.delay {
+            tokio::time::sleep(delay).await;
         }
-        self.forward(down, route, backend, effects, req).await
+        if let Some(failure) = plan.fault.abort {
+            return Err(Failed { failure, endpoint: None, response_ops: plan.effects.response_ops });
+        }
+        let Some(backend) = plan.backend else { return Err(Failure::NoBackend.into()) };
+        self.forward(down, plan.route, backend, plan.effects, plan.buffered, req).await
     }
 
     /// Without routes: the addressed service at the request's port.

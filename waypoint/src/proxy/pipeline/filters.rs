@@ -40,19 +40,27 @@ pub(super) fn apply<'a, B>(route: &'a Route, req: &mut Request<B>, host: &str) -
     Ok(effects)
 }
 
-/// The route's fault: a delay by its percentage, then an abort by its percentage.
-pub(super) async fn fault(route: &Route) -> Result<(), Failure> {
-    let Some(fault) = &route.fault else { return Ok(()) };
+/// What the route's fault does to this request, drawn by its percentages.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Fault {
+    /// A delay before anything else.
+    pub(super) delay: Option<Duration>,
+    /// After the delay, an abort answered with this failure.
+    pub(super) abort: Option<Failure>,
+}
+
+/// Draws the route's fault: a delay by its percentage, then an abort by its percentage.
+pub(super) fn fault(route: &Route) -> Fault {
+    let Some(fault) = &route.fault else { return Fault::default() };
+    let mut drawn = Fault::default();
     if fault.delay.is_some() && fastrand::f64() * 100.0 < fault.delay_percent {
-        if let Some(d) = fault.delay.and_then(|d| Duration::try_from(d).ok()) {
-            tokio::time::sleep(d).await;
-        }
+        drawn.delay = fault.delay.and_then(|d| Duration::try_from(d).ok());
     }
     if fault.abort_status != 0 && fastrand::f64() * 100.0 < fault.abort_percent {
         let status = u16::try_from(fault.abort_status).ok().and_then(|s| StatusCode::from_u16(s).ok());
-        return Err(Failure::FaultAbort(status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE)));
+        drawn.abort = Some(Failure::FaultAbort(status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE)));
     }
-    Ok(())
+    drawn
 }
 
 fn redirect<B>(r: &ambit_shared::proto::waypoint::Redirect, req: &Request<B>, host: &str) -> Response<Body> {

@@ -114,10 +114,10 @@ impl Waypoint {
         route: &Route,
         backend: &BackendRef,
         effects: Effects<'a>,
+        buffered: bool,
         req: Request<Incoming>,
     ) -> Answered<'a> {
         let port = down.vip.port();
-        let buffered = route.retry.is_some() || !effects.mirrors.is_empty();
         let (parts, incoming) = req.into_parts();
         let mut body = RequestBody::read(incoming, buffered).await?;
         if let RequestBody::Buffered(bytes) = &body {
