@@ -169,3 +169,56 @@ impl Waypoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use ambit_shared::proto::waypoint as pb;
+
+    use super::Attempts;
+    use crate::proxy::failure::{Failed, Failure};
+    use crate::proxy::Attempt;
+    use crate::testing::workload;
+
+    fn attempts(retry: Option<&pb::Retry>, deadline: Option<Instant>, per_try: Option<Duration>) -> Attempts<'_> {
+        Attempts {
+            retry,
+            limit: 1 + retry.map_or(0, |r| r.attempts),
+            backoff: Duration::from_millis(25),
+            deadline,
+            per_try,
+        }
+    }
+
+    #[test]
+    fn an_attempt_gets_the_per_try_timeout_cut_to_what_is_left() {
+        let now = Instant::now();
+        let (second, tenth) = (Duration::from_secs(1), Duration::from_millis(100));
+        assert_eq!(attempts(None, None, None).timeout(now), None);
+        assert_eq!(attempts(None, None, Some(second)).timeout(now), Some(second));
+        assert_eq!(attempts(None, Some(now + tenth), Some(second)).timeout(now), Some(tenth));
+        assert_eq!(attempts(None, Some(now + tenth), None).timeout(now + second), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn retries_follow_codes_connect_failures_limits_and_time() {
+        let retry = pb::Retry { attempts: 2, codes: vec![503], connect_failure: true, backoff: None };
+        let now = Instant::now();
+        let status = |code: u16| -> Attempt {
+            let mut r = http::Response::new(crate::proxy::body(""));
+            *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+            Ok((r, workload("a")))
+        };
+        let failed = |failure| -> Attempt { Err(Failed { failure, endpoint: None, response_ops: Vec::new() }) };
+        let a = attempts(Some(&retry), None, None);
+        assert!(a.again(&status(503), 1, now));
+        assert!(!a.again(&status(500), 1, now), "a code not listed");
+        assert!(a.again(&failed(Failure::Connect), 2, now));
+        assert!(!a.again(&failed(Failure::Connect), 3, now), "attempts used up");
+        assert!(!a.again(&failed(Failure::Timeout), 1, now), "not a connect failure");
+        assert!(!attempts(None, None, None).again(&status(503), 1, now), "no retry policy");
+        let late = attempts(Some(&retry), Some(now + Duration::from_millis(10)), None);
+        assert!(!late.again(&status(503), 1, now), "no time for the backoff");
+    }
+}

@@ -209,3 +209,24 @@ impl Pools {
         Connector { dialer: self.dialer.clone(), endpoint: Arc::new(endpoint.clone()) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Endpoint, Tunnel};
+    use crate::testing::workload;
+
+    #[test]
+    fn an_endpoint_carries_what_the_state_said() {
+        let meshed = workload("a");
+        let endpoint = Endpoint::of(&meshed, 8080).unwrap();
+        assert_eq!(endpoint.addr, "10.0.0.1:8080".parse().unwrap());
+        assert_eq!(endpoint.tunnel, Tunnel::Hbone(meshed.identity.clone()));
+        let mut outside = Arc::unwrap_or_clone(workload("b"));
+        outside.hbone = false;
+        assert_eq!(Endpoint::of(&outside, 80).unwrap().tunnel, Tunnel::Plain);
+        outside.addresses.clear();
+        assert!(Endpoint::of(&outside, 80).is_none(), "no address, nothing to dial");
+    }
+}
