@@ -9,7 +9,11 @@
 //! - [`normalize`]: the request path every check, route and upstream sees.
 //!
 //! The rooms: [`route`] (matches, filters, backends) and [`authz`] (policies and the verdict);
-//! this module owns the compiled service ([`ServiceL7`]) and the compile errors.
+//! this module owns the compiled service ([`ServiceL7`]), the map of every service's entry
+//! ([`L7Map`]) and the compile errors.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use ambit_shared::proto::waypoint as pb;
 use http::{HeaderName, HeaderValue};
@@ -52,6 +56,19 @@ fn header_value(field: &str, value: &str) -> Result<HeaderValue, CompileError> {
         what: "header value",
     })
 }
+
+/// A service's L7 configuration as the waypoint holds it.
+#[derive(Debug, Clone)]
+pub enum L7Entry {
+    /// Compiled and in force.
+    Ready(Arc<ServiceL7>),
+    /// Refused (NACKed) with no earlier version to keep: the service is answered 503, never
+    /// forwarded without its policies.
+    Rejected(Arc<str>),
+}
+
+/// The L7 configuration of every service, by service key (`ns/hostname`).
+pub type L7Map = Arc<RwLock<HashMap<String, L7Entry>>>;
 
 /// One service's compiled configuration.
 #[derive(Debug)]

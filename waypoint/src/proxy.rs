@@ -12,8 +12,8 @@
 //! the client wrote; request paths are normalized before authorization, routing and the
 //! upstream request.
 //!
-//! This module owns the [`Waypoint`] itself (what it holds, how it is built) and the L7
-//! configuration map; the rooms below own the rest, from the outside in:
+//! This module owns the [`Waypoint`] itself (what it holds, how it is built) and who it is
+//! ([`Me`]); the rooms below own the rest, from the outside in:
 //! - [`inbound`]: the HBONE handler — CONNECT admission, TCP authorization, sniffing;
 //! - [`downstream`]: who sent a stream and where it was going, fixed per HBONE stream;
 //! - [`pipeline`]: one HTTP request's stages (validation, authn, authz, route, filters and
@@ -21,23 +21,19 @@
 //! - [`upstream`]: the dispatch of one attempt to an endpoint, the dialer and the pools keyed
 //!   by the chosen endpoint;
 //! - [`failure`]: why the waypoint answered a request itself, typed and classified by side;
-//! - [`telemetry`]: the request's metrics, access-log line and span, recorded once.
+//! - [`telemetry`]: the request's metrics, access-log line and span, recorded once;
+//! - [`body`]: the body type and the waypoint's plain-text answers.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
 use ambit_shared::proto::workload::{gateway_address, GatewayAddress};
-use ambit_ztunnel::state::{ip_from_bytes, Destination, Service, State, Workload};
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use ambit_ztunnel::state::{ip_from_bytes, Destination, Service, State};
 
-use crate::balance::Backends;
 use crate::l7::normalize::Normalization;
-use crate::l7::ServiceL7;
 use crate::metrics::Metrics;
 
+mod body;
 mod downstream;
 mod failure;
 mod inbound;
@@ -45,35 +41,10 @@ mod pipeline;
 mod telemetry;
 mod upstream;
 
+pub use crate::l7::{L7Entry, L7Map};
+pub use body::{Body, BoxError};
 pub use inbound::{sniff, Inbound, Prefixed};
-pub use upstream::{Conn, Connector, Dialer, Endpoint, Pools, Tunnel};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
-
-fn body(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
-
-fn respond(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut r = Response::new(body(text));
-    *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r
-}
-
-/// A service's L7 configuration as the waypoint holds it.
-#[derive(Debug, Clone)]
-pub enum L7Entry {
-    /// Compiled and in force.
-    Ready(Arc<ServiceL7>),
-    /// Refused (NACKed) with no earlier version to keep: the service is answered 503, never
-    /// forwarded without its policies.
-    Rejected(Arc<str>),
-}
-
-/// The L7 configuration of every service, by service key (`ns/hostname`).
-pub type L7Map = Arc<RwLock<HashMap<String, L7Entry>>>;
+pub use upstream::{Conn, Connector, Dialer, Endpoint, Pools, Tunnel, Upstream};
 
 /// The waypoint itself: what bindings name (its Gateway) and where it runs.
 #[derive(Debug, Clone)]
@@ -116,22 +87,15 @@ pub struct Options {
     pub sampling: f64,
 }
 
-/// An attempt's result: the response and the workload that gave it, or the failure (with the
-/// workload tried, if one was).
-type Attempt = Result<(Response<Body>, Arc<Workload>), failure::Failed<'static>>;
-
 pub struct Waypoint {
     /// The network the waypoint's addresses are on.
     network: Arc<str>,
-    /// The mesh state: workloads, services, endpoints.
-    state: Arc<RwLock<State>>,
-    /// The endpoints' HTTP clients and the dialer under them.
-    pools: Pools,
+    /// The way out: the mesh state, the backends' limits and the endpoints' pools.
+    upstream: Arc<Upstream>,
     pub l7: L7Map,
     pub metrics: Arc<Metrics>,
     me: Me,
     normalization: Normalization,
-    backends: Arc<Backends>,
     keysets: Arc<crate::jwt::KeySets>,
     tracer: crate::trace::Exporter,
     sampling: f64,
@@ -147,13 +111,11 @@ impl Waypoint {
     ) -> Arc<Self> {
         Arc::new(Waypoint {
             network: options.network,
-            state: options.state,
-            pools: Pools::new(dialer),
+            upstream: Arc::new(Upstream::new(options.state, l7.clone(), Pools::new(dialer))),
             l7,
             metrics,
             me: options.me,
             normalization: options.normalization,
-            backends: Arc::default(),
             keysets: Arc::default(),
             tracer,
             sampling: options.sampling,
@@ -161,6 +123,6 @@ impl Waypoint {
     }
 
     fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
+        self.upstream.state()
     }
 }

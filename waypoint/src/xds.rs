@@ -11,7 +11,7 @@ use ambit_shared::xds::{self, Rejection, Update};
 use ambit_ztunnel::state::Updater;
 
 use crate::l7::ServiceL7;
-use crate::proxy::{L7Entry, L7Map};
+use crate::l7::{L7Entry, L7Map};
 
 #[derive(Clone)]
 pub struct WaypointUpdater {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ambit_ztunnel::state::Workload;
 use http::{Response, StatusCode};
 
-use super::{respond, Body};
+use super::body::{respond, Body};
 use crate::l7::{Denial, HeaderOps};
 use crate::metrics::Flag;
 

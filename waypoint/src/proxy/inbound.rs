@@ -21,7 +21,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::downstream::Downstream;
-use super::{Endpoint, L7Entry, Waypoint};
+use super::upstream::Endpoint;
+use super::Waypoint;
+use crate::l7::L7Entry;
 use crate::l7::ServiceL7;
 use crate::metrics::Flag;
 
@@ -155,7 +157,7 @@ impl Waypoint {
             return;
         };
         let start = Instant::now();
-        match self.pools.dialer().dial(&endpoint).await {
+        match self.upstream.dialer().dial(&endpoint).await {
             Ok(mut upstream) => {
                 let (t, err) = ambit_shared::copy::copy_bidirectional(&mut stream, &mut upstream).await;
                 tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, src.identity = %down.principal, dst = %down.vip, endpoint = %endpoint.addr, bytes_sent = t.a_to_b, bytes_recv = t.b_to_a, duration = format!("{:.1}ms", start.elapsed().as_secs_f64() * 1e3), error = err.map(|e| e.to_string()), "tcp connection complete");

@@ -13,10 +13,11 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::body::{Body, BoxError};
 use super::downstream::Downstream;
 use super::failure::{Failed, Failure};
 use super::telemetry::{Answered, Telemetry};
-use super::{Body, BoxError, Waypoint};
+use super::Waypoint;
 use plan::{Decision, Plan};
 
 mod authn;
@@ -63,7 +64,7 @@ impl Waypoint {
     /// Without routes: the addressed service at the request's port.
     async fn forward_default(&self, down: &Downstream, req: Request<Incoming>, port: u16) -> Answered<'static> {
         let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
-        let (response, endpoint) = self.dispatch(down.service.clone(), port, req, down.source_ip).await?;
+        let (response, endpoint) = self.upstream.dispatch(down.service.clone(), port, req, down.source_ip).await?;
         Ok((response, Some(endpoint)))
     }
 }

@@ -17,9 +17,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 
+use super::body::{Body, BoxError};
 use super::downstream::Downstream;
 use super::failure::Failed;
-use super::{Body, BoxError};
 use crate::metrics::{Flag, Metrics, RequestLabels};
 
 /// How a request ended: answered by a backend (its workload) or by the waypoint itself (a
@@ -55,6 +55,7 @@ impl Telemetry {
         down: &Downstream,
         req: &mut Request<B>,
     ) -> Self {
+        let start = Instant::now();
         let span = crate::trace::start(req.headers_mut(), sampling);
         let span_start = tracer.enabled().then(std::time::SystemTime::now);
         let grpc = req
@@ -70,7 +71,7 @@ impl Telemetry {
         };
         Telemetry {
             metrics: metrics.clone(),
-            start: Instant::now(),
+            start,
             span: (span, span_start),
             tracer: tracer.clone(),
             method: req.method().clone(),

@@ -5,9 +5,9 @@
 //! or filters (see [`super::pipeline`]).
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use ambit_ztunnel::state::{Service, Workload};
+use ambit_ztunnel::state::{Service, State, Workload};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
@@ -16,12 +16,40 @@ mod dial;
 
 pub use dial::{Conn, Connector, Dialer, Endpoint, Pools, Tunnel};
 
+use super::body::{body, Body, BoxError};
 use super::failure::{Failed, Failure};
-use super::{body, Attempt, Body, BoxError, L7Entry, Waypoint};
-use crate::balance::{HashInput, Outcome};
-use crate::l7::BackendRef;
+use crate::balance::{Backends, HashInput, Outcome};
+use crate::l7::{BackendRef, L7Entry, L7Map};
 
-impl Waypoint {
+/// An attempt's result: the response and the workload that gave it, or the failure (with the
+/// workload tried, if one was).
+pub(super) type Attempt = Result<(Response<Body>, Arc<Workload>), Failed<'static>>;
+
+/// The way out of the waypoint.
+pub struct Upstream {
+    /// The mesh state: services and their endpoints.
+    state: Arc<RwLock<State>>,
+    /// Every service's L7 configuration (its DestinationRule's traffic policy).
+    l7: L7Map,
+    /// Per service: pool limits, outlier detection, load-balancing state.
+    backends: Backends,
+    /// The endpoints' HTTP clients and the dialer under them.
+    pools: Pools,
+}
+
+impl Upstream {
+    pub fn new(state: Arc<RwLock<State>>, l7: L7Map, pools: Pools) -> Self {
+        Upstream { state, l7, backends: Backends::default(), pools }
+    }
+
+    pub(super) fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn dialer(&self) -> &Dialer {
+        self.pools.dialer()
+    }
+
     /// One attempt to a backend service.
     pub(super) async fn send(&self, backend: &BackendRef, req: Request<Body>, port: u16, source_ip: IpAddr) -> Attempt {
         let port = if backend.port == 0 { port } else { backend.port };

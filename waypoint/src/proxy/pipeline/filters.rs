@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 
 use crate::l7::{BackendRef, Filter, HeaderOps, Route};
+use crate::proxy::body::{body, Body};
 use crate::proxy::failure::Failure;
-use crate::proxy::{body, Body};
 
 /// What the filters leave for later stages.
 pub(super) struct Effects<'a> {

@@ -8,8 +8,8 @@ use http::{Request, Response};
 use super::filters::{self, Effects, Fault};
 use super::route::{self, Selected};
 use crate::l7::{BackendRef, Route, ServiceL7};
+use crate::proxy::body::Body;
 use crate::proxy::failure::Failure;
-use crate::proxy::Body;
 
 /// What is done with a routed request.
 pub(super) struct Plan<'a> {

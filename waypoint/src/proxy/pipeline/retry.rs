@@ -15,10 +15,12 @@ use hyper::body::Incoming;
 
 use super::filters::Effects;
 use crate::l7::{BackendRef, Route};
+use crate::proxy::body::{body, Body, BoxError};
 use crate::proxy::downstream::Downstream;
 use crate::proxy::failure::{Failed, Failure};
 use crate::proxy::telemetry::Answered;
-use crate::proxy::{body, Attempt, Body, BoxError, Waypoint};
+use crate::proxy::upstream::Attempt;
+use crate::proxy::Waypoint;
 
 /// Requests whose bodies are buffered (retries, mirrors) may not exceed this.
 const MAX_BUFFERED_BODY: usize = 1024 * 1024;
@@ -122,7 +124,7 @@ impl Waypoint {
         let mut body = RequestBody::read(incoming, buffered).await?;
         if let RequestBody::Buffered(bytes) = &body {
             for m in &effects.mirrors {
-                self.mirror(m, &parts, bytes.clone(), port, down.source_ip);
+                self.upstream.mirror(m, &parts, bytes.clone(), port, down.source_ip);
             }
         }
         let attempts = Attempts::of(route, Instant::now());
@@ -159,7 +161,7 @@ impl Waypoint {
         down: &Downstream,
         timeout: Option<Duration>,
     ) -> Attempt {
-        let sent = self.send(backend, request, port, down.source_ip);
+        let sent = self.upstream.send(backend, request, port, down.source_ip);
         match timeout {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => r,
@@ -178,7 +180,7 @@ mod tests {
 
     use super::Attempts;
     use crate::proxy::failure::{Failed, Failure};
-    use crate::proxy::Attempt;
+    use crate::proxy::upstream::Attempt;
     use crate::testing::workload;
 
     fn attempts(retry: Option<&pb::Retry>, deadline: Option<Instant>, per_try: Option<Duration>) -> Attempts<'_> {
@@ -206,7 +208,7 @@ mod tests {
         let retry = pb::Retry { attempts: 2, codes: vec![503], connect_failure: true, backoff: None };
         let now = Instant::now();
         let status = |code: u16| -> Attempt {
-            let mut r = http::Response::new(crate::proxy::body(""));
+            let mut r = http::Response::new(crate::proxy::body::body(""));
             *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
             Ok((r, workload("a")))
         };
