@@ -216,28 +216,7 @@ mod tests {
     use super::*;
     use ambit_shared::proto::waypoint::{LoadBalancer, OutlierDetection};
 
-    fn workload(uid: &str) -> Arc<Workload> {
-        let s = |v: &str| Arc::<str>::from(v);
-        Arc::new(Workload {
-            uid: s(uid),
-            name: s(uid),
-            namespace: s("shop"),
-            addresses: vec!["10.0.0.1".parse().unwrap()],
-            network: s(""),
-            hbone: true,
-            identity: "spiffe://cluster.local/ns/shop/sa/x".parse().unwrap(),
-            node: s("node-1"),
-            waypoint: None,
-            services: HashMap::new(),
-            policies: Vec::new(),
-            healthy: true,
-            capacity: 1,
-            canonical_name: s(uid),
-            canonical_revision: s("v1"),
-            workload_name: s(uid),
-            cluster_id: s("Kubernetes"),
-        })
-    }
+    use crate::testing::workload;
 
     #[test]
     fn consecutive_errors_eject_and_traffic_moves() {

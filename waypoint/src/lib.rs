@@ -19,5 +19,7 @@ pub mod l7;
 pub mod metrics;
 pub mod proxy;
 pub mod run;
+#[cfg(test)]
+mod testing;
 pub mod trace;
 pub mod xds;

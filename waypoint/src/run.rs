@@ -8,7 +8,7 @@ use ambit_dataplane::cert_manager::{CaClient, CertManager, ServerTls};
 use ambit_dataplane::state::Updater;
 use ambit_shared::hbone::client::{Client as HboneClient, PoolSettings};
 use ambit_shared::hbone::server::Server;
-use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
+use ambit_shared::proto::type_url::{ADDRESS, WAYPOINT_SERVICE};
 use ambit_shared::telemetry::{self, Readiness};
 use ambit_shared::tls::{control_plane_client_config, read_roots_file};
 use ambit_shared::xds;
@@ -58,8 +58,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let workloads = Updater::default();
     let l7 = Arc::default();
     let node = xds::istio_node("waypoint", &config.pod_ip, &config.pod_name, &config.namespace, &config.node_name);
-    let mut xds_config =
-        xds::Config::new(control_plane, tls.clone(), node, vec![ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE]);
+    let mut xds_config = xds::Config::new(control_plane, tls.clone(), node, vec![ADDRESS, WAYPOINT_SERVICE]);
     xds_config.token = Some(token.clone());
     let (client, mut synced) = xds::Client::new(xds_config);
     tokio::spawn(client.run(WaypointUpdater { workloads: workloads.clone(), l7: Arc::clone(&l7) }));
@@ -69,8 +68,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     certs.fetch(&identity).await.context("fetching the waypoint's certificate")?;
 
     let dialer = Dialer {
-        network: Arc::from(config.network.as_str()),
-        state: workloads.state.clone(),
         certs: certs.clone(),
         identity: identity.clone(),
         hbone: HboneClient::new(roots.clone(), PoolSettings::default()),
@@ -86,6 +83,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             gateway: config.gateway.clone(),
             pod_ip: config.pod_ip.parse().ok(),
         },
+        network: Arc::from(config.network.as_str()),
+        state: workloads.state.clone(),
         normalization: config.normalization()?,
         sampling: config.trace_sampling,
     };

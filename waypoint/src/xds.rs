@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use ambit_dataplane::state::Updater;
-use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
+use ambit_shared::proto::type_url::{ADDRESS, WAYPOINT_SERVICE};
 use ambit_shared::proto::waypoint::ServiceConfig;
 use ambit_shared::xds::{self, Rejection, Update};
 
 use crate::l7::ServiceL7;
-use crate::proxy::{L7Entry, L7Map};
+use crate::l7::{L7Entry, L7Map};
 
 #[derive(Clone)]
 pub struct WaypointUpdater {
@@ -22,7 +22,7 @@ pub struct WaypointUpdater {
 impl xds::Handler for WaypointUpdater {
     fn handle(&mut self, update: Update<'_>) -> Vec<Rejection> {
         match update.type_url {
-            ADDRESS | AUTHORIZATION => self.workloads.handle(update),
+            ADDRESS => self.workloads.handle(update),
             WAYPOINT_SERVICE => {
                 let mut rejected = Vec::new();
                 let mut compiled = Vec::new();

@@ -1,7 +1,10 @@
+use http::{HeaderValue, Method};
+
+use super::authz::canonical_host;
 use super::*;
 
 /// Request-level authorization, as the HTTP pipeline calls it.
-fn authorize(policies: &[Policy], s: &Subject<'_>) -> Result<(), String> {
+fn authorize(policies: &[Policy], s: &Subject<'_>) -> Result<(), Denial> {
     super::authorize(policies, s, Layer::Http)
 }
 
@@ -324,6 +327,24 @@ fn ipv4_mapped_sources_match_ipv4_blocks() {
     assert!(authorize(std::slice::from_ref(&deny_block), &s).is_err());
 }
 
+/// A block written in IPv4-mapped form covers the IPv4 peers it names, as at ztunnel.
+#[test]
+fn blocks_in_ipv4_mapped_form_match_ipv4_sources() {
+    let h = http::HeaderMap::new();
+    let deny_block = policy(
+        pb::Action::Deny,
+        pb::Rule {
+            from: vec![pb::Source { ip_blocks: vec!["::ffff:10.244.1.0/120".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    let mut s = subject(&h, FRONTEND, "GET", "/");
+    s.source_ip = "10.244.1.5".parse().unwrap();
+    assert!(authorize(std::slice::from_ref(&deny_block), &s).is_err());
+    s.source_ip = "10.244.2.5".parse().unwrap();
+    assert!(authorize(std::slice::from_ref(&deny_block), &s).is_ok());
+}
+
 fn when(key: &str, values: &[&str]) -> pb::Policy {
     pb::Policy {
         name: "p".into(),
@@ -453,4 +474,24 @@ fn the_path_pseudo_header_includes_the_query() {
     assert!(authorize(&ps, &s).is_err(), "a DENY on the query fires");
     s.query = None;
     assert!(authorize(&ps, &s).is_ok());
+}
+
+#[test]
+fn denials_name_the_policy_as_the_log_always_did() {
+    let h = http::HeaderMap::new();
+    let deny = policy(pb::Action::Deny, pb::Rule::default());
+    let denial = authorize(std::slice::from_ref(&deny), &subject(&h, VISITOR, "GET", "/")).unwrap_err();
+    assert_eq!(denial, Denial::Deny { policy: "shop/p".into(), rule: 0 });
+    assert_eq!(denial.to_string(), "shop/p");
+    assert_eq!(denial.action(), pb::Action::Deny);
+    let allow = policy(
+        pb::Action::Allow,
+        pb::Rule {
+            from: vec![pb::Source { namespaces: vec!["nobody".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    let denial = authorize(std::slice::from_ref(&allow), &subject(&h, VISITOR, "GET", "/")).unwrap_err();
+    assert_eq!(denial.to_string(), "no ALLOW policy matched");
+    assert_eq!(denial.action(), pb::Action::Allow);
 }

@@ -1,0 +1,70 @@
+//! One HTTP request through the waypoint, stage by stage, in this order on every path:
+//! [`validate`] (method, Host, path normalization) → [`authn`] (RequestAuthentication) →
+//! [`authz`] (AuthorizationPolicy) → [`plan`]: the pure decision — [`route`] (the first route
+//! that matches), [`filters`] (header operations, redirect, rewrite, mirrors, the fault drawn),
+//! the backend by weight — carried out by [`Waypoint::follow`]: the fault, then [`retry`] (body
+//! buffering, attempts, timeouts) → the upstream. Each stage either hands the request on or answers it; none is
+//! skipped. This module owns the order; it does not dial (see [`super::upstream`]) nor record
+//! (see [`super::telemetry`]).
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{Body, BoxError};
+use super::downstream::Downstream;
+use super::failure::{Failed, Failure};
+use super::telemetry::{Answered, Telemetry};
+use super::Waypoint;
+use plan::{Decision, Plan};
+
+mod authn;
+mod authz;
+mod filters;
+mod plan;
+mod retry;
+mod route;
+mod validate;
+
+impl Waypoint {
+    /// One request, start to finish: its telemetry taken first, recorded once at the end.
+    pub(super) async fn request(self: &Arc<Self>, down: &Downstream, mut req: Request<Incoming>) -> Response<Body> {
+        let telemetry = Telemetry::start(&self.metrics, &self.tracer, self.sampling, down, &mut req);
+        telemetry.record(self.handle(down, req).await)
+    }
+
+    /// The stages, in order; the first that answers ends the request.
+    async fn handle<'d>(self: &Arc<Self>, down: &'d Downstream, mut req: Request<Incoming>) -> Answered<'d> {
+        let port = down.vip.port();
+        validate::request(&mut req, self.normalization)?;
+        let (mut req, caller) = authn::authenticate(&down.l7, &self.keysets, req).await?;
+        let host = authz::host(&req);
+        authz::check(down, &caller, &host, &req)?;
+        match plan::decide(&down.l7, port, &mut req, &host)? {
+            Decision::Route(plan) => self.follow(down, plan, req).await,
+            Decision::Default => self.forward_default(down, req, port).await,
+            Decision::Redirect(redirect) => Ok((redirect, None)),
+        }
+    }
+
+    /// Carries out a routed request's plan: the fault, then the backend.
+    async fn follow<'d>(self: &Arc<Self>, down: &Downstream, plan: Plan<'d>, req: Request<Incoming>) -> Answered<'d> {
+        if let Some(delay) = plan.fault.delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(failure) = plan.fault.abort {
+            return Err(Failed { failure, endpoint: None, response_ops: plan.effects.response_ops });
+        }
+        let Some(backend) = plan.backend else { return Err(Failure::NoBackend.into()) };
+        self.forward(down, plan.route, backend, plan.effects, plan.buffered, req).await
+    }
+
+    /// Without routes: the addressed service at the request's port.
+    async fn forward_default(&self, down: &Downstream, req: Request<Incoming>, port: u16) -> Answered<'static> {
+        let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
+        let (response, endpoint) = self.upstream.dispatch(down.service.clone(), port, req, down.source_ip).await?;
+        Ok((response, Some(endpoint)))
+    }
+}

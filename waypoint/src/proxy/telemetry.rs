@@ -1,0 +1,249 @@
+//! A request's telemetry: Istio's request metrics, the access-log line (target `access`) and
+//! the waypoint's span. [`Telemetry`] is taken when the request arrives; its one
+//! [`Telemetry::record`] call takes how the request ended — a backend's answer or a typed
+//! [`Failed`] — derives the status and response flag from it, and hands back the response whose
+//! body records the request once when it ends, or is dropped (a client gone early). It does
+//! not decide anything about the request.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use ambit_dataplane::labels::{Peer, ServiceLabels};
+use ambit_dataplane::state::Workload;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+
+use super::body::{Body, BoxError};
+use super::downstream::Downstream;
+use super::failure::Failed;
+use crate::metrics::{Flag, Metrics, RequestLabels};
+
+/// How a request ended: answered by a backend (its workload) or by the waypoint itself (a
+/// redirect), or failed.
+pub(super) type Answered<'a> = Result<(Response<Body>, Option<Arc<Workload>>), Failed<'a>>;
+
+/// What is known of a request when it arrives, until [`Telemetry::record`] is given its end.
+pub(super) struct Telemetry {
+    metrics: Arc<Metrics>,
+    start: Instant,
+    /// The waypoint's span, and when it started if spans are exported.
+    span: (crate::trace::SpanContext, Option<std::time::SystemTime>),
+    tracer: crate::trace::Exporter,
+    method: http::Method,
+    /// The path and query as the client sent them.
+    path: String,
+    /// `grpc`, `http2` or `http`.
+    protocol: &'static str,
+    /// The request's `content-length`, 0 without one.
+    request_bytes: u64,
+    source: Peer,
+    service: ServiceLabels,
+    source_ip: IpAddr,
+    principal: Arc<str>,
+}
+
+impl Telemetry {
+    /// Starts the request's telemetry (and continues or starts its trace in its headers).
+    pub(super) fn start<B>(
+        metrics: &Arc<Metrics>,
+        tracer: &crate::trace::Exporter,
+        sampling: f64,
+        down: &Downstream,
+        req: &mut Request<B>,
+    ) -> Self {
+        let start = Instant::now();
+        let span = crate::trace::start(req.headers_mut(), sampling);
+        let span_start = tracer.enabled().then(std::time::SystemTime::now);
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let protocol = if grpc {
+            "grpc"
+        } else if req.version() == http::Version::HTTP_2 {
+            "http2"
+        } else {
+            "http"
+        };
+        Telemetry {
+            metrics: metrics.clone(),
+            start,
+            span: (span, span_start),
+            tracer: tracer.clone(),
+            method: req.method().clone(),
+            path: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            protocol,
+            request_bytes: req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0),
+            source: down.source.clone(),
+            service: ServiceLabels::of(&down.service),
+            source_ip: down.source_ip,
+            principal: down.principal.clone(),
+        }
+    }
+
+    /// The one record of a request: the response (a failure's, with the route's response
+    /// header operations), its flag, and the body that records the request when it ends.
+    pub(super) fn record(self, answered: Answered<'_>) -> Response<Body> {
+        let (response, flag, endpoint) = match answered {
+            Ok((response, endpoint)) => (response, Flag::None, endpoint),
+            Err(failed) => {
+                tracing::debug!(side = ?failed.failure.side(), failure = %failed.failure, "answered by the waypoint");
+                let mut response = failed.failure.response();
+                for ops in &failed.response_ops {
+                    ops.apply(response.headers_mut());
+                }
+                (response, failed.failure.flag(), failed.endpoint)
+            }
+        };
+        let destination = match &endpoint {
+            Some(w) => Peer::from_workload(w, Some(Arc::from(w.identity.to_string()))),
+            None => Peer::unknown(),
+        };
+        let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+        let (span, span_start) = self.span;
+        let completion = Completion {
+            metrics: self.metrics,
+            labels: RequestLabels {
+                source: self.source,
+                destination,
+                service: Some(self.service),
+                protocol: self.protocol,
+                code: response.status().as_u16(),
+                grpc_status,
+                flag,
+            },
+            start: self.start,
+            request_bytes: self.request_bytes,
+            method: self.method,
+            path: self.path,
+            source_ip: self.source_ip,
+            principal: self.principal,
+            endpoint: endpoint.map(|w| w.name.clone()),
+            span: span_start.map(|t| (span, t, self.tracer)),
+        };
+        // Recorded when the response body ends (gRPC's status is in its trailers).
+        response.map(|inner| Observed { inner, bytes: 0, completion: Some(completion) }.boxed())
+    }
+}
+
+/// What is recorded for a request once its response has been sent.
+struct Completion {
+    metrics: Arc<Metrics>,
+    labels: RequestLabels,
+    start: Instant,
+    request_bytes: u64,
+    method: http::Method,
+    path: String,
+    source_ip: IpAddr,
+    principal: Arc<str>,
+    endpoint: Option<Arc<str>>,
+    /// The waypoint's span, when spans are exported.
+    span: Option<(crate::trace::SpanContext, std::time::SystemTime, crate::trace::Exporter)>,
+}
+
+impl Completion {
+    fn finish(self, response_bytes: u64) {
+        let ms = self.start.elapsed().as_secs_f64() * 1e3;
+        if let Some((ctx, started, exporter)) = &self.span {
+            let l = &self.labels;
+            exporter.record(crate::trace::Span {
+                ctx: *ctx,
+                name: format!("{} {}", self.method, l.service.as_ref().map_or("unknown", |s| &*s.hostname)),
+                start: *started,
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    ("http.method", self.method.to_string()),
+                    ("http.url", self.path.clone()),
+                    ("http.status_code", l.code.to_string()),
+                    ("upstream_cluster", self.endpoint.as_deref().unwrap_or("-").to_owned()),
+                    ("response_flags", l.flag.as_str().to_owned()),
+                    ("peer.principal", self.principal.to_string()),
+                ],
+                error: l.code >= 500,
+            });
+        }
+        self.metrics.record(&self.labels, ms, self.request_bytes, response_bytes);
+        let l = &self.labels;
+        tracing::info!(
+            target: "access",
+            protocol = l.protocol,
+            src.addr = %self.source_ip,
+            src.identity = %self.principal,
+            dst.service = l.service.as_ref().map(|s| &*s.hostname),
+            dst.workload = self.endpoint.as_deref(),
+            method = %self.method,
+            path = %self.path,
+            status = l.code,
+            grpc_status = l.grpc_status,
+            response_flags = l.flag.as_str(),
+            bytes_sent = self.request_bytes,
+            bytes_recv = response_bytes,
+            duration = format!("{ms:.1}ms"),
+            "request complete"
+        );
+    }
+}
+
+/// The response body on its way to the client: counts bytes, reads `grpc-status` from the
+/// trailers, and records the request when it ends (or is dropped, for a client gone early).
+struct Observed {
+    inner: Body,
+    bytes: u64,
+    completion: Option<Completion>,
+}
+
+impl hyper::body::Body for Observed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    let status = trailers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+                    if let (Some(c), Some(status)) = (this.completion.as_mut(), status) {
+                        c.labels.grpc_status = Some(status);
+                    }
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(c) = this.completion.take() {
+                    c.finish(this.bytes);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if let Some(c) = self.completion.take() {
+            c.finish(self.bytes);
+        }
+    }
+}

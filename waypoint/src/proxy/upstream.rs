@@ -1,0 +1,186 @@
+//! Upstream: the dispatch of one attempt — the backend service's pool limits, an endpoint by
+//! its load-balancing policy (the one look-up of the mesh state on the way out), the request
+//! sent on that endpoint's pooled client, the outcome fed to outlier detection — and, in
+//! [`dial`], the connections keyed by the chosen endpoint. It does not decide routes, retries
+//! or filters (see [`super::pipeline`]).
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use ambit_dataplane::state::{Service, State, Workload};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http_body_util::BodyExt;
+
+mod dial;
+
+pub use dial::{Conn, Connector, Dialer, Endpoint, Pools, Tunnel};
+
+use super::body::{body, Body, BoxError};
+use super::failure::{Failed, Failure};
+use crate::balance::{Backends, HashInput, Outcome};
+use crate::l7::{BackendRef, L7Entry, L7Map};
+
+/// An attempt's result: the response and the workload that gave it, or the failure (with the
+/// workload tried, if one was).
+pub(super) type Attempt = Result<(Response<Body>, Arc<Workload>), Failed<'static>>;
+
+/// The way out of the waypoint.
+pub struct Upstream {
+    /// The mesh state: services and their endpoints.
+    state: Arc<RwLock<State>>,
+    /// Every service's L7 configuration (its DestinationRule's traffic policy).
+    l7: L7Map,
+    /// Per service: pool limits, outlier detection, load-balancing state.
+    backends: Backends,
+    /// The endpoints' HTTP clients and the dialer under them.
+    pools: Pools,
+}
+
+impl Upstream {
+    pub fn new(state: Arc<RwLock<State>>, l7: L7Map, pools: Pools) -> Self {
+        Upstream { state, l7, backends: Backends::default(), pools }
+    }
+
+    pub(super) fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn dialer(&self) -> &Dialer {
+        self.pools.dialer()
+    }
+
+    /// One attempt to a backend service.
+    pub(super) async fn send(&self, backend: &BackendRef, req: Request<Body>, port: u16, source_ip: IpAddr) -> Attempt {
+        let port = if backend.port == 0 { port } else { backend.port };
+        let service = self.state().service(&backend.service_key).cloned();
+        let Some(service) = service else { return Err(Failure::NoHealthyUpstream.into()) };
+        self.dispatch(service, port, req, source_ip).await
+    }
+
+    /// A request to a service: its pool limits, an endpoint by its load-balancing policy, the
+    /// outcome fed to outlier detection.
+    pub(super) async fn dispatch(
+        &self,
+        service: Arc<Service>,
+        port: u16,
+        req: Request<Body>,
+        source_ip: IpAddr,
+    ) -> Attempt {
+        let l7 = match self.l7.read().unwrap_or_else(|p| p.into_inner()).get(&*service.key) {
+            Some(L7Entry::Ready(l7)) => Some(l7.clone()),
+            _ => None,
+        };
+        let policy = l7.as_ref().and_then(|l| l.backend.as_ref());
+        let backend = self.backends.get(&service.key);
+        let Some(_admission) = backend.admit(policy) else { return Err(Failure::Overflow.into()) };
+        let endpoints = self.state().endpoints(&service, port);
+        let count = endpoints.len();
+        let input = HashInput { headers: req.headers(), source_ip };
+        let Some((w, target)) = backend.choose(endpoints, policy, &input) else {
+            return Err(Failure::NoHealthyUpstream.into());
+        };
+        backend.started(&w);
+        let fresh = policy.is_some_and(|p| p.max_requests_per_connection == 1);
+        let result = self.send_to(&w, target, req, fresh).await;
+        let outcome = match &result {
+            Ok(r) => Outcome::Status(r.status().as_u16()),
+            Err(_) => Outcome::Failure,
+        };
+        backend.finished(&w, outcome, policy, count);
+        match result {
+            Ok(r) => Ok((r, w)),
+            Err(failure) => Err(Failed { failure, endpoint: Some(w), response_ops: Vec::new() }),
+        }
+    }
+
+    /// One request to an endpoint; `fresh`: on a connection of its own, closed afterwards
+    /// (`maxRequestsPerConnection: 1`).
+    async fn send_to(
+        &self,
+        w: &Workload,
+        port: u16,
+        req: Request<Body>,
+        fresh: bool,
+    ) -> Result<Response<Body>, Failure> {
+        let Some(endpoint) = Endpoint::of(w, port) else { return Err(Failure::NoEndpointAddress) };
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority = endpoint.addr;
+        parts.uri = match format!("http://{authority}{path}").parse() {
+            Ok(u) => u,
+            Err(_) => return Err(Failure::BadUpstreamPath),
+        };
+        let h2 = parts.version == http::Version::HTTP_2;
+        parts.version = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        strip_hop_by_hop(&mut parts.headers);
+        let req = Request::from_parts(parts, body);
+        let client = self.pools.client(&endpoint, h2, fresh);
+        let result = client.request(req).await;
+        match result {
+            Ok(r) => Ok(r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())),
+            Err(e) => {
+                tracing::debug!(endpoint = %authority, error = %e, "upstream request failed");
+                Err(Failure::Connect)
+            }
+        }
+    }
+
+    /// A copy to the mirror backend, answered into the void.
+    pub(super) fn mirror(
+        self: &Arc<Self>,
+        backend: &BackendRef,
+        parts: &http::request::Parts,
+        bytes: Bytes,
+        port: u16,
+        source_ip: IpAddr,
+    ) {
+        let mut parts = parts.clone();
+        // Envoy marks mirrored requests' host with `-shadow`.
+        if let Some(host) = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow")) {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
+        let req = Request::from_parts(parts, body(bytes));
+        let (backend, this) = (backend.clone(), Arc::clone(self));
+        tokio::spawn(async move {
+            if let Err(failed) = this.send(&backend, req, port, source_ip).await {
+                let (status, flag) = (failed.failure.status(), failed.failure.flag());
+                tracing::debug!(status = status.as_u16(), flag = flag.as_str(), "mirror request failed");
+            }
+        });
+    }
+}
+
+/// Removes what belongs to one hop only (RFC 9110 §7.6.1): the headers `Connection` names, the
+/// fixed hop-by-hop set, and `te` unless it says only `trailers` (gRPC needs that on HTTP/2).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    for h in named {
+        headers.remove(h);
+    }
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ] {
+        headers.remove(h);
+    }
+    let te_is_trailers =
+        headers.get_all(http::header::TE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_is_trailers {
+        headers.remove(http::header::TE);
+    }
+}
