@@ -358,9 +358,25 @@ impl State {
     /// Endpoints of a service that can take a connection on `port`: healthy (unless the
     /// service allows otherwise) and mapping the port.
     pub fn endpoints(&self, service: &Service, port: u16) -> Vec<(Arc<Workload>, u16)> {
+        self.endpoints_where(service, port, |_| true)
+    }
+
+    /// [`State::endpoints`] on one network only: a proxy dials endpoints directly, so one on
+    /// another network (reachable only through its gateway) is never a candidate.
+    pub fn endpoints_on(&self, service: &Service, port: u16, network: &str) -> Vec<(Arc<Workload>, u16)> {
+        self.endpoints_where(service, port, |w| *w.network == *network)
+    }
+
+    fn endpoints_where(
+        &self,
+        service: &Service,
+        port: u16,
+        keep: impl Fn(&Workload) -> bool,
+    ) -> Vec<(Arc<Workload>, u16)> {
         let Some(uids) = self.endpoints.get(&service.key) else { return Vec::new() };
         uids.iter()
             .filter_map(|uid| self.workloads.get(uid))
+            .filter(|w| keep(w))
             // A pod scheduled but without an address yet cannot take a connection.
             .filter(|w| (w.healthy || service.allow_unhealthy) && !w.addresses.is_empty())
             .filter_map(|w| service.target_port(port, w).map(|p| (w.clone(), p)))

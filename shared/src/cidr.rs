@@ -59,16 +59,18 @@ impl Cidr {
 
     /// Whether `ip` is inside the block. Families do not mix (as in Envoy), except that an
     /// IPv4 address and its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) are one address: a mapped
-    /// client matches IPv4 blocks, and a block written in mapped form (`::ffff:10.0.0.0/104`)
-    /// matches the IPv4 clients it covers. `::/0` still matches no IPv4 client.
+    /// client is matched as its IPv4 address, and a block written in mapped form
+    /// (`::ffff:10.0.0.0/104`) is the IPv4 block it names, for ALLOW and DENY alike. `::/0`
+    /// matches no IPv4 client, mapped or not.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let v4 = |a: Ipv4Addr, n: Ipv4Addr, prefix: u8| {
             let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
             u32::from(a) & mask == u32::from(n) & mask
         };
-        match (ip, self.addr) {
+        // A mapped client is its IPv4 address: it never matches IPv6-only blocks such as `::/0`.
+        match (ip.to_canonical(), self.addr) {
             (IpAddr::V4(a), IpAddr::V4(n)) => v4(a, n, self.prefix),
-            (IpAddr::V6(a), IpAddr::V4(n)) => a.to_ipv4_mapped().is_some_and(|a| v4(a, n, self.prefix)),
+            (IpAddr::V6(_), IpAddr::V4(_)) => false,
             (IpAddr::V6(a), IpAddr::V6(n)) => {
                 let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
                 u128::from(a) & mask == u128::from(n) & mask
@@ -144,6 +146,8 @@ mod tests {
         assert!(c("10.0.0.0/8").contains(mapped));
         assert!(!c("11.0.0.0/8").contains(mapped));
         assert!(c("::ffff:0:0/96").contains(mapped), "and still the IPv6 address it is");
+        assert!(!c("::/0").contains(mapped), "but not an IPv6 client");
+        assert!(!c("2001:db8::/32").contains(mapped));
     }
 
     #[test]

@@ -110,8 +110,8 @@ impl Waypoint {
         options: Options,
     ) -> Arc<Self> {
         Arc::new(Waypoint {
+            upstream: Arc::new(Upstream::new(options.state, options.network.clone(), l7.clone(), Pools::new(dialer))),
             network: options.network,
-            upstream: Arc::new(Upstream::new(options.state, l7.clone(), Pools::new(dialer))),
             l7,
             metrics,
             me: options.me,

@@ -43,6 +43,13 @@ fn endpoint_selection_skips_unhealthy_and_spreads_evenly() {
         assert!((4_500..=5_500).contains(n), "{uid} picked {n} times of 10000");
     }
     assert!(s.endpoints(&service, 443).is_empty(), "no endpoint maps port 443");
+    let mut remote = wl("r", "shop", "cart", "10.9.0.5", Some(CART), true);
+    remote.network = "west".into();
+    s.insert_workload(remote);
+    assert_eq!(s.endpoints(&service, 80).len(), 3);
+    let local = s.endpoints_on(&service, 80, "");
+    assert!(local.len() == 2 && local.iter().all(|(w, _)| &*w.uid != "r"), "another network's endpoint is not local");
+    assert_eq!(&*s.endpoints_on(&service, 80, "west")[0].0.uid, "r");
     assert!(pick_endpoint(&[]).is_none());
 }
 

@@ -343,6 +343,38 @@ fn blocks_in_ipv4_mapped_form_match_ipv4_sources() {
     assert!(authorize(std::slice::from_ref(&deny_block), &s).is_err());
     s.source_ip = "10.244.2.5".parse().unwrap();
     assert!(authorize(std::slice::from_ref(&deny_block), &s).is_ok());
+    // The same block in an ALLOW admits exactly those peers; in notIpBlocks it exempts them.
+    let allow_block = policy(
+        pb::Action::Allow,
+        pb::Rule {
+            from: vec![pb::Source { ip_blocks: vec!["::ffff:10.244.1.0/120".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    assert!(authorize(std::slice::from_ref(&allow_block), &s).is_err(), "10.244.2.5 is outside the block");
+    s.source_ip = "10.244.1.5".parse().unwrap();
+    assert!(authorize(std::slice::from_ref(&allow_block), &s).is_ok());
+    let deny_others = policy(
+        pb::Action::Deny,
+        pb::Rule {
+            from: vec![pb::Source { not_ip_blocks: vec!["::ffff:10.244.1.0/120".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    assert!(authorize(std::slice::from_ref(&deny_others), &s).is_ok());
+    s.source_ip = "10.244.2.5".parse().unwrap();
+    assert!(authorize(std::slice::from_ref(&deny_others), &s).is_err());
+    // An IPv6-only block never covers an IPv4 peer, however it is seen.
+    let allow_v6 = policy(
+        pb::Action::Allow,
+        pb::Rule {
+            from: vec![pb::Source { ip_blocks: vec!["::/0".into()], ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    assert!(authorize(std::slice::from_ref(&allow_v6), &s).is_err());
+    s.source_ip = "::ffff:10.244.2.5".parse().unwrap();
+    assert!(authorize(std::slice::from_ref(&allow_v6), &s).is_err());
 }
 
 fn when(key: &str, values: &[&str]) -> pb::Policy {

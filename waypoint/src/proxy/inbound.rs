@@ -150,7 +150,8 @@ impl Waypoint {
     {
         let endpoint = {
             let state = self.state();
-            pick_endpoint(&state.endpoints(&down.service, down.vip.port())).and_then(|(w, port)| Endpoint::of(&w, port))
+            let endpoints = state.endpoints_on(&down.service, down.vip.port(), &self.network);
+            pick_endpoint(&endpoints).and_then(|(w, port)| Endpoint::of(&w, port))
         };
         let Some(endpoint) = endpoint else {
             tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = "UH", "tcp connection refused: no healthy endpoint");

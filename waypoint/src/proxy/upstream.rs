@@ -29,6 +29,8 @@ pub(super) type Attempt = Result<(Response<Body>, Arc<Workload>), Failed<'static
 pub struct Upstream {
     /// The mesh state: services and their endpoints.
     state: Arc<RwLock<State>>,
+    /// The waypoint's network: only endpoints on it are dialed (others sit behind a gateway).
+    network: Arc<str>,
     /// Every service's L7 configuration (its DestinationRule's traffic policy).
     l7: L7Map,
     /// Per service: pool limits, outlier detection, load-balancing state.
@@ -38,8 +40,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(state: Arc<RwLock<State>>, l7: L7Map, pools: Pools) -> Self {
-        Upstream { state, l7, backends: Backends::default(), pools }
+    pub fn new(state: Arc<RwLock<State>>, network: Arc<str>, l7: L7Map, pools: Pools) -> Self {
+        Upstream { state, network, l7, backends: Backends::default(), pools }
     }
 
     pub(super) fn state(&self) -> RwLockReadGuard<'_, State> {
@@ -74,7 +76,7 @@ impl Upstream {
         let policy = l7.as_ref().and_then(|l| l.backend.as_ref());
         let backend = self.backends.get(&service.key);
         let Some(_admission) = backend.admit(policy) else { return Err(Failure::Overflow.into()) };
-        let endpoints = self.state().endpoints(&service, port);
+        let endpoints = self.state().endpoints_on(&service, port, &self.network);
         let count = endpoints.len();
         let input = HashInput { headers: req.headers(), source_ip };
         let Some((w, target)) = backend.choose(endpoints, policy, &input) else {
