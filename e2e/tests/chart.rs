@@ -49,8 +49,28 @@ fn grants(scope: Scope, rules: &[PolicyRule]) -> BTreeSet<(Scope, String, String
 /// Everything a render must agree with; `values` names the file for messages.
 fn check(namespace: &str, values: Option<&Path>) -> Rendered {
     let r = typed(namespace, &render(namespace, values));
+    let controller = check_controller(namespace, &r);
+    check_rbac(namespace, &r, &controller.sa);
+    let zconfig = check_ztunnel(namespace, &r, &controller);
+    check_waypoints(&controller, &zconfig);
+    check_gateway_classes(&r);
+    r
+}
 
-    // --- the controller -------------------------------------------------------------------
+/// What the controller's part of a render settles, for the parts that must agree with it.
+struct Controller<'a> {
+    /// The controller's pod (its image pull secrets are the waypoints' too).
+    pod: &'a PodSpec,
+    /// The controller's service account.
+    sa: String,
+    /// Its configuration, read from the chart's environment and validated.
+    config: ambit_controller::config::Config,
+    /// Where the daemons reach its xDS and CA: the controller Service's name and xDS port.
+    controller_address: String,
+}
+
+/// The controller: its Deployment, environment, ports, probes, Service and budget.
+fn check_controller<'a>(namespace: &str, r: &'a Rendered) -> Controller<'a> {
     let deployment = r.deployments.get("ambit-controller").expect("the controller Deployment");
     let spec = deployment.spec.as_ref().expect("spec");
     let template_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
@@ -111,8 +131,11 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
         assert_selects("controller PodDisruptionBudget", &sel.expect("selector"), &template_labels);
     }
     assert_eq!(r.pdbs.len(), usize::from(spec.replicas.unwrap_or(1) > 1), "a budget when there are replicas to keep");
+    Controller { pod, sa, config, controller_address }
+}
 
-    // --- RBAC: exactly what the controller uses -------------------------------------------
+/// RBAC: exactly what the controller uses.
+fn check_rbac(namespace: &str, r: &Rendered, sa: &str) {
     let mut granted = BTreeSet::new();
     for role in &r.cluster_roles {
         let name = role.metadata.name.clone().expect("name");
@@ -146,8 +169,12 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
     let extra: Vec<_> = granted.difference(&needed).collect();
     assert!(missing.is_empty(), "the controller needs rights the chart does not grant: {missing:?}");
     assert!(extra.is_empty(), "the chart grants rights the controller never uses: {extra:?}");
+}
 
-    // --- ztunnel --------------------------------------------------------------------------
+/// ztunnel: its DaemonSet, environment, mounts and capabilities; returns its configuration.
+fn check_ztunnel(namespace: &str, r: &Rendered, controller: &Controller) -> ambit_ztunnel::config::Config {
+    let Controller { config, .. } = controller;
+    let controller_address = controller.controller_address.as_str();
     let ds = r.daemonsets.get("ztunnel").expect("the ztunnel DaemonSet");
     let dspec = ds.spec.as_ref().expect("spec");
     let zlabels = dspec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
@@ -218,8 +245,13 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
     assert_eq!(added, ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"], "in-pod capture's capabilities, no more");
     let ready = z.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("ztunnel readiness probe");
     assert_eq!(ready.path.as_deref(), Some("/healthz/ready"));
+    zconfig
+}
 
-    // --- waypoints the controller will deploy: their environment fits the waypoint -------
+/// Waypoints the controller will deploy: their environment fits the waypoint.
+fn check_waypoints(controller: &Controller, zconfig: &ambit_ztunnel::config::Config) {
+    let Controller { pod, config, .. } = controller;
+    let controller_address = controller.controller_address.as_str();
     let gw: ambit_controller::model::Gateway = serde_yaml::from_str(
         "metadata: {name: waypoint, namespace: shop, uid: u-1}\nspec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}",
     )
@@ -244,13 +276,14 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
         root.config_map.as_ref().map(|c| c.name.as_str()),
         Some(ambit_controller::source::apply::ROOT_CONFIGMAP)
     );
+}
 
-    // --- GatewayClass ---------------------------------------------------------------------
+/// Each GatewayClass the chart creates is a waypoint class.
+fn check_gateway_classes(r: &Rendered) {
     for class in &r.gateway_classes {
         let name = class.metadata.name.clone().expect("name");
         assert!(ambit_controller::model::WAYPOINT_CLASSES.contains(&name.as_str()), "{name} is a waypoint class");
     }
-    r
 }
 
 fn ztunnel_host_paths(r: &Rendered) -> (String, String) {
