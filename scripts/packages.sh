@@ -1,8 +1,8 @@
 # Installs the Debian packages Ambit's tests and demo use, when missing (sourced by test.sh
 # and demo.sh). gcc builds aws-lc's C code; iproute2, iptables, util-linux (nsenter, setsid)
-# and procps build and inspect the network namespaces; tcpdump checks what crosses a node link;
-# golang-go and Sprig render the Helm chart in its tests the way Helm does (charts/render).
-PACKAGES=(gcc make iproute2 iptables procps util-linux tcpdump golang-go golang-github-masterminds-sprig-dev)
+# and procps build and inspect the network namespaces; tcpdump checks what crosses a node link.
+# Helm and kubectl, for the chart tests, come from PyPI instead (scripts/helm.sh).
+PACKAGES=(gcc make iproute2 iptables procps util-linux tcpdump)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

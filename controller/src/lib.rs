@@ -30,10 +30,3 @@ pub mod source;
 pub mod store;
 pub mod translate;
 pub mod xds;
-
-/// The old path of `deploy::waypoint_objects::objects`, kept while `tests/chart.rs` still
-/// imports it from here.
-#[doc(hidden)]
-pub mod waypoints {
-    pub use crate::deploy::waypoint_objects::objects;
-}

@@ -15,12 +15,6 @@ pub mod dir;
 pub mod kube;
 pub mod lease;
 
-/// The old home of the root ConfigMap's name, kept while `tests/chart.rs` still imports it
-/// from here; the constants live in `deploy::root_configmap`.
-#[doc(hidden)]
-pub mod apply {
-    pub use crate::deploy::root_configmap::{ROOT_CONFIGMAP, ROOT_CONFIGMAP_KEY};
-}
 /// Current rejections, by origin (a file path, or a Kubernetes object), for the admin endpoint.
 #[derive(Debug, Default, Clone)]
 pub struct Rejections(Arc<Mutex<BTreeMap<String, Vec<Rejection>>>>);

@@ -1,279 +1,33 @@
-//! The Helm chart (`charts/ambit`), rendered the way Helm renders it — Go's text/template with
-//! Sprig and Helm's own functions, by `charts/render` (Debian's golang-go and
-//! golang-github-masterminds-sprig-dev; no helm binary or API server can run here) — with the
-//! default values and with `charts/ambit/ci/production-values.yaml`. Every rendered object must
-//! read into its Kubernetes type with no field unknown or dropped, and agree with what the
-//! binaries actually do: each environment variable is one the daemon reads and the whole set
-//! passes its validation; ports, probes, selectors, service accounts, mounted token and root,
-//! host paths and RBAC (against the controller's own list of API accesses) all line up; the
-//! CRDs are the ones generated from the model types.
+//! The Helm chart (`charts/ambit`), rendered by the real `helm` (`helm template`; `bash
+//! scripts/helm.sh` installs it; no API server runs here) with the default values and with
+//! `charts/ambit/ci/production-values.yaml`, and passing `helm lint --strict` with both. Every
+//! rendered object must read into its Kubernetes type with no field unknown or dropped, and agree
+//! with what the binaries actually do: each environment variable is one the daemon reads and the
+//! whole set passes its validation; ports, probes, selectors, service accounts, mounted token and
+//! root, host paths and RBAC (against the controller's own list of API accesses) all line up; the
+//! CRDs are the ones generated from the model types. It lives in `e2e` because it spans the
+//! controller, ztunnel and the waypoint.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+// A test target's root resolves modules beside itself: its helpers live in `chart/`.
+#[path = "chart/helm.rs"]
+mod helm;
+#[path = "chart/objects.rs"]
+mod objects;
+#[path = "chart/pods.rs"]
+mod pods;
+
+use std::collections::BTreeSet;
+use std::path::Path;
 
 use ambit_controller::source::access::{self, Scope};
 use clap::CommandFactory;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Service, ServiceAccount, Volume};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde_json::Value;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::rbac::v1::PolicyRule;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
-}
-
-/// Builds the renderer once per test binary (Go's GOPATH mode over Debian's packaged sources).
-fn renderer() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chart-render");
-            std::fs::create_dir_all(&tmp).expect("target tmp dir");
-            let out = tmp.join("render");
-            let status = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(repo().join("charts/render"))
-                .env("GO111MODULE", "off")
-                .env("GOPATH", "/usr/share/gocode")
-                .env("GOCACHE", tmp.join("gocache"))
-                .env("GOFLAGS", "")
-                .status()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot run `go` ({e}): the chart tests need Debian's golang-go and \
-                         golang-github-masterminds-sprig-dev (scripts/packages.sh installs them)"
-                    )
-                });
-            assert!(
-                status.success(),
-                "building charts/render failed (is golang-github-masterminds-sprig-dev installed?)"
-            );
-            out
-        })
-        .clone()
-}
-
-fn run_render(namespace: &str, values: Option<&Path>, notes: bool) -> Result<String, String> {
-    let mut cmd = Command::new(renderer());
-    cmd.args(["-namespace", namespace, "-name", "ambit"]);
-    if let Some(v) = values {
-        cmd.arg("-f").arg(v);
-    }
-    if notes {
-        cmd.arg("-notes");
-    }
-    let out = cmd.arg(repo().join("charts/ambit")).output().expect("running the renderer");
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).expect("UTF-8 output"))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-/// The rendered objects, as JSON values.
-fn render(namespace: &str, values: Option<&Path>) -> Vec<Value> {
-    let text = run_render(namespace, values, false).unwrap_or_else(|e| panic!("rendering failed: {e}"));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("rendered YAML: {e}\n{text}")))
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
-
-/// Paths where two JSON values differ.
-fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for k in x.keys().chain(y.keys()).collect::<BTreeSet<_>>() {
-                match (x.get(k), y.get(k)) {
-                    (Some(p), Some(q)) => diff(&format!("{path}.{k}"), p, q, out),
-                    (Some(_), None) => out.push(format!("{path}.{k}: dropped by the typed object")),
-                    (None, Some(_)) => out.push(format!("{path}.{k}: added by the typed object")),
-                    (None, None) => {}
-                }
-            }
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            for (i, (p, q)) in x.iter().zip(y).enumerate() {
-                diff(&format!("{path}[{i}]"), p, q, out);
-            }
-        }
-        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
-        _ if a == b => {}
-        _ => out.push(format!("{path}: {a} became {b}")),
-    }
-}
-
-/// The Gateway API's GatewayClass, which k8s-openapi does not carry: every field it has.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct GatewayClass {
-    api_version: String,
-    kind: String,
-    metadata: ObjectMeta,
-    spec: GatewayClassSpec,
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct GatewayClassSpec {
-    controller_name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
-}
-
-/// Reads `v` as `T` and back; the two must be the same object.
-fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> T {
-    let name = format!("{} {}", v["kind"], v["metadata"]["name"]);
-    let typed: T = serde_path_to_error::deserialize(v.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let back = serde_json::to_value(&typed).expect("serializing");
-    let mut out = Vec::new();
-    diff("", v, &back, &mut out);
-    assert!(out.is_empty(), "{name} does not survive its type:\n{}", out.join("\n"));
-    typed
-}
-
-#[derive(Default)]
-struct Rendered {
-    service_accounts: BTreeMap<String, ServiceAccount>,
-    deployments: BTreeMap<String, Deployment>,
-    daemonsets: BTreeMap<String, DaemonSet>,
-    services: BTreeMap<String, Service>,
-    cluster_roles: Vec<ClusterRole>,
-    cluster_role_bindings: Vec<ClusterRoleBinding>,
-    roles: Vec<Role>,
-    role_bindings: Vec<RoleBinding>,
-    pdbs: Vec<PodDisruptionBudget>,
-    crds: Vec<CustomResourceDefinition>,
-    gateway_classes: Vec<GatewayClass>,
-}
-
-fn typed(namespace: &str, objects: &[Value]) -> Rendered {
-    let mut r = Rendered::default();
-    for v in objects {
-        let kind = (v["apiVersion"].as_str().unwrap_or(""), v["kind"].as_str().unwrap_or(""));
-        let name = v["metadata"]["name"].as_str().unwrap_or("").to_owned();
-        assert_eq!(v["metadata"]["labels"]["app.kubernetes.io/part-of"], "ambit", "{kind:?} {name}: chart labels");
-        let namespaced =
-            !matches!(kind.1, "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition" | "GatewayClass");
-        if namespaced {
-            assert_eq!(v["metadata"]["namespace"], namespace, "{kind:?} {name}: in the release namespace");
-        } else {
-            assert!(v["metadata"].get("namespace").is_none(), "{kind:?} {name}: cluster-scoped");
-        }
-        match kind {
-            ("v1", "ServiceAccount") => drop(r.service_accounts.insert(name, round_trip(v))),
-            ("v1", "Service") => drop(r.services.insert(name, round_trip(v))),
-            ("apps/v1", "Deployment") => drop(r.deployments.insert(name, round_trip(v))),
-            ("apps/v1", "DaemonSet") => drop(r.daemonsets.insert(name, round_trip(v))),
-            ("rbac.authorization.k8s.io/v1", "ClusterRole") => r.cluster_roles.push(round_trip(v)),
-            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => r.cluster_role_bindings.push(round_trip(v)),
-            ("rbac.authorization.k8s.io/v1", "Role") => r.roles.push(round_trip(v)),
-            ("rbac.authorization.k8s.io/v1", "RoleBinding") => r.role_bindings.push(round_trip(v)),
-            ("policy/v1", "PodDisruptionBudget") => r.pdbs.push(round_trip(v)),
-            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => r.crds.push(round_trip(v)),
-            ("gateway.networking.k8s.io/v1", "GatewayClass") => r.gateway_classes.push(round_trip(v)),
-            other => panic!("the chart renders {other:?} {name}, which this test does not know"),
-        }
-    }
-    r
-}
-
-fn pod_spec<'a>(name: &str, spec: Option<&'a PodSpec>) -> &'a PodSpec {
-    spec.unwrap_or_else(|| panic!("{name}: no pod spec"))
-}
-
-/// The container's environment as command-line flags of the binary whose arguments `cmd`
-/// describes: every variable must be one the binary reads. `valueFrom` field references get
-/// the values Kubernetes would give them.
-fn env_to_args(cmd: &clap::Command, container: &Container, pod: &PodSpec, namespace: &str) -> Vec<String> {
-    let mut args = vec![cmd.get_name().to_owned()];
-    for EnvVar { name, value, value_from } in container.env.as_deref().unwrap_or_default() {
-        let value = match (value, value_from) {
-            (Some(v), None) => v.clone(),
-            (None, Some(from)) => {
-                let path = from.field_ref.as_ref().map(|f| f.field_path.as_str()).unwrap_or_default();
-                match path {
-                    "metadata.name" => format!("{}-7d9f-abcde", container.name),
-                    "metadata.namespace" => namespace.to_owned(),
-                    "spec.serviceAccountName" => pod.service_account_name.clone().unwrap_or_default(),
-                    "spec.nodeName" => "node-1".to_owned(),
-                    "status.podIP" => "10.0.0.7".to_owned(),
-                    other => panic!("{}: {name} from unsupported {other:?}", container.name),
-                }
-            }
-            other => panic!("{}: {name} is {other:?}", container.name),
-        };
-        let arg = cmd.get_arguments().find(|a| a.get_env().is_some_and(|e| e == name.as_str())).unwrap_or_else(|| {
-            panic!("{}: the chart sets {name}, which `{}` does not read", container.name, cmd.get_name())
-        });
-        args.push(format!("--{}", arg.get_long().expect("env args have long names")));
-        args.push(value);
-    }
-    args
-}
-
-fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
-    pod.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no container {name}"))
-}
-
-fn port_named(c: &Container, name: &str) -> i32 {
-    c.ports
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|p| p.name.as_deref() == Some(name))
-        .unwrap_or_else(|| panic!("{}: no port {name}", c.name))
-        .container_port
-}
-
-/// The volume mounted at exactly `dir` in the container.
-fn volume_at<'a>(pod: &'a PodSpec, c: &Container, dir: &Path) -> &'a Volume {
-    let mount = c
-        .volume_mounts
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|m| Path::new(&m.mount_path) == dir)
-        .unwrap_or_else(|| panic!("{}: nothing mounted at {}", c.name, dir.display()));
-    pod.volumes
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|v| v.name == mount.name)
-        .unwrap_or_else(|| panic!("{}: no volume {}", c.name, mount.name))
-}
-
-/// The volume mounted at the directory holding `file`, and the file's name in it.
-fn volume_of<'a>(pod: &'a PodSpec, c: &Container, file: &Path) -> (&'a Volume, String) {
-    let volume = volume_at(pod, c, file.parent().expect("a file in a directory"));
-    (volume, file.file_name().expect("file name").to_string_lossy().into_owned())
-}
-
-/// The host path mounted at exactly `dir` in the container.
-fn host_path_at(pod: &PodSpec, c: &Container, dir: &Path) -> String {
-    let volume = volume_at(pod, c, dir);
-    volume.host_path.as_ref().unwrap_or_else(|| panic!("{}: {} is not a host path", c.name, dir.display())).path.clone()
-}
-
-fn token_audience(volume: &Volume, file: &str) -> String {
-    let sources = volume.projected.as_ref().and_then(|p| p.sources.as_ref()).expect("a projected token volume");
-    let token = sources.iter().find_map(|s| s.service_account_token.as_ref()).expect("a service account token");
-    assert_eq!(token.path, file, "the token file is the projected path");
-    token.audience.clone().expect("an audience")
-}
-
-fn assert_selects(what: &str, selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) {
-    assert!(!selector.is_empty(), "{what}: empty selector");
-    for (k, v) in selector {
-        assert_eq!(labels.get(k), Some(v), "{what}: selector {k}={v} does not match the pod labels");
-    }
-}
+use helm::repo;
+use objects::{render, typed, Rendered};
+use pods::{assert_selects, container, env_to_args, host_path_at, pod_spec, port_named, token_audience, volume_of};
 
 /// RBAC rules as (scope, group, resource, verb) grants.
 fn grants(scope: Scope, rules: &[PolicyRule]) -> BTreeSet<(Scope, String, String, String)> {
@@ -295,8 +49,28 @@ fn grants(scope: Scope, rules: &[PolicyRule]) -> BTreeSet<(Scope, String, String
 /// Everything a render must agree with; `values` names the file for messages.
 fn check(namespace: &str, values: Option<&Path>) -> Rendered {
     let r = typed(namespace, &render(namespace, values));
+    let controller = check_controller(namespace, &r);
+    check_rbac(namespace, &r, &controller.sa);
+    let zconfig = check_ztunnel(namespace, &r, &controller);
+    check_waypoints(&controller, &zconfig);
+    check_gateway_classes(&r);
+    r
+}
 
-    // --- the controller -------------------------------------------------------------------
+/// What the controller's part of a render settles, for the parts that must agree with it.
+struct Controller<'a> {
+    /// The controller's pod (its image pull secrets are the waypoints' too).
+    pod: &'a PodSpec,
+    /// The controller's service account.
+    sa: String,
+    /// Its configuration, read from the chart's environment and validated.
+    config: ambit_controller::config::Config,
+    /// Where the daemons reach its xDS and CA: the controller Service's name and xDS port.
+    controller_address: String,
+}
+
+/// The controller: its Deployment, environment, ports, probes, Service and budget.
+fn check_controller<'a>(namespace: &str, r: &'a Rendered) -> Controller<'a> {
     let deployment = r.deployments.get("ambit-controller").expect("the controller Deployment");
     let spec = deployment.spec.as_ref().expect("spec");
     let template_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
@@ -357,8 +131,11 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
         assert_selects("controller PodDisruptionBudget", &sel.expect("selector"), &template_labels);
     }
     assert_eq!(r.pdbs.len(), usize::from(spec.replicas.unwrap_or(1) > 1), "a budget when there are replicas to keep");
+    Controller { pod, sa, config, controller_address }
+}
 
-    // --- RBAC: exactly what the controller uses -------------------------------------------
+/// RBAC: exactly what the controller uses.
+fn check_rbac(namespace: &str, r: &Rendered, sa: &str) {
     let mut granted = BTreeSet::new();
     for role in &r.cluster_roles {
         let name = role.metadata.name.clone().expect("name");
@@ -392,8 +169,12 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
     let extra: Vec<_> = granted.difference(&needed).collect();
     assert!(missing.is_empty(), "the controller needs rights the chart does not grant: {missing:?}");
     assert!(extra.is_empty(), "the chart grants rights the controller never uses: {extra:?}");
+}
 
-    // --- ztunnel --------------------------------------------------------------------------
+/// ztunnel: its DaemonSet, environment, mounts and capabilities; returns its configuration.
+fn check_ztunnel(namespace: &str, r: &Rendered, controller: &Controller) -> ambit_ztunnel::config::Config {
+    let Controller { config, .. } = controller;
+    let controller_address = controller.controller_address.as_str();
     let ds = r.daemonsets.get("ztunnel").expect("the ztunnel DaemonSet");
     let dspec = ds.spec.as_ref().expect("spec");
     let zlabels = dspec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
@@ -439,8 +220,12 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
     assert_eq!(token_audience(token, &file), config.token_audience, "ztunnel's token is for the CA's audience");
     let (root, file) = volume_of(zpod, z, &zconfig.root_cert);
     let cm = root.config_map.as_ref().expect("the root from a ConfigMap");
-    assert_eq!(cm.name, ambit_controller::source::apply::ROOT_CONFIGMAP, "the ConfigMap the controller publishes");
-    assert_eq!(file, ambit_controller::source::apply::ROOT_CONFIGMAP_KEY);
+    assert_eq!(
+        cm.name,
+        ambit_controller::deploy::root_configmap::ROOT_CONFIGMAP,
+        "the ConfigMap the controller publishes"
+    );
+    assert_eq!(file, ambit_controller::deploy::root_configmap::ROOT_CONFIGMAP_KEY);
     for dir in [zconfig.cni_socket.parent(), zconfig.agent_state_dir.parent(), zconfig.zds_socket.parent()] {
         let dir = dir.expect("a directory");
         let host = host_path_at(zpod, z, dir);
@@ -464,13 +249,18 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
     assert_eq!(added, ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"], "in-pod capture's capabilities, no more");
     let ready = z.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("ztunnel readiness probe");
     assert_eq!(ready.path.as_deref(), Some("/healthz/ready"));
+    zconfig
+}
 
-    // --- waypoints the controller will deploy: their environment fits the waypoint -------
+/// Waypoints the controller will deploy: their environment fits the waypoint.
+fn check_waypoints(controller: &Controller, zconfig: &ambit_ztunnel::config::Config) {
+    let Controller { pod, config, .. } = controller;
+    let controller_address = controller.controller_address.as_str();
     let gw: ambit_controller::model::Gateway = serde_yaml::from_str(
         "metadata: {name: waypoint, namespace: shop, uid: u-1}\nspec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}",
     )
     .expect("a Gateway");
-    let (_, wdeploy, _) = ambit_controller::waypoints::objects(&gw, &config.waypoint_settings());
+    let (_, wdeploy, _) = ambit_controller::deploy::waypoint_objects::objects(&gw, &config.waypoint_settings());
     let wpod = pod_spec("waypoint", wdeploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
     let pull = |p: &PodSpec| -> Vec<String> {
         p.image_pull_secrets.as_deref().unwrap_or_default().iter().map(|s| s.name.clone()).collect()
@@ -488,15 +278,16 @@ fn check(namespace: &str, values: Option<&Path>) -> Rendered {
     let (root, _) = volume_of(wpod, w, &wconfig.root_cert);
     assert_eq!(
         root.config_map.as_ref().map(|c| c.name.as_str()),
-        Some(ambit_controller::source::apply::ROOT_CONFIGMAP)
+        Some(ambit_controller::deploy::root_configmap::ROOT_CONFIGMAP)
     );
+}
 
-    // --- GatewayClass ---------------------------------------------------------------------
+/// Each GatewayClass the chart creates is a waypoint class.
+fn check_gateway_classes(r: &Rendered) {
     for class in &r.gateway_classes {
         let name = class.metadata.name.clone().expect("name");
         assert!(ambit_controller::model::WAYPOINT_CLASSES.contains(&name.as_str()), "{name} is a waypoint class");
     }
-    r
 }
 
 fn ztunnel_host_paths(r: &Rendered) -> (String, String) {
@@ -569,7 +360,7 @@ fn default_values_render_a_consistent_install() {
         assert!(watched, "{} is watched at a served version", crd.spec.names.kind);
     }
 
-    let notes = run_render("ambit-system", None, true).expect("NOTES.txt renders");
+    let notes = helm::notes("ambit-system", None).expect("NOTES.txt renders");
     assert!(notes.contains("istio.io/dataplane-mode=ambient"), "NOTES tell the next step:\n{notes}");
     assert!(notes.contains("gatewayClassName: ambit-waypoint"));
 }
@@ -614,6 +405,15 @@ fn a_missing_required_value_is_refused_with_its_name() {
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("no-trust-domain.yaml");
     std::fs::write(&file, "trustDomain: \"\"\n").expect("write");
-    let err = run_render("ambit-system", Some(&file), false).expect_err("an empty trust domain renders nothing");
+    let err = helm::template("ambit-system", Some(&file)).expect_err("an empty trust domain renders nothing");
     assert!(err.contains("trustDomain is required"), "{err}");
+}
+
+#[test]
+fn helm_lint_strict_passes_with_both_sets_of_values() {
+    let production = repo().join("charts/ambit/ci/production-values.yaml");
+    for values in [None, Some(production.as_path())] {
+        let out = helm::lint(values).unwrap_or_else(|e| panic!("helm lint --strict fails with {values:?}:\n{e}"));
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
 }
