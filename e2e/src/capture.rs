@@ -48,7 +48,7 @@ impl Tcpdump {
         let mut stable = 0;
         // Busy machines deschedule tcpdump for a while: wait for three quiet looks in a row.
         while stable < 3 && started.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(150));
+            std::thread::park_timeout(Duration::from_millis(150));
             let now = size(&self.file);
             stable = if now == last { stable + 1 } else { 0 };
             last = now;
