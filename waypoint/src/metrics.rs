@@ -34,6 +34,8 @@ pub enum Flag {
     DownstreamProtocolError,
     /// Connection pool / circuit breaker overflow (UO).
     Overflow,
+    /// The client went away before the response (DC, response code 0).
+    DownstreamTermination,
 }
 
 impl Flag {
@@ -49,6 +51,7 @@ impl Flag {
             Flag::JwtDenied => "JWT",
             Flag::DownstreamProtocolError => "DPE",
             Flag::Overflow => "UO",
+            Flag::DownstreamTermination => "DC",
         }
     }
 }

@@ -1,9 +1,11 @@
 //! A request's telemetry: Istio's request metrics, the access-log line (target `access`) and
-//! the waypoint's span. [`Telemetry`] is taken when the request arrives; its one
+//! the waypoint's span. [`Telemetry`] is a guard taken when the request arrives; its one
 //! [`Telemetry::record`] call takes how the request ended — a backend's answer or a typed
 //! [`Failed`] — derives the status and response flag from it, and hands back the response whose
-//! body records the request once when it ends, or is dropped (a client gone early). It does
-//! not decide anything about the request.
+//! body records the request once when it ends, or is dropped (a client gone early). A request
+//! dropped before it was answered (the client reset the stream or left) is recorded when the
+//! guard drops, as Envoy does: response code 0, flag `DC`. It does not decide anything about
+//! the request.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -26,8 +28,12 @@ use crate::metrics::{Flag, Metrics, RequestLabels};
 /// redirect), or failed.
 pub(super) type Answered<'a> = Result<(Response<Body>, Option<Arc<Workload>>), Failed<'a>>;
 
-/// What is known of a request when it arrives, until [`Telemetry::record`] is given its end.
-pub(super) struct Telemetry {
+/// A request's telemetry from its arrival: recorded exactly once, by [`Telemetry::record`] or,
+/// when the request is dropped unanswered, by `Drop`.
+pub(super) struct Telemetry(Option<Arrived>);
+
+/// What is known of a request when it arrives.
+struct Arrived {
     metrics: Arc<Metrics>,
     start: Instant,
     /// The waypoint's span, and when it started if spans are exported.
@@ -69,7 +75,7 @@ impl Telemetry {
         } else {
             "http"
         };
-        Telemetry {
+        Telemetry(Some(Arrived {
             metrics: metrics.clone(),
             start,
             span: (span, span_start),
@@ -86,37 +92,62 @@ impl Telemetry {
             service: ServiceLabels::of(&down.service),
             source_ip: down.source_ip,
             principal: down.principal.clone(),
-        }
+        }))
     }
 
     /// The one record of a request: the response (a failure's, with the route's response
     /// header operations), its flag, and the body that records the request when it ends.
-    pub(super) fn record(self, answered: Answered<'_>) -> Response<Body> {
-        let (response, flag, endpoint) = match answered {
-            Ok((response, endpoint)) => (response, Flag::None, endpoint),
-            Err(failed) => {
-                tracing::debug!(side = ?failed.failure.side(), failure = %failed.failure, "answered by the waypoint");
-                let mut response = failed.failure.response();
-                for ops in &failed.response_ops {
-                    ops.apply(response.headers_mut());
-                }
-                (response, failed.failure.flag(), failed.endpoint)
+    pub(super) fn record(mut self, answered: Answered<'_>) -> Response<Body> {
+        let (response, flag, endpoint) = respond(answered);
+        // Always there: only this call and `Drop` take it, and this call takes `self`.
+        let Some(arrived) = self.0.take() else { return response };
+        let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+        let completion = arrived.completion(response.status().as_u16(), grpc_status, flag, endpoint);
+        // Recorded when the response body ends (gRPC's status is in its trailers).
+        response.map(|inner| Observed { inner, bytes: 0, completion: Some(completion) }.boxed())
+    }
+}
+
+impl Drop for Telemetry {
+    /// A request dropped before it was answered: the client reset its stream or left.
+    fn drop(&mut self) {
+        if let Some(arrived) = self.0.take() {
+            arrived.completion(0, None, Flag::DownstreamTermination, None).finish(0);
+        }
+    }
+}
+
+/// The response for how a request ended, its flag and the endpoint that answered.
+fn respond(answered: Answered<'_>) -> (Response<Body>, Flag, Option<Arc<Workload>>) {
+    match answered {
+        Ok((response, endpoint)) => (response, Flag::None, endpoint),
+        Err(failed) => {
+            tracing::debug!(side = ?failed.failure.side(), failure = %failed.failure, "answered by the waypoint");
+            let mut response = failed.failure.response();
+            for ops in &failed.response_ops {
+                ops.apply(response.headers_mut());
             }
-        };
+            (response, failed.failure.flag(), failed.endpoint)
+        }
+    }
+}
+
+impl Arrived {
+    /// What will be recorded, once the response's status and flag are known.
+    fn completion(self, code: u16, grpc_status: Option<u8>, flag: Flag, endpoint: Option<Arc<Workload>>) -> Completion {
         let destination = match &endpoint {
             Some(w) => Peer::from_workload(w, Some(Arc::from(w.identity.to_string()))),
             None => Peer::unknown(),
         };
-        let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
         let (span, span_start) = self.span;
-        let completion = Completion {
+        Completion {
             metrics: self.metrics,
             labels: RequestLabels {
                 source: self.source,
                 destination,
                 service: Some(self.service),
                 protocol: self.protocol,
-                code: response.status().as_u16(),
+                code,
                 grpc_status,
                 flag,
             },
@@ -128,9 +159,7 @@ impl Telemetry {
             principal: self.principal,
             endpoint: endpoint.map(|w| w.name.clone()),
             span: span_start.map(|t| (span, t, self.tracer)),
-        };
-        // Recorded when the response body ends (gRPC's status is in its trailers).
-        response.map(|inner| Observed { inner, bytes: 0, completion: Some(completion) }.boxed())
+        }
     }
 }
 
@@ -245,5 +274,64 @@ impl Drop for Observed {
         if let Some(c) = self.completion.take() {
             c.finish(self.bytes);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ambit_dataplane::state::testing::svc;
+    use ambit_shared::proto::waypoint as pb;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::l7::ServiceL7;
+    use crate::proxy::body::body;
+
+    fn downstream() -> Downstream {
+        let identity: ambit_shared::Identity = "spiffe://cluster.local/ns/shop/sa/front".parse().expect("identity");
+        Downstream {
+            principal: Arc::from(identity.to_string()),
+            identity,
+            source: Peer::unknown(),
+            source_ip: "10.0.0.9".parse().expect("ip"),
+            vip: "10.96.0.10:80".parse().expect("vip"),
+            service: Arc::new(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10])),
+            l7: Arc::new(ServiceL7::compile(&pb::ServiceConfig::default()).expect("an empty configuration")),
+        }
+    }
+
+    /// Every `istio_requests_total` series as text.
+    fn requests(registry: &Registry) -> Vec<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encoding");
+        text.lines().filter(|l| l.starts_with("requests_total{")).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_request_dropped_before_its_answer_is_recorded_once_as_dc() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let mut req = Request::builder().uri("/cart").body(()).expect("request");
+        let telemetry = Telemetry::start(&metrics, &crate::trace::Exporter::disabled(), 0.0, &downstream(), &mut req);
+        drop(telemetry);
+        let series = requests(&registry);
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert!(series[0].contains(r#"response_code="0""#) && series[0].contains(r#"response_flags="DC""#));
+        assert!(series[0].ends_with(" 1"), "{series:?}");
+    }
+
+    #[test]
+    fn an_answered_request_is_recorded_once_when_its_body_ends() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let mut req = Request::builder().uri("/cart").body(()).expect("request");
+        let telemetry = Telemetry::start(&metrics, &crate::trace::Exporter::disabled(), 0.0, &downstream(), &mut req);
+        let response = telemetry.record(Ok((Response::new(body("ok")), None)));
+        assert!(requests(&registry).is_empty(), "not before the body ends");
+        drop(response);
+        let series = requests(&registry);
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert!(series[0].contains(r#"response_code="200""#) && series[0].contains(r#"response_flags="-""#));
+        assert!(series[0].ends_with(" 1"), "{series:?}");
     }
 }
