@@ -14,8 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let mut headers = http::HeaderMap::new();
     headers.insert("x-user", http::HeaderValue::from_static("tester"));
     let claims = serde_json::json!({"aud": ["shop"], "groups": ["admins"], "realm": {"roles": ["x"]}});
+    let identity: Option<ambit_shared::Identity> = "spiffe://cluster.local/ns/shop/sa/frontend".parse().ok();
     let subject = Subject {
         principal: Some("spiffe://cluster.local/ns/shop/sa/frontend"),
+        identity: identity.as_ref(),
         namespace: Some("shop"),
         request_principal: Some("https://issuer.example/user"),
         source_ip: "10.244.1.5".parse().expect("ip"),

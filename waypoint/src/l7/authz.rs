@@ -188,6 +188,8 @@ pub struct Policy {
 pub struct Subject<'a> {
     /// `spiffe://td/ns/x/sa/y`.
     pub principal: Option<&'a str>,
+    /// The same peer identity, parsed (for `serviceAccounts`).
+    pub identity: Option<&'a Identity>,
     pub namespace: Option<&'a str>,
     /// `iss/sub` of a validated JWT.
     pub request_principal: Option<&'a str>,
@@ -232,10 +234,7 @@ impl Source {
             && self.namespaces.check(|p| s.namespace.is_some_and(|v| p.matches(v)))
             && self.ip_blocks.check(|c| c.contains(s.source_ip))
             && self.remote_ip_blocks.check(|c| c.contains(s.remote_ip))
-            && (!self.service_accounts.is_set() || {
-                let identity = s.principal.and_then(|p| p.parse::<Identity>().ok());
-                self.service_accounts.check(|want| identity.as_ref().is_some_and(|id| is_service_account(id, want)))
-            })
+            && self.service_accounts.check(|want| s.identity.is_some_and(|id| is_service_account(id, want)))
     }
 }
 

@@ -11,6 +11,8 @@ fn authorize(policies: &[Policy], s: &Subject<'_>) -> Result<(), Denial> {
 fn subject<'a>(headers: &'a http::HeaderMap, principal: &'a str, method: &'a str, path: &'a str) -> Subject<'a> {
     Subject {
         principal: Some(principal),
+        // Leaked: a test's subject borrows its identity for as long as the test runs.
+        identity: principal.parse::<ambit_shared::Identity>().ok().map(|id| &*Box::leak(Box::new(id))),
         namespace: principal.split("/ns/").nth(1).and_then(|r| r.split('/').next()),
         request_principal: None,
         source_ip: "10.244.1.5".parse().unwrap(),

@@ -32,6 +32,7 @@ impl Downstream {
         let headers = HeaderMap::new();
         let subject = Subject {
             principal: Some(&self.principal),
+            identity: Some(&self.identity),
             namespace: Some(self.identity.namespace()),
             request_principal: None,
             source_ip: self.source_ip,

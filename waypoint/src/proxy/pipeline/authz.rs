@@ -25,6 +25,7 @@ pub(super) fn host<B>(req: &Request<B>) -> String {
 pub(super) fn check(down: &Downstream, caller: &Caller, host: &str, req: &Request<Incoming>) -> Result<(), Failure> {
     let subject = Subject {
         principal: Some(&down.principal),
+        identity: Some(&down.identity),
         namespace: Some(down.identity.namespace()),
         request_principal: caller.request_principal.as_deref(),
         source_ip: down.source_ip,
