@@ -22,7 +22,7 @@ pub struct Cidr {
 
 /// A block that does not parse or whose prefix is longer than its address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an IP address or block (address/prefix)")]
+#[error("{0:?} is not an IP address or block (address/prefix; an IPv4-mapped block is ::ffff:a.b.c.d/96 or longer)")]
 pub struct CidrError(pub String);
 
 fn max_prefix(ip: IpAddr) -> u8 {
@@ -34,9 +34,13 @@ fn max_prefix(ip: IpAddr) -> u8 {
 }
 
 impl Cidr {
-    /// A block from an address and prefix length; `None` when the prefix is too long.
+    /// A block from an address and prefix length; `None` when the prefix is too long, or when
+    /// an IPv4-mapped address (`::ffff:a.b.c.d`) has a prefix under 96: such a block reads like
+    /// an IPv4 one but covers no IPv4 client at all, so a DENY written that way would deny
+    /// nothing.
     pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
-        (prefix <= max_prefix(addr)).then_some(Cidr { addr, prefix })
+        let mapped = matches!(addr, IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
+        (prefix <= max_prefix(addr) && !(mapped && prefix < 96)).then_some(Cidr { addr, prefix })
     }
 
     /// A block from its wire form (4 or 16 address bytes and a prefix length in bits).
@@ -119,7 +123,17 @@ mod tests {
         assert_eq!(c("10.1.2.3"), Cidr::new("10.1.2.3".parse().unwrap(), 32).unwrap());
         assert_eq!(c("fd00::/8").to_string(), "fd00::/8");
         assert_eq!(c("::1").prefix(), 128);
-        for bad in ["", "10.0.0.0/33", "fd00::/129", "10.0.0/8", "10.0.0.0/x", "10.0.0.0/-1", "host/8", " 10.0.0.1"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0/8",
+            "10.0.0.0/x",
+            "10.0.0.0/-1",
+            "host/8",
+            " 10.0.0.1",
+            "::ffff:10.0.0.0/8",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?} parsed");
         }
     }

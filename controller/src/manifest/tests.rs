@@ -94,6 +94,11 @@ fn semantic_errors_name_the_field() {
             "not an IP address",
         ),
         (
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: DENY, rules: [{from: [{source: {ipBlocks: ['::ffff:10.0.0.0/8']}}]}]}",
+            "spec.rules[0].from[0].source.ipBlocks[0]",
+            "is not an IP address or CIDR",
+        ),
+        (
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {action: REJECT}",
             "spec.action",
             "unknown action",

@@ -53,14 +53,14 @@ fn to_waypoint(state: &State, network: &str, gw: &GatewayAddress, authority: Soc
             let ip =
                 ambit_dataplane::state::ip_from_bytes(&a.address).ok_or_else(|| RouteError::Waypoint(describe()))?;
             match state.destination(network, SocketAddr::new(ip, port)) {
-                Destination::Service { service, .. } => pick_endpoint(&state.endpoints(&service, port)),
+                Destination::Service { service, .. } => pick_endpoint(&state.endpoints_on(&service, port, network)),
                 Destination::Workload(w) => Some((w, port)),
                 Destination::Passthrough => None,
             }
         }
         Some(gateway_address::Destination::Hostname(h)) => state
             .service(&format!("{}/{}", h.namespace, h.hostname))
-            .and_then(|s| pick_endpoint(&state.endpoints(s, port))),
+            .and_then(|s| pick_endpoint(&state.endpoints_on(s, port, network))),
         None => None,
     };
     let (w, _) = endpoint.ok_or_else(|| RouteError::Waypoint(describe()))?;
@@ -89,7 +89,7 @@ fn route(state: &State, network: &str, dst: SocketAddr) -> Routed {
                 let plan = to_waypoint(state, network, gw, dst);
                 return Routed { plan, service: Some(service.clone()), workload: None };
             }
-            match pick_endpoint(&state.endpoints(&service, port)) {
+            match pick_endpoint(&state.endpoints_on(&service, port, network)) {
                 Some((w, target)) => {
                     Routed { plan: to_workload(&w, target, dst.ip()), service: Some(service), workload: Some(w) }
                 }

@@ -85,3 +85,14 @@ fn a_waypoint_gets_the_connection_with_the_original_vip_as_authority() {
     s.insert_workload(w3);
     assert!(matches!(route(&s, "", "10.1.0.7:8080".parse().unwrap()).plan, Err(RouteError::Waypoint(_))));
 }
+
+#[test]
+fn endpoints_on_another_network_are_never_dialed_directly() {
+    let mut s = State::default();
+    s.insert_service(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]));
+    let mut remote = wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true);
+    remote.network = "west".into();
+    remote.hbone = false;
+    s.insert_workload(remote);
+    assert!(matches!(route(&s, "", "10.96.0.10:80".parse().unwrap()).plan, Err(RouteError::NoEndpoint(..))));
+}
