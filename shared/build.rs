@@ -1,5 +1,6 @@
 //! Generates the protobuf and gRPC code from `proto/` with protox (a pure-Rust protobuf
-//! compiler), so building needs no system `protoc`.
+//! compiler), so building needs no system `protoc`. `google.protobuf.Any` maps to
+//! `proto::Any`; the other well-known types stay `prost_types`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     const FILES: &[&str] = &[
@@ -15,6 +16,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(FILES, ["proto"])?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    // `google.protobuf.Any` is our own message (`proto::Any`, the payload in `bytes::Bytes`), so
+    // a resource body published once is shared by every response that carries it.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .extern_path(".google.protobuf.Any", "crate::proto::Any")
+        .compile_fds(fds)?;
     Ok(())
 }

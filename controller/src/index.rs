@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
 use ambit_shared::proto::workload::{address, Address};
+use ambit_shared::proto::Any;
 use prost::Message;
 
 use crate::model::{Kind, Labels, Object, ObjectKey};
@@ -35,7 +36,7 @@ pub enum Event {
 pub struct Change {
     pub type_url: &'static str,
     pub name: String,
-    pub body: Option<prost_types::Any>,
+    pub body: Option<Any>,
 }
 
 /// What a batch of events forces us to recompute.
@@ -77,8 +78,8 @@ pub struct Index {
     warnings: BTreeMap<ObjectKey, Vec<String>>,
 }
 
-fn any<M: Message>(type_url: &str, m: &M) -> prost_types::Any {
-    prost_types::Any { type_url: type_url.to_owned(), value: m.encode_to_vec() }
+fn any<M: Message>(type_url: &str, m: &M) -> Any {
+    Any { type_url: type_url.to_owned(), value: m.encode_to_vec().into() }
 }
 
 fn selector_of(object: &Object) -> Option<Labels> {

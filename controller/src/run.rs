@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use ambit_shared::certs::{Ca, Validity};
 use ambit_shared::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
-use ambit_shared::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use ambit_shared::telemetry::{self, AdminRoutes, Readiness};
 use ambit_shared::tls::{control_plane_server_config_reloadable, MeshRoots, ReloadableCert};
+use ambit_shared::xds::server::DeltaAdsServer;
 use ambit_shared::{Identity, WorkloadCert};
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
@@ -353,7 +353,7 @@ async fn serve_grpc(
         .max_concurrent_streams(Some(GRPC_MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(16 * 1024 * 1024))
+        .add_service(DeltaAdsServer::new(ads, 16 * 1024 * 1024))
         .add_service(IstioCertificateServiceServer::new(ca_service))
         .serve_with_incoming(incoming)
         .await;

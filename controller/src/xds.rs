@@ -7,20 +7,18 @@
 //! that, on each (debounced) publish, only the resources that changed. ACKs and NACKs are
 //! tracked per subscriber and type; a NACK is logged and counted and never blocks others.
 //!
-//! `state` holds the resources and the subscriber registry, `session` one subscriber's stream;
-//! this module is the gRPC service that authenticates a caller and starts its session.
-//! Translating objects into resources is `index`'s business.
+//! `state` holds the resources (each encoded once) and the subscriber registry, `session` one
+//! subscriber's stream; this module authenticates a caller and starts its session. The gRPC
+//! framing, which streams responses from the shared encoded resources, is `ambit_shared`'s
+//! `xds::server`. Translating objects into resources is `index`'s business.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use ambit_shared::grpc::PeerInfo;
-use ambit_shared::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use ambit_shared::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use ambit_shared::proto::discovery::DeltaDiscoveryRequest;
+use ambit_shared::xds::server::{DeltaAds, EncodedResponse};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 use crate::auth::Authenticator;
 
@@ -29,20 +27,17 @@ mod state;
 
 pub use state::{SubscriberStatus, TypeStatus, XdsState, TYPES};
 
-/// The gRPC service.
+/// Starts the sessions (served by `ambit_shared::xds::server::DeltaAdsServer`).
 pub struct AdsService {
     pub state: Arc<XdsState>,
     pub auth: Arc<dyn Authenticator>,
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type DeltaAggregatedResourcesStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
-
-    async fn delta_aggregated_resources(
+impl DeltaAds for AdsService {
+    async fn start(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Result<mpsc::Receiver<EncodedResponse>, Status> {
         let peer = request.extensions().get::<PeerInfo>().map(|p| p.addr).or_else(|| request.remote_addr());
         let caller = crate::auth::authenticate(&*self.auth, request.metadata()).await?;
         let inbound = request.into_inner();
@@ -50,6 +45,6 @@ impl AggregatedDiscoveryService for AdsService {
         let state = self.state.clone();
         let id = state.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         tokio::spawn(session::run(state, id, caller, peer, inbound, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }

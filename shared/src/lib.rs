@@ -9,7 +9,8 @@
 //! - [`hbone`]: HTTP/2 CONNECT tunnels over mutual TLS (pooled client, server).
 //! - [`proto`]: generated protobuf types (delta ADS, `istio.workload`, `istio.security`, the CA
 //!   service, ZDS).
-//! - [`xds`]: the delta ADS client.
+//! - [`xds`]: the delta ADS client, and the server's wire side (resources encoded once, shared
+//!   by every subscriber).
 //! - [`zds`]: the node agent → ztunnel protocol (netns fds over SOCK_SEQPACKET).
 //! - [`copy`]: bidirectional stream copy with adaptive buffers.
 //! - [`lifecycle`]: shutdown signals and start-up checks shared by the daemons.

@@ -3,6 +3,9 @@
 //!
 //! Owns no logic. Helpers that give meaning to these messages live with their users (`xds`,
 //! the controller's translation, ztunnel's state).
+//!
+//! One type is written by hand: [`Any`], which every generated message uses in place of
+//! `prost_types::Any` so that a resource body is held in `bytes::Bytes` and shared, not copied.
 
 #![allow(clippy::all, missing_docs, unreachable_pub)]
 
@@ -47,6 +50,19 @@ pub mod envoy {
     }
 }
 
+/// `google.protobuf.Any` with the payload in [`bytes::Bytes`]: cloning a resource body is a
+/// reference count, so one encoded body serves every subscriber. Same field numbers and wire
+/// form as `prost_types::Any` (a test encodes both and compares the bytes).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Any {
+    /// `type.googleapis.com/<package>.<Message>`.
+    #[prost(string, tag = "1")]
+    pub type_url: ::prost::alloc::string::String,
+    /// The encoded message.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: ::bytes::Bytes,
+}
+
 pub mod google {
     pub mod rpc {
         include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
@@ -86,5 +102,36 @@ mod tests {
         assert_eq!(del.encode_to_vec(), vec![(2 << 3) | 2, 1, b'x']);
         let r = discovery::Resource { name: "n".into(), ..Default::default() };
         assert_eq!(r.encode_to_vec(), vec![(3 << 3) | 2, 1, b'n']);
+    }
+
+    /// Istio's ztunnel decodes `google.protobuf.Any`: ours must be the same bytes on the wire,
+    /// both ways, including the empty and the large payload.
+    #[test]
+    fn any_is_wire_identical_to_prost_types() {
+        let large: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        for (type_url, value) in
+            [("", Vec::new()), (type_url::ADDRESS, vec![1, 2, 3]), (type_url::AUTHORIZATION, large)]
+        {
+            let ours = Any { type_url: type_url.into(), value: value.clone().into() };
+            let theirs = prost_types::Any { type_url: type_url.into(), value };
+            assert_eq!(ours.encode_to_vec(), theirs.encode_to_vec());
+            assert_eq!(Any::decode(theirs.encode_to_vec().as_slice()).ok(), Some(ours.clone()));
+            assert_eq!(prost_types::Any::decode(ours.encode_to_vec().as_slice()).ok(), Some(theirs));
+        }
+        // Inside a resource too (the generated `Resource` uses ours).
+        let body = Any { type_url: type_url::ADDRESS.into(), value: vec![9; 300].into() };
+        let r = discovery::Resource {
+            name: "n".into(),
+            version: "v".into(),
+            resource: Some(body.clone()),
+            ..Default::default()
+        };
+        // prost writes fields in tag order: version (1), resource (2), name (3).
+        let theirs = prost_types::Any { type_url: body.type_url.clone(), value: body.value.to_vec() }.encode_to_vec();
+        let mut want = vec![(1 << 3) | 2, 1, b'v', (2 << 3) | 2];
+        prost::encoding::encode_varint(theirs.len() as u64, &mut want);
+        want.extend_from_slice(&theirs);
+        want.extend_from_slice(&[(3 << 3) | 2, 1, b'n']);
+        assert_eq!(r.encode_to_vec(), want);
     }
 }

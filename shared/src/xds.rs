@@ -6,6 +6,9 @@
 //! remembers the version of every accepted resource, and on reconnect (with exponential
 //! backoff) sends those versions as `initial_resource_versions`, so the server sends only what
 //! changed. It does not interpret resources; the handler does.
+//!
+//! [`server`] is the other end's wire side: resources encoded once and streamed to every
+//! subscriber from shared bytes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +24,8 @@ use crate::proto::discovery::aggregated_discovery_service_client::AggregatedDisc
 use crate::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use crate::proto::envoy::config::core::v3::Node;
 use crate::proto::google::rpc::Status;
+
+pub mod server;
 
 /// gRPC status code INVALID_ARGUMENT, put in a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;
@@ -44,7 +49,7 @@ pub enum XdsError {
 pub struct Resource {
     pub name: String,
     pub version: String,
-    pub body: prost_types::Any,
+    pub body: crate::proto::Any,
 }
 
 impl Resource {
@@ -57,7 +62,7 @@ impl Resource {
                 want: type_url,
             });
         }
-        T::decode(self.body.value.as_slice()).map_err(|source| XdsError::Decode { name: self.name.clone(), source })
+        T::decode(self.body.value.as_ref()).map_err(|source| XdsError::Decode { name: self.name.clone(), source })
     }
 }
 

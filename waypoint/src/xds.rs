@@ -78,7 +78,7 @@ mod tests {
         xds::Resource {
             name: name.into(),
             version: "v".into(),
-            body: prost_types::Any { type_url: WAYPOINT_SERVICE.into(), value: config.encode_to_vec() },
+            body: ambit_shared::proto::Any { type_url: WAYPOINT_SERVICE.into(), value: config.encode_to_vec().into() },
         }
     }
 

@@ -25,7 +25,7 @@ fn names(changes: &[Change]) -> Vec<(String, bool)> {
 
 fn workload(changes: &[Change], name: &str) -> Workload {
     let c = changes.iter().find(|c| c.name == name).expect(name);
-    match Address::decode(c.body.as_ref().unwrap().value.as_slice()).unwrap().r#type {
+    match Address::decode(c.body.as_ref().unwrap().value.as_ref()).unwrap().r#type {
         Some(address::Type::Workload(w)) => w,
         other => panic!("{other:?}"),
     }
@@ -177,7 +177,7 @@ fn use_waypoint_points_services_at_the_gateway() {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}",
     ));
     let svc = changes.iter().find(|c| c.name == "shop/cart.shop.svc.cluster.local").expect("service recomputed");
-    let Some(address::Type::Service(s)) = Address::decode(svc.body.as_ref().unwrap().value.as_slice()).unwrap().r#type
+    let Some(address::Type::Service(s)) = Address::decode(svc.body.as_ref().unwrap().value.as_ref()).unwrap().r#type
     else {
         panic!()
     };

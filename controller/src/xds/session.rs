@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ambit_shared::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use ambit_shared::proto::discovery::DeltaDiscoveryRequest;
+use ambit_shared::xds::server::EncodedResponse;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
-use super::state::{parse_version, version_string, SubscriberStatus, Subscription, Subscriptions, XdsState, TYPES};
+use super::state::{parse_version, SubscriberStatus, Subscription, Subscriptions, XdsState, TYPES};
 use crate::auth::Caller;
 
 /// Responses with at least this many resources count as large.
@@ -29,7 +30,7 @@ pub(super) async fn run(
     caller: Caller,
     peer: Option<SocketAddr>,
     mut inbound: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<EncodedResponse>,
 ) {
     let subs: Arc<Mutex<Subscriptions>> = Arc::default();
     let mut session = Session {
@@ -93,7 +94,8 @@ struct Session {
     subs: Arc<Mutex<Subscriptions>>,
     seen_generation: u64,
     nonce: u64,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    /// Responses go to the stream's body, which writes them out as HTTP/2 asks for data.
+    tx: mpsc::Sender<EncodedResponse>,
     /// Large responses awaiting their ACK: dropping the sender frees the slot.
     in_flight: HashMap<String, tokio::sync::oneshot::Sender<()>>,
     /// The subscriber's node id (from its first request), for logs.
@@ -106,32 +108,29 @@ impl Session {
         format!("{}-{}", self.id, self.nonce)
     }
 
-    /// Builds the response bringing `type_url` up to date for `names` (all when `None`).
-    fn diff(&mut self, type_url: &'static str, names: Option<&HashSet<&str>>) -> Option<DeltaDiscoveryResponse> {
+    /// Builds the response bringing `type_url` up to date for `names` (all when `None`). It
+    /// shares the published resources' encoded bytes and names; nothing is copied per
+    /// subscriber.
+    fn diff(&mut self, type_url: &'static str, names: Option<&HashSet<Arc<str>>>) -> Option<EncodedResponse> {
         let r = self.state.resources.read().unwrap_or_else(|p| p.into_inner());
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         let sub = subs.get_mut(type_url)?;
         let current = r.by_type.get(type_url)?;
         let mut resources = Vec::new();
         let mut removed = Vec::new();
-        let mut consider = |name: &str, sub: &mut Subscription| {
+        let mut consider = |name: &Arc<str>, sub: &mut Subscription| {
             if !sub.wants(name) {
                 return;
             }
             match current.get(name) {
                 Some(e) if sub.held.get(name) != Some(&e.version) => {
                     sub.held.insert(e.name.clone(), e.version);
-                    resources.push(Resource {
-                        name: name.to_owned(),
-                        version: version_string(e.version),
-                        resource: Some(e.body.clone()),
-                        ..Default::default()
-                    });
+                    resources.push(e.encoded.clone());
                 }
                 Some(_) => {}
                 None => {
                     if sub.held.remove(name).is_some() {
-                        removed.push(name.to_owned());
+                        removed.push(name.clone());
                     }
                 }
             }
@@ -147,13 +146,7 @@ impl Session {
         }
         drop(subs);
         drop(r);
-        Some(DeltaDiscoveryResponse {
-            type_url: type_url.to_owned(),
-            resources,
-            removed_resources: removed,
-            nonce: String::new(),
-            ..Default::default()
-        })
+        Some(EncodedResponse { type_url, resources, removed_resources: removed, nonce: String::new() })
     }
 
     /// Takes a full-state slot (see `FULL_DIFFS_IN_FLIGHT`).
@@ -171,7 +164,7 @@ impl Session {
     /// Sends; a large response keeps `slot` until acknowledged.
     async fn send_holding(
         &mut self,
-        response: DeltaDiscoveryResponse,
+        response: EncodedResponse,
         published: Option<Instant>,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> bool {
@@ -189,17 +182,13 @@ impl Session {
     }
 
     /// Sends a response; returns its nonce, or `None` when the stream is gone.
-    async fn send(
-        &mut self,
-        mut response: DeltaDiscoveryResponse,
-        generation_published: Option<Instant>,
-    ) -> Option<String> {
+    async fn send(&mut self, mut response: EncodedResponse, generation_published: Option<Instant>) -> Option<String> {
         response.nonce = self.next_nonce();
-        let type_url = response.type_url.clone();
+        let type_url = response.type_url;
         let count = response.resources.len();
         let nonce = response.nonce.clone();
         // A subscriber that takes no data for this long is gone; free its resources.
-        match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(Ok(response))).await {
+        match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(response)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return None,
             Err(_) => {
@@ -207,12 +196,12 @@ impl Session {
                 return None;
             }
         }
-        self.state.metrics.xds_pushes.get_or_create(&vec![("type".to_owned(), short_type(&type_url))]).inc();
+        self.state.metrics.xds_pushes.get_or_create(&vec![("type".to_owned(), short_type(type_url))]).inc();
         if let Some(at) = generation_published {
             self.state.metrics.xds_push_time.observe(at.elapsed().as_secs_f64());
         }
         self.state.update_status(self.id, |s| {
-            let t = s.types.entry(type_url).or_default();
+            let t = s.types.entry(type_url.to_owned()).or_default();
             t.resources_sent += count;
             t.last_nonce_sent = nonce.clone();
         });
@@ -303,7 +292,7 @@ impl Session {
         let (generation, changed, published) = {
             let r = self.state.resources.read().unwrap_or_else(|p| p.into_inner());
             let complete = self.seen_generation >= r.trimmed_through;
-            let mut changed: HashMap<&'static str, HashSet<String>> = HashMap::new();
+            let mut changed: HashMap<&'static str, HashSet<Arc<str>>> = HashMap::new();
             let changed = if complete {
                 for (_, t, name) in r.log.iter().filter(|(g, _, _)| *g > self.seen_generation) {
                     changed.entry(*t).or_default().insert(name.clone());
@@ -320,13 +309,7 @@ impl Session {
         for t in types {
             let slot = if changed.is_none() { self.full_diff_slot().await } else { None };
             let response = match &changed {
-                Some(changed) => match changed.get(t) {
-                    Some(names) => {
-                        let names: HashSet<&str> = names.iter().map(String::as_str).collect();
-                        self.diff(t, Some(&names))
-                    }
-                    None => None,
-                },
+                Some(changed) => changed.get(t).and_then(|names| self.diff(t, Some(names))),
                 None => self.diff(t, None),
             };
             if let Some(resp) = response.filter(|r| !r.resources.is_empty() || !r.removed_resources.is_empty()) {

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
+use ambit_shared::proto::Any;
+use ambit_shared::xds::server::EncodedResource;
 use tokio::sync::{watch, Notify};
 
 use crate::index::Change;
@@ -27,7 +29,9 @@ pub(super) struct Entry {
     /// The map key again, shared so subscribers remember names without copying them.
     pub(super) name: Arc<str>,
     pub(super) version: u64,
-    pub(super) body: prost_types::Any,
+    /// The `Resource` as sent (name, version, body), encoded once when published; every
+    /// response that carries it shares these bytes.
+    pub(super) encoded: EncodedResource,
 }
 
 pub(super) fn version_string(v: u64) -> String {
@@ -47,8 +51,9 @@ pub(super) fn parse_version(v: &str) -> u64 {
 pub(super) struct Resources {
     pub(super) generation: u64,
     pub(super) by_type: HashMap<&'static str, BTreeMap<Arc<str>, Entry>>,
-    /// (generation, type, name) of every change, oldest first.
-    pub(super) log: VecDeque<(u64, &'static str, String)>,
+    /// (generation, type, name) of every change, oldest first. Names are shared with the map
+    /// and with the subscribers that collect them on a push.
+    pub(super) log: VecDeque<(u64, &'static str, Arc<str>)>,
     /// The newest generation some of whose log entries were trimmed: a subscriber older than
     /// that must compare everything.
     pub(super) trimmed_through: u64,
@@ -135,19 +140,20 @@ impl XdsState {
                 Some(body) => {
                     let version = content_version(&body.value);
                     match map.get(c.name.as_str()) {
-                        Some(e) if e.version == version => false,
+                        Some(e) if e.version == version => None,
                         _ => {
                             let name: Arc<str> = c.name.as_str().into();
-                            map.insert(name.clone(), Entry { name, version, body });
-                            true
+                            let encoded = EncodedResource::new(&name, &version_string(version), body);
+                            map.insert(name.clone(), Entry { name: name.clone(), version, encoded });
+                            Some(name)
                         }
                     }
                 }
-                None => map.remove(c.name.as_str()).is_some(),
+                None => map.remove_entry(c.name.as_str()).map(|(name, _)| name),
             };
-            if did {
+            if let Some(name) = did {
                 changed += 1;
-                r.log.push_back((generation, c.type_url, c.name));
+                r.log.push_back((generation, c.type_url, name));
             }
         }
         if changed > 0 {
@@ -194,11 +200,19 @@ impl XdsState {
     }
 
     /// Current resources of a type: name → (version, body), for the admin dump and tests.
-    pub fn snapshot(&self, type_url: &str) -> BTreeMap<String, (String, prost_types::Any)> {
+    /// Bodies are read back from the encoded resources (they share the published bytes).
+    pub fn snapshot(&self, type_url: &str) -> BTreeMap<String, (String, Any)> {
         let r = self.resources.read().unwrap_or_else(|p| p.into_inner());
         r.by_type
             .get(type_url)
-            .map(|m| m.iter().map(|(k, e)| (k.to_string(), (version_string(e.version), e.body.clone()))).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, e)| {
+                        let body = e.encoded.decode().ok().and_then(|r| r.resource).unwrap_or_default();
+                        (k.to_string(), (version_string(e.version), body))
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -256,7 +270,7 @@ mod tests {
         Change {
             type_url: ADDRESS,
             name: name.into(),
-            body: Some(prost_types::Any { type_url: ADDRESS.into(), value: body.to_vec() }),
+            body: Some(Any { type_url: ADDRESS.into(), value: body.to_vec().into() }),
         }
     }
 
@@ -268,6 +282,7 @@ mod tests {
         let v1 = state.snapshot(ADDRESS)["a"].0.clone();
         assert_eq!(state.publish(vec![change("a", b"3")]), 1);
         assert_ne!(state.snapshot(ADDRESS)["a"].0, v1);
+        assert_eq!(state.snapshot(ADDRESS)["a"].1, Any { type_url: ADDRESS.into(), value: b"3".to_vec().into() });
         assert_eq!(state.publish(vec![Change { type_url: ADDRESS, name: "b".into(), body: None }]), 1);
         assert_eq!(state.publish(vec![Change { type_url: ADDRESS, name: "b".into(), body: None }]), 0);
         assert_eq!(content_version(b"1"), content_version(b"1"));

@@ -75,7 +75,7 @@ fn malformed_xds_resources_are_rejected_by_name() {
     let res = |name: &str, m: &pb::Address| xds::Resource {
         name: name.into(),
         version: "1".into(),
-        body: prost_types::Any { type_url: ADDRESS.into(), value: m.encode_to_vec() },
+        body: ambit_shared::proto::Any { type_url: ADDRESS.into(), value: m.encode_to_vec().into() },
     };
     let rejected = xds::Handler::handle(
         &mut updater,

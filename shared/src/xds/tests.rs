@@ -74,7 +74,7 @@ fn workload(name: &str, version: &str) -> WireResource {
     WireResource {
         name: name.into(),
         version: version.into(),
-        resource: Some(prost_types::Any { type_url: ADDRESS.into(), value: addr.encode_to_vec() }),
+        resource: Some(crate::proto::Any { type_url: ADDRESS.into(), value: addr.encode_to_vec().into() }),
         ..Default::default()
     }
 }
@@ -158,7 +158,7 @@ async fn subscribe_ack_nack_and_resume_with_versions() {
 
     // A bad resource is NACKed by name; its good neighbour is kept.
     let mut bad = workload("c", "1");
-    bad.resource.as_mut().unwrap().value = vec![0xff, 0xff, 0xff];
+    bad.resource.as_mut().unwrap().value = vec![0xff, 0xff, 0xff].into();
     respond(&c1, ADDRESS, "n3", vec![bad, workload("d", "1")], vec![]).await;
     let nack = next(&mut c1).await;
     assert_eq!(nack.response_nonce, "n3");
