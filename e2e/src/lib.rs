@@ -2,9 +2,10 @@
 //!
 //! Owns what needs a whole mesh on one host: network namespaces as nodes and pods, the real
 //! daemons, sample apps: the root guard, network namespaces ([`netns`]), packet captures ([`capture`]), the sandbox
-//! ([`sandbox`]), daemon command lines ([`daemons`]), load generators ([`load`]) and the helpers
-//! the root tests share.
+//! ([`sandbox`]), daemon command lines ([`daemons`]), load generators ([`load`]), the
+//! well-known benchmark clients ([`bench_tools`]) and the helpers the root tests share.
 
+pub mod bench_tools;
 pub mod capture;
 pub mod daemons;
 pub mod load;

@@ -209,6 +209,9 @@ fn check_ztunnel(namespace: &str, r: &Rendered, controller: &Controller) -> ambi
         zconfig.cert_lifetime_seconds, config.cert_lifetime_seconds,
         "ztunnel asks for what the CA is set to give"
     );
+    let threads = z.env.as_deref().unwrap_or_default().iter().find(|e| e.name == "ZTUNNEL_WORKER_THREADS");
+    let threads = threads.and_then(|e| e.value.as_deref()).expect("the chart sets ZTUNNEL_WORKER_THREADS");
+    assert_eq!(zconfig.worker_threads.to_string(), threads, "the chart's workerThreads reach ztunnel");
     assert!(
         zconfig.cni_exclude_namespaces.iter().any(|n| n == namespace),
         "the mesh's own pods start without an agent (a ztunnel replacing a dead one)"
@@ -386,6 +389,8 @@ fn production_values_render_a_consistent_install() {
     let z = &zpod.containers[0];
     let selinux = z.security_context.as_ref().and_then(|s| s.se_linux_options.as_ref()).and_then(|o| o.type_.clone());
     assert_eq!(selinux.as_deref(), Some("spc_t"));
+    let threads = z.env.as_deref().unwrap_or_default().iter().find(|e| e.name == "ZTUNNEL_WORKER_THREADS");
+    assert_eq!(threads.and_then(|e| e.value.as_deref()), Some("4"), "ztunnel.workerThreads (not the default 2)");
     let env = |name: &str| {
         pod.containers[0]
             .env

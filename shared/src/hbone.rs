@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::tls::HandshakeFailure;
 
 pub mod client;
+pub mod read_ahead;
 pub mod server;
 
 /// The port every mesh pod accepts HBONE on.

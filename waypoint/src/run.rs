@@ -70,7 +70,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let dialer = Dialer {
         certs: certs.clone(),
         identity: identity.clone(),
-        hbone: HboneClient::new(roots.clone(), PoolSettings::default()),
+        // As many connections per upstream as threads to encrypt on: more buy no parallelism.
+        hbone: HboneClient::new(
+            roots.clone(),
+            PoolSettings { connections_per_key: config.worker_threads, ..PoolSettings::default() },
+        ),
     };
     let tracer = if config.otlp_endpoint.is_empty() {
         crate::trace::Exporter::disabled()

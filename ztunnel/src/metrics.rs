@@ -101,9 +101,13 @@ impl EncodeLabelSet for Labels {
     }
 }
 
-/// The four families, registered under Istio's names.
+/// The four connection counter families, registered under Istio's names; cheap to clone (one shared allocation), as every connection's
+/// record holds them for its whole life.
 #[derive(Clone, Default)]
-pub struct Metrics {
+pub struct Metrics(std::sync::Arc<Families>);
+
+#[derive(Default)]
+struct Families {
     opened: Family<Labels, Counter>,
     closed: Family<Labels, Counter>,
     sent: Family<Labels, Counter>,
@@ -112,12 +116,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Metrics::default();
+        let m = Families::default();
         registry.register("tcp_connections_opened", "Connections opened", m.opened.clone());
         registry.register("tcp_connections_closed", "Connections closed", m.closed.clone());
         registry.register("tcp_sent_bytes", "Bytes sent to the destination (request direction)", m.sent.clone());
         registry.register("tcp_received_bytes", "Bytes received from the destination", m.received.clone());
-        m
+        Metrics(std::sync::Arc::new(m))
     }
 }
 
@@ -161,7 +165,7 @@ impl ConnectionRecord {
     pub fn open(&mut self) {
         if !self.opened {
             self.opened = true;
-            self.metrics.opened.get_or_create(&self.labels).inc();
+            self.metrics.0.opened.get_or_create(&self.labels).inc();
         }
     }
 
@@ -177,12 +181,12 @@ impl ConnectionRecord {
         if !self.opened && self.labels.flags == ResponseFlags::None {
             self.open();
         }
-        self.metrics.closed.get_or_create(&self.labels).inc();
+        self.metrics.0.closed.get_or_create(&self.labels).inc();
         if sent > 0 {
-            self.metrics.sent.get_or_create(&self.labels).inc_by(sent);
+            self.metrics.0.sent.get_or_create(&self.labels).inc_by(sent);
         }
         if received > 0 {
-            self.metrics.received.get_or_create(&self.labels).inc_by(received);
+            self.metrics.0.received.get_or_create(&self.labels).inc_by(received);
         }
         let l = &self.labels;
         let direction = match self.direction {

@@ -59,6 +59,8 @@ pub struct Pod {
     pub name: String,
     pub namespace: String,
     pub identity: Identity,
+    /// `identity` as a SPIFFE URI, made once: every connection's telemetry labels share it.
+    pub principal: Arc<str>,
     /// The control plane's name for its workload.
     pub workload_uid: String,
     pub netns: Arc<Netns>,
@@ -194,7 +196,9 @@ impl Proxy {
         self.certs.prefetch(&identity);
         let hbone = HboneClient::with_dialer(
             self.roots.clone(),
-            PoolSettings::default(),
+            // As many connections per peer as threads to encrypt on: more buy no parallelism
+            // and cost each a TLS session and HTTP/2 buffers.
+            PoolSettings { connections_per_key: self.config.worker_threads, ..PoolSettings::default() },
             Arc::new(sockets::PodDialer(netns.clone())),
         );
         let pod = Arc::new(Pod {
@@ -202,6 +206,7 @@ impl Proxy {
             name: info.name.clone(),
             namespace: info.namespace.clone(),
             identity: identity.clone(),
+            principal: Arc::from(identity.to_string()),
             workload_uid: self.config.pod_uid(&info.namespace, &info.name),
             netns,
             hbone,
@@ -333,3 +338,6 @@ impl Pods for Arc<Proxy> {
         Proxy::is_draining(self)
     }
 }
+
+#[cfg(test)]
+mod sizes;

@@ -25,7 +25,11 @@ pub fn main() -> anyhow::Result<()> {
     config.validate().context("invalid configuration")?;
     config.log.init().context("starting logging")?;
     ambit_shared::netns::record_host().context("recording the host network namespace")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ztunnel-data").build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .thread_name("ztunnel-data")
+        .build()?;
     runtime.block_on(run(Arc::new(config)))
 }
 

@@ -8,13 +8,17 @@
 //! request rate over 16 connections, new connections per second; for `l4` the ztunnels' CPU
 //! seconds per 1 000 requests at the fixed rate, their peak RSS, and RSS per idle connection
 //! with N idle connections open through the mesh. Every figure is also given as a ratio to
-//! `direct` from the same run; for `l7` also the waypoint's CPU per 1 000 requests and RSS. Writes `<out>/bench.json` and `<out>/bench.md`.
+//! `direct` from the same run; for `l7` also the waypoint's CPU per 1 000 requests and RSS.
+//! Beside its own load generator (`ambit-sample`) it runs the well-known clients
+//! (`ambit_e2e::bench_tools`: iperf3, sockperf, h2load) on the same pods, so each figure can be
+//! checked with a tool anyone has. Writes `<out>/bench.json` and `<out>/bench.md`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ambit_e2e::bench_tools;
 use ambit_e2e::sandbox::{bin_dir, Options, Sandbox};
 use clap::Parser;
 use serde_json::{json, Value};
@@ -37,6 +41,9 @@ struct Args {
     /// Idle connections held open for the memory measurement.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Skip the well-known clients (iperf3, sockperf, h2load); only ambit-sample's own.
+    #[arg(long)]
+    no_tools: bool,
     /// Sandbox directory.
     #[arg(long, default_value = "/run/ambit/bench")]
     dir: PathBuf,
@@ -71,7 +78,7 @@ fn pods(ns: &str) -> String {
     };
     let service = |name: &str| {
         format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 8080}}, {{name: tcp-sink, port: 9000}}, {{name: tcp-idle, port: 9001}}]\n"
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 8080}}, {{name: tcp-sink, port: 9000}}, {{name: tcp-idle, port: 9001}}, {{name: tcp-iperf, port: 5201}}, {{name: tcp-sockperf, port: 11111}}]\n"
         )
     };
     format!(
@@ -145,6 +152,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         verbose: true,
         controller_flags: Vec::new(),
     };
+    if !args.no_tools {
+        bench_tools::check_installed()?;
+    }
     eprintln!("starting the sandbox");
     let mut sb = Sandbox::up(opts)?;
     let manifests = args.dir.join("bench-manifests");
@@ -216,6 +226,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             entry.insert("new_conns_per_s".into(), conns["per_second"].clone());
         }
     }
+    if !args.no_tools {
+        tools(&sb, &cases, &args, ticks, &mut results)?;
+    }
     // Memory per idle connection, through the mesh (client node-1 → server node-2).
     eprintln!("l4: {} idle connections", args.idle);
     let idle = idle_memory(&sb, args.idle)?;
@@ -234,6 +247,61 @@ fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(args.out.join("bench.md"), &md)?;
     println!("{md}");
     sb.down();
+    Ok(())
+}
+
+/// The well-known clients, for every mode and placement: sockperf under load at a fixed message
+/// rate (the proxies' CPU per 1 000 messages) and ping-pong (latency), iperf3 with 1 and 8
+/// streams, h2load over HTTP/1.1 and HTTP/2.
+fn tools(
+    sb: &Sandbox,
+    cases: &[(&str, &str, &str, &str)],
+    args: &Args,
+    ticks: f64,
+    results: &mut BTreeMap<String, Value>,
+) -> anyhow::Result<()> {
+    let servers: Vec<bench_tools::Servers> = cases
+        .iter()
+        .map(|(_, ns, _, server)| bench_tools::Servers::start(&sb.state.pods[&format!("{ns}/{server}")].netns))
+        .collect::<anyhow::Result<_>>()?;
+    let cpu = |list: Vec<(String, u32)>| list.iter().map(|(_, p)| cpu_seconds(*p, ticks)).sum::<f64>();
+    for (mode, ns, placement, server) in cases {
+        let ip = if *ns == "bench-l7" {
+            sb.state.services[&format!("{ns}/{server}")].vip
+        } else {
+            sb.state.pods[&format!("{ns}/{server}")].ip
+        }
+        .to_string();
+        let netns = &sb.state.pods[&format!("{ns}/client")].netns;
+        eprintln!("{mode} {placement}: sockperf, iperf3, h2load");
+        let (zt_before, wp_before) = (cpu(ztunnels(sb)), cpu(waypoints(sb)));
+        let fixed = bench_tools::sockperf(netns, &ip, args.latency_seconds, Some(args.rate as u32))?;
+        let (zt_after, wp_after) = (cpu(ztunnels(sb)), cpu(waypoints(sb)));
+        let per_1000 = (fixed["sent"].as_f64().unwrap_or(0.0) / 1000.0).max(0.001);
+        let pingpong = bench_tools::sockperf(netns, &ip, args.seconds, None)?;
+        let iperf1 = bench_tools::iperf3(netns, &ip, 1, args.seconds)?;
+        let iperf8 = bench_tools::iperf3(netns, &ip, 8, args.seconds)?;
+        let url = format!("http://{ip}:8080/");
+        let h1 = bench_tools::h2load(netns, &url, args.seconds, true)?;
+        let h2 = bench_tools::h2load(netns, &url, args.seconds, false)?;
+        let (mesh, l7) = (*mode != "direct", *mode == "l7");
+        if let Some(entry) = results.get_mut(&format!("{mode}/{placement}")).and_then(Value::as_object_mut) {
+            entry.insert(
+                "sockperf_fixed".into(),
+                json!({
+                    "p50_us": fixed["p50_us"], "p99_us": fixed["p99_us"],
+                    "ztunnel_cpu_s_per_1000": if mesh { json!((zt_after - zt_before) / per_1000) } else { Value::Null },
+                    "waypoint_cpu_s_per_1000": if l7 { json!((wp_after - wp_before) / per_1000) } else { Value::Null },
+                }),
+            );
+            entry.insert("sockperf_pingpong".into(), pingpong);
+            entry.insert("iperf3_1_gbps".into(), json!(iperf1));
+            entry.insert("iperf3_8_gbps".into(), json!(iperf8));
+            entry.insert("h2load_h1_rps".into(), json!(h1));
+            entry.insert("h2load_h2_rps".into(), json!(h2));
+        }
+    }
+    drop(servers);
     Ok(())
 }
 
@@ -303,6 +371,17 @@ fn markdown(report: &Value) -> String {
         ("ztunnels' CPU s per 1 000 requests", "/ztunnel_cpu_s_per_1000"),
         ("waypoint CPU s per 1 000 requests", "/waypoint_cpu_s_per_1000"),
         ("waypoint RSS after the fixed-rate run (KiB)", "/waypoint_rss_kib_after_latency"),
+        ("iperf3, 1 stream (Gbit/s)", "/iperf3_1_gbps"),
+        ("iperf3, 8 streams (Gbit/s)", "/iperf3_8_gbps"),
+        ("sockperf TCP 1 KiB ping-pong, p50 (µs)", "/sockperf_pingpong/p50_us"),
+        ("… p99 (µs)", "/sockperf_pingpong/p99_us"),
+        (
+            "sockperf under-load at the fixed rate: ztunnels' CPU s per 1 000 messages",
+            "/sockperf_fixed/ztunnel_cpu_s_per_1000",
+        ),
+        ("… waypoint CPU s per 1 000", "/sockperf_fixed/waypoint_cpu_s_per_1000"),
+        ("h2load HTTP/1.1, 16 connections (req/s)", "/h2load_h1_rps"),
+        ("h2load HTTP/2, 16 connections × 10 streams (req/s)", "/h2load_h2_rps"),
     ];
     for (name, pointer) in rows {
         let cell = |key: &str| r[key].pointer(pointer).and_then(num);

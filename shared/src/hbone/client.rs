@@ -5,6 +5,12 @@
 //! One task dials per key at a time (others wait for it and then share the connection); a full
 //! connection makes the next request dial another; a connection the peer closed, or one idle
 //! past the idle timeout, leaves the pool.
+//!
+//! Concurrent streams to one key are spread over up to [`CONNECTIONS_PER_KEY`] connections: a
+//! stream that finds every pooled connection already carrying one dials another (and falls back
+//! to the least busy one if that dial fails), and streams go to the least busy connection. Each
+//! connection is driven by its own task with its own TLS session, so bulk streams to one peer
+//! encrypt on several cores instead of queueing behind one connection's crypto.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
+use super::read_ahead::ReadAhead;
 use super::{
     keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, CONNECT_RESPONSE_TIMEOUT, CONNECT_TIMEOUT,
     MAX_FRAME_SIZE, MAX_STREAMS_PER_CONNECTION, SEND_BUFFER, STREAM_WINDOW,
@@ -27,6 +34,18 @@ use crate::certs::WorkloadCert;
 use crate::identity::Identity;
 use crate::tls::{client_config, HandshakeFailure, MeshRoots, ALPN_H2};
 
+/// Connections one key spreads its concurrent streams over.
+pub const CONNECTIONS_PER_KEY: usize = 4;
+/// An extra connection (one the stream could do without) gets this long to come up before the
+/// stream shares an open one instead.
+const GROW_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// After an extra connection failed, the key does not try to grow for this long, doubling with
+/// each failure in a row up to [`GROW_BACKOFF_MAX`]: a peer that takes no new connections (at
+/// its connection budget, or recovering from a restart) must not cost every new stream a failed
+/// dial, nor pay a handshake per key every few seconds while it is short of CPU.
+const GROW_BACKOFF: Duration = Duration::from_secs(10);
+const GROW_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
 /// Default time an unused connection stays pooled (Istio: 5 minutes).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -34,6 +53,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_streams_per_connection: usize,
+    /// Connections concurrent streams to one key are spread over before they share.
+    pub connections_per_key: usize,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
 }
@@ -42,6 +63,7 @@ impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
             max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
+            connections_per_key: CONNECTIONS_PER_KEY,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
         }
@@ -106,6 +128,12 @@ impl Conn {
     }
 }
 
+/// A key that may not grow for now (see [`GROW_BACKOFF`]).
+struct GrowBackoff {
+    until: std::time::Instant,
+    streak: u32,
+}
+
 /// Serializes dials per key and remembers how the last one failed.
 #[derive(Default)]
 struct DialState {
@@ -117,6 +145,9 @@ struct DialState {
 struct PoolState {
     conns: HashMap<PoolKey, Vec<Arc<Conn>>>,
     dialing: HashMap<PoolKey, Arc<DialState>>,
+    /// Keys whose extra connections failed: no growing until `until`; `streak` failures in a
+    /// row (the next back-off doubles).
+    grow_failed: HashMap<PoolKey, GrowBackoff>,
     next_id: u64,
 }
 
@@ -194,10 +225,22 @@ impl Client {
         Err(last_err.unwrap_or(HboneError::Rejected(StatusCode::SERVICE_UNAVAILABLE)))
     }
 
-    fn checkout(&self, key: &PoolKey) -> Option<(Arc<Conn>, StreamSlot)> {
+    /// The least busy pooled connection with room, and whether the key should grow: every
+    /// connection already carries a stream and there is room for another connection.
+    fn checkout(&self, key: &PoolKey) -> (Option<(Arc<Conn>, StreamSlot)>, bool) {
         let state = lock(&self.inner.state);
-        let max = self.inner.settings.max_streams_per_connection;
-        state.conns.get(key)?.iter().find_map(|c| c.try_claim(max).map(|slot| (c.clone(), slot)))
+        let settings = &self.inner.settings;
+        let Some(list) = state.conns.get(key) else { return (None, false) };
+        let open: Vec<&Arc<Conn>> = list.iter().filter(|c| !c.closed.load(Ordering::Acquire)).collect();
+        let mut by_load: Vec<&Arc<Conn>> = open.clone();
+        by_load.sort_by_key(|c| c.streams.load(Ordering::Acquire));
+        let least = by_load.first().map_or(0, |c| c.streams.load(Ordering::Acquire));
+        let backing_off = state.grow_failed.get(key).is_some_and(|b| b.until > std::time::Instant::now());
+        let grow = open.len() < settings.connections_per_key.max(1) && least >= 1 && !backing_off;
+        let found = by_load
+            .iter()
+            .find_map(|c| c.try_claim(settings.max_streams_per_connection).map(|slot| ((*c).clone(), slot)));
+        (found, grow)
     }
 
     async fn checkout_or_dial(
@@ -205,8 +248,11 @@ impl Client {
         key: &PoolKey,
         req: &ConnectRequest,
     ) -> Result<(Arc<Conn>, StreamSlot), HboneError> {
-        if let Some(found) = self.checkout(key) {
-            return Ok(found);
+        match self.checkout(key) {
+            (Some(found), false) => return Ok(found),
+            // Growing: give the claimed slot back; it is taken again after the dial.
+            (Some(found), true) => drop(found),
+            (None, _) => {}
         }
         let dial = lock(&self.inner.state).dialing.entry(key.clone()).or_default().clone();
         let attempts_before = dial.attempts.load(Ordering::Acquire);
@@ -214,27 +260,59 @@ impl Client {
             let mut last_failure = dial.lock.lock().await;
             // Someone may have dialed while we waited: share their connection, or their failure
             // (waiters must not each redial a dead peer in turn).
-            if let Some(found) = self.checkout(key) {
-                Ok(found)
-            } else if let (true, Some(failure)) =
-                (dial.attempts.load(Ordering::Acquire) != attempts_before, last_failure.as_ref())
-            {
-                Err(HboneError::DialFailed(failure.clone()))
-            } else {
-                // Boxed: the TLS and HTTP/2 handshake states are large, and every caller's
-                // future (one per proxied connection, alive for its whole life) would otherwise
-                // carry room for them.
-                let dialed = tokio::time::timeout(self.inner.settings.connect_timeout, Box::pin(self.dial(key, req)))
-                    .await
-                    .unwrap_or(Err(HboneError::ConnectTimeout(req.hbone_addr)));
-                *last_failure = dialed.as_ref().err().map(|e| Arc::<str>::from(e.to_string()));
-                // Counted on completion, so everyone who queued during this dial sees it.
-                dial.attempts.fetch_add(1, Ordering::AcqRel);
-                dialed.and_then(|conn| {
-                    let slot =
-                        conn.try_claim(usize::MAX).ok_or(HboneError::DialFailed("connection closed at once".into()))?;
-                    Ok((conn, slot))
-                })
+            let (found, grow) = self.checkout(key);
+            match found {
+                Some(found) if !grow => Ok(found),
+                None if dial.attempts.load(Ordering::Acquire) != attempts_before && last_failure.is_some() => {
+                    Err(HboneError::DialFailed(last_failure.clone().unwrap_or_else(|| "dial failed".into())))
+                }
+                found => {
+                    // Growing keeps the claimed slot as the fallback if the extra dial fails.
+                    // Boxed: the TLS and HTTP/2 handshake states are large, and every caller's
+                    // future (one per proxied connection, alive for its whole life) would
+                    // otherwise carry room for them.
+                    let timeout = match found {
+                        Some(_) => self.inner.settings.connect_timeout.min(GROW_DIAL_TIMEOUT),
+                        None => self.inner.settings.connect_timeout,
+                    };
+                    let dialed = tokio::time::timeout(timeout, Box::pin(self.dial(key, req)))
+                        .await
+                        .unwrap_or(Err(HboneError::ConnectTimeout(req.hbone_addr)));
+                    // A needed dial's outcome is shared with everyone who queued during it
+                    // (counted on completion). An extra dial's failure is not: it may only have
+                    // hit the short grow timeout, and a waiter that finds no room must still get
+                    // a dial of its own with the full timeout.
+                    if found.is_none() || dialed.is_ok() {
+                        *last_failure = dialed.as_ref().err().map(|e| Arc::<str>::from(e.to_string()));
+                        dial.attempts.fetch_add(1, Ordering::AcqRel);
+                    }
+                    match (dialed, found) {
+                        (Ok(conn), found) => {
+                            if found.is_some() {
+                                lock(&self.inner.state).grow_failed.remove(key);
+                            }
+                            drop(found);
+                            let slot = conn.try_claim(usize::MAX);
+                            slot.map(|slot| (conn, slot))
+                                .ok_or(HboneError::DialFailed("connection closed at once".into()))
+                        }
+                        (Err(e), Some(found)) => {
+                            let mut state = lock(&self.inner.state);
+                            let now = std::time::Instant::now();
+                            state.grow_failed.retain(|_, b| b.until + GROW_BACKOFF_MAX > now);
+                            let streak = state.grow_failed.get(key).map_or(0, |b| b.streak).saturating_add(1);
+                            let wait =
+                                GROW_BACKOFF.saturating_mul(1 << streak.min(6).saturating_sub(1)).min(GROW_BACKOFF_MAX);
+                            state.grow_failed.insert(key.clone(), GrowBackoff { until: now + wait, streak });
+                            tracing::info!(
+                                peer = %req.hbone_addr, error = %e, retry_in_s = wait.as_secs(),
+                                "extra HBONE connection failed; sharing an open one"
+                            );
+                            Ok(found)
+                        }
+                        (Err(e), None) => Err(e),
+                    }
+                }
             }
         };
         // Drop the key's dial state once nobody else holds it (ours + the map's = 2).
@@ -258,7 +336,7 @@ impl Client {
         .map_err(|source| HboneError::Connect { addr, source })?;
         tune_socket(&tcp).map_err(|source| HboneError::Connect { addr, source })?;
         let tls = TlsConnector::from(Arc::new(tls))
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .connect(ServerName::IpAddress(addr.ip().into()), ReadAhead::new(tcp))
             .await
             .map_err(|e| HboneError::Tls { addr, failure: HandshakeFailure::from_io(&e) })?;
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {

@@ -17,6 +17,7 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use super::read_ahead::ReadAhead;
 use super::{
     keepalive, tune_socket, H2Stream, HboneError, CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, MAX_FRAME_SIZE, SEND_BUFFER,
     SERVER_MAX_CONCURRENT_STREAMS, STREAM_WINDOW,
@@ -241,7 +242,7 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
         let local_addr = tcp.local_addr().map_err(|source| HboneError::Connect { addr: peer_addr, source })?;
         tune_socket(&tcp).map_err(|source| HboneError::Connect { addr: peer_addr, source })?;
         let config = self.certs.config_for(local_addr).ok_or(HboneError::Rejected(StatusCode::SERVICE_UNAVAILABLE))?;
-        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(ReadAhead::new(tcp)))
             .await
             .map_err(|_| HboneError::ConnectTimeout(peer_addr))?
             .map_err(|e| HboneError::Tls { addr: peer_addr, failure: HandshakeFailure::from_io(&e) })?;

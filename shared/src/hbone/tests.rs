@@ -181,7 +181,8 @@ async fn tcp_to_tunnel_copy_is_intact_both_ways_with_half_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_streams_share_one_connection() {
-    let f = Arc::new(fixture(TestHandler::default(), PoolSettings::default()).await);
+    let settings = PoolSettings { connections_per_key: 1, ..Default::default() };
+    let f = Arc::new(fixture(TestHandler::default(), settings).await);
     let cert = f.ca.cert("shop", "front");
     let barrier = Arc::new(tokio::sync::Barrier::new(100));
     let mut tasks = Vec::new();
@@ -244,6 +245,108 @@ async fn server_with_the_wrong_identity_is_refused() {
         }
         other => panic!("expected an identity failure, got {other}"),
     }
+}
+
+/// Opens a stream on `f` and checks it echoes.
+async fn echoing_stream(f: &Fixture, cert: Arc<crate::certs::WorkloadCert>) -> H2Stream {
+    let mut s = f.client.connect(&f.request(cert, 8080)).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_spread_over_connections_per_key_then_share() {
+    let f = Arc::new(fixture(TestHandler::default(), PoolSettings::default()).await);
+    let cert = f.ca.cert("shop", "front");
+    // Opened at once, as iperf3 -P 8 does: they spread over the key's connections.
+    let opened = (0..8).map(|_| {
+        let (f, cert) = (f.clone(), cert.clone());
+        tokio::spawn(async move { echoing_stream(&f, cert).await })
+    });
+    let streams: Vec<H2Stream> = futures::future::join_all(opened).await.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(f.client.connection_count(), client::CONNECTIONS_PER_KEY);
+    assert_eq!(f.handler.seen_connections.lock().unwrap().len(), client::CONNECTIONS_PER_KEY);
+    drop(streams);
+    // One at a time, streams reuse: a lone stream never dials a second connection.
+    let g = fixture(TestHandler::default(), PoolSettings::default()).await;
+    let cert = g.ca.cert("shop", "front");
+    for _ in 0..5 {
+        drop(echoing_stream(&g, cert.clone()).await);
+    }
+    assert_eq!(g.client.connection_count(), 1);
+}
+
+/// Sockets for the pool; fails every socket after the first `allow`.
+struct FailingDialer {
+    allow: usize,
+    made: std::sync::atomic::AtomicUsize,
+}
+
+impl client::Dialer for FailingDialer {
+    fn socket(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+        if self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.allow {
+            return Err(std::io::Error::other("dialer refuses"));
+        }
+        if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_extra_connection_falls_back_to_sharing_and_backs_off() {
+    let mut f = fixture(TestHandler::default(), PoolSettings::default()).await;
+    let dialer = Arc::new(FailingDialer { allow: 1, made: Default::default() });
+    f.client = Client::with_dialer(f.ca.roots.clone(), PoolSettings::default(), dialer.clone());
+    let cert = f.ca.cert("shop", "front");
+    let first = echoing_stream(&f, cert.clone()).await;
+    // The second stream tries to grow the key, the dial fails, and it shares the first.
+    let second = echoing_stream(&f, cert.clone()).await;
+    assert_eq!(dialer.made.load(std::sync::atomic::Ordering::SeqCst), 2, "an extra connection was tried");
+    assert_eq!(f.client.connection_count(), 1);
+    // The key backs off: the next streams share without another failed dial each.
+    let third = echoing_stream(&f, cert).await;
+    assert_eq!(dialer.made.load(std::sync::atomic::Ordering::SeqCst), 2, "no dial during the back-off");
+    drop((first, second, third));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extra_connection_the_server_refuses_falls_back_to_the_verified_one() {
+    use super::server::{Budget, Limits};
+    // The server takes one connection from this address: the pool's extra one is closed at
+    // accept, and streams go on over the first (its peer verified for the key), never fail.
+    let ca = TestCa::new();
+    let config = Arc::new(server_config(&ca.cert("shop", "cart"), &ca.roots).unwrap());
+    let budget = Budget::new(Limits { max_connections_per_peer: 1, ..Limits::default() });
+    let handler = Arc::new(TestHandler::default());
+    let server = Server::with_budget(handler.clone(), Arc::new(config), budget);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener));
+    let client = Client::new(ca.roots.clone(), PoolSettings { connections_per_key: 2, ..Default::default() });
+    let request = ConnectRequest {
+        source: ca.cert("shop", "front"),
+        destination_identities: vec![identity("shop", "cart")],
+        hbone_addr: addr,
+        authority: SocketAddr::from(([10, 0, 0, 9], 8080)),
+        headers: HeaderMap::new(),
+    };
+    let mut open = Vec::new();
+    for i in 0..3u8 {
+        let mut s = client.connect(&request).await.expect("a refused extra connection does not fail the stream");
+        s.write_all(&[i; 3]).await.unwrap();
+        let mut back = [0u8; 3];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, [i; 3]);
+        open.push(s);
+    }
+    assert_eq!(client.connection_count(), 1, "the refused connection is not pooled");
+    assert_eq!(handler.seen_connections.lock().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +478,8 @@ async fn budgets_refuse_streams_and_connections_beyond_their_limits() {
         authority: SocketAddr::from(([10, 0, 0, 9], 8080)),
         headers: HeaderMap::new(),
     };
-    let client = Client::new(ca.roots.clone(), PoolSettings::default());
+    // One connection per key: the budget counts this client's streams on one connection.
+    let client = Client::new(ca.roots.clone(), PoolSettings { connections_per_key: 1, ..Default::default() });
     // Open tunnels hold their streams: the fourth from this address is refused.
     let mut open = Vec::new();
     for _ in 0..3 {

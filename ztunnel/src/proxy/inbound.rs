@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ambit_shared::copy::copy_bidirectional;
-use ambit_shared::hbone::copy_tcp_tunnel;
 use ambit_shared::hbone::server::{Handler, InboundConnect, Responder};
+use ambit_shared::hbone::{copy_tcp_tunnel, H2Stream};
 use ambit_shared::Identity;
 use tokio::net::TcpStream;
 
@@ -43,8 +43,8 @@ fn admit(proxy: &Proxy, pod: &Pod, src: SocketAddr, dst: SocketAddr, peer_identi
         None => Peer::from_principal(peer_identity.map(principal)),
     };
     let destination = match &dst_w {
-        Some(w) => Peer::from_workload(w, Some(principal(&pod.identity))),
-        None => Peer::from_principal(Some(principal(&pod.identity))),
+        Some(w) => Peer::from_workload(w, Some(pod.principal.clone())),
+        None => Peer::from_principal(Some(pod.principal.clone())),
     };
     let service = dst_w.as_deref().and_then(|w| service_for(&state, w, dst.port()));
     let labels = Labels {
@@ -87,33 +87,43 @@ pub(super) struct HboneHandler {
 impl Handler for HboneHandler {
     async fn handle(&self, req: InboundConnect, responder: Responder) {
         let _guard = self.proxy.guard();
+        // Admission and the dial are boxed and gone once the tunnel is accepted: the tunnel's
+        // future, alive for its whole life, carries only the copy (see `sizes`).
+        let Some((mut app, mut tunnel, mut record)) = Box::pin(self.open(req, responder)).await else { return };
+        record.open();
+        // app → tunnel is the response direction: received; tunnel → app: sent.
+        let (t, err) = copy_tcp_tunnel(&mut app, &mut tunnel).await;
+        record.finish(t.b_to_a, t.a_to_b, err.as_ref().map(|e| e as &dyn std::fmt::Display));
+    }
+}
+
+impl HboneHandler {
+    /// Admits the tunnel, dials the application and accepts the CONNECT; `None` when refused or
+    /// failed (answered and recorded here).
+    async fn open(&self, req: InboundConnect, responder: Responder) -> Option<(TcpStream, H2Stream, ConnectionRecord)> {
         let (src, authority) = (req.peer_addr, req.authority);
-        let Admission { mut record, verdict } = admit(&self.proxy, &self.pod, src, authority, Some(&req.peer_identity));
-        // The request's headers are not needed past admission; a long tunnel should not keep them.
+        let Admission { record, verdict } = admit(&self.proxy, &self.pod, src, authority, Some(&req.peer_identity));
+        // The request's headers are not needed past admission.
         drop(req);
         let dialed = match verdict {
             Ok(()) => sockets::connect_transparent(&self.pod.netns, src.ip(), authority).await.map_err(ConnError::Dial),
             Err(refused) => Err(ConnError::Refused(refused)),
         };
-        let mut app = match dialed {
+        let app = match dialed {
             Ok(app) => app,
             Err(e) => {
                 responder.reject(e.status());
                 record.fail(&e);
-                return;
+                return None;
             }
         };
-        let mut tunnel = match responder.accept() {
-            Ok(t) => t,
+        match responder.accept() {
+            Ok(tunnel) => Some((app, tunnel, record)),
             Err(e) => {
                 record.fail(&ConnError::Accept(e));
-                return;
+                None
             }
-        };
-        record.open();
-        // app → tunnel is the response direction: received; tunnel → app: sent.
-        let (t, err) = copy_tcp_tunnel(&mut app, &mut tunnel).await;
-        record.finish(t.b_to_a, t.a_to_b, err.as_ref().map(|e| e as &dyn std::fmt::Display));
+        }
     }
 }
 
@@ -132,7 +142,8 @@ pub(super) async fn plaintext(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpS
         record.fail(&ConnError::Refused(refused));
         return;
     }
-    match sockets::connect_transparent(&pod.netns, src.ip(), dst).await {
+    // Boxed: the dial's state is gone once it completes (see `sizes`).
+    match Box::pin(sockets::connect_transparent(&pod.netns, src.ip(), dst)).await {
         Ok(mut app) => {
             record.open();
             let (t, err) = copy_bidirectional(&mut client, &mut app).await;

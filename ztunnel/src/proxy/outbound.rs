@@ -5,9 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use ambit_shared::copy::{copy_bidirectional, CopyError, Transferred};
+use ambit_shared::copy::copy_bidirectional;
 use ambit_shared::hbone::client::ConnectRequest;
-use ambit_shared::hbone::{copy_tcp_tunnel, forwarded_header, headers, Baggage, HBONE_PORT};
+use ambit_shared::hbone::{copy_tcp_tunnel, forwarded_header, headers, Baggage, H2Stream, HBONE_PORT};
 use ambit_shared::proto::workload::{gateway_address, GatewayAddress};
 use ambit_shared::Identity;
 use http::{HeaderMap, HeaderValue};
@@ -156,8 +156,8 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
         other => other,
     };
     let source = match &src_workload {
-        Some(w) => Peer::from_workload(w, Some(principal(&pod.identity))),
-        None => Peer::from_principal(Some(principal(&pod.identity))),
+        Some(w) => Peer::from_workload(w, Some(pod.principal.clone())),
+        None => Peer::from_principal(Some(pod.principal.clone())),
     };
     let destination = match &dst_workload {
         Some(w) => Peer::from_workload(w, w.hbone.then(|| principal(&w.identity))),
@@ -173,34 +173,39 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
         flags: ResponseFlags::None,
     };
     let mut record = ConnectionRecord::new(&proxy.metrics, labels, Direction::Outbound, peer, dst);
-    let result = match plan {
+    // Opening is boxed and gone once the upstream is there: the connection's future, alive for
+    // its whole life, carries only the carrying state (see `sizes`).
+    let opened = match plan {
         Err(e) => Err(ConnError::Route(e)),
-        Ok(Plan::Direct(addr)) => proxy_to_tcp(&pod, &mut client, addr, &mut record).await,
+        Ok(Plan::Direct(addr)) => {
+            Box::pin(sockets::connect_marked(&pod.netns, addr)).await.map(Upstream::Tcp).map_err(ConnError::Dial)
+        }
         Ok(Plan::Hbone { hbone_addr, authority, identities }) => {
             record.hbone_addr = Some(hbone_addr);
             let hop = Hop { hbone_addr, authority, identities };
-            proxy_to_hbone(&proxy, &pod, &mut client, peer, src_workload.as_deref(), hop, &mut record).await
+            Box::pin(open_tunnel(&proxy, &pod, peer, src_workload.as_deref(), hop)).await.map(Upstream::Tunnel)
         }
     };
-    match result {
-        Ok((t, err)) => record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display)),
+    drop((src_workload, dst_workload, service));
+    match opened {
+        Ok(upstream) => {
+            record.open();
+            let (t, err) = match upstream {
+                Upstream::Tcp(mut tcp) => copy_bidirectional(&mut client, &mut tcp).await,
+                Upstream::Tunnel(mut tunnel) => copy_tcp_tunnel(&mut client, &mut tunnel).await,
+            };
+            record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display));
+        }
         Err(e) => record.fail(&e),
     }
 }
 
-/// Bytes each way (client → upstream first) and the error that ended a carried connection.
-type Carried = (Transferred, Option<CopyError>);
-
-/// Plain TCP from the pod's address to a destination outside the mesh.
-async fn proxy_to_tcp(
-    pod: &Pod,
-    client: &mut TcpStream,
-    addr: SocketAddr,
-    record: &mut ConnectionRecord,
-) -> Result<Carried, ConnError> {
-    let mut upstream = sockets::connect_marked(&pod.netns, addr).await.map_err(ConnError::Dial)?;
-    record.open();
-    Ok(copy_bidirectional(client, &mut upstream).await)
+/// Where an outbound connection's bytes go once it is open.
+enum Upstream {
+    /// Plain TCP from the pod's address to a destination outside the mesh.
+    Tcp(TcpStream),
+    /// An HBONE tunnel to an endpoint or its waypoint.
+    Tunnel(H2Stream),
 }
 
 /// One HBONE hop: where the tunnel goes and whom it must reach.
@@ -213,17 +218,16 @@ struct Hop {
     identities: Vec<Identity>,
 }
 
-/// An HBONE tunnel with the pod's own certificate, to an endpoint or its waypoint.
-async fn proxy_to_hbone(
+/// Opens an HBONE tunnel with the pod's own certificate, to an endpoint or its waypoint. The
+/// request (headers, certificate, identities) is dropped once the tunnel is up.
+async fn open_tunnel(
     proxy: &Proxy,
     pod: &Pod,
-    client: &mut TcpStream,
     peer: SocketAddr,
     src_workload: Option<&Workload>,
     hop: Hop,
-    record: &mut ConnectionRecord,
-) -> Result<Carried, ConnError> {
-    let cert = Box::pin(proxy.certs.fetch(&pod.identity)).await?;
+) -> Result<H2Stream, ConnError> {
+    let cert = proxy.certs.fetch(&pod.identity).await?;
     let mut headers = HeaderMap::new();
     if let Ok(v) = forwarded_header(peer, None) {
         headers.insert(headers::FORWARDED, v);
@@ -233,10 +237,7 @@ async fn proxy_to_hbone(
     }
     let Hop { hbone_addr, authority, identities } = hop;
     let request = ConnectRequest { source: cert, destination_identities: identities, hbone_addr, authority, headers };
-    // Boxed so the connection's long-lived future does not carry the pool's states.
-    let mut tunnel = Box::pin(pod.hbone.connect(&request)).await?;
-    record.open();
-    Ok(copy_tcp_tunnel(client, &mut tunnel).await)
+    Ok(pod.hbone.connect(&request).await?)
 }
 
 fn address_is_pod(w: &Option<Arc<Workload>>, ip: IpAddr) -> bool {
