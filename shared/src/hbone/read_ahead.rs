@@ -1,13 +1,14 @@
 //! A read buffer beneath TLS. rustls asks its transport for at most 4 KiB per read, so a
 //! 16 KiB record cost four `read` syscalls and four wake-ups of its decoder: at a few Gbit/s that
-//! is a hundred thousand syscalls a second per connection. [`ReadAhead`] reads up to
-//! [`READ_AHEAD`] bytes per syscall and serves rustls's small reads from memory.
+//! is a hundred thousand syscalls a second per connection. [`ReadAhead`] can read up to a
+//! configured size per syscall and serve rustls's small reads from memory (off unless
+//! `AMBIT_HBONE_READ_AHEAD` sets a size: see [`read_ahead_size`]).
 //!
 //! The buffer exists only while bulk data flows: a read goes straight into the caller's buffer
 //! until one fills it (the socket had more than was asked for), and only then does the next read
 //! take a read-ahead buffer; the buffer is freed, and direct reads resume, as soon as it is
 //! drained and the socket has nothing more. So an idle HBONE connection holds no read buffer,
-//! and a burst of handshakes (small flights) allocates none at all. Writes pass straight
+//! and handshake flights smaller than one read allocate none. Writes pass straight
 //! through (vectored).
 
 use std::io::{self, IoSlice};
@@ -17,8 +18,23 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes read from the socket per syscall when the caller asks for less.
+/// A read-ahead size that turns a 16 KiB record's four reads into one.
 pub const READ_AHEAD: usize = 64 * 1024;
+
+/// The read-ahead size: `AMBIT_HBONE_READ_AHEAD` (bytes, e.g. [`READ_AHEAD`]); unset or `0`,
+/// read-ahead is off and rustls reads the socket directly. Off by default: on the 2-core
+/// sandbox it cut syscalls per MiB by a third but cost 4–6 % more CPU per byte (the extra copy
+/// weighs more than the saved syscalls there; docs/performance.md). Read once per process.
+pub fn read_ahead_size() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| match std::env::var("AMBIT_HBONE_READ_AHEAD") {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(value = %v, "AMBIT_HBONE_READ_AHEAD is not a byte count; read-ahead stays off");
+            0
+        }),
+        Err(_) => 0,
+    })
+}
 
 /// Wraps a transport (a `TcpStream`) with a read-ahead buffer; see the module docs.
 #[derive(Debug)]
@@ -29,11 +45,19 @@ pub struct ReadAhead<S> {
     buf: BytesMut,
     /// The last direct read filled the caller's buffer: data is streaming, read ahead.
     streaming: bool,
+    /// Bytes per read-ahead; 0: off.
+    size: usize,
 }
 
 impl<S> ReadAhead<S> {
+    /// With the process's configured size ([`read_ahead_size`]).
     pub fn new(inner: S) -> Self {
-        ReadAhead { inner, buf: BytesMut::new(), streaming: false }
+        Self::with_size(inner, read_ahead_size())
+    }
+
+    /// Reads ahead up to `size` bytes per syscall once data streams; 0: never.
+    pub fn with_size(inner: S, size: usize) -> Self {
+        ReadAhead { inner, buf: BytesMut::new(), streaming: false, size }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -57,7 +81,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         if this.buf.is_empty() {
             // A caller with room for a whole read-ahead gains nothing from the copy, and until
             // a read shows more waiting than was asked for, neither does a quiet connection.
-            if out.remaining() >= READ_AHEAD || !this.streaming {
+            let size = this.size;
+            if size == 0 || out.remaining() >= size || !this.streaming {
                 this.buf = BytesMut::new();
                 let asked = out.remaining();
                 let before = out.filled().len();
@@ -67,7 +92,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
                 return read;
             }
             // Reuses the allocation from its start once it is drained.
-            this.buf.reserve(READ_AHEAD);
+            this.buf.reserve(size);
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
                 Poll::Ready(Ok(n)) if n > 0 => {}
                 other => {
@@ -121,7 +146,7 @@ mod tests {
     #[tokio::test]
     async fn serves_small_reads_from_one_large_read_and_frees_when_idle() {
         let (mut a, b) = tokio::io::duplex(256 * 1024);
-        let mut reader = ReadAhead::new(b);
+        let mut reader = ReadAhead::with_size(b, READ_AHEAD);
         let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
         a.write_all(&data).await.unwrap();
         let mut got = vec![0u8; 4096];
@@ -147,9 +172,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn size_zero_reads_the_socket_directly() {
+        let (mut a, b) = tokio::io::duplex(256 * 1024);
+        let mut reader = ReadAhead::with_size(b, 0);
+        a.write_all(&[3u8; 20_000]).await.unwrap();
+        let mut got = [0u8; 4096];
+        for _ in 0..3 {
+            reader.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, [3u8; 4096]);
+            assert_eq!(reader.buffered(), 0, "off: nothing is read ahead");
+            assert!(!reader.holds_buffer());
+        }
+    }
+
+    #[tokio::test]
     async fn small_messages_never_take_a_buffer() {
         let (mut a, b) = tokio::io::duplex(256 * 1024);
-        let mut reader = ReadAhead::new(b);
+        let mut reader = ReadAhead::with_size(b, READ_AHEAD);
         let mut got = [0u8; 4096];
         for round in 0..5u8 {
             a.write_all(&[round; 300]).await.unwrap();
@@ -162,7 +201,7 @@ mod tests {
     #[tokio::test]
     async fn large_reads_bypass_the_buffer_and_writes_pass_through() {
         let (mut a, b) = tokio::io::duplex(256 * 1024);
-        let mut reader = ReadAhead::new(b);
+        let mut reader = ReadAhead::with_size(b, READ_AHEAD);
         a.write_all(&[7u8; 1000]).await.unwrap();
         let mut big = vec![0u8; READ_AHEAD];
         let n = reader.read(&mut big).await.unwrap();
