@@ -51,8 +51,25 @@ impl Servers {
             spawn(&["iperf3", "-s", "-p", &IPERF_PORT.to_string()])?,
             spawn(&["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", &SOCKPERF_PORT.to_string()])?,
         ];
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(Servers { children })
+        let servers = Servers { children };
+        // Ready when both ports listen in the pod (a client started earlier fails the run).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listening = Command::new("ip")
+                .args(["netns", "exec", netns, "ss", "-Hltn"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let port_listens = |p: u16| listening.lines().any(|l| l.contains(&format!(":{p} ")));
+            if port_listens(IPERF_PORT) && port_listens(SOCKPERF_PORT) {
+                return Ok(servers);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("iperf3 and sockperf servers in {netns} are not listening after 10 s");
+            }
+            #[allow(clippy::disallowed_methods)] // the bench's own blocking thread, not a runtime worker
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

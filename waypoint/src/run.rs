@@ -73,7 +73,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         // As many connections per upstream as threads to encrypt on: more buy no parallelism.
         hbone: HboneClient::new(
             roots.clone(),
-            PoolSettings { connections_per_key: config.worker_threads, ..PoolSettings::default() },
+            PoolSettings {
+                connections_per_key: config.worker_threads,
+                read_ahead: config.hbone_limits.read_ahead as usize,
+                ..PoolSettings::default()
+            },
         ),
     };
     let tracer = if config.otlp_endpoint.is_empty() {

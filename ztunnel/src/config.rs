@@ -192,5 +192,9 @@ mod tests {
         let err = parse(&["--node-name", "n", "--worker-threads", "0"]).validate().unwrap_err();
         assert!(err.to_string().contains("ZTUNNEL_WORKER_THREADS"), "{err}");
         assert_eq!(parse(&["--node-name", "n"]).worker_threads, 2, "Istio's default");
+        assert_eq!(parse(&["--node-name", "n"]).hbone_limits.read_ahead, 0, "read-ahead is off by default");
+        assert_eq!(parse(&["--node-name", "n", "--hbone-read-ahead", "65536"]).hbone_limits.read_ahead, 65_536);
+        let err = Config::try_parse_from(["ztunnel", "--node-name", "n", "--hbone-read-ahead", "2000000"]).unwrap_err();
+        assert!(err.to_string().contains("hbone-read-ahead"), "{err}");
     }
 }

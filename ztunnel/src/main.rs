@@ -4,9 +4,10 @@
 use std::process::ExitCode;
 
 /// jemalloc, as Istio's ztunnel: with glibc's allocator an idle proxied connection cost
-/// 5.8–6.7 KB of RSS per ztunnel, with jemalloc 4.2–5.5 KB (10 000 open, same run, see
-/// docs/performance.md); its size classes fit the many small per-connection allocations and
-/// freed memory goes back to the system in the background.
+/// 5.8–6.7 KB of RSS per ztunnel, with jemalloc 4.2–5.4 KB (10 000 open, same run, see
+/// docs/performance.md); its size classes fit the many small per-connection allocations.
+/// x86_64 only (see Cargo.toml).
+#[cfg(target_arch = "x86_64")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

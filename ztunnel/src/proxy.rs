@@ -198,7 +198,11 @@ impl Proxy {
             self.roots.clone(),
             // As many connections per peer as threads to encrypt on: more buy no parallelism
             // and cost each a TLS session and HTTP/2 buffers.
-            PoolSettings { connections_per_key: self.config.worker_threads, ..PoolSettings::default() },
+            PoolSettings {
+                connections_per_key: self.config.worker_threads,
+                read_ahead: self.config.hbone_limits.read_ahead as usize,
+                ..PoolSettings::default()
+            },
             Arc::new(sockets::PodDialer(netns.clone())),
         );
         let pod = Arc::new(Pod {

@@ -308,8 +308,17 @@ pub fn translate_policy(p: &AuthorizationPolicy, mesh: &MeshSettings) -> Transla
                 "rules[{i}] uses L7 attributes ztunnel cannot see; the rule is dropped (allows nothing) — attach the policy to a waypoint"
             )),
             (pb::Action::Deny, true) => {
-                out.warnings.push(format!("rules[{i}]: L7 attributes removed; ztunnel enforces only the L4 part"));
-                groups.push(group(rule, ns));
+                let g = group(rule, ns);
+                // A clause left with only empty matches never fires, and with it the rule.
+                let never = g.rules.iter().any(|r| r.matches.iter().all(|m| *m == Match::default()));
+                out.warnings.push(if never {
+                    format!(
+                        "rules[{i}] has no L4 part once its L7 attributes are removed: ztunnel denies nothing for it (as Istio) — attach the policy to a waypoint to enforce it"
+                    )
+                } else {
+                    format!("rules[{i}]: L7 attributes removed; ztunnel enforces only the L4 part (a broader deny)")
+                });
+                groups.push(g);
             }
             _ => groups.push(group(rule, ns)),
         }

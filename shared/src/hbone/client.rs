@@ -37,8 +37,9 @@ use crate::tls::{client_config, HandshakeFailure, MeshRoots, ALPN_H2};
 /// Connections one key spreads its concurrent streams over.
 pub const CONNECTIONS_PER_KEY: usize = 4;
 /// An extra connection (one the stream could do without) gets this long to come up before the
-/// stream shares an open one instead.
-const GROW_DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// stream shares an open one instead. A dial within a cluster takes a few milliseconds; a peer
+/// slower than this is busy, and every new stream to the key waits while it is tried.
+const GROW_DIAL_TIMEOUT: Duration = Duration::from_millis(250);
 /// After an extra connection failed, the key does not try to grow for this long, doubling with
 /// each failure in a row up to [`GROW_BACKOFF_MAX`]: a peer that takes no new connections (at
 /// its connection budget, or recovering from a restart) must not cost every new stream a failed
@@ -55,6 +56,8 @@ pub struct PoolSettings {
     pub max_streams_per_connection: usize,
     /// Connections concurrent streams to one key are spread over before they share.
     pub connections_per_key: usize,
+    /// Read-ahead beneath TLS in bytes (0: off); see `read_ahead`.
+    pub read_ahead: usize,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
 }
@@ -64,6 +67,7 @@ impl Default for PoolSettings {
         PoolSettings {
             max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
             connections_per_key: CONNECTIONS_PER_KEY,
+            read_ahead: 0,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
         }
@@ -336,7 +340,7 @@ impl Client {
         .map_err(|source| HboneError::Connect { addr, source })?;
         tune_socket(&tcp).map_err(|source| HboneError::Connect { addr, source })?;
         let tls = TlsConnector::from(Arc::new(tls))
-            .connect(ServerName::IpAddress(addr.ip().into()), ReadAhead::new(tcp))
+            .connect(ServerName::IpAddress(addr.ip().into()), ReadAhead::new(tcp, self.inner.settings.read_ahead))
             .await
             .map_err(|e| HboneError::Tls { addr, failure: HandshakeFailure::from_io(&e) })?;
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {

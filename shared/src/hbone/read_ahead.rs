@@ -2,7 +2,7 @@
 //! 16 KiB record cost four `read` syscalls and four wake-ups of its decoder: at a few Gbit/s that
 //! is a hundred thousand syscalls a second per connection. [`ReadAhead`] can read up to a
 //! configured size per syscall and serve rustls's small reads from memory (off unless
-//! `AMBIT_HBONE_READ_AHEAD` sets a size: see [`read_ahead_size`]).
+//! `--hbone-read-ahead` sets a size: see [`ReadAhead::new`]).
 //!
 //! The buffer exists only while bulk data flows: a read goes straight into the caller's buffer
 //! until one fills it (the socket had more than was asked for), and only then does the next read
@@ -21,20 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A read-ahead size that turns a 16 KiB record's four reads into one.
 pub const READ_AHEAD: usize = 64 * 1024;
 
-/// The read-ahead size: `AMBIT_HBONE_READ_AHEAD` (bytes, e.g. [`READ_AHEAD`]); unset or `0`,
-/// read-ahead is off and rustls reads the socket directly. Off by default: on the 2-core
-/// sandbox it cut syscalls per MiB by a third but cost 4–6 % more CPU per byte (the extra copy
-/// weighs more than the saved syscalls there; docs/performance.md). Read once per process.
-pub fn read_ahead_size() -> usize {
-    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *SIZE.get_or_init(|| match std::env::var("AMBIT_HBONE_READ_AHEAD") {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            tracing::warn!(value = %v, "AMBIT_HBONE_READ_AHEAD is not a byte count; read-ahead stays off");
-            0
-        }),
-        Err(_) => 0,
-    })
-}
+/// The largest read-ahead a configuration may ask for.
+pub const MAX_READ_AHEAD: u32 = 1024 * 1024;
 
 /// Wraps a transport (a `TcpStream`) with a read-ahead buffer; see the module docs.
 #[derive(Debug)]
@@ -50,14 +38,12 @@ pub struct ReadAhead<S> {
 }
 
 impl<S> ReadAhead<S> {
-    /// With the process's configured size ([`read_ahead_size`]).
-    pub fn new(inner: S) -> Self {
-        Self::with_size(inner, read_ahead_size())
-    }
-
-    /// Reads ahead up to `size` bytes per syscall once data streams; 0: never.
-    pub fn with_size(inner: S, size: usize) -> Self {
-        ReadAhead { inner, buf: BytesMut::new(), streaming: false, size }
+    /// Reads ahead up to `size` bytes per syscall once data streams; 0: never (rustls reads
+    /// the socket directly). Off by default in the proxies (`--hbone-read-ahead`): on the
+    /// 2-core sandbox it cut syscalls per MiB by a third but cost 4–6 % more CPU per byte, the
+    /// extra copy weighing more than the saved syscalls (docs/performance.md).
+    pub fn new(inner: S, size: usize) -> Self {
+        ReadAhead { inner, buf: BytesMut::new(), streaming: false, size: size.min(MAX_READ_AHEAD as usize) }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -146,7 +132,7 @@ mod tests {
     #[tokio::test]
     async fn serves_small_reads_from_one_large_read_and_frees_when_idle() {
         let (mut a, b) = tokio::io::duplex(256 * 1024);
-        let mut reader = ReadAhead::with_size(b, READ_AHEAD);
+        let mut reader = ReadAhead::new(b, READ_AHEAD);
         let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
         a.write_all(&data).await.unwrap();
         let mut got = vec![0u8; 4096];
@@ -174,7 +160,7 @@ mod tests {
     #[tokio::test]
     async fn size_zero_reads_the_socket_directly() {
         let (mut a, b) = tokio::io::duplex(256 * 1024);
-        let mut reader = ReadAhead::with_size(b, 0);
+        let mut reader = ReadAhead::new(b, 0);
         a.write_all(&[3u8; 20_000]).await.unwrap();
         let mut got = [0u8; 4096];
         for _ in 0..3 {
@@ -188,7 +174,7 @@ mod tests {
     #[tokio::test]
     async fn small_messages_never_take_a_buffer() {
         let (mut a, b) = tokio::io::duplex(256 * 1024);
-        let mut reader = ReadAhead::with_size(b, READ_AHEAD);
+        let mut reader = ReadAhead::new(b, READ_AHEAD);
         let mut got = [0u8; 4096];
         for round in 0..5u8 {
             a.write_all(&[round; 300]).await.unwrap();
@@ -201,7 +187,7 @@ mod tests {
     #[tokio::test]
     async fn large_reads_bypass_the_buffer_and_writes_pass_through() {
         let (mut a, b) = tokio::io::duplex(256 * 1024);
-        let mut reader = ReadAhead::with_size(b, READ_AHEAD);
+        let mut reader = ReadAhead::new(b, READ_AHEAD);
         a.write_all(&[7u8; 1000]).await.unwrap();
         let mut big = vec![0u8; READ_AHEAD];
         let n = reader.read(&mut big).await.unwrap();

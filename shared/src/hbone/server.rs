@@ -124,6 +124,15 @@ pub struct Limits {
     /// holding idle tunnels cannot take every stream); more are answered 503.
     #[arg(long = "hbone-max-streams-per-peer", env = "HBONE_MAX_STREAMS_PER_PEER", default_value_t = 16_384)]
     pub max_streams_per_peer: usize,
+    /// Bytes read from an HBONE socket per syscall beneath TLS once data streams (0: off, at
+    /// most 1 MiB); also used by the proxy's outgoing HBONE pools. See `read_ahead`.
+    #[arg(
+        long = "hbone-read-ahead",
+        env = "HBONE_READ_AHEAD",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(super::read_ahead::MAX_READ_AHEAD))
+    )]
+    pub read_ahead: u32,
 }
 
 impl Default for Limits {
@@ -133,6 +142,7 @@ impl Default for Limits {
             max_connections_per_peer: 1_024,
             max_streams: 65_536,
             max_streams_per_peer: 16_384,
+            read_ahead: 0,
         }
     }
 }
@@ -142,6 +152,8 @@ impl Default for Limits {
 pub struct Budget {
     connections: Arc<Admission>,
     streams: Arc<Admission>,
+    /// Read-ahead beneath TLS for accepted connections ([`Limits::read_ahead`]).
+    read_ahead: usize,
 }
 
 impl Budget {
@@ -155,6 +167,7 @@ impl Budget {
                 total: limits.max_streams,
                 per_peer: limits.max_streams_per_peer,
             }),
+            read_ahead: limits.read_ahead as usize,
         })
     }
 
@@ -242,10 +255,13 @@ impl<H: Handler, C: CertResolver> Server<H, C> {
         let local_addr = tcp.local_addr().map_err(|source| HboneError::Connect { addr: peer_addr, source })?;
         tune_socket(&tcp).map_err(|source| HboneError::Connect { addr: peer_addr, source })?;
         let config = self.certs.config_for(local_addr).ok_or(HboneError::Rejected(StatusCode::SERVICE_UNAVAILABLE))?;
-        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(ReadAhead::new(tcp)))
-            .await
-            .map_err(|_| HboneError::ConnectTimeout(peer_addr))?
-            .map_err(|e| HboneError::Tls { addr: peer_addr, failure: HandshakeFailure::from_io(&e) })?;
+        let tls = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TlsAcceptor::from(config).accept(ReadAhead::new(tcp, self.budget.read_ahead)),
+        )
+        .await
+        .map_err(|_| HboneError::ConnectTimeout(peer_addr))?
+        .map_err(|e| HboneError::Tls { addr: peer_addr, failure: HandshakeFailure::from_io(&e) })?;
         let peer_identity = peer_identity_of(tls.get_ref().1).ok_or(HboneError::Tls {
             addr: peer_addr,
             failure: HandshakeFailure::Other("verified peer has no identity".into()),

@@ -134,6 +134,9 @@ fn deny_rules_lose_only_their_l7_attributes() {
     let clauses = &groups(&t)[0].rules;
     assert_eq!(clauses[0].matches, vec![Match::default()]);
     assert_eq!(clauses[1].matches, vec![Match::default()]);
+    // Its warning says so, instead of claiming an L4 part is enforced.
+    assert_eq!(t.warnings.len(), 1);
+    assert!(t.warnings[0].contains("denies nothing") && t.warnings[0].contains("waypoint"), "{:?}", t.warnings);
 }
 
 #[test]
