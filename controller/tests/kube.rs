@@ -126,6 +126,7 @@ impl ApiServer {
                 "pods" => json(200, fixture("pods.list.json")),
                 "services" => json(200, fixture("services.list.json")),
                 "authorizationpolicies" => json(200, fixture("authorizationpolicies.list.json")),
+                "httproutes" => json(200, fixture("httproutes.list.json")),
                 other => json(200, empty_list(other)),
             },
             _ => json(404, fixture("secret.notfound.json")),
@@ -234,6 +235,54 @@ async fn rejections_are_written_as_status_conditions() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("no status written for the rejected policy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_status_is_written_per_parent_as_gateway_api_defines_it() {
+    let (_, server, client) = api_server().await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Event>>(64);
+    spawn_watchers(client, tx, Rejections::default());
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let path = |name: &str| format!("/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/{name}/status");
+    let patch_of = |name: &str| {
+        let requests = server.requests.lock().unwrap().clone();
+        requests
+            .iter()
+            .find(|(m, p, _)| m == "PATCH" && *p == path(name))
+            .map(|(_, _, body)| serde_json::from_str::<serde_json::Value>(body).unwrap())
+    };
+    let mut patches = (None, None);
+    for _ in 0..200 {
+        patches = (patch_of("reviews-v1"), patch_of("bad-path"));
+        if patches.0.is_some() && patches.1.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (Some(good), Some(bad)) = patches else { panic!("no route status written: {patches:?}") };
+    let condition = |patch: &serde_json::Value, type_: &str| {
+        let conds = patch["status"]["parents"][0]["conditions"].as_array().unwrap().clone();
+        conds.into_iter().find(|c| c["type"] == type_).unwrap_or_else(|| panic!("no {type_} in {patch}"))
+    };
+    // The accepted route: one entry per parentRef, the parentRef as written, our controller.
+    assert_eq!(good["kind"], "HTTPRoute");
+    assert!(good["status"].get("conditions").is_none(), "routes have no top-level conditions: {good}");
+    let parent = &good["status"]["parents"][0];
+    assert_eq!(
+        parent["parentRef"],
+        serde_json::json!({"group": "", "kind": "Service", "name": "reviews", "port": 9080})
+    );
+    assert_eq!(parent["controllerName"], "ambit.dev/waypoint-controller");
+    assert_eq!(condition(&good, "Accepted")["status"], "True");
+    assert_eq!(condition(&good, "Accepted")["observedGeneration"], 3);
+    assert_eq!(condition(&good, "ResolvedRefs")["status"], "True");
+    // The rejected one: not accepted, the field named, in its parent's entry.
+    let accepted = condition(&bad, "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "UnsupportedValue");
+    assert!(accepted["message"].as_str().unwrap().contains("spec.rules[0].matches[0].path.type"), "{accepted}");
+    assert_eq!(bad["status"]["parents"][0]["parentRef"]["kind"], "Gateway");
+    assert!(condition(&bad, "ResolvedRefs")["lastTransitionTime"].is_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! The status the controller writes back: each watched custom object's `Accepted` condition
-//! (accepted, or why it was rejected), and the waypoint statuses on objects it does not define
+//! (accepted, or why it was rejected; for a Gateway API route, per parent in `status.parents`), and the waypoint statuses on objects it does not define
 //! — a waypoint Gateway's `Accepted` / `Programmed` conditions and address, Istio's
 //! `istio.io/WaypointBound` on Services asking for a waypoint. Both written with server-side
 //! apply (field manager `ambit-controller`).
@@ -82,6 +82,53 @@ pub fn writes_status(ar: &ApiResource) -> bool {
 
 pub(crate) const ACCEPTED_MESSAGE: &str = "accepted by ambit-controller";
 
+/// The `controllerName` of our GatewayClass (charts/ambit/templates/gatewayclass.yaml), written
+/// in each route parent entry of ours.
+pub const CONTROLLER_NAME: &str = "ambit.dev/waypoint-controller";
+
+/// Gateway API routes: their status is per parent (`status.parents[]`), not `status.conditions`.
+pub fn is_route(ar: &ApiResource) -> bool {
+    ar.group == "gateway.networking.k8s.io"
+        && matches!(ar.kind.as_str(), "HTTPRoute" | "GRPCRoute" | "TCPRoute" | "TLSRoute")
+}
+
+/// A route's `status`, as Gateway API defines it: for each of its `parentRefs`, our
+/// `controllerName` with `Accepted` and `ResolvedRefs`. A rejected route is not accepted by any
+/// parent (reason `UnsupportedValue`, the message naming the field); its references count as
+/// unresolved when the rejected field is a `backendRefs` entry, else as not evaluated.
+pub fn route_status(
+    parent_refs: &[serde_json::Value],
+    rejection: Option<&str>,
+    generation: Option<i64>,
+    now: &str,
+) -> serde_json::Value {
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+        serde_json::json!({
+            "type": type_, "status": status, "reason": reason, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": now,
+        })
+    };
+    let conditions = match rejection {
+        None => vec![
+            condition("Accepted", "True", "Accepted", ACCEPTED_MESSAGE),
+            condition("ResolvedRefs", "True", "ResolvedRefs", "all references resolved"),
+        ],
+        Some(why) => vec![
+            condition("Accepted", "False", "UnsupportedValue", why),
+            if why.contains(".backendRefs") {
+                condition("ResolvedRefs", "False", "InvalidKind", why)
+            } else {
+                condition("ResolvedRefs", "Unknown", "Pending", "not evaluated: the route is not accepted")
+            },
+        ],
+    };
+    let parents: Vec<serde_json::Value> = parent_refs
+        .iter()
+        .map(|p| serde_json::json!({"parentRef": p, "controllerName": CONTROLLER_NAME, "conditions": conditions}))
+        .collect();
+    serde_json::json!({ "parents": parents })
+}
+
 /// One status condition to write back.
 #[derive(Debug, Clone)]
 pub struct StatusUpdate {
@@ -91,6 +138,8 @@ pub struct StatusUpdate {
     pub generation: Option<i64>,
     /// `None`: accepted; `Some(reason)`: rejected.
     pub rejection: Option<String>,
+    /// For a Gateway API route, its `spec.parentRefs`: the status is written per parent.
+    pub parent_refs: Option<Vec<serde_json::Value>>,
 }
 
 /// Writes `Accepted` conditions with server-side apply (field manager `ambit-controller`), so a
@@ -103,17 +152,21 @@ pub async fn write_statuses(client: Client, mut rx: mpsc::Receiver<StatusUpdate>
             None => ("True", "Accepted", ACCEPTED_MESSAGE.to_owned()),
             Some(why) => ("False", "Invalid", why.clone()),
         };
-        let patch = serde_json::json!({
-            "apiVersion": u.resource.api_version,
-            "kind": u.resource.kind,
-            "status": {"conditions": [{
+        let status = match &u.parent_refs {
+            Some(parents) => route_status(parents, u.rejection.as_deref(), u.generation, &rfc3339_now()),
+            None => serde_json::json!({"conditions": [{
                 "type": "Accepted",
                 "status": status,
                 "reason": reason,
                 "message": message,
                 "observedGeneration": u.generation,
                 "lastTransitionTime": rfc3339_now(),
-            }]},
+            }]}),
+        };
+        let patch = serde_json::json!({
+            "apiVersion": u.resource.api_version,
+            "kind": u.resource.kind,
+            "status": status,
         });
         if let Err(e) = api.patch_status(&u.name, &params, &Patch::Apply(&patch)).await {
             tracing::warn!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, error = %e, "writing status failed");

@@ -14,7 +14,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 
 use crate::auth::{service_account_of, AuthError, Authenticator, Caller};
-use crate::deploy::status::{write_statuses, writes_status, StatusUpdate, ACCEPTED_MESSAGE};
+use crate::deploy::status::{is_route, write_statuses, writes_status, StatusUpdate, ACCEPTED_MESSAGE, CONTROLLER_NAME};
 use crate::index::Event;
 use crate::manifest::{parse_object, Parsed};
 use crate::model::{Kind, ObjectKey};
@@ -52,17 +52,31 @@ fn to_event(
     status: Option<&tokio::sync::mpsc::Sender<StatusUpdate>>,
 ) -> Option<Event> {
     // The Accepted condition already on the object: unchanged outcomes are not rewritten (our
-    // own status write comes back as a watch event).
-    let current =
-        obj.data.get("status").and_then(|s| s.get("conditions")).and_then(|c| c.as_array()).and_then(|conds| {
-            conds.iter().find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Accepted")).map(|c| {
-                (
-                    c.get("status").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
-                    c.get("message").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
-                    c.get("observedGeneration").and_then(|v| v.as_i64()),
-                )
+    // own status write comes back as a watch event). A route's is in its first parent entry.
+    let parent_refs = is_route(ar).then(|| {
+        obj.data.get("spec").and_then(|s| s.get("parentRefs")).and_then(|p| p.as_array()).cloned().unwrap_or_default()
+    });
+    let conditions = match &parent_refs {
+        Some(_) => obj
+            .data
+            .get("status")
+            .and_then(|s| s.get("parents"))
+            .and_then(|p| p.as_array())
+            .and_then(|parents| {
+                parents.iter().find(|p| p.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER_NAME))
             })
-        });
+            .and_then(|p| p.get("conditions")),
+        None => obj.data.get("status").and_then(|s| s.get("conditions")),
+    };
+    let current = conditions.and_then(|c| c.as_array()).and_then(|conds| {
+        conds.iter().find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Accepted")).map(|c| {
+            (
+                c.get("status").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
+                c.get("message").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
+                c.get("observedGeneration").and_then(|v| v.as_i64()),
+            )
+        })
+    });
     let status_update = |rejection: Option<String>| {
         let wanted_status = if rejection.is_some() { "False" } else { "True" };
         let wanted_message = rejection.clone().unwrap_or_else(|| ACCEPTED_MESSAGE.to_owned());
@@ -76,6 +90,7 @@ fn to_event(
                 name: obj.metadata.name.clone().unwrap_or_default(),
                 generation: obj.metadata.generation,
                 rejection,
+                parent_refs: parent_refs.clone(),
             };
             if tx.try_send(update).is_err() {
                 tracing::debug!("status queue full; the next change rewrites it");
