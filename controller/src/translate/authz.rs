@@ -66,6 +66,13 @@ pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
                     check_wildcard(v).map_err(|e| r(format!("{base}.{field}[{i}]"), e))?;
                 }
             }
+            for (field, list) in
+                [("serviceAccounts", &s.service_accounts), ("notServiceAccounts", &s.not_service_accounts)]
+            {
+                for (i, v) in list.iter().enumerate() {
+                    check_service_account(v).map_err(|e| r(format!("{base}.{field}[{i}]"), e))?;
+                }
+            }
             for (field, list) in [
                 ("ipBlocks", &s.ip_blocks),
                 ("notIpBlocks", &s.not_ip_blocks),
@@ -193,6 +200,23 @@ fn address(v: &str) -> Option<Address> {
         IpAddr::V6(v6) => v6.octets().to_vec(),
     };
     Some(Address { address: bytes, length: u32::from(cidr.prefix()) })
+}
+
+/// `<sa>` (in the policy's namespace) or `<namespace>/<sa>`, both Kubernetes names: anything
+/// else would match no workload, so a rule written with it would silently never fire.
+fn check_service_account(v: &str) -> Result<(), String> {
+    let (ns, sa) = v.split_once('/').map_or((None, v), |(ns, sa)| (Some(ns), sa));
+    let name = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    if ns.is_some_and(|ns| !name(ns, 63) || ns.contains('.')) || !name(sa, 253) {
+        return Err(format!("{v:?} is not <service account> or <namespace>/<service account> (no wildcards)"));
+    }
+    Ok(())
 }
 
 fn service_account(v: &str, policy_ns: &str) -> ServiceAccountMatch {

@@ -81,7 +81,7 @@ impl Telemetry {
             span: (span, span_start),
             tracer: tracer.clone(),
             method: req.method().clone(),
-            path: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            path: logged_path(req.uri().path_and_query().map_or("/", |p| p.as_str())),
             protocol,
             request_bytes: req
                 .headers()
@@ -161,6 +161,22 @@ impl Arrived {
             span: span_start.map(|t| (span, t, self.tracer)),
         }
     }
+}
+
+/// The longest path (with query) an access-log line or span carries; longer ones are cut.
+const MAX_LOGGED_PATH: usize = 1024;
+
+/// The request's path and query as logged: at most [`MAX_LOGGED_PATH`] bytes (cut on a character
+/// boundary, marked with `…`), so a client cannot make every log line as long as its URI.
+fn logged_path(path: &str) -> String {
+    if path.len() <= MAX_LOGGED_PATH {
+        return path.to_owned();
+    }
+    let mut end = MAX_LOGGED_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
 }
 
 /// What is recorded for a request once its response has been sent.
@@ -333,5 +349,14 @@ mod tests {
         assert_eq!(series.len(), 1, "{series:?}");
         assert!(series[0].contains(r#"response_code="200""#) && series[0].contains(r#"response_flags="-""#));
         assert!(series[0].ends_with(" 1"), "{series:?}");
+    }
+
+    #[test]
+    fn logged_paths_are_bounded() {
+        assert_eq!(super::logged_path("/a?b=c"), "/a?b=c");
+        let long = format!("/{}", "é".repeat(2000));
+        let logged = super::logged_path(&long);
+        assert!(logged.len() <= super::MAX_LOGGED_PATH + '…'.len_utf8(), "{}", logged.len());
+        assert!(logged.ends_with('…') && long.starts_with(logged.trim_end_matches('…')));
     }
 }

@@ -220,3 +220,22 @@ fn port_level_mtls_becomes_a_converted_policy() {
     let c = peer_authn_outcome(&PeerAuthnChain { workload: Some(&wl), ..Default::default() }).converted.unwrap();
     assert_eq!(c.groups[0].rules[0].matches[0].destination_ports, vec![8443]);
 }
+
+#[test]
+fn service_accounts_must_be_names_or_namespace_slash_name() {
+    let parse = |value: &str| {
+        let (mut docs, _) = split_yaml(
+            "t",
+            &ap("shop", &format!("  rules:\n  - from: [{{source: {{serviceAccounts: ['{value}']}}}}]")),
+        );
+        parse_object("t", docs.remove(0))
+    };
+    for ok in ["cart", "shop/cart", "other-ns/cart.v2"] {
+        assert!(parse(ok).is_ok(), "{ok}");
+    }
+    for bad in ["", "shop/", "/cart", "a/b/c", "shop/*", "*", "Shop/cart", "sh.op/cart"] {
+        let err = parse(bad).expect_err(bad);
+        assert_eq!(err.field, "spec.rules[0].from[0].source.serviceAccounts[0]", "{bad}: {err}");
+        assert!(err.reason.contains("<namespace>/<service account>"), "{err}");
+    }
+}
