@@ -46,7 +46,7 @@ pub struct Running {
     pub identity: Identity,
 }
 
-/// `/debug/config_dump` and `/debug/rejected`.
+/// `/debug/config_dump`, `/debug/rejected`, `/debug/waypoints` and `/debug/routes`.
 pub fn admin_routes(shared: Shared) -> AdminRoutes {
     Arc::new(move |path: &str| match path {
         "/debug/config_dump" => {
@@ -84,8 +84,66 @@ pub fn admin_routes(shared: Shared) -> AdminRoutes {
                 .collect();
             Some(serde_json::to_string_pretty(&statuses).unwrap_or_default())
         }
+        "/debug/routes" => {
+            let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
+            Some(
+                serde_json::to_string_pretty(&route_statuses(index.store(), &shared.rejections.all()))
+                    .unwrap_or_default(),
+            )
+        }
         _ => None,
     })
+}
+
+/// Every Gateway API route's status as it would be written in Kubernetes (`/debug/routes`, for
+/// directory mode): accepted routes per parent; rejected ones with the reason naming the field.
+pub fn route_statuses(
+    store: &crate::store::Store,
+    rejections: &std::collections::BTreeMap<String, Vec<crate::rejection::Rejection>>,
+) -> Vec<serde_json::Value> {
+    use crate::model::{Kind, Object, ParentReference};
+    let parent_json = |p: &ParentReference| {
+        let mut v = serde_json::json!({"name": p.name});
+        for (key, value) in
+            [("group", &p.group), ("kind", &p.kind), ("namespace", &p.namespace), ("sectionName", &p.section_name)]
+        {
+            if let Some(value) = value {
+                v[key] = value.clone().into();
+            }
+        }
+        if let Some(port) = p.port {
+            v["port"] = port.into();
+        }
+        v
+    };
+    let mut out = Vec::new();
+    for (kind, kind_name) in [(Kind::HttpRoute, "HTTPRoute"), (Kind::GrpcRoute, "GRPCRoute")] {
+        for object in store.list(kind, None) {
+            let (meta, parents) = match object {
+                Object::HttpRoute(r) => (&r.metadata, &r.spec.parent_refs),
+                Object::GrpcRoute(r) => (&r.metadata, &r.spec.parent_refs),
+                _ => continue,
+            };
+            let refs: Vec<serde_json::Value> = parents.iter().map(parent_json).collect();
+            out.push(serde_json::json!({
+                "kind": kind_name,
+                "namespace": meta.namespace,
+                "name": meta.name,
+                "status": crate::deploy::status::route_status(&refs, None, None, &crate::deploy::status::rfc3339_now()),
+            }));
+        }
+    }
+    // Rejections are kept per source (a file, an object); each names its object.
+    let mut rejected: std::collections::BTreeMap<&str, Vec<String>> = std::collections::BTreeMap::new();
+    for r in rejections.values().flatten() {
+        if r.object.starts_with("HTTPRoute ") || r.object.starts_with("GRPCRoute ") {
+            rejected.entry(r.object.as_str()).or_default().push(r.to_string());
+        }
+    }
+    for (object, why) in rejected {
+        out.push(serde_json::json!({"object": object, "accepted": false, "reasons": why}));
+    }
+    out
 }
 
 /// Applies event batches to the index and publishes the results, draining bursts into one

@@ -15,6 +15,11 @@ fn serves_readiness_metrics_and_debug_pages() {
     std::fs::create_dir_all(dir.join("manifests")).unwrap();
     std::fs::write(dir.join("manifests/ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: shop}\nspec: {ports: [{port: -1}]}\n").unwrap();
     std::fs::write(
+        dir.join("manifests/routes.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: reviews, namespace: shop}\nspec:\n  parentRefs: [{group: '', kind: Service, name: reviews, port: 9080}]\n  rules: [{backendRefs: [{name: reviews-v1, port: 9080}]}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: glob, namespace: shop}\nspec:\n  parentRefs: [{name: waypoint}]\n  rules: [{matches: [{path: {type: Glob, value: /x}}]}]\n",
+    )
+    .unwrap();
+    std::fs::write(
         dir.join("tokens.yaml"),
         "tokens:\n- token: 0123456789abcdef0123\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: n1\n",
     )
@@ -31,7 +36,28 @@ fn serves_readiness_metrics_and_debug_pages() {
     d.wait_ok(admin, "/ready");
     let body = http_get(admin, "/metrics").unwrap();
     assert!(body.contains("istio_build{component=\"controller\""), "{body}");
-    assert!(body.contains("ambit_rejected_objects 1"), "{body}");
+    assert!(body.contains("ambit_rejected_objects 2"), "{body}");
+    // Directory mode shows each route's status as Kubernetes would get it.
+    let response = http_get(admin, "/debug/routes").unwrap();
+    let routes = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap_or_else(|e| panic!("{e}: {routes}"));
+    let routes = routes.as_array().unwrap();
+    let accepted = routes.iter().find(|r| r["name"] == "reviews").expect("the accepted route");
+    assert_eq!(accepted["kind"], "HTTPRoute");
+    let parent = &accepted["status"]["parents"][0];
+    assert_eq!(
+        parent["parentRef"],
+        serde_json::json!({"group": "", "kind": "Service", "name": "reviews", "port": 9080})
+    );
+    assert_eq!(parent["controllerName"], "ambit.dev/waypoint-controller");
+    assert_eq!(parent["conditions"][0]["type"], "Accepted");
+    assert_eq!(parent["conditions"][0]["status"], "True");
+    let rejected = routes
+        .iter()
+        .find(|r| r["object"] == "HTTPRoute shop/glob")
+        .unwrap_or_else(|| panic!("the rejected route: {routes:?}"));
+    assert_eq!(rejected["accepted"], false);
+    assert!(rejected["reasons"][0].as_str().unwrap().contains("spec.rules[0].matches[0].path.type"), "{rejected}");
     let rejected = http_get(admin, "/debug/rejected").unwrap();
     assert!(rejected.contains("Service shop/bad") && rejected.contains("spec.ports[0].port"), "{rejected}");
     let dump = http_get(admin, "/debug/config_dump").unwrap();

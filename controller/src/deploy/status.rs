@@ -214,7 +214,7 @@ pub async fn write_status_patches(client: Client, mut rx: mpsc::Receiver<StatusP
 }
 
 /// RFC 3339 UTC timestamp with second precision, as Kubernetes writes them.
-fn rfc3339_now() -> String {
+pub(crate) fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
