@@ -40,7 +40,7 @@ fn serves_readiness_metrics_and_debug_pages() {
     // Directory mode shows each route's status as Kubernetes would get it.
     let response = http_get(admin, "/debug/routes").unwrap();
     let routes = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap_or_else(|e| panic!("{e}: {routes}"));
+    let routes: serde_json::Value = serde_json::from_str(routes).unwrap_or_else(|e| panic!("{e}: {routes}"));
     let routes = routes.as_array().unwrap();
     let accepted = routes.iter().find(|r| r["name"] == "reviews").expect("the accepted route");
     assert_eq!(accepted["kind"], "HTTPRoute");
