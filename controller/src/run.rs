@@ -129,7 +129,11 @@ pub fn route_statuses(
                 "kind": kind_name,
                 "namespace": meta.namespace,
                 "name": meta.name,
-                "status": crate::deploy::status::route_status(&refs, None, None, &crate::deploy::status::rfc3339_now()),
+                "status": {"parents": crate::deploy::status::merge_route_parents(
+                    &[],
+                    crate::deploy::status::route_parents(&refs, &Default::default()),
+                    &crate::deploy::status::rfc3339_now(),
+                ).unwrap_or_default()},
             }));
         }
     }

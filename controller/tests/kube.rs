@@ -119,6 +119,7 @@ impl ApiServer {
             }
             ("GET", _) if is_watch => match resource.as_str() {
                 "pods" => watch(fixture("pods.watch.jsonl")),
+                "httproutes" => watch(fixture("httproutes.watch.jsonl")),
                 _ => watch(String::new()),
             },
             ("GET", _) => match resource.as_str() {
@@ -244,45 +245,65 @@ async fn route_status_is_written_per_parent_as_gateway_api_defines_it() {
     spawn_watchers(client, tx, Rejections::default());
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let path = |name: &str| format!("/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/{name}/status");
-    let patch_of = |name: &str| {
+    let patches_of = |name: &str| {
         let requests = server.requests.lock().unwrap().clone();
         requests
             .iter()
-            .find(|(m, p, _)| m == "PATCH" && *p == path(name))
+            .filter(|(m, p, _)| m == "PATCH" && *p == path(name))
             .map(|(_, _, body)| serde_json::from_str::<serde_json::Value>(body).unwrap())
+            .collect::<Vec<_>>()
     };
-    let mut patches = (None, None);
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
     for _ in 0..200 {
-        patches = (patch_of("reviews-v1"), patch_of("bad-path"));
-        if patches.0.is_some() && patches.1.is_some() {
+        (good, bad) = (patches_of("reviews-v1"), patches_of("bad-path"));
+        if good.len() >= 2 && !bad.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (Some(good), Some(bad)) = patches else { panic!("no route status written: {patches:?}") };
-    let condition = |patch: &serde_json::Value, type_: &str| {
-        let conds = patch["status"]["parents"][0]["conditions"].as_array().unwrap().clone();
-        conds.into_iter().find(|c| c["type"] == type_).unwrap_or_else(|| panic!("no {type_} in {patch}"))
+    assert!(good.len() >= 2 && !bad.is_empty(), "route statuses written: {good:?} {bad:?}");
+    let condition = |entry: &serde_json::Value, type_: &str| {
+        let conds = entry["conditions"].as_array().unwrap().clone();
+        conds.into_iter().find(|c| c["type"] == type_)
     };
-    // The accepted route: one entry per parentRef, the parentRef as written, our controller.
-    assert_eq!(good["kind"], "HTTPRoute");
-    assert!(good["status"].get("conditions").is_none(), "routes have no top-level conditions: {good}");
-    let parent = &good["status"]["parents"][0];
+    // The accepted route: one entry per Service parent, the parentRef as written, our
+    // controller, applied only if the object is still the version it was computed from.
+    let first = &good[0];
+    assert_eq!(first["kind"], "HTTPRoute");
+    assert_eq!(first["metadata"]["resourceVersion"], "50410");
+    assert!(first["status"].get("conditions").is_none(), "routes have no top-level conditions: {first}");
+    let parent = &first["status"]["parents"][0];
     assert_eq!(
         parent["parentRef"],
         serde_json::json!({"group": "", "kind": "Service", "name": "reviews", "port": 9080})
     );
     assert_eq!(parent["controllerName"], "ambit.dev/waypoint-controller");
-    assert_eq!(condition(&good, "Accepted")["status"], "True");
-    assert_eq!(condition(&good, "Accepted")["observedGeneration"], 3);
-    assert_eq!(condition(&good, "ResolvedRefs")["status"], "True");
-    // The rejected one: not accepted, the field named, in its parent's entry.
-    let accepted = condition(&bad, "Accepted");
+    let accepted = condition(parent, "Accepted").unwrap();
+    assert_eq!((&accepted["status"], &accepted["observedGeneration"]), (&"True".into(), &3.into()));
+    assert_eq!(condition(parent, "ResolvedRefs").unwrap()["status"], "True");
+    // Then an edit is rejected: generation 4 is refused naming the field, and the status says
+    // generation 3 still routes.
+    let edited = &good[good.len() - 1]["status"]["parents"][0];
+    let refused = condition(edited, "Accepted").unwrap();
+    assert_eq!((&refused["status"], &refused["reason"]), (&"False".into(), &"UnsupportedValue".into()));
+    assert_eq!(refused["observedGeneration"], 4);
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("spec.rules[0].matches[0].path.type"), "{message}");
+    assert!(message.contains("generation 3") && message.contains("stays in force"), "{message}");
+    assert!(condition(edited, "ResolvedRefs").is_none(), "references not evaluated: {edited}");
+    // A route with a Service and a Gateway parent: Istio's entry for its Gateway is kept as it
+    // was, ours is added for the Service only.
+    let parents = bad[0]["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2, "{parents:?}");
+    assert_eq!(parents[0]["controllerName"], "istio.io/gateway-controller");
+    assert_eq!(parents[0]["conditions"][0]["lastTransitionTime"], "2026-11-20T09:21:05Z");
+    assert_eq!(parents[1]["parentRef"]["kind"], "Service");
+    let accepted = condition(&parents[1], "Accepted").unwrap();
     assert_eq!(accepted["status"], "False");
-    assert_eq!(accepted["reason"], "UnsupportedValue");
     assert!(accepted["message"].as_str().unwrap().contains("spec.rules[0].matches[0].path.type"), "{accepted}");
-    assert_eq!(bad["status"]["parents"][0]["parentRef"]["kind"], "Gateway");
-    assert!(condition(&bad, "ResolvedRefs")["lastTransitionTime"].is_string());
+    assert!(accepted["lastTransitionTime"].is_string());
+    // A route whose only parent is a Gateway is not ours to write.
+    assert!(patches_of("ingress-only").is_empty(), "no status for a Gateway-only route");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use crate::deploy::apply::resource;
 use crate::deploy::waypoint_objects::waypoint_gateways;
 use crate::model::{keys, Kind};
+use crate::rejection::Rejection;
 use crate::store::Store;
 use crate::translate::MeshSettings;
 
@@ -86,60 +87,115 @@ pub(crate) const ACCEPTED_MESSAGE: &str = "accepted by ambit-controller";
 /// in each route parent entry of ours.
 pub const CONTROLLER_NAME: &str = "ambit.dev/waypoint-controller";
 
-/// Gateway API routes: their status is per parent (`status.parents[]`), not `status.conditions`.
+/// Gateway API routes: their status is per parent (`status.parents`), not `status.conditions`.
 pub fn is_route(ar: &ApiResource) -> bool {
     ar.group == "gateway.networking.k8s.io"
         && matches!(ar.kind.as_str(), "HTTPRoute" | "GRPCRoute" | "TCPRoute" | "TLSRoute")
 }
 
-/// A route's `status`, as Gateway API defines it: for each of its `parentRefs`, our
-/// `controllerName` with `Accepted` and `ResolvedRefs`. A rejected route is not accepted by any
-/// parent (reason `UnsupportedValue`, the message naming the field); its references count as
-/// unresolved when the rejected field is a `backendRefs` entry, else as not evaluated.
-pub fn route_status(
-    parent_refs: &[serde_json::Value],
-    rejection: Option<&str>,
-    generation: Option<i64>,
-    now: &str,
-) -> serde_json::Value {
+/// Whether a route's `parentRef` names a Service (GAMMA), the only parents Ambit routes for.
+/// A parentRef's kind defaults to `Gateway`, so it must say `kind: Service`.
+pub fn is_service_parent(parent_ref: &serde_json::Value) -> bool {
+    parent_ref.get("kind").and_then(|k| k.as_str()) == Some("Service")
+        && matches!(parent_ref.get("group").and_then(|g| g.as_str()), None | Some("" | "core"))
+}
+
+/// What a route's entries of ours say, before timestamps: the rejection (if any) and, when
+/// rejected, the generation this controller still routes by.
+#[derive(Debug, Clone, Default)]
+pub struct RouteVerdict<'a> {
+    pub rejection: Option<&'a Rejection>,
+    /// The generation accepted earlier and still in force while this one is rejected.
+    pub in_force: Option<i64>,
+    pub generation: Option<i64>,
+}
+
+/// Our entries of a route's `status.parents`, as Gateway API defines them: one per parentRef
+/// naming a Service (Gateway parents belong to whichever controller runs that Gateway), with
+/// our `controllerName`, `Accepted` and `ResolvedRefs`. A rejected route is not accepted
+/// (reason `UnsupportedValue`, the message naming the field); `ResolvedRefs` is false with
+/// `InvalidKind` when a backend's kind is what was refused, and absent when the rejection is
+/// elsewhere (the references were not evaluated). No `lastTransitionTime` yet: see
+/// `merge_route_parents`.
+pub fn route_parents(parent_refs: &[serde_json::Value], verdict: &RouteVerdict) -> Vec<serde_json::Value> {
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {
         serde_json::json!({
             "type": type_, "status": status, "reason": reason, "message": message,
-            "observedGeneration": generation, "lastTransitionTime": now,
+            "observedGeneration": verdict.generation,
         })
     };
-    let conditions = match rejection {
+    let conditions = match verdict.rejection {
         None => vec![
             condition("Accepted", "True", "Accepted", ACCEPTED_MESSAGE),
             condition("ResolvedRefs", "True", "ResolvedRefs", "all references resolved"),
         ],
-        Some(why) => vec![
-            condition("Accepted", "False", "UnsupportedValue", why),
-            if why.contains(".backendRefs") {
-                condition("ResolvedRefs", "False", "InvalidKind", why)
-            } else {
-                condition("ResolvedRefs", "Unknown", "Pending", "not evaluated: the route is not accepted")
-            },
-        ],
+        Some(r) => {
+            let message = rejection_message(r, verdict.in_force);
+            let mut conditions = vec![condition("Accepted", "False", "UnsupportedValue", &message)];
+            if r.field.contains("backendRefs[") && (r.field.ends_with(".kind") || r.field.ends_with(".group")) {
+                conditions.push(condition("ResolvedRefs", "False", "InvalidKind", &message));
+            }
+            conditions
+        }
     };
-    let parents: Vec<serde_json::Value> = parent_refs
+    parent_refs
         .iter()
+        .filter(|p| is_service_parent(p))
         .map(|p| serde_json::json!({"parentRef": p, "controllerName": CONTROLLER_NAME, "conditions": conditions}))
-        .collect();
-    serde_json::json!({ "parents": parents })
+        .collect()
 }
 
-/// One status condition to write back.
+/// A rejection as a condition message: the field and reason, and whether an earlier accepted
+/// generation is still what the mesh enforces.
+pub fn rejection_message(r: &Rejection, in_force: Option<i64>) -> String {
+    match in_force {
+        Some(g) => format!("{r}; generation {g}, accepted earlier, stays in force until this is fixed"),
+        None => r.to_string(),
+    }
+}
+
+/// The whole `status.parents` to write: other controllers' entries as they are, ours replaced
+/// by `ours`. A condition keeps its `lastTransitionTime` while its status is unchanged. `None`
+/// when our entries already say exactly this (nothing to write).
+pub fn merge_route_parents(
+    current: &[serde_json::Value],
+    mut ours: Vec<serde_json::Value>,
+    now: &str,
+) -> Option<Vec<serde_json::Value>> {
+    let is_ours = |e: &serde_json::Value| e.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER_NAME);
+    let (mine, foreign): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = current.iter().partition(|e| is_ours(e));
+    for entry in &mut ours {
+        let before = mine.iter().find(|m| m.get("parentRef") == entry.get("parentRef"));
+        let Some(conditions) = entry.get_mut("conditions").and_then(|c| c.as_array_mut()) else { continue };
+        for c in conditions.iter_mut() {
+            let since = before
+                .and_then(|b| b.get("conditions")?.as_array()?.iter().find(|o| o.get("type") == c.get("type")))
+                .filter(|o| o.get("status") == c.get("status"))
+                .and_then(|o| o.get("lastTransitionTime").cloned())
+                .unwrap_or_else(|| now.into());
+            c["lastTransitionTime"] = since;
+        }
+    }
+    if mine.len() == ours.len() && mine.iter().zip(&ours).all(|(a, b)| *a == b) {
+        return None;
+    }
+    Some(foreign.into_iter().cloned().chain(ours).collect())
+}
+
+/// One status to write back.
 #[derive(Debug, Clone)]
 pub struct StatusUpdate {
     pub resource: ApiResource,
     pub namespace: String,
     pub name: String,
     pub generation: Option<i64>,
-    /// `None`: accepted; `Some(reason)`: rejected.
+    /// `None`: accepted; `Some(message)`: rejected.
     pub rejection: Option<String>,
-    /// For a Gateway API route, its `spec.parentRefs`: the status is written per parent.
-    pub parent_refs: Option<Vec<serde_json::Value>>,
+    /// For a Gateway API route, the whole `status.parents` to write (see
+    /// `merge_route_parents`), and the object's `resourceVersion` it was computed from: the
+    /// write is refused if another writer changed the list meanwhile, and the watch event of
+    /// that change brings a fresh merge.
+    pub route_parents: Option<(Vec<serde_json::Value>, Option<String>)>,
 }
 
 /// Writes `Accepted` conditions with server-side apply (field manager `ambit-controller`), so a
@@ -152,24 +208,34 @@ pub async fn write_statuses(client: Client, mut rx: mpsc::Receiver<StatusUpdate>
             None => ("True", "Accepted", ACCEPTED_MESSAGE.to_owned()),
             Some(why) => ("False", "Invalid", why.clone()),
         };
-        let status = match &u.parent_refs {
-            Some(parents) => route_status(parents, u.rejection.as_deref(), u.generation, &rfc3339_now()),
-            None => serde_json::json!({"conditions": [{
-                "type": "Accepted",
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": u.generation,
-                "lastTransitionTime": rfc3339_now(),
-            }]}),
-        };
-        let patch = serde_json::json!({
-            "apiVersion": u.resource.api_version,
-            "kind": u.resource.kind,
-            "status": status,
-        });
-        if let Err(e) = api.patch_status(&u.name, &params, &Patch::Apply(&patch)).await {
-            tracing::warn!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, error = %e, "writing status failed");
+        let mut patch = serde_json::json!({"apiVersion": u.resource.api_version, "kind": u.resource.kind});
+        match &u.route_parents {
+            Some((parents, resource_version)) => {
+                patch["status"] = serde_json::json!({ "parents": parents });
+                if let Some(rv) = resource_version {
+                    // An apply carrying resourceVersion is refused (409) if the object moved on.
+                    patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+                }
+            }
+            None => {
+                patch["status"] = serde_json::json!({"conditions": [{
+                    "type": "Accepted",
+                    "status": status,
+                    "reason": reason,
+                    "message": message,
+                    "observedGeneration": u.generation,
+                    "lastTransitionTime": rfc3339_now(),
+                }]});
+            }
+        }
+        match api.patch_status(&u.name, &params, &Patch::Apply(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, "status changed meanwhile; the watch brings it back")
+            }
+            Err(e) => {
+                tracing::warn!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, error = %e, "writing status failed")
+            }
         }
     }
 }
@@ -280,6 +346,40 @@ fn send_status(
 mod tests {
     use super::*;
     use crate::manifest::{parse_object, Parsed};
+
+    #[test]
+    fn route_entries_keep_their_transition_times_and_are_not_rewritten_unchanged() {
+        let refs = vec![
+            serde_json::json!({"group": "", "kind": "Service", "name": "reviews"}),
+            serde_json::json!({"name": "ingress"}),
+        ];
+        let verdict = RouteVerdict { generation: Some(2), ..Default::default() };
+        let ours = route_parents(&refs, &verdict);
+        assert_eq!(ours.len(), 1, "a parentRef without kind is a Gateway, not ours: {ours:?}");
+        let written = merge_route_parents(&[], ours.clone(), "2026-12-01T00:00:00Z").unwrap();
+        // Read back unchanged later: nothing to write.
+        assert_eq!(merge_route_parents(&written, ours.clone(), "2026-12-02T00:00:00Z"), None);
+        // Rejected later: Accepted moves (new time); the field names a backend's kind.
+        let r = Rejection::new("HTTPRoute shop/r", "spec.rules[0].backendRefs[0].kind", "only Service backends");
+        let verdict = RouteVerdict { rejection: Some(&r), in_force: Some(2), generation: Some(3) };
+        let next = merge_route_parents(&written, route_parents(&refs, &verdict), "2026-12-03T00:00:00Z").unwrap();
+        let conds = next[0]["conditions"].as_array().unwrap();
+        assert_eq!(conds[0]["lastTransitionTime"], "2026-12-03T00:00:00Z");
+        assert_eq!(conds[1]["reason"], "InvalidKind");
+        assert!(conds[0]["message"].as_str().unwrap().contains("generation 2"), "{conds:?}");
+        // Accepted again at a new generation: status True again, so a new transition time;
+        // a condition whose status did not change keeps its time.
+        let accepted = route_parents(&refs, &RouteVerdict { generation: Some(4), ..Default::default() });
+        let again = merge_route_parents(&written, accepted, "2026-12-04T00:00:00Z").unwrap();
+        assert_eq!(again[0]["conditions"][0]["lastTransitionTime"], "2026-12-01T00:00:00Z");
+        assert_eq!(again[0]["conditions"][0]["observedGeneration"], 4);
+        // A route no longer naming a Service: our entry is taken back, others' stay.
+        let foreign =
+            serde_json::json!({"parentRef": {"name": "ingress"}, "controllerName": "istio.io/gateway-controller"});
+        let mixed = vec![foreign.clone(), written[0].clone()];
+        assert_eq!(merge_route_parents(&mixed, Vec::new(), "t"), Some(vec![foreign.clone()]));
+        assert_eq!(merge_route_parents(&[foreign], Vec::new(), "t"), None);
+    }
 
     #[test]
     fn status_of_gateways_and_bound_services() {

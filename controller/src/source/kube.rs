@@ -14,7 +14,10 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 
 use crate::auth::{service_account_of, AuthError, Authenticator, Caller};
-use crate::deploy::status::{is_route, write_statuses, writes_status, StatusUpdate, ACCEPTED_MESSAGE, CONTROLLER_NAME};
+use crate::deploy::status::{
+    is_route, merge_route_parents, rejection_message, rfc3339_now, route_parents, write_statuses, writes_status,
+    RouteVerdict, StatusUpdate, ACCEPTED_MESSAGE,
+};
 use crate::index::Event;
 use crate::manifest::{parse_object, Parsed};
 use crate::model::{Kind, ObjectKey};
@@ -44,57 +47,76 @@ pub(crate) fn api_resource(group: &str, version: &str, kind: &str, plural: &str)
     ApiResource::from_gvk_with_plural(&gvk, plural)
 }
 
-/// Turns one watched object into an event, or records why it was rejected.
+/// Turns one watched object into an event, or records why it was rejected. `accepted` holds,
+/// per object, the generation this controller last accepted — what the store (and so the mesh)
+/// still runs while a later edit is rejected.
 fn to_event(
     ar: &ApiResource,
+    kind: Kind,
     obj: DynamicObject,
     rejections: &Rejections,
     status: Option<&tokio::sync::mpsc::Sender<StatusUpdate>>,
+    accepted: &mut HashMap<ObjectKey, Option<i64>>,
 ) -> Option<Event> {
+    let key = key_of(kind, &obj);
+    let route = is_route(ar);
     // The Accepted condition already on the object: unchanged outcomes are not rewritten (our
-    // own status write comes back as a watch event). A route's is in its first parent entry.
-    let parent_refs = is_route(ar).then(|| {
-        obj.data.get("spec").and_then(|s| s.get("parentRefs")).and_then(|p| p.as_array()).cloned().unwrap_or_default()
-    });
-    let conditions = match &parent_refs {
-        Some(_) => obj
-            .data
-            .get("status")
-            .and_then(|s| s.get("parents"))
-            .and_then(|p| p.as_array())
-            .and_then(|parents| {
-                parents.iter().find(|p| p.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER_NAME))
+    // own status write comes back as a watch event).
+    let current =
+        obj.data.get("status").and_then(|s| s.get("conditions")).and_then(|c| c.as_array()).and_then(|conds| {
+            conds.iter().find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Accepted")).map(|c| {
+                (
+                    c.get("status").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
+                    c.get("message").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
+                    c.get("observedGeneration").and_then(|v| v.as_i64()),
+                )
             })
-            .and_then(|p| p.get("conditions")),
-        None => obj.data.get("status").and_then(|s| s.get("conditions")),
-    };
-    let current = conditions.and_then(|c| c.as_array()).and_then(|conds| {
-        conds.iter().find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Accepted")).map(|c| {
-            (
-                c.get("status").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
-                c.get("message").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
-                c.get("observedGeneration").and_then(|v| v.as_i64()),
-            )
-        })
-    });
-    let status_update = |rejection: Option<String>| {
-        let wanted_status = if rejection.is_some() { "False" } else { "True" };
-        let wanted_message = rejection.clone().unwrap_or_else(|| ACCEPTED_MESSAGE.to_owned());
-        let unchanged = current
-            .as_ref()
-            .is_some_and(|(s, m, g)| s == wanted_status && *m == wanted_message && *g == obj.metadata.generation);
-        if let (Some(tx), true, false) = (status, writes_status(ar), unchanged) {
-            let update = StatusUpdate {
-                resource: ar.clone(),
-                namespace: obj.metadata.namespace.clone().unwrap_or_default(),
-                name: obj.metadata.name.clone().unwrap_or_default(),
-                generation: obj.metadata.generation,
-                rejection,
-                parent_refs: parent_refs.clone(),
-            };
-            if tx.try_send(update).is_err() {
-                tracing::debug!("status queue full; the next change rewrites it");
+        });
+    let in_force = accepted.get(&key).copied().flatten();
+    let status_update = |rejection: Option<&Rejection>| {
+        let Some(tx) = status.filter(|_| writes_status(ar)) else { return };
+        let message = rejection.map(|r| rejection_message(r, in_force));
+        let route_parents = if route {
+            let refs = obj
+                .data
+                .get("spec")
+                .and_then(|s| s.get("parentRefs"))
+                .and_then(|p| p.as_array())
+                .cloned()
+                .unwrap_or_default();
+            let current = obj
+                .data
+                .get("status")
+                .and_then(|s| s.get("parents"))
+                .and_then(|p| p.as_array())
+                .cloned()
+                .unwrap_or_default();
+            let verdict = RouteVerdict { rejection, in_force, generation: obj.metadata.generation };
+            let ours = route_parents(&refs, &verdict);
+            // Nothing of ours to say or to take back: other controllers' entries stay untouched.
+            let Some(parents) = merge_route_parents(&current, ours, &rfc3339_now()) else { return };
+            Some((parents, obj.metadata.resource_version.clone()))
+        } else {
+            let wanted_status = if rejection.is_some() { "False" } else { "True" };
+            let wanted_message = message.clone().unwrap_or_else(|| ACCEPTED_MESSAGE.to_owned());
+            let unchanged = current
+                .as_ref()
+                .is_some_and(|(s, m, g)| s == wanted_status && *m == wanted_message && *g == obj.metadata.generation);
+            if unchanged {
+                return;
             }
+            None
+        };
+        let update = StatusUpdate {
+            resource: ar.clone(),
+            namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+            name: obj.metadata.name.clone().unwrap_or_default(),
+            generation: obj.metadata.generation,
+            rejection: message,
+            route_parents,
+        };
+        if tx.try_send(update).is_err() {
+            tracing::debug!("status queue full; the next change rewrites it");
         }
     };
     let origin = format!(
@@ -119,11 +141,12 @@ fn to_event(
         Ok(Parsed::Object(o)) => {
             rejections.set(&origin, Vec::new());
             status_update(None);
+            accepted.insert(key, obj.metadata.generation);
             Some(Event::Apply(o))
         }
         Ok(Parsed::Ignored { .. }) => None,
         Err(r) => {
-            status_update(Some(r.to_string()));
+            status_update(Some(&r));
             rejections.set(&origin, vec![r]);
             None
         }
@@ -153,6 +176,7 @@ async fn watch_kind(
     let mut synced = false;
     let mut relisted: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut batch = Vec::new();
+    let mut accepted: HashMap<ObjectKey, Option<i64>> = HashMap::new();
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         match event {
@@ -160,11 +184,12 @@ async fn watch_kind(
             Ok(watcher::Event::InitApply(obj)) => {
                 let key = key_of(kind, &obj);
                 relisted.insert(key);
-                batch.extend(to_event(&ar, obj, &rejections, Some(&status)));
+                batch.extend(to_event(&ar, kind, obj, &rejections, Some(&status), &mut accepted));
             }
             Ok(watcher::Event::InitDone) => {
                 // Whatever we knew and the relist no longer has was deleted meanwhile.
                 for gone in known.difference(&relisted) {
+                    accepted.remove(gone);
                     batch.push(Event::Delete(gone.clone()));
                 }
                 known = std::mem::take(&mut relisted);
@@ -178,7 +203,7 @@ async fn watch_kind(
             }
             Ok(watcher::Event::Apply(obj)) => {
                 known.insert(key_of(kind, &obj));
-                if let Some(e) = to_event(&ar, obj, &rejections, Some(&status)) {
+                if let Some(e) = to_event(&ar, kind, obj, &rejections, Some(&status), &mut accepted) {
                     if tx.send(vec![e]).await.is_err() {
                         return;
                     }
@@ -187,6 +212,7 @@ async fn watch_kind(
             Ok(watcher::Event::Delete(obj)) => {
                 let key = key_of(kind, &obj);
                 known.remove(&key);
+                accepted.remove(&key);
                 rejections.set(&format!("{} {}/{}", ar.kind, key.namespace, key.name), Vec::new());
                 if tx.send(vec![Event::Delete(key)]).await.is_err() {
                     return;

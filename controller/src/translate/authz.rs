@@ -69,6 +69,12 @@ pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
             for (field, list) in
                 [("serviceAccounts", &s.service_accounts), ("notServiceAccounts", &s.not_service_accounts)]
             {
+                if list.len() > MAX_SERVICE_ACCOUNTS {
+                    return Err(r(
+                        format!("{base}.{field}"),
+                        format!("{} items; at most {MAX_SERVICE_ACCOUNTS} are allowed", list.len()),
+                    ));
+                }
                 for (i, v) in list.iter().enumerate() {
                     check_service_account(v).map_err(|e| r(format!("{base}.{field}[{i}]"), e))?;
                 }
@@ -204,20 +210,30 @@ fn address(v: &str) -> Option<Address> {
 
 /// `<sa>` (in the policy's namespace) or `<namespace>/<sa>`, both Kubernetes names: anything
 /// else would match no workload, so a rule written with it would silently never fire.
+/// What Istio's CRD admits for `serviceAccounts` items: no wildcard, at most
+/// one `/`, at most 320 characters. Case and dots are left alone as Istio leaves
+/// them (a value that names no real account simply matches nothing); an empty
+/// value or an empty side of the `/` names nothing and is refused loudly.
 fn check_service_account(v: &str) -> Result<(), String> {
-    let (ns, sa) = v.split_once('/').map_or((None, v), |(ns, sa)| (Some(ns), sa));
-    let name = |s: &str, max: usize| {
-        !s.is_empty()
-            && s.len() <= max
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-    };
-    if ns.is_some_and(|ns| !name(ns, 63) || ns.contains('.')) || !name(sa, 253) {
-        return Err(format!("{v:?} is not <service account> or <namespace>/<service account> (no wildcards)"));
+    let bad = |why: &str| Err(format!("{v:?} is not <service account> or <namespace>/<service account>: {why}"));
+    if v.is_empty() || v.split('/').any(str::is_empty) {
+        return bad("empty name");
+    }
+    if v.contains('*') {
+        return bad("wildcards are not allowed");
+    }
+    if v.matches('/').count() > 1 {
+        return bad("more than one '/'");
+    }
+    if v.len() > MAX_SERVICE_ACCOUNT_LEN {
+        return bad("longer than 320 characters");
     }
     Ok(())
 }
+
+/// Istio's CRD limits on `serviceAccounts` / `notServiceAccounts`.
+const MAX_SERVICE_ACCOUNT_LEN: usize = 320;
+const MAX_SERVICE_ACCOUNTS: usize = 16;
 
 fn service_account(v: &str, policy_ns: &str) -> ServiceAccountMatch {
     let (namespace, sa) = v.split_once('/').unwrap_or((policy_ns, v));
@@ -334,10 +350,19 @@ pub fn translate_policy(p: &AuthorizationPolicy, mesh: &MeshSettings) -> Transla
             (pb::Action::Deny, true) => {
                 let g = group(rule, ns);
                 // A clause left with only empty matches never fires, and with it the rule.
-                let never = g.rules.iter().any(|r| r.matches.iter().all(|m| *m == Match::default()));
+                let empty = |m: &Match| *m == Match::default();
+                let never = g.rules.iter().any(|r| r.matches.iter().all(empty));
+                // An alternative (one `from`/`to` entry) that had only L7
+                // attributes is left empty and never matches: requests that
+                // only it described are not denied at ztunnel.
+                let lost_alternative = g.rules.iter().any(|r| r.matches.iter().any(empty));
                 out.warnings.push(if never {
                     format!(
                         "rules[{i}] has no L4 part once its L7 attributes are removed: ztunnel denies nothing for it (as Istio) — attach the policy to a waypoint to enforce it"
+                    )
+                } else if lost_alternative {
+                    format!(
+                        "rules[{i}]: L7 attributes removed; a from/to entry with only L7 attributes denies nothing at ztunnel, the others only their L4 part — attach the policy to a waypoint to enforce it"
                     )
                 } else {
                     format!("rules[{i}]: L7 attributes removed; ztunnel enforces only the L4 part (a broader deny)")

@@ -137,6 +137,18 @@ fn deny_rules_lose_only_their_l7_attributes() {
     // Its warning says so, instead of claiming an L4 part is enforced.
     assert_eq!(t.warnings.len(), 1);
     assert!(t.warnings[0].contains("denies nothing") && t.warnings[0].contains("waypoint"), "{:?}", t.warnings);
+
+    // One alternative only L7, another with an L4 part: the L7-only one denies
+    // nothing at ztunnel (narrower, not broader) and the warning says so.
+    let t = translate(
+        "shop",
+        "  action: DENY\n  rules:\n  - to: [{operation: {ports: ['8080']}}, {operation: {methods: [GET]}}]",
+    );
+    let clauses = &groups(&t)[0].rules;
+    assert_eq!(clauses[0].matches[1], Match::default());
+    assert_eq!(t.warnings.len(), 1);
+    assert!(t.warnings[0].contains("only L7 attributes denies nothing"), "{:?}", t.warnings);
+    assert!(!t.warnings[0].contains("broader"), "{:?}", t.warnings);
 }
 
 #[test]
@@ -230,12 +242,31 @@ fn service_accounts_must_be_names_or_namespace_slash_name() {
         );
         parse_object("t", docs.remove(0))
     };
-    for ok in ["cart", "shop/cart", "other-ns/cart.v2"] {
+    // Istio's CRD admits these (case and dots are not checked): so do we.
+    let long_ok = format!("shop/{}", "a".repeat(315));
+    for ok in ["cart", "shop/cart", "other-ns/cart.v2", "Shop/cart", "sh.op/cart", "shop/Cart_1", long_ok.as_str()] {
         assert!(parse(ok).is_ok(), "{ok}");
     }
-    for bad in ["", "shop/", "/cart", "a/b/c", "shop/*", "*", "Shop/cart", "sh.op/cart"] {
+    let too_long = format!("shop/{}", "a".repeat(316));
+    for bad in ["", "shop/", "/cart", "a/b/c", "shop/*", "*", "sh*op/cart", too_long.as_str()] {
         let err = parse(bad).expect_err(bad);
         assert_eq!(err.field, "spec.rules[0].from[0].source.serviceAccounts[0]", "{bad}: {err}");
         assert!(err.reason.contains("<namespace>/<service account>"), "{err}");
     }
+}
+
+#[test]
+fn more_than_sixteen_service_accounts_are_refused_as_istio_does() {
+    let list = |n: usize| (0..n).map(|i| format!("sa{i}")).collect::<Vec<_>>().join(", ");
+    let parse = |n: usize| {
+        let (mut docs, _) = split_yaml(
+            "t",
+            &ap("shop", &format!("  rules:\n  - from: [{{source: {{notServiceAccounts: [{}]}}}}]", list(n))),
+        );
+        parse_object("t", docs.remove(0))
+    };
+    assert!(parse(16).is_ok());
+    let err = parse(17).expect_err("17 items");
+    assert_eq!(err.field, "spec.rules[0].from[0].source.notServiceAccounts");
+    assert!(err.reason.contains("at most 16"), "{err}");
 }

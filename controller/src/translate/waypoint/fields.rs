@@ -46,6 +46,12 @@ pub(super) fn proto_duration(d: Duration) -> prost_types::Duration {
     }
 }
 
+/// A route's parentRef naming a Service (GAMMA). Unlike a backendRef, a parentRef's kind
+/// defaults to `Gateway`, so it must say `kind: Service`.
+pub(super) fn is_service_parent(group: Option<&str>, kind: Option<&str>) -> bool {
+    matches!(group, None | Some("" | "core")) && kind == Some("Service")
+}
+
 pub(super) fn is_service_ref(group: Option<&str>, kind: Option<&str>) -> bool {
     matches!(group, None | Some("" | "core")) && matches!(kind, None | Some("Service"))
 }

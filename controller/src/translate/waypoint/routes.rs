@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ambit_shared::proto::waypoint as pb;
 
-use super::fields::{check_regex, is_service_ref, parse_duration, proto_duration};
+use super::fields::{check_regex, is_service_parent, is_service_ref, parse_duration, proto_duration};
 use crate::model::{
     BackendObjectReference, GrpcRoute, GrpcRouteMatch, HeaderModifierSpec, HttpBackendRef, HttpHeader, HttpRoute,
     HttpRouteFilter, HttpRouteMatch, HttpRouteRule, HttpValueMatch, Kind, Object, ObjectMeta, ParentReference, Service,
@@ -230,7 +230,7 @@ pub(super) fn routes(svc: &Service, store: &Store, mesh: &MeshSettings) -> Vec<p
 }
 
 fn parent_matches(p: &ParentReference, route_ns: &str, svc: &Service) -> bool {
-    is_service_ref(p.group.as_deref(), p.kind.as_deref())
+    is_service_parent(p.group.as_deref(), p.kind.as_deref())
         && p.name == svc.metadata.name
         && p.namespace.as_deref().unwrap_or(route_ns) == svc.metadata.namespace.as_deref().unwrap_or_default()
 }
