@@ -3,7 +3,8 @@
 //! `istio_response_bytes`, and one access-log line per request (target `access`). Peer labels
 //! are ztunnel's shared `Arc<str>` values from the workload state.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use ambit_dataplane::labels::{encode_peers, Peer, ServiceLabels};
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
@@ -99,12 +100,22 @@ const DURATION_MS: &[f64] = &[
 ];
 const SIZE_BYTES: &[f64] = &[1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0, 100000000.0];
 
-#[derive(Clone)]
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram, Buckets>,
     request_bytes: Family<RequestLabels, Histogram, Buckets>,
     response_bytes: Family<RequestLabels, Histogram, Buckets>,
+    /// The four series of each label set seen, found with one fast hash per request instead of
+    /// one SipHash pass and one lock per family.
+    handles: RwLock<HashMap<RequestLabels, Arc<Handles>, foldhash::fast::RandomState>>,
+}
+
+/// One label set's series in the four families (each shares its state with the family's).
+struct Handles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
 }
 
 impl Metrics {
@@ -114,6 +125,7 @@ impl Metrics {
             duration: Family::new_with_constructor(Buckets(DURATION_MS)),
             request_bytes: Family::new_with_constructor(Buckets(SIZE_BYTES)),
             response_bytes: Family::new_with_constructor(Buckets(SIZE_BYTES)),
+            handles: RwLock::default(),
         };
         registry.register("requests", "Requests handled by the waypoint", m.requests.clone());
         registry.register("request_duration_milliseconds", "Request duration", m.duration.clone());
@@ -123,9 +135,25 @@ impl Metrics {
     }
 
     pub fn record(&self, labels: &RequestLabels, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
-        self.requests.get_or_create(labels).inc();
-        self.duration.get_or_create(labels).observe(duration_ms);
-        self.request_bytes.get_or_create(labels).observe(request_bytes as f64);
-        self.response_bytes.get_or_create(labels).observe(response_bytes as f64);
+        let h = self.handles(labels);
+        h.requests.inc();
+        h.duration.observe(duration_ms);
+        h.request_bytes.observe(request_bytes as f64);
+        h.response_bytes.observe(response_bytes as f64);
+    }
+
+    fn handles(&self, labels: &RequestLabels) -> Arc<Handles> {
+        let known = self.handles.read().unwrap_or_else(PoisonError::into_inner).get(labels).cloned();
+        if let Some(h) = known {
+            return h;
+        }
+        let h = Arc::new(Handles {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        });
+        let mut all = self.handles.write().unwrap_or_else(PoisonError::into_inner);
+        all.entry(labels.clone()).or_insert(h).clone()
     }
 }
