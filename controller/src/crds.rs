@@ -88,6 +88,67 @@ fn definitions() -> Vec<Definition> {
     .collect()
 }
 
+/// The `spec` schema Ambit reads for a served Istio kind (as in the CRDs above), built once.
+fn served_spec_schema(kind: &str) -> Option<&'static Value> {
+    static SCHEMAS: std::sync::OnceLock<Vec<(&'static str, Value)>> = std::sync::OnceLock::new();
+    SCHEMAS
+        .get_or_init(|| definitions().into_iter().map(|d| (d.kind, d.spec)).collect())
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, v)| v)
+}
+
+/// The first field of an Istio kind's `spec` that Ambit does not read (`spec.rules[0].rule`),
+/// except `exportTo: ["*"]` and a VirtualService's `gateways: [mesh]` (their defaults),
+/// so a manifest using a field Ambit does not implement — or misspelling one it does — is
+/// refused naming it instead of applied without it (a DENY policy whose `rules` is misspelt
+/// would otherwise deny nothing). `None` for kinds without a served schema, and for free-form
+/// values (`provider`).
+pub fn unread_field(kind: &str, spec: &Value) -> Option<String> {
+    let schema = served_spec_schema(kind)?;
+    // Fields written with the value that means what Ambit does anyway are not refused.
+    let defaults = |key: &str, value: &Value| match key {
+        "exportTo" => *value == json!(["*"]),
+        "gateways" => kind == "VirtualService" && *value == json!(["mesh"]),
+        _ => false,
+    };
+    match spec {
+        Value::Object(fields) if fields.iter().any(|(k, v)| defaults(k, v)) => {
+            let kept: Map<String, Value> =
+                fields.iter().filter(|(k, v)| !defaults(k, v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            first_unread(schema, &Value::Object(kept), "spec")
+        }
+        _ => first_unread(schema, spec, "spec"),
+    }
+}
+
+fn first_unread(schema: &Value, value: &Value, at: &str) -> Option<String> {
+    match value {
+        Value::Object(fields) => {
+            if let Some(Value::Object(props)) = schema.get("properties") {
+                for (key, v) in fields {
+                    let path = format!("{at}.{key}");
+                    let Some(sub) = props.get(key) else { return Some(path) };
+                    if let Some(found) = first_unread(sub, v, &path) {
+                        return Some(found);
+                    }
+                }
+                None
+            } else if let Some(values) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                fields.iter().find_map(|(key, v)| first_unread(values, v, &format!("{at}.{key}")))
+            } else {
+                // A free-form value: anything goes.
+                None
+            }
+        }
+        Value::Array(items) => {
+            let item = schema.get("items")?;
+            items.iter().enumerate().find_map(|(i, v)| first_unread(item, v, &format!("{at}[{i}]")))
+        }
+        _ => None,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CrdError {
     #[error("the generated schema of {0} is not a JSONSchemaProps: {1}")]

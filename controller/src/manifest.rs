@@ -97,6 +97,14 @@ pub fn parse_object(origin: &str, value: serde_json::Value) -> Result<Parsed, Re
 
 fn typed_object(k: Kind, label: &str, value: serde_json::Value) -> Result<Parsed, Rejection> {
     let label = label.to_owned();
+    // Istio kinds: a field Ambit does not read is refused, never dropped.
+    if let Some(field) = value.get("spec").and_then(|spec| crate::crds::unread_field(&format!("{k:?}"), spec)) {
+        return Err(reject(
+            &label,
+            field,
+            "not supported by Ambit (unknown or misspelt field); the object is refused rather than applied without it",
+        ));
+    }
     let mut object = match k {
         Kind::Namespace => Object::Namespace(typed(&label, value)?),
         Kind::Node => Object::Node(typed(&label, value)?),

@@ -145,3 +145,37 @@ fn semantic_errors_name_the_field() {
         assert!(r.reason.contains(reason), "{r}");
     }
 }
+
+#[test]
+fn istio_fields_ambit_does_not_read_are_refused_naming_them() {
+    // A misspelt `rules` would leave a DENY policy denying nothing: refused instead.
+    let r = rejected(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  action: DENY\n  rule: [{from: [{source: {namespaces: [evil]}}]}]",
+    );
+    assert_eq!(r.field, "spec.rule", "{r}");
+    assert!(r.reason.contains("not supported by Ambit"), "{r}");
+    // At any depth, with the index of the entry.
+    let r = rejected(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - from: [{source: {namespaces: [a]}}]\n  - to: [{operation: {paths: [/x], method: [GET]}}]",
+    );
+    assert_eq!(r.field, "spec.rules[1].to[0].operation.method", "{r}");
+    // Istio fields Ambit does not implement: loud, not ignored.
+    for (yaml, field) in [
+        ("kind: VirtualService\nspec: {hosts: [r], http: [{route: [{destination: {host: r}}]}], corsPolicy: {}}", "spec.corsPolicy"),
+        ("kind: VirtualService\nspec: {hosts: [r], http: [{match: [{sourceLabels: {app: a}}], route: [{destination: {host: r}}]}]}", "spec.http[0].match[0].sourceLabels"),
+        ("kind: ServiceEntry\nspec: {hosts: [x.example], endpoints: [{address: 1.2.3.4}]}", "spec.endpoints"),
+        ("kind: ServiceEntry\nspec: {hosts: [x.example], exportTo: ['.']}", "spec.exportTo"),
+        ("kind: DestinationRule\nspec: {host: r, subsets: [{name: v1, labels: {version: v1}}]}", "spec.subsets"),
+    ] {
+        let r = rejected(&format!("apiVersion: networking.istio.io/v1\n{yaml}\nmetadata: {{name: o, namespace: shop}}"));
+        assert_eq!(r.field, field, "{yaml}: {r}");
+    }
+    // The defaults written out are fine, and free-form values (`provider`) are not checked.
+    for yaml in [
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: o, namespace: shop}\nspec: {hosts: [x.example], exportTo: ['*']}",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: o, namespace: shop}\nspec: {hosts: [r], gateways: [mesh], exportTo: ['*'], http: [{route: [{destination: {host: r}}]}]}",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {action: CUSTOM, provider: {name: ext, anything: [1]}, rules: [{}]}",
+    ] {
+        parse(yaml).unwrap_or_else(|r| panic!("{yaml}: {r}"));
+    }
+}
