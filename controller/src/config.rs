@@ -117,6 +117,12 @@ pub struct Config {
     /// meshConfig `pathNormalization`): NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
     #[arg(long, env = "PATH_NORMALIZATION", value_enum, ignore_case = true, default_value = "BASE")]
     pub path_normalization: PathNormalization,
+    /// What pods may reach outside the mesh's registry (Istio's meshConfig
+    /// `outboundTrafficPolicy.mode`): ALLOW_ANY, or REGISTRY_ONLY to have ztunnel refuse
+    /// destinations that are neither mesh workloads, services nor ServiceEntries. A `Sidecar`
+    /// in the root namespace, a namespace or selecting workloads overrides it.
+    #[arg(long, env = "OUTBOUND_TRAFFIC_POLICY", value_enum, ignore_case = true, default_value = "ALLOW_ANY")]
+    pub outbound_traffic_policy: crate::translate::OutboundMode,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -212,6 +218,7 @@ impl Config {
             cluster_id: self.cluster_id.clone(),
             root_namespace: self.root_namespace.clone(),
             domain_suffix: self.domain_suffix.clone(),
+            outbound: self.outbound_traffic_policy,
         }
     }
 }

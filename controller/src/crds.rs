@@ -78,6 +78,7 @@ fn definitions() -> Vec<Definition> {
         ("DestinationRule", "dr", spec_schema::<model::DestinationRuleSpec>()),
         ("ServiceEntry", "se", spec_schema::<model::ServiceEntrySpec>()),
         ("VirtualService", "vs", spec_schema::<model::VirtualServiceSpec>()),
+        ("Sidecar", "", spec_schema::<model::SidecarSpec>()),
     ]
     .into_iter()
     .filter_map(|(kind, short, spec)| {
@@ -200,7 +201,7 @@ pub fn custom_resource_definitions() -> Result<Vec<CustomResourceDefinition>, Cr
                         list_kind: Some(format!("{}List", d.kind)),
                         plural: d.plural.into(),
                         singular: Some(d.kind.to_lowercase()),
-                        short_names: Some(vec![d.short.into()]),
+                        short_names: (!d.short.is_empty()).then(|| vec![d.short.into()]),
                         categories: Some(vec!["istio-io".into(), category]),
                     },
                     scope: "Namespaced".into(),
@@ -263,7 +264,7 @@ mod tests {
     #[test]
     fn definitions_are_structural_and_carry_the_model_fields() {
         let crds = custom_resource_definitions().unwrap();
-        assert_eq!(crds.len(), 6);
+        assert_eq!(crds.len(), 7);
         for crd in &crds {
             let name = crd.metadata.name.clone().unwrap();
             assert_eq!(crd.spec.versions.iter().filter(|v| v.storage).count(), 1, "{name}: one storage version");

@@ -178,6 +178,14 @@ impl Index {
                     }
                 }
             }
+            Kind::Sidecar => {
+                // Its outbound traffic policy is on the workloads it applies to.
+                if **ns == *self.mesh.root_namespace {
+                    dirty.all_pods = true;
+                } else {
+                    dirty.pods_matching(ns, None);
+                }
+            }
             Kind::PeerAuthentication => {
                 dirty.peer_authn = true;
                 if **ns == *self.mesh.root_namespace {

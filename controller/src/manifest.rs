@@ -120,6 +120,7 @@ fn typed_object(k: Kind, label: &str, value: serde_json::Value) -> Result<Parsed
         Kind::DestinationRule => Object::DestinationRule(typed(&label, value)?),
         Kind::RequestAuthentication => Object::RequestAuthentication(typed(&label, value)?),
         Kind::VirtualService => Object::VirtualService(typed(&label, value)?),
+        Kind::Sidecar => Object::Sidecar(typed(&label, value)?),
     };
     normalize_namespace(&mut object);
     validate(&label, &object)?;
@@ -150,7 +151,7 @@ fn known_but_unread(api_version: &str, kind: &str) -> Option<bool> {
         "batch" => &["Job", "CronJob"],
         "security.istio.io" => &[],
         "networking.istio.io" => {
-            &["VirtualService", "Sidecar", "Gateway", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "EnvoyFilter"]
+            &["VirtualService", "Gateway", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "EnvoyFilter"]
         }
         "gateway.networking.k8s.io" => {
             &["GatewayClass", "TCPRoute", "TLSRoute", "UDPRoute", "ReferenceGrant", "BackendTLSPolicy"]
@@ -187,6 +188,7 @@ fn normalize_namespace(object: &mut Object) {
         Object::DestinationRule(o) => &mut o.metadata,
         Object::RequestAuthentication(o) => &mut o.metadata,
         Object::VirtualService(o) => &mut o.metadata,
+        Object::Sidecar(o) => &mut o.metadata,
         Object::Namespace(_) | Object::Node(_) => return,
     };
     if meta.namespace.as_deref().unwrap_or("").is_empty() {
@@ -213,6 +215,7 @@ fn validate(label: &str, object: &Object) -> Result<(), Rejection> {
         Object::DestinationRule(dr) => crate::translate::waypoint::validate_destination_rule(label, dr)?,
         Object::RequestAuthentication(ra) => crate::translate::waypoint::validate_request_authentication(label, ra)?,
         Object::VirtualService(vs) => crate::translate::waypoint::validate_virtual_service(label, vs)?,
+        Object::Sidecar(sc) => validate_sidecar(label, sc)?,
         Object::Namespace(_) | Object::Node(_) | Object::ServiceAccount(_) => {}
     }
     Ok(())
@@ -286,6 +289,17 @@ fn validate_peer_authentication(label: &str, p: &PeerAuthentication) -> Result<(
         return Err(r("spec.portLevelMtls".into(), "port-level mTLS needs a workload selector".into()));
     }
     Ok(())
+}
+
+fn validate_sidecar(label: &str, sc: &Sidecar) -> Result<(), Rejection> {
+    match sc.spec.outbound_traffic_policy.as_ref().and_then(|o| o.mode.as_deref()) {
+        None | Some("ALLOW_ANY" | "REGISTRY_ONLY") => Ok(()),
+        Some(other) => Err(reject(
+            label,
+            "spec.outboundTrafficPolicy.mode",
+            format!("unknown mode {other:?} (ALLOW_ANY, REGISTRY_ONLY)"),
+        )),
+    }
 }
 
 fn validate_service_entry(label: &str, se: &ServiceEntry) -> Result<(), Rejection> {

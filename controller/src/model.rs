@@ -30,6 +30,7 @@ pub enum Kind {
     DestinationRule,
     RequestAuthentication,
     VirtualService,
+    Sidecar,
 }
 
 impl Kind {
@@ -48,6 +49,7 @@ impl Kind {
             ("networking.istio.io", "ServiceEntry") => Kind::ServiceEntry,
             ("networking.istio.io", "DestinationRule") => Kind::DestinationRule,
             ("networking.istio.io", "VirtualService") => Kind::VirtualService,
+            ("networking.istio.io", "Sidecar") => Kind::Sidecar,
             ("gateway.networking.k8s.io", "Gateway") => Kind::Gateway,
             ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
             ("gateway.networking.k8s.io", "GRPCRoute") => Kind::GrpcRoute,
@@ -127,6 +129,7 @@ pub enum Object {
     DestinationRule(DestinationRule),
     RequestAuthentication(RequestAuthentication),
     VirtualService(VirtualService),
+    Sidecar(Sidecar),
 }
 
 impl Object {
@@ -146,6 +149,7 @@ impl Object {
             Object::DestinationRule(o) => &o.metadata,
             Object::RequestAuthentication(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
+            Object::Sidecar(o) => &o.metadata,
         }
     }
 
@@ -165,6 +169,7 @@ impl Object {
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::VirtualService(_) => Kind::VirtualService,
+            Object::Sidecar(_) => Kind::Sidecar,
         }
     }
 
@@ -522,6 +527,40 @@ pub struct MutualTls {
 }
 
 // --- networking.istio.io/v1 ----------------------------------------------------------------
+
+/// Istio's `Sidecar`: in ambient mode Ambit reads only its `outboundTrafficPolicy` (for the
+/// workloads it selects, or its namespace, or — in the root namespace — the mesh). Every
+/// other field is refused by name (`crds::unread_field`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Sidecar {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: SidecarSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    #[serde(default)]
+    pub workload_selector: Option<NetworkingWorkloadSelector>,
+    #[serde(default)]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+/// The networking API's workload selector (`labels`; the security API's says `matchLabels`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+pub struct NetworkingWorkloadSelector {
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundTrafficPolicy {
+    /// `ALLOW_ANY` (Istio's default) or `REGISTRY_ONLY`.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct ServiceEntry {

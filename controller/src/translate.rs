@@ -23,6 +23,21 @@ pub struct MeshSettings {
     pub root_namespace: String,
     /// DNS suffix of service hostnames (`svc.cluster.local`).
     pub domain_suffix: String,
+    /// meshConfig `outboundTrafficPolicy.mode`: what a pod may reach outside the registry,
+    /// unless a Sidecar says otherwise for its namespace or workload.
+    pub outbound: OutboundMode,
+}
+
+/// Istio's `outboundTrafficPolicy.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundMode {
+    /// Destinations outside the registry are reached directly (Istio's default).
+    #[default]
+    AllowAny,
+    /// Only mesh workloads, services and ServiceEntries: anything else is refused by ztunnel.
+    RegistryOnly,
 }
 
 impl Default for MeshSettings {
@@ -32,6 +47,7 @@ impl Default for MeshSettings {
             cluster_id: "Kubernetes".into(),
             root_namespace: "istio-system".into(),
             domain_suffix: "cluster.local".into(),
+            outbound: OutboundMode::AllowAny,
         }
     }
 }

@@ -75,6 +75,8 @@ fn refuses_a_bad_configuration_naming_the_setting() {
     assert!(err.contains("MANIFEST_DIR") && err.contains("/nonexistent/ambit"), "{err}");
     let err = expect_startup_failure(BIN, &["--manifests", "/tmp"]);
     assert!(err.contains("TOKEN_FILE"), "{err}");
+    let err = expect_startup_failure(BIN, &["--outbound-traffic-policy", "DENY_ALL"]);
+    assert!(err.contains("OUTBOUND_TRAFFIC_POLICY") || err.contains("outbound-traffic-policy"), "{err}");
     let err = expect_startup_failure(BIN, &["--node-proxy-accounts", "ztunnel"]);
     assert!(err.contains("NODE_PROXY_ACCOUNTS") && err.contains("ztunnel"), "{err}");
 }

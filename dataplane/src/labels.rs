@@ -70,6 +70,13 @@ pub struct ServiceLabels {
 }
 
 impl ServiceLabels {
+    /// Istio's `BlackHoleCluster`: where traffic refused by a `REGISTRY_ONLY` outbound policy
+    /// is counted (`destination_service` and `destination_service_name`).
+    pub fn black_hole() -> Self {
+        let name: Arc<str> = Arc::from("BlackHoleCluster");
+        ServiceLabels { hostname: name.clone(), namespace: unknown(), name }
+    }
+
     pub fn of(s: &Service) -> Self {
         ServiceLabels {
             hostname: or_unknown(&s.hostname),

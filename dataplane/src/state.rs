@@ -37,6 +37,8 @@ pub struct Workload {
     pub policies: Vec<Arc<str>>,
     pub healthy: bool,
     pub capacity: u32,
+    /// Outbound connections only to the registry (`REGISTRY_ONLY_EXTENSION`).
+    pub registry_only: bool,
     pub canonical_name: Arc<str>,
     pub canonical_revision: Arc<str>,
     pub workload_name: Arc<str>,
@@ -140,6 +142,7 @@ impl TryFrom<pb::Workload> for Workload {
             policies: w.authorization_policies.iter().map(|p| Arc::from(p.as_str())).collect(),
             healthy: w.status == pb::WorkloadStatus::Healthy as i32,
             capacity: w.capacity.unwrap_or(1).max(1),
+            registry_only: w.extensions.iter().any(|e| e.name == ambit_shared::proto::REGISTRY_ONLY_EXTENSION),
             canonical_name: w.canonical_name.as_str().into(),
             canonical_revision: w.canonical_revision.as_str().into(),
             workload_name: w.workload_name.as_str().into(),

@@ -349,6 +349,7 @@ fn default_values_render_a_consistent_install() {
         "DestinationRule",
         "VirtualService",
         "ServiceEntry",
+        "Sidecar",
     ]
     .map(String::from)
     .into();
@@ -402,6 +403,7 @@ fn production_values_render_a_consistent_install() {
     };
     assert_eq!(env("CERT_LIFETIME_SECONDS").as_deref(), Some("2592000"), "large numbers stay integers");
     assert_eq!(env("PATH_NORMALIZATION").as_deref(), Some("DECODE_AND_MERGE_SLASHES"), "meshConfig.pathNormalization");
+    assert_eq!(env("OUTBOUND_TRAFFIC_POLICY").as_deref(), Some("REGISTRY_ONLY"), "meshConfig.outboundTrafficPolicy");
 }
 
 #[test]

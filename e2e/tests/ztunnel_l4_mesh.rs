@@ -5,7 +5,8 @@
 //! One scenario, in order, because each step builds on the mesh the previous one left:
 //! capture and tunnel (the server sees the client's address; the node link carries TLS, not
 //! the payload), a service VIP, a non-mesh client through 15006, a DENY policy counted with
-//! `response_flags="DENY"`, STRICT refusing the non-mesh client, a pod leaving the mesh by
+//! `response_flags="DENY"`, REGISTRY_ONLY refusing an address outside the registry (nothing on
+//! the link, counted as `BlackHoleCluster`), STRICT refusing the non-mesh client, a pod leaving the mesh by
 //! label without a restart (plain traffic on the link) and rejoining, a successor ztunnel
 //! taking the node over beside the running one, and CNI DEL taking the rules out.
 
@@ -13,11 +14,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambit_e2e::capture::{contains, Tcpdump};
-use ambit_e2e::sandbox::{Options, Sandbox};
+use ambit_e2e::sandbox::{Options, Sandbox, NODE_NET};
 
 const MARKER: &str = "PLAINTEXT-MARKER-a7c3e9";
 const CLIENT: &str = "shop/client";
@@ -67,6 +70,32 @@ fn exchange(sb: &Sandbox, pod: &str, to: &str, line: &str) -> Result<String, Str
     // "peer=<ip>:<port> pod=<name>"
     let peer = greeting.split_whitespace().next().unwrap_or("").trim_start_matches("peer=");
     Ok(peer.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(peer).to_owned())
+}
+
+/// A TCP echo in the same shape as `ambit/tcp-echo` (a greeting naming the peer, then each line
+/// back), listening at `addr` inside network namespace `netns`; counts the connections it took.
+fn serve_echo_in(netns: &str, addr: &str) -> Arc<AtomicUsize> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let ns = ambit_shared::netns::Netns::open(std::path::Path::new(&format!("/run/netns/{netns}"))).unwrap();
+    let listener = ns.run_in(|| TcpListener::bind(addr)).unwrap().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let peer = stream.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+                let _ = (&stream).write_all(format!("peer={peer} pod=outside\n").as_bytes());
+                let mut line = String::new();
+                let mut reader = BufReader::new(&stream);
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let _ = (&stream).write_all(line.as_bytes());
+                    line.clear();
+                }
+            });
+        }
+    });
+    accepted
 }
 
 fn has_rules(sb: &Sandbox, pod: &str) -> bool {
@@ -180,6 +209,46 @@ fn l4_mesh_across_two_nodes() {
         &["reporter=\"destination\"", "connection_security_policy=\"unknown\"", "source_workload=\"outsider\""],
         1.0,
     );
+
+    // REGISTRY_ONLY. A listener on node-2's own address is outside the registry (no
+    // workload, no service): reached directly while the policy is ALLOW_ANY, refused by the
+    // client's ztunnel once a Sidecar makes the namespace REGISTRY_ONLY — nothing reaches
+    // the link, the registry stays reachable — and reachable again when it goes.
+    let outside = format!("{NODE_NET}.12:7070");
+    let accepted = serve_echo_in(&node2, &outside);
+    let capture = Tcpdump::start(&node2, "eth0", scratch.join("passthrough.pcap"));
+    assert_eq!(exchange(&sb, CLIENT, &outside, MARKER).unwrap(), client_ip, "ALLOW_ANY: direct, as is");
+    assert!(contains(&capture.stop(), MARKER.as_bytes()), "the capture sees passthrough traffic");
+    let registry_only = ambit_e2e::write_file(
+        &scratch,
+        "registry-only.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}\n",
+    );
+    sb.apply(&registry_only).unwrap();
+    wait_for("REGISTRY_ONLY to refuse the outside address", || exchange(&sb, CLIENT, &outside, "refused?").err());
+    let before = accepted.load(Ordering::SeqCst);
+    let capture = Tcpdump::start(&node2, "eth0", scratch.join("registry-only.pcap"));
+    let why = exchange(&sb, CLIENT, &outside, MARKER).expect_err("refused under REGISTRY_ONLY");
+    let pcap = capture.stop();
+    assert!(!contains(&pcap, MARKER.as_bytes()), "refused traffic left the pod in plaintext ({why})");
+    assert_eq!(accepted.load(Ordering::SeqCst), before, "nothing reached the outside listener");
+    assert_eq!(exchange(&sb, CLIENT, &server, "registry").unwrap(), client_ip, "the registry stays reachable");
+    wait_metric(
+        &sb,
+        "node-1",
+        15020,
+        "istio_tcp_connections_closed_total",
+        &[
+            "reporter=\"source\"",
+            "response_flags=\"BLACKHOLE\"",
+            "destination_service=\"BlackHoleCluster\"",
+            "source_principal=\"spiffe://cluster.local/ns/shop/sa/client\"",
+        ],
+        1.0,
+    );
+    assert!(sb.log("ztunnel-node-1").contains("REGISTRY_ONLY"), "the refusal is in the access log");
+    sb.delete(&registry_only).unwrap();
+    wait_for("ALLOW_ANY again", || exchange(&sb, CLIENT, &outside, "allowed-again").ok());
 
     // DENY: the client's identity is refused, counted with response_flags="DENY".
     let deny = ambit_e2e::write_file(

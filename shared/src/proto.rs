@@ -82,6 +82,13 @@ pub use envoy::service::discovery::v3 as discovery;
 pub use istio::security;
 pub use istio::v1::auth as ca;
 pub use istio::workload;
+
+/// Ambit's [`workload::Extension`] (by name, no config) on a workload whose outbound traffic is
+/// limited to the mesh's registry (Istio's `outboundTrafficPolicy.mode: REGISTRY_ONLY`):
+/// ztunnel refuses its connections to destinations that are neither mesh workloads nor
+/// services. Its presence is the setting, so nothing in it can be misread; ztunnels that do not
+/// know it (Istio's) ignore it.
+pub const REGISTRY_ONLY_EXTENSION: &str = "ambit.dev/registry-only";
 pub use istio::workload::zds;
 
 #[cfg(test)]

@@ -52,6 +52,9 @@ pub enum ResponseFlags {
     TlsFailure,
     /// No certificate for the source identity.
     IdentityError,
+    /// Refused by the source's `REGISTRY_ONLY` outbound traffic policy: the destination is
+    /// outside the registry (Istio's `BlackHoleCluster`).
+    BlackHole,
 }
 
 impl ResponseFlags {
@@ -62,6 +65,7 @@ impl ResponseFlags {
             ResponseFlags::Connect => "CONNECT",
             ResponseFlags::TlsFailure => "TLS_FAILURE",
             ResponseFlags::IdentityError => "IDENTITY_ERROR",
+            ResponseFlags::BlackHole => "BLACKHOLE",
         }
     }
 }

@@ -202,3 +202,31 @@ fn an_output_shared_by_two_objects_survives_until_both_are_gone() {
     let changes = index.apply(vec![Event::Delete(key)]);
     assert_eq!(names(&changes), vec![("shop/api.example.com".to_owned(), false)]);
 }
+
+#[test]
+fn sidecar_outbound_traffic_policy_reaches_the_workloads_it_applies_to() {
+    let registry_only =
+        |w: &Workload| w.extensions.iter().any(|e| e.name == ambit_shared::proto::REGISTRY_ONLY_EXTENSION);
+    let mut index = Index::new(MeshSettings::default());
+    let changes = index.apply(objects(BASE));
+    assert!(!registry_only(&workload(&changes, "Kubernetes//Pod/shop/cart-1")), "ALLOW_ANY by default");
+    // The root namespace's Sidecar is the mesh default: every pod is recomputed.
+    let changes = index.apply(objects(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: istio-system}\nspec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}",
+    ));
+    assert!(registry_only(&workload(&changes, "Kubernetes//Pod/shop/cart-1")));
+    assert!(registry_only(&workload(&changes, "Kubernetes//Pod/shop/front-1")));
+    // The namespace's own Sidecar wins over the root's; one selecting a workload wins over both.
+    let changes = index.apply(objects(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\nspec: {outboundTrafficPolicy: {mode: ALLOW_ANY}}\n---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: cart, namespace: shop}\nspec: {workloadSelector: {labels: {app: cart}}, outboundTrafficPolicy: {mode: REGISTRY_ONLY}}",
+    ));
+    assert!(registry_only(&workload(&changes, "Kubernetes//Pod/shop/cart-1")));
+    assert!(!registry_only(&workload(&changes, "Kubernetes//Pod/shop/front-1")));
+    // A Sidecar that applies but sets no mode leaves the mesh's setting (meshConfig).
+    let mesh = MeshSettings { outbound: crate::translate::OutboundMode::RegistryOnly, ..Default::default() };
+    let mut index = Index::new(mesh);
+    let changes = index.apply(objects(&format!(
+        "{BASE}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: shop}}\nspec: {{}}"
+    )));
+    assert!(registry_only(&workload(&changes, "Kubernetes//Pod/shop/front-1")));
+}

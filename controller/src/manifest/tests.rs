@@ -179,3 +179,18 @@ fn istio_fields_ambit_does_not_read_are_refused_naming_them() {
         parse(yaml).unwrap_or_else(|r| panic!("{yaml}: {r}"));
     }
 }
+
+#[test]
+fn sidecars_carry_only_their_outbound_traffic_policy() {
+    let sidecar = |spec: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: shop}}\nspec: {spec}")
+    };
+    parse(&sidecar("{workloadSelector: {labels: {app: a}}, outboundTrafficPolicy: {mode: REGISTRY_ONLY}}")).unwrap();
+    let r = rejected(&sidecar("{outboundTrafficPolicy: {mode: REGISTRY_ONLYY}}"));
+    assert_eq!(r.field, "spec.outboundTrafficPolicy.mode", "{r}");
+    // Sidecar-mode fields mean nothing to ztunnel: refused by name, not ignored.
+    let r = rejected(&sidecar("{egress: [{hosts: ['./*']}], outboundTrafficPolicy: {mode: REGISTRY_ONLY}}"));
+    assert_eq!(r.field, "spec.egress", "{r}");
+    let r = rejected(&sidecar("{outboundTrafficPolicy: {mode: REGISTRY_ONLY, egressProxy: {host: e}}}"));
+    assert_eq!(r.field, "spec.outboundTrafficPolicy.egressProxy", "{r}");
+}

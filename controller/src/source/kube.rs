@@ -37,6 +37,7 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
     ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
     ("networking.istio.io", "v1", "VirtualService", "virtualservices"),
+    ("networking.istio.io", "v1", "Sidecar", "sidecars"),
     ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
     ("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),

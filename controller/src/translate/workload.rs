@@ -4,14 +4,16 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ambit_shared::proto::workload::{
-    gateway_address, GatewayAddress, NamespacedHostname, NetworkAddress, NetworkMode, Port, PortList, TunnelProtocol,
-    Workload, WorkloadStatus, WorkloadType,
+    gateway_address, Extension, GatewayAddress, NamespacedHostname, NetworkAddress, NetworkMode, Port, PortList,
+    TunnelProtocol, Workload, WorkloadStatus, WorkloadType,
 };
 
-use crate::model::{keys, Gateway, IntOrString, Labels, PeerAuthentication, Pod, Service, WAYPOINT_CLASSES};
+use crate::model::{
+    keys, Gateway, IntOrString, Kind, Labels, Object, PeerAuthentication, Pod, Service, Sidecar, WAYPOINT_CLASSES,
+};
 use crate::store::{selects, Store};
 use crate::translate::authz::{peer_authn_outcome, PeerAuthnChain, STATIC_STRICT};
-use crate::translate::MeshSettings;
+use crate::translate::{MeshSettings, OutboundMode};
 
 /// The resource name (and uid) of a pod's workload: `<cluster>//Pod/<ns>/<name>`.
 pub fn workload_uid(mesh: &MeshSettings, namespace: &str, name: &str) -> String {
@@ -249,6 +251,43 @@ pub fn peer_authn_chain<'a>(pod: &Pod, store: &'a Store, mesh: &MeshSettings) ->
     PeerAuthnChain { mesh: mesh_pa, namespace: namespace_pa, workload: workload_pa }
 }
 
+/// The Sidecar that applies to a pod, as Istio picks it: one in its namespace selecting it,
+/// else its namespace's without a selector, else the root namespace's without a selector
+/// (the oldest within a level).
+fn sidecar_for<'a>(pod: &Pod, store: &'a Store, mesh: &MeshSettings) -> Option<&'a Sidecar> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let sidecars = |namespace: &str| {
+        store.list(Kind::Sidecar, Some(namespace)).filter_map(|o| match o {
+            Object::Sidecar(s) => Some(s),
+            _ => None,
+        })
+    };
+    let oldest = |it: &mut dyn Iterator<Item = &'a Sidecar>| {
+        it.min_by(|a, b| {
+            (a.metadata.creation_timestamp.as_deref(), &a.metadata.name)
+                .cmp(&(b.metadata.creation_timestamp.as_deref(), &b.metadata.name))
+        })
+    };
+    let wide = |s: &&Sidecar| s.spec.workload_selector.as_ref().is_none_or(|w| w.labels.is_empty());
+    oldest(
+        &mut sidecars(ns)
+            .filter(|s| !wide(s))
+            .filter(|s| s.spec.workload_selector.as_ref().is_some_and(|w| selects(&w.labels, &pod.metadata.labels))),
+    )
+    .or_else(|| oldest(&mut sidecars(ns).filter(wide)))
+    .or_else(|| oldest(&mut sidecars(&mesh.root_namespace).filter(wide)))
+}
+
+/// A pod's outbound traffic policy: its Sidecar's `outboundTrafficPolicy.mode` when set, else
+/// the mesh's (Istio's precedence).
+pub fn outbound_mode(pod: &Pod, store: &Store, mesh: &MeshSettings) -> OutboundMode {
+    match sidecar_for(pod, store, mesh).and_then(|s| s.spec.outbound_traffic_policy.as_ref()?.mode.as_deref()) {
+        Some("REGISTRY_ONLY") => OutboundMode::RegistryOnly,
+        Some(_) => OutboundMode::AllowAny,
+        None => mesh.outbound,
+    }
+}
+
 /// Translates one pod; `None` for pods neither scheduled nor addressed, or that have
 /// terminated. A pod scheduled on a node but without an IP yet is sent (without addresses,
 /// unhealthy): in Kubernetes the IP only appears after the CNI plugins ran, and the node agent
@@ -295,6 +334,12 @@ pub fn translate_pod(pod: &Pod, store: &Store, mesh: &MeshSettings) -> Option<Wo
         status: if is_ready(pod) && addressed { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy } as i32,
         cluster_id: mesh.cluster_id.clone(),
         network_mode: if pod.spec.host_network { NetworkMode::HostNetwork } else { NetworkMode::Standard } as i32,
+        extensions: match outbound_mode(pod, store, mesh) {
+            OutboundMode::RegistryOnly => {
+                vec![Extension { name: ambit_shared::proto::REGISTRY_ONLY_EXTENSION.into(), config: None }]
+            }
+            OutboundMode::AllowAny => Vec::new(),
+        },
         ..Default::default()
     })
 }

@@ -88,3 +88,20 @@ fn malformed_xds_resources_are_rejected_by_name() {
     xds::Handler::handle(&mut updater, Update { type_url: ADDRESS, added: vec![], removed: vec!["ok".into()] });
     assert!(updater.state.read().unwrap().workload("ok").is_none());
 }
+
+#[test]
+fn the_registry_only_extension_is_read_by_name() {
+    let base = pb::Workload {
+        uid: "w".into(),
+        namespace: "shop".into(),
+        addresses: vec![vec![10, 1, 0, 5]],
+        ..Default::default()
+    };
+    assert!(!Workload::try_from(base.clone()).unwrap().registry_only);
+    let other = pb::Extension { name: "example.com/other".into(), config: None };
+    let mine = pb::Extension { name: ambit_shared::proto::REGISTRY_ONLY_EXTENSION.into(), config: None };
+    let w = pb::Workload { extensions: vec![other.clone()], ..base.clone() };
+    assert!(!Workload::try_from(w).unwrap().registry_only);
+    let w = pb::Workload { extensions: vec![other, mine], ..base };
+    assert!(Workload::try_from(w).unwrap().registry_only);
+}

@@ -40,6 +40,7 @@ pub enum ConnError {
 impl Failure for ConnError {
     fn flags(&self) -> ResponseFlags {
         match self {
+            ConnError::Route(RouteError::NotInRegistry(_)) => ResponseFlags::BlackHole,
             ConnError::Route(_) | ConnError::Dial(_) => ResponseFlags::Connect,
             ConnError::Refused(Refused::Denied(_)) => ResponseFlags::Deny,
             ConnError::Refused(_) => ResponseFlags::Connect,
@@ -75,6 +76,10 @@ pub enum RouteError {
     NoAddress(String),
     #[error("connection to the proxy's own port {0}")]
     Loop(u16),
+    /// The source's outbound traffic policy is `REGISTRY_ONLY` and the destination is neither
+    /// a mesh workload nor a service (Istio's `BlackHoleCluster`).
+    #[error("{0} is not in the mesh's registry (outbound traffic policy REGISTRY_ONLY)")]
+    NotInRegistry(SocketAddr),
 }
 
 /// Why an inbound connection was refused before the application was dialed.

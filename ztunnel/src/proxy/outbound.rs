@@ -81,8 +81,11 @@ struct Routed {
     workload: Option<Arc<Workload>>,
 }
 
-/// Decides, under the read lock, where `dst` goes and what the metrics will say.
-fn route(state: &State, network: &str, dst: SocketAddr) -> Routed {
+/// Decides, under the read lock, where `dst` goes and what the metrics will say. `src`, the
+/// connecting pod's workload, decides whether a destination outside the registry may be
+/// reached directly (its outbound traffic policy; a pod whose workload is not known yet has
+/// none, so the mesh default `ALLOW_ANY` applies).
+fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) -> Routed {
     match state.destination(network, dst) {
         Destination::Service { service, port } => {
             if let Some(gw) = &service.waypoint {
@@ -105,6 +108,9 @@ fn route(state: &State, network: &str, dst: SocketAddr) -> Routed {
                 None => to_workload(&w, dst.port(), dst.ip()),
             };
             Routed { plan, service: None, workload: Some(w) }
+        }
+        Destination::Passthrough if src.is_some_and(|w| w.registry_only) => {
+            Routed { plan: Err(RouteError::NotInRegistry(dst)), service: None, workload: None }
         }
         Destination::Passthrough => Routed { plan: Ok(Plan::Direct(dst)), service: None, workload: None },
     }
@@ -143,7 +149,7 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
         let state = proxy.state.read().unwrap_or_else(|p| p.into_inner());
         let src =
             state.workload(&pod.workload_uid).cloned().or_else(|| state.workload_by_addr(network, peer.ip()).cloned());
-        let Routed { plan, service, workload } = route(&state, network, dst);
+        let Routed { plan, service, workload } = route(&state, network, dst, src.as_deref());
         (plan, service, workload, src)
     };
     let plan = match plan {
@@ -168,7 +174,12 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
         reporter: Reporter::Source,
         source,
         destination,
-        service: service.as_deref().map(ServiceLabels::of),
+        service: match service.as_deref() {
+            Some(s) => Some(ServiceLabels::of(s)),
+            // Istio's name for where refused registry-only traffic goes.
+            None if matches!(plan, Err(RouteError::NotInRegistry(_))) => Some(ServiceLabels::black_hole()),
+            None => None,
+        },
         security,
         flags: ResponseFlags::None,
     };

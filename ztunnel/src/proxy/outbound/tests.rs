@@ -1,3 +1,4 @@
+use crate::metrics::Failure;
 use ambit_shared::proto::workload::{GatewayAddress, NetworkAddress};
 
 use super::*;
@@ -20,7 +21,7 @@ fn service_vip_goes_over_hbone_to_an_endpoint_with_its_identity() {
     let mut s = State::default();
     s.insert_service(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]));
     s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true));
-    let Routed { plan, service, workload } = route(&s, "", "10.96.0.10:80".parse().unwrap());
+    let Routed { plan, service, workload } = route(&s, "", "10.96.0.10:80".parse().unwrap(), None);
     match plan.unwrap() {
         Plan::Hbone { hbone_addr, authority, identities } => {
             assert_eq!(hbone_addr, "10.1.0.5:15008".parse().unwrap());
@@ -38,9 +39,9 @@ fn no_healthy_endpoint_is_an_error_and_unknown_addresses_pass_through() {
     let mut s = State::default();
     s.insert_service(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]));
     s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), false));
-    assert!(matches!(route(&s, "", "10.96.0.10:80".parse().unwrap()).plan, Err(RouteError::NoEndpoint(..))));
+    assert!(matches!(route(&s, "", "10.96.0.10:80".parse().unwrap(), None).plan, Err(RouteError::NoEndpoint(..))));
     let dst = "93.184.216.34:443".parse().unwrap();
-    assert!(matches!(route(&s, "", dst).plan, Ok(Plan::Direct(d)) if d == dst));
+    assert!(matches!(route(&s, "", dst, None).plan, Ok(Plan::Direct(d)) if d == dst));
 }
 
 #[test]
@@ -50,7 +51,7 @@ fn workloads_outside_hbone_get_plain_tcp() {
     w.hbone = false;
     s.insert_workload(w);
     let dst = "10.1.0.5:9000".parse().unwrap();
-    assert!(matches!(route(&s, "", dst).plan, Ok(Plan::Direct(d)) if d == dst));
+    assert!(matches!(route(&s, "", dst, None).plan, Ok(Plan::Direct(d)) if d == dst));
 }
 
 #[test]
@@ -61,7 +62,7 @@ fn a_waypoint_gets_the_connection_with_the_original_vip_as_authority() {
     s.insert_service(cart);
     s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true));
     s.insert_workload(wl("wp", "shop", "waypoint", "10.1.0.99", None, true));
-    match route(&s, "", "10.96.0.10:80".parse().unwrap()).plan.unwrap() {
+    match route(&s, "", "10.96.0.10:80".parse().unwrap(), None).plan.unwrap() {
         Plan::Hbone { hbone_addr, authority, identities } => {
             assert_eq!(hbone_addr, "10.1.0.99:15008".parse().unwrap());
             assert_eq!(authority, "10.96.0.10:80".parse().unwrap(), "authority = VIP:port");
@@ -73,7 +74,7 @@ fn a_waypoint_gets_the_connection_with_the_original_vip_as_authority() {
     let mut w2 = wl("w2", "shop", "cart", "10.1.0.6", None, true);
     w2.waypoint = Some(waypoint_at([10, 1, 0, 99]));
     s.insert_workload(w2);
-    match route(&s, "", "10.1.0.6:8080".parse().unwrap()).plan.unwrap() {
+    match route(&s, "", "10.1.0.6:8080".parse().unwrap(), None).plan.unwrap() {
         Plan::Hbone { hbone_addr, authority, .. } => {
             assert_eq!((hbone_addr, authority), ("10.1.0.99:15008".parse().unwrap(), "10.1.0.6:8080".parse().unwrap()));
         }
@@ -83,7 +84,7 @@ fn a_waypoint_gets_the_connection_with_the_original_vip_as_authority() {
     let mut w3 = wl("w3", "shop", "cart", "10.1.0.7", None, true);
     w3.waypoint = Some(waypoint_at([10, 1, 0, 250]));
     s.insert_workload(w3);
-    assert!(matches!(route(&s, "", "10.1.0.7:8080".parse().unwrap()).plan, Err(RouteError::Waypoint(_))));
+    assert!(matches!(route(&s, "", "10.1.0.7:8080".parse().unwrap(), None).plan, Err(RouteError::Waypoint(_))));
 }
 
 #[test]
@@ -94,5 +95,31 @@ fn endpoints_on_another_network_are_never_dialed_directly() {
     remote.network = "west".into();
     remote.hbone = false;
     s.insert_workload(remote);
-    assert!(matches!(route(&s, "", "10.96.0.10:80".parse().unwrap()).plan, Err(RouteError::NoEndpoint(..))));
+    assert!(matches!(route(&s, "", "10.96.0.10:80".parse().unwrap(), None).plan, Err(RouteError::NoEndpoint(..))));
+}
+
+#[test]
+fn registry_only_sources_cannot_leave_the_registry() {
+    let mut s = State::default();
+    s.insert_service(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]));
+    s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true));
+    let mut plain = wl("w2", "legacy", "db", "10.1.0.9", None, true);
+    plain.hbone = false;
+    s.insert_workload(plain);
+    let mut client = wl("c1", "shop", "client", "10.1.0.7", None, true);
+    client.registry_only = true;
+    let outside: SocketAddr = "93.184.216.34:443".parse().unwrap();
+    // Outside the registry: refused, named, counted as the black hole (no service, no workload).
+    let routed = route(&s, "", outside, Some(&client));
+    assert!(matches!(routed.plan, Err(RouteError::NotInRegistry(d)) if d == outside), "{routed:?}");
+    assert!(routed.service.is_none() && routed.workload.is_none());
+    assert_eq!(ConnError::Route(RouteError::NotInRegistry(outside)).flags(), crate::metrics::ResponseFlags::BlackHole);
+    // The registry stays reachable: a service over HBONE, a known workload outside HBONE directly.
+    assert!(matches!(route(&s, "", "10.96.0.10:80".parse().unwrap(), Some(&client)).plan, Ok(Plan::Hbone { .. })));
+    let legacy: SocketAddr = "10.1.0.9:5432".parse().unwrap();
+    assert!(matches!(route(&s, "", legacy, Some(&client)).plan, Ok(Plan::Direct(d)) if d == legacy));
+    // Without the policy, or with no known source workload, outside is reached directly.
+    client.registry_only = false;
+    assert!(matches!(route(&s, "", outside, Some(&client)).plan, Ok(Plan::Direct(_))));
+    assert!(matches!(route(&s, "", outside, None).plan, Ok(Plan::Direct(_))));
 }
