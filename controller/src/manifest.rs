@@ -49,6 +49,30 @@ pub fn split_yaml(origin: &str, text: &str) -> (Vec<serde_json::Value>, Option<R
     (out, None)
 }
 
+/// A refused document: why, and for a security object what the mesh enforces in its place
+/// until it is fixed ([`substitute`]).
+pub type Refused = (Rejection, Option<Box<Object>>);
+
+/// Parses like [`parse_object`]; a refused AuthorizationPolicy, PeerAuthentication or
+/// RequestAuthentication also yields its fail-closed substitute, and the rejection's reason says
+/// what is enforced instead. Sources apply the substitute in the object's place.
+pub fn parse_object_or_substitute(origin: &str, value: serde_json::Value) -> Result<Parsed, Refused> {
+    let kind = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .zip(value.get("kind").and_then(|v| v.as_str()))
+        .and_then(|(api_version, kind)| Kind::from_type(api_version, kind));
+    let original = kind.filter(|k| substitute::is_security_kind(*k)).map(|_| value.clone());
+    parse_object(origin, value).map_err(|mut r| {
+        let replacement = original.as_ref().and_then(|v| substitute::substitute(v, &r));
+        let replacement = replacement.map(|(object, says)| {
+            r.reason = format!("{}; until it is fixed, Ambit enforces {says} instead", r.reason);
+            Box::new(object)
+        });
+        (r, replacement)
+    })
+}
+
 /// Parses one document into a model object and validates it.
 pub fn parse_object(origin: &str, value: serde_json::Value) -> Result<Parsed, Rejection> {
     let Some(obj) = value.as_object() else {
@@ -320,6 +344,8 @@ fn validate_service_entry(label: &str, se: &ServiceEntry) -> Result<(), Rejectio
     }
     Ok(())
 }
+
+pub mod substitute;
 
 #[cfg(test)]
 mod tests;

@@ -379,14 +379,17 @@ async fn start_kubernetes(
         Some(ca) => ca,
         None => crate::source::kube::load_or_create_root_secret(&client, config).await?,
     };
-    crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone());
+    if config.leader_election {
+        // Not leading until the lease says so: nothing is written before.
+        leader_tx.send_replace(false);
+    }
+    crate::source::kube::spawn_watchers(client.clone(), tx, rejections.clone(), leader_tx.subscribe());
     let (stx, srx) = mpsc::channel(1024);
     tokio::spawn(crate::deploy::status::write_status_patches(client.clone(), srx));
     let status = Some(StatusSync::new(stx));
     let (atx, arx) = mpsc::channel(1024);
     tokio::spawn(crate::deploy::apply::apply_owned(client.clone(), arx));
     if config.leader_election {
-        leader_tx.send_replace(false);
         let identity = config.pod_name.clone().unwrap_or_else(|| format!("ambit-controller-{}", std::process::id()));
         tokio::spawn(crate::source::lease::run(client.clone(), config.namespace.clone(), identity, leader_tx));
     }

@@ -9,6 +9,8 @@
 //! - A workload with a mesh certificate speaking HBONE to the waypoint itself: a forged
 //!   `forwarded` header, a CONNECT for a pod address, a CONNECT for a service the waypoint does
 //!   not serve.
+//! - A DENY policy with a field the controller cannot read: enforced as a DENY of everything it
+//!   targets until fixed, never dropped.
 //! - A node's ztunnel restarted while the controller is down: no plaintext leaves the node.
 //! - Floods of reset and idle connections against a pod's 15008 while traffic goes on.
 
@@ -311,7 +313,31 @@ fn nothing_gets_around_the_mesh() {
         assert!(answer.is_err(), "CONNECT for {what} was forwarded: {answer:?}");
     }
 
-    // 4. A node that restarts while the control plane is away forwards nothing in plaintext.
+    // 4. A policy the controller cannot read is not dropped (a DENY would deny nothing) but
+    // enforced as a DENY of everything it targets until it is fixed; fixing it applies it.
+    assert_eq!(status(&sb, "http://open:8081/public"), 200, "control: open is reachable");
+    let typo = write_file(
+        &scratch,
+        "typo.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-secrets, namespace: bank}\nspec:\n  targetRefs: [{kind: Service, group: '', name: open}]\n  action: DENY\n  rules: [{to: [{operation: {pathz: [/secret]}}]}]\n",
+    );
+    sb.apply(&typo).unwrap();
+    wait_for("the unreadable DENY to deny everything on open", Duration::from_secs(30), || {
+        (status(&sb, "http://open:8081/public") == 403).then_some(())
+    });
+    assert_eq!(status(&sb, "http://open:8081/secret"), 403);
+    let fixed = write_file(
+        &scratch,
+        "typo.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-secrets, namespace: bank}\nspec:\n  targetRefs: [{kind: Service, group: '', name: open}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/secret]}}]}]\n",
+    );
+    sb.apply(&fixed).unwrap();
+    wait_for("the fixed DENY to apply as written", Duration::from_secs(30), || {
+        (status(&sb, "http://open:8081/public") == 200).then_some(())
+    });
+    assert_eq!(status(&sb, "http://open:8081/secret"), 403);
+
+    // 5. A node that restarts while the control plane is away forwards nothing in plaintext.
     sb.stop_daemon("controller");
     sb.stop_daemon("ztunnel-node-1");
     sb.start_ztunnel("node-1").unwrap();
@@ -346,7 +372,7 @@ fn nothing_gets_around_the_mesh() {
         (call(&sb, "http://vault:8080/public").map(|r| r.0) == Some(200)).then_some(())
     });
 
-    // 5. Floods against a pod's HBONE port: reset-after-connect and idle connections; the
+    // 6. Floods against a pod's HBONE port: reset-after-connect and idle connections; the
     // node's ztunnel keeps serving.
     let target = SocketAddr::from((vault_ip, 15008));
     let idle = sb

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::Client;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::deploy::apply::resource;
 use crate::deploy::waypoint_objects::waypoint_gateways;
@@ -100,13 +100,11 @@ pub fn is_service_parent(parent_ref: &serde_json::Value) -> bool {
         && matches!(parent_ref.get("group").and_then(|g| g.as_str()), None | Some("" | "core"))
 }
 
-/// What a route's entries of ours say, before timestamps: the rejection (if any) and, when
-/// rejected, the generation this controller still routes by.
+/// What a route's entries of ours say, before timestamps: the rejection (if any) and the
+/// generation it is about.
 #[derive(Debug, Clone, Default)]
 pub struct RouteVerdict<'a> {
     pub rejection: Option<&'a Rejection>,
-    /// The generation accepted earlier and still in force while this one is rejected.
-    pub in_force: Option<i64>,
     pub generation: Option<i64>,
 }
 
@@ -130,7 +128,7 @@ pub fn route_parents(parent_refs: &[serde_json::Value], verdict: &RouteVerdict) 
             condition("ResolvedRefs", "True", "ResolvedRefs", "all references resolved"),
         ],
         Some(r) => {
-            let message = rejection_message(r, verdict.in_force);
+            let message = r.to_string();
             let mut conditions = vec![condition("Accepted", "False", "UnsupportedValue", &message)];
             if r.field.contains("backendRefs[") && (r.field.ends_with(".kind") || r.field.ends_with(".group")) {
                 conditions.push(condition("ResolvedRefs", "False", "InvalidKind", &message));
@@ -143,15 +141,6 @@ pub fn route_parents(parent_refs: &[serde_json::Value], verdict: &RouteVerdict) 
         .filter(|p| is_service_parent(p))
         .map(|p| serde_json::json!({"parentRef": p, "controllerName": CONTROLLER_NAME, "conditions": conditions}))
         .collect()
-}
-
-/// A rejection as a condition message: the field and reason, and whether an earlier accepted
-/// generation is still what the mesh enforces.
-pub fn rejection_message(r: &Rejection, in_force: Option<i64>) -> String {
-    match in_force {
-        Some(g) => format!("{r}; generation {g}, accepted earlier, stays in force until this is fixed"),
-        None => r.to_string(),
-    }
 }
 
 /// The whole `status.parents` to write: other controllers' entries as they are, ours replaced
@@ -199,10 +188,14 @@ pub struct StatusUpdate {
 }
 
 /// Writes `Accepted` conditions with server-side apply (field manager `ambit-controller`), so a
-/// `kubectl get -o yaml` shows why an object was refused.
-pub async fn write_statuses(client: Client, mut rx: mpsc::Receiver<StatusUpdate>) {
+/// `kubectl get -o yaml` shows why an object was refused. Only while this replica leads
+/// (`leader`): replicas never write over each other.
+pub async fn write_statuses(client: Client, mut rx: mpsc::Receiver<StatusUpdate>, leader: watch::Receiver<bool>) {
     let params = PatchParams::apply("ambit-controller").force();
     while let Some(u) = rx.recv().await {
+        if !*leader.borrow() {
+            continue;
+        }
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &u.namespace, &u.resource);
         let (status, reason, message) = match &u.rejection {
             None => ("True", "Accepted", ACCEPTED_MESSAGE.to_owned()),
@@ -361,12 +354,12 @@ mod tests {
         assert_eq!(merge_route_parents(&written, ours.clone(), "2026-12-02T00:00:00Z"), None);
         // Rejected later: Accepted moves (new time); the field names a backend's kind.
         let r = Rejection::new("HTTPRoute shop/r", "spec.rules[0].backendRefs[0].kind", "only Service backends");
-        let verdict = RouteVerdict { rejection: Some(&r), in_force: Some(2), generation: Some(3) };
+        let verdict = RouteVerdict { rejection: Some(&r), generation: Some(3) };
         let next = merge_route_parents(&written, route_parents(&refs, &verdict), "2026-12-03T00:00:00Z").unwrap();
         let conds = next[0]["conditions"].as_array().unwrap();
         assert_eq!(conds[0]["lastTransitionTime"], "2026-12-03T00:00:00Z");
         assert_eq!(conds[1]["reason"], "InvalidKind");
-        assert!(conds[0]["message"].as_str().unwrap().contains("generation 2"), "{conds:?}");
+        assert!(conds[0]["message"].as_str().unwrap().contains("backendRefs[0].kind"), "{conds:?}");
         // Accepted again at a new generation: status True again, so a new transition time;
         // a condition whose status did not change keeps its time.
         let accepted = route_parents(&refs, &RouteVerdict { generation: Some(4), ..Default::default() });

@@ -194,3 +194,54 @@ fn sidecars_carry_only_their_outbound_traffic_policy() {
     let r = rejected(&sidecar("{outboundTrafficPolicy: {mode: REGISTRY_ONLY, egressProxy: {host: e}}}"));
     assert_eq!(r.field, "spec.outboundTrafficPolicy.egressProxy", "{r}");
 }
+
+#[test]
+fn a_refused_security_object_is_replaced_by_a_fail_closed_substitute() {
+    let refused = |yaml: &str| {
+        let (mut docs, _) = split_yaml("t", yaml);
+        match parse_object_or_substitute("t", docs.remove(0)) {
+            Err((r, substitute)) => (r, substitute.map(|b| *b)),
+            Ok(_) => panic!("accepted: {yaml}"),
+        }
+    };
+    let ap = |spec: &str| {
+        format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: shop}}\nspec: {spec}")
+    };
+    // ALLOW with a misspelt field: an ALLOW that allows nothing, same selector.
+    let (r, s) = refused(&ap("{selector: {matchLabels: {app: cart}}, rules: [{from: [{source: {principal: [x]}}]}]}"));
+    assert!(r.reason.contains("until it is fixed") && r.reason.contains("allows nothing"), "{r}");
+    let Some(Object::AuthorizationPolicy(p)) = s else { panic!("no substitute") };
+    assert_eq!((p.spec.action.as_deref(), p.spec.rules.as_deref()), (Some("ALLOW"), Some(&[][..])));
+    assert_eq!(p.spec.selector.unwrap().match_labels["app"], "cart");
+    assert_eq!((p.metadata.name.as_str(), p.metadata.namespace.as_deref()), ("p", Some("shop")));
+    // DENY (or CUSTOM, or an action that cannot be read): a DENY of everything in scope.
+    for action in ["DENY", "CUSTOM", "DENNY"] {
+        let (_, s) =
+            refused(&ap(&format!("{{action: {action}, rules: [{{to: [{{operation: {{method: [GET]}}}}]}}]}}")));
+        let Some(Object::AuthorizationPolicy(p)) = s else { panic!("no substitute for {action}") };
+        assert_eq!((p.spec.action.as_deref(), p.spec.rules), (Some("DENY"), Some(vec![Rule::default()])), "{action}");
+    }
+    // The scope itself refused: the whole namespace instead (broader refusal, never broader
+    // permission); targets kept when they are not the problem.
+    let (_, s) = refused(&ap("{selector: {matchLabels: {'bad key!': x}}, action: DENY, rules: [{}]}"));
+    let Some(Object::AuthorizationPolicy(p)) = s else { panic!("no substitute") };
+    assert!(p.spec.selector.is_none(), "{p:?}");
+    let (_, s) = refused(&ap(
+        "{targetRefs: [{kind: Service, group: '', name: cart}], rules: [{to: [{operation: {pathz: [/]}}]}]}",
+    ));
+    let Some(Object::AuthorizationPolicy(p)) = s else { panic!("no substitute") };
+    assert_eq!(p.spec.target_refs[0].name, "cart");
+    // AUDIT and dry-run policies enforce nothing: nothing replaces them.
+    assert!(refused(&ap("{action: AUDIT, rules: [{bogus: 1}]}")).1.is_none());
+    // PeerAuthentication: STRICT; RequestAuthentication: a rule no token satisfies.
+    let (_, s) = refused("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICTT}}");
+    let Some(Object::PeerAuthentication(p)) = s else { panic!("no substitute") };
+    assert_eq!(p.spec.mtls.and_then(|m| m.mode).as_deref(), Some("STRICT"));
+    let (_, s) = refused("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {targetRefs: [{kind: Service, group: '', name: cart}], jwtRules: [{issuer: x, jwks: '{}', fromCookies: [c]}]}");
+    let Some(Object::RequestAuthentication(ra)) = s else { panic!("no substitute") };
+    assert_eq!(ra.spec.jwt_rules[0].issuer, substitute::REFUSED_ISSUER);
+    assert_eq!(ra.spec.target_refs[0].name, "cart");
+    // Other kinds keep their last accepted version instead: no substitute.
+    let (_, s) = refused("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: shop}\nspec: {hosts: [r], corsPolicy: {}}");
+    assert!(s.is_none());
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::index::Event;
-use crate::manifest::{parse_object, split_yaml, Parsed};
+use crate::manifest::{parse_object_or_substitute, split_yaml, Parsed};
 use crate::model::{Object, ObjectKey};
 use crate::rejection::Rejection;
 use crate::source::Rejections;
@@ -199,10 +199,15 @@ impl DirSource {
             split_yaml(&origin, &text)
         };
         for (i, doc) in docs.into_iter().enumerate() {
-            match parse_object(&format!("document {} of {origin}", i + 1), doc) {
+            match parse_object_or_substitute(&format!("document {} of {origin}", i + 1), doc) {
                 Ok(Parsed::Object(object)) => file.objects.push(*object),
                 Ok(Parsed::Ignored { .. }) => {}
-                Err(r) => {
+                Err((r, Some(substitute))) => {
+                    // A refused security object: its fail-closed substitute takes its place.
+                    file.objects.push(*substitute);
+                    file.rejections.push(r);
+                }
+                Err((r, None)) => {
                     // A rejected edit keeps the last valid version of that object.
                     if let Some(key) = r.key.as_ref().filter(|k| previous.contains(*k)) {
                         file.keep.insert(key.clone());

@@ -15,11 +15,11 @@ use kube::Client;
 
 use crate::auth::{service_account_of, AuthError, Authenticator, Caller};
 use crate::deploy::status::{
-    is_route, merge_route_parents, rejection_message, rfc3339_now, route_parents, write_statuses, writes_status,
-    RouteVerdict, StatusUpdate, ACCEPTED_MESSAGE,
+    is_route, merge_route_parents, rfc3339_now, route_parents, write_statuses, writes_status, RouteVerdict,
+    StatusUpdate, ACCEPTED_MESSAGE,
 };
 use crate::index::Event;
-use crate::manifest::{parse_object, Parsed};
+use crate::manifest::{parse_object_or_substitute, Parsed};
 use crate::model::{Kind, ObjectKey};
 use crate::rejection::Rejection;
 use crate::source::Rejections;
@@ -48,18 +48,15 @@ pub(crate) fn api_resource(group: &str, version: &str, kind: &str, plural: &str)
     ApiResource::from_gvk_with_plural(&gvk, plural)
 }
 
-/// Turns one watched object into an event, or records why it was rejected. `accepted` holds,
-/// per object, the generation this controller last accepted — what the store (and so the mesh)
-/// still runs while a later edit is rejected.
+/// Turns one watched object into an event, or records why it was rejected (a refused security
+/// object becomes its fail-closed substitute; any other refused edit leaves the last accepted
+/// version in place).
 fn to_event(
     ar: &ApiResource,
-    kind: Kind,
     obj: DynamicObject,
     rejections: &Rejections,
     status: Option<&tokio::sync::mpsc::Sender<StatusUpdate>>,
-    accepted: &mut HashMap<ObjectKey, Option<i64>>,
 ) -> Option<Event> {
-    let key = key_of(kind, &obj);
     let route = is_route(ar);
     // The Accepted condition already on the object: unchanged outcomes are not rewritten (our
     // own status write comes back as a watch event).
@@ -73,10 +70,9 @@ fn to_event(
                 )
             })
         });
-    let in_force = accepted.get(&key).copied().flatten();
     let status_update = |rejection: Option<&Rejection>| {
         let Some(tx) = status.filter(|_| writes_status(ar)) else { return };
-        let message = rejection.map(|r| rejection_message(r, in_force));
+        let message = rejection.map(|r| r.to_string());
         let route_parents = if route {
             let refs = obj
                 .data
@@ -92,7 +88,7 @@ fn to_event(
                 .and_then(|p| p.as_array())
                 .cloned()
                 .unwrap_or_default();
-            let verdict = RouteVerdict { rejection, in_force, generation: obj.metadata.generation };
+            let verdict = RouteVerdict { rejection, generation: obj.metadata.generation };
             let ours = route_parents(&refs, &verdict);
             // Nothing of ours to say or to take back: other controllers' entries stay untouched.
             let Some(parents) = merge_route_parents(&current, ours, &rfc3339_now()) else { return };
@@ -138,18 +134,17 @@ fn to_event(
         map.insert("apiVersion".into(), ar.api_version.clone().into());
         map.insert("kind".into(), ar.kind.clone().into());
     }
-    match parse_object(&origin, value) {
+    match parse_object_or_substitute(&origin, value) {
         Ok(Parsed::Object(o)) => {
             rejections.set(&origin, Vec::new());
             status_update(None);
-            accepted.insert(key, obj.metadata.generation);
             Some(Event::Apply(o))
         }
         Ok(Parsed::Ignored { .. }) => None,
-        Err(r) => {
+        Err((r, substitute)) => {
             status_update(Some(&r));
             rejections.set(&origin, vec![r]);
-            None
+            substitute.map(Event::Apply)
         }
     }
 }
@@ -177,7 +172,6 @@ async fn watch_kind(
     let mut synced = false;
     let mut relisted: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut batch = Vec::new();
-    let mut accepted: HashMap<ObjectKey, Option<i64>> = HashMap::new();
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         match event {
@@ -185,12 +179,11 @@ async fn watch_kind(
             Ok(watcher::Event::InitApply(obj)) => {
                 let key = key_of(kind, &obj);
                 relisted.insert(key);
-                batch.extend(to_event(&ar, kind, obj, &rejections, Some(&status), &mut accepted));
+                batch.extend(to_event(&ar, obj, &rejections, Some(&status)));
             }
             Ok(watcher::Event::InitDone) => {
                 // Whatever we knew and the relist no longer has was deleted meanwhile.
                 for gone in known.difference(&relisted) {
-                    accepted.remove(gone);
                     batch.push(Event::Delete(gone.clone()));
                 }
                 known = std::mem::take(&mut relisted);
@@ -204,7 +197,7 @@ async fn watch_kind(
             }
             Ok(watcher::Event::Apply(obj)) => {
                 known.insert(key_of(kind, &obj));
-                if let Some(e) = to_event(&ar, kind, obj, &rejections, Some(&status), &mut accepted) {
+                if let Some(e) = to_event(&ar, obj, &rejections, Some(&status)) {
                     if tx.send(vec![e]).await.is_err() {
                         return;
                     }
@@ -213,7 +206,6 @@ async fn watch_kind(
             Ok(watcher::Event::Delete(obj)) => {
                 let key = key_of(kind, &obj);
                 known.remove(&key);
-                accepted.remove(&key);
                 rejections.set(&format!("{} {}/{}", ar.kind, key.namespace, key.name), Vec::new());
                 if tx.send(vec![Event::Delete(key)]).await.is_err() {
                     return;
@@ -224,10 +216,16 @@ async fn watch_kind(
     }
 }
 
-/// Starts a watcher per kind, and the status writer.
-pub fn spawn_watchers(client: Client, tx: tokio::sync::mpsc::Sender<Vec<Event>>, rejections: Rejections) {
+/// Starts a watcher per kind, and the status writer (writing while `leader` says this replica
+/// leads).
+pub fn spawn_watchers(
+    client: Client,
+    tx: tokio::sync::mpsc::Sender<Vec<Event>>,
+    rejections: Rejections,
+    leader: tokio::sync::watch::Receiver<bool>,
+) {
     let (status_tx, status_rx) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(write_statuses(client.clone(), status_rx));
+    tokio::spawn(write_statuses(client.clone(), status_rx, leader));
     for w in WATCHED {
         tokio::spawn(watch_kind(client.clone(), *w, tx.clone(), rejections.clone(), status_tx.clone()));
     }

@@ -81,14 +81,39 @@ fn a_released_duplicate_is_picked_up_from_the_other_file() {
 
 #[test]
 fn a_rejected_edit_keeps_the_last_valid_version() {
+    // Kinds other than security policies: the last valid version stays.
     let (d, mut src) = dir("reject");
-    write(&d, "p.yaml", &policy("deny", "DENY"));
+    let se = |port: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext, namespace: shop}}\nspec: {{hosts: [x.example], ports: [{{number: {port}}}]}}\n")
+    };
+    write(&d, "se.yaml", &se("443"));
     src.scan();
-    write(&d, "p.yaml", &policy("deny", "DENNY"));
+    write(&d, "se.yaml", &se("0"));
     let events = src.scan();
-    assert!(events.is_empty(), "the DENY policy stays: {:?}", summary(&events));
+    assert!(events.is_empty(), "the ServiceEntry stays: {:?}", summary(&events));
     assert_eq!(src.rejections.count(), 1);
     // Fixing it applies the new version and clears the rejection.
+    write(&d, "se.yaml", &se("8443"));
+    assert_eq!(summary(&src.scan()), ["apply ServiceEntry shop/ext"]);
+    assert_eq!(src.rejections.count(), 0);
+}
+
+#[test]
+fn a_rejected_security_policy_is_replaced_by_its_fail_closed_substitute() {
+    let (d, mut src) = dir("substitute");
+    write(&d, "p.yaml", &policy("deny", "DENY"));
+    src.scan();
+    // A broken edit: the policy becomes a DENY of everything in its scope, not the old one (only
+    // this replica would have it) and not nothing (that would allow what it denied).
+    write(&d, "p.yaml", &policy("deny", "DENNY"));
+    let events = src.scan();
+    assert_eq!(summary(&events), ["apply AuthorizationPolicy shop/deny"]);
+    let Some(Event::Apply(o)) = events.first() else { panic!("{events:?}") };
+    let crate::model::Object::AuthorizationPolicy(p) = &**o else { panic!("{o:?}") };
+    assert_eq!(p.spec.action.as_deref(), Some("DENY"));
+    assert_eq!(p.spec.rules, Some(vec![crate::model::Rule::default()]));
+    let rejected = src.rejections.all();
+    assert!(rejected.values().flatten().any(|r| r.reason.contains("until it is fixed")), "{rejected:?}");
     write(&d, "p.yaml", &policy("deny", "ALLOW"));
     assert_eq!(summary(&src.scan()), ["apply AuthorizationPolicy shop/deny"]);
     assert_eq!(src.rejections.count(), 0);
