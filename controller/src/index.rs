@@ -169,6 +169,10 @@ impl Index {
                 });
                 if targeted {
                     dirty.services_in.insert(ns.clone());
+                    // A GatewayClass target (root namespace) reaches every waypoint's services.
+                    if **ns == *self.mesh.root_namespace {
+                        dirty.all_services = true;
+                    }
                 }
                 for sel in [previous, current].into_iter().flatten().filter_map(selector_of) {
                     if **ns == *self.mesh.root_namespace {
@@ -200,6 +204,9 @@ impl Index {
             }
             Kind::RequestAuthentication => {
                 dirty.services_in.insert(ns.clone());
+                if **ns == *self.mesh.root_namespace {
+                    dirty.all_services = true;
+                }
             }
             Kind::DestinationRule | Kind::VirtualService => {
                 // Its hosts are services; short names and FQDNs of this namespace (or any).

@@ -15,7 +15,9 @@ use ambit_shared::proto::security::{
 };
 use ambit_shared::{Cidr, Identity};
 
-use crate::model::{keys, AuthorizationPolicy, Operation, PeerAuthentication, Rule, Source, WhenCondition};
+use crate::model::{
+    keys, AuthorizationPolicy, Operation, PeerAuthentication, PolicyTargetReference, Rule, Source, WhenCondition,
+};
 use crate::rejection::{validate_labels, Rejection};
 use crate::translate::MeshSettings;
 
@@ -35,6 +37,49 @@ pub struct Translated {
 const L4_WHEN_KEYS: &[&str] =
     &["source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"];
 
+/// A policy's `targetRef` / `targetRefs` (AuthorizationPolicy, RequestAuthentication): only
+/// what Ambit attaches — a Service or a waypoint Gateway in the policy's namespace, or (from the
+/// root namespace) a GatewayClass. Anything else would attach nowhere while looking applied.
+pub(crate) fn validate_target_refs(
+    label: &str,
+    policy_namespace: &str,
+    one: Option<&PolicyTargetReference>,
+    refs: &[PolicyTargetReference],
+) -> Result<(), Rejection> {
+    let all = one
+        .map(|r| ("spec.targetRef".to_owned(), r))
+        .into_iter()
+        .chain(refs.iter().enumerate().map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)));
+    for (at, r) in all {
+        match (r.group.as_str(), r.kind.as_str()) {
+            ("" | "core", "Service") | ("gateway.networking.k8s.io", "Gateway" | "GatewayClass") => {}
+            (_, "ServiceEntry") => {
+                return Err(Rejection::new(label, format!("{at}.kind"), "ServiceEntry targets are not supported yet"))
+            }
+            (group, kind) => {
+                return Err(Rejection::new(
+                    label,
+                    format!("{at}.kind"),
+                    format!(
+                        "{kind:?} in group {group:?} is not a target Ambit attaches policies to (Service in \"\", Gateway or GatewayClass in gateway.networking.k8s.io)"
+                    ),
+                ))
+            }
+        }
+        if r.name.is_empty() {
+            return Err(Rejection::new(label, format!("{at}.name"), "required"));
+        }
+        if r.namespace.as_deref().is_some_and(|n| !n.is_empty() && n != policy_namespace) {
+            return Err(Rejection::new(
+                label,
+                format!("{at}.namespace"),
+                "must be the policy's own namespace (cross-namespace targets are not allowed, as in Istio)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Validation of what we cannot enforce faithfully.
 pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
     let r = |field: String, reason: String| Rejection::new(label, field, reason);
@@ -46,6 +91,8 @@ pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
             return Err(r("spec.action".into(), format!("unknown action {other:?} (ALLOW, DENY, AUDIT, CUSTOM)")))
         }
     }
+    let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+    validate_target_refs(label, ns, p.spec.target_ref.as_ref(), &p.spec.target_refs)?;
     if let Some(sel) = &p.spec.selector {
         validate_labels(label, "spec.selector.matchLabels", &sel.match_labels)?;
         if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {

@@ -60,15 +60,26 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
     let routes = routes::routes(svc, store, mesh);
     // A policy in `namespace` attaches when it targets the service (in its namespace) or the
     // waypoint's Gateway (in the Gateway's namespace).
+    // From the root namespace, a policy targeting the waypoint's GatewayClass attaches to
+    // every waypoint of that class (as in Istio).
+    let root = mesh.root_namespace.as_str();
+    let class = gw.spec.gateway_class_name.as_str();
     let attached = |namespace: &str, refs: &[PolicyTargetReference], one: &Option<PolicyTargetReference>| {
         let refs: Vec<&PolicyTargetReference> = refs.iter().chain(one.iter()).collect();
         (namespace == ns && targets(&refs, "Service", &["", "core"], &svc.metadata.name))
             || (namespace == gw_ns && targets(&refs, "Gateway", &["gateway.networking.k8s.io"], &gw.metadata.name))
+            || (namespace == root && targets(&refs, "GatewayClass", &["gateway.networking.k8s.io"], class))
     };
     let mut policies = Vec::new();
     let mut jwt = Vec::new();
     let mut seen_ra = Vec::new();
-    for namespace in [ns, gw_ns] {
+    let mut namespaces = vec![ns];
+    for other in [gw_ns, root] {
+        if !namespaces.contains(&other) {
+            namespaces.push(other);
+        }
+    }
+    for namespace in namespaces {
         for o in store.list(Kind::RequestAuthentication, Some(namespace)) {
             let Object::RequestAuthentication(ra) = o else { continue };
             let hit = attached(namespace, &ra.spec.target_refs, &ra.spec.target_ref);
@@ -82,9 +93,6 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
             if hit && !policies.iter().any(|q: &pb::Policy| q.name == p.metadata.name && q.namespace == namespace) {
                 policies.push(policy(p));
             }
-        }
-        if ns == gw_ns {
-            break;
         }
     }
     pb::ServiceConfig {

@@ -7,6 +7,8 @@ use crate::model::RequestAuthentication;
 use crate::rejection::Rejection;
 
 pub fn validate_request_authentication(label: &str, ra: &RequestAuthentication) -> Result<(), Rejection> {
+    let ns = ra.metadata.namespace.as_deref().unwrap_or("default");
+    crate::translate::authz::validate_target_refs(label, ns, ra.spec.target_ref.as_ref(), &ra.spec.target_refs)?;
     for (i, rule) in ra.spec.jwt_rules.iter().enumerate() {
         let at = |f: &str| format!("spec.jwtRules[{i}].{f}");
         if rule.issuer.is_empty() {

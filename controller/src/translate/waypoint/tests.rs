@@ -145,6 +145,49 @@ spec:
 }
 
 #[test]
+fn root_namespace_policies_targeting_the_gateway_class_reach_every_waypoint_of_it() {
+    let c = config(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: all-waypoints, namespace: istio-system}
+spec:
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: ambit-waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/debug/*]}}]}]
+---
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: other-class, namespace: istio-system}
+spec:
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint-other}]
+  action: DENY
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: not-root, namespace: shop}
+spec:
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: ambit-waypoint}]
+  action: DENY
+  rules: [{}]",
+    );
+    let names: Vec<_> = c.policies.iter().map(|p| (p.namespace.as_str(), p.name.as_str())).collect();
+    assert_eq!(names, [("istio-system", "all-waypoints")], "only the root namespace's, for this class");
+}
+
+#[test]
+fn policy_targets_ambit_does_not_attach_to_are_refused_by_field() {
+    let refused = |target: &str| {
+        let v: serde_json::Value = serde_yaml::from_str(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  targetRefs: [{target}]\n  action: DENY\n  rules: [{{}}]"
+        ))
+        .unwrap();
+        match parse_object("p.yaml", v) {
+            Err(r) => r.field,
+            Ok(_) => panic!("accepted: {target}"),
+        }
+    };
+    assert_eq!(refused("{kind: ServiceEntry, group: networking.istio.io, name: ext}"), "spec.targetRefs[0].kind");
+    assert_eq!(refused("{kind: Servce, group: '', name: reviews}"), "spec.targetRefs[0].kind");
+    assert_eq!(refused("{kind: Gateway, group: '', name: waypoint}"), "spec.targetRefs[0].kind");
+    assert_eq!(refused("{kind: Service, group: '', name: reviews, namespace: prod}"), "spec.targetRefs[0].namespace");
+}
+
+#[test]
 fn malformed_routes_are_rejected_with_the_field() {
     let reject = |spec: &str| {
         let v: serde_json::Value = serde_yaml::from_str(&format!(
