@@ -100,26 +100,54 @@ fn served_spec_schema(kind: &str) -> Option<&'static Value> {
 }
 
 /// The first field of an Istio kind's `spec` that Ambit does not read (`spec.rules[0].rule`),
-/// except `exportTo: ["*"]` and a VirtualService's `gateways: [mesh]` (their defaults),
+/// except values that mean what Ambit does anyway (`strip_defaults`),
 /// so a manifest using a field Ambit does not implement — or misspelling one it does — is
 /// refused naming it instead of applied without it (a DENY policy whose `rules` is misspelt
 /// would otherwise deny nothing). `None` for kinds without a served schema, and for free-form
 /// values (`provider`).
 pub fn unread_field(kind: &str, spec: &Value) -> Option<String> {
     let schema = served_spec_schema(kind)?;
-    // Fields written with the value that means what Ambit does anyway are not refused.
-    let defaults = |key: &str, value: &Value| match key {
-        "exportTo" => *value == json!(["*"]),
-        "gateways" => kind == "VirtualService" && *value == json!(["mesh"]),
-        _ => false,
-    };
-    match spec {
-        Value::Object(fields) if fields.iter().any(|(k, v)| defaults(k, v)) => {
-            let kept: Map<String, Value> =
-                fields.iter().filter(|(k, v)| !defaults(k, v)).map(|(k, v)| (k.clone(), v.clone())).collect();
-            first_unread(schema, &Value::Object(kept), "spec")
+    let mut spec = spec.clone();
+    strip_defaults(kind, &mut spec);
+    first_unread(schema, &spec, "spec")
+}
+
+/// Removes what Istio users commonly write that means what Ambit does anyway, so it is not
+/// refused: `exportTo` of `["*"]` or `[]`; a VirtualService's `gateways` of `[mesh]` or `[]`
+/// and its matches' `name`s (labels for stats); a DestinationRule's `trafficPolicy.tls` of
+/// `ISTIO_MUTUAL` (mesh traffic is mutual TLS already) and `subsets` that only name label sets
+/// (routing to a subset is refused where a route asks for one).
+fn strip_defaults(kind: &str, spec: &mut Value) {
+    let Some(fields) = spec.as_object_mut() else { return };
+    let everywhere = |v: &Value| *v == json!(["*"]) || *v == json!([]);
+    if fields.get("exportTo").is_some_and(everywhere) {
+        fields.remove("exportTo");
+    }
+    match kind {
+        "VirtualService" => {
+            if fields.get("gateways").is_some_and(|v| *v == json!(["mesh"]) || *v == json!([])) {
+                fields.remove("gateways");
+            }
+            for route in fields.get_mut("http").and_then(Value::as_array_mut).into_iter().flatten() {
+                for m in route.get_mut("match").and_then(Value::as_array_mut).into_iter().flatten() {
+                    if let Some(m) = m.as_object_mut().filter(|m| m.get("name").is_some_and(Value::is_string)) {
+                        m.remove("name");
+                    }
+                }
+            }
         }
-        _ => first_unread(schema, spec, "spec"),
+        "DestinationRule" => {
+            if let Some(policy) = fields.get_mut("trafficPolicy").and_then(Value::as_object_mut) {
+                if policy.get("tls").is_some_and(|t| *t == json!({"mode": "ISTIO_MUTUAL"})) {
+                    policy.remove("tls");
+                }
+            }
+            let names_only = |s: &Value| s.as_object().is_some_and(|o| o.keys().all(|k| k == "name" || k == "labels"));
+            if fields.get("subsets").and_then(Value::as_array).is_some_and(|all| all.iter().all(names_only)) {
+                fields.remove("subsets");
+            }
+        }
+        _ => {}
     }
 }
 

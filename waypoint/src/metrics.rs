@@ -110,6 +110,9 @@ pub struct Metrics {
     handles: RwLock<HashMap<RequestLabels, Arc<Handles>, foldhash::fast::RandomState>>,
 }
 
+/// At most this many label sets keep cached handles (the families themselves hold every series).
+const MAX_CACHED_LABEL_SETS: usize = 4096;
+
 /// One label set's series in the four families (each shares its state with the family's).
 struct Handles {
     requests: Counter,
@@ -154,6 +157,10 @@ impl Metrics {
             response_bytes: self.response_bytes.get_or_create(labels).clone(),
         });
         let mut all = self.handles.write().unwrap_or_else(PoisonError::into_inner);
+        if all.len() >= MAX_CACHED_LABEL_SETS {
+            // Past the bound, series are still recorded, just found the slower way each time.
+            return h;
+        }
         all.entry(labels.clone()).or_insert(h).clone()
     }
 }

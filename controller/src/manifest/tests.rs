@@ -165,7 +165,8 @@ fn istio_fields_ambit_does_not_read_are_refused_naming_them() {
         ("kind: VirtualService\nspec: {hosts: [r], http: [{match: [{sourceLabels: {app: a}}], route: [{destination: {host: r}}]}]}", "spec.http[0].match[0].sourceLabels"),
         ("kind: ServiceEntry\nspec: {hosts: [x.example], endpoints: [{address: 1.2.3.4}]}", "spec.endpoints"),
         ("kind: ServiceEntry\nspec: {hosts: [x.example], exportTo: ['.']}", "spec.exportTo"),
-        ("kind: DestinationRule\nspec: {host: r, subsets: [{name: v1, labels: {version: v1}}]}", "spec.subsets"),
+        ("kind: DestinationRule\nspec: {host: r, subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {}}]}", "spec.subsets"),
+        ("kind: DestinationRule\nspec: {host: r, trafficPolicy: {tls: {mode: SIMPLE}}}", "spec.trafficPolicy.tls"),
     ] {
         let r = rejected(&format!("apiVersion: networking.istio.io/v1\n{yaml}\nmetadata: {{name: o, namespace: shop}}"));
         assert_eq!(r.field, field, "{yaml}: {r}");
@@ -175,6 +176,9 @@ fn istio_fields_ambit_does_not_read_are_refused_naming_them() {
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: o, namespace: shop}\nspec: {hosts: [x.example], exportTo: ['*']}",
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: o, namespace: shop}\nspec: {hosts: [r], gateways: [mesh], exportTo: ['*'], http: [{route: [{destination: {host: r}}]}]}",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {action: CUSTOM, provider: {name: ext, anything: [1]}, rules: [{}]}",
+        // Bookinfo's shape: subsets that only name label sets, ISTIO_MUTUAL, exportTo [].
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: o, namespace: shop}\nspec: {host: r, exportTo: [], trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}, subsets: [{name: v1, labels: {version: v1}}]}",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: o, namespace: shop}\nspec: {hosts: [r], gateways: [], http: [{match: [{name: api, uri: {prefix: /api}}], route: [{destination: {host: r}}]}]}",
     ] {
         parse(yaml).unwrap_or_else(|r| panic!("{yaml}: {r}"));
     }

@@ -113,6 +113,16 @@ pub fn validate(label: &str, p: &AuthorizationPolicy) -> Result<(), Rejection> {
                     check_wildcard(v).map_err(|e| r(format!("{base}.{field}[{i}]"), e))?;
                 }
             }
+            let by_account = !s.service_accounts.is_empty() || !s.not_service_accounts.is_empty();
+            let by_identity =
+                [&s.principals, &s.not_principals, &s.namespaces, &s.not_namespaces].iter().any(|l| !l.is_empty());
+            if by_account && by_identity {
+                // Istio's CRD rule: the two ways of naming the source do not mix.
+                return Err(r(
+                    format!("{base}.serviceAccounts"),
+                    "serviceAccounts cannot be set together with principals or namespaces (as in Istio)".into(),
+                ));
+            }
             for (field, list) in
                 [("serviceAccounts", &s.service_accounts), ("notServiceAccounts", &s.not_service_accounts)]
             {
@@ -255,8 +265,6 @@ fn address(v: &str) -> Option<Address> {
     Some(Address { address: bytes, length: u32::from(cidr.prefix()) })
 }
 
-/// `<sa>` (in the policy's namespace) or `<namespace>/<sa>`, both Kubernetes names: anything
-/// else would match no workload, so a rule written with it would silently never fire.
 /// What Istio's CRD admits for `serviceAccounts` items: no wildcard, at most
 /// one `/`, at most 320 characters. Case and dots are left alone as Istio leaves
 /// them (a value that names no real account simply matches nothing); an empty

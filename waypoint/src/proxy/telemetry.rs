@@ -101,7 +101,7 @@ impl Telemetry {
         let (response, flag, endpoint) = respond(answered);
         // Always there: only this call and `Drop` take it, and this call takes `self`.
         let Some(arrived) = self.0.take() else { return response };
-        let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+        let grpc_status = grpc_status(response.headers());
         let completion = arrived.completion(response.status().as_u16(), grpc_status, flag, endpoint);
         // Recorded when the response body ends (gRPC's status is in its trailers).
         response.map(|inner| Observed { inner, bytes: 0, completion: Some(completion) }.boxed())
@@ -161,6 +161,13 @@ impl Arrived {
             span: span_start.map(|t| (span, t, self.tracer)),
         }
     }
+}
+
+/// A response's `grpc-status`, as gRPC defines it: 0–16, anything else read as UNKNOWN (2) —
+/// the backend writes this header, and every distinct value would be a new metric series.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
+    let code: u32 = headers.get("grpc-status")?.to_str().ok()?.trim().parse().unwrap_or(2);
+    Some(if code <= 16 { code as u8 } else { 2 })
 }
 
 /// The longest path (with query) an access-log line or span carries; longer ones are cut.
@@ -260,7 +267,7 @@ impl hyper::body::Body for Observed {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 } else if let Some(trailers) = frame.trailers_ref() {
-                    let status = trailers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
+                    let status = grpc_status(trailers);
                     if let (Some(c), Some(status)) = (this.completion.as_mut(), status) {
                         c.labels.grpc_status = Some(status);
                     }
@@ -358,5 +365,21 @@ mod tests {
         let logged = super::logged_path(&long);
         assert!(logged.len() <= super::MAX_LOGGED_PATH + '…'.len_utf8(), "{}", logged.len());
         assert!(logged.ends_with('…') && long.starts_with(logged.trim_end_matches('…')));
+    }
+
+    #[test]
+    fn grpc_status_is_read_as_grpc_defines_it() {
+        let with = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-status", http::HeaderValue::from_str(v).expect("value"));
+            grpc_status(&h)
+        };
+        assert_eq!(grpc_status(&http::HeaderMap::new()), None);
+        assert_eq!(with("0"), Some(0));
+        assert_eq!(with("16"), Some(16));
+        // A backend cannot mint new series: anything else is UNKNOWN.
+        for odd in ["17", "255", "99999", "-1", "ok"] {
+            assert_eq!(with(odd), Some(2), "{odd}");
+        }
     }
 }

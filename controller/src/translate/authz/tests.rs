@@ -256,6 +256,14 @@ fn service_accounts_must_be_names_or_namespace_slash_name() {
 }
 
 #[test]
+fn service_accounts_do_not_mix_with_principals_or_namespaces() {
+    let (mut docs, _) =
+        split_yaml("t", &ap("shop", "  rules:\n  - from: [{source: {serviceAccounts: [cart], namespaces: [shop]}}]"));
+    let err = parse_object("t", docs.remove(0)).expect_err("mixed");
+    assert_eq!(err.field, "spec.rules[0].from[0].source.serviceAccounts");
+}
+
+#[test]
 fn more_than_sixteen_service_accounts_are_refused_as_istio_does() {
     let list = |n: usize| (0..n).map(|i| format!("sa{i}")).collect::<Vec<_>>().join(", ");
     let parse = |n: usize| {
