@@ -17,7 +17,9 @@ use prost::Message;
 use crate::model::{Kind, Labels, Object, ObjectKey};
 use crate::store::{selects, Store};
 use crate::translate::authz::{self, peer_authn_outcome, PeerAuthnChain};
-use crate::translate::service::{service_resource_name, translate_service, translate_service_entry};
+use crate::translate::service::{
+    service_entry_endpoints, service_resource_name, translate_service, translate_service_entry,
+};
 use crate::translate::waypoint::service_config;
 use crate::translate::workload::{inherited_peer_authn, translate_pod, waypoint_gateway, workload_uid};
 use crate::translate::MeshSettings;
@@ -324,6 +326,11 @@ impl Index {
                     let addr = Address { r#type: Some(address::Type::Service(svc)) };
                     Change { type_url: ADDRESS, name, body: Some(any(ADDRESS, &addr)) }
                 })
+                .chain(service_entry_endpoints(se, mesh).into_iter().map(|w| {
+                    let name = w.uid.clone();
+                    let addr = Address { r#type: Some(address::Type::Workload(w)) };
+                    Change { type_url: ADDRESS, name, body: Some(any(ADDRESS, &addr)) }
+                }))
                 .collect(),
             Object::AuthorizationPolicy(p) => {
                 let translated = authz::translate_policy(p, mesh);

@@ -342,6 +342,40 @@ fn validate_service_entry(label: &str, se: &ServiceEntry) -> Result<(), Rejectio
             return Err(r(format!("spec.addresses[{i}]"), format!("{a:?} is not an IP address or CIDR")));
         }
     }
+    let resolution = se.spec.resolution.as_deref().unwrap_or("NONE");
+    match resolution {
+        "NONE" | "STATIC" | "DNS" | "DNS_ROUND_ROBIN" => {}
+        other => {
+            return Err(r(
+                "spec.resolution".into(),
+                format!("unknown resolution {other:?} (NONE, STATIC, DNS, DNS_ROUND_ROBIN)"),
+            ))
+        }
+    }
+    if !se.spec.endpoints.is_empty() && resolution != "STATIC" {
+        return Err(r(
+            "spec.endpoints".into(),
+            format!("endpoints are read with resolution STATIC only (this entry says {resolution})"),
+        ));
+    }
+    let names: BTreeSet<&str> = se.spec.ports.iter().filter_map(|p| p.name.as_deref()).collect();
+    for (i, e) in se.spec.endpoints.iter().enumerate() {
+        if e.address.parse::<IpAddr>().is_err() {
+            return Err(r(
+                format!("spec.endpoints[{i}].address"),
+                format!("{:?} is not an IP address (STATIC endpoints are addresses)", e.address),
+            ));
+        }
+        for (name, port) in &e.ports {
+            if !names.contains(name.as_str()) {
+                return Err(r(format!("spec.endpoints[{i}].ports.{name}"), "names no port of this entry".into()));
+            }
+            if !(1..=65_535).contains(port) {
+                return Err(r(format!("spec.endpoints[{i}].ports.{name}"), format!("{port} is not 1-65535")));
+            }
+        }
+        validate_labels(label, &format!("spec.endpoints[{i}].labels"), &e.labels)?;
+    }
     Ok(())
 }
 

@@ -584,6 +584,27 @@ pub struct ServiceEntrySpec {
     pub resolution: Option<String>,
     #[serde(default)]
     pub subject_alt_names: Vec<String>,
+    /// With `resolution: STATIC`: the addresses behind the hosts (Istio's WorkloadEntry shape).
+    #[serde(default)]
+    pub endpoints: Vec<WorkloadEntrySpec>,
+}
+
+/// One endpoint of a ServiceEntry (Istio's `WorkloadEntry` spec).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadEntrySpec {
+    #[serde(default)]
+    pub address: String,
+    /// Port name (of the ServiceEntry's ports) → the endpoint's port.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Relative load-balancing weight (default 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]

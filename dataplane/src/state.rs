@@ -59,6 +59,9 @@ pub struct Service {
     pub subject_alt_names: Vec<Identity>,
     /// Send to unhealthy endpoints too (`publishNotReadyAddresses`).
     pub allow_unhealthy: bool,
+    /// No endpoint selection: connections go to the address they were made to (a
+    /// ServiceEntry with `resolution: NONE`, load-balancing mode `PASSTHROUGH`).
+    pub passthrough: bool,
 }
 
 /// An xDS resource the data path cannot use, named by kind and name.
@@ -174,6 +177,8 @@ impl TryFrom<pb::Service> for Service {
             .load_balancing
             .as_ref()
             .is_some_and(|lb| lb.health_policy == pb::load_balancing::HealthPolicy::AllowAll as i32);
+        let passthrough =
+            s.load_balancing.as_ref().is_some_and(|lb| lb.mode == pb::load_balancing::Mode::Passthrough as i32);
         Ok(Service {
             key: key.as_str().into(),
             name: s.name.as_str().into(),
@@ -184,6 +189,7 @@ impl TryFrom<pb::Service> for Service {
             waypoint: s.waypoint,
             subject_alt_names,
             allow_unhealthy,
+            passthrough,
         })
     }
 }
@@ -240,6 +246,12 @@ impl State {
         let w = Arc::new(w);
         let by_ip = self.workload_by_addr.entry(w.network.clone()).or_default();
         for ip in &w.addresses {
+            // Two workloads claiming one address (a ServiceEntry endpoint naming a pod's IP, a
+            // pod replaced mid-churn): a mesh (HBONE) workload keeps it, so no other object can
+            // turn traffic to a meshed pod into plaintext.
+            if by_ip.get(ip).is_some_and(|current| current.hbone && !w.hbone) {
+                continue;
+            }
             by_ip.insert(*ip, w.clone());
         }
         for svc in w.services.keys() {
@@ -254,6 +266,15 @@ impl State {
             for ip in &w.addresses {
                 if by_ip.get(ip).is_some_and(|other| *other.uid == *uid) {
                     by_ip.remove(ip);
+                    // Another workload with the address takes it over (a mesh one first).
+                    let next = self
+                        .workloads
+                        .values()
+                        .filter(|o| o.network == w.network && o.addresses.contains(ip))
+                        .max_by_key(|o| o.hbone);
+                    if let Some(next) = next {
+                        by_ip.insert(*ip, next.clone());
+                    }
                 }
             }
         }

@@ -6,7 +6,8 @@
 //! capture and tunnel (the server sees the client's address; the node link carries TLS, not
 //! the payload), a service VIP, a non-mesh client through 15006, a DENY policy counted with
 //! `response_flags="DENY"`, REGISTRY_ONLY refusing an address outside the registry (nothing on
-//! the link, counted as `BlackHoleCluster`), STRICT refusing the non-mesh client, a pod leaving the mesh by
+//! the link, counted as `BlackHoleCluster`) and allowing it once a ServiceEntry names it
+//! (resolution NONE, and a STATIC endpoint behind its own address), STRICT refusing the non-mesh client, a pod leaving the mesh by
 //! label without a restart (plain traffic on the link) and rejoining, a successor ztunnel
 //! taking the node over beside the running one, and CNI DEL taking the rules out.
 
@@ -247,6 +248,30 @@ fn l4_mesh_across_two_nodes() {
         1.0,
     );
     assert!(sb.log("ztunnel-node-1").contains("REGISTRY_ONLY"), "the refusal is in the access log");
+    // ServiceEntries put destinations in the registry: one naming the address as is
+    // (resolution NONE: to the address the pod used), one with a STATIC endpoint behind its
+    // own address (resolution STATIC: to the endpoint's port).
+    let entries = ambit_e2e::write_file(
+        &scratch,
+        "entries.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: node2, namespace: shop}}\nspec: {{hosts: [node2.outside.example], addresses: ['{NODE_NET}.12'], ports: [{{number: 7070, name: tcp}}]}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo, namespace: shop}}\nspec: {{hosts: [echo.outside.example], addresses: [10.96.200.1], ports: [{{number: 80, name: tcp}}], resolution: STATIC, endpoints: [{{address: '{NODE_NET}.12', ports: {{tcp: 7070}}}}]}}\n"
+        ),
+    );
+    sb.apply(&entries).unwrap();
+    let before = accepted.load(Ordering::SeqCst);
+    wait_for("the NONE ServiceEntry to let the address through", || exchange(&sb, CLIENT, &outside, "registered").ok());
+    assert_eq!(exchange(&sb, CLIENT, "10.96.200.1:80", "static").unwrap(), client_ip, "STATIC endpoint reached");
+    assert!(accepted.load(Ordering::SeqCst) >= before + 2, "both reached the outside listener");
+    wait_metric(
+        &sb,
+        "node-1",
+        15020,
+        "istio_tcp_connections_closed_total",
+        &["reporter=\"source\"", "destination_service=\"echo.outside.example\"", "response_flags=\"-\""],
+        1.0,
+    );
+    sb.delete(&entries).unwrap();
     sb.delete(&registry_only).unwrap();
     wait_for("ALLOW_ANY again", || exchange(&sb, CLIENT, &outside, "allowed-again").ok());
 

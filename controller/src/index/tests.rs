@@ -230,3 +230,51 @@ fn sidecar_outbound_traffic_policy_reaches_the_workloads_it_applies_to() {
     )));
     assert!(registry_only(&workload(&changes, "Kubernetes//Pod/shop/front-1")));
 }
+
+#[test]
+fn service_entries_pass_through_or_name_their_static_endpoints() {
+    use ambit_shared::proto::workload::{load_balancing::Mode, Service as PbService};
+    let service = |changes: &[Change], name: &str| -> PbService {
+        let c = changes.iter().find(|c| c.name == name).expect(name);
+        match Address::decode(c.body.as_ref().unwrap().value.as_ref()).unwrap().r#type {
+            Some(address::Type::Service(s)) => s,
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut index = Index::new(MeshSettings::default());
+    let changes = index.apply(objects(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: partner, namespace: shop}
+spec:
+  hosts: [api.partner.example]
+  addresses: [203.0.113.10]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db, namespace: shop}
+spec:
+  hosts: [db.legacy.example]
+  addresses: [240.0.0.10]
+  ports: [{number: 5432, name: tcp-pg}]
+  resolution: STATIC
+  endpoints:
+  - {address: 192.0.2.7, ports: {tcp-pg: 6432}}
+  - {address: 192.0.2.8, weight: 3}",
+    ));
+    // resolution NONE (the default): forward to the address the pod used.
+    let partner = service(&changes, "shop/api.partner.example");
+    assert_eq!(partner.load_balancing.map(|lb| lb.mode), Some(Mode::Passthrough as i32));
+    // STATIC: a workload per endpoint, outside the mesh, serving the host on its port.
+    let db = service(&changes, "shop/db.legacy.example");
+    assert!(db.load_balancing.is_none_or(|lb| lb.mode != Mode::Passthrough as i32));
+    let first = workload(&changes, "Kubernetes/networking.istio.io/ServiceEntry/shop/db/192.0.2.7");
+    assert_eq!(first.addresses, vec![vec![192, 0, 2, 7]]);
+    assert_eq!(first.tunnel_protocol, TunnelProtocol::None as i32);
+    let ports = &first.services["shop/db.legacy.example"].ports;
+    assert_eq!((ports[0].service_port, ports[0].target_port), (5432, 6432), "the endpoint's named port");
+    let second = workload(&changes, "Kubernetes/networking.istio.io/ServiceEntry/shop/db/192.0.2.8");
+    assert_eq!(second.services["shop/db.legacy.example"].ports[0].target_port, 5432);
+    assert_eq!(second.capacity, Some(3));
+    // Endpoints go with the entry.
+    let key = ObjectKey { kind: Kind::ServiceEntry, namespace: "shop".into(), name: "db".into() };
+    let gone = index.apply(vec![Event::Delete(key)]);
+    assert!(gone.iter().any(|c| c.name.ends_with("/db/192.0.2.7") && c.body.is_none()), "{:?}", names(&gone));
+}

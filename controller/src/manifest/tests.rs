@@ -249,3 +249,19 @@ fn a_refused_security_object_is_replaced_by_a_fail_closed_substitute() {
     let (_, s) = refused("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: shop}\nspec: {hosts: [r], corsPolicy: {}}");
     assert!(s.is_none());
 }
+
+#[test]
+fn service_entry_resolution_and_endpoints_are_checked() {
+    let se = |spec: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: e, namespace: shop}}\nspec: {spec}")
+    };
+    parse(&se("{hosts: [x.example], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 192.0.2.1, ports: {http: 8080}}]}")).unwrap();
+    for (spec, field) in [
+        ("{hosts: [x.example], resolution: STATIK}", "spec.resolution"),
+        ("{hosts: [x.example], endpoints: [{address: 192.0.2.1}]}", "spec.endpoints"),
+        ("{hosts: [x.example], resolution: STATIC, endpoints: [{address: db.example}]}", "spec.endpoints[0].address"),
+        ("{hosts: [x.example], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 192.0.2.1, ports: {web: 80}}]}", "spec.endpoints[0].ports.web"),
+    ] {
+        assert_eq!(rejected(&se(spec)).field, field, "{spec}");
+    }
+}

@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 
 use ambit_shared::proto::workload::{
-    load_balancing, AppProtocol, IpFamilies, LoadBalancing, NetworkAddress, Port, Service as PbService,
+    load_balancing, AppProtocol, IpFamilies, LoadBalancing, NetworkAddress, Port, PortList, Service as PbService,
+    TunnelProtocol, Workload, WorkloadStatus,
 };
 use ambit_shared::Cidr;
 
@@ -106,7 +107,10 @@ pub fn translate_service(s: &Service, store: &Store, mesh: &MeshSettings) -> Opt
     })
 }
 
-/// Translates a ServiceEntry: one service per host.
+/// Translates a ServiceEntry: one service per host. With `resolution: NONE` (Istio's
+/// default) the services forward to the original destination (`PASSTHROUGH`): the entry's
+/// addresses are the real ones. With `STATIC`, its `endpoints` are the workloads behind them
+/// ([`service_entry_endpoints`]).
 pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSettings) -> Vec<PbService> {
     let ns = se.metadata.namespace.as_deref().unwrap_or_default();
     let addresses: Vec<NetworkAddress> = se
@@ -126,6 +130,7 @@ pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSett
             app_protocol: app_protocol(p.protocol.as_deref(), p.name.as_deref()) as i32,
         })
         .collect();
+    let passthrough = matches!(se.spec.resolution.as_deref(), None | Some("NONE"));
     se.spec
         .hosts
         .iter()
@@ -137,7 +142,65 @@ pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSett
             ports: ports.clone(),
             subject_alt_names: se.spec.subject_alt_names.clone(),
             waypoint: waypoint_for(&se.metadata.labels, ns, false, store, mesh),
+            load_balancing: passthrough
+                .then(|| LoadBalancing { mode: load_balancing::Mode::Passthrough as i32, ..Default::default() }),
             ..Default::default()
         })
         .collect()
+}
+
+/// The workload of each `endpoints` entry of a STATIC ServiceEntry, as istiod builds them for
+/// ztunnel: outside the mesh (plain TCP), serving every host of the entry, each port mapped to
+/// the endpoint's port of the same name (else the entry's `targetPort`, else its number).
+pub fn service_entry_endpoints(se: &ServiceEntry, mesh: &MeshSettings) -> Vec<Workload> {
+    let ns = se.metadata.namespace.as_deref().unwrap_or_default();
+    let name = &se.metadata.name;
+    se.spec
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let ip: IpAddr = e.address.parse().ok()?;
+            let ports: Vec<Port> = se
+                .spec
+                .ports
+                .iter()
+                .map(|p| {
+                    let named = p.name.as_ref().and_then(|n| e.ports.get(n)).copied();
+                    Port {
+                        service_port: u32::from(p.number),
+                        target_port: named.unwrap_or(u32::from(p.target_port.unwrap_or(p.number))),
+                        app_protocol: app_protocol(p.protocol.as_deref(), p.name.as_deref()) as i32,
+                    }
+                })
+                .collect();
+            let services = se
+                .spec
+                .hosts
+                .iter()
+                .map(|h| (service_resource_name(ns, h), PortList { ports: ports.clone() }))
+                .collect();
+            Some(Workload {
+                uid: service_entry_endpoint_uid(mesh, ns, name, &e.address),
+                name: name.clone(),
+                namespace: ns.to_owned(),
+                addresses: vec![ip_bytes(ip)],
+                network: e.network.clone().unwrap_or_default(),
+                tunnel_protocol: TunnelProtocol::None as i32,
+                service_account: "default".into(),
+                canonical_name: name.clone(),
+                canonical_revision: "latest".into(),
+                workload_name: name.clone(),
+                services,
+                status: WorkloadStatus::Healthy as i32,
+                cluster_id: mesh.cluster_id.clone(),
+                capacity: e.weight.filter(|w| *w > 1),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// Istio's uid for a ServiceEntry endpoint's workload.
+pub fn service_entry_endpoint_uid(mesh: &MeshSettings, namespace: &str, name: &str, address: &str) -> String {
+    format!("{}/networking.istio.io/ServiceEntry/{namespace}/{name}/{address}", mesh.cluster_id)
 }

@@ -105,3 +105,22 @@ fn the_registry_only_extension_is_read_by_name() {
     let w = pb::Workload { extensions: vec![other, mine], ..base };
     assert!(Workload::try_from(w).unwrap().registry_only);
 }
+
+#[test]
+fn a_mesh_workload_keeps_its_address_against_a_plain_one() {
+    let mut s = State::default();
+    let pod = wl("pod", "shop", "cart", "10.1.0.5", None, true);
+    let mut entry = wl("se-endpoint", "evil", "default", "10.1.0.5", None, true);
+    entry.hbone = false;
+    s.insert_workload(pod);
+    s.insert_workload(entry.clone());
+    let at = |s: &State| s.workload_by_addr("", "10.1.0.5".parse().unwrap()).map(|w| w.uid.to_string());
+    assert_eq!(at(&s).as_deref(), Some("pod"), "a later plain workload does not take a mesh pod's address");
+    // Gone and back: whoever is left holds the address, the mesh one first.
+    s.remove_workload("pod");
+    assert_eq!(at(&s).as_deref(), Some("se-endpoint"));
+    s.insert_workload(wl("pod", "shop", "cart", "10.1.0.5", None, true));
+    assert_eq!(at(&s).as_deref(), Some("pod"));
+    s.remove_workload("se-endpoint");
+    assert_eq!(at(&s).as_deref(), Some("pod"), "removing the shadowed one leaves the owner");
+}

@@ -92,6 +92,17 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
                 let plan = to_waypoint(state, network, gw, dst);
                 return Routed { plan, service: Some(service.clone()), workload: None };
             }
+            if service.passthrough {
+                // A registered destination (a ServiceEntry with resolution NONE): reached as
+                // addressed, counted as the service, allowed under REGISTRY_ONLY. An entry
+                // naming a workload's address does not take that workload out of the mesh:
+                // it is still reached as the workload (HBONE, its waypoint), never in plaintext.
+                if let Some(w) = state.workload_by_addr(network, dst.ip()).cloned() {
+                    let plan = to_known_workload(state, network, &w, dst);
+                    return Routed { plan, service: Some(service), workload: Some(w) };
+                }
+                return Routed { plan: Ok(Plan::Direct(dst)), service: Some(service), workload: None };
+            }
             match pick_endpoint(&state.endpoints_on(&service, port, network)) {
                 Some((w, target)) => {
                     Routed { plan: to_workload(&w, target, dst.ip()), service: Some(service), workload: Some(w) }
@@ -103,16 +114,21 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
             }
         }
         Destination::Workload(w) => {
-            let plan = match &w.waypoint {
-                Some(gw) => to_waypoint(state, network, gw, dst),
-                None => to_workload(&w, dst.port(), dst.ip()),
-            };
+            let plan = to_known_workload(state, network, &w, dst);
             Routed { plan, service: None, workload: Some(w) }
         }
         Destination::Passthrough if src.is_some_and(|w| w.registry_only) => {
             Routed { plan: Err(RouteError::NotInRegistry(dst)), service: None, workload: None }
         }
         Destination::Passthrough => Routed { plan: Ok(Plan::Direct(dst)), service: None, workload: None },
+    }
+}
+
+/// A connection addressed to a workload: through its waypoint when it has one, else to it.
+fn to_known_workload(state: &State, network: &str, w: &Workload, dst: SocketAddr) -> Result<Plan, RouteError> {
+    match &w.waypoint {
+        Some(gw) => to_waypoint(state, network, gw, dst),
+        None => to_workload(w, dst.port(), dst.ip()),
     }
 }
 

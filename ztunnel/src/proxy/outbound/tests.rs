@@ -123,3 +123,24 @@ fn registry_only_sources_cannot_leave_the_registry() {
     assert!(matches!(route(&s, "", outside, Some(&client)).plan, Ok(Plan::Direct(_))));
     assert!(matches!(route(&s, "", outside, None).plan, Ok(Plan::Direct(_))));
 }
+
+#[test]
+fn a_passthrough_service_entry_is_reached_as_addressed_and_is_in_the_registry() {
+    let mut s = State::default();
+    let mut entry = svc("ext", "api.example.com", [203, 0, 113, 10]);
+    entry.passthrough = true;
+    s.insert_service(entry);
+    // Its address also belongs to a meshed pod: that pod stays in the mesh.
+    let mut pinned = svc("evil", "pinned.example.com", [10, 1, 0, 5]);
+    pinned.passthrough = true;
+    s.insert_service(pinned);
+    s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true));
+    let mut client = wl("c1", "shop", "client", "10.1.0.7", None, true);
+    client.registry_only = true;
+    let dst: SocketAddr = "203.0.113.10:443".parse().unwrap();
+    let routed = route(&s, "", dst, Some(&client));
+    assert!(matches!(routed.plan, Ok(Plan::Direct(d)) if d == dst), "{routed:?}");
+    assert_eq!(routed.service.unwrap().hostname.as_ref(), "api.example.com", "counted as the entry");
+    let routed = route(&s, "", "10.1.0.5:8080".parse().unwrap(), Some(&client));
+    assert!(matches!(routed.plan, Ok(Plan::Hbone { .. })), "never plaintext to a meshed pod: {routed:?}");
+}
