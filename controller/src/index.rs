@@ -88,6 +88,7 @@ fn selector_of(object: &Object) -> Option<Labels> {
     match object {
         Object::Service(s) => s.spec.selector.clone(),
         Object::AuthorizationPolicy(p) => p.spec.selector.as_ref().map(|s| s.match_labels.clone()),
+        Object::ServiceEntry(se) => se.spec.workload_selector.as_ref().map(|s| s.labels.clone()),
         _ => None,
     }
 }
@@ -161,6 +162,12 @@ impl Index {
             }
             Kind::ServiceEntry => {
                 dirty.objects.insert(key.clone());
+                // Pods it selects serve its hosts.
+                for sel in [previous, current].into_iter().flatten().filter_map(selector_of) {
+                    if !sel.is_empty() {
+                        dirty.pods_matching(ns, Some(sel));
+                    }
+                }
             }
             Kind::AuthorizationPolicy => {
                 dirty.objects.insert(key.clone());

@@ -352,6 +352,18 @@ fn validate_service_entry(label: &str, se: &ServiceEntry) -> Result<(), Rejectio
             ))
         }
     }
+    if let Some(sel) = &se.spec.workload_selector {
+        validate_labels(label, "spec.workloadSelector.labels", &sel.labels)?;
+        if sel.labels.is_empty() {
+            return Err(r("spec.workloadSelector.labels".into(), "an empty selector would select every pod".into()));
+        }
+        if !se.spec.endpoints.is_empty() {
+            return Err(r(
+                "spec.workloadSelector".into(),
+                "endpoints and workloadSelector are mutually exclusive".into(),
+            ));
+        }
+    }
     if !se.spec.endpoints.is_empty() && resolution != "STATIC" {
         return Err(r(
             "spec.endpoints".into(),

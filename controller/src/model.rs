@@ -587,6 +587,9 @@ pub struct ServiceEntrySpec {
     /// With `resolution: STATIC`: the addresses behind the hosts (Istio's WorkloadEntry shape).
     #[serde(default)]
     pub endpoints: Vec<WorkloadEntrySpec>,
+    /// Pods of the entry's namespace serving its hosts (as a Service's selector).
+    #[serde(default)]
+    pub workload_selector: Option<NetworkingWorkloadSelector>,
 }
 
 /// One endpoint of a ServiceEntry (Istio's `WorkloadEntry` spec).

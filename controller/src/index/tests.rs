@@ -278,3 +278,26 @@ spec:
     let gone = index.apply(vec![Event::Delete(key)]);
     assert!(gone.iter().any(|c| c.name.ends_with("/db/192.0.2.7") && c.body.is_none()), "{:?}", names(&gone));
 }
+
+#[test]
+fn a_service_entry_workload_selector_makes_mesh_pods_its_endpoints() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let changes = index.apply(objects(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: cart-internal, namespace: shop}
+spec:
+  hosts: [cart.internal.example]
+  addresses: [240.0.0.20]
+  ports: [{number: 80, targetPort: 8080, name: http}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: cart}}",
+    ));
+    let cart = workload(&changes, "Kubernetes//Pod/shop/cart-1");
+    let ports = &cart.services["shop/cart.internal.example"].ports;
+    assert_eq!((ports[0].service_port, ports[0].target_port), (80, 8080));
+    assert!(!names(&changes).iter().any(|(n, _)| n.ends_with("front-1")), "only the pods it selects");
+    // Removing the entry takes the host off the pod.
+    let key = ObjectKey { kind: Kind::ServiceEntry, namespace: "shop".into(), name: "cart-internal".into() };
+    let changes = index.apply(vec![Event::Delete(key)]);
+    assert!(!workload(&changes, "Kubernetes//Pod/shop/cart-1").services.contains_key("shop/cart.internal.example"));
+}

@@ -130,7 +130,9 @@ pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSett
             app_protocol: app_protocol(p.protocol.as_deref(), p.name.as_deref()) as i32,
         })
         .collect();
-    let passthrough = matches!(se.spec.resolution.as_deref(), None | Some("NONE"));
+    // Pods selected by workloadSelector are its endpoints: never a passthrough.
+    let passthrough =
+        matches!(se.spec.resolution.as_deref(), None | Some("NONE")) && se.spec.workload_selector.is_none();
     se.spec
         .hosts
         .iter()

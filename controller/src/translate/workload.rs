@@ -303,12 +303,33 @@ pub fn translate_pod(pod: &Pod, store: &Store, mesh: &MeshSettings) -> Option<Wo
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let labels = &pod.metadata.labels;
     let name = workload_name(pod);
-    let services: HashMap<String, PortList> = store
+    let mut services: HashMap<String, PortList> = store
         .services(Some(ns))
         .filter(|s| s.spec.selector.as_ref().is_some_and(|sel| !sel.is_empty() && selects(sel, labels)))
         .filter(|s| s.spec.type_.as_deref() != Some("ExternalName"))
         .map(|s| (format!("{ns}/{}", mesh.hostname(&s.metadata.name, ns)), PortList { ports: ports_for(s, pod) }))
         .collect();
+    // ServiceEntries whose workloadSelector selects the pod: it serves their hosts.
+    for o in store.list(Kind::ServiceEntry, Some(ns)) {
+        let Object::ServiceEntry(se) = o else { continue };
+        let Some(sel) = se.spec.workload_selector.as_ref().filter(|s| !s.labels.is_empty()) else { continue };
+        if !selects(&sel.labels, labels) {
+            continue;
+        }
+        let ports: Vec<Port> = se
+            .spec
+            .ports
+            .iter()
+            .map(|p| Port {
+                service_port: u32::from(p.number),
+                target_port: u32::from(p.target_port.unwrap_or(p.number)),
+                app_protocol: 0,
+            })
+            .collect();
+        for host in &se.spec.hosts {
+            services.insert(format!("{ns}/{host}"), PortList { ports: ports.clone() });
+        }
+    }
     let is_waypoint = labels.contains_key(keys::GATEWAY_NAME);
     let tunnel = if in_ambient(pod, store) { TunnelProtocol::Hbone } else { TunnelProtocol::None };
     Some(Workload {
