@@ -239,6 +239,28 @@ async fn rejections_are_written_as_status_conditions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_holds_its_statuses_and_writes_them_when_it_leads() {
+    let (_, server, client) = api_server().await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Event>>(64);
+    let (lead, leader) = tokio::sync::watch::channel(false);
+    spawn_watchers(client, tx, Rejections::default(), leader);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let path = "/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies/typo/status";
+    let written = || server.requests.lock().unwrap().iter().any(|(m, p, _)| m == "PATCH" && p == path);
+    // The index is fed (the event is there) but a follower writes nothing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!written(), "a follower wrote a status");
+    lead.send_replace(true);
+    for _ in 0..200 {
+        if written() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the held status was not written on taking the lead");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_status_is_written_per_parent_as_gateway_api_defines_it() {
     let (_, server, client) = api_server().await;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Event>>(64);

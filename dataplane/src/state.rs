@@ -39,6 +39,9 @@ pub struct Workload {
     pub capacity: u32,
     /// Outbound connections only to the registry (`REGISTRY_ONLY_EXTENSION`).
     pub registry_only: bool,
+    /// On its node's network (`hostNetwork`): its address is the node's, shared with
+    /// everything else the node runs.
+    pub host_network: bool,
     pub canonical_name: Arc<str>,
     pub canonical_revision: Arc<str>,
     pub workload_name: Arc<str>,
@@ -146,6 +149,7 @@ impl TryFrom<pb::Workload> for Workload {
             healthy: w.status == pb::WorkloadStatus::Healthy as i32,
             capacity: w.capacity.unwrap_or(1).max(1),
             registry_only: w.extensions.iter().any(|e| e.name == ambit_shared::proto::REGISTRY_ONLY_EXTENSION),
+            host_network: w.network_mode == pb::NetworkMode::HostNetwork as i32,
             canonical_name: w.canonical_name.as_str().into(),
             canonical_revision: w.canonical_revision.as_str().into(),
             workload_name: w.workload_name.as_str().into(),

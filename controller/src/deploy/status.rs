@@ -189,46 +189,72 @@ pub struct StatusUpdate {
 
 /// Writes `Accepted` conditions with server-side apply (field manager `ambit-controller`), so a
 /// `kubectl get -o yaml` shows why an object was refused. Only while this replica leads
-/// (`leader`): replicas never write over each other.
-pub async fn write_statuses(client: Client, mut rx: mpsc::Receiver<StatusUpdate>, leader: watch::Receiver<bool>) {
+/// (`leader`): replicas never write over each other. What arrives meanwhile is kept, the latest
+/// per object, and written when this replica takes the lead.
+pub async fn write_statuses(client: Client, mut rx: mpsc::Receiver<StatusUpdate>, mut leader: watch::Receiver<bool>) {
     let params = PatchParams::apply("ambit-controller").force();
-    while let Some(u) = rx.recv().await {
-        if !*leader.borrow() {
-            continue;
-        }
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &u.namespace, &u.resource);
-        let (status, reason, message) = match &u.rejection {
-            None => ("True", "Accepted", ACCEPTED_MESSAGE.to_owned()),
-            Some(why) => ("False", "Invalid", why.clone()),
-        };
-        let mut patch = serde_json::json!({"apiVersion": u.resource.api_version, "kind": u.resource.kind});
-        match &u.route_parents {
-            Some((parents, resource_version)) => {
-                patch["status"] = serde_json::json!({ "parents": parents });
-                if let Some(rv) = resource_version {
-                    // An apply carrying resourceVersion is refused (409) if the object moved on.
-                    patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    let mut held: BTreeMap<(String, String, String), StatusUpdate> = BTreeMap::new();
+    // Whether leadership can still change (its sender alive); once not, the last word stands.
+    let mut news = true;
+    loop {
+        let update = tokio::select! {
+            u = rx.recv() => match u {
+                Some(u) => u,
+                None => return,
+            },
+            changed = leader.changed(), if news => {
+                if changed.is_err() {
+                    news = false;
                 }
+                if *leader.borrow_and_update() {
+                    for (_, u) in std::mem::take(&mut held) {
+                        write_status(&client, &params, &u).await;
+                    }
+                }
+                continue;
             }
-            None => {
-                patch["status"] = serde_json::json!({"conditions": [{
-                    "type": "Accepted",
-                    "status": status,
-                    "reason": reason,
-                    "message": message,
-                    "observedGeneration": u.generation,
-                    "lastTransitionTime": rfc3339_now(),
-                }]});
+        };
+        if *leader.borrow() {
+            write_status(&client, &params, &update).await;
+        } else {
+            held.insert((update.resource.kind.clone(), update.namespace.clone(), update.name.clone()), update);
+        }
+    }
+}
+
+async fn write_status(client: &Client, params: &PatchParams, u: &StatusUpdate) {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &u.namespace, &u.resource);
+    let (status, reason, message) = match &u.rejection {
+        None => ("True", "Accepted", ACCEPTED_MESSAGE.to_owned()),
+        Some(why) => ("False", "Invalid", why.clone()),
+    };
+    let mut patch = serde_json::json!({"apiVersion": u.resource.api_version, "kind": u.resource.kind});
+    match &u.route_parents {
+        Some((parents, resource_version)) => {
+            patch["status"] = serde_json::json!({ "parents": parents });
+            if let Some(rv) = resource_version {
+                // An apply carrying resourceVersion is refused (409) if the object moved on.
+                patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
             }
         }
-        match api.patch_status(&u.name, &params, &Patch::Apply(&patch)).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                tracing::debug!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, "status changed meanwhile; the watch brings it back")
-            }
-            Err(e) => {
-                tracing::warn!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, error = %e, "writing status failed")
-            }
+        None => {
+            patch["status"] = serde_json::json!({"conditions": [{
+                "type": "Accepted",
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": u.generation,
+                "lastTransitionTime": rfc3339_now(),
+            }]});
+        }
+    }
+    match api.patch_status(&u.name, params, &Patch::Apply(&patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, "status changed meanwhile; the watch brings it back")
+        }
+        Err(e) => {
+            tracing::warn!(kind = %u.resource.kind, namespace = %u.namespace, name = %u.name, error = %e, "writing status failed")
         }
     }
 }

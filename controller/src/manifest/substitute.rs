@@ -12,23 +12,28 @@
 //!   `CUSTOM` or an unreadable action → a DENY of everything; `AUDIT` and dry-run policies
 //!   enforce nothing, so nothing replaces them.
 //! - PeerAuthentication → `STRICT`.
-//! - RequestAuthentication → one rule no token can satisfy: requests carrying a token are
+//! - RequestAuthentication → its rules as far as they can be read (issuer, where tokens are
+//!   looked for, which claim headers are written — so clients' copies are still stripped) with
+//!   an empty key set, plus one rule no token can satisfy: requests carrying a token are
 //!   refused (401), requests without one are left to authorization, as with any
 //!   RequestAuthentication.
+//! - Sidecar → `REGISTRY_ONLY`, unless what can be read of it says `ALLOW_ANY`.
 //!
-//! The scope (selector, targetRefs) is kept when it can be read and is not itself the refused
-//! field; otherwise the substitute covers the whole namespace (the mesh, in the root
-//! namespace): a broader refusal, never a broader permission.
+//! The scope (selector, targetRefs) is kept when it can be read, is valid, and is not itself
+//! the refused field; otherwise the substitute covers the whole namespace (the mesh, in the
+//! root namespace): a broader refusal, never a broader permission. Substitutes carry no
+//! creation time, so within their level they win over older policies ("oldest wins").
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    keys, AuthorizationPolicy, AuthorizationPolicySpec, JwtRuleSpec, Kind, MutualTls, Object, ObjectMeta,
-    PeerAuthentication, PeerAuthenticationSpec, PolicyTargetReference, RequestAuthentication,
-    RequestAuthenticationSpec, Rule, WorkloadSelector,
+    keys, AuthorizationPolicy, AuthorizationPolicySpec, JwtRuleSpec, Kind, MutualTls, NetworkingWorkloadSelector,
+    Object, ObjectMeta, OutboundTrafficPolicy, PeerAuthentication, PeerAuthenticationSpec, PolicyTargetReference,
+    RequestAuthentication, RequestAuthenticationSpec, Rule, Sidecar, SidecarSpec, WorkloadSelector,
 };
-use crate::rejection::Rejection;
+use crate::rejection::{validate_labels, Rejection};
+use crate::translate::authz::validate_target_refs;
 
 /// The issuer of the substitute RequestAuthentication's rule: `.invalid` is reserved (RFC
 /// 2606), so no token names it, and its key set is empty.
@@ -36,7 +41,7 @@ pub const REFUSED_ISSUER: &str = "https://refused.ambit.invalid";
 
 /// Whether refusals of this kind get a substitute.
 pub fn is_security_kind(kind: Kind) -> bool {
-    matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication)
+    matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication | Kind::Sidecar)
 }
 
 /// The substitute for a refused object of a security kind, and what it enforces (for the
@@ -50,19 +55,30 @@ pub fn substitute(value: &Value, rejection: &Rejection) -> Option<(Object, &'sta
     let mut metadata: ObjectMeta = lenient(value.get("metadata")).unwrap_or_default();
     metadata.name = key.name.to_string();
     metadata.namespace = Some(key.namespace.to_string());
+    // No creation time: "oldest wins" within a level must not let an older, weaker policy
+    // mask the substitute.
+    metadata.creation_timestamp = None;
     if rejection.field.starts_with("metadata.") {
         metadata.labels.clear();
     }
     let spec = value.get("spec");
-    // The scope, unless the scope is what was refused.
+    let label = rejection.object.as_str();
+    // The scope, unless the scope is what was refused or is itself invalid.
     let scoped = |field: &str| !rejection.field.starts_with(field);
-    let selector: Option<WorkloadSelector> =
-        if scoped("spec.selector") { lenient(spec.and_then(|s| s.get("selector"))) } else { None };
+    let selector: Option<WorkloadSelector> = if scoped("spec.selector") {
+        lenient::<WorkloadSelector>(spec.and_then(|s| s.get("selector")))
+            .filter(|s| validate_labels(label, "spec.selector.matchLabels", &s.match_labels).is_ok())
+    } else {
+        None
+    };
+    // Each target on its own: the valid ones are kept, the others dropped.
+    let valid = |r: &PolicyTargetReference| validate_target_refs(label, &key.namespace, Some(r), &[]).is_ok();
     let (target_ref, target_refs): (Option<PolicyTargetReference>, Vec<PolicyTargetReference>) =
         if scoped("spec.targetRef") {
+            let listed = spec.and_then(|s| s.get("targetRefs")).and_then(Value::as_array);
             (
-                lenient(spec.and_then(|s| s.get("targetRef"))),
-                lenient(spec.and_then(|s| s.get("targetRefs"))).unwrap_or_default(),
+                lenient::<PolicyTargetReference>(spec.and_then(|s| s.get("targetRef"))).filter(valid),
+                listed.into_iter().flatten().filter_map(|t| lenient(Some(t))).filter(valid).collect(),
             )
         } else {
             (None, Vec::new())
@@ -100,16 +116,46 @@ pub fn substitute(value: &Value, rejection: &Rejection) -> Option<(Object, &'sta
             Some((Object::PeerAuthentication(PeerAuthentication { metadata, spec }), "STRICT mutual TLS in its scope"))
         }
         Kind::RequestAuthentication => {
-            let rule = JwtRuleSpec {
-                issuer: REFUSED_ISSUER.into(),
-                jwks: Some(r#"{"keys":[]}"#.into()),
-                ..Default::default()
-            };
-            let spec = RequestAuthenticationSpec { selector, target_ref, target_refs, jwt_rules: vec![rule] };
+            let no_keys = || Some(r#"{"keys":[]}"#.to_owned());
+            // The written rules, as far as they read, with nothing to verify tokens with.
+            let written = spec.and_then(|s| s.get("jwtRules")).and_then(Value::as_array);
+            let mut jwt_rules: Vec<JwtRuleSpec> = written
+                .into_iter()
+                .flatten()
+                .map(|r| JwtRuleSpec {
+                    issuer: r.get("issuer").and_then(Value::as_str).unwrap_or(REFUSED_ISSUER).to_owned(),
+                    jwks: no_keys(),
+                    from_headers: lenient(r.get("fromHeaders")).unwrap_or_default(),
+                    from_params: lenient(r.get("fromParams")).unwrap_or_default(),
+                    output_claim_to_headers: lenient(r.get("outputClaimToHeaders")).unwrap_or_default(),
+                    ..Default::default()
+                })
+                .collect();
+            jwt_rules.push(JwtRuleSpec { issuer: REFUSED_ISSUER.into(), jwks: no_keys(), ..Default::default() });
+            let spec = RequestAuthenticationSpec { selector, target_ref, target_refs, jwt_rules };
             Some((
                 Object::RequestAuthentication(RequestAuthentication { metadata, spec }),
-                "a rule no token satisfies: requests carrying a token are refused",
+                "rules that verify no token: requests carrying a token are refused",
             ))
+        }
+        Kind::Sidecar => {
+            let mode =
+                spec.and_then(|s| s.get("outboundTrafficPolicy")).and_then(|o| o.get("mode")).and_then(Value::as_str);
+            let (mode, says) = match mode {
+                Some("ALLOW_ANY") => ("ALLOW_ANY", "its outbound traffic policy ALLOW_ANY, as written"),
+                _ => ("REGISTRY_ONLY", "outbound traffic policy REGISTRY_ONLY for what it applies to"),
+            };
+            let workload_selector: Option<NetworkingWorkloadSelector> = if scoped("spec.workloadSelector") {
+                lenient::<NetworkingWorkloadSelector>(spec.and_then(|s| s.get("workloadSelector")))
+                    .filter(|s| validate_labels(label, "spec.workloadSelector.labels", &s.labels).is_ok())
+            } else {
+                None
+            };
+            let spec = SidecarSpec {
+                workload_selector,
+                outbound_traffic_policy: Some(OutboundTrafficPolicy { mode: Some(mode.into()) }),
+            };
+            Some((Object::Sidecar(Sidecar { metadata, spec }), says))
         }
         _ => None,
     }

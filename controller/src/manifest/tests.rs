@@ -241,10 +241,35 @@ fn a_refused_security_object_is_replaced_by_a_fail_closed_substitute() {
     let (_, s) = refused("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICTT}}");
     let Some(Object::PeerAuthentication(p)) = s else { panic!("no substitute") };
     assert_eq!(p.spec.mtls.and_then(|m| m.mode).as_deref(), Some("STRICT"));
-    let (_, s) = refused("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {targetRefs: [{kind: Service, group: '', name: cart}], jwtRules: [{issuer: x, jwks: '{}', fromCookies: [c]}]}");
+    let (_, s) = refused("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec: {targetRefs: [{kind: Service, group: '', name: cart}, {kind: ServiceEntry, group: networking.istio.io, name: x}], jwtRules: [{issuer: x, jwks: '{}', fromHeaders: [{name: x-token}], outputClaimToHeaders: [{header: x-user, claim: sub}], fromCookies: [c]}]}");
     let Some(Object::RequestAuthentication(ra)) = s else { panic!("no substitute") };
-    assert_eq!(ra.spec.jwt_rules[0].issuer, substitute::REFUSED_ISSUER);
-    assert_eq!(ra.spec.target_refs[0].name, "cart");
+    // The written rule keeps where tokens are looked for and which headers it owns (so clients'
+    // copies are still stripped), with no keys to verify anything; then the catch-all.
+    let written = &ra.spec.jwt_rules[0];
+    assert_eq!((written.issuer.as_str(), written.jwks.as_deref()), ("x", Some(r#"{"keys":[]}"#)));
+    assert_eq!(written.from_headers[0].name, "x-token");
+    assert_eq!(written.output_claim_to_headers[0].header, "x-user");
+    assert_eq!(ra.spec.jwt_rules[1].issuer, substitute::REFUSED_ISSUER);
+    let targets: Vec<&str> = ra.spec.target_refs.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(targets, ["cart"], "the valid target kept, the unsupported one dropped");
+    // Substitutes carry no creation time: an older, weaker policy of their level cannot win.
+    let (_, s) = refused("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: db, namespace: shop, creationTimestamp: '2026-01-01T00:00:00Z'}\nspec: {selector: {matchLabels: {app: db}}, mtls: {mode: STRICT}, bogus: 1}");
+    let Some(Object::PeerAuthentication(p)) = s else { panic!("no substitute") };
+    assert_eq!(p.metadata.creation_timestamp, None);
+    // A Sidecar: REGISTRY_ONLY unless it reads as ALLOW_ANY.
+    let sidecar = |spec: &str| {
+        let (_, s) = refused(&format!("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: shop}}\nspec: {spec}"));
+        match s {
+            Some(Object::Sidecar(sc)) => sc.spec.outbound_traffic_policy.and_then(|o| o.mode),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        sidecar("{egress: [{hosts: ['./*']}], outboundTrafficPolicy: {mode: REGISTRY_ONLY}}").as_deref(),
+        Some("REGISTRY_ONLY")
+    );
+    assert_eq!(sidecar("{outboundTrafficPolicy: {mode: REGISTRY_ONLYY}}").as_deref(), Some("REGISTRY_ONLY"));
+    assert_eq!(sidecar("{egress: [], outboundTrafficPolicy: {mode: ALLOW_ANY}}").as_deref(), Some("ALLOW_ANY"));
     // Other kinds keep their last accepted version instead: no substitute.
     let (_, s) = refused("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: shop}\nspec: {hosts: [r], corsPolicy: {}}");
     assert!(s.is_none());

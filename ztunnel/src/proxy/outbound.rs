@@ -113,6 +113,12 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
                 }
             }
         }
+        // A host-network workload's address is its node's: every port of the node (kubelet,
+        // sshd, node ports) would count as that workload. Under REGISTRY_ONLY it is reached
+        // through its services only.
+        Destination::Workload(w) if w.host_network && src.is_some_and(|s| s.registry_only) => {
+            Routed { plan: Err(RouteError::NotInRegistry(dst)), service: None, workload: None }
+        }
         Destination::Workload(w) => {
             let plan = to_known_workload(state, network, &w, dst);
             Routed { plan, service: None, workload: Some(w) }

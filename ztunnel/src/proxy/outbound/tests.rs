@@ -144,3 +144,18 @@ fn a_passthrough_service_entry_is_reached_as_addressed_and_is_in_the_registry() 
     let routed = route(&s, "", "10.1.0.5:8080".parse().unwrap(), Some(&client));
     assert!(matches!(routed.plan, Ok(Plan::Hbone { .. })), "never plaintext to a meshed pod: {routed:?}");
 }
+
+#[test]
+fn registry_only_sources_reach_host_network_workloads_through_services_only() {
+    let mut s = State::default();
+    let mut node_agent = wl("ds-1", "kube-system", "agent", "10.240.0.12", None, true);
+    node_agent.hbone = false;
+    node_agent.host_network = true;
+    s.insert_workload(node_agent);
+    let mut client = wl("c1", "shop", "client", "10.1.0.7", None, true);
+    client.registry_only = true;
+    let kubelet: SocketAddr = "10.240.0.12:10250".parse().unwrap();
+    assert!(matches!(route(&s, "", kubelet, Some(&client)).plan, Err(RouteError::NotInRegistry(_))));
+    client.registry_only = false;
+    assert!(matches!(route(&s, "", kubelet, Some(&client)).plan, Ok(Plan::Direct(_))));
+}
