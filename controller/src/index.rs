@@ -154,6 +154,8 @@ impl Index {
             }
             Kind::Service => {
                 dirty.objects.insert(key.clone());
+                // ServiceEntries leave out addresses that are Services' cluster IPs.
+                dirty.objects.extend(self.store.list(Kind::ServiceEntry, None).map(Object::key));
                 for sel in [previous, current].into_iter().flatten().filter_map(selector_of) {
                     if !sel.is_empty() {
                         dirty.pods_matching(ns, Some(sel));
@@ -178,8 +180,15 @@ impl Index {
                 });
                 if targeted {
                     dirty.services_in.insert(ns.clone());
-                    // A GatewayClass target (root namespace) reaches every waypoint's services.
-                    if **ns == *self.mesh.root_namespace {
+                    // A Gateway (or, from the root namespace, GatewayClass) target reaches the
+                    // services bound to that waypoint, in whichever namespace they are.
+                    let gateway_targeted = [previous, current].into_iter().flatten().any(|o| match o {
+                        Object::AuthorizationPolicy(p) => {
+                            p.spec.target_refs.iter().chain(p.spec.target_ref.iter()).any(|t| t.kind != "Service")
+                        }
+                        _ => false,
+                    });
+                    if gateway_targeted {
                         dirty.all_services = true;
                     }
                 }
@@ -213,7 +222,13 @@ impl Index {
             }
             Kind::RequestAuthentication => {
                 dirty.services_in.insert(ns.clone());
-                if **ns == *self.mesh.root_namespace {
+                // As for AuthorizationPolicy: a waypoint target reaches other namespaces' services.
+                if [previous, current].into_iter().flatten().any(|o| match o {
+                    Object::RequestAuthentication(ra) => {
+                        ra.spec.target_refs.iter().chain(ra.spec.target_ref.iter()).any(|t| t.kind != "Service")
+                    }
+                    _ => false,
+                }) {
                     dirty.all_services = true;
                 }
             }

@@ -301,3 +301,22 @@ spec:
     let changes = index.apply(vec![Event::Delete(key)]);
     assert!(!workload(&changes, "Kubernetes//Pod/shop/cart-1").services.contains_key("shop/cart.internal.example"));
 }
+
+#[test]
+fn a_service_entry_cannot_take_a_services_cluster_ip() {
+    use ambit_shared::proto::workload::Service as PbService;
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let changes = index.apply(objects(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: grab, namespace: evil}
+spec: {hosts: [grab.example], addresses: [10.96.0.10, 203.0.113.9], ports: [{number: 80, name: http}]}",
+    ));
+    let c = changes.iter().find(|c| c.name == "evil/grab.example").expect("the entry");
+    let Some(address::Type::Service(s)) = Address::decode(c.body.as_ref().unwrap().value.as_ref()).unwrap().r#type
+    else {
+        panic!("not a service")
+    };
+    let s: PbService = s;
+    assert_eq!(s.addresses.len(), 1, "the cart Service's cluster IP is left out");
+    assert_eq!(s.addresses[0].address, vec![203, 0, 113, 9]);
+}

@@ -33,7 +33,6 @@ use crate::model::{
     RequestAuthentication, RequestAuthenticationSpec, Rule, Sidecar, SidecarSpec, WorkloadSelector,
 };
 use crate::rejection::{validate_labels, Rejection};
-use crate::translate::authz::validate_target_refs;
 
 /// The issuer of the substitute RequestAuthentication's rule: `.invalid` is reserved (RFC
 /// 2606), so no token names it, and its key set is empty.
@@ -71,18 +70,26 @@ pub fn substitute(value: &Value, rejection: &Rejection) -> Option<(Object, &'sta
     } else {
         None
     };
-    // Each target on its own: the valid ones are kept, the others dropped.
-    let valid = |r: &PolicyTargetReference| validate_target_refs(label, &key.namespace, Some(r), &[]).is_ok();
+    // Each target on its own. Valid ones attach; one Ambit does not support (a ServiceEntry)
+    // attaches nowhere, exactly as the written policy would — the substitute is not widened to
+    // the namespace's L4 traffic for a policy meant for a waypoint. Only when no target can be
+    // read at all does the namespace become the scope.
     let (target_ref, target_refs): (Option<PolicyTargetReference>, Vec<PolicyTargetReference>) =
         if scoped("spec.targetRef") {
             let listed = spec.and_then(|s| s.get("targetRefs")).and_then(Value::as_array);
             (
-                lenient::<PolicyTargetReference>(spec.and_then(|s| s.get("targetRef"))).filter(valid),
-                listed.into_iter().flatten().filter_map(|t| lenient(Some(t))).filter(valid).collect(),
+                lenient::<PolicyTargetReference>(spec.and_then(|s| s.get("targetRef"))),
+                listed.into_iter().flatten().filter_map(|t| lenient(Some(t))).collect(),
             )
         } else {
             (None, Vec::new())
         };
+    // Targets in another namespace are not allowed: they would attach to this namespace's
+    // objects of the same name.
+    let elsewhere =
+        |t: &PolicyTargetReference| t.namespace.as_deref().is_some_and(|n| !n.is_empty() && *n != *key.namespace);
+    let target_ref = target_ref.filter(|t| !elsewhere(t));
+    let target_refs: Vec<PolicyTargetReference> = target_refs.into_iter().filter(|t| !elsewhere(t)).collect();
     // A policy cannot have both a selector and targets: keep the targets (the narrower
     // attachment is the one the author wrote last; either way the refusal stays in scope).
     let selector = if target_ref.is_some() || !target_refs.is_empty() { None } else { selector };

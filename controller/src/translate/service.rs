@@ -113,11 +113,22 @@ pub fn translate_service(s: &Service, store: &Store, mesh: &MeshSettings) -> Opt
 /// ([`service_entry_endpoints`]).
 pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSettings) -> Vec<PbService> {
     let ns = se.metadata.namespace.as_deref().unwrap_or_default();
+    // A Kubernetes Service's cluster IP is that Service's: an entry (from any namespace) naming
+    // it would take its traffic, so such an address is left out.
+    let cluster_ips: Vec<IpAddr> =
+        store.services(None).filter_map(|s| s.spec.cluster_ip.as_deref()?.parse().ok()).collect();
     let addresses: Vec<NetworkAddress> = se
         .spec
         .addresses
         .iter()
         .filter_map(|a| a.parse::<Cidr>().ok())
+        .filter(|c| {
+            let taken = cluster_ips.contains(&c.addr());
+            if taken {
+                tracing::warn!(entry = %se.metadata.name, address = %c.addr(), "ServiceEntry address is a Service's cluster IP; left out");
+            }
+            !taken
+        })
         .map(|c| NetworkAddress { network: String::new(), address: ip_bytes(c.addr()) })
         .collect();
     let ports: Vec<Port> = se

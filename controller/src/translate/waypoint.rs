@@ -10,7 +10,7 @@
 
 use ambit_shared::proto::waypoint as pb;
 
-use crate::model::{Gateway, Kind, Object, PolicyTargetReference, Service};
+use crate::model::{Gateway, Kind, Object, PolicyTargetReference, Service, WAYPOINT_CLASSES};
 use crate::store::Store;
 use crate::translate::MeshSettings;
 
@@ -68,7 +68,14 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
         let refs: Vec<&PolicyTargetReference> = refs.iter().chain(one.iter()).collect();
         (namespace == ns && targets(&refs, "Service", &["", "core"], &svc.metadata.name))
             || (namespace == gw_ns && targets(&refs, "Gateway", &["gateway.networking.k8s.io"], &gw.metadata.name))
-            || (namespace == root && targets(&refs, "GatewayClass", &["gateway.networking.k8s.io"], class))
+            || (namespace == root
+                && refs.iter().any(|r| {
+                    r.kind == "GatewayClass"
+                        && r.group == "gateway.networking.k8s.io"
+                        // The waypoint classes are aliases of each other (ours and Istio's).
+                        && (r.name == class
+                            || (WAYPOINT_CLASSES.contains(&r.name.as_str()) && WAYPOINT_CLASSES.contains(&class)))
+                }))
     };
     let mut policies = Vec::new();
     let mut jwt = Vec::new();

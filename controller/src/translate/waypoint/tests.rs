@@ -153,6 +153,12 @@ spec:
   action: DENY
   rules: [{to: [{operation: {paths: [/debug/*]}}]}]
 ---
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: istio-class, namespace: istio-system}
+spec:
+  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+---
 apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: other-class, namespace: istio-system}
 spec:
   targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint-other}]
@@ -166,7 +172,11 @@ spec:
   rules: [{}]",
     );
     let names: Vec<_> = c.policies.iter().map(|p| (p.namespace.as_str(), p.name.as_str())).collect();
-    assert_eq!(names, [("istio-system", "all-waypoints")], "only the root namespace's, for this class");
+    assert_eq!(
+        names,
+        [("istio-system", "all-waypoints"), ("istio-system", "istio-class")],
+        "only the root namespace's, for this class or its alias"
+    );
 }
 
 #[test]
