@@ -315,6 +315,15 @@ fn validate_peer_authentication(label: &str, p: &PeerAuthentication) -> Result<(
     Ok(())
 }
 
+/// A DNS name ztunnel can look up: dot-separated labels of letters, digits and `-`.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.trim_end_matches('.')
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
 fn validate_sidecar(label: &str, sc: &Sidecar) -> Result<(), Rejection> {
     match sc.spec.outbound_traffic_policy.as_ref().and_then(|o| o.mode.as_deref()) {
         None | Some("ALLOW_ANY" | "REGISTRY_ONLY") => Ok(()),
@@ -364,18 +373,33 @@ fn validate_service_entry(label: &str, se: &ServiceEntry) -> Result<(), Rejectio
             ));
         }
     }
-    if !se.spec.endpoints.is_empty() && resolution != "STATIC" {
+    if !se.spec.endpoints.is_empty() && !matches!(resolution, "STATIC" | "DNS" | "DNS_ROUND_ROBIN") {
         return Err(r(
             "spec.endpoints".into(),
-            format!("endpoints are read with resolution STATIC only (this entry says {resolution})"),
+            format!("endpoints are read with resolution STATIC or DNS (this entry says {resolution})"),
         ));
+    }
+    if matches!(resolution, "DNS" | "DNS_ROUND_ROBIN") && se.spec.endpoints.is_empty() {
+        if let Some((i, h)) = se.spec.hosts.iter().enumerate().find(|(_, h)| h.starts_with('*')) {
+            return Err(r(
+                format!("spec.hosts[{i}]"),
+                format!("{h:?}: a wildcard host cannot be resolved (resolution DNS)"),
+            ));
+        }
     }
     let names: BTreeSet<&str> = se.spec.ports.iter().filter_map(|p| p.name.as_deref()).collect();
     for (i, e) in se.spec.endpoints.iter().enumerate() {
-        if e.address.parse::<IpAddr>().is_err() {
+        let is_ip = e.address.parse::<IpAddr>().is_ok();
+        if resolution == "STATIC" && !is_ip {
             return Err(r(
                 format!("spec.endpoints[{i}].address"),
                 format!("{:?} is not an IP address (STATIC endpoints are addresses)", e.address),
+            ));
+        }
+        if !is_ip && !is_dns_name(&e.address) {
+            return Err(r(
+                format!("spec.endpoints[{i}].address"),
+                format!("{:?} is neither an IP address nor a DNS name", e.address),
             ));
         }
         for (name, port) in &e.ports {

@@ -42,6 +42,9 @@ pub struct Workload {
     /// On its node's network (`hostNetwork`): its address is the node's, shared with
     /// everything else the node runs.
     pub host_network: bool,
+    /// A name to resolve per connection (a DNS ServiceEntry's endpoint), for a workload
+    /// outside the mesh without addresses.
+    pub hostname: Option<Arc<str>>,
     pub canonical_name: Arc<str>,
     pub canonical_revision: Arc<str>,
     pub workload_name: Arc<str>,
@@ -150,6 +153,7 @@ impl TryFrom<pb::Workload> for Workload {
             capacity: w.capacity.unwrap_or(1).max(1),
             registry_only: w.extensions.iter().any(|e| e.name == ambit_shared::proto::REGISTRY_ONLY_EXTENSION),
             host_network: w.network_mode == pb::NetworkMode::HostNetwork as i32,
+            hostname: (!w.hostname.is_empty()).then(|| Arc::from(w.hostname.as_str())),
             canonical_name: w.canonical_name.as_str().into(),
             canonical_revision: w.canonical_revision.as_str().into(),
             workload_name: w.workload_name.as_str().into(),
@@ -195,6 +199,13 @@ impl TryFrom<pb::Service> for Service {
             allow_unhealthy,
             passthrough,
         })
+    }
+}
+
+impl Workload {
+    /// Reached by resolving its hostname: outside the mesh, no address, a name.
+    pub fn resolvable(&self) -> bool {
+        !self.hbone && self.addresses.is_empty() && self.hostname.is_some()
     }
 }
 
@@ -405,8 +416,9 @@ impl State {
         uids.iter()
             .filter_map(|uid| self.workloads.get(uid))
             .filter(|w| keep(w))
-            // A pod scheduled but without an address yet cannot take a connection.
-            .filter(|w| (w.healthy || service.allow_unhealthy) && !w.addresses.is_empty())
+            // A pod scheduled but without an address yet cannot take a connection; an endpoint
+            // outside the mesh known by name is resolved when connected to.
+            .filter(|w| (w.healthy || service.allow_unhealthy) && (!w.addresses.is_empty() || w.resolvable()))
             .filter_map(|w| service.target_port(port, w).map(|p| (w.clone(), p)))
             .collect()
     }

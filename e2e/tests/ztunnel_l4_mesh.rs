@@ -7,7 +7,8 @@
 //! the payload), a service VIP, a non-mesh client through 15006, a DENY policy counted with
 //! `response_flags="DENY"`, REGISTRY_ONLY refusing an address outside the registry (nothing on
 //! the link, counted as `BlackHoleCluster`) and allowing it once a ServiceEntry names it
-//! (resolution NONE, and a STATIC endpoint behind its own address), STRICT refusing the non-mesh client, a pod leaving the mesh by
+//! (resolution NONE, a STATIC endpoint behind its own address, and a DNS entry whose host
+//! ztunnel resolves with a real lookup), STRICT refusing the non-mesh client, a pod leaving the mesh by
 //! label without a restart (plain traffic on the link) and rejoining, a successor ztunnel
 //! taking the node over beside the running one, and CNI DEL taking the rules out.
 
@@ -99,6 +100,50 @@ fn serve_echo_in(netns: &str, addr: &str) -> Arc<AtomicUsize> {
     accepted
 }
 
+const NODE_NET_12: [u8; 4] = [10, 240, 0, 12];
+
+/// A DNS server (UDP) inside `netns` at `addr` answering A queries for `name` with `ip` (TTL 5 s)
+/// and NXDOMAIN for anything else; counts the queries for `name`.
+fn serve_dns_in(netns: &str, addr: &str, name: &str, ip: [u8; 4]) -> Arc<AtomicUsize> {
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    use hickory_proto::rr::{rdata::A, Name, RData, Record, RecordType};
+    let addr: SocketAddr = addr.parse().unwrap();
+    let ns = ambit_shared::netns::Netns::open(std::path::Path::new(&format!("/run/netns/{netns}"))).unwrap();
+    let socket = ns.run_in(|| std::net::UdpSocket::bind(addr)).unwrap().unwrap();
+    let wanted = Name::from_ascii(format!("{name}.")).unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let count = asked.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+            let mut answer = Message::new();
+            answer.set_id(query.id()).set_message_type(MessageType::Response).set_op_code(query.op_code());
+            answer.set_recursion_desired(query.recursion_desired()).set_recursion_available(true);
+            answer.add_queries(query.queries().to_vec());
+            match query.queries().first() {
+                Some(q) if q.name() == &wanted => {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if q.query_type() == RecordType::A {
+                        answer.add_answer(Record::from_rdata(
+                            wanted.clone(),
+                            5,
+                            RData::A(A::from(std::net::Ipv4Addr::from(ip))),
+                        ));
+                    }
+                }
+                _ => {
+                    answer.set_response_code(ResponseCode::NXDomain);
+                }
+            }
+            if let Ok(bytes) = answer.to_vec() {
+                let _ = socket.send_to(&bytes, from);
+            }
+        }
+    });
+    asked
+}
+
 fn has_rules(sb: &Sandbox, pod: &str) -> bool {
     sb.captured(pod)
 }
@@ -125,6 +170,8 @@ fn l4_mesh_across_two_nodes() {
     opts.prefix = format!("{}-zt", opts.prefix);
     opts.root = opts.root.with_extension("zt");
     let scratch = opts.root.with_extension("files");
+    // ztunnels resolve DNS ServiceEntry hostnames with the name server on node-2 (below).
+    opts.ztunnel_flags = vec!["--dns-nameservers".into(), format!("{NODE_NET}.12:5353")];
     let mut sb = Sandbox::up(opts).unwrap();
     let node2 = sb.netns_name("node-2");
 
@@ -255,14 +302,19 @@ fn l4_mesh_across_two_nodes() {
         &scratch,
         "entries.yaml",
         &format!(
-            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: node2, namespace: shop}}\nspec: {{hosts: [node2.outside.example], addresses: ['{NODE_NET}.12'], ports: [{{number: 7070, name: tcp}}]}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo, namespace: shop}}\nspec: {{hosts: [echo.outside.example], addresses: [10.96.200.1], ports: [{{number: 80, name: tcp}}], resolution: STATIC, endpoints: [{{address: '{NODE_NET}.12', ports: {{tcp: 7070}}}}]}}\n"
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: node2, namespace: shop}}\nspec: {{hosts: [node2.outside.example], addresses: ['{NODE_NET}.12'], ports: [{{number: 7070, name: tcp}}]}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: echo, namespace: shop}}\nspec: {{hosts: [echo.outside.example], addresses: [10.96.200.1], ports: [{{number: 80, name: tcp}}], resolution: STATIC, endpoints: [{{address: '{NODE_NET}.12', ports: {{tcp: 7070}}}}]}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: db, namespace: shop}}\nspec: {{hosts: [db.outside.example], addresses: [10.96.200.2], ports: [{{number: 80, name: tcp, targetPort: 7070}}], resolution: DNS}}\n"
         ),
     );
+    let asked = serve_dns_in(&node2, &format!("{NODE_NET}.12:5353"), "db.outside.example", NODE_NET_12);
     sb.apply(&entries).unwrap();
     let before = accepted.load(Ordering::SeqCst);
     wait_for("the NONE ServiceEntry to let the address through", || exchange(&sb, CLIENT, &outside, "registered").ok());
     assert_eq!(exchange(&sb, CLIENT, "10.96.200.1:80", "static").unwrap(), client_ip, "STATIC endpoint reached");
-    assert!(accepted.load(Ordering::SeqCst) >= before + 2, "both reached the outside listener");
+    // resolution DNS: ztunnel resolves the host (a real lookup, answered with a TTL) per
+    // connection and dials the answer.
+    assert_eq!(exchange(&sb, CLIENT, "10.96.200.2:80", "dns").unwrap(), client_ip, "DNS endpoint reached");
+    assert!(asked.load(Ordering::SeqCst) >= 1, "the name was looked up");
+    assert!(accepted.load(Ordering::SeqCst) >= before + 3, "all three reached the outside listener");
     wait_metric(
         &sb,
         "node-1",

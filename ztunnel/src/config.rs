@@ -93,6 +93,10 @@ pub struct Config {
     /// request at low rates (fewer cross-thread wake-ups).
     #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
+    /// Name servers (`ip:port`, comma-separated) for the hostnames of DNS ServiceEntry
+    /// endpoints; empty: the node's `/etc/resolv.conf`.
+    #[arg(long, env = "DNS_NAMESERVERS", value_delimiter = ',')]
+    pub dns_nameservers: Vec<std::net::SocketAddr>,
     /// Connection and stream budgets of the HBONE listeners (all of them together).
     #[command(flatten)]
     pub hbone_limits: ambit_shared::hbone::server::Limits,

@@ -32,6 +32,7 @@ use ambit_dataplane::state::State;
 use ambit_shared::netns::Netns;
 use ambit_shared::proto::zds::WorkloadInfo;
 
+pub mod dns;
 mod error;
 mod inbound;
 mod outbound;
@@ -47,6 +48,8 @@ pub struct Proxy {
     pods: Mutex<HashMap<String, PodHandle>>,
     /// Connections and streams every pod's 15008 takes on, together.
     hbone_budget: Arc<Budget>,
+    /// Hostnames of DNS endpoints, resolved per connection (cached for their TTLs).
+    pub resolver: dns::Resolver,
     active: AtomicUsize,
     idle: Notify,
     draining: AtomicBool,
@@ -125,6 +128,7 @@ impl Proxy {
     ) -> Arc<Self> {
         Arc::new(Proxy {
             hbone_budget: Budget::new(config.hbone_limits),
+            resolver: dns::Resolver::new(&config.dns_nameservers),
             config,
             state,
             certs,

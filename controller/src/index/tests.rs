@@ -320,3 +320,32 @@ spec: {hosts: [grab.example], addresses: [10.96.0.10, 203.0.113.9], ports: [{num
     assert_eq!(s.addresses.len(), 1, "the cart Service's cluster IP is left out");
     assert_eq!(s.addresses[0].address, vec![203, 0, 113, 9]);
 }
+
+#[test]
+fn dns_service_entries_are_resolved_by_name() {
+    let mut index = Index::new(MeshSettings::default());
+    let changes = index.apply(objects(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: shop}
+spec:
+  hosts: [api.partner.example]
+  addresses: [240.0.0.30]
+  ports: [{number: 443, name: tls}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: mirrors, namespace: shop}
+spec:
+  hosts: [mirror.example]
+  addresses: [240.0.0.31]
+  ports: [{number: 80, name: http}]
+  resolution: DNS
+  endpoints: [{address: eu.mirror.example, ports: {http: 8080}}, {address: 192.0.2.40}]",
+    ));
+    let own = workload(&changes, "Kubernetes/networking.istio.io/ServiceEntry/shop/api/api.partner.example");
+    assert_eq!((own.hostname.as_str(), own.addresses.len()), ("api.partner.example", 0));
+    assert!(own.services.contains_key("shop/api.partner.example"));
+    let eu = workload(&changes, "Kubernetes/networking.istio.io/ServiceEntry/shop/mirrors/eu.mirror.example");
+    assert_eq!(eu.hostname, "eu.mirror.example");
+    assert_eq!(eu.services["shop/mirror.example"].ports[0].target_port, 8080);
+    let by_ip = workload(&changes, "Kubernetes/networking.istio.io/ServiceEntry/shop/mirrors/192.0.2.40");
+    assert_eq!((by_ip.hostname.as_str(), by_ip.addresses.clone()), ("", vec![vec![192, 0, 2, 40]]));
+}

@@ -1,5 +1,6 @@
 //! Service and ServiceEntry → `istio.workload.Service`, as istiod builds them for ztunnel.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ambit_shared::proto::workload::{
@@ -162,55 +163,76 @@ pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSett
         .collect()
 }
 
-/// The workload of each `endpoints` entry of a STATIC ServiceEntry, as istiod builds them for
-/// ztunnel: outside the mesh (plain TCP), serving every host of the entry, each port mapped to
-/// the endpoint's port of the same name (else the entry's `targetPort`, else its number).
+/// The workloads behind a ServiceEntry, as istiod builds them for ztunnel, all outside the
+/// mesh (plain TCP): with `resolution: STATIC`, one per `endpoints` entry (an address); with
+/// `DNS`, one per endpoint (an address, or a hostname ztunnel resolves per connection) or,
+/// without endpoints, one per host, resolving that host. Each serves the entry's hosts (a
+/// host's own workload, only that host), each port mapped to the endpoint's port of the same
+/// name, else `targetPort`, else the number.
 pub fn service_entry_endpoints(se: &ServiceEntry, mesh: &MeshSettings) -> Vec<Workload> {
     let ns = se.metadata.namespace.as_deref().unwrap_or_default();
     let name = &se.metadata.name;
-    se.spec
-        .endpoints
-        .iter()
-        .filter_map(|e| {
-            let ip: IpAddr = e.address.parse().ok()?;
-            let ports: Vec<Port> = se
-                .spec
-                .ports
-                .iter()
-                .map(|p| {
-                    let named = p.name.as_ref().and_then(|n| e.ports.get(n)).copied();
-                    Port {
-                        service_port: u32::from(p.number),
-                        target_port: named.unwrap_or(u32::from(p.target_port.unwrap_or(p.number))),
-                        app_protocol: app_protocol(p.protocol.as_deref(), p.name.as_deref()) as i32,
-                    }
-                })
-                .collect();
-            let services = se
-                .spec
-                .hosts
-                .iter()
-                .map(|h| (service_resource_name(ns, h), PortList { ports: ports.clone() }))
-                .collect();
-            Some(Workload {
-                uid: service_entry_endpoint_uid(mesh, ns, name, &e.address),
-                name: name.clone(),
-                namespace: ns.to_owned(),
-                addresses: vec![ip_bytes(ip)],
-                network: e.network.clone().unwrap_or_default(),
-                tunnel_protocol: TunnelProtocol::None as i32,
-                service_account: "default".into(),
-                canonical_name: name.clone(),
-                canonical_revision: "latest".into(),
-                workload_name: name.clone(),
-                services,
-                status: WorkloadStatus::Healthy as i32,
-                cluster_id: mesh.cluster_id.clone(),
-                capacity: e.weight.filter(|w| *w > 1),
-                ..Default::default()
+    let ports_for = |named: &BTreeMap<String, u32>| -> Vec<Port> {
+        se.spec
+            .ports
+            .iter()
+            .map(|p| Port {
+                service_port: u32::from(p.number),
+                target_port: p
+                    .name
+                    .as_ref()
+                    .and_then(|n| named.get(n))
+                    .copied()
+                    .unwrap_or(u32::from(p.target_port.unwrap_or(p.number))),
+                app_protocol: app_protocol(p.protocol.as_deref(), p.name.as_deref()) as i32,
             })
-        })
-        .collect()
+            .collect()
+    };
+    let workload = |address: &str,
+                    hosts: &[String],
+                    named: &BTreeMap<String, u32>,
+                    network: Option<&String>,
+                    weight: Option<u32>| {
+        let ports = ports_for(named);
+        let services =
+            hosts.iter().map(|h| (service_resource_name(ns, h), PortList { ports: ports.clone() })).collect();
+        let ip: Option<IpAddr> = address.parse().ok();
+        Workload {
+            uid: service_entry_endpoint_uid(mesh, ns, name, address),
+            name: name.clone(),
+            namespace: ns.to_owned(),
+            addresses: ip.map(ip_bytes).into_iter().collect(),
+            hostname: if ip.is_some() { String::new() } else { address.to_owned() },
+            network: network.cloned().unwrap_or_default(),
+            tunnel_protocol: TunnelProtocol::None as i32,
+            service_account: "default".into(),
+            canonical_name: name.clone(),
+            canonical_revision: "latest".into(),
+            workload_name: name.clone(),
+            services,
+            status: WorkloadStatus::Healthy as i32,
+            cluster_id: mesh.cluster_id.clone(),
+            capacity: weight.filter(|w| *w > 1),
+            ..Default::default()
+        }
+    };
+    match se.spec.resolution.as_deref() {
+        Some("STATIC" | "DNS" | "DNS_ROUND_ROBIN") if !se.spec.endpoints.is_empty() => se
+            .spec
+            .endpoints
+            .iter()
+            .filter(|e| se.spec.resolution.as_deref() != Some("STATIC") || e.address.parse::<IpAddr>().is_ok())
+            .map(|e| workload(&e.address, &se.spec.hosts, &e.ports, e.network.as_ref(), e.weight))
+            .collect(),
+        Some("DNS" | "DNS_ROUND_ROBIN") => se
+            .spec
+            .hosts
+            .iter()
+            .filter(|h| !h.starts_with('*'))
+            .map(|h| workload(h, std::slice::from_ref(h), &BTreeMap::new(), None, None))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Istio's uid for a ServiceEntry endpoint's workload.

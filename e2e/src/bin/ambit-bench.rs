@@ -151,6 +151,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         bin_dir: bin_dir(),
         verbose: true,
         controller_flags: Vec::new(),
+        ztunnel_flags: Vec::new(),
     };
     if !args.no_tools {
         bench_tools::check_installed()?;

@@ -59,6 +59,7 @@ fn opts(cli: &Cli, nodes: usize) -> Options {
         bin_dir: bin_dir(),
         verbose: true,
         controller_flags: Vec::new(),
+        ztunnel_flags: Vec::new(),
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Options {
     pub verbose: bool,
     /// Extra controller flags (`--path-normalization MERGE_SLASHES`…).
     pub controller_flags: Vec<String>,
+    /// Extra ztunnel flags (`--dns-nameservers 10.240.0.12:5353`…).
+    pub ztunnel_flags: Vec<String>,
 }
 
 impl Options {
@@ -48,6 +50,7 @@ impl Options {
             bin_dir: bin_dir(),
             verbose: false,
             controller_flags: Vec::new(),
+            ztunnel_flags: Vec::new(),
         }
     }
 }

@@ -107,6 +107,7 @@ impl Sandbox {
         std::fs::write(dir.join("token"), format!("{TOKEN_PREFIX}{node}")).map_err(setup)?;
         let cp = format!("{}:15012", node_ip(0));
         let mut args = crate::daemons::ztunnel_args(node, &cp, &self.opts.root.join("ca/root-cert.pem"), &dir, 5);
+        args.extend(self.opts.ztunnel_flags.iter().cloned());
         let name = if generation == 0 { format!("ztunnel-{node}") } else { format!("ztunnel-{node}-{generation}") };
         if generation > 0 {
             let shift = 100 * generation;

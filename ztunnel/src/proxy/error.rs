@@ -35,13 +35,16 @@ pub enum ConnError {
     /// Inbound: the tunnel was admitted but its response could not be sent (the client left).
     #[error(transparent)]
     Accept(HboneError),
+    /// Outbound: a DNS endpoint's name did not resolve.
+    #[error(transparent)]
+    Resolve(#[from] super::dns::ResolveError),
 }
 
 impl Failure for ConnError {
     fn flags(&self) -> ResponseFlags {
         match self {
             ConnError::Route(RouteError::NotInRegistry(_)) => ResponseFlags::BlackHole,
-            ConnError::Route(_) | ConnError::Dial(_) => ResponseFlags::Connect,
+            ConnError::Route(_) | ConnError::Dial(_) | ConnError::Resolve(_) => ResponseFlags::Connect,
             ConnError::Refused(Refused::Denied(_)) => ResponseFlags::Deny,
             ConnError::Refused(_) => ResponseFlags::Connect,
             ConnError::Identity(_) => ResponseFlags::IdentityError,

@@ -23,8 +23,19 @@ use ambit_dataplane::state::{pick_endpoint, Destination, Service, State, Workloa
 /// Where one connection goes.
 #[derive(Debug)]
 enum Plan {
-    Hbone { hbone_addr: SocketAddr, authority: SocketAddr, identities: Vec<Identity> },
+    Hbone {
+        hbone_addr: SocketAddr,
+        authority: SocketAddr,
+        identities: Vec<Identity>,
+    },
     Direct(SocketAddr),
+    /// Plain TCP to `host` (resolved when connecting), port `port`: a DNS endpoint; `like`
+    /// picks the address family.
+    Resolve {
+        host: Arc<str>,
+        port: u16,
+        like: IpAddr,
+    },
 }
 
 fn address_like(w: &Workload, like: IpAddr) -> Option<IpAddr> {
@@ -32,6 +43,9 @@ fn address_like(w: &Workload, like: IpAddr) -> Option<IpAddr> {
 }
 
 fn to_workload(w: &Workload, port: u16, like: IpAddr) -> Result<Plan, RouteError> {
+    if let Some(host) = w.hostname.as_ref().filter(|_| w.resolvable()) {
+        return Ok(Plan::Resolve { host: host.clone(), port, like });
+    }
     let ip = address_like(w, like).ok_or_else(|| RouteError::NoAddress(w.uid.to_string()))?;
     Ok(if w.hbone {
         Plan::Hbone {
@@ -213,6 +227,12 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
         Ok(Plan::Direct(addr)) => {
             Box::pin(sockets::connect_marked(&pod.netns, addr)).await.map(Upstream::Tcp).map_err(ConnError::Dial)
         }
+        Ok(Plan::Resolve { host, port, like }) => Box::pin(async {
+            let ip = proxy.resolver.resolve(&host, like).await?;
+            sockets::connect_marked(&pod.netns, SocketAddr::new(ip, port)).await.map_err(ConnError::Dial)
+        })
+        .await
+        .map(Upstream::Tcp),
         Ok(Plan::Hbone { hbone_addr, authority, identities }) => {
             record.hbone_addr = Some(hbone_addr);
             let hop = Hop { hbone_addr, authority, identities };
