@@ -402,9 +402,12 @@ pub struct Source {
     pub namespaces: Vec<String>,
     #[serde(default)]
     pub not_namespaces: Vec<String>,
+    /// Istio's CRD limits, so the API server refuses what Istio's would, at apply time.
     #[serde(default)]
+    #[schemars(length(max = 16), inner(length(max = 320)))]
     pub service_accounts: Vec<String>,
     #[serde(default)]
+    #[schemars(length(max = 16), inner(length(max = 320)))]
     pub not_service_accounts: Vec<String>,
     #[serde(default)]
     pub ip_blocks: Vec<String>,
