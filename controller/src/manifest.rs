@@ -315,6 +315,21 @@ fn validate_peer_authentication(label: &str, p: &PeerAuthentication) -> Result<(
     Ok(())
 }
 
+const MAX_ENTRY_HOSTS: usize = 256;
+const MAX_ENTRY_PORTS: usize = 64;
+const MAX_ENTRY_ENDPOINTS: usize = 1024;
+
+/// Whether a ServiceEntry may send traffic to `ip`: not the pod itself (loopback), not "any",
+/// not the node's link-local services (cloud metadata, node-local DNS), not multicast.
+fn routable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local()),
+    }
+}
+
 /// A DNS name ztunnel can look up: dot-separated labels of letters, digits and `-`.
 fn is_dns_name(s: &str) -> bool {
     !s.is_empty()
@@ -340,6 +355,24 @@ fn validate_service_entry(label: &str, se: &ServiceEntry) -> Result<(), Rejectio
     if se.spec.hosts.is_empty() {
         return Err(r("spec.hosts".into(), "at least one host is required".into()));
     }
+    // Bounds on what one object can make every ztunnel hold (hosts × endpoints workloads'
+    // entries); far above real entries.
+    for (field, n, max) in [
+        ("spec.hosts", se.spec.hosts.len(), MAX_ENTRY_HOSTS),
+        ("spec.addresses", se.spec.addresses.len(), MAX_ENTRY_HOSTS),
+        ("spec.ports", se.spec.ports.len(), MAX_ENTRY_PORTS),
+        ("spec.endpoints", se.spec.endpoints.len(), MAX_ENTRY_ENDPOINTS),
+    ] {
+        if n > max {
+            return Err(r(field.into(), format!("{n} items; at most {max} are allowed")));
+        }
+    }
+    for (i, h) in se.spec.hosts.iter().enumerate() {
+        let name = h.strip_prefix("*.").unwrap_or(h);
+        if h != "*" && !is_dns_name(name) {
+            return Err(r(format!("spec.hosts[{i}]"), format!("{h:?} is not a DNS name (or a *. wildcard)")));
+        }
+    }
     let mut seen = BTreeSet::new();
     for (i, p) in se.spec.ports.iter().enumerate() {
         if p.number == 0 || !seen.insert(p.number) {
@@ -347,8 +380,21 @@ fn validate_service_entry(label: &str, se: &ServiceEntry) -> Result<(), Rejectio
         }
     }
     for (i, a) in se.spec.addresses.iter().enumerate() {
-        if a.parse::<Cidr>().is_err() {
+        let Ok(cidr) = a.parse::<Cidr>() else {
             return Err(r(format!("spec.addresses[{i}]"), format!("{a:?} is not an IP address or CIDR")));
+        };
+        let full = if cidr.addr().is_ipv4() { 32 } else { 128 };
+        if cidr.prefix() != full {
+            return Err(r(
+                format!("spec.addresses[{i}]"),
+                format!("{a:?}: address ranges are not supported (ztunnel matches single addresses)"),
+            ));
+        }
+        if !routable(cidr.addr()) {
+            return Err(r(
+                format!("spec.addresses[{i}]"),
+                format!("{a:?} is loopback, link-local, unspecified or multicast"),
+            ));
         }
     }
     let resolution = se.spec.resolution.as_deref().unwrap_or("NONE");
@@ -395,6 +441,14 @@ fn validate_service_entry(label: &str, se: &ServiceEntry) -> Result<(), Rejectio
                 format!("spec.endpoints[{i}].address"),
                 format!("{:?} is not an IP address (STATIC endpoints are addresses)", e.address),
             ));
+        }
+        if let Ok(ip) = e.address.parse::<IpAddr>() {
+            if !routable(ip) {
+                return Err(r(
+                    format!("spec.endpoints[{i}].address"),
+                    format!("{ip} is loopback, link-local, unspecified or multicast"),
+                ));
+            }
         }
         if !is_ip && !is_dns_name(&e.address) {
             return Err(r(

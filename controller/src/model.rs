@@ -576,10 +576,13 @@ pub struct ServiceEntry {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceEntrySpec {
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub hosts: Vec<String>,
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub addresses: Vec<String>,
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub ports: Vec<ServiceEntryPort>,
     #[serde(default)]
     pub location: Option<String>,
@@ -589,6 +592,7 @@ pub struct ServiceEntrySpec {
     pub subject_alt_names: Vec<String>,
     /// With `resolution: STATIC`: the addresses behind the hosts (Istio's WorkloadEntry shape).
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub endpoints: Vec<WorkloadEntrySpec>,
     /// Pods of the entry's namespace serving its hosts (as a Service's selector).
     #[serde(default)]

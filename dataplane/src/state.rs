@@ -257,7 +257,8 @@ pub struct State {
 
 impl State {
     pub fn insert_workload(&mut self, w: Workload) {
-        self.remove_workload(&w.uid.clone());
+        // The new version takes its addresses back right away: no successor is looked for.
+        self.remove_workload_keeping(&w.uid.clone(), &w.network, &w.addresses);
         let w = Arc::new(w);
         let by_ip = self.workload_by_addr.entry(w.network.clone()).or_default();
         for ip in &w.addresses {
@@ -276,11 +277,20 @@ impl State {
     }
 
     pub fn remove_workload(&mut self, uid: &str) -> bool {
+        self.remove_workload_keeping(uid, "", &[])
+    }
+
+    /// Removes `uid`; an address it held passes to another workload claiming it, unless it is
+    /// among `kept` on `kept_network` (about to be claimed again by the workload's new version).
+    fn remove_workload_keeping(&mut self, uid: &str, kept_network: &str, kept: &[IpAddr]) -> bool {
         let Some(w) = self.workloads.remove(uid) else { return false };
         if let Some(by_ip) = self.workload_by_addr.get_mut(&w.network) {
             for ip in &w.addresses {
                 if by_ip.get(ip).is_some_and(|other| *other.uid == *uid) {
                     by_ip.remove(ip);
+                    if *w.network == *kept_network && kept.contains(ip) {
+                        continue;
+                    }
                     // Another workload with the address takes it over (a mesh one first).
                     let next = self
                         .workloads

@@ -290,3 +290,21 @@ fn service_entry_resolution_and_endpoints_are_checked() {
         assert_eq!(rejected(&se(spec)).field, field, "{spec}");
     }
 }
+
+#[test]
+fn service_entries_cannot_name_unsafe_or_unbounded_things() {
+    let se = |spec: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: e, namespace: shop}}\nspec: {spec}")
+    };
+    let many = (0..300).map(|i| format!("h{i}.example")).collect::<Vec<_>>().join(", ");
+    for (spec, field) in [
+        ("{hosts: ['/Pod/shop/x']}", "spec.hosts[0]"),
+        ("{hosts: [x.example], addresses: [10.0.0.0/8]}", "spec.addresses[0]"),
+        ("{hosts: [x.example], addresses: [169.254.169.254]}", "spec.addresses[0]"),
+        ("{hosts: [x.example], resolution: STATIC, endpoints: [{address: 127.0.0.1}]}", "spec.endpoints[0].address"),
+        (&format!("{{hosts: [{many}]}}"), "spec.hosts"),
+    ] {
+        assert_eq!(rejected(&se(spec)).field, field, "{spec}");
+    }
+    parse(&se("{hosts: ['*.example.com', api.example.com], addresses: [203.0.113.9/32]}")).unwrap();
+}

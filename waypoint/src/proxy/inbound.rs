@@ -150,7 +150,8 @@ impl Waypoint {
     {
         let endpoint = {
             let state = self.state();
-            let endpoints = state.endpoints_on(&down.service, down.vip.port(), &self.network);
+            let mut endpoints = state.endpoints_on(&down.service, down.vip.port(), &self.network);
+            endpoints.retain(|(w, _)| !w.addresses.is_empty());
             pick_endpoint(&endpoints).and_then(|(w, port)| Endpoint::of(&w, port))
         };
         let Some(endpoint) = endpoint else {

@@ -76,7 +76,9 @@ impl Upstream {
         let policy = l7.as_ref().and_then(|l| l.backend.as_ref());
         let backend = self.backends.get(&service.key);
         let Some(_admission) = backend.admit(policy) else { return Err(Failure::Overflow.into()) };
-        let endpoints = self.state().endpoints_on(&service, port, &self.network);
+        let mut endpoints = self.state().endpoints_on(&service, port, &self.network);
+        // The waypoint resolves no names: endpoints known only by hostname are not candidates.
+        endpoints.retain(|(w, _)| !w.addresses.is_empty());
         let count = endpoints.len();
         let input = HashInput { headers: req.headers(), source_ip };
         let Some((w, target)) = backend.choose(endpoints, policy, &input) else {

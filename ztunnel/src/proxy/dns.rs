@@ -5,8 +5,9 @@
 //! anywhere else).
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::TokioResolver;
 
@@ -17,6 +18,26 @@ pub enum ResolveError {
     Lookup { host: String, source: hickory_resolver::ResolveError },
     #[error("{0} resolved to no address")]
     Empty(String),
+    #[error("resolving {0}: no answer within the deadline")]
+    Timeout(String),
+}
+
+/// The longest a connection waits for its name.
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Whether a DNS endpoint may lead to `ip`: not the pod itself (loopback), not "any"
+/// (unspecified), not the node's link-local services (metadata, node-local DNS), not multicast.
+pub fn routable(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local()),
+    }
 }
 
 pub struct Resolver(TokioResolver);
@@ -27,12 +48,12 @@ impl Resolver {
     /// refused, never sent elsewhere).
     pub fn new(nameservers: &[SocketAddr]) -> Self {
         let provider = TokioConnectionProvider::default();
-        let resolver = if nameservers.is_empty() {
+        let builder = if nameservers.is_empty() {
             match TokioResolver::builder_tokio() {
-                Ok(builder) => builder.build(),
+                Ok(builder) => builder,
                 Err(e) => {
                     tracing::warn!(error = %e, "no system resolver configuration; DNS endpoints cannot be resolved");
-                    TokioResolver::builder_with_config(ResolverConfig::new(), provider).build()
+                    TokioResolver::builder_with_config(ResolverConfig::new(), provider)
                 }
             }
         } else {
@@ -40,20 +61,35 @@ impl Resolver {
             for ns in nameservers {
                 group.merge(NameServerConfigGroup::from_ips_clear(&[ns.ip()], ns.port(), true));
             }
-            TokioResolver::builder_with_config(ResolverConfig::from_parts(None, Vec::new(), group), provider).build()
+            TokioResolver::builder_with_config(ResolverConfig::from_parts(None, Vec::new(), group), provider)
         };
-        Resolver(resolver)
+        let mut options = ResolverOpts::default();
+        // Names are looked up as written (fully qualified: no search list), never from the
+        // node's hosts file (`localhost`, the node's own name).
+        options.ndots = 0;
+        options.use_hosts_file = ResolveHosts::Never;
+        options.timeout = Duration::from_secs(2);
+        options.attempts = 1;
+        options.cache_size = 4096;
+        // A TTL of 0 would send every connection to the name server; failures are remembered
+        // briefly so a dead name cannot be used to flood it.
+        options.positive_min_ttl = Some(Duration::from_secs(1));
+        options.negative_min_ttl = Some(Duration::from_secs(5));
+        Resolver(builder.with_options(options).build())
     }
 
     /// An address of `host`, of the same family as `like` when it has one.
     pub async fn resolve(&self, host: &str, like: IpAddr) -> Result<IpAddr, ResolveError> {
-        let answer =
-            self.0.lookup_ip(host).await.map_err(|source| ResolveError::Lookup { host: host.to_owned(), source })?;
+        let fqdn = if host.ends_with('.') { host.to_owned() } else { format!("{host}.") };
+        let answer = tokio::time::timeout(LOOKUP_DEADLINE, self.0.lookup_ip(fqdn))
+            .await
+            .map_err(|_| ResolveError::Timeout(host.to_owned()))?
+            .map_err(|source| ResolveError::Lookup { host: host.to_owned(), source })?;
         let all: Vec<IpAddr> = answer.iter().collect();
-        all.iter()
-            .find(|a| a.is_ipv4() == like.is_ipv4())
-            .or(all.first())
-            .copied()
-            .ok_or_else(|| ResolveError::Empty(host.to_owned()))
+        let same: Vec<IpAddr> = all.iter().copied().filter(|a| a.is_ipv4() == like.is_ipv4()).collect();
+        let pool = if same.is_empty() { all } else { same };
+        // Connections spread over the answers (as Istio's DNS resolution balances).
+        let pick = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        pool.get(pick as usize % pool.len().max(1)).copied().ok_or_else(|| ResolveError::Empty(host.to_owned()))
     }
 }

@@ -83,6 +83,10 @@ pub enum RouteError {
     /// a mesh workload nor a service (Istio's `BlackHoleCluster`).
     #[error("{0} is not in the mesh's registry (outbound traffic policy REGISTRY_ONLY)")]
     NotInRegistry(SocketAddr),
+    /// A DNS endpoint's name resolved to an address it may not lead to (loopback, link-local,
+    /// unspecified, multicast, or a meshed pod's).
+    #[error("{0} resolved to {1}, which a DNS endpoint may not lead to")]
+    Resolved(String, std::net::IpAddr),
 }
 
 /// Why an inbound connection was refused before the application was dialed.

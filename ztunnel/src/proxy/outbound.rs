@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderValue};
 use tokio::net::TcpStream;
 
 use super::error::{ConnError, RouteError};
-use super::{sockets, Pod, Proxy};
+use super::{dns, sockets, Pod, Proxy};
 use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::metrics::{ConnectionRecord, Direction, Labels, Reporter, ResponseFlags, Security};
 use ambit_dataplane::labels::{Peer, ServiceLabels};
@@ -100,6 +100,18 @@ struct Routed {
 /// reached directly (its outbound traffic policy; a pod whose workload is not known yet has
 /// none, so the mesh default `ALLOW_ANY` applies).
 fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) -> Routed {
+    // A mesh workload's own address is that workload's, whatever else claims it: no
+    // ServiceEntry (from any namespace) can take traffic addressed to a meshed pod. Cluster IPs
+    // are never pod addresses, so no Service is shadowed by this.
+    if let Some(w) = state.workload_by_addr(network, dst.ip()).filter(|w| w.hbone).cloned() {
+        let service = match state.destination(network, dst) {
+            Destination::Service { service, .. } => Some(service),
+            _ => None,
+        };
+        let plan = to_known_workload(state, network, &w, dst);
+        return Routed { plan, service, workload: Some(w) };
+    }
+    let registry_only = src.is_some_and(|w| w.registry_only);
     match state.destination(network, dst) {
         Destination::Service { service, port } => {
             if let Some(gw) = &service.waypoint {
@@ -108,16 +120,36 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
             }
             if service.passthrough {
                 // A registered destination (a ServiceEntry with resolution NONE): reached as
-                // addressed, counted as the service, allowed under REGISTRY_ONLY. An entry
-                // naming a workload's address does not take that workload out of the mesh:
-                // it is still reached as the workload (HBONE, its waypoint), never in plaintext.
-                if let Some(w) = state.workload_by_addr(network, dst.ip()).cloned() {
-                    let plan = to_known_workload(state, network, &w, dst);
-                    return Routed { plan, service: Some(service), workload: Some(w) };
+                // addressed, counted as the service — on the ports it declares; any other port
+                // of the address is outside the registry.
+                if !service.ports.iter().any(|p| p.service_port == u32::from(port)) && registry_only {
+                    return Routed { plan: Err(RouteError::NotInRegistry(dst)), service: None, workload: None };
                 }
                 return Routed { plan: Ok(Plan::Direct(dst)), service: Some(service), workload: None };
             }
             match pick_endpoint(&state.endpoints_on(&service, port, network)) {
+                // An endpoint outside the mesh whose address is a mesh workload's (a
+                // ServiceEntry endpoint naming a pod): that workload, over HBONE.
+                Some((w, target)) if !w.hbone => {
+                    let meshed = w
+                        .addresses
+                        .iter()
+                        .find_map(|ip| state.workload_by_addr(network, *ip).filter(|m| m.hbone).cloned());
+                    match meshed {
+                        Some(m) => {
+                            let plan = match &m.waypoint {
+                                Some(gw) => to_waypoint(state, network, gw, dst),
+                                None => to_workload(&m, target, dst.ip()),
+                            };
+                            Routed { plan, service: Some(service), workload: Some(m) }
+                        }
+                        None => Routed {
+                            plan: to_workload(&w, target, dst.ip()),
+                            service: Some(service),
+                            workload: Some(w),
+                        },
+                    }
+                }
                 Some((w, target)) => {
                     Routed { plan: to_workload(&w, target, dst.ip()), service: Some(service), workload: Some(w) }
                 }
@@ -130,14 +162,14 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
         // A host-network workload's address is its node's: every port of the node (kubelet,
         // sshd, node ports) would count as that workload. Under REGISTRY_ONLY it is reached
         // through its services only.
-        Destination::Workload(w) if w.host_network && src.is_some_and(|s| s.registry_only) => {
+        Destination::Workload(w) if w.host_network && registry_only => {
             Routed { plan: Err(RouteError::NotInRegistry(dst)), service: None, workload: None }
         }
         Destination::Workload(w) => {
             let plan = to_known_workload(state, network, &w, dst);
             Routed { plan, service: None, workload: Some(w) }
         }
-        Destination::Passthrough if src.is_some_and(|w| w.registry_only) => {
+        Destination::Passthrough if registry_only => {
             Routed { plan: Err(RouteError::NotInRegistry(dst)), service: None, workload: None }
         }
         Destination::Passthrough => Routed { plan: Ok(Plan::Direct(dst)), service: None, workload: None },
@@ -229,6 +261,15 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
         }
         Ok(Plan::Resolve { host, port, like }) => Box::pin(async {
             let ip = proxy.resolver.resolve(&host, like).await?;
+            // An answer must not lead where a ServiceEntry could not: the pod itself, the
+            // node's link-local services, or a meshed pod in plaintext.
+            let meshed = {
+                let state = proxy.state.read().unwrap_or_else(|p| p.into_inner());
+                state.workload_by_addr(network, ip).is_some_and(|w| w.hbone)
+            };
+            if meshed || !dns::routable(ip) {
+                return Err(ConnError::Route(RouteError::Resolved(host.to_string(), ip)));
+            }
             sockets::connect_marked(&pod.netns, SocketAddr::new(ip, port)).await.map_err(ConnError::Dial)
         })
         .await

@@ -137,7 +137,7 @@ fn a_passthrough_service_entry_is_reached_as_addressed_and_is_in_the_registry() 
     s.insert_workload(wl("w1", "shop", "cart", "10.1.0.5", Some(CART), true));
     let mut client = wl("c1", "shop", "client", "10.1.0.7", None, true);
     client.registry_only = true;
-    let dst: SocketAddr = "203.0.113.10:443".parse().unwrap();
+    let dst: SocketAddr = "203.0.113.10:80".parse().unwrap();
     let routed = route(&s, "", dst, Some(&client));
     assert!(matches!(routed.plan, Ok(Plan::Direct(d)) if d == dst), "{routed:?}");
     assert_eq!(routed.service.unwrap().hostname.as_ref(), "api.example.com", "counted as the entry");
@@ -158,4 +158,57 @@ fn registry_only_sources_reach_host_network_workloads_through_services_only() {
     assert!(matches!(route(&s, "", kubelet, Some(&client)).plan, Err(RouteError::NotInRegistry(_))));
     client.registry_only = false;
     assert!(matches!(route(&s, "", kubelet, Some(&client)).plan, Ok(Plan::Direct(_))));
+}
+
+#[test]
+fn no_service_entry_takes_traffic_addressed_to_a_meshed_pod() {
+    let mut s = State::default();
+    s.insert_workload(wl("pay", "payments", "pay", "10.1.0.17", None, true));
+    // An entry claiming the pod's address as its VIP, with its own (plain) endpoint.
+    let mut grab = svc("evil", "grab.example", [10, 1, 0, 17]);
+    grab.passthrough = false;
+    s.insert_service(grab);
+    let mut attacker = wl("evil-ep", "evil", "default", "10.9.9.9", Some("evil/grab.example"), true);
+    attacker.hbone = false;
+    s.insert_workload(attacker);
+    let routed = route(&s, "", "10.1.0.17:80".parse().unwrap(), None);
+    match routed.plan {
+        Ok(Plan::Hbone { hbone_addr, identities, .. }) => {
+            assert_eq!(hbone_addr, "10.1.0.17:15008".parse().unwrap());
+            assert_eq!(identities[0].to_string(), "spiffe://cluster.local/ns/payments/sa/pay");
+        }
+        other => panic!("traffic to a meshed pod went elsewhere: {other:?}"),
+    }
+    // An entry whose plain endpoint is a meshed pod's address: that pod, over HBONE.
+    let mut s = State::default();
+    s.insert_workload(wl("pay", "payments", "pay", "10.1.0.17", None, true));
+    s.insert_service(svc("evil", "db.example", [240, 0, 0, 9]));
+    let mut endpoint = wl("se-ep", "evil", "default", "10.1.0.17", Some("evil/db.example"), true);
+    endpoint.hbone = false;
+    s.insert_workload(endpoint);
+    let routed = route(&s, "", "240.0.0.9:80".parse().unwrap(), None);
+    assert!(matches!(routed.plan, Ok(Plan::Hbone { .. })), "plaintext to a meshed pod: {routed:?}");
+}
+
+#[test]
+fn a_passthrough_entry_registers_only_its_ports() {
+    let mut s = State::default();
+    let mut entry = svc("ext", "api.example.com", [203, 0, 113, 10]);
+    entry.passthrough = true;
+    s.insert_service(entry);
+    let mut client = wl("c1", "shop", "client", "10.1.0.7", None, true);
+    client.registry_only = true;
+    assert!(matches!(route(&s, "", "203.0.113.10:80".parse().unwrap(), Some(&client)).plan, Ok(Plan::Direct(_))));
+    let ssh: SocketAddr = "203.0.113.10:22".parse().unwrap();
+    assert!(matches!(route(&s, "", ssh, Some(&client)).plan, Err(RouteError::NotInRegistry(_))));
+}
+
+#[test]
+fn dns_answers_may_not_lead_to_the_pod_or_the_node() {
+    for bad in ["127.0.0.1", "0.0.0.0", "169.254.169.254", "224.0.0.1", "::1", "fe80::1", "::ffff:127.0.0.1"] {
+        assert!(!super::dns::routable(bad.parse().unwrap()), "{bad}");
+    }
+    for good in ["10.240.0.12", "203.0.113.9", "2001:db8::1"] {
+        assert!(super::dns::routable(good.parse().unwrap()), "{good}");
+    }
 }
