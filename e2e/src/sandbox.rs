@@ -90,8 +90,9 @@ impl Sandbox {
         self.wait_converged()
     }
 
-    /// Waits until every ztunnel's state holds exactly the sandbox's pods, all healthy (the
-    /// controller has read the pods' status, and deleted pods are gone).
+    /// Waits until every ztunnel's state holds exactly the sandbox's pods (among its workloads;
+    /// ServiceEntry endpoints are not pods), all healthy (the controller has read the pods'
+    /// status, and deleted pods are gone).
     pub fn wait_converged(&self) -> Result<(), SandboxError> {
         let want: Vec<String> =
             self.state.pods.values().map(|p| format!("Kubernetes//Pod/{}/{}", p.namespace, p.name)).collect();
@@ -99,12 +100,16 @@ impl Sandbox {
         for node in &self.state.nodes {
             loop {
                 let dump = self.get_in_node(node, 15000, "/config_dump");
-                let workloads = dump
+                // Pods only: ServiceEntry endpoints are workloads too.
+                let workloads: Vec<Value> = dump
                     .as_deref()
                     .and_then(|d| d.split_once("\r\n\r\n"))
                     .and_then(|(_, body)| serde_json::from_str::<Value>(body).ok())
                     .and_then(|v| v["workloads"].as_array().cloned())
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|w| w["uid"].as_str().is_some_and(|u| u.contains("//Pod/")))
+                    .collect();
                 let healthy = workloads.iter().filter(|w| w["healthy"] == Value::Bool(true)).count();
                 let known: Vec<&str> = workloads.iter().filter_map(|w| w["uid"].as_str()).collect();
                 if healthy == want.len()
