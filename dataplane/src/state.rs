@@ -315,7 +315,9 @@ impl State {
     }
 
     pub fn insert_service(&mut self, s: Service) {
-        self.remove_service(&s.key.clone());
+        // The new version takes its addresses back right away: no successor is looked for.
+        let kept = s.vips.clone();
+        self.remove_service_keeping(&s.key.clone(), &kept);
         let s = Arc::new(s);
         for (network, ip) in &s.vips {
             self.service_by_vip.entry(network.clone()).or_default().insert(*ip, s.clone());
@@ -324,11 +326,28 @@ impl State {
     }
 
     pub fn remove_service(&mut self, key: &str) -> bool {
+        self.remove_service_keeping(key, &[])
+    }
+
+    fn remove_service_keeping(&mut self, key: &str, kept: &[NetworkAddr]) -> bool {
         let Some(s) = self.services.remove(key) else { return false };
         for (network, ip) in &s.vips {
             if let Some(by_ip) = self.service_by_vip.get_mut(network) {
                 if by_ip.get(ip).is_some_and(|other| *other.key == *key) {
                     by_ip.remove(ip);
+                    if kept.iter().any(|(n, v)| n == network && v == ip) {
+                        continue;
+                    }
+                    // Another service claiming the address (two ServiceEntries naming one VIP)
+                    // keeps it reachable instead of it falling out of the registry.
+                    let next = self
+                        .services
+                        .values()
+                        .filter(|o| o.vips.iter().any(|(n, v)| n == network && v == ip))
+                        .min_by(|a, b| a.key.cmp(&b.key));
+                    if let Some(next) = next {
+                        by_ip.insert(*ip, next.clone());
+                    }
                 }
             }
         }

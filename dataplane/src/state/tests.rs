@@ -124,3 +124,15 @@ fn a_mesh_workload_keeps_its_address_against_a_plain_one() {
     s.remove_workload("se-endpoint");
     assert_eq!(at(&s).as_deref(), Some("pod"), "removing the shadowed one leaves the owner");
 }
+
+#[test]
+fn a_vip_claimed_twice_stays_with_the_other_claimant_when_one_goes() {
+    let mut s = State::default();
+    s.insert_service(svc("team-a", "db.example", [240, 0, 0, 1]));
+    s.insert_service(svc("team-b", "cache.example", [240, 0, 0, 1]));
+    s.remove_service("team-b/cache.example");
+    match s.destination("", "240.0.0.1:80".parse().unwrap()) {
+        Destination::Service { service, .. } => assert_eq!(&*service.key, "team-a/db.example"),
+        other => panic!("the VIP fell out of the registry: {other:?}"),
+    }
+}
