@@ -349,3 +349,17 @@ spec:
     let by_ip = workload(&changes, "Kubernetes/networking.istio.io/ServiceEntry/shop/mirrors/192.0.2.40");
     assert_eq!((by_ip.hostname.as_str(), by_ip.addresses.clone()), ("", vec![vec![192, 0, 2, 40]]));
 }
+
+#[test]
+fn host_network_pods_stay_out_of_the_mesh() {
+    let mut index = Index::new(MeshSettings::default());
+    let changes = index.apply(objects(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1\nkind: Pod\nmetadata: {name: agent, namespace: shop}
+spec: {nodeName: node-1, hostNetwork: true}
+status: {phase: Running, podIP: 10.240.0.11}",
+    ));
+    let w = workload(&changes, "Kubernetes//Pod/shop/agent");
+    assert_eq!(w.tunnel_protocol, TunnelProtocol::None as i32, "not HBONE: its address is the node's");
+}

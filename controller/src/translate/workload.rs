@@ -39,6 +39,12 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
 /// or the CNI already reports redirection.
 pub fn in_ambient(pod: &Pod, store: &Store) -> bool {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    // A host-network pod shares its node's network: there is nothing of its own to capture,
+    // and advertising it as HBONE would send its clients to the node's 15008 (as Istio, it
+    // stays out of the mesh).
+    if pod.spec.host_network {
+        return false;
+    }
     if pod.metadata.annotations.get(keys::REDIRECTION).is_some_and(|v| v == "enabled") {
         return true;
     }
