@@ -139,7 +139,18 @@ impl Index {
             }
             self.mark(&mut dirty, &key, previous.as_ref(), current);
         }
-        self.recompute(dirty)
+        let mut changes = self.recompute(dirty);
+        // One change per resource: when an output is touched twice in a batch (an owner gone,
+        // another owner recomputed), the last word is the one that stands.
+        let mut seen = std::collections::HashSet::new();
+        let mut last_first: Vec<Change> = Vec::with_capacity(changes.len());
+        while let Some(c) = changes.pop() {
+            if seen.insert((c.type_url, c.name.clone())) {
+                last_first.push(c);
+            }
+        }
+        last_first.reverse();
+        last_first
     }
 
     fn mark(&self, dirty: &mut Dirty, key: &ObjectKey, previous: Option<&Object>, current: Option<&Object>) {
@@ -164,6 +175,8 @@ impl Index {
             }
             Kind::ServiceEntry => {
                 dirty.objects.insert(key.clone());
+                // Entries sharing an address: the oldest keeps it, so every entry is looked at.
+                dirty.objects.extend(self.store.list(Kind::ServiceEntry, None).map(Object::key));
                 // Pods it selects serve its hosts.
                 for sel in [previous, current].into_iter().flatten().filter_map(selector_of) {
                     if !sel.is_empty() {

@@ -363,3 +363,29 @@ status: {phase: Running, podIP: 10.240.0.11}",
     let w = workload(&changes, "Kubernetes//Pod/shop/agent");
     assert_eq!(w.tunnel_protocol, TunnelProtocol::None as i32, "not HBONE: its address is the node's");
 }
+
+#[test]
+fn the_oldest_service_entry_keeps_a_shared_address() {
+    use ambit_shared::proto::workload::Service as PbService;
+    let service = |changes: &[Change], name: &str| -> Option<PbService> {
+        let c = changes.iter().find(|c| c.name == name)?;
+        match Address::decode(c.body.as_ref()?.value.as_ref()).ok()?.r#type {
+            Some(address::Type::Service(s)) => Some(s),
+            _ => None,
+        }
+    };
+    let mut index = Index::new(MeshSettings::default());
+    let changes = index.apply(objects(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: first, namespace: team-a, creationTimestamp: '2026-01-01T00:00:00Z'}
+spec: {hosts: [db.example], addresses: [240.0.0.1], ports: [{number: 80, name: http}]}
+---
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: second, namespace: team-b, creationTimestamp: '2026-02-01T00:00:00Z'}
+spec: {hosts: [cache.example], addresses: [240.0.0.1], ports: [{number: 80, name: http}]}",
+    ));
+    assert_eq!(service(&changes, "team-a/db.example").unwrap().addresses.len(), 1, "the oldest keeps it");
+    assert!(service(&changes, "team-b/cache.example").unwrap().addresses.is_empty(), "the younger leaves it out");
+    // The oldest goes: the address passes to the other.
+    let key = ObjectKey { kind: Kind::ServiceEntry, namespace: "team-a".into(), name: "first".into() };
+    let changes = index.apply(vec![Event::Delete(key)]);
+    assert_eq!(service(&changes, "team-b/cache.example").expect("recomputed").addresses.len(), 1);
+}

@@ -9,7 +9,7 @@ use ambit_shared::proto::workload::{
 };
 use ambit_shared::Cidr;
 
-use crate::model::{keys, IntOrString, Service, ServiceEntry};
+use crate::model::{keys, IntOrString, Kind, Object, Service, ServiceEntry};
 use crate::store::Store;
 use crate::translate::workload::{ip_bytes, waypoint_for};
 use crate::translate::MeshSettings;
@@ -118,6 +118,19 @@ pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSett
     // it would take its traffic, so such an address is left out.
     let cluster_ips: Vec<IpAddr> =
         store.services(None).filter_map(|s| s.spec.cluster_ip.as_deref()?.parse().ok()).collect();
+    // Two entries naming one address: the oldest keeps it (then by namespace/name), the same
+    // on every ztunnel; the other leaves it out.
+    let age = |e: &ServiceEntry| {
+        (e.metadata.creation_timestamp.clone(), e.metadata.namespace.clone(), e.metadata.name.clone())
+    };
+    let older_claims: Vec<IpAddr> = store
+        .list(Kind::ServiceEntry, None)
+        .filter_map(|o| match o {
+            Object::ServiceEntry(other) if age(other) < age(se) => Some(other),
+            _ => None,
+        })
+        .flat_map(|other| other.spec.addresses.iter().filter_map(|a| a.parse::<Cidr>().ok()).map(|c| c.addr()))
+        .collect();
     let addresses: Vec<NetworkAddress> = se
         .spec
         .addresses
@@ -128,7 +141,11 @@ pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSett
             if taken {
                 tracing::warn!(entry = %se.metadata.name, address = %c.addr(), "ServiceEntry address is a Service's cluster IP; left out");
             }
-            !taken
+            let claimed = older_claims.contains(&c.addr());
+            if claimed {
+                tracing::warn!(entry = %se.metadata.name, address = %c.addr(), "ServiceEntry address is an older entry's; left out");
+            }
+            !taken && !claimed
         })
         .map(|c| NetworkAddress { network: String::new(), address: ip_bytes(c.addr()) })
         .collect();
