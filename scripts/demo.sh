@@ -2,7 +2,8 @@
 # The Ambit demo on a fresh Debian machine (as root): builds the workspace, brings the example
 # application of examples/shop up on a two-node sandbox (network namespaces, the real
 # controller and ztunnels), sends traffic, shows it is mutually authenticated, applies a deny
-# policy and shows the refusal, then adds a waypoint (L7): a 90/10 split, header routing and an
+# policy and shows the refusal, calls an outside host by name through a ServiceEntry (the DNS
+# proxy answers with an allocated address), then adds a waypoint (L7): a 90/10 split, header routing and an
 # L7 policy, with the waypoint's request metrics; then tears everything down.
 #
 #   scripts/demo.sh          run the demo and clean up
@@ -50,6 +51,15 @@ $S exec frontend-0 -- ambit-sample get http://frontend/ || true
 echo
 say "the refusals, counted by ztunnel (response_flags=\"DENY\")"
 { $S metrics node-1; $S metrics node-2; } | grep 'response_flags="DENY"' | grep closed | sed -n '1,3p'  # reads to the end: no SIGPIPE under pipefail
+
+say "egress: a ServiceEntry for api.world.example, a host in the outside world (examples/egress)"
+$S apply examples/egress >/dev/null
+say "the front end's DNS is answered by ztunnel's DNS proxy with an allocated address; the visitor (not in the mesh) gets the real one from the world's DNS server"
+$S exec frontend-0 -- dig +short api.world.example
+$S exec visitor-0 -- dig +short api.world.example
+say "the call by name goes out to the real host"
+$S exec frontend-0 -- ambit-sample get http://api.world.example/
+echo
 
 say "L7: adding a waypoint to shop (examples/waypoint: Gateway, namespace label, routes, policy)"
 $S delete examples/policies/deny-visitors.yaml >/dev/null

@@ -123,8 +123,19 @@ pub struct Config {
     /// in the root namespace, a namespace or selecting workloads overrides it.
     #[arg(long, env = "OUTBOUND_TRAFFIC_POLICY", value_enum, ignore_case = true, default_value = "ALLOW_ANY")]
     pub outbound_traffic_policy: crate::translate::OutboundMode,
+    /// Where ServiceEntry hosts without `addresses` get a virtual address from (one IPv4 and
+    /// one IPv6 block, comma-separated; Istio's defaults). ztunnel's DNS proxy answers the
+    /// hosts with them.
+    #[arg(long, env = "AUTO_ALLOCATE_RANGES", value_delimiter = ',', default_value = "240.240.0.0/16,2001:2::/48")]
+    #[serde(serialize_with = "as_text")]
+    pub auto_allocate_ranges: Vec<ambit_shared::cidr::Cidr>,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Blocks as their text (`240.240.0.0/16`) on `/debug/config`.
+fn as_text<S: serde::Serializer>(ranges: &[ambit_shared::cidr::Cidr], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ranges.iter().map(ToString::to_string))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +154,8 @@ pub enum ConfigError {
     NodeProxy(String, String),
     #[error("--namespace / --service-account {0:?}: {1}")]
     OwnIdentity(String, ambit_shared::IdentityError),
+    #[error("--auto-allocate-ranges / AUTO_ALLOCATE_RANGES: {0}")]
+    AutoAllocate(String),
     #[error("--push-max-delay-ms {1} is below --push-debounce-ms {0}")]
     Debounce(u64, u64),
     #[error(transparent)]
@@ -173,6 +186,15 @@ impl Config {
             return Err(ConfigError::Debounce(self.push_debounce_ms, self.push_max_delay_ms));
         }
         distinct_addresses(&[("--grpc-addr", self.grpc_addr), ("--admin-addr", self.admin_addr)])?;
+        let ranges = &self.auto_allocate_ranges;
+        for (v4, name) in [(true, "IPv4"), (false, "IPv6")] {
+            if ranges.iter().filter(|r| r.addr().is_ipv4() == v4).count() > 1 {
+                return Err(ConfigError::AutoAllocate(format!("more than one {name} range")));
+            }
+        }
+        if let Some(r) = ranges.iter().find(|r| r.prefix() > if r.addr().is_ipv4() { 30 } else { 126 }) {
+            return Err(ConfigError::AutoAllocate(format!("{r} is too small (at least 4 addresses)")));
+        }
         Ok(())
     }
 
@@ -219,6 +241,7 @@ impl Config {
             root_namespace: self.root_namespace.clone(),
             domain_suffix: self.domain_suffix.clone(),
             outbound: self.outbound_traffic_policy,
+            auto_allocate: self.auto_allocate_ranges.clone(),
         }
     }
 }

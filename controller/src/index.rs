@@ -7,6 +7,7 @@
 //! services) they govern. Translation warnings are kept per object for the admin endpoint.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
@@ -16,6 +17,7 @@ use prost::Message;
 
 use crate::model::{Kind, Labels, Object, ObjectKey};
 use crate::store::{selects, Store};
+use crate::translate::allocate::{allocations, HostKey};
 use crate::translate::authz::{self, peer_authn_outcome, PeerAuthnChain};
 use crate::translate::service::{
     service_entry_endpoints, service_resource_name, translate_service, translate_service_entry,
@@ -78,6 +80,8 @@ pub struct Index {
     /// is removed only when its last producer stops producing it.
     producers: HashMap<(&'static str, String), BTreeSet<ObjectKey>>,
     warnings: BTreeMap<ObjectKey, Vec<String>>,
+    /// ServiceEntry hosts' allocated addresses, computed once per pass that touches an entry.
+    allocated: BTreeMap<HostKey, Vec<IpAddr>>,
 }
 
 fn any<M: Message>(type_url: &str, m: &M) -> Any {
@@ -101,6 +105,7 @@ impl Index {
             emitted: HashMap::new(),
             producers: HashMap::new(),
             warnings: BTreeMap::new(),
+            allocated: BTreeMap::new(),
         }
     }
 
@@ -308,6 +313,9 @@ impl Index {
                 }
             }
         }
+        if objects.iter().any(|k| k.kind == Kind::ServiceEntry) {
+            self.allocated = allocations(&self.store, &self.mesh.auto_allocate);
+        }
         for key in pods.iter().chain(objects.iter()) {
             let outputs = self.translate(key);
             self.replace_outputs(key.clone(), outputs, &mut changes);
@@ -354,7 +362,7 @@ impl Index {
                     out
                 })
                 .unwrap_or_default(),
-            Object::ServiceEntry(se) => translate_service_entry(se, &self.store, mesh)
+            Object::ServiceEntry(se) => translate_service_entry(se, &self.store, mesh, &self.allocated)
                 .into_iter()
                 .map(|svc| {
                     let name = service_resource_name(&svc.namespace, &svc.hostname);

@@ -9,6 +9,7 @@
 //!
 //! Pure functions of model values and a read-only view of the store; no I/O.
 
+pub mod allocate;
 pub mod authz;
 pub mod service;
 pub mod waypoint;
@@ -26,6 +27,8 @@ pub struct MeshSettings {
     /// meshConfig `outboundTrafficPolicy.mode`: what a pod may reach outside the registry,
     /// unless a Sidecar says otherwise for its namespace or workload.
     pub outbound: OutboundMode,
+    /// Ranges ServiceEntry hosts without addresses get theirs from ([`allocate`]).
+    pub auto_allocate: Vec<ambit_shared::cidr::Cidr>,
 }
 
 /// Istio's `outboundTrafficPolicy.mode`.
@@ -48,8 +51,14 @@ impl Default for MeshSettings {
             root_namespace: "istio-system".into(),
             domain_suffix: "cluster.local".into(),
             outbound: OutboundMode::AllowAny,
+            auto_allocate: default_auto_allocate(),
         }
     }
+}
+
+/// Istio's ranges for automatically allocated ServiceEntry addresses.
+pub fn default_auto_allocate() -> Vec<ambit_shared::cidr::Cidr> {
+    ["240.240.0.0/16", "2001:2::/48"].iter().filter_map(|r| r.parse().ok()).collect()
 }
 
 impl MeshSettings {

@@ -7,7 +7,7 @@
 //! `State`'s methods. Evaluating policies is not done here: ztunnel's `rbac` reads them
 //! through [`State::policies_for`]; the waypoint evaluates its own L7 policies.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
@@ -248,6 +248,9 @@ pub struct State {
     workload_by_addr: HashMap<Arc<str>, HashMap<IpAddr, Arc<Workload>>>,
     services: HashMap<Arc<str>, Arc<Service>>,
     service_by_vip: HashMap<Arc<str>, HashMap<IpAddr, Arc<Service>>>,
+    /// lowercase hostname (a wildcard as written, `*.example.com`) → keys of the services
+    /// with it (a host can be declared in several namespaces), for the DNS proxy.
+    service_by_host: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
     /// service key → uids of workloads that serve it.
     endpoints: HashMap<Arc<str>, HashSet<Arc<str>>>,
     policies: HashMap<Arc<str>, Arc<Authorization>>,
@@ -322,6 +325,7 @@ impl State {
         for (network, ip) in &s.vips {
             self.service_by_vip.entry(network.clone()).or_default().insert(*ip, s.clone());
         }
+        self.service_by_host.entry(Arc::from(s.hostname.to_ascii_lowercase())).or_default().insert(s.key.clone());
         self.services.insert(s.key.clone(), s);
     }
 
@@ -331,6 +335,13 @@ impl State {
 
     fn remove_service_keeping(&mut self, key: &str, kept: &[NetworkAddr]) -> bool {
         let Some(s) = self.services.remove(key) else { return false };
+        let host = s.hostname.to_ascii_lowercase();
+        if let Some(keys) = self.service_by_host.get_mut(host.as_str()) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.service_by_host.remove(host.as_str());
+            }
+        }
         for (network, ip) in &s.vips {
             if let Some(by_ip) = self.service_by_vip.get_mut(network) {
                 if by_ip.get(ip).is_some_and(|other| *other.key == *key) {
@@ -389,6 +400,20 @@ impl State {
 
     pub fn service(&self, key: &str) -> Option<&Arc<Service>> {
         self.services.get(key)
+    }
+
+    /// The services with exactly the hostname `host` (lowercase; a wildcard host as written,
+    /// `*.example.com`), in key order: the DNS proxy's index.
+    pub fn services_with_host(&self, host: &str) -> Vec<&Arc<Service>> {
+        self.service_by_host
+            .get(host)
+            .map(|keys| keys.iter().filter_map(|k| self.services.get(k)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The workloads serving `service` (any health), for names without a virtual address.
+    pub fn endpoint_workloads(&self, service: &Service) -> impl Iterator<Item = &Arc<Workload>> {
+        self.endpoints.get(&service.key).into_iter().flatten().filter_map(|uid| self.workloads.get(uid))
     }
 
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {

@@ -6,6 +6,8 @@
 //! - Each pod is a namespace plugged into its node ([`crate::netns::attach_pod`]), runs its
 //!   container's process (`ip netns exec`), and resolves service names through
 //!   `/etc/netns/<pod-netns>/hosts`.
+//! - The outside world ([`world`]): a host on the node network with the cluster's DNS server
+//!   (dnsmasq) and an echo server; pods' resolv.conf and ztunnels' upstream name it.
 //! - Service VIPs (`10.96.0.x`) are DNAT rules in every node (the kube-proxy role), so clients
 //!   outside the mesh reach them too.
 //! - The real daemons: the controller (host network of node 1, manifest-directory source),
@@ -33,6 +35,7 @@ mod record;
 mod services;
 mod topology;
 mod waypoints;
+mod world;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,6 +48,7 @@ pub use handle::{bin_dir, Options, Sandbox, SandboxError};
 pub use objects::read_objects;
 pub use record::{PodState, SandboxState, ServiceState};
 pub use topology::NODE_NET;
+pub use world::{WORLD_IP, WORLD_IP_2};
 
 use handle::setup;
 use objects::identity_of;
@@ -65,6 +69,7 @@ impl Sandbox {
             keep: false,
         };
         sb.build_nodes();
+        sb.build_world()?;
         sb.save()?;
         sb.start_controller()?;
         for node in sb.state.nodes.clone() {

@@ -200,6 +200,7 @@ fn check_ztunnel(namespace: &str, r: &Rendered, controller: &Controller) -> ambi
     assert_eq!(zconfig.control_plane_account, format!("{}/{}", config.namespace, config.service_account));
     assert_eq!(zconfig.trust_domain, config.trust_domain);
     assert_eq!(zconfig.cluster_id, config.cluster_id);
+    assert_eq!(zconfig.cluster_domain, config.domain_suffix, "ztunnel's DNS proxy knows the cluster domain");
     assert!(
         config.node_proxy_accounts.contains(&format!("{namespace}/{zsa}")),
         "the CA lets ztunnel's account ask for its pods' certificates"
@@ -212,6 +213,12 @@ fn check_ztunnel(namespace: &str, r: &Rendered, controller: &Controller) -> ambi
     let threads = z.env.as_deref().unwrap_or_default().iter().find(|e| e.name == "ZTUNNEL_WORKER_THREADS");
     let threads = threads.and_then(|e| e.value.as_deref()).expect("the chart sets ZTUNNEL_WORKER_THREADS");
     assert_eq!(zconfig.worker_threads.to_string(), threads, "the chart's workerThreads reach ztunnel");
+    let dns = z.env.as_deref().unwrap_or_default().iter().find(|e| e.name == "DNS_PROXY");
+    assert_eq!(
+        dns.and_then(|e| e.value.as_deref()),
+        Some(zconfig.dns_proxy.to_string().as_str()),
+        "the chart's dnsCapture reaches ztunnel"
+    );
     assert!(
         zconfig.cni_exclude_namespaces.iter().any(|n| n == namespace),
         "the mesh's own pods start without an agent (a ztunnel replacing a dead one)"
@@ -309,6 +316,9 @@ fn ztunnel_host_paths(r: &Rendered) -> (String, String) {
 fn default_values_render_a_consistent_install() {
     let r = check("ambit-system", None);
     let version = env!("CARGO_PKG_VERSION");
+    let zpod = r.daemonsets["ztunnel"].spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
+    let dns = zpod.containers[0].env.as_deref().unwrap_or_default().iter().find(|e| e.name == "DNS_PROXY");
+    assert_eq!(dns.and_then(|e| e.value.as_deref()), Some("true"), "the DNS proxy is on by default, as in Istio");
     let image = |d: &Deployment| {
         d.spec
             .as_ref()
@@ -392,6 +402,8 @@ fn production_values_render_a_consistent_install() {
     assert_eq!(selinux.as_deref(), Some("spc_t"));
     let threads = z.env.as_deref().unwrap_or_default().iter().find(|e| e.name == "ZTUNNEL_WORKER_THREADS");
     assert_eq!(threads.and_then(|e| e.value.as_deref()), Some("4"), "ztunnel.workerThreads (not the default 2)");
+    let dns = z.env.as_deref().unwrap_or_default().iter().find(|e| e.name == "DNS_PROXY");
+    assert_eq!(dns.and_then(|e| e.value.as_deref()), Some("false"), "ztunnel.dnsCapture: false");
     let env = |name: &str| {
         pod.containers[0]
             .env
@@ -404,6 +416,7 @@ fn production_values_render_a_consistent_install() {
     assert_eq!(env("CERT_LIFETIME_SECONDS").as_deref(), Some("2592000"), "large numbers stay integers");
     assert_eq!(env("PATH_NORMALIZATION").as_deref(), Some("DECODE_AND_MERGE_SLASHES"), "meshConfig.pathNormalization");
     assert_eq!(env("OUTBOUND_TRAFFIC_POLICY").as_deref(), Some("REGISTRY_ONLY"), "meshConfig.outboundTrafficPolicy");
+    assert_eq!(env("AUTO_ALLOCATE_RANGES").as_deref(), Some("198.18.0.0/20"), "serviceEntryAddressRanges");
 }
 
 #[test]

@@ -49,7 +49,7 @@ fn rules_redirect_pod_traffic_to_listeners_inside_the_pod() {
     peer.exec("ip", &["-6", "addr", "add", "fd00:97::1/64", "dev", &b, "nodad"]);
     pod.exec("ip", &["-6", "route", "add", "fd00:99::/64", "via", "fd00:97::1"]);
 
-    let rules = InPodRules::new(Path::new(&pod.path()));
+    let rules = InPodRules::new(Path::new(&pod.path()), true);
     rules.apply().unwrap();
     rules.apply().unwrap(); // idempotent
     let saved = pod.output("iptables-save", &[]);
@@ -82,6 +82,30 @@ fn rules_redirect_pod_traffic_to_listeners_inside_the_pod() {
         })
         .unwrap();
     assert!(marked.is_err(), "a marked socket must go out uncaptured (nothing answers there)");
+
+    // DNS (with the DNS proxy on): UDP to any server's port 53 → 15053 on loopback, and the
+    // reply comes back from the server's address; TCP to port 53 → 15053, not 15001.
+    let dns_udp = ns.run_in(|| std::net::UdpSocket::bind("127.0.0.1:15053")).unwrap().unwrap();
+    let dns_tcp = ns.run_in(|| TcpListener::bind("127.0.0.1:15053")).unwrap().unwrap();
+    dns_udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let asker = ns.run_in(|| std::net::UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    asker.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    asker.connect("10.99.0.1:53").unwrap();
+    asker.send(b"question").unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = dns_udp.recv_from(&mut buf).expect("the query lands on 15053");
+    assert_eq!(&buf[..n], b"question");
+    dns_udp.send_to(b"answer", from).unwrap();
+    let n = asker.recv(&mut buf).expect("the reply reaches the asker, as from 10.99.0.1:53");
+    assert_eq!(&buf[..n], b"answer");
+    let _tcp53 = ns
+        .run_in(|| TcpStream::connect_timeout(&"10.99.0.1:53".parse().unwrap(), Duration::from_secs(2)))
+        .unwrap()
+        .unwrap();
+    let (d, _) = dns_tcp.accept().unwrap();
+    assert_eq!(original_dst(&d), "10.99.0.1:53".parse().unwrap(), "TCP DNS lands on 15053");
+    let saved_dns = pod.output("iptables-save", &[]);
+    assert_eq!(saved_dns.lines().filter(|l| l.ends_with("--to-ports 15053")).count(), 2, "{saved_dns}");
 
     // Inbound plaintext from another host → 15006; HBONE port 15008 is not redirected.
     let from_peer = peer_connect(&peer, "10.97.0.2:8080");

@@ -29,6 +29,10 @@ pub struct Config {
     /// Cluster the node belongs to (part of workload names: `<cluster>//Pod/<ns>/<name>`).
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
     pub cluster_id: String,
+    /// The cluster's DNS domain (Istio's `CLUSTER_DOMAIN`): names under it are Kubernetes
+    /// names, which the DNS proxy answers only by exact hostnames of their own namespace.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Network the node's pods are on (empty: the default network).
     #[arg(long, env = "NETWORK", default_value = "")]
     pub network: String,
@@ -94,9 +98,15 @@ pub struct Config {
     #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
     /// Name servers (`ip:port`, comma-separated) for the hostnames of DNS ServiceEntry
-    /// endpoints; empty: the node's `/etc/resolv.conf`.
+    /// endpoints and the DNS proxy's upstream (what it does not answer goes there); empty:
+    /// the node's `/etc/resolv.conf`.
     #[arg(long, env = "DNS_NAMESERVERS", value_delimiter = ',')]
     pub dns_nameservers: Vec<std::net::SocketAddr>,
+    /// The DNS proxy (Istio's `DNS_PROXY`, on by default): pods' DNS (port 53) is redirected
+    /// to ztunnel inside each pod, which answers for the mesh's names and forwards the rest.
+    /// The node agent's rules and the proxy's listeners follow this one setting.
+    #[arg(long, env = "DNS_PROXY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dns_proxy: bool,
     /// Connection and stream budgets of the HBONE listeners (all of them together).
     #[command(flatten)]
     pub hbone_limits: ambit_shared::hbone::server::Limits,

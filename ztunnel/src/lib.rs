@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dns_proxy;
 pub mod inpod;
 pub mod metrics;
 pub mod node;

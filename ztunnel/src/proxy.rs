@@ -3,7 +3,9 @@
 //! - 15001: outbound — redirected connections, sent over HBONE (or plain TCP outside the mesh);
 //! - 15008: inbound HBONE — mutual TLS with the pod's own certificate, L4 authorization, then
 //!   the application is reached with the client's address as source;
-//! - 15006: inbound plaintext — clients outside the mesh, authorized without an identity.
+//! - 15006: inbound plaintext — clients outside the mesh, authorized without an identity;
+//! - 15053 (UDP and TCP, loopback): the pod's redirected DNS, when the DNS proxy is on
+//!   ([`crate::dns_proxy`]).
 //!
 //! Every connection is one task; decisions read the shared [`State`] under a short read lock
 //! and never scan it.
@@ -24,6 +26,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
 use crate::config::Config;
+use crate::dns_proxy::{Client as DnsClient, DnsProxy};
 use crate::inpod::zds::Pods;
 use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::metrics::Metrics;
@@ -50,6 +53,8 @@ pub struct Proxy {
     hbone_budget: Arc<Budget>,
     /// Hostnames of DNS endpoints, resolved per connection (cached for their TTLs).
     pub resolver: dns::Resolver,
+    /// The DNS proxy, serving every pod's redirected DNS (none when turned off).
+    dns_proxy: Option<Arc<DnsProxy>>,
     active: AtomicUsize,
     idle: Notify,
     draining: AtomicBool,
@@ -125,8 +130,10 @@ impl Proxy {
         certs: Arc<CertManager>,
         roots: MeshRoots,
         metrics: Metrics,
+        dns_proxy: Option<Arc<DnsProxy>>,
     ) -> Arc<Self> {
         Arc::new(Proxy {
+            dns_proxy,
             hbone_budget: Budget::new(config.hbone_limits),
             resolver: dns::Resolver::new(&config.dns_nameservers),
             config,
@@ -222,6 +229,20 @@ impl Proxy {
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        if let Some(dns) = &self.dns_proxy {
+            // Without its DNS listener the pod's redirected DNS would go unanswered: the pod is
+            // refused instead (the node agent retries), never half taken.
+            let client = DnsClient {
+                namespace: Arc::from(info.namespace.as_str()),
+                network: Arc::from(self.config.network.as_str()),
+                workload_uid: Arc::from(pod.workload_uid.as_str()),
+                cluster_domain: Arc::from(self.config.cluster_domain.as_str()),
+            };
+            let dns_tasks = dns
+                .serve_pod(&pod.netns, client, stopped.clone())
+                .map_err(|source| PodError::Listen { port: crate::dns_proxy::DNS_PORT, source })?;
+            tasks.extend(dns_tasks);
+        }
         for (out_l, in_plain_l, in_hbone_l) in listeners {
             let (proxy, p) = (self.clone(), pod.clone());
             tasks.push(

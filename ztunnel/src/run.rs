@@ -57,7 +57,11 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
 
     let certs =
         CertManager::new(CaClient { address: ca_address, tls: control_plane, token, lifetime: config.cert_lifetime() });
-    let proxy = Proxy::new(config.clone(), updater.state.clone(), certs.clone(), roots, metrics);
+    let dns = config.dns_proxy.then(|| {
+        let metrics = crate::dns_proxy::DnsMetrics::register(&mut registry);
+        crate::dns_proxy::DnsProxy::new(updater.state.clone(), &config.dns_nameservers, metrics)
+    });
+    let proxy = Proxy::new(config.clone(), updater.state.clone(), certs.clone(), roots, metrics, dns);
 
     if config.node_agent {
         crate::node::agent::start(config.clone(), updater.state.clone(), updater.changes.subscribe(), synced.clone())

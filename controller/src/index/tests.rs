@@ -23,6 +23,15 @@ fn names(changes: &[Change]) -> Vec<(String, bool)> {
     v
 }
 
+/// The Service resource `name` among `changes`, when it is one.
+fn service_change(changes: &[Change], name: &str) -> Option<ambit_shared::proto::workload::Service> {
+    let c = changes.iter().find(|c| c.name == name)?;
+    match Address::decode(c.body.as_ref()?.value.as_ref()).ok()?.r#type {
+        Some(address::Type::Service(s)) => Some(s),
+        _ => None,
+    }
+}
+
 fn workload(changes: &[Change], name: &str) -> Workload {
     let c = changes.iter().find(|c| c.name == name).expect(name);
     match Address::decode(c.body.as_ref().unwrap().value.as_ref()).unwrap().r#type {
@@ -366,14 +375,7 @@ status: {phase: Running, podIP: 10.240.0.11}",
 
 #[test]
 fn the_oldest_service_entry_keeps_a_shared_address() {
-    use ambit_shared::proto::workload::Service as PbService;
-    let service = |changes: &[Change], name: &str| -> Option<PbService> {
-        let c = changes.iter().find(|c| c.name == name)?;
-        match Address::decode(c.body.as_ref()?.value.as_ref()).ok()?.r#type {
-            Some(address::Type::Service(s)) => Some(s),
-            _ => None,
-        }
-    };
+    let service = service_change;
     let mut index = Index::new(MeshSettings::default());
     let changes = index.apply(objects(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: first, namespace: team-a, creationTimestamp: '2026-01-01T00:00:00Z'}
@@ -388,4 +390,61 @@ spec: {hosts: [cache.example], addresses: [240.0.0.1], ports: [{number: 80, name
     let key = ObjectKey { kind: Kind::ServiceEntry, namespace: "team-a".into(), name: "first".into() };
     let changes = index.apply(vec![Event::Delete(key)]);
     assert_eq!(service(&changes, "team-b/cache.example").expect("recomputed").addresses.len(), 1);
+}
+
+#[test]
+fn service_entries_without_addresses_get_allocated_ones() {
+    use ambit_shared::proto::workload::Service as PbService;
+    let service = service_change;
+    let ips = |s: &PbService| -> Vec<std::net::IpAddr> {
+        s.addresses
+            .iter()
+            .filter_map(|a| match a.address.len() {
+                4 => <[u8; 4]>::try_from(a.address.as_slice()).ok().map(std::net::IpAddr::from),
+                _ => <[u8; 16]>::try_from(a.address.as_slice()).ok().map(std::net::IpAddr::from),
+            })
+            .collect()
+    };
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: shop, creationTimestamp: '2026-01-01T00:00:00Z'}
+spec: {hosts: [api.example.com], ports: [{number: 443, name: tls}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: cdn, namespace: shop}
+spec: {hosts: [static.example.com, '*.cdn.example.com'], ports: [{number: 443, name: tls}], resolution: STATIC, endpoints: [{address: 192.0.2.1}]}
+---
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: passthrough, namespace: shop}
+spec: {hosts: [pass.example.com], ports: [{number: 443, name: tls}]}
+---
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: opted-out, namespace: shop, labels: {networking.istio.io/enable-autoallocate-ip: 'false'}}
+spec: {hosts: [out.example.com], ports: [{number: 443, name: tls}], resolution: DNS}";
+    let mut index = Index::new(MeshSettings::default());
+    let changes = index.apply(objects(yaml));
+    let api = service(&changes, "shop/api.example.com").unwrap();
+    let got = ips(&api);
+    assert_eq!(got.len(), 2, "one IPv4 and one IPv6 address: {got:?}");
+    let (v4, v6): (ambit_shared::Cidr, ambit_shared::Cidr) =
+        ("240.240.0.0/16".parse().unwrap(), "2001:2::/48".parse().unwrap());
+    assert!(v4.contains(got[0]) && v6.contains(got[1]), "from Istio's ranges: {got:?}");
+    assert!(service(&changes, "shop/*.cdn.example.com").unwrap().addresses.is_empty(), "wildcards get none");
+    assert_eq!(service(&changes, "shop/static.example.com").unwrap().addresses.len(), 2, "STATIC entries get them too");
+    assert!(service(&changes, "shop/pass.example.com").unwrap().addresses.is_empty(), "resolution NONE gets none");
+    assert!(service(&changes, "shop/out.example.com").unwrap().addresses.is_empty(), "the opt-out label");
+    // Every replica and every restart computes the same addresses.
+    let mut other = Index::new(MeshSettings::default());
+    assert_eq!(ips(&service(&other.apply(objects(yaml)), "shop/api.example.com").unwrap()), got);
+    // An entry naming an allocated address explicitly takes nothing: addresses inside the
+    // ranges are left out of it, and the other entry keeps its own.
+    let thief = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: thief, namespace: evil}}\nspec: {{hosts: [evil.example.com], addresses: ['{}'], ports: [{{number: 443, name: tls}}]}}",
+        got[0]
+    );
+    let changes = index.apply(objects(&thief));
+    assert!(service(&changes, "evil/evil.example.com").unwrap().addresses.is_empty(), "left out");
+    if let Some(api) = service(&changes, "shop/api.example.com") {
+        assert_eq!(ips(&api), got, "the victim keeps its address");
+    }
+    // Configured ranges are used.
+    let mesh = MeshSettings { auto_allocate: vec!["198.18.0.0/20".parse().unwrap()], ..Default::default() };
+    let mut custom = Index::new(mesh);
+    let custom_ips = ips(&service(&custom.apply(objects(yaml)), "shop/api.example.com").unwrap());
+    assert!(custom_ips.len() == 1 && "198.18.0.0/20".parse::<ambit_shared::Cidr>().unwrap().contains(custom_ips[0]));
 }

@@ -11,6 +11,7 @@ use ambit_shared::Cidr;
 
 use crate::model::{keys, IntOrString, Kind, Object, Service, ServiceEntry};
 use crate::store::Store;
+use crate::translate::allocate::HostKey;
 use crate::translate::workload::{ip_bytes, waypoint_for};
 use crate::translate::MeshSettings;
 
@@ -112,7 +113,12 @@ pub fn translate_service(s: &Service, store: &Store, mesh: &MeshSettings) -> Opt
 /// default) the services forward to the original destination (`PASSTHROUGH`): the entry's
 /// addresses are the real ones. With `STATIC`, its `endpoints` are the workloads behind them
 /// ([`service_entry_endpoints`]).
-pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSettings) -> Vec<PbService> {
+pub fn translate_service_entry(
+    se: &ServiceEntry,
+    store: &Store,
+    mesh: &MeshSettings,
+    allocated: &BTreeMap<HostKey, Vec<IpAddr>>,
+) -> Vec<PbService> {
     let ns = se.metadata.namespace.as_deref().unwrap_or_default();
     // A Kubernetes Service's cluster IP is that Service's: an entry (from any namespace) naming
     // it would take its traffic, so such an address is left out.
@@ -145,10 +151,25 @@ pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSett
             if claimed {
                 tracing::warn!(entry = %se.metadata.name, address = %c.addr(), "ServiceEntry address is an older entry's; left out");
             }
-            !taken && !claimed
+            // The allocation ranges are the controller's: an address written there could take
+            // over another entry's allocated address (clients holding the old answer).
+            let reserved = mesh.auto_allocate.iter().any(|r| r.contains(c.addr()));
+            if reserved {
+                tracing::warn!(entry = %se.metadata.name, address = %c.addr(), "ServiceEntry address is inside the automatic allocation ranges; left out");
+            }
+            !taken && !claimed && !reserved
         })
         .map(|c| NetworkAddress { network: String::new(), address: ip_bytes(c.addr()) })
         .collect();
+    // Hosts without addresses get allocated ones (see `allocate`), host by host.
+    let addresses_of = |host: &String| -> Vec<NetworkAddress> {
+        match allocated.get(&(ns.to_owned(), se.metadata.name.clone(), host.clone())) {
+            Some(ips) if super::allocate::wants_addresses(se) => {
+                ips.iter().map(|ip| NetworkAddress { network: String::new(), address: ip_bytes(*ip) }).collect()
+            }
+            _ => addresses.clone(),
+        }
+    };
     let ports: Vec<Port> = se
         .spec
         .ports
@@ -169,7 +190,7 @@ pub fn translate_service_entry(se: &ServiceEntry, store: &Store, mesh: &MeshSett
             name: se.metadata.name.clone(),
             namespace: ns.to_owned(),
             hostname: host.clone(),
-            addresses: addresses.clone(),
+            addresses: addresses_of(host),
             ports: ports.clone(),
             subject_alt_names: se.spec.subject_alt_names.clone(),
             waypoint: waypoint_for(&se.metadata.labels, ns, false, store, mesh),

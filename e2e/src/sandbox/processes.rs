@@ -107,6 +107,10 @@ impl Sandbox {
         std::fs::write(dir.join("token"), format!("{TOKEN_PREFIX}{node}")).map_err(setup)?;
         let cp = format!("{}:15012", node_ip(0));
         let mut args = crate::daemons::ztunnel_args(node, &cp, &self.opts.root.join("ca/root-cert.pem"), &dir, 5);
+        // The cluster's DNS server is the outside world's, unless a test names its own.
+        if !self.opts.ztunnel_flags.iter().any(|f| f == "--dns-nameservers") {
+            args.extend(["--dns-nameservers".to_owned(), format!("{}:53", super::world::WORLD_IP)]);
+        }
         args.extend(self.opts.ztunnel_flags.iter().cloned());
         let name = if generation == 0 { format!("ztunnel-{node}") } else { format!("ztunnel-{node}-{generation}") };
         if generation > 0 {

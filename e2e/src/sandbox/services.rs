@@ -1,5 +1,6 @@
 //! The kube-proxy role (and cluster DNS): a DNAT rule per service VIP and endpoint in every
-//! node, and the hosts file of every pod naming every service.
+//! node, and the hosts file of every pod naming every service (its resolv.conf points at the
+//! outside world's DNS server for the rest).
 //!
 //! Owns traffic to VIPs and service names; allocating a VIP when a Service is applied is
 //! `apply`'s.
@@ -9,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use super::handle::{setup, Sandbox, SandboxError};
 use super::record::PodState;
+use super::world::WORLD_IP;
 
 impl Sandbox {
     pub(super) fn write_hosts(&self, key: &str) -> Result<(), SandboxError> {
@@ -28,7 +30,14 @@ impl Sandbox {
             }
             hosts.push('\n');
         }
-        std::fs::write(dir.join("hosts"), hosts).map_err(setup)
+        std::fs::write(dir.join("hosts"), hosts).map_err(setup)?;
+        // Everything else is asked of the cluster's DNS server, the outside world's (`world`),
+        // with Kubernetes' search path: captured pods' queries reach ztunnel's DNS proxy first.
+        let resolv = format!(
+            "nameserver {WORLD_IP}\nsearch {ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:2 attempts:2\n",
+            ns = p.namespace
+        );
+        std::fs::write(dir.join("resolv.conf"), resolv).map_err(setup)
     }
 
     /// DNAT rules for every VIP in every node, and hosts files in every pod.

@@ -419,7 +419,7 @@ impl Agent {
                 return Err("ztunnel did not answer".into());
             }
         }
-        let rules = InPodRules::new(&pod.record.netns);
+        let rules = InPodRules::new(&pod.record.netns, self.config.dns_proxy);
         let applied = tokio::task::spawn_blocking(move || rules.apply()).await;
         match applied {
             Ok(Ok(())) => {
@@ -445,7 +445,7 @@ impl Agent {
 
     /// Rules out first, then the proxy lets go.
     async fn release_parts(&mut self, uid: &str, record: &PodRecord) {
-        let rules = InPodRules::new(&record.netns);
+        let rules = InPodRules::new(&record.netns, self.config.dns_proxy);
         let netns_exists = record.netns.exists();
         if netns_exists {
             match tokio::task::spawn_blocking(move || rules.remove()).await {

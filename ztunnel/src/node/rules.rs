@@ -4,7 +4,8 @@
 //! - nat PREROUTING: inbound TCP (not to 15008, not from ztunnel, not kubelet's
 //!   169.254.7.127) → REDIRECT 15006;
 //! - nat OUTPUT: outbound TCP not from ztunnel and not to loopback → REDIRECT 15001;
-//!   connmarked traffic and loopback are left alone;
+//!   connmarked traffic and loopback are left alone; with the DNS proxy on, DNS (UDP and TCP
+//!   port 53, not over loopback) → REDIRECT 15053 first;
 //! - `ip rule fwmark 0x111/0xfff lookup 100` with a local route in table 100.
 //!
 //! The same set goes into ip6tables (loopback `::1`, kubelet's IPv6 probe source) whenever the
@@ -16,6 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::dns_proxy::DNS_PORT;
 use crate::inpod::{CONN_MARK, INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, MARK_MASK, OUTBOUND_PORT, PROXY_MARK};
 
 /// Source address kubelet probes are rewritten to on the node (left uncaptured).
@@ -85,6 +87,8 @@ impl Family {
 #[derive(Debug, Clone)]
 pub struct InPodRules {
     netns: PathBuf,
+    /// Redirect the pod's DNS to the proxy's DNS listener.
+    dns: bool,
 }
 
 fn jumps() -> [(&'static str, &'static str, &'static str); 4] {
@@ -97,8 +101,8 @@ fn jumps() -> [(&'static str, &'static str, &'static str); 4] {
 }
 
 impl InPodRules {
-    pub fn new(netns: &Path) -> Self {
-        InPodRules { netns: netns.to_owned() }
+    pub fn new(netns: &Path, dns: bool) -> Self {
+        InPodRules { netns: netns.to_owned(), dns }
     }
 
     fn run(&self, cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, RulesError> {
@@ -130,12 +134,12 @@ impl InPodRules {
     }
 
     /// The iptables-restore input (IPv4); `present` is the namespace's current `iptables-save`.
-    pub fn restore_input(present: &str) -> String {
-        Self::restore_input_for(present, Family::V4)
+    pub fn restore_input(present: &str, dns: bool) -> String {
+        Self::restore_input_for(present, Family::V4, dns)
     }
 
     /// The restore input for `family`; `present` is that family's current save output.
-    pub fn restore_input_for(present: &str, family: Family) -> String {
+    pub fn restore_input_for(present: &str, family: Family, dns: bool) -> String {
         let (lo, probe) = (family.loopback(), family.probe());
         let mark = format!("0x{PROXY_MARK:x}/0x{MARK_MASK:x}");
         let connmark = format!("0x{CONN_MARK:x}/0x{MARK_MASK:x}");
@@ -166,6 +170,14 @@ impl InPodRules {
                     "-A {PRERT} ! -d {lo} -p tcp ! --dport {INBOUND_HBONE_PORT} -m mark ! --mark {mark} -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}\n"
                 ));
                 out.push_str(&format!("-A {OUTPUT} -p tcp -m mark --mark {connmark} -j ACCEPT\n"));
+                if dns {
+                    out.push_str(&format!(
+                        "-A {OUTPUT} ! -o lo -p udp -m mark ! --mark {mark} -m udp --dport 53 -j REDIRECT --to-ports {DNS_PORT}\n"
+                    ));
+                    out.push_str(&format!(
+                        "-A {OUTPUT} ! -o lo -p tcp -m mark ! --mark {mark} -m tcp --dport 53 -j REDIRECT --to-ports {DNS_PORT}\n"
+                    ));
+                }
                 out.push_str(&format!("-A {OUTPUT} ! -d {lo} -o lo -j ACCEPT\n"));
                 out.push_str(&format!(
                     "-A {OUTPUT} ! -d {lo} -p tcp -m mark ! --mark {mark} -j REDIRECT --to-ports {OUTBOUND_PORT}\n"
@@ -201,7 +213,7 @@ impl InPodRules {
 
     fn apply_family(&self, family: Family) -> Result<(), RulesError> {
         let present = self.run(family.save(), &[], None)?;
-        self.run(family.restore(), &["--noflush"], Some(&Self::restore_input_for(&present, family)))?;
+        self.run(family.restore(), &["--noflush"], Some(&Self::restore_input_for(&present, family, self.dns)))?;
         let rules = self.run("ip", &[family.ip(), "rule", "show"], None)?;
         let fwmark = format!("0x{CONN_MARK:x}/0x{MARK_MASK:x}");
         let table = ROUTE_TABLE.to_string();
@@ -272,7 +284,8 @@ mod tests {
 
     #[test]
     fn restore_input_is_istios_rule_set_and_adds_jumps_once() {
-        let fresh = InPodRules::restore_input("");
+        let fresh = InPodRules::restore_input("", false);
+        assert!(!fresh.contains("15053"), "no DNS capture when the DNS proxy is off:\n{fresh}");
         assert!(fresh.contains("-A PREROUTING -j ISTIO_PRERT"));
         assert!(fresh.contains("-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006"));
         assert!(fresh.contains(
@@ -281,12 +294,27 @@ mod tests {
         assert!(fresh.contains("-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff"));
         assert!(fresh.contains("-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -j ACCEPT"));
         let present = "*mangle\n-A PREROUTING -j ISTIO_PRERT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n*nat\n-A PREROUTING -j ISTIO_PRERT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n";
-        let again = InPodRules::restore_input(present);
+        let again = InPodRules::restore_input(present, false);
         assert!(!again.contains("-A PREROUTING -j"), "jumps already there are not added twice:\n{again}");
         assert!(again.contains(":ISTIO_PRERT - [0:0]"), "our chains are re-declared (flushed) every time");
-        let v6 = InPodRules::restore_input_for("", Family::V6);
+        let v6 = InPodRules::restore_input_for("", Family::V6, false);
         assert!(v6
             .contains("-A ISTIO_OUTPUT ! -d ::1/128 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001"));
         assert!(v6.contains("-A ISTIO_PRERT -s fd16:9254:7127:1337:ffff:ffff:ffff:ffff/128 -p tcp -j ACCEPT"));
+    }
+
+    #[test]
+    fn dns_capture_redirects_port_53_before_the_tcp_capture() {
+        let rules = InPodRules::restore_input("", true);
+        let udp = "-A ISTIO_OUTPUT ! -o lo -p udp -m mark ! --mark 0x539/0xfff -m udp --dport 53 -j REDIRECT --to-ports 15053";
+        let tcp = "-A ISTIO_OUTPUT ! -o lo -p tcp -m mark ! --mark 0x539/0xfff -m tcp --dport 53 -j REDIRECT --to-ports 15053";
+        let outbound =
+            "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001";
+        let at = |l: &str| rules.find(l).unwrap_or_else(|| panic!("missing {l}:\n{rules}"));
+        assert!(at(udp) < at(outbound) && at(tcp) < at(outbound), "DNS over TCP goes to 15053, not 15001");
+        let v6 = InPodRules::restore_input_for("", Family::V6, true);
+        assert!(
+            v6.contains("! -o lo -p tcp -m mark ! --mark 0x539/0xfff -m tcp --dport 53 -j REDIRECT --to-ports 15053")
+        );
     }
 }
