@@ -10,7 +10,9 @@
 //! NXDOMAIN) are forwarded and come back as the server gave them (dnsmasq's log shows them
 //! arriving from the node, not from the pod); a malformed message gets FORMERR and nothing
 //! else breaks; REGISTRY_ONLY lets the entry's host through and refuses another external host;
-//! and after a ztunnel restart the pod's DNS is answered again.
+//! an entry bound to an egress waypoint is reached through it (the waypoint resolves the host
+//! and denies one path by L7 policy); and after a ztunnel restart the pod's DNS is answered
+//! again.
 
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -171,6 +173,34 @@ fn dns_proxy_answers_the_mesh_and_forwards_the_rest() {
         get(&sb, CLIENT, "http://other.world.example/").err()
     });
     assert!(get(&sb, CLIENT, "http://api.world.example/").unwrap().contains("world"), "the entry's host still works");
+
+    // Egress through a waypoint: an entry bound to the egress namespace's waypoint, which
+    // resolves the host itself and applies its L7 policy (a DENY on one path).
+    ambit_e2e::write_file(
+        &dir,
+        "egress.yaml",
+        &[
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: egress}\n",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: egress-waypoint, namespace: egress}\nspec:\n  gatewayClassName: ambit-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: www, namespace: egress, labels: {istio.io/use-waypoint: egress-waypoint}}\nspec: {hosts: [www.world.example], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS, location: MESH_EXTERNAL}\n",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-private, namespace: egress}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: egress-waypoint}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/private]}}]}]\n",
+        ]
+        .join("---\n"),
+    );
+    sb.apply(&dir.join("egress.yaml")).unwrap();
+    let waypoint_ip = sb.state.pods.values().find(|p| p.namespace == "egress").map(|p| p.ip.to_string()).unwrap();
+    let body = wait_for("a request to the entry through the waypoint", || {
+        get(&sb, CLIENT, "http://www.world.example/").ok().filter(|b| b.contains(&format!("\"peer\":\"{waypoint_ip}:")))
+    });
+    assert!(
+        body.contains("\"host\":\"www.world.example\""),
+        "the waypoint resolved the host and kept the Host header: {body}"
+    );
+    let denied = sb.exec(CLIENT, &["ambit-sample", "get", "--status", "http://www.world.example/private"]).unwrap();
+    let denied = String::from_utf8_lossy(&denied.stdout).into_owned();
+    assert!(denied.starts_with("403"), "the waypoint's L7 DENY: {denied}");
+    let allowed = sb.exec(CLIENT, &["ambit-sample", "get", "--status", "http://www.world.example/public"]).unwrap();
+    assert!(String::from_utf8_lossy(&allowed.stdout).starts_with("200"), "other paths pass");
 
     // A ztunnel restart: the pod is taken again and its DNS answered again.
     sb.stop_daemon("ztunnel-node-1");

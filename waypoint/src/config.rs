@@ -48,6 +48,10 @@ pub struct Config {
     /// Lifetime requested for the waypoint's certificate, in seconds (renewed at half).
     #[arg(long, env = "SECRET_TTL_SECONDS", default_value_t = 86_400)]
     pub cert_lifetime_seconds: u64,
+    /// Name servers (`ip:port`, comma-separated) for the hostnames of DNS ServiceEntry
+    /// endpoints (egress through the waypoint); empty: the pod's `/etc/resolv.conf`.
+    #[arg(long, env = "DNS_NAMESERVERS", value_delimiter = ',')]
+    pub dns_nameservers: Vec<SocketAddr>,
     /// HBONE listener (mutual TLS, HTTP/2 CONNECT).
     #[arg(long, env = "HBONE_ADDR", default_value = "0.0.0.0:15008")]
     pub hbone_addr: SocketAddr,

@@ -37,6 +37,8 @@ pub enum Flag {
     Overflow,
     /// The client went away before the response (DC, response code 0).
     DownstreamTermination,
+    /// The upstream's name did not resolve (DF).
+    DnsResolutionFailed,
 }
 
 impl Flag {
@@ -53,6 +55,7 @@ impl Flag {
             Flag::DownstreamProtocolError => "DPE",
             Flag::Overflow => "UO",
             Flag::DownstreamTermination => "DC",
+            Flag::DnsResolutionFailed => "DF",
         }
     }
 }

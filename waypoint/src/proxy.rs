@@ -85,6 +85,8 @@ pub struct Options {
     pub normalization: Normalization,
     /// Trace sampling percentage.
     pub sampling: f64,
+    /// Names of DNS ServiceEntry endpoints, resolved per request.
+    pub resolver: Arc<ambit_dataplane::resolve::Resolver>,
 }
 
 pub struct Waypoint {
@@ -110,7 +112,13 @@ impl Waypoint {
         options: Options,
     ) -> Arc<Self> {
         Arc::new(Waypoint {
-            upstream: Arc::new(Upstream::new(options.state, options.network.clone(), l7.clone(), Pools::new(dialer))),
+            upstream: Arc::new(Upstream::new(
+                options.state,
+                options.network.clone(),
+                l7.clone(),
+                Pools::new(dialer),
+                options.resolver,
+            )),
             network: options.network,
             l7,
             metrics,

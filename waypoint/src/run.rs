@@ -95,6 +95,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         state: workloads.state.clone(),
         normalization: config.normalization()?,
         sampling: config.trace_sampling,
+        resolver: Arc::new(ambit_dataplane::resolve::Resolver::new(&config.dns_nameservers)),
     };
     let waypoint = Waypoint::new(dialer, l7, metrics, tracer, options);
 

@@ -35,7 +35,6 @@ use ambit_dataplane::state::State;
 use ambit_shared::netns::Netns;
 use ambit_shared::proto::zds::WorkloadInfo;
 
-pub mod dns;
 mod error;
 mod inbound;
 mod outbound;
@@ -52,7 +51,7 @@ pub struct Proxy {
     /// Connections and streams every pod's 15008 takes on, together.
     hbone_budget: Arc<Budget>,
     /// Hostnames of DNS endpoints, resolved per connection (cached for their TTLs).
-    pub resolver: dns::Resolver,
+    pub resolver: ambit_dataplane::resolve::Resolver,
     /// The DNS proxy, serving every pod's redirected DNS (none when turned off).
     dns_proxy: Option<Arc<DnsProxy>>,
     active: AtomicUsize,
@@ -135,7 +134,7 @@ impl Proxy {
         Arc::new(Proxy {
             dns_proxy,
             hbone_budget: Budget::new(config.hbone_limits),
-            resolver: dns::Resolver::new(&config.dns_nameservers),
+            resolver: ambit_dataplane::resolve::Resolver::new(&config.dns_nameservers),
             config,
             state,
             certs,

@@ -448,3 +448,31 @@ spec: {hosts: [out.example.com], ports: [{number: 443, name: tls}], resolution: 
     let custom_ips = ips(&service(&custom.apply(objects(yaml)), "shop/api.example.com").unwrap());
     assert!(custom_ips.len() == 1 && "198.18.0.0/20".parse::<ambit_shared::Cidr>().unwrap().contains(custom_ips[0]));
 }
+
+#[test]
+fn a_service_entry_bound_to_a_waypoint_gets_its_waypoint_configuration() {
+    use ambit_shared::proto::waypoint::ServiceConfig;
+    let mut index = Index::new(MeshSettings::default());
+    let changes = index.apply(objects(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: egress, namespace: egress}\nspec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: www, namespace: egress, labels: {istio.io/use-waypoint: egress}}
+spec: {hosts: [www.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}
+---
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-private, namespace: egress}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: egress}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/private]}}]}]",
+    ));
+    let c = changes
+        .iter()
+        .find(|c| c.type_url == WAYPOINT_SERVICE && c.name == "egress/www.example.com")
+        .expect("the entry's host is configured at its waypoint");
+    let config = ServiceConfig::decode(c.body.as_ref().unwrap().value.as_ref()).unwrap();
+    assert_eq!(config.hostname, "www.example.com");
+    assert_eq!(config.waypoint, "egress/egress");
+    assert_eq!(config.ports.len(), 1);
+    assert_eq!(config.policies.len(), 1, "the Gateway-targeted policy applies");
+    assert!(config.routes.is_empty(), "requests go to the entry's own endpoints");
+}

@@ -10,7 +10,7 @@
 
 use ambit_shared::proto::waypoint as pb;
 
-use crate::model::{Gateway, Kind, Object, PolicyTargetReference, Service, WAYPOINT_CLASSES};
+use crate::model::{Gateway, Kind, Object, PolicyTargetReference, Service, ServiceEntry, WAYPOINT_CLASSES};
 use crate::store::Store;
 use crate::translate::MeshSettings;
 
@@ -58,15 +58,46 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
     let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
     let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
     let routes = routes::routes(svc, store, mesh);
-    // A policy in `namespace` attaches when it targets the service (in its namespace) or the
-    // waypoint's Gateway (in the Gateway's namespace).
-    // From the root namespace, a policy targeting the waypoint's GatewayClass attaches to
-    // every waypoint of that class (as in Istio).
+    let (policies, jwt) = attached_policies(ns, Some(&svc.metadata.name), gw, store, mesh);
+    pb::ServiceConfig {
+        namespace: ns.to_owned(),
+        hostname: mesh.hostname(&svc.metadata.name, ns),
+        waypoint: format!("{gw_ns}/{}", gw.metadata.name),
+        ports: svc
+            .spec
+            .ports
+            .iter()
+            .map(|p| pb::Port {
+                port: u32::from(p.port),
+                protocol: port_protocol(p.app_protocol.as_deref(), p.name.as_deref()) as i32,
+                name: p.name.clone().unwrap_or_default(),
+            })
+            .collect(),
+        // Gateway API routes when any names the service, else its VirtualServices.
+        routes: if routes.is_empty() { virtual_service_routes(svc, store, mesh) } else { routes },
+        policies,
+        backend: backend_policy(svc, store, mesh),
+        jwt_rules: jwt,
+    }
+}
+
+/// The AuthorizationPolicies and RequestAuthentications that apply at `gw` to a destination
+/// of namespace `ns`: those targeting the Service `service` (in its namespace), the waypoint's
+/// Gateway (in the Gateway's namespace), or — from the root namespace — the waypoint's
+/// GatewayClass (every waypoint of the class, as in Istio).
+fn attached_policies(
+    ns: &str,
+    service: Option<&str>,
+    gw: &Gateway,
+    store: &Store,
+    mesh: &MeshSettings,
+) -> (Vec<pb::Policy>, Vec<pb::JwtRule>) {
+    let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
     let root = mesh.root_namespace.as_str();
     let class = gw.spec.gateway_class_name.as_str();
     let attached = |namespace: &str, refs: &[PolicyTargetReference], one: &Option<PolicyTargetReference>| {
         let refs: Vec<&PolicyTargetReference> = refs.iter().chain(one.iter()).collect();
-        (namespace == ns && targets(&refs, "Service", &["", "core"], &svc.metadata.name))
+        (namespace == ns && service.is_some_and(|name| targets(&refs, "Service", &["", "core"], name)))
             || (namespace == gw_ns && targets(&refs, "Gateway", &["gateway.networking.k8s.io"], &gw.metadata.name))
             || (namespace == root
                 && refs.iter().any(|r| {
@@ -102,24 +133,40 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
             }
         }
     }
+    (policies, jwt)
+}
+
+/// The waypoint's configuration for one host of a ServiceEntry bound to it (egress through a
+/// waypoint): the entry's ports, the policies attached to the waypoint (its Gateway or
+/// GatewayClass; ServiceEntry targets are refused at admission), and no routes — requests go
+/// to the entry's own endpoints (a DNS entry's host is resolved by the waypoint).
+pub fn service_entry_config(
+    se: &ServiceEntry,
+    host: &str,
+    gw: &Gateway,
+    store: &Store,
+    mesh: &MeshSettings,
+) -> pb::ServiceConfig {
+    let ns = se.metadata.namespace.as_deref().unwrap_or_default();
+    let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
+    let (policies, jwt) = attached_policies(ns, None, gw, store, mesh);
     pb::ServiceConfig {
         namespace: ns.to_owned(),
-        hostname: mesh.hostname(&svc.metadata.name, ns),
+        hostname: host.to_owned(),
         waypoint: format!("{gw_ns}/{}", gw.metadata.name),
-        ports: svc
+        ports: se
             .spec
             .ports
             .iter()
             .map(|p| pb::Port {
-                port: u32::from(p.port),
-                protocol: port_protocol(p.app_protocol.as_deref(), p.name.as_deref()) as i32,
+                port: u32::from(p.number),
+                protocol: port_protocol(p.protocol.as_deref(), p.name.as_deref()) as i32,
                 name: p.name.clone().unwrap_or_default(),
             })
             .collect(),
-        // Gateway API routes when any names the service, else its VirtualServices.
-        routes: if routes.is_empty() { virtual_service_routes(svc, store, mesh) } else { routes },
+        routes: Vec::new(),
         policies,
-        backend: backend_policy(svc, store, mesh),
+        backend: None,
         jwt_rules: jwt,
     }
 }

@@ -56,6 +56,10 @@ pub(super) enum Failure {
     /// The chosen endpoint has no address (503).
     #[error("endpoint without address")]
     NoEndpointAddress,
+    /// The chosen endpoint's name did not resolve, or resolved where an entry may not lead
+    /// (503, Envoy's DNS resolution failure).
+    #[error("DNS resolution failed")]
+    Resolve,
     /// The backend's connection pool limits are reached (503).
     #[error("upstream overflow")]
     Overflow,
@@ -79,6 +83,7 @@ impl Failure {
             Failure::NoBackend | Failure::FaultAbort(_) => Side::Internal,
             Failure::NoHealthyUpstream
             | Failure::NoEndpointAddress
+            | Failure::Resolve
             | Failure::Overflow
             | Failure::Connect
             | Failure::Timeout => Side::Upstream,
@@ -99,6 +104,7 @@ impl Failure {
             Failure::NoRoute | Failure::NoBackend => Flag::NoRoute,
             Failure::FaultAbort(_) => Flag::FaultAbort,
             Failure::NoHealthyUpstream | Failure::NoEndpointAddress => Flag::NoHealthyUpstream,
+            Failure::Resolve => Flag::DnsResolutionFailed,
             Failure::Overflow => Flag::Overflow,
             Failure::Connect => Flag::UpstreamFailure,
             Failure::Timeout => Flag::UpstreamTimeout,
@@ -114,9 +120,11 @@ impl Failure {
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             Failure::FaultAbort(status) => *status,
-            Failure::NoHealthyUpstream | Failure::NoEndpointAddress | Failure::Overflow | Failure::Connect => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Failure::NoHealthyUpstream
+            | Failure::NoEndpointAddress
+            | Failure::Resolve
+            | Failure::Overflow
+            | Failure::Connect => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -133,6 +141,7 @@ impl Failure {
             Failure::FaultAbort(_) => "fault filter abort",
             Failure::NoHealthyUpstream => "no healthy upstream",
             Failure::NoEndpointAddress => "endpoint without address",
+            Failure::Resolve => "upstream name resolution failed",
             Failure::Overflow => "upstream connect error or disconnect/reset before headers. reset reason: overflow",
             Failure::Connect => "upstream connect error or disconnect/reset before headers",
             Failure::Timeout => "upstream request timeout",

@@ -148,11 +148,19 @@ impl Waypoint {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let endpoint = {
+        let chosen = {
             let state = self.state();
             let mut endpoints = state.endpoints_on(&down.service, down.vip.port(), &self.network);
-            endpoints.retain(|(w, _)| !w.addresses.is_empty());
-            pick_endpoint(&endpoints).and_then(|(w, port)| Endpoint::of(&w, port))
+            endpoints.retain(|(w, _)| !w.addresses.is_empty() || w.resolvable());
+            pick_endpoint(&endpoints)
+        };
+        let endpoint = match chosen {
+            Some((w, port)) => match (Endpoint::of(&w, port), w.hostname.as_deref()) {
+                (Some(endpoint), _) => Some(endpoint),
+                (None, Some(host)) => self.upstream.resolved(host, port).await.ok(),
+                (None, None) => None,
+            },
+            None => None,
         };
         let Some(endpoint) = endpoint else {
             tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = "UH", "tcp connection refused: no healthy endpoint");

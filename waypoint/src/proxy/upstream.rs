@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
+use ambit_dataplane::resolve::Resolver;
 use ambit_dataplane::state::{Service, State, Workload};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
@@ -37,11 +38,13 @@ pub struct Upstream {
     backends: Backends,
     /// The endpoints' HTTP clients and the dialer under them.
     pools: Pools,
+    /// Endpoints known by name (DNS ServiceEntries) are resolved per request.
+    resolver: Arc<Resolver>,
 }
 
 impl Upstream {
-    pub fn new(state: Arc<RwLock<State>>, network: Arc<str>, l7: L7Map, pools: Pools) -> Self {
-        Upstream { state, network, l7, backends: Backends::default(), pools }
+    pub fn new(state: Arc<RwLock<State>>, network: Arc<str>, l7: L7Map, pools: Pools, resolver: Arc<Resolver>) -> Self {
+        Upstream { state, network, l7, backends: Backends::default(), pools, resolver }
     }
 
     pub(super) fn state(&self) -> RwLockReadGuard<'_, State> {
@@ -77,8 +80,8 @@ impl Upstream {
         let backend = self.backends.get(&service.key);
         let Some(_admission) = backend.admit(policy) else { return Err(Failure::Overflow.into()) };
         let mut endpoints = self.state().endpoints_on(&service, port, &self.network);
-        // The waypoint resolves no names: endpoints known only by hostname are not candidates.
-        endpoints.retain(|(w, _)| !w.addresses.is_empty());
+        // Endpoints without an address are candidates only when known by name (resolved below).
+        endpoints.retain(|(w, _)| !w.addresses.is_empty() || w.resolvable());
         let count = endpoints.len();
         let input = HashInput { headers: req.headers(), source_ip };
         let Some((w, target)) = backend.choose(endpoints, policy, &input) else {
@@ -107,7 +110,11 @@ impl Upstream {
         req: Request<Body>,
         fresh: bool,
     ) -> Result<Response<Body>, Failure> {
-        let Some(endpoint) = Endpoint::of(w, port) else { return Err(Failure::NoEndpointAddress) };
+        let endpoint = match (Endpoint::of(w, port), w.hostname.as_deref()) {
+            (Some(endpoint), _) => endpoint,
+            (None, Some(host)) if w.resolvable() => self.resolved(host, port).await?,
+            (None, _) => return Err(Failure::NoEndpointAddress),
+        };
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let authority = endpoint.addr;
@@ -126,6 +133,21 @@ impl Upstream {
             Err(e) => {
                 tracing::debug!(endpoint = %authority, error = %e, "upstream request failed");
                 Err(Failure::Connect)
+            }
+        }
+    }
+
+    /// The endpoint a DNS ServiceEntry's hostname stands for now: plain TCP (it is outside the
+    /// mesh) to an address an entry may lead to — never the waypoint itself, link-local
+    /// services, or a meshed pod (that would be plaintext to it).
+    pub(super) async fn resolved(&self, host: &str, port: u16) -> Result<Endpoint, Failure> {
+        let like = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        let meshed = |ip| self.state().workload_by_addr(&self.network, ip).is_some_and(|w| w.hbone);
+        match self.resolver.resolve_outside(host, like, meshed).await {
+            Ok(ip) => Ok(Endpoint { addr: std::net::SocketAddr::new(ip, port), tunnel: Tunnel::Plain }),
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS endpoint not resolved");
+                Err(Failure::Resolve)
             }
         }
     }

@@ -37,7 +37,7 @@ pub enum ConnError {
     Accept(HboneError),
     /// Outbound: a DNS endpoint's name did not resolve.
     #[error(transparent)]
-    Resolve(#[from] super::dns::ResolveError),
+    Resolve(#[from] ambit_dataplane::resolve::ResolveError),
 }
 
 impl Failure for ConnError {

@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderValue};
 use tokio::net::TcpStream;
 
 use super::error::{ConnError, RouteError};
-use super::{dns, sockets, Pod, Proxy};
+use super::{sockets, Pod, Proxy};
 use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::metrics::{ConnectionRecord, Direction, Labels, Reporter, ResponseFlags, Security};
 use ambit_dataplane::labels::{Peer, ServiceLabels};
@@ -267,7 +267,7 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
                 let state = proxy.state.read().unwrap_or_else(|p| p.into_inner());
                 state.workload_by_addr(network, ip).is_some_and(|w| w.hbone)
             };
-            if meshed || !dns::routable(ip) {
+            if meshed || !ambit_dataplane::resolve::routable(ip) {
                 return Err(ConnError::Route(RouteError::Resolved(host.to_string(), ip)));
             }
             sockets::connect_marked(&pod.netns, SocketAddr::new(ip, port)).await.map_err(ConnError::Dial)

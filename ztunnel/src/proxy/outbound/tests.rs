@@ -206,9 +206,9 @@ fn a_passthrough_entry_registers_only_its_ports() {
 #[test]
 fn dns_answers_may_not_lead_to_the_pod_or_the_node() {
     for bad in ["127.0.0.1", "0.0.0.0", "169.254.169.254", "224.0.0.1", "::1", "fe80::1", "::ffff:127.0.0.1"] {
-        assert!(!super::dns::routable(bad.parse().unwrap()), "{bad}");
+        assert!(!ambit_dataplane::resolve::routable(bad.parse().unwrap()), "{bad}");
     }
     for good in ["10.240.0.12", "203.0.113.9", "2001:db8::1"] {
-        assert!(super::dns::routable(good.parse().unwrap()), "{good}");
+        assert!(ambit_dataplane::resolve::routable(good.parse().unwrap()), "{good}");
     }
 }

@@ -1,8 +1,9 @@
-//! Names resolved on demand: the endpoints of `resolution: DNS` ServiceEntries arrive as
-//! workloads with a hostname and no address, and each connection to one resolves it here.
-//! hickory's resolver caches answers for their records' TTLs, so a name is asked again only
-//! when its answer expires. A name that does not resolve fails the connection (nothing is sent
-//! anywhere else).
+//! Names resolved on demand, for both proxies: the endpoints of `resolution: DNS`
+//! ServiceEntries arrive as workloads with a hostname and no address, and each connection to
+//! one (ztunnel's, or a waypoint's request) resolves it here. hickory's resolver caches answers
+//! for their records' TTLs, so a name is asked again only when its answer expires. A name that
+//! does not resolve, or resolves somewhere an entry could not lead ([`Resolver::resolve_outside`]),
+//! fails the connection (nothing is sent anywhere else).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub enum ResolveError {
     Empty(String),
     #[error("resolving {0}: no answer within the deadline")]
     Timeout(String),
+    #[error("{host} resolved to {ip}, where a ServiceEntry may not lead (the pod itself, link-local, a meshed pod)")]
+    Refused { host: String, ip: IpAddr },
 }
 
 /// The longest a connection waits for its name.
@@ -76,6 +79,21 @@ impl Resolver {
         options.positive_min_ttl = Some(Duration::from_secs(1));
         options.negative_min_ttl = Some(Duration::from_secs(5));
         Resolver(builder.with_options(options).build())
+    }
+
+    /// An address of `host` for a connection outside the mesh: never one [`routable`] refuses,
+    /// never one `meshed` says belongs to a mesh workload (that would be plaintext to it).
+    pub async fn resolve_outside(
+        &self,
+        host: &str,
+        like: IpAddr,
+        meshed: impl FnOnce(IpAddr) -> bool,
+    ) -> Result<IpAddr, ResolveError> {
+        let ip = self.resolve(host, like).await?;
+        if meshed(ip) || !routable(ip) {
+            return Err(ResolveError::Refused { host: host.to_owned(), ip });
+        }
+        Ok(ip)
     }
 
     /// An address of `host`, of the same family as `like` when it has one.
