@@ -20,7 +20,7 @@ use crate::store::{selects, Store};
 use crate::translate::allocate::{allocations, HostKey};
 use crate::translate::authz::{self, peer_authn_outcome, PeerAuthnChain};
 use crate::translate::service::{
-    service_entry_endpoints, service_resource_name, translate_service, translate_service_entry,
+    service_entry_endpoints, service_resource_name, translate_service, translate_service_entry, without_service_hosts,
 };
 use crate::translate::waypoint::{service_config, service_entry_config};
 use crate::translate::workload::{inherited_peer_authn, translate_pod, waypoint_gateway, workload_uid};
@@ -362,34 +362,37 @@ impl Index {
                     out
                 })
                 .unwrap_or_default(),
-            Object::ServiceEntry(se) => translate_service_entry(se, &self.store, mesh, &self.allocated)
-                .into_iter()
-                .flat_map(|svc| {
-                    let name = service_resource_name(&svc.namespace, &svc.hostname);
-                    let bound = svc.waypoint.is_some();
-                    let host = svc.hostname.clone();
-                    let addr = Address { r#type: Some(address::Type::Service(svc)) };
-                    let mut out =
-                        vec![Change { type_url: ADDRESS, name: name.clone(), body: Some(any(ADDRESS, &addr)) }];
-                    // Egress through a waypoint: the waypoint needs the host's configuration.
-                    let ns = se.metadata.namespace.as_deref().unwrap_or_default();
-                    let gw = waypoint_gateway(&se.metadata.labels, ns, false, &self.store).filter(|_| bound);
-                    if let Some(gw) = gw {
-                        let config = service_entry_config(se, &host, gw, &self.store, mesh);
-                        out.push(Change {
-                            type_url: WAYPOINT_SERVICE,
-                            name,
-                            body: Some(any(WAYPOINT_SERVICE, &config)),
-                        });
-                    }
-                    out
-                })
-                .chain(service_entry_endpoints(se, mesh).into_iter().map(|w| {
-                    let name = w.uid.clone();
-                    let addr = Address { r#type: Some(address::Type::Workload(w)) };
-                    Change { type_url: ADDRESS, name, body: Some(any(ADDRESS, &addr)) }
-                }))
-                .collect(),
+            Object::ServiceEntry(se) => {
+                let se = &*without_service_hosts(se, &self.store, mesh);
+                translate_service_entry(se, &self.store, mesh, &self.allocated)
+                    .into_iter()
+                    .flat_map(|svc| {
+                        let name = service_resource_name(&svc.namespace, &svc.hostname);
+                        let bound = svc.waypoint.is_some();
+                        let host = svc.hostname.clone();
+                        let addr = Address { r#type: Some(address::Type::Service(svc)) };
+                        let mut out =
+                            vec![Change { type_url: ADDRESS, name: name.clone(), body: Some(any(ADDRESS, &addr)) }];
+                        // Egress through a waypoint: the waypoint needs the host's configuration.
+                        let ns = se.metadata.namespace.as_deref().unwrap_or_default();
+                        let gw = waypoint_gateway(&se.metadata.labels, ns, false, &self.store).filter(|_| bound);
+                        if let Some(gw) = gw {
+                            let config = service_entry_config(se, &host, gw, &self.store, mesh);
+                            out.push(Change {
+                                type_url: WAYPOINT_SERVICE,
+                                name,
+                                body: Some(any(WAYPOINT_SERVICE, &config)),
+                            });
+                        }
+                        out
+                    })
+                    .chain(service_entry_endpoints(se, mesh).into_iter().map(|w| {
+                        let name = w.uid.clone();
+                        let addr = Address { r#type: Some(address::Type::Workload(w)) };
+                        Change { type_url: ADDRESS, name, body: Some(any(ADDRESS, &addr)) }
+                    }))
+                    .collect()
+            }
             Object::AuthorizationPolicy(p) => {
                 let translated = authz::translate_policy(p, mesh);
                 if translated.warnings.is_empty() {

@@ -320,9 +320,10 @@ const MAX_ENTRY_PORTS: usize = 64;
 const MAX_ENTRY_ENDPOINTS: usize = 1024;
 
 /// Whether a ServiceEntry may send traffic to `ip`: not the pod itself (loopback), not "any",
-/// not the node's link-local services (cloud metadata, node-local DNS), not multicast.
+/// not the node's link-local services (cloud metadata, node-local DNS), not multicast — also
+/// when written as an IPv4-mapped IPv6 address (`::ffff:169.254.169.254`).
 fn routable(ip: IpAddr) -> bool {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast())
         }

@@ -12,6 +12,8 @@ use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConf
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::TokioResolver;
 
+use crate::state::{Destination, State};
+
 /// Why a name could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -41,6 +43,21 @@ pub fn routable(ip: IpAddr) -> bool {
         }
         IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local()),
     }
+}
+
+/// Whether a proxy may send plain TCP to `ip` for an endpoint outside the mesh: an address
+/// [`routable`] accepts, that is neither a meshed workload's (that would be plaintext to it) nor
+/// a Service's virtual address (it would reach the Service's pods without an identity, around
+/// their waypoint) — an IPv4-mapped address judged as the IPv4 one it is.
+pub fn outside_ok(state: &State, network: &str, ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    if !routable(ip) || state.workload_by_addr(network, ip).is_some_and(|w| w.hbone) {
+        return false;
+    }
+    !matches!(
+        state.destination(network, std::net::SocketAddr::new(ip, 0)),
+        Destination::Service { service, .. } if !service.passthrough
+    )
 }
 
 pub struct Resolver(TokioResolver);
@@ -81,16 +98,16 @@ impl Resolver {
         Resolver(builder.with_options(options).build())
     }
 
-    /// An address of `host` for a connection outside the mesh: never one [`routable`] refuses,
-    /// never one `meshed` says belongs to a mesh workload (that would be plaintext to it).
+    /// An address of `host` for a connection outside the mesh: only one `allowed` accepts
+    /// (see [`outside_ok`]), given in canonical form (an IPv4-mapped answer as IPv4).
     pub async fn resolve_outside(
         &self,
         host: &str,
         like: IpAddr,
-        meshed: impl FnOnce(IpAddr) -> bool,
+        allowed: impl FnOnce(IpAddr) -> bool,
     ) -> Result<IpAddr, ResolveError> {
-        let ip = self.resolve(host, like).await?;
-        if meshed(ip) || !routable(ip) {
+        let ip = self.resolve(host, like).await?.to_canonical();
+        if !allowed(ip) {
             return Err(ResolveError::Refused { host: host.to_owned(), ip });
         }
         Ok(ip)

@@ -184,6 +184,7 @@ fn dns_proxy_answers_the_mesh_and_forwards_the_rest() {
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: egress-waypoint, namespace: egress}\nspec:\n  gatewayClassName: ambit-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n",
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: www, namespace: egress, labels: {istio.io/use-waypoint: egress-waypoint}}\nspec: {hosts: [www.world.example], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS, location: MESH_EXTERNAL}\n",
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-private, namespace: egress}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: egress-waypoint}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/private]}}]}]\n",
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-delete, namespace: egress}\nspec:\n  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: www}]\n  action: DENY\n  rules: [{to: [{operation: {methods: [DELETE]}}]}]\n",
         ]
         .join("---\n"),
     );
@@ -201,6 +202,13 @@ fn dns_proxy_answers_the_mesh_and_forwards_the_rest() {
     assert!(denied.starts_with("403"), "the waypoint's L7 DENY: {denied}");
     let allowed = sb.exec(CLIENT, &["ambit-sample", "get", "--status", "http://www.world.example/public"]).unwrap();
     assert!(String::from_utf8_lossy(&allowed.stdout).starts_with("200"), "other paths pass");
+    let delete = sb
+        .exec(CLIENT, &["ambit-sample", "get", "--status", "-X", "DELETE", "http://www.world.example/public"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&delete.stdout).starts_with("403"),
+        "the policy targeting the ServiceEntry applies"
+    );
 
     // A ztunnel restart: the pod is taken again and its DNS answered again.
     sb.stop_daemon("ztunnel-node-1");

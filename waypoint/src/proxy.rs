@@ -118,6 +118,7 @@ impl Waypoint {
                 l7.clone(),
                 Pools::new(dialer),
                 options.resolver,
+                options.me.pod_ip,
             )),
             network: options.network,
             l7,

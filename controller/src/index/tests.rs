@@ -463,7 +463,13 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no
 spec:
   targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: egress}]
   action: DENY
-  rules: [{to: [{operation: {paths: [/private]}}]}]",
+  rules: [{to: [{operation: {paths: [/private]}}]}]
+---
+apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-delete, namespace: egress}
+spec:
+  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: www}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]",
     ));
     let c = changes
         .iter()
@@ -473,6 +479,23 @@ spec:
     assert_eq!(config.hostname, "www.example.com");
     assert_eq!(config.waypoint, "egress/egress");
     assert_eq!(config.ports.len(), 1);
-    assert_eq!(config.policies.len(), 1, "the Gateway-targeted policy applies");
+    assert_eq!(config.policies.len(), 2, "the Gateway- and the entry-targeted policies apply");
     assert!(config.routes.is_empty(), "requests go to the entry's own endpoints");
+}
+
+#[test]
+fn a_service_entry_cannot_take_a_services_name() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let changes = index.apply(objects(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: grab, namespace: shop}
+spec: {hosts: [cart.shop.svc.cluster.local, other.example.com], addresses: [203.0.113.7], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 203.0.113.8}]}",
+    ));
+    assert!(
+        !changes.iter().any(|c| c.name == "shop/cart.shop.svc.cluster.local"),
+        "the Service's resource is not replaced by the entry's"
+    );
+    assert!(service_change(&changes, "shop/other.example.com").is_some(), "its other hosts stay");
+    let ep = workload(&changes, "Kubernetes/networking.istio.io/ServiceEntry/shop/grab/203.0.113.8");
+    assert!(!ep.services.contains_key("shop/cart.shop.svc.cluster.local"), "its endpoints do not join the Service");
 }

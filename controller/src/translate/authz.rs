@@ -38,8 +38,8 @@ const L4_WHEN_KEYS: &[&str] =
     &["source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"];
 
 /// A policy's `targetRef` / `targetRefs` (AuthorizationPolicy, RequestAuthentication): only
-/// what Ambit attaches — a Service or a waypoint Gateway in the policy's namespace, or (from the
-/// root namespace) a GatewayClass. Anything else would attach nowhere while looking applied.
+/// what Ambit attaches — a Service, a ServiceEntry (at its egress waypoint) or a waypoint
+/// Gateway in the policy's namespace, or (from the root namespace) a GatewayClass. Anything else would attach nowhere while looking applied.
 pub(crate) fn validate_target_refs(
     label: &str,
     policy_namespace: &str,
@@ -52,16 +52,15 @@ pub(crate) fn validate_target_refs(
         .chain(refs.iter().enumerate().map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)));
     for (at, r) in all {
         match (r.group.as_str(), r.kind.as_str()) {
-            ("" | "core", "Service") | ("gateway.networking.k8s.io", "Gateway" | "GatewayClass") => {}
-            (_, "ServiceEntry") => {
-                return Err(Rejection::new(label, format!("{at}.kind"), "ServiceEntry targets are not supported yet"))
-            }
+            ("" | "core", "Service")
+            | ("networking.istio.io", "ServiceEntry")
+            | ("gateway.networking.k8s.io", "Gateway" | "GatewayClass") => {}
             (group, kind) => {
                 return Err(Rejection::new(
                     label,
                     format!("{at}.kind"),
                     format!(
-                        "{kind:?} in group {group:?} is not a target Ambit attaches policies to (Service in \"\", Gateway or GatewayClass in gateway.networking.k8s.io)"
+                        "{kind:?} in group {group:?} is not a target Ambit attaches policies to (Service in \"\", ServiceEntry in networking.istio.io, Gateway or GatewayClass in gateway.networking.k8s.io)"
                     ),
                 ))
             }

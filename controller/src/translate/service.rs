@@ -109,6 +109,34 @@ pub fn translate_service(s: &Service, store: &Store, mesh: &MeshSettings) -> Opt
     })
 }
 
+/// Whether `host` is the hostname of a Kubernetes Service of namespace `ns`: an entry of that
+/// namespace naming it would share the Service's resource name and replace its configuration
+/// (its waypoint policies, routes, endpoints), so such a host is left out of the entry.
+pub fn shadows_service(host: &str, ns: &str, store: &Store, mesh: &MeshSettings) -> bool {
+    store.services(Some(ns)).any(|s| mesh.hostname(&s.metadata.name, ns).eq_ignore_ascii_case(host))
+}
+
+/// `se` without the hosts that are its namespace's Services' names ([`shadows_service`]).
+pub fn without_service_hosts<'a>(
+    se: &'a ServiceEntry,
+    store: &Store,
+    mesh: &MeshSettings,
+) -> std::borrow::Cow<'a, ServiceEntry> {
+    let ns = se.metadata.namespace.as_deref().unwrap_or_default();
+    if !se.spec.hosts.iter().any(|h| shadows_service(h, ns, store, mesh)) {
+        return std::borrow::Cow::Borrowed(se);
+    }
+    let mut kept = se.clone();
+    kept.spec.hosts.retain(|h| {
+        let shadows = shadows_service(h, ns, store, mesh);
+        if shadows {
+            tracing::warn!(entry = %se.metadata.name, host = %h, "ServiceEntry host is a Service of its namespace; left out");
+        }
+        !shadows
+    });
+    std::borrow::Cow::Owned(kept)
+}
+
 /// Translates a ServiceEntry: one service per host. With `resolution: NONE` (Istio's
 /// default) the services forward to the original destination (`PASSTHROUGH`): the entry's
 /// addresses are the real ones. With `STATIC`, its `endpoints` are the workloads behind them

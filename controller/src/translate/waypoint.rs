@@ -58,7 +58,7 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
     let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
     let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
     let routes = routes::routes(svc, store, mesh);
-    let (policies, jwt) = attached_policies(ns, Some(&svc.metadata.name), gw, store, mesh);
+    let (policies, jwt) = attached_policies(ns, Target::Service(&svc.metadata.name), gw, store, mesh);
     pb::ServiceConfig {
         namespace: ns.to_owned(),
         hostname: mesh.hostname(&svc.metadata.name, ns),
@@ -81,13 +81,20 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
     }
 }
 
+/// What a waypoint's configuration is for: a Service or a ServiceEntry, by name.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Service(&'a str),
+    ServiceEntry(&'a str),
+}
+
 /// The AuthorizationPolicies and RequestAuthentications that apply at `gw` to a destination
-/// of namespace `ns`: those targeting the Service `service` (in its namespace), the waypoint's
-/// Gateway (in the Gateway's namespace), or — from the root namespace — the waypoint's
-/// GatewayClass (every waypoint of the class, as in Istio).
+/// of namespace `ns`: those targeting it (a Service, or a ServiceEntry, in its namespace), the
+/// waypoint's Gateway (in the Gateway's namespace), or — from the root namespace — the
+/// waypoint's GatewayClass (every waypoint of the class, as in Istio).
 fn attached_policies(
     ns: &str,
-    service: Option<&str>,
+    target: Target<'_>,
     gw: &Gateway,
     store: &Store,
     mesh: &MeshSettings,
@@ -97,7 +104,11 @@ fn attached_policies(
     let class = gw.spec.gateway_class_name.as_str();
     let attached = |namespace: &str, refs: &[PolicyTargetReference], one: &Option<PolicyTargetReference>| {
         let refs: Vec<&PolicyTargetReference> = refs.iter().chain(one.iter()).collect();
-        (namespace == ns && service.is_some_and(|name| targets(&refs, "Service", &["", "core"], name)))
+        let own = match target {
+            Target::Service(name) => targets(&refs, "Service", &["", "core"], name),
+            Target::ServiceEntry(name) => targets(&refs, "ServiceEntry", &["networking.istio.io"], name),
+        };
+        (namespace == ns && own)
             || (namespace == gw_ns && targets(&refs, "Gateway", &["gateway.networking.k8s.io"], &gw.metadata.name))
             || (namespace == root
                 && refs.iter().any(|r| {
@@ -137,8 +148,8 @@ fn attached_policies(
 }
 
 /// The waypoint's configuration for one host of a ServiceEntry bound to it (egress through a
-/// waypoint): the entry's ports, the policies attached to the waypoint (its Gateway or
-/// GatewayClass; ServiceEntry targets are refused at admission), and no routes — requests go
+/// waypoint): the entry's ports, the policies attached to it (targeting the entry, or the
+/// waypoint's Gateway or GatewayClass), and no routes — requests go
 /// to the entry's own endpoints (a DNS entry's host is resolved by the waypoint).
 pub fn service_entry_config(
     se: &ServiceEntry,
@@ -149,7 +160,7 @@ pub fn service_entry_config(
 ) -> pb::ServiceConfig {
     let ns = se.metadata.namespace.as_deref().unwrap_or_default();
     let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
-    let (policies, jwt) = attached_policies(ns, None, gw, store, mesh);
+    let (policies, jwt) = attached_policies(ns, Target::ServiceEntry(&se.metadata.name), gw, store, mesh);
     pb::ServiceConfig {
         namespace: ns.to_owned(),
         hostname: host.to_owned(),

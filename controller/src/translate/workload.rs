@@ -332,7 +332,8 @@ pub fn translate_pod(pod: &Pod, store: &Store, mesh: &MeshSettings) -> Option<Wo
                 app_protocol: 0,
             })
             .collect();
-        for host in &se.spec.hosts {
+        // A host that is a Service's name here stays the Service's (see `shadows_service`).
+        for host in se.spec.hosts.iter().filter(|h| !super::service::shadows_service(h, ns, store, mesh)) {
             services.insert(format!("{ns}/{host}"), PortList { ports: ports.clone() });
         }
     }

@@ -156,15 +156,19 @@ impl Waypoint {
         };
         let endpoint = match chosen {
             Some((w, port)) => match (Endpoint::of(&w, port), w.hostname.as_deref()) {
-                (Some(endpoint), _) => Some(endpoint),
-                (None, Some(host)) => self.upstream.resolved(host, port).await.ok(),
-                (None, None) => None,
+                (Some(endpoint), _) if !w.hbone && !self.upstream.may_dial(endpoint.addr.ip()) => Err("UH"),
+                (Some(endpoint), _) => Ok(endpoint),
+                (None, Some(host)) => self.upstream.resolved(host, port).await.map_err(|_| "DF"),
+                (None, None) => Err("UH"),
             },
-            None => None,
+            None => Err("UH"),
         };
-        let Some(endpoint) = endpoint else {
-            tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = "UH", "tcp connection refused: no healthy endpoint");
-            return;
+        let endpoint = match endpoint {
+            Ok(endpoint) => endpoint,
+            Err(flag) => {
+                tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = flag, "tcp connection refused: no usable endpoint");
+                return;
+            }
         };
         let start = Instant::now();
         match self.upstream.dialer().dial(&endpoint).await {

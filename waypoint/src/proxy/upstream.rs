@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use ambit_dataplane::resolve::Resolver;
+use ambit_dataplane::resolve::{outside_ok, Resolver};
 use ambit_dataplane::state::{Service, State, Workload};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
@@ -40,11 +40,20 @@ pub struct Upstream {
     pools: Pools,
     /// Endpoints known by name (DNS ServiceEntries) are resolved per request.
     resolver: Arc<Resolver>,
+    /// The waypoint's own address: never an endpoint outside the mesh.
+    own_ip: Option<IpAddr>,
 }
 
 impl Upstream {
-    pub fn new(state: Arc<RwLock<State>>, network: Arc<str>, l7: L7Map, pools: Pools, resolver: Arc<Resolver>) -> Self {
-        Upstream { state, network, l7, backends: Backends::default(), pools, resolver }
+    pub fn new(
+        state: Arc<RwLock<State>>,
+        network: Arc<str>,
+        l7: L7Map,
+        pools: Pools,
+        resolver: Arc<Resolver>,
+        own_ip: Option<IpAddr>,
+    ) -> Self {
+        Upstream { state, network, l7, backends: Backends::default(), pools, resolver, own_ip }
     }
 
     pub(super) fn state(&self) -> RwLockReadGuard<'_, State> {
@@ -111,6 +120,11 @@ impl Upstream {
         fresh: bool,
     ) -> Result<Response<Body>, Failure> {
         let endpoint = match (Endpoint::of(w, port), w.hostname.as_deref()) {
+            // An address outside the mesh (a ServiceEntry's): only where an entry may lead.
+            (Some(endpoint), _) if !w.hbone && !self.may_dial(endpoint.addr.ip()) => {
+                tracing::debug!(endpoint = %endpoint.addr, "endpoint outside the mesh refused");
+                return Err(Failure::NoEndpointAddress);
+            }
             (Some(endpoint), _) => endpoint,
             (None, Some(host)) if w.resolvable() => self.resolved(host, port).await?,
             (None, _) => return Err(Failure::NoEndpointAddress),
@@ -137,13 +151,17 @@ impl Upstream {
         }
     }
 
+    /// Whether plain TCP may go to `ip` (an endpoint outside the mesh): never the waypoint's
+    /// own address, and only where [`outside_ok`] allows.
+    pub(super) fn may_dial(&self, ip: IpAddr) -> bool {
+        Some(ip.to_canonical()) != self.own_ip && outside_ok(&self.state(), &self.network, ip)
+    }
+
     /// The endpoint a DNS ServiceEntry's hostname stands for now: plain TCP (it is outside the
-    /// mesh) to an address an entry may lead to — never the waypoint itself, link-local
-    /// services, or a meshed pod (that would be plaintext to it).
+    /// mesh) to an address [`Upstream::may_dial`] allows.
     pub(super) async fn resolved(&self, host: &str, port: u16) -> Result<Endpoint, Failure> {
         let like = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-        let meshed = |ip| self.state().workload_by_addr(&self.network, ip).is_some_and(|w| w.hbone);
-        match self.resolver.resolve_outside(host, like, meshed).await {
+        match self.resolver.resolve_outside(host, like, |ip| self.may_dial(ip)).await {
             Ok(ip) => Ok(Endpoint { addr: std::net::SocketAddr::new(ip, port), tunnel: Tunnel::Plain }),
             Err(e) => {
                 tracing::debug!(error = %e, "DNS endpoint not resolved");

@@ -87,6 +87,10 @@ pub enum RouteError {
     /// unspecified, multicast, or a meshed pod's).
     #[error("{0} resolved to {1}, which a DNS endpoint may not lead to")]
     Resolved(String, std::net::IpAddr),
+    /// A ServiceEntry endpoint's address is a Service's virtual address (or loopback,
+    /// link-local…): plain TCP there would reach the Service's pods around their policies.
+    #[error("endpoint address {0} is not one an endpoint outside the mesh may lead to")]
+    Forbidden(std::net::IpAddr),
 }
 
 /// Why an inbound connection was refused before the application was dialed.

@@ -18,6 +18,7 @@ use super::{sockets, Pod, Proxy};
 use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::metrics::{ConnectionRecord, Direction, Labels, Reporter, ResponseFlags, Security};
 use ambit_dataplane::labels::{Peer, ServiceLabels};
+use ambit_dataplane::resolve::outside_ok;
 use ambit_dataplane::state::{pick_endpoint, Destination, Service, State, Workload};
 
 /// Where one connection goes.
@@ -143,10 +144,20 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
                             };
                             Routed { plan, service: Some(service), workload: Some(m) }
                         }
-                        None => Routed {
-                            plan: to_workload(&w, target, dst.ip()),
-                            service: Some(service),
-                            workload: Some(w),
+                        // A Service's virtual address (or loopback, link-local…) as an
+                        // endpoint would reach the Service's pods in plaintext, around their
+                        // waypoint: refused.
+                        None => match w.addresses.iter().find(|ip| !outside_ok(state, network, **ip)) {
+                            Some(ip) => Routed {
+                                plan: Err(RouteError::Forbidden(*ip)),
+                                service: Some(service),
+                                workload: Some(w),
+                            },
+                            None => Routed {
+                                plan: to_workload(&w, target, dst.ip()),
+                                service: Some(service),
+                                workload: Some(w),
+                            },
                         },
                     }
                 }
@@ -260,16 +271,19 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
             Box::pin(sockets::connect_marked(&pod.netns, addr)).await.map(Upstream::Tcp).map_err(ConnError::Dial)
         }
         Ok(Plan::Resolve { host, port, like }) => Box::pin(async {
-            let ip = proxy.resolver.resolve(&host, like).await?;
             // An answer must not lead where a ServiceEntry could not: the pod itself, the
-            // node's link-local services, or a meshed pod in plaintext.
-            let meshed = {
+            // node's link-local services, a meshed pod or a Service's address in plaintext.
+            let allowed = |ip| {
                 let state = proxy.state.read().unwrap_or_else(|p| p.into_inner());
-                state.workload_by_addr(network, ip).is_some_and(|w| w.hbone)
+                ambit_dataplane::resolve::outside_ok(&state, network, ip)
             };
-            if meshed || !ambit_dataplane::resolve::routable(ip) {
-                return Err(ConnError::Route(RouteError::Resolved(host.to_string(), ip)));
-            }
+            let ip = match proxy.resolver.resolve_outside(&host, like, allowed).await {
+                Ok(ip) => ip,
+                Err(ambit_dataplane::resolve::ResolveError::Refused { ip, .. }) => {
+                    return Err(ConnError::Route(RouteError::Resolved(host.to_string(), ip)))
+                }
+                Err(e) => return Err(e.into()),
+            };
             sockets::connect_marked(&pod.netns, SocketAddr::new(ip, port)).await.map_err(ConnError::Dial)
         })
         .await

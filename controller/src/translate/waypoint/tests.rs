@@ -191,7 +191,7 @@ fn policy_targets_ambit_does_not_attach_to_are_refused_by_field() {
             Ok(_) => panic!("accepted: {target}"),
         }
     };
-    assert_eq!(refused("{kind: ServiceEntry, group: networking.istio.io, name: ext}"), "spec.targetRefs[0].kind");
+    assert_eq!(refused("{kind: ServiceEntry, group: '', name: ext}"), "spec.targetRefs[0].kind", "the wrong group");
     assert_eq!(refused("{kind: Servce, group: '', name: reviews}"), "spec.targetRefs[0].kind");
     assert_eq!(refused("{kind: Gateway, group: '', name: waypoint}"), "spec.targetRefs[0].kind");
     assert_eq!(refused("{kind: Service, group: '', name: reviews, namespace: prod}"), "spec.targetRefs[0].namespace");

@@ -188,6 +188,19 @@ fn no_service_entry_takes_traffic_addressed_to_a_meshed_pod() {
     s.insert_workload(endpoint);
     let routed = route(&s, "", "240.0.0.9:80".parse().unwrap(), None);
     assert!(matches!(routed.plan, Ok(Plan::Hbone { .. })), "plaintext to a meshed pod: {routed:?}");
+    // An entry whose plain endpoint is a Service's virtual address (kube-proxy would carry it
+    // to the Service's pods in plaintext, around their waypoint), or the same written as an
+    // IPv4-mapped address: refused.
+    for vip in ["10.96.0.10", "::ffff:10.96.0.10"] {
+        let mut s = State::default();
+        s.insert_service(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10]));
+        s.insert_service(svc("evil", "db.example", [240, 0, 0, 9]));
+        let mut endpoint = wl("se-ep", "evil", "default", vip, Some("evil/db.example"), true);
+        endpoint.hbone = false;
+        s.insert_workload(endpoint);
+        let routed = route(&s, "", "240.0.0.9:80".parse().unwrap(), None);
+        assert!(matches!(routed.plan, Err(RouteError::Forbidden(_))), "{vip}: {routed:?}");
+    }
 }
 
 #[test]
