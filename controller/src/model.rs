@@ -825,6 +825,22 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetectionSpec>,
     #[serde(default)]
     pub load_balancer: Option<LoadBalancerSpec>,
+    /// TLS to the service's endpoints: `ISTIO_MUTUAL` (mesh traffic, as always), `DISABLE`, or
+    /// `SIMPLE` (originated by the waypoint to endpoints outside the mesh).
+    #[serde(default)]
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// Istio's `ClientTLSSettings`, the parts Ambit reads (others are refused by name).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTlsSettings {
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]

@@ -11,8 +11,9 @@
 //! arriving from the node, not from the pod); a malformed message gets FORMERR and nothing
 //! else breaks; REGISTRY_ONLY lets the entry's host through and refuses another external host;
 //! an entry bound to an egress waypoint is reached through it (the waypoint resolves the host
-//! and denies one path by L7 policy); and after a ztunnel restart the pod's DNS is answered
-//! again.
+//! and denies one path by L7 policy, or a method by a policy targeting the entry), and TLS is
+//! originated there by a DestinationRule (a self-signed server accepted only with
+//! insecureSkipVerify); and after a ztunnel restart the pod's DNS is answered again.
 
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -209,6 +210,31 @@ fn dns_proxy_answers_the_mesh_and_forwards_the_rest() {
         String::from_utf8_lossy(&delete.stdout).starts_with("403"),
         "the policy targeting the ServiceEntry applies"
     );
+
+    // TLS originated at the waypoint (DestinationRule SIMPLE): the pod speaks plain HTTP to
+    // port 80; the world serves that host only over HTTPS, on 443, with a self-signed
+    // certificate — accepted only when the rule says insecureSkipVerify.
+    let secure = |verify: bool| {
+        [
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: secure, namespace: egress, labels: {istio.io/use-waypoint: egress-waypoint}}\nspec: {hosts: [secure.world.example], ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}], resolution: DNS}\n".to_owned(),
+            format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: secure, namespace: egress}}\nspec: {{host: secure.world.example, trafficPolicy: {{tls: {{mode: SIMPLE, insecureSkipVerify: {}}}}}}}\n", !verify),
+        ]
+        .join("---\n")
+    };
+    ambit_e2e::write_file(&dir, "secure.yaml", &secure(false));
+    sb.apply(&dir.join("secure.yaml")).unwrap();
+    let body = wait_for("a plain request made HTTPS by the waypoint", || {
+        get(&sb, CLIENT, "http://secure.world.example/tls").ok()
+    });
+    assert!(body.contains("\"pod\":\"world\"") && body.contains("\"path\":\"/tls\""), "{body}");
+    ambit_e2e::write_file(&dir, "secure.yaml", &secure(true));
+    sb.apply(&dir.join("secure.yaml")).unwrap();
+    let refused = wait_for("the self-signed certificate refused once verification is on", || {
+        let out = sb.exec(CLIENT, &["ambit-sample", "get", "--status", "http://secure.world.example/tls"]).ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.starts_with("503").then_some(text)
+    });
+    assert!(refused.starts_with("503"), "{refused}");
 
     // A ztunnel restart: the pod is taken again and its DNS answered again.
     sb.stop_daemon("ztunnel-node-1");

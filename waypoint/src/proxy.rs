@@ -44,7 +44,7 @@ mod upstream;
 pub use crate::l7::{L7Entry, L7Map};
 pub use body::{Body, BoxError};
 pub use inbound::{sniff, Inbound, Prefixed};
-pub use upstream::{Conn, Connector, Dialer, Endpoint, Pools, Tunnel, Upstream};
+pub use upstream::{Conn, Connector, Dialer, Endpoint, Pools, Tunnel, Upstream, UpstreamTls};
 
 /// The waypoint itself: what bindings name (its Gateway) and where it runs.
 #[derive(Debug, Clone)]

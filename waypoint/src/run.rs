@@ -68,6 +68,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     certs.fetch(&identity).await.context("fetching the waypoint's certificate")?;
 
     let dialer = Dialer {
+        upstream_tls: crate::proxy::UpstreamTls::new(),
         certs: certs.clone(),
         identity: identity.clone(),
         // As many connections per upstream as threads to encrypt on: more buy no parallelism.

@@ -469,7 +469,10 @@ apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no
 spec:
   targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: www}]
   action: DENY
-  rules: [{to: [{operation: {methods: [DELETE]}}]}]",
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+---
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: www, namespace: egress}
+spec: {host: www.example.com, trafficPolicy: {tls: {mode: SIMPLE}}}",
     ));
     let c = changes
         .iter()
@@ -481,6 +484,9 @@ spec:
     assert_eq!(config.ports.len(), 1);
     assert_eq!(config.policies.len(), 2, "the Gateway- and the entry-targeted policies apply");
     assert!(config.routes.is_empty(), "requests go to the entry's own endpoints");
+    let tls = config.backend.and_then(|b| b.tls).expect("the DestinationRule's TLS origination");
+    assert_eq!(tls.sni, "www.example.com", "the host is the server name by default");
+    assert!(!tls.insecure_skip_verify, "verified unless the rule says otherwise");
 }
 
 #[test]

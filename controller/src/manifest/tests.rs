@@ -166,7 +166,7 @@ fn istio_fields_ambit_does_not_read_are_refused_naming_them() {
         ("kind: ServiceEntry\nspec: {hosts: [x.example], endpoints: [{address: 1.2.3.4}]}", "spec.endpoints"),
         ("kind: ServiceEntry\nspec: {hosts: [x.example], exportTo: ['.']}", "spec.exportTo"),
         ("kind: DestinationRule\nspec: {host: r, subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {}}]}", "spec.subsets"),
-        ("kind: DestinationRule\nspec: {host: r, trafficPolicy: {tls: {mode: SIMPLE}}}", "spec.trafficPolicy.tls"),
+        ("kind: DestinationRule\nspec: {host: r, trafficPolicy: {tls: {mode: SIMPLE, credentialName: c}}}", "spec.trafficPolicy.tls.credentialName"),
     ] {
         let r = rejected(&format!("apiVersion: networking.istio.io/v1\n{yaml}\nmetadata: {{name: o, namespace: shop}}"));
         assert_eq!(r.field, field, "{yaml}: {r}");

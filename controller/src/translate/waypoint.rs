@@ -177,7 +177,7 @@ pub fn service_entry_config(
             .collect(),
         routes: Vec::new(),
         policies,
-        backend: None,
+        backend: destination_rule::entry_backend_policy(ns, host, store),
         jwt_rules: jwt,
     }
 }

@@ -35,6 +35,12 @@ enum Cmd {
         /// Answer every request with this status (a broken replica).
         #[arg(long)]
         fail_status: Option<u16>,
+        /// Also HTTPS on this port, with a self-signed certificate for `--tls-names`.
+        #[arg(long)]
+        tls_port: Option<u16>,
+        /// The names the HTTPS certificate carries (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "localhost")]
+        tls_names: Vec<String>,
     },
     /// TCP echo server.
     TcpEcho {
@@ -197,9 +203,17 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         match cmd {
-            Cmd::Echo { port, tcp_port, fail_status } => {
+            Cmd::Echo { port, tcp_port, fail_status, tls_port, tls_names } => {
                 if let Some(tcp) = tcp_port {
                     tokio::spawn(tcp_echo(tcp));
+                }
+                if let Some(tls) = tls_port {
+                    let server = tls_server(tls_names)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_https(tls, server).await {
+                            eprintln!("ambit-sample: HTTPS: {e:#}");
+                        }
+                    });
                 }
                 serve_http(port, None, fail_status).await
             }
@@ -266,6 +280,41 @@ async fn serve_http(port: u16, backends: Option<Arc<Vec<String>>>, fail_status: 
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
+}
+
+/// A TLS server configuration with a fresh self-signed certificate for `names` (HTTP/2 and
+/// HTTP/1.1 by ALPN).
+fn tls_server(names: Vec<String>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certified = rcgen::generate_simple_self_signed(names)?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The echo over HTTPS (a server outside the mesh that only speaks TLS).
+async fn serve_https(port: u16, config: Arc<rustls::ServerConfig>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let me = who();
+    eprintln!("ambit-sample: echo (HTTPS) listening on :{port}");
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let (acceptor, me) = (acceptor.clone(), me.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let svc = hyper::service::service_fn(move |req| {
+                let me = me.clone();
+                async move { Ok::<_, Infallible>(answer(req, peer, &me, None).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
         });
     }
 }

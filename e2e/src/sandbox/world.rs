@@ -3,7 +3,11 @@
 //! `dnsmasq`, answering the `world.example` zone and `NXDOMAIN` for the rest of `example` and
 //! `cluster.local` — and an HTTP echo server on port 80 of both its addresses.
 //!
-//! Records: `api.world.example` and `www.world.example` → [`WORLD_IP`]; `other.world.example`
+//! Its echo server also speaks HTTPS on 443 (a self-signed certificate for
+//! `secure.world.example` and `www.world.example`).
+//!
+//! Records: `api.world.example`, `www.world.example`, `secure.world.example` → [`WORLD_IP`];
+//! `other.world.example`
 //! → [`WORLD_IP_2`]; `_http._tcp.world.example` SRV → `api.world.example:80`;
 //! `world.example` TXT. Pods' resolv.conf names [`WORLD_IP`] (`services`), and ztunnels
 //! forward there. Owns the world's namespace, addresses and programs; stopping them is
@@ -51,7 +55,9 @@ impl Sandbox {
         let hosts = dir.join("hosts");
         std::fs::write(
             &hosts,
-            format!("{WORLD_IP} api.world.example www.world.example\n{WORLD_IP_2} other.world.example\n"),
+            format!(
+                "{WORLD_IP} api.world.example www.world.example secure.world.example\n{WORLD_IP_2} other.world.example\n"
+            ),
         )
         .map_err(setup)?;
         let log = self.opts.root.join("logs").join("world-dns-queries.log");
@@ -79,7 +85,12 @@ impl Sandbox {
         self.spawn("world-dns", &ns, Path::new(DNSMASQ), &args, &[])?;
         let sample = self.binary("ambit-sample")?;
         let env = [("POD_NAME".to_owned(), "world".to_owned()), ("POD_NAMESPACE".to_owned(), "outside".to_owned())];
-        self.spawn("world-echo", &ns, &sample, &["echo".into(), "--port".into(), "80".into()], &env)?;
+        let args: Vec<String> =
+            ["echo", "--port", "80", "--tls-port", "443", "--tls-names", "secure.world.example,www.world.example"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        self.spawn("world-echo", &ns, &sample, &args, &env)?;
         Ok(())
     }
 }

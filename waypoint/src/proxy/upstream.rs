@@ -14,8 +14,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 
 mod dial;
+mod tls;
 
 pub use dial::{Conn, Connector, Dialer, Endpoint, Pools, Tunnel};
+pub use tls::UpstreamTls;
 
 use super::body::{body, Body, BoxError};
 use super::failure::{Failed, Failure};
@@ -98,7 +100,8 @@ impl Upstream {
         };
         backend.started(&w);
         let fresh = policy.is_some_and(|p| p.max_requests_per_connection == 1);
-        let result = self.send_to(&w, target, req, fresh).await;
+        let tls = policy.and_then(|p| p.tls.as_ref());
+        let result = self.send_to(&w, target, req, fresh, tls).await;
         let outcome = match &result {
             Ok(r) => Outcome::Status(r.status().as_u16()),
             Err(_) => Outcome::Failure,
@@ -118,6 +121,7 @@ impl Upstream {
         port: u16,
         req: Request<Body>,
         fresh: bool,
+        tls: Option<&ambit_shared::proto::waypoint::UpstreamTls>,
     ) -> Result<Response<Body>, Failure> {
         let endpoint = match (Endpoint::of(w, port), w.hostname.as_deref()) {
             // An address outside the mesh (a ServiceEntry's): only where an entry may lead.
@@ -128,6 +132,15 @@ impl Upstream {
             (Some(endpoint), _) => endpoint,
             (None, Some(host)) if w.resolvable() => self.resolved(host, port).await?,
             (None, _) => return Err(Failure::NoEndpointAddress),
+        };
+        let h2 = req.version() == http::Version::HTTP_2;
+        // TLS originated to an endpoint outside the mesh when the DestinationRule says SIMPLE.
+        let endpoint = match (tls, &endpoint.tunnel) {
+            (Some(t), Tunnel::Plain) => Endpoint {
+                addr: endpoint.addr,
+                tunnel: Tunnel::Tls { sni: Arc::from(t.sni.as_str()), verify: !t.insecure_skip_verify, h2 },
+            },
+            _ => endpoint,
         };
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

@@ -15,6 +15,31 @@ pub fn validate_destination_rule(label: &str, dr: &DestinationRule) -> Result<()
         return Err(r("spec.host", "required".into()));
     }
     let Some(tp) = &dr.spec.traffic_policy else { return Ok(()) };
+    if let Some(tls) = &tp.tls {
+        match tls.mode.as_deref() {
+            None | Some("DISABLE" | "SIMPLE" | "ISTIO_MUTUAL") => {}
+            Some("MUTUAL") => {
+                return Err(r(
+                    "spec.trafficPolicy.tls.mode",
+                    "MUTUAL (a client certificate to the upstream) is not supported: DISABLE, SIMPLE or ISTIO_MUTUAL"
+                        .into(),
+                ))
+            }
+            Some(other) => {
+                return Err(r(
+                    "spec.trafficPolicy.tls.mode",
+                    format!("{other:?} is not a TLS mode (DISABLE, SIMPLE, ISTIO_MUTUAL)"),
+                ))
+            }
+        }
+        if let Some(sni) = &tls.sni {
+            let label_ok =
+                |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if sni.len() > 253 || !sni.split('.').all(label_ok) {
+                return Err(r("spec.trafficPolicy.tls.sni", format!("{sni:?} is not a server name")));
+            }
+        }
+    }
     if let Some(od) = &tp.outlier_detection {
         for (name, v) in [("interval", &od.interval), ("baseEjectionTime", &od.base_ejection_time)] {
             if let Some(v) = v {
@@ -60,6 +85,17 @@ pub(super) fn backend_policy(svc: &Service, store: &Store, mesh: &MeshSettings) 
     let names = |dr: &DestinationRule| {
         names_service(&dr.spec.host, dr.metadata.namespace.as_deref().unwrap_or_default(), svc, mesh)
     };
+    let dr = rule_for(store, ns, names)?;
+    Some(policy_of(dr, &mesh.hostname(&svc.metadata.name, ns)))
+}
+
+/// The DestinationRule for a ServiceEntry host (its exact name), chosen as for a service.
+pub(super) fn entry_backend_policy(ns: &str, host: &str, store: &Store) -> Option<pb::BackendPolicy> {
+    let dr = rule_for(store, ns, |dr| dr.spec.host.eq_ignore_ascii_case(host))?;
+    Some(policy_of(dr, host))
+}
+
+fn rule_for<'s>(store: &'s Store, ns: &str, names: impl Fn(&DestinationRule) -> bool) -> Option<&'s DestinationRule> {
     let mut candidates: Vec<&DestinationRule> = store
         .list(Kind::DestinationRule, None)
         .filter_map(|o| match o {
@@ -68,7 +104,12 @@ pub(super) fn backend_policy(svc: &Service, store: &Store, mesh: &MeshSettings) 
         })
         .collect();
     candidates.sort_by_key(|dr| (dr.metadata.namespace.as_deref() != Some(ns), dr.metadata.creation_timestamp.clone()));
-    let dr = candidates.first()?;
+    candidates.first().copied()
+}
+
+/// A rule's traffic policy as the waypoint applies it; `host` is the server name TLS
+/// origination sends and verifies unless the rule names one.
+fn policy_of(dr: &DestinationRule, host: &str) -> pb::BackendPolicy {
     let tp = dr.spec.traffic_policy.clone().unwrap_or_default();
     let pool = tp.connection_pool.unwrap_or_default();
     let http = pool.http.unwrap_or_default();
@@ -93,7 +134,11 @@ pub(super) fn backend_policy(svc: &Service, store: &Store, mesh: &MeshSettings) 
             hash_source_ip: hash.use_source_ip.unwrap_or(false),
         }
     });
-    Some(pb::BackendPolicy {
+    let tls = tp.tls.filter(|t| t.mode.as_deref() == Some("SIMPLE")).map(|t| pb::UpstreamTls {
+        sni: t.sni.unwrap_or_else(|| host.to_owned()),
+        insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+    });
+    pb::BackendPolicy {
         source: format!("{}/{}", dr.metadata.namespace.as_deref().unwrap_or_default(), dr.metadata.name),
         max_connections: pool.tcp.and_then(|t| t.max_connections).unwrap_or(0),
         max_pending_requests: http.http1_max_pending_requests.unwrap_or(0),
@@ -101,5 +146,6 @@ pub(super) fn backend_policy(svc: &Service, store: &Store, mesh: &MeshSettings) 
         max_requests_per_connection: http.max_requests_per_connection.unwrap_or(0),
         outlier,
         load_balancer,
-    })
+        tls,
+    }
 }

@@ -365,3 +365,26 @@ spec:
     assert_eq!(by_name["ext"].action(), pb::Action::Deny, "an external authorizer we cannot ask denies (fail closed)");
     assert_eq!(by_name["by-account"].rules[0].from[0].service_accounts, ["shop/frontend", "other/batch"]);
 }
+
+#[test]
+fn destination_rule_tls_modes_are_checked_by_field() {
+    let parse = |tls: &str| {
+        let v: serde_json::Value = serde_yaml::from_str(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d, namespace: shop}}\nspec: {{host: api.example.com, trafficPolicy: {{tls: {tls}}}}}"
+        ))
+        .unwrap();
+        parse_object("d.yaml", v).map(|_| ()).map_err(|r| (r.field, r.reason))
+    };
+    assert!(parse("{mode: SIMPLE, sni: api.example.com, insecureSkipVerify: false}").is_ok());
+    assert!(parse("{mode: DISABLE}").is_ok());
+    assert!(parse("{mode: ISTIO_MUTUAL}").is_ok());
+    let (field, reason) = parse("{mode: MUTUAL}").unwrap_err();
+    assert_eq!(field, "spec.trafficPolicy.tls.mode");
+    assert!(reason.contains("MUTUAL"), "{reason}");
+    assert_eq!(parse("{mode: SIMPLE, sni: 'not a name'}").unwrap_err().0, "spec.trafficPolicy.tls.sni");
+    assert_eq!(
+        parse("{mode: SIMPLE, caCertificates: /etc/ca.pem}").unwrap_err().0,
+        "spec.trafficPolicy.tls.caCertificates",
+        "fields Ambit does not read are refused by name"
+    );
+}

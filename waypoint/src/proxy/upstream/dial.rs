@@ -31,10 +31,13 @@ use crate::proxy::body::{Body, BoxError};
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-/// The connection to an endpoint: an HBONE stream, or TCP for endpoints outside the mesh.
+/// The connection to an endpoint: an HBONE stream, or TCP (or TLS originated over it) for
+/// endpoints outside the mesh.
 pub enum Conn {
     Hbone(H2Stream),
     Tcp(TcpStream),
+    /// Boxed: a TLS session is large and rare beside the other two.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for Conn {
@@ -42,6 +45,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Hbone(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -51,18 +55,21 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Hbone(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Hbone(s) => Pin::new(s).poll_flush(cx),
             Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Hbone(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -80,6 +87,10 @@ pub enum Tunnel {
     Hbone(Identity),
     /// Plain TCP: a workload outside the mesh.
     Plain,
+    /// TLS originated over TCP to a workload outside the mesh (DestinationRule `SIMPLE`):
+    /// the server name sent and, when `verify`, checked against the system's roots; ALPN for
+    /// HTTP/2 (`h2`) or HTTP/1.1.
+    Tls { sni: Arc<str>, verify: bool, h2: bool },
 }
 
 /// An endpoint chosen from the mesh state: the key of its connections.
@@ -109,6 +120,8 @@ pub struct Dialer {
     pub certs: Arc<CertManager>,
     pub identity: Identity,
     pub hbone: HboneClient,
+    /// Client configurations for TLS originated to endpoints outside the mesh.
+    pub upstream_tls: super::tls::UpstreamTls,
 }
 
 impl Dialer {
@@ -126,15 +139,28 @@ impl Dialer {
                 };
                 Ok(Conn::Hbone(self.hbone.connect(&req).await?))
             }
-            Tunnel::Plain => {
-                let tcp = tokio::time::timeout(ambit_shared::hbone::CONNECT_TIMEOUT, TcpStream::connect(addr))
+            Tunnel::Plain => Ok(Conn::Tcp(plain(addr).await?)),
+            Tunnel::Tls { sni, verify, h2 } => {
+                let tcp = plain(addr).await?;
+                let name = rustls::pki_types::ServerName::try_from(sni.to_string())
+                    .map_err(|e| format!("server name {sni:?}: {e}"))?;
+                let connector = tokio_rustls::TlsConnector::from(self.upstream_tls.config(*verify, *h2));
+                let tls = tokio::time::timeout(ambit_shared::hbone::CONNECT_TIMEOUT, connector.connect(name, tcp))
                     .await
-                    .map_err(|_| format!("connecting to {addr}: timed out"))??;
-                let _ = tcp.set_nodelay(true);
-                Ok(Conn::Tcp(tcp))
+                    .map_err(|_| format!("TLS to {addr} ({sni}): timed out"))?
+                    .map_err(|e| format!("TLS to {addr} ({sni}): {e}"))?;
+                Ok(Conn::Tls(Box::new(tls)))
             }
         }
     }
+}
+
+async fn plain(addr: SocketAddr) -> Result<TcpStream, BoxError> {
+    let tcp = tokio::time::timeout(ambit_shared::hbone::CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to {addr}: timed out"))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// The connector of one endpoint's HTTP client: dials that endpoint whatever the request's
