@@ -262,6 +262,14 @@ impl Index {
                     for other in hosts.iter().filter_map(|h| h.split('.').nth(1)) {
                         dirty.services_in.insert(other.into());
                     }
+                    // A ServiceEntry's host is any name: its entry may be in any namespace.
+                    for se in self.store.list(Kind::ServiceEntry, None) {
+                        if let Object::ServiceEntry(e) = se {
+                            if e.spec.hosts.iter().any(|h| hosts.iter().any(|d| d.eq_ignore_ascii_case(h))) {
+                                dirty.objects.insert(se.key());
+                            }
+                        }
+                    }
                 }
             }
             Kind::HttpRoute | Kind::GrpcRoute => {

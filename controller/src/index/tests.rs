@@ -472,7 +472,10 @@ spec:
   rules: [{to: [{operation: {methods: [DELETE]}}]}]
 ---
 apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: www, namespace: egress}
-spec: {host: www.example.com, trafficPolicy: {tls: {mode: SIMPLE}}}",
+spec: {host: www.example.com, trafficPolicy: {tls: {mode: SIMPLE}}}
+---
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: weaker, namespace: team-a, creationTimestamp: '2020-01-01T00:00:00Z'}
+spec: {host: www.example.com, trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true}}}",
     ));
     let c = changes
         .iter()
@@ -486,7 +489,7 @@ spec: {host: www.example.com, trafficPolicy: {tls: {mode: SIMPLE}}}",
     assert!(config.routes.is_empty(), "requests go to the entry's own endpoints");
     let tls = config.backend.and_then(|b| b.tls).expect("the DestinationRule's TLS origination");
     assert_eq!(tls.sni, "www.example.com", "the host is the server name by default");
-    assert!(!tls.insecure_skip_verify, "verified unless the rule says otherwise");
+    assert!(!tls.insecure_skip_verify, "verified: another namespace's older rule for the host is not looked at");
 }
 
 #[test]

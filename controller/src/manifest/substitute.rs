@@ -28,9 +28,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    keys, AuthorizationPolicy, AuthorizationPolicySpec, JwtRuleSpec, Kind, MutualTls, NetworkingWorkloadSelector,
-    Object, ObjectMeta, OutboundTrafficPolicy, PeerAuthentication, PeerAuthenticationSpec, PolicyTargetReference,
-    RequestAuthentication, RequestAuthenticationSpec, Rule, Sidecar, SidecarSpec, WorkloadSelector,
+    keys, AuthorizationPolicy, AuthorizationPolicySpec, ClientTlsSettings, DestinationRule, DestinationRuleSpec,
+    JwtRuleSpec, Kind, MutualTls, NetworkingWorkloadSelector, Object, ObjectMeta, OutboundTrafficPolicy,
+    PeerAuthentication, PeerAuthenticationSpec, PolicyTargetReference, RequestAuthentication,
+    RequestAuthenticationSpec, Rule, Sidecar, SidecarSpec, TrafficPolicy, WorkloadSelector,
 };
 use crate::rejection::{validate_labels, Rejection};
 
@@ -40,7 +41,14 @@ pub const REFUSED_ISSUER: &str = "https://refused.ambit.invalid";
 
 /// Whether refusals of this kind get a substitute.
 pub fn is_security_kind(kind: Kind) -> bool {
-    matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::RequestAuthentication | Kind::Sidecar)
+    matches!(
+        kind,
+        Kind::AuthorizationPolicy
+            | Kind::PeerAuthentication
+            | Kind::RequestAuthentication
+            | Kind::Sidecar
+            | Kind::DestinationRule
+    )
 }
 
 /// The substitute for a refused object of a security kind, and what it enforces (for the
@@ -163,6 +171,28 @@ pub fn substitute(value: &Value, rejection: &Rejection) -> Option<(Object, &'sta
                 outbound_traffic_policy: Some(OutboundTrafficPolicy { mode: Some(mode.into()) }),
             };
             Some((Object::Sidecar(Sidecar { metadata, spec }), says))
+        }
+        // A rule asking for TLS to its host must not leave it in plaintext (nor to another
+        // namespace's rule) when refused: verified TLS (`SIMPLE`, the host as server name).
+        // Other refused rules only tuned pools and balancing: nothing stands in for them.
+        Kind::DestinationRule => {
+            let tls = spec.and_then(|s| s.get("trafficPolicy")).and_then(|t| t.get("tls"))?;
+            let mode = tls.get("mode").and_then(Value::as_str);
+            if matches!(mode, Some("DISABLE" | "ISTIO_MUTUAL")) {
+                return None;
+            }
+            let host = spec.and_then(|s| s.get("host")).and_then(Value::as_str).filter(|h| !h.is_empty())?;
+            let spec = DestinationRuleSpec {
+                host: host.to_owned(),
+                traffic_policy: Some(TrafficPolicy {
+                    tls: Some(ClientTlsSettings { mode: Some("SIMPLE".into()), ..Default::default() }),
+                    ..Default::default()
+                }),
+            };
+            Some((
+                Object::DestinationRule(DestinationRule { metadata, spec }),
+                "verified TLS (SIMPLE) to its host, nothing else",
+            ))
         }
         _ => None,
     }

@@ -273,6 +273,17 @@ fn a_refused_security_object_is_replaced_by_a_fail_closed_substitute() {
     // Other kinds keep their last accepted version instead: no substitute.
     let (_, s) = refused("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: shop}\nspec: {hosts: [r], corsPolicy: {}}");
     assert!(s.is_none());
+    // A DestinationRule asking for TLS: verified TLS to its host stands in (never plaintext);
+    // one that only tuned pools gets nothing.
+    let dr = |tp: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d, namespace: egress}}\nspec: {{host: api.example.com, trafficPolicy: {tp}}}")
+    };
+    let (_, s) = refused(&dr("{tls: {mode: SIMPLE, credentialName: ca, insecureSkipVerify: true}}"));
+    let Some(Object::DestinationRule(d)) = s else { panic!("no substitute") };
+    let tls = d.spec.traffic_policy.and_then(|t| t.tls).expect("tls");
+    assert_eq!((tls.mode.as_deref(), tls.insecure_skip_verify), (Some("SIMPLE"), None), "verified");
+    assert_eq!(d.spec.host, "api.example.com");
+    assert!(refused(&dr("{loadBalancer: {simple: PASSTHROUGH}}")).1.is_none());
 }
 
 #[test]

@@ -177,7 +177,7 @@ pub fn service_entry_config(
             .collect(),
         routes: Vec::new(),
         policies,
-        backend: destination_rule::entry_backend_policy(ns, host, store),
+        backend: destination_rule::entry_backend_policy([ns, gw_ns, &mesh.root_namespace], host, store),
         jwt_rules: jwt,
     }
 }

@@ -145,7 +145,12 @@ impl Upstream {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let authority = endpoint.addr;
-        parts.uri = match format!("http://{authority}{path}").parse() {
+        // Over TLS the server sees `https` and its own name (HTTP/2's :scheme and :authority).
+        let target = match &endpoint.tunnel {
+            Tunnel::Tls { sni, .. } => format!("https://{sni}{path}"),
+            _ => format!("http://{authority}{path}"),
+        };
+        parts.uri = match target.parse() {
             Ok(u) => u,
             Err(_) => return Err(Failure::BadUpstreamPath),
         };

@@ -89,9 +89,22 @@ pub(super) fn backend_policy(svc: &Service, store: &Store, mesh: &MeshSettings) 
     Some(policy_of(dr, &mesh.hostname(&svc.metadata.name, ns)))
 }
 
-/// The DestinationRule for a ServiceEntry host (its exact name), chosen as for a service.
-pub(super) fn entry_backend_policy(ns: &str, host: &str, store: &Store) -> Option<pb::BackendPolicy> {
-    let dr = rule_for(store, ns, |dr| dr.spec.host.eq_ignore_ascii_case(host))?;
+/// The DestinationRule for a ServiceEntry host (its exact name), looked for — as Istio does —
+/// only in the entry's namespace, then the waypoint's, then the root namespace (oldest first
+/// within one): another team's rule for the same host cannot weaken the entry's TLS.
+pub(super) fn entry_backend_policy(namespaces: [&str; 3], host: &str, store: &Store) -> Option<pb::BackendPolicy> {
+    let names = |dr: &DestinationRule| dr.spec.host.eq_ignore_ascii_case(host);
+    let dr = namespaces.iter().find_map(|ns| {
+        let mut here: Vec<&DestinationRule> = store
+            .list(Kind::DestinationRule, Some(ns))
+            .filter_map(|o| match o {
+                Object::DestinationRule(dr) if names(dr) => Some(dr),
+                _ => None,
+            })
+            .collect();
+        here.sort_by_key(|dr| dr.metadata.creation_timestamp.clone());
+        here.first().copied()
+    })?;
     Some(policy_of(dr, host))
 }
 
