@@ -45,18 +45,19 @@ pub fn routable(ip: IpAddr) -> bool {
     }
 }
 
-/// Whether a proxy may send plain TCP to `ip` for an endpoint outside the mesh: an address
-/// [`routable`] accepts, that is neither a meshed workload's (that would be plaintext to it) nor
-/// a Service's virtual address (it would reach the Service's pods without an identity, around
-/// their waypoint) — an IPv4-mapped address judged as the IPv4 one it is.
-pub fn outside_ok(state: &State, network: &str, ip: IpAddr) -> bool {
+/// Whether a proxy may send plain TCP to `ip` for an endpoint outside the mesh of the service
+/// `own` (its key): an address [`routable`] accepts, that is neither a meshed workload's (that
+/// would be plaintext to it) nor another service's virtual address (it would reach that
+/// service's pods without an identity, around their waypoint) — an entry's own addresses may
+/// be its endpoints' — an IPv4-mapped address judged as the IPv4 one it is.
+pub fn outside_ok(state: &State, network: &str, ip: IpAddr, own: Option<&str>) -> bool {
     let ip = ip.to_canonical();
     if !routable(ip) || state.workload_by_addr(network, ip).is_some_and(|w| w.hbone) {
         return false;
     }
     !matches!(
         state.destination(network, std::net::SocketAddr::new(ip, 0)),
-        Destination::Service { service, .. } if !service.passthrough
+        Destination::Service { service, .. } if !service.passthrough && Some(&*service.key) != own
     )
 }
 

@@ -245,6 +245,18 @@ fn dns_proxy_answers_the_mesh_and_forwards_the_rest() {
     });
     assert_eq!(again, vip, "the allocated address is stable");
     assert_eq!(dig(&sb, CLIENT, &["+short", "SRV", "_http._tcp.world.example"]).unwrap(), "0 0 80 api.world.example.");
+
+    // Restarted with the DNS proxy off: the pod, captured by the previous run, gets its rules
+    // again with the new setting — no redirect to a listener that is no longer there.
+    sb.stop_daemon("ztunnel-node-1");
+    sb.opts.ztunnel_flags.extend(["--dns-proxy".to_owned(), "false".to_owned()]);
+    sb.start_ztunnel("node-1").unwrap();
+    sb.wait_ready("node-1", "127.0.0.1:15021", "ztunnel on node-1").unwrap();
+    wait_for("the pod's DNS to go straight to the cluster's DNS server", || {
+        dig(&sb, CLIENT, &["+short", "api.world.example"]).ok().filter(|a| a == WORLD_IP)
+    });
+    let saved = String::from_utf8_lossy(&sb.exec(CLIENT, &["iptables-save"]).unwrap().stdout).into_owned();
+    assert!(!saved.contains("15053") && saved.contains("15001"), "captured, without the DNS redirect:\n{saved}");
     sb.down();
     let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -162,9 +162,11 @@ impl Waypoint {
         };
         let endpoint = match chosen {
             Some((w, port)) => match (Endpoint::of(&w, port), w.hostname.as_deref()) {
-                (Some(endpoint), _) if !w.hbone && !self.upstream.may_dial(endpoint.addr.ip()) => Err("UH"),
+                (Some(endpoint), _) if !w.hbone && !self.upstream.may_dial(endpoint.addr.ip(), &down.service.key) => {
+                    Err("UH")
+                }
                 (Some(endpoint), _) => Ok(endpoint),
-                (None, Some(host)) => self.upstream.resolved(host, port).await.map_err(|_| "DF"),
+                (None, Some(host)) => self.upstream.resolved(host, port, &down.service.key).await.map_err(|_| "DF"),
                 (None, None) => Err("UH"),
             },
             None => Err("UH"),

@@ -101,7 +101,7 @@ impl Upstream {
         backend.started(&w);
         let fresh = policy.is_some_and(|p| p.max_requests_per_connection == 1);
         let tls = policy.and_then(|p| p.tls.as_ref());
-        let result = self.send_to(&w, target, req, fresh, tls).await;
+        let result = self.send_to(&w, target, req, fresh, tls, &service.key).await;
         let outcome = match &result {
             Ok(r) => Outcome::Status(r.status().as_u16()),
             Err(_) => Outcome::Failure,
@@ -122,15 +122,16 @@ impl Upstream {
         req: Request<Body>,
         fresh: bool,
         tls: Option<&ambit_shared::proto::waypoint::UpstreamTls>,
+        service_key: &str,
     ) -> Result<Response<Body>, Failure> {
         let endpoint = match (Endpoint::of(w, port), w.hostname.as_deref()) {
             // An address outside the mesh (a ServiceEntry's): only where an entry may lead.
-            (Some(endpoint), _) if !w.hbone && !self.may_dial(endpoint.addr.ip()) => {
+            (Some(endpoint), _) if !w.hbone && !self.may_dial(endpoint.addr.ip(), service_key) => {
                 tracing::debug!(endpoint = %endpoint.addr, "endpoint outside the mesh refused");
                 return Err(Failure::NoEndpointAddress);
             }
             (Some(endpoint), _) => endpoint,
-            (None, Some(host)) if w.resolvable() => self.resolved(host, port).await?,
+            (None, Some(host)) if w.resolvable() => self.resolved(host, port, service_key).await?,
             (None, _) => return Err(Failure::NoEndpointAddress),
         };
         let h2 = req.version() == http::Version::HTTP_2;
@@ -171,15 +172,15 @@ impl Upstream {
 
     /// Whether plain TCP may go to `ip` (an endpoint outside the mesh): never the waypoint's
     /// own address, and only where [`outside_ok`] allows.
-    pub(super) fn may_dial(&self, ip: IpAddr) -> bool {
-        Some(ip.to_canonical()) != self.own_ip && outside_ok(&self.state(), &self.network, ip)
+    pub(super) fn may_dial(&self, ip: IpAddr, service_key: &str) -> bool {
+        Some(ip.to_canonical()) != self.own_ip && outside_ok(&self.state(), &self.network, ip, Some(service_key))
     }
 
     /// The endpoint a DNS ServiceEntry's hostname stands for now: plain TCP (it is outside the
     /// mesh) to an address [`Upstream::may_dial`] allows.
-    pub(super) async fn resolved(&self, host: &str, port: u16) -> Result<Endpoint, Failure> {
+    pub(super) async fn resolved(&self, host: &str, port: u16, service_key: &str) -> Result<Endpoint, Failure> {
         let like = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-        match self.resolver.resolve_outside(host, like, |ip| self.may_dial(ip)).await {
+        match self.resolver.resolve_outside(host, like, |ip| self.may_dial(ip, service_key)).await {
             Ok(ip) => Ok(Endpoint { addr: std::net::SocketAddr::new(ip, port), tunnel: Tunnel::Plain }),
             Err(e) => {
                 tracing::debug!(error = %e, "DNS endpoint not resolved");

@@ -65,6 +65,9 @@ struct AgentPod {
     netns: Netns,
     /// Rules installed and the proxy told.
     captured: bool,
+    /// The rules were installed by this run (with its settings): a pod captured by a previous
+    /// run gets them again, so a changed setting (the DNS proxy turned on or off) reaches it.
+    rules_current: bool,
     /// CNI ADD calls waiting for the outcome, with their deadline.
     waiters: Vec<(Instant, oneshot::Sender<CniResponse>)>,
 }
@@ -201,7 +204,8 @@ impl Agent {
                     // Captured by the previous run: its rules are in place; the snapshot gives it
                     // to the proxy again and reconciliation re-applies or removes the rules.
                     let captured = record.service_account.is_some();
-                    self.pods.insert(key, AgentPod { record, uid, netns, captured, waiters: Vec::new() });
+                    let pod = AgentPod { record, uid, netns, captured, rules_current: false, waiters: Vec::new() };
+                    self.pods.insert(key, pod);
                 }
                 Err(e) => {
                     tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), error = %e, "pod of the previous run is gone");
@@ -272,7 +276,14 @@ impl Agent {
                     }
                 }
                 let deadline = Instant::now() + Duration::from_millis(self.config.enroll_wait_ms);
-                let pod = AgentPod { record, uid, netns, captured: false, waiters: vec![(deadline, reply)] };
+                let pod = AgentPod {
+                    record,
+                    uid,
+                    netns,
+                    captured: false,
+                    rules_current: false,
+                    waiters: vec![(deadline, reply)],
+                };
                 self.pods.insert(key.clone(), pod);
                 self.reconcile_one(&key).await;
             }
@@ -332,6 +343,21 @@ impl Agent {
         }
         let outcome = match self.wanted(pod) {
             Ok(Some(sa)) if !pod.captured => Some(self.capture(key, sa).await.map(|()| true)),
+            Ok(Some(_)) if !pod.rules_current => {
+                // Captured by a previous run: its rules again, with this run's settings.
+                let rules = InPodRules::new(&pod.record.netns, self.config.dns_proxy);
+                let applied = tokio::task::spawn_blocking(move || rules.apply()).await;
+                match applied {
+                    Ok(Ok(())) => {
+                        if let Some(p) = self.pods.get_mut(key) {
+                            p.rules_current = true;
+                        }
+                        Some(Ok(true))
+                    }
+                    Ok(Err(e)) => Some(Err(format!("refreshing the redirect rules: {e}"))),
+                    Err(e) => Some(Err(format!("refreshing the redirect rules: {e}"))),
+                }
+            }
             Ok(Some(_)) => Some(Ok(true)),
             Ok(None) if pod.captured => {
                 let pod = self.pods.get(key).map(|p| (p.uid.clone(), p.record.clone()));
@@ -426,6 +452,7 @@ impl Agent {
                 tracing::info!(pod = %key, "captured");
                 if let Some(pod) = self.pods.get_mut(key) {
                     pod.captured = true;
+                    pod.rules_current = true;
                     pod.record.service_account = Some(service_account);
                 }
                 if let Some(pod) = self.pods.get(key) {

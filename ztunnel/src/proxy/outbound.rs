@@ -147,18 +147,20 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
                         // A Service's virtual address (or loopback, link-local…) as an
                         // endpoint would reach the Service's pods in plaintext, around their
                         // waypoint: refused.
-                        None => match w.addresses.iter().find(|ip| !outside_ok(state, network, **ip)) {
-                            Some(ip) => Routed {
-                                plan: Err(RouteError::Forbidden(*ip)),
-                                service: Some(service),
-                                workload: Some(w),
-                            },
-                            None => Routed {
-                                plan: to_workload(&w, target, dst.ip()),
-                                service: Some(service),
-                                workload: Some(w),
-                            },
-                        },
+                        None => {
+                            match w.addresses.iter().find(|ip| !outside_ok(state, network, **ip, Some(&service.key))) {
+                                Some(ip) => Routed {
+                                    plan: Err(RouteError::Forbidden(*ip)),
+                                    service: Some(service),
+                                    workload: Some(w),
+                                },
+                                None => Routed {
+                                    plan: to_workload(&w, target, dst.ip()),
+                                    service: Some(service),
+                                    workload: Some(w),
+                                },
+                            }
+                        }
                     }
                 }
                 Some((w, target)) => {
@@ -273,9 +275,10 @@ pub(super) async fn handle(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpStre
         Ok(Plan::Resolve { host, port, like }) => Box::pin(async {
             // An answer must not lead where a ServiceEntry could not: the pod itself, the
             // node's link-local services, a meshed pod or a Service's address in plaintext.
+            let own = service.as_ref().map(|s| s.key.clone());
             let allowed = |ip| {
                 let state = proxy.state.read().unwrap_or_else(|p| p.into_inner());
-                ambit_dataplane::resolve::outside_ok(&state, network, ip)
+                ambit_dataplane::resolve::outside_ok(&state, network, ip, own.as_deref())
             };
             let ip = match proxy.resolver.resolve_outside(&host, like, allowed).await {
                 Ok(ip) => ip,

@@ -201,6 +201,15 @@ fn no_service_entry_takes_traffic_addressed_to_a_meshed_pod() {
         let routed = route(&s, "", "240.0.0.9:80".parse().unwrap(), None);
         assert!(matches!(routed.plan, Err(RouteError::Forbidden(_))), "{vip}: {routed:?}");
     }
+    // An entry's own address as its endpoint (STATIC with `addresses: [X]`, `endpoints: [X]`)
+    // is the entry's, not another service's: allowed.
+    let mut s = State::default();
+    s.insert_service(svc("egress", "db.example", [203, 0, 113, 9]));
+    let mut endpoint = wl("se-ep", "egress", "default", "203.0.113.9", Some("egress/db.example"), true);
+    endpoint.hbone = false;
+    s.insert_workload(endpoint);
+    let routed = route(&s, "", "203.0.113.9:80".parse().unwrap(), None);
+    assert!(matches!(routed.plan, Ok(Plan::Direct(_))), "{routed:?}");
 }
 
 #[test]
