@@ -508,3 +508,18 @@ spec: {hosts: [cart.shop.svc.cluster.local, other.example.com], addresses: [203.
     let ep = workload(&changes, "Kubernetes/networking.istio.io/ServiceEntry/shop/grab/203.0.113.8");
     assert!(!ep.services.contains_key("shop/cart.shop.svc.cluster.local"), "its endpoints do not join the Service");
 }
+
+#[test]
+fn a_service_entry_asking_for_a_missing_waypoint_is_not_routed_around_it() {
+    use ambit_shared::proto::workload::gateway_address::Destination;
+    let mut index = Index::new(MeshSettings::default());
+    let changes = index.apply(objects(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: www, namespace: egress, labels: {istio.io/use-waypoint: not-there}}
+spec: {hosts: [www.example.com], ports: [{number: 80, name: http}], resolution: DNS}",
+    ));
+    let s = service_change(&changes, "egress/www.example.com").unwrap();
+    match s.waypoint.and_then(|w| w.destination) {
+        Some(Destination::Hostname(h)) => assert_eq!(h.hostname, "not-there.egress.svc.cluster.local"),
+        other => panic!("the entry must keep its waypoint by name (connections refused), got {other:?}"),
+    }
+}

@@ -4,15 +4,15 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ambit_shared::proto::workload::{
-    load_balancing, AppProtocol, IpFamilies, LoadBalancing, NetworkAddress, Port, PortList, Service as PbService,
-    TunnelProtocol, Workload, WorkloadStatus,
+    gateway_address, load_balancing, AppProtocol, GatewayAddress, IpFamilies, LoadBalancing, NamespacedHostname,
+    NetworkAddress, Port, PortList, Service as PbService, TunnelProtocol, Workload, WorkloadStatus,
 };
 use ambit_shared::Cidr;
 
 use crate::model::{keys, IntOrString, Kind, Object, Service, ServiceEntry};
 use crate::store::Store;
 use crate::translate::allocate::HostKey;
-use crate::translate::workload::{ip_bytes, waypoint_for};
+use crate::translate::workload::{ip_bytes, requested_waypoint, waypoint_for};
 use crate::translate::MeshSettings;
 
 /// The resource name of a service: `<namespace>/<hostname>`.
@@ -221,12 +221,30 @@ pub fn translate_service_entry(
             addresses: addresses_of(host),
             ports: ports.clone(),
             subject_alt_names: se.spec.subject_alt_names.clone(),
-            waypoint: waypoint_for(&se.metadata.labels, ns, false, store, mesh),
+            waypoint: entry_waypoint(se, ns, store, mesh),
             load_balancing: passthrough
                 .then(|| LoadBalancing { mode: load_balancing::Mode::Passthrough as i32, ..Default::default() }),
             ..Default::default()
         })
         .collect()
+}
+
+/// The waypoint an entry's traffic goes through. One it asks for that does not exist (or does
+/// not serve services) is still its waypoint, by name: connections to the entry fail until it
+/// exists, rather than going around the policies meant to apply there.
+fn entry_waypoint(se: &ServiceEntry, ns: &str, store: &Store, mesh: &MeshSettings) -> Option<GatewayAddress> {
+    if let Some(gw) = waypoint_for(&se.metadata.labels, ns, false, store, mesh) {
+        return Some(gw);
+    }
+    let (wp_ns, name) = requested_waypoint(&se.metadata.labels, ns, store)?;
+    tracing::warn!(entry = %se.metadata.name, waypoint = %format!("{wp_ns}/{name}"), "ServiceEntry asks for a waypoint that does not serve it; its traffic is refused until it does");
+    Some(GatewayAddress {
+        destination: Some(gateway_address::Destination::Hostname(NamespacedHostname {
+            hostname: mesh.hostname(&name, &wp_ns),
+            namespace: wp_ns,
+        })),
+        hbone_mtls_port: u32::from(ambit_shared::hbone::HBONE_PORT),
+    })
 }
 
 /// The workloads behind a ServiceEntry, as istiod builds them for ztunnel, all outside the

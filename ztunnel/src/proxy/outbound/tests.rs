@@ -234,3 +234,23 @@ fn dns_answers_may_not_lead_to_the_pod_or_the_node() {
         assert!(ambit_dataplane::resolve::routable(good.parse().unwrap()), "{good}");
     }
 }
+
+#[test]
+fn a_waypoint_that_does_not_exist_refuses_the_connection() {
+    use ambit_shared::proto::workload::NamespacedHostname;
+    let mut s = State::default();
+    let mut entry = svc("egress", "www.example.com", [240, 240, 0, 9]);
+    entry.waypoint = Some(GatewayAddress {
+        destination: Some(gateway_address::Destination::Hostname(NamespacedHostname {
+            namespace: "egress".into(),
+            hostname: "not-there.egress.svc.cluster.local".into(),
+        })),
+        hbone_mtls_port: 15008,
+    });
+    s.insert_service(entry);
+    let mut endpoint = wl("ep", "egress", "default", "203.0.113.5", Some("egress/www.example.com"), true);
+    endpoint.hbone = false;
+    s.insert_workload(endpoint);
+    let routed = route(&s, "", "240.240.0.9:80".parse().unwrap(), None);
+    assert!(matches!(routed.plan, Err(RouteError::Waypoint(_))), "never around the waypoint: {routed:?}");
+}
