@@ -109,23 +109,23 @@ impl DnsProxy {
         Arc::new(DnsProxy { state, forwarder, metrics, in_flight: Arc::new(Semaphore::new(IN_FLIGHT)) })
     }
 
-    /// Opens the pod's DNS listeners (UDP and TCP on loopback, IPv6 too when the pod has it)
-    /// and serves them until `stop`; the tasks are returned so the pod's removal aborts them.
+    /// Opens the pod's DNS listeners (UDP and TCP on loopback; IPv6 too when the pod has IPv6,
+    /// as its other listeners found) and serves them until `stop`; the tasks are returned so
+    /// the pod's removal aborts them. A listener that cannot be opened is an error: the pod's
+    /// rules would redirect its DNS to nothing.
     pub fn serve_pod(
         self: &Arc<Self>,
         netns: &Netns,
+        ipv6: bool,
         client: Client,
         stop: watch::Receiver<bool>,
     ) -> io::Result<Vec<AbortHandle>> {
         let mut addrs = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT))];
-        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, DNS_PORT));
         let mut sockets = vec![(udp_in(netns, addrs[0])?, tcp_in(netns, addrs[0])?)];
-        match (udp_in(netns, v6), tcp_in(netns, v6)) {
-            (Ok(u), Ok(t)) => {
-                sockets.push((u, t));
-                addrs.push(v6);
-            }
-            (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "no IPv6 DNS listener in the pod"),
+        if ipv6 {
+            let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, DNS_PORT));
+            sockets.push((udp_in(netns, v6)?, tcp_in(netns, v6)?));
+            addrs.push(v6);
         }
         let mut tasks = Vec::new();
         let limits = PodLimits {

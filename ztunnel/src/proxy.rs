@@ -238,7 +238,7 @@ impl Proxy {
                 cluster_domain: Arc::from(self.config.cluster_domain.as_str()),
             };
             let dns_tasks = dns
-                .serve_pod(&pod.netns, client, stopped.clone())
+                .serve_pod(&pod.netns, listeners.len() > 1, client, stopped.clone())
                 .map_err(|source| PodError::Listen { port: crate::dns_proxy::DNS_PORT, source })?;
             tasks.extend(dns_tasks);
         }
