@@ -14,20 +14,27 @@ use rustls::pki_types::ServerName;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BODY: usize = 1024 * 1024;
 
-/// TLS for public endpoints: the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured).
+/// The system's root certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured), read once.
+pub fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "reading the system's root certificates");
+            }
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            tracing::debug!(added, ignored, "system roots");
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// TLS for public endpoints: the system's roots.
 pub fn system_tls() -> Arc<rustls::ClientConfig> {
     static TLS: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    TLS.get_or_init(|| {
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        for e in &found.errors {
-            tracing::warn!(error = %e, "reading the system's root certificates");
-        }
-        let (added, ignored) = roots.add_parsable_certificates(found.certs);
-        tracing::debug!(added, ignored, "system roots for HTTPS fetches");
-        tls_with_roots(roots)
-    })
-    .clone()
+    TLS.get_or_init(|| tls_with_roots(Arc::unwrap_or_clone(system_roots()))).clone()
 }
 
 /// TLS 1.2/1.3 (aws-lc-rs) trusting `roots`, ALPN `http/1.1`.

@@ -267,8 +267,13 @@ impl DnsProxy {
     /// What can be done without going upstream: the message is parsed before the mesh state
     /// is locked, and the lock is held only to look the name up.
     pub fn local(&self, packet: &[u8], client: &Client, transport: Transport) -> Local {
+        // The largest reply the asker takes, read from the query parsed once.
+        let mut limit = usize::from(u16::MAX);
         let decision = match answer::parse(packet) {
             Ok(query) => {
+                if transport == Transport::Udp {
+                    limit = answer::udp_limit(&query);
+                }
                 let state = self.state.read().unwrap_or_else(|p| p.into_inner());
                 answer::decide_query(query, &state, client)
             }
@@ -282,11 +287,6 @@ impl DnsProxy {
             }
             Decision::Answer(response) => {
                 self.metrics.outcome("answered");
-                let limit = match (transport, Message::from_vec(packet)) {
-                    (Transport::Udp, Ok(q)) => answer::udp_limit(&q),
-                    (Transport::Udp, Err(_)) => 512,
-                    (Transport::Tcp, _) => usize::from(u16::MAX),
-                };
                 answer::encode_for_udp(*response, limit).map_or(Local::Nothing, Local::Reply)
             }
             Decision::Forward(query) => Local::Forward(query),

@@ -21,14 +21,7 @@ pub struct UpstreamTls {
 impl UpstreamTls {
     pub fn new() -> Self {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        for e in &found.errors {
-            tracing::warn!(error = %e, "reading the system's root certificates");
-        }
-        let (added, _) = roots.add_parsable_certificates(found.certs);
-        tracing::debug!(added, "system roots for TLS originated to endpoints outside the mesh");
-        let roots = Arc::new(roots);
+        let roots = crate::fetch::system_roots();
         let build = |verify: bool, h2: bool| -> Arc<ClientConfig> {
             let builder =
                 match ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions() {
