@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
+use ambit_shared::api::gateway_resource;
+use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, GATEWAY, WAYPOINT_SERVICE};
 use ambit_shared::proto::workload::{address, Address};
 use ambit_shared::proto::Any;
 use prost::Message;
@@ -19,6 +20,7 @@ use crate::model::{Kind, Labels, Object, ObjectKey};
 use crate::store::{selects, Store};
 use crate::translate::allocate::{allocations, HostKey};
 use crate::translate::authz::{self, peer_authn_outcome, PeerAuthnChain};
+use crate::translate::ingress::is_ingress;
 use crate::translate::service::{
     service_entry_endpoints, service_resource_name, translate_service, translate_service_entry, without_service_hosts,
 };
@@ -54,6 +56,9 @@ struct Dirty {
     services_in: BTreeSet<Arc<str>>,
     all_services: bool,
     peer_authn: bool,
+    /// Every ingress gateway (their routes, certificates, backends and policies may have
+    /// changed; there are few of them).
+    ingress: bool,
 }
 
 impl Dirty {
@@ -160,6 +165,23 @@ impl Index {
 
     fn mark(&self, dirty: &mut Dirty, key: &ObjectKey, previous: Option<&Object>, current: Option<&Object>) {
         let ns = &key.namespace;
+        // What an ingress gateway's configuration or status reads.
+        if matches!(
+            key.kind,
+            Kind::Gateway
+                | Kind::HttpRoute
+                | Kind::GrpcRoute
+                | Kind::TlsRoute
+                | Kind::TcpRoute
+                | Kind::Secret
+                | Kind::ReferenceGrant
+                | Kind::Service
+                | Kind::Namespace
+                | Kind::AuthorizationPolicy
+                | Kind::RequestAuthentication
+        ) {
+            dirty.ingress = true;
+        }
         match key.kind {
             Kind::Pod => {
                 dirty.pods.insert(key.clone());
@@ -237,6 +259,8 @@ impl Index {
             Kind::Gateway => {
                 dirty.all_pods = true;
                 dirty.all_services = true;
+                // Gone: its configuration goes with it.
+                dirty.objects.insert(key.clone());
             }
             Kind::RequestAuthentication => {
                 dirty.services_in.insert(ns.clone());
@@ -288,7 +312,12 @@ impl Index {
                     }
                 }
             }
-            Kind::Node | Kind::ServiceAccount => {}
+            Kind::Node
+            | Kind::ServiceAccount
+            | Kind::Secret
+            | Kind::ReferenceGrant
+            | Kind::TlsRoute
+            | Kind::TcpRoute => {}
         }
     }
 
@@ -320,6 +349,14 @@ impl Index {
                     objects.extend(self.store.list(kind, Some(ns)).map(Object::key));
                 }
             }
+        }
+        if dirty.ingress {
+            objects.extend(
+                self.store
+                    .list(Kind::Gateway, None)
+                    .filter(|o| matches!(o, Object::Gateway(g) if is_ingress(g)))
+                    .map(Object::key),
+            );
         }
         if objects.iter().any(|k| k.kind == Kind::ServiceEntry) {
             self.allocated = allocations(&self.store, &self.mesh.auto_allocate);
@@ -418,6 +455,14 @@ impl Index {
                         vec![Change { type_url: AUTHORIZATION, name, body: Some(any(AUTHORIZATION, &a)) }]
                     })
                     .unwrap_or_default()
+            }
+            Object::Gateway(g) if is_ingress(g) => {
+                let ingress = crate::translate::ingress::translate(g, &self.store, mesh);
+                vec![Change {
+                    type_url: GATEWAY,
+                    name: gateway_resource(&key.namespace, &key.name),
+                    body: Some(any(GATEWAY, &ingress.config)),
+                }]
             }
             _ => Vec::new(),
         }

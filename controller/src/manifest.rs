@@ -73,6 +73,9 @@ pub fn parse_object_or_substitute(origin: &str, value: serde_json::Value) -> Res
     })
 }
 
+/// The only Secret type the controller reads.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
 /// Parses one document into a model object and validates it.
 pub fn parse_object(origin: &str, value: serde_json::Value) -> Result<Parsed, Rejection> {
     let Some(obj) = value.as_object() else {
@@ -113,8 +116,15 @@ pub fn parse_object(origin: &str, value: serde_json::Value) -> Result<Parsed, Re
         namespace: if k.is_namespaced() { ns.filter(|n| !n.is_empty()).unwrap_or("default") } else { "" }.into(),
         name: name.into(),
     };
+    let parent_refs = match k {
+        Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute => {
+            value.get("spec").and_then(|s| s.get("parentRefs")).and_then(|p| p.as_array()).cloned().unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
     typed_object(k, &label, value).map_err(|mut r| {
         r.key = Some(key);
+        r.parent_refs = parent_refs;
         r
     })
 }
@@ -145,6 +155,17 @@ fn typed_object(k: Kind, label: &str, value: serde_json::Value) -> Result<Parsed
         Kind::RequestAuthentication => Object::RequestAuthentication(typed(&label, value)?),
         Kind::VirtualService => Object::VirtualService(typed(&label, value)?),
         Kind::Sidecar => Object::Sidecar(typed(&label, value)?),
+        Kind::Secret => {
+            // Only TLS certificates are read (an ingress listener's); other Secrets are not
+            // the mesh's to hold.
+            if value.get("type").and_then(|t| t.as_str()) != Some(TLS_SECRET_TYPE) {
+                return Ok(Parsed::Ignored { api_version: "v1".into(), kind: "Secret".into() });
+            }
+            Object::Secret(typed(&label, value)?)
+        }
+        Kind::ReferenceGrant => Object::ReferenceGrant(typed(&label, value)?),
+        Kind::TlsRoute => Object::TlsRoute(typed(&label, value)?),
+        Kind::TcpRoute => Object::TcpRoute(typed(&label, value)?),
     };
     normalize_namespace(&mut object);
     validate(&label, &object)?;
@@ -159,7 +180,6 @@ fn known_but_unread(api_version: &str, kind: &str) -> Option<bool> {
     let kinds: &[&str] = match group {
         "" => &[
             "ConfigMap",
-            "Secret",
             "Endpoints",
             "Event",
             "LimitRange",
@@ -177,9 +197,7 @@ fn known_but_unread(api_version: &str, kind: &str) -> Option<bool> {
         "networking.istio.io" => {
             &["VirtualService", "Gateway", "WorkloadEntry", "WorkloadGroup", "ProxyConfig", "EnvoyFilter"]
         }
-        "gateway.networking.k8s.io" => {
-            &["GatewayClass", "TCPRoute", "TLSRoute", "UDPRoute", "ReferenceGrant", "BackendTLSPolicy"]
-        }
+        "gateway.networking.k8s.io" => &["GatewayClass", "UDPRoute", "BackendTLSPolicy", "ListenerSet", "XListenerSet"],
         "telemetry.istio.io" => &["Telemetry"],
         _ => return None,
     };
@@ -213,6 +231,10 @@ fn normalize_namespace(object: &mut Object) {
         Object::RequestAuthentication(o) => &mut o.metadata,
         Object::VirtualService(o) => &mut o.metadata,
         Object::Sidecar(o) => &mut o.metadata,
+        Object::Secret(o) => &mut o.metadata,
+        Object::ReferenceGrant(o) => &mut o.metadata,
+        Object::TlsRoute(o) => &mut o.metadata,
+        Object::TcpRoute(o) => &mut o.metadata,
         Object::Namespace(_) | Object::Node(_) => return,
     };
     if meta.namespace.as_deref().unwrap_or("").is_empty() {
@@ -233,14 +255,21 @@ fn validate(label: &str, object: &Object) -> Result<(), Rejection> {
             if g.spec.gateway_class_name.is_empty() {
                 return Err(r("spec.gatewayClassName".into(), "required".into()));
             }
+            crate::translate::ingress::validate_gateway(label, g)?;
         }
+        Object::TlsRoute(route) => crate::translate::ingress::validate_l4_route(label, &route.spec, true)?,
+        Object::TcpRoute(route) => crate::translate::ingress::validate_l4_route(label, &route.spec, false)?,
         Object::HttpRoute(route) => crate::translate::waypoint::validate_http_route(label, route)?,
         Object::GrpcRoute(route) => crate::translate::waypoint::validate_grpc_route(label, route)?,
         Object::DestinationRule(dr) => crate::translate::waypoint::validate_destination_rule(label, dr)?,
         Object::RequestAuthentication(ra) => crate::translate::waypoint::validate_request_authentication(label, ra)?,
         Object::VirtualService(vs) => crate::translate::waypoint::validate_virtual_service(label, vs)?,
         Object::Sidecar(sc) => validate_sidecar(label, sc)?,
-        Object::Namespace(_) | Object::Node(_) | Object::ServiceAccount(_) => {}
+        Object::Namespace(_)
+        | Object::Node(_)
+        | Object::ServiceAccount(_)
+        | Object::Secret(_)
+        | Object::ReferenceGrant(_) => {}
     }
     Ok(())
 }

@@ -31,6 +31,11 @@ pub enum Kind {
     RequestAuthentication,
     VirtualService,
     Sidecar,
+    /// Only `kubernetes.io/tls` Secrets: an ingress listener's certificate.
+    Secret,
+    ReferenceGrant,
+    TlsRoute,
+    TcpRoute,
 }
 
 impl Kind {
@@ -53,6 +58,10 @@ impl Kind {
             ("gateway.networking.k8s.io", "Gateway") => Kind::Gateway,
             ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
             ("gateway.networking.k8s.io", "GRPCRoute") => Kind::GrpcRoute,
+            ("gateway.networking.k8s.io", "TLSRoute") => Kind::TlsRoute,
+            ("gateway.networking.k8s.io", "TCPRoute") => Kind::TcpRoute,
+            ("gateway.networking.k8s.io", "ReferenceGrant") => Kind::ReferenceGrant,
+            ("", "Secret") => Kind::Secret,
             _ => return None,
         })
     }
@@ -130,6 +139,10 @@ pub enum Object {
     RequestAuthentication(RequestAuthentication),
     VirtualService(VirtualService),
     Sidecar(Sidecar),
+    Secret(Secret),
+    ReferenceGrant(ReferenceGrant),
+    TlsRoute(TlsRoute),
+    TcpRoute(TcpRoute),
 }
 
 impl Object {
@@ -150,6 +163,10 @@ impl Object {
             Object::RequestAuthentication(o) => &o.metadata,
             Object::VirtualService(o) => &o.metadata,
             Object::Sidecar(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
+            Object::TlsRoute(o) => &o.metadata,
+            Object::TcpRoute(o) => &o.metadata,
         }
     }
 
@@ -170,6 +187,10 @@ impl Object {
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::VirtualService(_) => Kind::VirtualService,
             Object::Sidecar(_) => Kind::Sidecar,
+            Object::Secret(_) => Kind::Secret,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::TlsRoute(_) => Kind::TlsRoute,
+            Object::TcpRoute(_) => Kind::TcpRoute,
         }
     }
 
@@ -271,6 +292,43 @@ pub struct Service {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: ServiceSpec,
+    #[serde(default)]
+    pub status: ServiceStatus,
+}
+
+impl Service {
+    /// Its cluster IPs (`clusterIPs`, else `clusterIP`), as written.
+    pub fn cluster_ips(&self) -> impl Iterator<Item = &str> {
+        let one = self.spec.cluster_ips.is_empty().then_some(self.spec.cluster_ip.as_deref()).flatten();
+        self.spec.cluster_ips.iter().map(String::as_str).chain(one)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerStatus>,
+}
+
+impl ServiceStatus {
+    pub fn load_balancer_ingress(&self) -> &[LoadBalancerIngress] {
+        self.load_balancer.as_ref().map_or(&[], |l| &l.ingress)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct LoadBalancerStatus {
+    #[serde(default)]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct LoadBalancerIngress {
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -910,6 +968,37 @@ pub struct HttpCookie {
     pub name: String,
 }
 
+// --- core/v1 Secret (kubernetes.io/tls) -----------------------------------------------------
+
+#[derive(Clone, Deserialize, PartialEq)]
+pub struct Secret {
+    pub metadata: ObjectMeta,
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// Base64 values by key (`tls.crt`, `tls.key`); never logged or shown.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("type", &self.type_)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Secret {
+    /// A value, base64-decoded.
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let v = self.data.get(key)?;
+        base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()
+    }
+}
+
 // --- gateway.networking.k8s.io/v1 ----------------------------------------------------------
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -929,11 +1018,76 @@ pub struct GatewaySpec {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct Listener {
     #[serde(default)]
     pub name: String,
     pub port: u16,
     pub protocol: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    #[serde(default)]
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// `Terminate` (default) or `Passthrough`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub certificate_refs: Vec<SecretObjectReference>,
+    /// Read to refuse it by name: we do not support any option.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, serde::Serialize)]
+pub struct SecretObjectReference {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct AllowedRoutes {
+    #[serde(default)]
+    pub namespaces: Option<RouteNamespaces>,
+    #[serde(default)]
+    pub kinds: Vec<RouteGroupKind>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RouteNamespaces {
+    /// `Same` (default), `All` or `Selector`.
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub selector: Option<NamespaceSelector>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSelector {
+    #[serde(default)]
+    pub match_labels: Labels,
+    /// Not supported: a listener using it is refused (by name), never read as "all".
+    #[serde(default)]
+    pub match_expressions: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, serde::Serialize)]
+pub struct RouteGroupKind {
+    #[serde(default)]
+    pub group: Option<String>,
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -949,20 +1103,95 @@ pub struct GatewayStatusAddress {
     pub value: String,
 }
 
-/// A route's parent: for waypoints (GAMMA), a Service (`group: ""`, `kind: Service`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ReferenceGrant {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ReferenceGrantSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ReferenceGrantSpec {
+    #[serde(default)]
+    pub from: Vec<ReferenceGrantFrom>,
+    #[serde(default)]
+    pub to: Vec<ReferenceGrantTo>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ReferenceGrantFrom {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ReferenceGrantTo {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// TLSRoute (v1alpha2 and later): TLS passed through by SNI.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TlsRoute {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: L4RouteSpec,
+}
+
+/// TCPRoute (v1alpha2).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TcpRoute {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: L4RouteSpec,
+}
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+pub struct L4RouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentReference>,
+    /// TLSRoute only.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<L4RouteRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct L4RouteRule {
+    #[serde(default)]
+    pub backend_refs: Vec<L4BackendRef>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct L4BackendRef {
+    #[serde(flatten)]
+    pub backend: BackendObjectReference,
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// A route's parent: for waypoints (GAMMA), a Service (`group: ""`, `kind: Service`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ParentReference {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
 }
 

@@ -87,7 +87,7 @@ pub fn admin_routes(shared: Shared) -> AdminRoutes {
         "/debug/routes" => {
             let index = shared.index.read().unwrap_or_else(|p| p.into_inner());
             Some(
-                serde_json::to_string_pretty(&route_statuses(index.store(), &shared.rejections.all()))
+                serde_json::to_string_pretty(&route_statuses(index.store(), index.mesh(), &shared.rejections.all()))
                     .unwrap_or_default(),
             )
         }
@@ -96,56 +96,81 @@ pub fn admin_routes(shared: Shared) -> AdminRoutes {
 }
 
 /// Every Gateway API route's status as it would be written in Kubernetes (`/debug/routes`, for
-/// directory mode): accepted routes per parent; rejected ones with the reason naming the field.
+/// directory mode): `status.parents`, one entry per parentRef of ours — a Service (a waypoint's
+/// route) or an ingress Gateway of ours — with `Accepted` and `ResolvedRefs` and their reasons;
+/// a refused route's entries say why (the field named).
 pub fn route_statuses(
     store: &crate::store::Store,
+    mesh: &crate::translate::MeshSettings,
     rejections: &std::collections::BTreeMap<String, Vec<crate::rejection::Rejection>>,
 ) -> Vec<serde_json::Value> {
+    use crate::deploy::status::{merge_route_parents, rfc3339_now, route_parents, RouteVerdict, CONTROLLER_NAME};
     use crate::model::{Kind, Object, ParentReference};
-    let parent_json = |p: &ParentReference| {
-        let mut v = serde_json::json!({"name": p.name});
-        for (key, value) in
-            [("group", &p.group), ("kind", &p.kind), ("namespace", &p.namespace), ("sectionName", &p.section_name)]
-        {
-            if let Some(value) = value {
-                v[key] = value.clone().into();
-            }
-        }
-        if let Some(port) = p.port {
-            v["port"] = port.into();
-        }
-        v
+    let kind_name = |k: Kind| match k {
+        Kind::HttpRoute => "HTTPRoute",
+        Kind::GrpcRoute => "GRPCRoute",
+        Kind::TlsRoute => "TLSRoute",
+        _ => "TCPRoute",
     };
+    let mut gateway_entries: std::collections::BTreeMap<(Kind, String, String), Vec<serde_json::Value>> =
+        crate::deploy::status::ingress_statuses(store, mesh)
+            .into_iter()
+            .filter(|((k, _, _), _)| *k != Kind::Gateway)
+            .map(|(key, status)| (key, status["parents"].as_array().cloned().unwrap_or_default()))
+            .collect();
+    let now = rfc3339_now();
     let mut out = Vec::new();
-    for (kind, kind_name) in [(Kind::HttpRoute, "HTTPRoute"), (Kind::GrpcRoute, "GRPCRoute")] {
+    for kind in [Kind::HttpRoute, Kind::GrpcRoute, Kind::TlsRoute, Kind::TcpRoute] {
         for object in store.list(kind, None) {
-            let (meta, parents) = match object {
+            let (meta, parents): (_, &[ParentReference]) = match object {
                 Object::HttpRoute(r) => (&r.metadata, &r.spec.parent_refs),
                 Object::GrpcRoute(r) => (&r.metadata, &r.spec.parent_refs),
+                Object::TlsRoute(r) => (&r.metadata, &r.spec.parent_refs),
+                Object::TcpRoute(r) => (&r.metadata, &r.spec.parent_refs),
                 _ => continue,
             };
-            let refs: Vec<serde_json::Value> = parents.iter().map(parent_json).collect();
+            let refs: Vec<serde_json::Value> = parents.iter().filter_map(|p| serde_json::to_value(p).ok()).collect();
+            let ns = meta.namespace.clone().unwrap_or_default();
+            let mut ours = route_parents(&refs, &RouteVerdict::default());
+            ours.extend(gateway_entries.remove(&(kind, ns.clone(), meta.name.clone())).unwrap_or_default());
             out.push(serde_json::json!({
-                "kind": kind_name,
-                "namespace": meta.namespace,
+                "kind": kind_name(kind),
+                "namespace": ns,
                 "name": meta.name,
-                "status": {"parents": crate::deploy::status::merge_route_parents(
-                    &[],
-                    crate::deploy::status::route_parents(&refs, &Default::default()),
-                    &crate::deploy::status::rfc3339_now(),
-                ).unwrap_or_default()},
+                "status": {"parents": merge_route_parents(&[], ours, &now).unwrap_or_default()},
             }));
         }
     }
-    // Rejections are kept per source (a file, an object); each names its object.
-    let mut rejected: std::collections::BTreeMap<&str, Vec<String>> = std::collections::BTreeMap::new();
+    // Refused routes: each parent of ours says why.
     for r in rejections.values().flatten() {
-        if r.object.starts_with("HTTPRoute ") || r.object.starts_with("GRPCRoute ") {
-            rejected.entry(r.object.as_str()).or_default().push(r.to_string());
+        let Some(key) = r
+            .key
+            .as_ref()
+            .filter(|k| matches!(k.kind, Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute))
+        else {
+            continue;
+        };
+        let verdict = RouteVerdict { rejection: Some(r), generation: None };
+        let mut ours = route_parents(&r.parent_refs, &verdict);
+        let refused = serde_json::json!([{"type": "Accepted", "status": "False", "reason": "UnsupportedValue", "message": r.to_string()}]);
+        for p in &r.parent_refs {
+            let Ok(parent) = serde_json::from_value::<ParentReference>(p.clone()) else { continue };
+            let gw_ns = parent.namespace.as_deref().unwrap_or(&key.namespace);
+            let is_gateway = parent.group.as_deref().unwrap_or("gateway.networking.k8s.io")
+                == "gateway.networking.k8s.io"
+                && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway";
+            if is_gateway && store.gateway(gw_ns, &parent.name).is_some_and(crate::translate::ingress::is_ingress) {
+                ours.push(
+                    serde_json::json!({"parentRef": p, "controllerName": CONTROLLER_NAME, "conditions": refused}),
+                );
+            }
         }
-    }
-    for (object, why) in rejected {
-        out.push(serde_json::json!({"object": object, "accepted": false, "reasons": why}));
+        out.push(serde_json::json!({
+            "kind": kind_name(key.kind),
+            "namespace": key.namespace,
+            "name": key.name,
+            "status": {"parents": merge_route_parents(&[], ours, &now).unwrap_or_default()},
+        }));
     }
     out
 }

@@ -5,12 +5,15 @@
 //! - `authz`: AuthorizationPolicy and PeerAuthentication → `istio.security.Authorization`.
 //!
 //! - `waypoint`: a service bound to a waypoint → `ambit.waypoint.ServiceConfig` (routes,
-//!   authorization policies for the waypoint).
+//!   authorization policies for the waypoint);
+//! - `ingress`: an ingress gateway → `ambit.waypoint.GatewayConfig` (listeners, certificates,
+//!   attached routes) and its Gateway API status.
 //!
 //! Pure functions of model values and a read-only view of the store; no I/O.
 
 pub mod allocate;
 pub mod authz;
+pub mod ingress;
 pub mod service;
 pub mod waypoint;
 pub mod workload;

@@ -20,3 +20,15 @@ pub mod keys {
 
 /// Gateway classes that make a Gateway a waypoint (ours, and Istio's as an alias).
 pub const WAYPOINT_CLASSES: &[&str] = &["ambit-waypoint", "istio-waypoint"];
+
+/// Gateway classes that make a Gateway an ingress gateway (ours, and Istio's as an alias).
+pub const INGRESS_CLASSES: &[&str] = &["ambit", "istio"];
+
+/// The controller name in our GatewayClasses and in route status `parents[].controllerName`.
+pub const CONTROLLER_NAME: &str = "ambit.dev/waypoint-controller";
+
+/// The resource name of an ingress gateway's configuration, and who may read it: the
+/// gateway's service account is its name.
+pub fn gateway_resource(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}

@@ -75,6 +75,9 @@ pub mod type_url {
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
     /// Ambit's L7 configuration of one service bound to a waypoint.
     pub const WAYPOINT_SERVICE: &str = "type.googleapis.com/ambit.waypoint.ServiceConfig";
+    /// Ambit's configuration of one ingress gateway (listeners, certificates, routes); sent
+    /// only to the gateway's own identity.
+    pub const GATEWAY: &str = "type.googleapis.com/ambit.waypoint.GatewayConfig";
 }
 
 pub use ambit::waypoint;

@@ -408,5 +408,8 @@ pub fn peer_identity_of(conn: &rustls::CommonState) -> Option<Identity> {
     conn.peer_certificates().and_then(|c| c.first()).and_then(|c| identity_of_der(c).ok())
 }
 
+mod listener_key;
+pub use listener_key::{listener_key, ListenerKeyError};
+
 #[cfg(test)]
 mod tests;

@@ -94,8 +94,10 @@ pub struct Config {
     /// Sent as `authorization: Bearer <token>`.
     pub token: Option<grpc::Token>,
     pub node: Node,
-    /// Type URLs to subscribe to (wildcard).
+    /// Type URLs to subscribe to (wildcard, unless `names` lists the names wanted).
     pub types: Vec<&'static str>,
+    /// Per type, the only resource names subscribed to; a type not here is wildcard.
+    pub names: HashMap<&'static str, Vec<String>>,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -108,6 +110,7 @@ impl Config {
             token: None,
             node,
             types,
+            names: HashMap::new(),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(15),
         }
@@ -168,6 +171,7 @@ impl Client {
                 // The node goes on the first request of a stream only.
                 node: (i == 0).then(|| self.config.node.clone()),
                 type_url: (*t).to_owned(),
+                resource_names_subscribe: self.config.names.get(t).cloned().unwrap_or_default(),
                 initial_resource_versions: self.versions.get(t).cloned().unwrap_or_default(),
                 ..Default::default()
             })

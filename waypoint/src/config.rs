@@ -78,11 +78,31 @@ pub struct Config {
     /// DECODE_AND_MERGE_SLASHES.
     #[arg(long, env = "PATH_NORMALIZATION", default_value = "BASE")]
     pub path_normalization: String,
+    /// What this proxy is: `waypoint` (HBONE in, for the services bound to its Gateway) or
+    /// `ingress` (its Gateway's listeners, for clients outside the mesh).
+    #[arg(long, env = "PROXY_MODE", value_enum, default_value_t = Mode::Waypoint)]
+    pub mode: Mode,
+    /// Ingress mode: the address the listeners bind (their ports come from the Gateway).
+    #[arg(long, env = "INGRESS_BIND_IP", default_value = "0.0.0.0")]
+    pub ingress_bind_ip: std::net::IpAddr,
+    /// Ingress mode: connections open at once over all listeners; more are closed at accept.
+    #[arg(long, env = "INGRESS_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub ingress_max_connections: usize,
     /// Connection and stream budgets of the HBONE listeners (all of them together).
     #[command(flatten)]
     pub hbone_limits: ambit_shared::hbone::server::Limits,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// What the proxy serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A waypoint: HBONE in, for the services (and workloads) bound to its Gateway.
+    Waypoint,
+    /// An ingress gateway: its Gateway's listeners, for clients outside the mesh.
+    Ingress,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +119,8 @@ pub enum ConfigError {
     Otlp(String),
     #[error("--worker-threads must be at least 1")]
     Workers,
+    #[error("--ingress-max-connections must be at least 1")]
+    IngressConnections,
     #[error("--path-normalization / PATH_NORMALIZATION {0:?}: expected NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")]
     Normalization(String),
     #[error(transparent)]
@@ -126,6 +148,9 @@ impl Config {
         }
         if self.worker_threads == 0 {
             return Err(ConfigError::Workers);
+        }
+        if self.ingress_max_connections == 0 {
+            return Err(ConfigError::IngressConnections);
         }
         self.normalization()?;
         distinct_addresses(&[

@@ -24,7 +24,9 @@ pub mod normalize;
 mod route;
 
 pub use authz::{authorize, Denial, Layer, Policy, Subject};
-pub use route::{BackendRef, Filter, HeaderOps, Matcher, PathMatch, RequestView, Route, RouteMatch};
+pub use route::{
+    host_name, BackendRef, Filter, HeaderOps, HostPattern, Matcher, PathMatch, RequestView, Route, RouteMatch,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -81,6 +83,9 @@ pub struct ServiceL7 {
     pub backend: Option<pb::BackendPolicy>,
     /// RequestAuthentication rules.
     pub jwt: Vec<crate::jwt::Rule>,
+    /// At an ingress gateway: a request no route takes is answered 404 — there is no
+    /// addressed service to fall back to.
+    pub routed_only: bool,
 }
 
 impl ServiceL7 {
@@ -97,6 +102,7 @@ impl ServiceL7 {
             policies: c.policies.iter().map(Policy::compile).collect::<Result<_, _>>()?,
             backend: c.backend.clone(),
             jwt: c.jwt_rules.iter().map(crate::jwt::Rule::compile).collect::<Result<_, _>>()?,
+            routed_only: false,
         })
     }
 

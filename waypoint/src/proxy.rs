@@ -37,6 +37,7 @@ mod body;
 mod downstream;
 mod failure;
 mod inbound;
+pub mod ingress;
 mod pipeline;
 mod telemetry;
 mod upstream;

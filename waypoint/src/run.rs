@@ -1,21 +1,22 @@
 //! Wiring: configuration, the control plane (xDS + CA), the HBONE listener with the HTTP
-//! pipeline, admin endpoints; drain on SIGTERM.
+//! pipeline (or, in ingress mode, the Gateway's listeners), admin endpoints; drain on SIGTERM.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ambit_dataplane::cert_manager::{CaClient, CertManager, ServerTls};
 use ambit_dataplane::state::Updater;
+use ambit_shared::api::gateway_resource;
 use ambit_shared::hbone::client::{Client as HboneClient, PoolSettings};
 use ambit_shared::hbone::server::Server;
-use ambit_shared::proto::type_url::{ADDRESS, WAYPOINT_SERVICE};
+use ambit_shared::proto::type_url::{ADDRESS, GATEWAY, WAYPOINT_SERVICE};
 use ambit_shared::telemetry::{self, Readiness};
 use ambit_shared::tls::{control_plane_client_config, read_roots_file};
 use ambit_shared::xds;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::metrics::Metrics;
 use crate::proxy::{Dialer, Inbound, Me, Options, Waypoint};
 use crate::xds::WaypointUpdater;
@@ -58,10 +59,26 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let workloads = Updater::default();
     let l7 = Arc::default();
     let node = xds::istio_node("waypoint", &config.pod_ip, &config.pod_name, &config.namespace, &config.node_name);
-    let mut xds_config = xds::Config::new(control_plane, tls.clone(), node, vec![ADDRESS, WAYPOINT_SERVICE]);
+    let ingress = config.mode == Mode::Ingress;
+    let mut types = vec![ADDRESS, WAYPOINT_SERVICE];
+    let mut xds_config = if ingress {
+        // Its own configuration only, by name (the controller sends it to no one else).
+        types.push(GATEWAY);
+        let mut c = xds::Config::new(control_plane, tls.clone(), node, types);
+        c.names.insert(GATEWAY, vec![gateway_resource(&config.namespace, &config.gateway)]);
+        c
+    } else {
+        xds::Config::new(control_plane, tls.clone(), node, types)
+    };
     xds_config.token = Some(token.clone());
     let (client, mut synced) = xds::Client::new(xds_config);
-    tokio::spawn(client.run(WaypointUpdater { workloads: workloads.clone(), l7: Arc::clone(&l7) }));
+    let (gateway_tx, gateway_rx) = tokio::sync::watch::channel(None);
+    let gateway_slot = ingress.then(|| Arc::new(gateway_tx));
+    tokio::spawn(client.run(WaypointUpdater {
+        workloads: workloads.clone(),
+        l7: Arc::clone(&l7),
+        gateway: gateway_slot.clone(),
+    }));
 
     let certs = CertManager::new(CaClient { address: control_plane, tls, token, lifetime: config.cert_lifetime() });
     // The first certificate before the listener opens; renewals follow through ServerTls.
@@ -104,6 +121,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // accepted that the waypoint could not yet check; readiness follows.
     tracing::info!("waiting for the control plane's state before listening");
     synced.wait_for(|s| *s).await.context("the xDS client stopped before the first configuration")?;
+    if ingress {
+        return serve_ingress(config, waypoint, gateway_rx, readiness, identity, bound).await;
+    }
     let listener = tokio::net::TcpListener::bind(config.hbone_addr)
         .await
         .with_context(|| format!("binding --hbone-addr {}", config.hbone_addr))?;
@@ -125,5 +145,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(config.drain_seconds), server).await;
     tracing::info!("waypoint stopped");
+    Ok(())
+}
+
+/// Ingress mode: the Gateway's listeners, opened and closed as its configuration changes,
+/// instead of the HBONE listener.
+async fn serve_ingress(
+    config: Config,
+    waypoint: Arc<crate::proxy::Waypoint>,
+    gateway: tokio::sync::watch::Receiver<Option<Arc<crate::gateway::GatewayL7>>>,
+    readiness: Readiness,
+    identity: ambit_shared::Identity,
+    bound: Vec<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    tracing::info!(gateway = %config.gateway, %identity, readiness = %bound[0], metrics = %bound[1], "ingress gateway started");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let listeners = tokio::spawn(crate::proxy::ingress::serve(
+        waypoint,
+        gateway,
+        config.ingress_bind_ip,
+        config.ingress_max_connections,
+        stop_rx,
+    ));
+    readiness.set_ready();
+    tracing::info!("ready: control plane state received, listeners follow the Gateway");
+    ambit_shared::lifecycle::shutdown_signal().await;
+    tracing::info!("ingress gateway stopping: closing the listeners and draining");
+    let _ = stop_tx.send(true);
+    // Open connections get the grace period: every connection's permit back, or the time up.
+    if let Ok(budget) = listeners.await {
+        let all = u32::try_from(config.ingress_max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(Duration::from_secs(config.drain_seconds), budget.acquire_many(all)).await;
+    }
+    tracing::info!("ingress gateway stopped");
     Ok(())
 }

@@ -6,17 +6,22 @@
 use std::sync::Arc;
 
 use ambit_dataplane::state::Updater;
-use ambit_shared::proto::type_url::{ADDRESS, WAYPOINT_SERVICE};
-use ambit_shared::proto::waypoint::ServiceConfig;
+use ambit_shared::proto::type_url::{ADDRESS, GATEWAY, WAYPOINT_SERVICE};
+use ambit_shared::proto::waypoint::{GatewayConfig, ServiceConfig};
 use ambit_shared::xds::{self, Rejection, Update};
 
+use crate::gateway::GatewayL7;
 use crate::l7::ServiceL7;
 use crate::l7::{L7Entry, L7Map};
+use crate::proxy::ingress::GatewaySlot;
 
 #[derive(Clone)]
 pub struct WaypointUpdater {
     pub workloads: Updater,
     pub l7: L7Map,
+    /// An ingress gateway's own configuration (`None` at a waypoint, which does not ask for
+    /// it and refuses it).
+    pub gateway: Option<Arc<GatewaySlot>>,
 }
 
 impl xds::Handler for WaypointUpdater {
@@ -55,6 +60,32 @@ impl xds::Handler for WaypointUpdater {
                             map.insert(r.name.clone(), L7Entry::Rejected(r.reason.as_str().into()));
                         }
                     }
+                }
+                rejected
+            }
+            GATEWAY if self.gateway.is_some() => {
+                let Some(slot) = &self.gateway else { return Vec::new() };
+                let mut rejected = Vec::new();
+                for r in &update.added {
+                    match r
+                        .decode::<GatewayConfig>(GATEWAY)
+                        .map_err(|e| e.to_string())
+                        .and_then(|c| GatewayL7::compile(&c).map_err(|e| e.to_string()))
+                    {
+                        Ok(c) => {
+                            tracing::info!(resource = %r.name, ports = ?c.ports.keys().collect::<Vec<_>>(), "gateway configuration in force");
+                            slot.send_replace(Some(Arc::new(c)));
+                        }
+                        Err(reason) => {
+                            // The previous configuration (or none: no listener) stays.
+                            tracing::warn!(resource = %r.name, %reason, "gateway configuration refused");
+                            rejected.push(Rejection { name: r.name.clone(), reason });
+                        }
+                    }
+                }
+                if !update.removed.is_empty() {
+                    tracing::warn!("gateway configuration withdrawn: closing the listeners");
+                    slot.send_replace(None);
                 }
                 rejected
             }
@@ -110,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_rejected_configuration_never_leaves_a_service_unprotected() {
-        let mut updater = WaypointUpdater { workloads: Updater::default(), l7: L7Map::default() };
+        let mut updater = WaypointUpdater { workloads: Updater::default(), l7: L7Map::default(), gateway: None };
         // Never accepted: the service is marked rejected (answered 503), not left unconfigured.
         let nacked = apply(&mut updater, "shop/reviews", true);
         assert_eq!(nacked.len(), 1, "NACKed by name");

@@ -14,7 +14,7 @@ use kube::Client;
 use tokio::sync::mpsc;
 
 use crate::deploy::root_configmap::{ROOT_CONFIGMAP, ROOT_CONFIGMAP_KEY};
-use crate::deploy::waypoint_objects::{objects, waypoint_gateways, with_type_meta, WaypointSettings};
+use crate::deploy::waypoint_objects::{deployed_gateways, objects, with_type_meta, WaypointSettings};
 use crate::deploy::Deploy;
 use crate::model::{Kind, Object};
 use crate::store::Store;
@@ -57,7 +57,7 @@ pub fn desired(
             out.insert(key, Owned { resource, namespace: namespace.to_owned(), name: name.to_owned(), body });
         }
     };
-    for gw in waypoint_gateways(store) {
+    for gw in deployed_gateways(store) {
         // Without a uid there is no owner reference, so nothing would collect the objects.
         if gw.metadata.uid.is_none() {
             continue;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::deploy::waypoint_objects::{manifest, waypoint_gateways, WaypointSettings};
+use crate::deploy::waypoint_objects::{deployed_gateways, manifest, WaypointSettings};
 use crate::deploy::Deploy;
 use crate::store::Store;
 
@@ -32,7 +32,7 @@ impl DirDeployer {
     /// Writes what changed and removes what is gone (also files left by an earlier run).
     pub fn sync(&mut self, store: &Store) {
         let mut desired = BTreeMap::new();
-        for gw in waypoint_gateways(store) {
+        for gw in deployed_gateways(store) {
             let ns = gw.metadata.namespace.as_deref().unwrap_or_default();
             let path = self.dir.join(format!("{ns}.{}.yaml", gw.metadata.name));
             match manifest(gw, &self.settings) {

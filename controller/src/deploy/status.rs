@@ -50,6 +50,9 @@ pub fn statuses(store: &Store, mesh: &MeshSettings) -> BTreeMap<(Kind, String, S
             }),
         );
     }
+    for (key, status) in ingress_statuses(store, mesh) {
+        out.insert(key, status);
+    }
     for svc in store.services(None) {
         if svc.metadata.labels.contains_key(keys::GATEWAY_NAME) {
             continue;
@@ -74,6 +77,98 @@ pub fn statuses(store: &Store, mesh: &MeshSettings) -> BTreeMap<(Kind, String, S
     out
 }
 
+/// Each ingress Gateway's status as Gateway API defines it — `addresses` (its Service's load
+/// balancer or cluster IPs), `Accepted` and `Programmed`, and per listener `supportedKinds`,
+/// `attachedRoutes` and its conditions — and, for every route with a parentRef naming one,
+/// our entries of its `status.parents` (keyed by the route, under `parents`).
+pub fn ingress_statuses(store: &Store, mesh: &MeshSettings) -> Vec<((Kind, String, String), serde_json::Value)> {
+    let condition = |c: &crate::translate::ingress::Condition| {
+        serde_json::json!({
+            "type": c.type_,
+            "status": if c.status { "True" } else { "False" },
+            "reason": c.reason,
+            "message": c.message,
+        })
+    };
+    let mut out = Vec::new();
+    let mut route_parents: BTreeMap<(Kind, String, String), Vec<serde_json::Value>> = BTreeMap::new();
+    for o in store.list(Kind::Gateway, None) {
+        let crate::model::Object::Gateway(gw) = o else { continue };
+        if !crate::translate::ingress::is_ingress(gw) {
+            continue;
+        }
+        let ns = gw.metadata.namespace.clone().unwrap_or_default();
+        let name = gw.metadata.name.clone();
+        let ingress = crate::translate::ingress::translate(gw, store, mesh);
+        let service = store.services(Some(&ns)).find(|s| s.metadata.name == name);
+        let mut addresses: Vec<serde_json::Value> = Vec::new();
+        if let Some(svc) = service {
+            for lb in svc.status.load_balancer_ingress() {
+                match (&lb.ip, &lb.hostname) {
+                    (Some(ip), _) => addresses.push(serde_json::json!({"type": "IPAddress", "value": ip})),
+                    (None, Some(h)) => addresses.push(serde_json::json!({"type": "Hostname", "value": h})),
+                    (None, None) => {}
+                }
+            }
+            if addresses.is_empty() {
+                for ip in svc.cluster_ips().filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()) {
+                    addresses.push(serde_json::json!({"type": "IPAddress", "value": ip}));
+                }
+            }
+        }
+        let invalid =
+            ingress.listeners.iter().filter(|l| l.conditions.iter().any(|c| c.type_ == "Programmed" && !c.status));
+        let invalid: Vec<&str> = invalid.map(|l| l.name.as_str()).collect();
+        let accepted = if invalid.is_empty() {
+            serde_json::json!({"type": "Accepted", "status": "True", "reason": "Accepted", "message": "accepted by ambit-controller as an ingress gateway"})
+        } else {
+            serde_json::json!({"type": "Accepted", "status": "True", "reason": "ListenersNotValid", "message": format!("listeners not served: {}", invalid.join(", "))})
+        };
+        let programmed = match (ingress.programmed(), service.is_some()) {
+            (true, true) => {
+                serde_json::json!({"type": "Programmed", "status": "True", "reason": "Programmed", "message": format!("gateway Service {ns}/{name} deployed")})
+            }
+            (true, false) => {
+                serde_json::json!({"type": "Programmed", "status": "False", "reason": "Pending", "message": format!("waiting for the gateway Service {ns}/{name}")})
+            }
+            (false, _) => {
+                serde_json::json!({"type": "Programmed", "status": "False", "reason": "Invalid", "message": "no listener can be served"})
+            }
+        };
+        let listeners: Vec<serde_json::Value> = ingress
+            .listeners
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "name": l.name,
+                    "supportedKinds": l.supported_kinds.iter().map(|k| serde_json::json!({"group": "gateway.networking.k8s.io", "kind": k})).collect::<Vec<_>>(),
+                    "attachedRoutes": l.attached_routes,
+                    "conditions": l.conditions.iter().map(condition).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        out.push((
+            (Kind::Gateway, ns.clone(), name.clone()),
+            serde_json::json!({"addresses": addresses, "conditions": [accepted, programmed], "listeners": listeners}),
+        ));
+        for r in ingress.routes {
+            let entry = serde_json::json!({
+                "parentRef": r.parent,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": r.conditions.iter().map(condition).collect::<Vec<_>>(),
+            });
+            route_parents
+                .entry((r.route.kind, r.route.namespace.to_string(), r.route.name.to_string()))
+                .or_default()
+                .push(entry);
+        }
+    }
+    for (key, parents) in route_parents {
+        out.push((key, serde_json::json!({"parents": parents})));
+    }
+    out
+}
+
 /// Kinds whose `status` we own and write: the mesh's custom resources (Kubernetes validates
 /// its core kinds itself).
 pub fn writes_status(ar: &ApiResource) -> bool {
@@ -85,7 +180,7 @@ pub(crate) const ACCEPTED_MESSAGE: &str = "accepted by ambit-controller";
 
 /// The `controllerName` of our GatewayClass (charts/ambit/templates/gatewayclass.yaml), written
 /// in each route parent entry of ours.
-pub const CONTROLLER_NAME: &str = "ambit.dev/waypoint-controller";
+pub use ambit_shared::api::CONTROLLER_NAME;
 
 /// Gateway API routes: their status is per parent (`status.parents`), not `status.conditions`.
 pub fn is_route(ar: &ApiResource) -> bool {

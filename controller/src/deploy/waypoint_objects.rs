@@ -1,7 +1,9 @@
-//! The objects of one waypoint: every Gateway of a waypoint class becomes a ServiceAccount, a
-//! Deployment running the waypoint and a Service in front of it (15008 HBONE, 15021, 15020),
-//! named after the Gateway and labelled `gateway.networking.k8s.io/gateway-name`, as istiod
-//! deploys its waypoints; also their YAML form and the settings that shape them.
+//! The objects of one waypoint or ingress gateway: every Gateway of a waypoint class becomes a
+//! ServiceAccount, a Deployment running the waypoint and a Service in front of it (15008
+//! HBONE, 15021, 15020), named after the Gateway and labelled
+//! `gateway.networking.k8s.io/gateway-name`, as istiod deploys its waypoints; a Gateway of an
+//! ingress class gets the same proxy in ingress mode, with a LoadBalancer Service of its
+//! listeners' ports. Also their YAML form and the settings that shape them.
 //!
 //! Pure functions of the Gateway and the settings: writing them (a directory, the Kubernetes
 //! API) is `dir` and `apply`'s business.
@@ -13,7 +15,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     LocalObjectReference, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ProjectedVolumeSource, SeccompProfile, SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -21,6 +23,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::deploy::root_configmap::ROOT_CONFIGMAP;
 use crate::model::{keys, Gateway, Kind, Object, WAYPOINT_CLASSES};
 use crate::store::Store;
+use crate::translate::ingress::is_ingress;
 
 /// What the controller puts into waypoint Deployments.
 #[derive(Debug, Clone)]
@@ -112,7 +115,7 @@ pub fn objects(gw: &Gateway, settings: &WaypointSettings) -> (ServiceAccount, De
         }),
         ..Default::default()
     };
-    let service = Service { metadata: meta(&labels), spec: Some(service_spec(&name)), ..Default::default() };
+    let service = Service { metadata: meta(&labels), spec: Some(service_spec(gw)), ..Default::default() };
     (ServiceAccount { metadata: meta(&labels), ..Default::default() }, deployment, service)
 }
 
@@ -131,6 +134,10 @@ fn pod_spec(gw: &Gateway, settings: &WaypointSettings) -> PodSpec {
             run_as_user: Some(1337),
             run_as_group: Some(1337),
             seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+            // An ingress gateway listens on the ports its Gateway names (80, 443, …) without
+            // any capability, as Istio's gateways do.
+            sysctls: is_ingress(gw)
+                .then(|| vec![Sysctl { name: "net.ipv4.ip_unprivileged_port_start".into(), value: "0".into() }]),
             ..Default::default()
         }),
         ..Default::default()
@@ -152,7 +159,16 @@ fn container(gw: &Gateway, settings: &WaypointSettings) -> Container {
         name: "waypoint".into(),
         image: Some(settings.image.clone()),
         env: Some(env_vars(gw, settings)),
-        ports: Some(vec![port("mesh", 15008), port("status-port", 15021), port("metrics", 15020)]),
+        // Readiness first (the sandbox waits on the first port).
+        ports: Some(if is_ingress(gw) {
+            let mut ports = vec![port("status-port", 15021), port("metrics", 15020)];
+            for (name, p) in listener_ports(gw) {
+                ports.push(port(&name, i32::from(p)));
+            }
+            ports
+        } else {
+            vec![port("mesh", 15008), port("status-port", 15021), port("metrics", 15020)]
+        }),
         readiness_probe: Some(probe("/healthz/ready")),
         liveness_probe: Some(probe("/healthz/live")),
         // The token and root the waypoint's defaults (TOKEN_FILE, ROOT_CERT) point at.
@@ -205,6 +221,9 @@ fn env_vars(gw: &Gateway, settings: &WaypointSettings) -> Vec<EnvVar> {
         env("CONTROL_PLANE_ACCOUNT", &settings.control_plane_account),
         env("PATH_NORMALIZATION", settings.path_normalization.name()),
     ];
+    if is_ingress(gw) {
+        vars.push(env("PROXY_MODE", "ingress"));
+    }
     let annotations = &gw.metadata.annotations;
     let otlp = annotations.get(OTLP_ENDPOINT_ANNOTATION).or(settings.otlp_endpoint.as_ref());
     if let Some(endpoint) = otlp {
@@ -241,7 +260,21 @@ fn volumes(settings: &WaypointSettings) -> Vec<Volume> {
     ]
 }
 
-fn service_spec(name: &str) -> ServiceSpec {
+/// An ingress Gateway's listener ports, each once (named after its first listener).
+fn listener_ports(gw: &Gateway) -> Vec<(String, u16)> {
+    let mut out: Vec<(String, u16)> = Vec::new();
+    for l in &gw.spec.listeners {
+        if !out.iter().any(|(_, p)| *p == l.port) {
+            // Port names are at most 15 characters (IANA service names).
+            let name: String = l.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(15).collect();
+            out.push((if name.is_empty() { format!("port-{}", l.port) } else { name }, l.port));
+        }
+    }
+    out
+}
+
+fn service_spec(gw: &Gateway) -> ServiceSpec {
+    let name = gw.metadata.name.as_str();
     let service_port = |name: &str, port: i32, app_protocol: Option<&str>| ServicePort {
         name: Some(name.into()),
         port,
@@ -250,6 +283,16 @@ fn service_spec(name: &str) -> ServiceSpec {
         app_protocol: app_protocol.map(Into::into),
         ..Default::default()
     };
+    if is_ingress(gw) {
+        let mut ports = vec![service_port("status-port", 15021, None)];
+        ports.extend(listener_ports(gw).into_iter().map(|(n, p)| service_port(&n, i32::from(p), None)));
+        return ServiceSpec {
+            selector: Some([(keys::GATEWAY_NAME.to_owned(), name.to_owned())].into()),
+            type_: Some("LoadBalancer".into()),
+            ports: Some(ports),
+            ..Default::default()
+        };
+    }
     ServiceSpec {
         selector: Some([(keys::GATEWAY_NAME.to_owned(), name.to_owned())].into()),
         ports: Some(vec![
@@ -265,6 +308,16 @@ fn service_spec(name: &str) -> ServiceSpec {
 pub fn waypoint_gateways(store: &Store) -> impl Iterator<Item = &Gateway> {
     store.list(Kind::Gateway, None).filter_map(|o| match o {
         Object::Gateway(g) if WAYPOINT_CLASSES.contains(&g.spec.gateway_class_name.as_str()) => Some(g),
+        _ => None,
+    })
+}
+
+/// The Gateways the controller deploys a proxy for: waypoints and ingress gateways.
+pub fn deployed_gateways(store: &Store) -> impl Iterator<Item = &Gateway> {
+    store.list(Kind::Gateway, None).filter_map(|o| match o {
+        Object::Gateway(g) if WAYPOINT_CLASSES.contains(&g.spec.gateway_class_name.as_str()) || is_ingress(g) => {
+            Some(g)
+        }
         _ => None,
     })
 }

@@ -10,6 +10,8 @@
 
 use ambit_shared::proto::waypoint as pb;
 
+use ambit_shared::api::INGRESS_CLASSES;
+
 use crate::model::{Gateway, Kind, Object, PolicyTargetReference, Service, ServiceEntry, WAYPOINT_CLASSES};
 use crate::store::Store;
 use crate::translate::MeshSettings;
@@ -25,6 +27,7 @@ pub use destination_rule::validate_destination_rule;
 pub use fields::parse_duration;
 pub use jwt::validate_request_authentication;
 pub use policy::policy;
+pub(crate) use routes::{grpc_route_rules, http_route_rules, in_precedence_order, Candidate};
 pub use routes::{validate_grpc_route, validate_http_route};
 pub use virtual_service::validate_virtual_service;
 
@@ -86,6 +89,16 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
 enum Target<'a> {
     Service(&'a str),
     ServiceEntry(&'a str),
+    /// An ingress gateway's own configuration: only policies targeting its Gateway (or, from
+    /// the root namespace, its GatewayClass).
+    Gateway,
+}
+
+/// The policies and JWT rules that apply at ingress gateway `gw` (targeting the Gateway, or
+/// its class from the root namespace).
+pub fn gateway_policies(gw: &Gateway, store: &Store, mesh: &MeshSettings) -> (Vec<pb::Policy>, Vec<pb::JwtRule>) {
+    let ns = gw.metadata.namespace.as_deref().unwrap_or_default();
+    attached_policies(ns, Target::Gateway, gw, store, mesh)
 }
 
 /// The AuthorizationPolicies and RequestAuthentications that apply at `gw` to a destination
@@ -107,6 +120,7 @@ fn attached_policies(
         let own = match target {
             Target::Service(name) => targets(&refs, "Service", &["", "core"], name),
             Target::ServiceEntry(name) => targets(&refs, "ServiceEntry", &["networking.istio.io"], name),
+            Target::Gateway => false,
         };
         (namespace == ns && own)
             || (namespace == gw_ns && targets(&refs, "Gateway", &["gateway.networking.k8s.io"], &gw.metadata.name))
@@ -114,9 +128,10 @@ fn attached_policies(
                 && refs.iter().any(|r| {
                     r.kind == "GatewayClass"
                         && r.group == "gateway.networking.k8s.io"
-                        // The waypoint classes are aliases of each other (ours and Istio's).
+                        // Our classes and Istio's are aliases of each other.
                         && (r.name == class
-                            || (WAYPOINT_CLASSES.contains(&r.name.as_str()) && WAYPOINT_CLASSES.contains(&class)))
+                            || (WAYPOINT_CLASSES.contains(&r.name.as_str()) && WAYPOINT_CLASSES.contains(&class))
+                            || (INGRESS_CLASSES.contains(&r.name.as_str()) && INGRESS_CLASSES.contains(&class)))
                 }))
     };
     let mut policies = Vec::new();

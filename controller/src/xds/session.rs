@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ambit_shared::proto::discovery::DeltaDiscoveryRequest;
+use ambit_shared::proto::type_url::GATEWAY;
 use ambit_shared::xds::server::EncodedResponse;
+use ambit_shared::Identity;
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
@@ -42,6 +44,7 @@ pub(super) async fn run(
         tx,
         in_flight: HashMap::new(),
         node: String::new(),
+        reader: caller.identity.clone(),
     };
     // Answer nothing until the controller holds its complete initial state.
     let mut synced = state.synced.subscribe();
@@ -100,6 +103,18 @@ struct Session {
     in_flight: HashMap<String, tokio::sync::oneshot::Sender<()>>,
     /// The subscriber's node id (from its first request), for logs.
     node: String,
+    /// The authenticated caller: what it may read (see [`may_read`]).
+    reader: Identity,
+}
+
+/// Whether `reader` may receive the resource `name` of `type_url`. An ingress gateway's
+/// configuration holds its listeners' private keys: only the gateway itself (its service
+/// account is its name) gets it, whatever it subscribes to. Everything else is mesh-wide.
+pub(super) fn may_read(type_url: &str, name: &str, reader: &Identity) -> bool {
+    if type_url != GATEWAY {
+        return true;
+    }
+    name.split_once('/').is_some_and(|(ns, gw)| reader.namespace() == ns && reader.service_account() == gw)
 }
 
 impl Session {
@@ -118,8 +133,9 @@ impl Session {
         let current = r.by_type.get(type_url)?;
         let mut resources = Vec::new();
         let mut removed = Vec::new();
+        let reader = &self.reader;
         let mut consider = |name: &Arc<str>, sub: &mut Subscription| {
-            if !sub.wants(name) {
+            if !sub.wants(name) || !may_read(type_url, name, reader) {
                 return;
             }
             match current.get(name) {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE};
+use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, GATEWAY, WAYPOINT_SERVICE};
 use ambit_shared::proto::Any;
 use ambit_shared::xds::server::EncodedResource;
 use tokio::sync::{watch, Notify};
@@ -15,7 +15,7 @@ use crate::index::Change;
 use crate::metrics::Metrics;
 
 /// Types this server serves.
-pub const TYPES: &[&str] = &[ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE];
+pub const TYPES: &[&str] = &[ADDRESS, AUTHORIZATION, WAYPOINT_SERVICE, GATEWAY];
 /// Full-state responses in flight at once. A large response holds its slot until the
 /// subscriber ACKs or NACKs it (or `IN_FLIGHT_TIMEOUT` passes), so a connect storm of many
 /// subscribers cannot make the controller hold every snapshot in memory at the same time.

@@ -35,7 +35,8 @@ enum Cmd {
     Down,
     /// What runs where.
     Status,
-    /// Runs a command in a pod: `exec <pod> -- <cmd>…`.
+    /// Runs a command in a pod: `exec <pod> -- <cmd>…` (`world`: in the outside world, a
+    /// client outside the cluster).
     Exec {
         pod: String,
         #[arg(last = true, required = true)]
@@ -117,7 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Exec { pod, cmd } => {
             let sb = Sandbox::open(opts(&cli, 0))?;
             let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
-            let out = sb.exec(pod, &args)?;
+            let out = if pod == "world" { sb.exec_world(&args)? } else { sb.exec(pod, &args)? };
             print!("{}", String::from_utf8_lossy(&out.stdout));
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
             anyhow::ensure!(out.status.success(), "command failed ({})", out.status);

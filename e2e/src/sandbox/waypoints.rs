@@ -8,8 +8,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-// The `gatewayClassName`s whose Gateways the controller deploys as waypoints, as it spells them.
-use ambit_shared::api::WAYPOINT_CLASSES;
+// The `gatewayClassName`s whose Gateways the controller deploys (waypoints and ingress
+// gateways), as it spells them.
+use ambit_shared::api::{INGRESS_CLASSES, WAYPOINT_CLASSES};
 
 use super::handle::{say, setup, Sandbox, SandboxError};
 use super::objects::{identity_of, read_objects};
@@ -28,7 +29,7 @@ impl Sandbox {
             }
             for (_, obj) in read_objects(&entry.path())? {
                 let class = obj["spec"]["gatewayClassName"].as_str().unwrap_or_default();
-                if WAYPOINT_CLASSES.contains(&class) {
+                if WAYPOINT_CLASSES.contains(&class) || INGRESS_CLASSES.contains(&class) {
                     let (_, ns, gw) = identity_of(&name, &obj)?;
                     expected.insert(format!("{ns}.{gw}.yaml"));
                 }
@@ -61,10 +62,22 @@ impl Sandbox {
                 self.delete_object(&kind, &ns, &name)?;
             }
         }
+        // What each file said when it was applied: a file that changed (an ingress Gateway's
+        // new listener ports) is applied again, as a Deployment's rollout would.
+        let applied = self.opts.root.join("waypoints.applied");
+        std::fs::create_dir_all(&applied).map_err(setup)?;
         for file in present {
+            let text = std::fs::read(dir.join(&file)).map_err(setup)?;
             if self.state.waypoints.contains_key(&file) {
-                continue;
+                if std::fs::read(applied.join(&file)).ok().as_deref() == Some(&text[..]) {
+                    continue;
+                }
+                say(&self.opts, &format!("waypoint {file} changed"));
+                for (kind, ns, name) in self.state.waypoints.remove(&file).unwrap_or_default() {
+                    self.delete_object(&kind, &ns, &name)?;
+                }
             }
+            std::fs::write(applied.join(&file), &text).map_err(setup)?;
             say(&self.opts, &format!("waypoint {file} deployed"));
             let mut made = Vec::new();
             for (origin, obj) in read_objects(&dir.join(&file))? {

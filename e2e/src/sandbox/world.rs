@@ -27,6 +27,21 @@ pub const WORLD_IP_2: &str = "10.240.0.101";
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 
 impl Sandbox {
+    /// Runs a command in the outside world's network namespace (a client outside the
+    /// cluster); `ambit-sample` resolves to the sandbox's binary.
+    pub fn exec_world(&self, cmd: &[&str]) -> Result<std::process::Output, SandboxError> {
+        let program = if cmd.first() == Some(&"ambit-sample") {
+            self.binary("ambit-sample")?.display().to_string()
+        } else {
+            cmd.first().map(|s| s.to_string()).unwrap_or_default()
+        };
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.netns_name("world"), &program])
+            .args(&cmd[1.min(cmd.len())..])
+            .output()
+            .map_err(|e| SandboxError::Setup(e.to_string()))
+    }
+
     /// Builds the world's namespace on the node network, with routes back to every node's pod
     /// block (pods reach it through their node), and starts its DNS and echo servers.
     pub(super) fn build_world(&mut self) -> Result<(), SandboxError> {

@@ -155,10 +155,60 @@ pub enum Filter {
     Mirror { backend: BackendRef, percent: f64 },
 }
 
+/// A hostname a route (or a gateway listener) is for: exact, or `*.suffix` — any name ending
+/// in `.suffix`, however many labels in front (Gateway API's wildcard), never `suffix` itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix with its leading dot: `.example.com`.
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn parse(pattern: &str) -> Self {
+        let pattern = pattern.to_ascii_lowercase();
+        match pattern.strip_prefix('*') {
+            Some(suffix) => HostPattern::Suffix(suffix.to_owned()),
+            None => HostPattern::Exact(pattern),
+        }
+    }
+
+    /// Whether `name` (lowercase, without a port) is covered.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == name,
+            HostPattern::Suffix(s) => name.len() > s.len() && name.ends_with(s.as_str()),
+        }
+    }
+
+    /// How specific it is, for choosing among listeners: exact names first, then longer
+    /// suffixes.
+    pub fn specificity(&self) -> (bool, usize) {
+        match self {
+            HostPattern::Exact(h) => (true, h.len()),
+            HostPattern::Suffix(s) => (false, s.len()),
+        }
+    }
+}
+
+/// The name in a Host header or `:authority`: lowercase, without its port or a trailing dot.
+pub fn host_name(host: &str) -> String {
+    let name = match host.strip_prefix('[') {
+        // An IPv6 literal: `[addr]:port`.
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }),
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
     pub ports: Vec<u16>,
+    /// At an ingress gateway: the hosts it serves (empty: any).
+    pub hostnames: Vec<HostPattern>,
     pub matches: Vec<RouteMatch>,
     pub backends: Vec<BackendRef>,
     pub total_weight: u64,
@@ -256,6 +306,7 @@ impl Route {
         Ok(Route {
             name: r.name.clone(),
             ports: r.ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
+            hostnames: r.hostnames.iter().map(|h| HostPattern::parse(h)).collect(),
             matches: if matches.is_empty() {
                 vec![RouteMatch { path: PathMatch::Any, method: None, headers: Vec::new(), query: Vec::new() }]
             } else {
@@ -273,6 +324,11 @@ impl Route {
 
     pub fn applies_to(&self, port: u16) -> bool {
         self.ports.is_empty() || self.ports.contains(&port)
+    }
+
+    /// Whether it serves `host` (as [`host_name`] gives it).
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.hostnames.is_empty() || self.hostnames.iter().any(|h| h.matches(host))
     }
 
     /// A backend by weight (`None` when every weight is 0: Gateway API answers 500).

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use ambit_dataplane::labels::Peer;
 use ambit_dataplane::state::{pick_endpoint, Destination, Service};
 use ambit_shared::hbone::server::{Handler, InboundConnect, Responder};
-use ambit_shared::hbone::H2Stream;
 use ambit_shared::proto::waypoint::Protocol;
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -108,7 +107,7 @@ impl Waypoint {
         };
         let down = Arc::new(Downstream {
             principal,
-            identity: req.peer_identity.clone(),
+            identity: Some(req.peer_identity.clone()),
             source,
             source_ip,
             vip: req.authority,
@@ -127,9 +126,11 @@ impl Waypoint {
         let Ok(stream) = responder.accept() else { return };
         match declared {
             Protocol::Tcp => self.forward_tcp(down, stream).await,
-            Protocol::Http | Protocol::Http2 | Protocol::Grpc => self.serve_http(down, Prefixed::new(stream)).await,
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
+                self.serve_http(down, Prefixed::new(stream), None).await
+            }
             Protocol::Unspecified => match sniff(stream).await {
-                Ok((true, stream)) => self.serve_http(down, stream).await,
+                Ok((true, stream)) => self.serve_http(down, stream, None).await,
                 // Not HTTP (or not yet): TCP, authorized as TCP — never a weaker check.
                 Ok((false, stream)) => {
                     if let Err(policy) = down.authorize_tcp() {
@@ -143,8 +144,8 @@ impl Waypoint {
         }
     }
 
-    /// Plain TCP, already authorized: one endpoint of the service, bytes copied.
-    async fn forward_tcp<S>(&self, down: Arc<Downstream>, mut stream: S)
+    /// Plain TCP, already authorized: one endpoint of the addressed service, bytes copied.
+    async fn forward_tcp<S>(&self, down: Arc<Downstream>, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -154,19 +155,28 @@ impl Waypoint {
             tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = "UF", "tcp connection refused: TLS origination is for HTTP; this port carries TCP");
             return;
         }
+        let (service, port) = (down.service.clone(), down.vip.port());
+        self.forward_tcp_to(&down, &service, port, stream).await
+    }
+
+    /// Plain TCP, already authorized: one endpoint of `service` at `port`, bytes copied.
+    pub(super) async fn forward_tcp_to<S>(&self, down: &Downstream, service: &Service, port: u16, mut stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let chosen = {
             let state = self.state();
-            let mut endpoints = state.endpoints_on(&down.service, down.vip.port(), &self.network);
+            let mut endpoints = state.endpoints_on(service, port, &self.network);
             endpoints.retain(|(w, _)| !w.addresses.is_empty() || w.resolvable());
             pick_endpoint(&endpoints)
         };
         let endpoint = match chosen {
             Some((w, port)) => match (Endpoint::of(&w, port), w.hostname.as_deref()) {
-                (Some(endpoint), _) if !w.hbone && !self.upstream.may_dial(endpoint.addr.ip(), &down.service.key) => {
+                (Some(endpoint), _) if !w.hbone && !self.upstream.may_dial(endpoint.addr.ip(), &service.key) => {
                     Err("UH")
                 }
                 (Some(endpoint), _) => Ok(endpoint),
-                (None, Some(host)) => self.upstream.resolved(host, port, &down.service.key).await.map_err(|_| "DF"),
+                (None, Some(host)) => self.upstream.resolved(host, port, &service.key).await.map_err(|_| "DF"),
                 (None, None) => Err("UH"),
             },
             None => Err("UH"),
@@ -174,7 +184,7 @@ impl Waypoint {
         let endpoint = match endpoint {
             Ok(endpoint) => endpoint,
             Err(flag) => {
-                tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = flag, "tcp connection refused: no usable endpoint");
+                tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, dst.service = %service.hostname, response_flags = flag, "tcp connection refused: no usable endpoint");
                 return;
             }
         };
@@ -182,18 +192,36 @@ impl Waypoint {
         match self.upstream.dialer().dial(&endpoint).await {
             Ok(mut upstream) => {
                 let (t, err) = ambit_shared::copy::copy_bidirectional(&mut stream, &mut upstream).await;
-                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, src.identity = %down.principal, dst = %down.vip, endpoint = %endpoint.addr, bytes_sent = t.a_to_b, bytes_recv = t.b_to_a, duration = format!("{:.1}ms", start.elapsed().as_secs_f64() * 1e3), error = err.map(|e| e.to_string()), "tcp connection complete");
+                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, src.identity = %down.principal, dst = %down.vip, dst.service = %service.hostname, endpoint = %endpoint.addr, bytes_sent = t.a_to_b, bytes_recv = t.b_to_a, duration = format!("{:.1}ms", start.elapsed().as_secs_f64() * 1e3), error = err.map(|e| e.to_string()), "tcp connection complete");
             }
             Err(e) => {
-                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, dst = %down.vip, endpoint = %endpoint.addr, response_flags = "UF", error = %e, "tcp connection failed");
+                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, dst = %down.vip, dst.service = %service.hostname, endpoint = %endpoint.addr, response_flags = "UF", error = %e, "tcp connection failed");
             }
         }
     }
 
-    async fn serve_http(self: &Arc<Self>, down: Arc<Downstream>, stream: Prefixed<H2Stream>) {
+    /// HTTP/1.1 and HTTP/2 (by its preface) on one stream, each request through the pipeline.
+    /// `forwarded`: at an ingress gateway, the scheme the client used — the client's address
+    /// and scheme are then written into `x-forwarded-for` / `x-forwarded-proto` for the
+    /// backend (replacing what the client wrote).
+    pub(super) async fn serve_http<S>(
+        self: &Arc<Self>,
+        down: Arc<Downstream>,
+        stream: S,
+        forwarded: Option<&'static str>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let this = self.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let (this, down) = (this.clone(), down.clone());
+            if let Some(scheme) = forwarded {
+                let headers = req.headers_mut();
+                if let Ok(ip) = http::HeaderValue::from_str(&down.source_ip.to_string()) {
+                    headers.insert("x-forwarded-for", ip);
+                }
+                headers.insert("x-forwarded-proto", http::HeaderValue::from_static(scheme));
+            }
             async move { Ok::<_, std::convert::Infallible>(this.request(&down, req).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -223,6 +251,11 @@ pub struct Prefixed<S> {
 impl<S> Prefixed<S> {
     pub fn new(inner: S) -> Self {
         Prefixed { prefix: Bytes::new(), inner }
+    }
+
+    /// `prefix` is read first, then `inner`.
+    pub fn with_prefix(prefix: Bytes, inner: S) -> Self {
+        Prefixed { prefix, inner }
     }
 }
 

@@ -314,7 +314,7 @@ mod tests {
         let identity: ambit_shared::Identity = "spiffe://cluster.local/ns/shop/sa/front".parse().expect("identity");
         Downstream {
             principal: Arc::from(identity.to_string()),
-            identity,
+            identity: Some(identity),
             source: Peer::unknown(),
             source_ip: "10.0.0.9".parse().expect("ip"),
             vip: "10.96.0.10:80".parse().expect("vip"),

@@ -218,8 +218,15 @@ pub(super) fn routes(svc: &Service, store: &Store, mesh: &MeshSettings) -> Vec<p
     let mut candidates = Vec::new();
     http_routes(svc, store, mesh, &mut candidates);
     grpc_routes(svc, store, mesh, &mut candidates);
+    in_precedence_order(candidates)
+}
+
+/// Gateway API precedence (see [`Precedence`]); at an ingress gateway the more specific
+/// hostname comes before all of that.
+pub(crate) fn in_precedence_order(mut candidates: Vec<Candidate>) -> Vec<pb::Route> {
     candidates.sort_by(|a, b| {
-        (a.precedence, &a.created, &a.name, a.route.rule_index).cmp(&(
+        (std::cmp::Reverse(host_rank(&a.route)), a.precedence, &a.created, &a.name, a.route.rule_index).cmp(&(
+            std::cmp::Reverse(host_rank(&b.route)),
             b.precedence,
             &b.created,
             &b.name,
@@ -227,6 +234,19 @@ pub(super) fn routes(svc: &Service, store: &Store, mesh: &MeshSettings) -> Vec<p
         ))
     });
     candidates.into_iter().map(|c| c.route).collect()
+}
+
+/// How specific a route's hostnames are: none (any host) least, then wildcards by length,
+/// then exact names by length.
+fn host_rank(r: &pb::Route) -> (bool, bool, usize) {
+    r.hostnames
+        .iter()
+        .map(|h| match h.strip_prefix('*') {
+            Some(suffix) => (true, false, suffix.len()),
+            None => (true, true, h.len()),
+        })
+        .max()
+        .unwrap_or((false, false, 0))
 }
 
 fn parent_matches(p: &ParentReference, route_ns: &str, svc: &Service) -> bool {
@@ -327,11 +347,25 @@ fn precedence(m: &pb::Match) -> Precedence {
     (kind, Reverse(len), m.method.is_empty(), Reverse(m.headers.len()), Reverse(m.query.len()))
 }
 
-struct Candidate {
+/// A route rule's match, with what orders it.
+pub(crate) struct Candidate {
     precedence: Precedence,
     created: String,
     name: String,
-    route: pb::Route,
+    pub(crate) route: pb::Route,
+}
+
+impl Candidate {
+    /// A route that matches every request (a TLSRoute's or TCPRoute's rule).
+    pub(crate) fn new(meta: &ObjectMeta, route: pb::Route) -> Self {
+        let ns = meta.namespace.as_deref().unwrap_or_default();
+        Candidate {
+            precedence: precedence(&pb::Match::default()),
+            created: meta.creation_timestamp.clone().unwrap_or_default(),
+            name: format!("{ns}/{}", meta.name),
+            route,
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -366,6 +400,7 @@ fn push_rule(
                 retry: retry.clone(),
                 fault: None,
                 rule_index: u32::try_from(index).unwrap_or(u32::MAX),
+                hostnames: Vec::new(),
             },
         });
     }
@@ -434,34 +469,40 @@ fn http_routes(svc: &Service, store: &Store, mesh: &MeshSettings, out: &mut Vec<
         let Object::HttpRoute(r) = object else { continue };
         let ns = r.metadata.namespace.as_deref().unwrap_or_default();
         for parent in r.spec.parent_refs.iter().filter(|p| parent_matches(p, ns, svc)) {
-            for (i, rule) in r.spec.rules.iter().enumerate() {
-                let matches = rule.matches.iter().map(http_match).collect();
-                let timeouts = rule.timeouts.as_ref().map_or((None, None), |t| {
-                    (
-                        t.request.as_deref().and_then(parse_duration).filter(|d| !d.is_zero()),
-                        t.backend_request.as_deref().and_then(parse_duration).filter(|d| !d.is_zero()),
-                    )
-                });
-                let retry = rule.retry.as_ref().map(|r| pb::Retry {
-                    attempts: r.attempts.unwrap_or(1),
-                    codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
-                    connect_failure: true,
-                    backoff: r.backoff.as_deref().and_then(parse_duration).map(proto_duration),
-                });
-                push_rule(
-                    out,
-                    "HTTPRoute",
-                    &r.metadata,
-                    parent.port,
-                    i,
-                    matches,
-                    filters(&rule.filters, ns, mesh),
-                    rule_backends(&rule.backend_refs, ns, mesh),
-                    timeouts,
-                    retry,
-                );
-            }
+            http_route_rules(r, parent.port, mesh, out);
         }
+    }
+}
+
+/// Every rule of `r` as candidates (one per match), for `port` (every port when `None`).
+pub(crate) fn http_route_rules(r: &HttpRoute, port: Option<u16>, mesh: &MeshSettings, out: &mut Vec<Candidate>) {
+    let ns = r.metadata.namespace.as_deref().unwrap_or_default();
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let matches = rule.matches.iter().map(http_match).collect();
+        let timeouts = rule.timeouts.as_ref().map_or((None, None), |t| {
+            (
+                t.request.as_deref().and_then(parse_duration).filter(|d| !d.is_zero()),
+                t.backend_request.as_deref().and_then(parse_duration).filter(|d| !d.is_zero()),
+            )
+        });
+        let retry = rule.retry.as_ref().map(|r| pb::Retry {
+            attempts: r.attempts.unwrap_or(1),
+            codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
+            connect_failure: true,
+            backoff: r.backoff.as_deref().and_then(parse_duration).map(proto_duration),
+        });
+        push_rule(
+            out,
+            "HTTPRoute",
+            &r.metadata,
+            port,
+            i,
+            matches,
+            filters(&rule.filters, ns, mesh),
+            rule_backends(&rule.backend_refs, ns, mesh),
+            timeouts,
+            retry,
+        );
     }
 }
 
@@ -470,21 +511,27 @@ fn grpc_routes(svc: &Service, store: &Store, mesh: &MeshSettings, out: &mut Vec<
         let Object::GrpcRoute(r) = object else { continue };
         let ns = r.metadata.namespace.as_deref().unwrap_or_default();
         for parent in r.spec.parent_refs.iter().filter(|p| parent_matches(p, ns, svc)) {
-            for (i, rule) in r.spec.rules.iter().enumerate() {
-                let matches = rule.matches.iter().map(grpc_match).collect();
-                push_rule(
-                    out,
-                    "GRPCRoute",
-                    &r.metadata,
-                    parent.port,
-                    i,
-                    matches,
-                    filters(&rule.filters, ns, mesh),
-                    rule_backends(&rule.backend_refs, ns, mesh),
-                    (None, None),
-                    None,
-                );
-            }
+            grpc_route_rules(r, parent.port, mesh, out);
         }
+    }
+}
+
+/// Every rule of `r` as candidates (one per match), for `port` (every port when `None`).
+pub(crate) fn grpc_route_rules(r: &GrpcRoute, port: Option<u16>, mesh: &MeshSettings, out: &mut Vec<Candidate>) {
+    let ns = r.metadata.namespace.as_deref().unwrap_or_default();
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let matches = rule.matches.iter().map(grpc_match).collect();
+        push_rule(
+            out,
+            "GRPCRoute",
+            &r.metadata,
+            port,
+            i,
+            matches,
+            filters(&rule.filters, ns, mesh),
+            rule_backends(&rule.backend_refs, ns, mesh),
+            (None, None),
+            None,
+        );
     }
 }

@@ -145,6 +145,7 @@ fn route(vs: &VirtualService, vs_ns: &str, i: usize, r: &VsHttpRoute, mesh: &Mes
         retry,
         fault,
         rule_index: u32::try_from(i).unwrap_or(u32::MAX),
+        hostnames: Vec::new(),
     }
 }
 

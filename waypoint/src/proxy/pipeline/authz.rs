@@ -24,9 +24,9 @@ pub(super) fn host<B>(req: &Request<B>) -> String {
 /// Checks the service's policies against the request.
 pub(super) fn check(down: &Downstream, caller: &Caller, host: &str, req: &Request<Incoming>) -> Result<(), Failure> {
     let subject = Subject {
-        principal: Some(&down.principal),
-        identity: Some(&down.identity),
-        namespace: Some(down.identity.namespace()),
+        principal: down.authenticated(),
+        identity: down.identity.as_ref(),
+        namespace: down.identity.as_ref().map(|i| i.namespace()),
         request_principal: caller.request_principal.as_deref(),
         source_ip: down.source_ip,
         remote_ip: down.source_ip,

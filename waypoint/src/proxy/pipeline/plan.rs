@@ -43,8 +43,9 @@ pub(super) fn decide<'a, B>(
     req: &mut Request<B>,
     host: &str,
 ) -> Result<Decision<'a>, Failure> {
-    let route = match route::select(&l7.routes, port, req) {
+    let route = match route::select(&l7.routes, port, host, req) {
         Selected::Route(route) => route,
+        Selected::Default if l7.routed_only => return Err(Failure::NoRoute),
         Selected::Default => return Ok(Decision::Default),
         Selected::NoMatch => return Err(Failure::NoRoute),
     };

@@ -5,7 +5,7 @@
 
 use http::Request;
 
-use crate::l7::{RequestView, Route};
+use crate::l7::{host_name, RequestView, Route};
 
 /// What routing chose.
 #[derive(Debug)]
@@ -18,11 +18,12 @@ pub(super) enum Selected<'a> {
     NoMatch,
 }
 
-/// The route for a request to `port`. Only looks things up.
-pub(super) fn select<'a, B>(routes: &'a [Route], port: u16, req: &Request<B>) -> Selected<'a> {
+/// The route for a request to `port` for `host` (the request's Host). Only looks things up.
+pub(super) fn select<'a, B>(routes: &'a [Route], port: u16, host: &str, req: &Request<B>) -> Selected<'a> {
     let view =
         RequestView { method: req.method(), path: req.uri().path(), query: req.uri().query(), headers: req.headers() };
-    let mut applicable = routes.iter().filter(|r| r.applies_to(port)).peekable();
+    let name = host_name(host);
+    let mut applicable = routes.iter().filter(|r| r.applies_to(port) && r.serves_host(&name)).peekable();
     if applicable.peek().is_none() {
         return Selected::Default;
     }
@@ -63,8 +64,8 @@ mod tests {
     fn the_first_matching_route_for_the_port_takes_the_request() {
         let l7 = routes();
         let get = |path: &str| http::Request::get(path).body(()).unwrap();
-        assert!(matches!(select(&l7.routes, 80, &get("/b")), Selected::Route(r) if r.name == "b"));
-        assert!(matches!(select(&l7.routes, 80, &get("/c")), Selected::NoMatch));
-        assert!(matches!(select(&l7.routes, 8080, &get("/c")), Selected::Default));
+        assert!(matches!(select(&l7.routes, 80, "", &get("/b")), Selected::Route(r) if r.name == "b"));
+        assert!(matches!(select(&l7.routes, 80, "", &get("/c")), Selected::NoMatch));
+        assert!(matches!(select(&l7.routes, 8080, "", &get("/c")), Selected::Default));
     }
 }

@@ -1,0 +1,236 @@
+//! An ingress gateway's configuration as the proxy holds it: the controller's
+//! `ambit.waypoint.GatewayConfig` compiled once per update into a plan per port — the routes
+//! (as a [`ServiceL7`], so the same pipeline serves them), the policies targeting the Gateway,
+//! and for HTTPS the listeners' certificates chosen by SNI. It only compiles and chooses; the
+//! connections are the proxy's (see [`crate::proxy::ingress`]).
+//!
+//! Fail closed: a configuration that does not compile is refused whole (NACKed; the previous
+//! one stays in force, or none — no listener opens); a TLS client whose SNI no listener claims
+//! gets no certificate; a request no route takes is answered 404, never forwarded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ambit_dataplane::state::Service;
+use ambit_shared::proto::waypoint as pb;
+use ambit_shared::tls::{listener_key, ListenerKeyError};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::l7::{HostPattern, ServiceL7};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("listener {listener}: {problem}")]
+    Listener { listener: String, problem: String },
+    #[error("port {port}: listeners {first} and {second} mix protocols {a:?} and {b:?}")]
+    MixedProtocols { port: u16, first: String, second: String, a: pb::ListenerProtocol, b: pb::ListenerProtocol },
+}
+
+/// One listener, compiled.
+#[derive(Debug)]
+pub struct Listener {
+    pub name: String,
+    /// `None`: any host.
+    pub hostname: Option<HostPattern>,
+    pub protocol: pb::ListenerProtocol,
+    /// Its routes and the Gateway's policies, served by the request pipeline (HTTP) or read
+    /// for the backend (TLS passthrough, TCP).
+    pub l7: Arc<ServiceL7>,
+    /// HTTPS: the certificate served.
+    pub key: Option<Arc<CertifiedKey>>,
+}
+
+/// What a port serves.
+#[derive(Debug)]
+pub enum PortPlan {
+    /// Plain HTTP: the routes of every listener on the port, in one table (each route names
+    /// the hosts it serves).
+    Http(Arc<ServiceL7>),
+    /// TLS terminated by the listener the SNI chooses, then HTTP with that listener's routes
+    /// only.
+    Https(Arc<SniListeners>),
+    /// TLS passed through to the backend the SNI chooses.
+    Passthrough(Arc<SniListeners>),
+    /// Bytes to the listener's backend.
+    Tcp(Arc<Listener>),
+}
+
+/// Listeners sharing a TLS port, chosen by the ClientHello's SNI name.
+#[derive(Debug)]
+pub struct SniListeners {
+    pub listeners: Vec<Arc<Listener>>,
+    /// HTTPS: the TLS server configuration, serving the listeners' certificates by SNI and
+    /// offering HTTP/2 and HTTP/1.1. Unused for passthrough.
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+impl SniListeners {
+    fn new(listeners: Vec<Arc<Listener>>) -> Arc<Self> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = match rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+        {
+            Ok(b) => b,
+            // aws-lc-rs supports the default versions; never taken.
+            Err(_) => rustls::ServerConfig::builder(),
+        };
+        let mut config = builder.with_no_client_auth().with_cert_resolver(Arc::new(SniResolver(listeners.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(SniListeners { listeners, server_config: Arc::new(config) })
+    }
+
+    /// The listener for `sni`: the most specific hostname that covers it (exact, then the
+    /// longest wildcard), else one without a hostname. No SNI: only one without a hostname.
+    pub fn choose(&self, sni: Option<&str>) -> Option<&Arc<Listener>> {
+        choose(&self.listeners, sni)
+    }
+}
+
+/// See [`SniListeners::choose`].
+fn choose<'a>(listeners: &'a [Arc<Listener>], sni: Option<&str>) -> Option<&'a Arc<Listener>> {
+    let sni = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+    let mut best: Option<(&Arc<Listener>, (bool, usize))> = None;
+    for l in listeners {
+        let rank = match (&l.hostname, &sni) {
+            (None, _) => (false, 0),
+            (Some(h), Some(name)) if h.matches(name) => {
+                let (exact, len) = h.specificity();
+                (exact, len + 1)
+            }
+            (Some(_), _) => continue,
+        };
+        if best.as_ref().is_none_or(|(_, r)| rank > *r) {
+            best = Some((l, rank));
+        }
+    }
+    best.map(|(l, _)| l)
+}
+
+/// Chooses the certificate by SNI among an HTTPS port's listeners.
+#[derive(Debug)]
+struct SniResolver(Vec<Arc<Listener>>);
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        choose(&self.0, hello.server_name())?.key.clone()
+    }
+}
+
+/// A gateway's whole configuration, compiled.
+#[derive(Debug)]
+pub struct GatewayL7 {
+    pub namespace: String,
+    pub name: String,
+    pub ports: BTreeMap<u16, PortPlan>,
+    /// Stands for the gateway in logs and metrics (a request's addressed service).
+    pub service: Arc<Service>,
+}
+
+impl GatewayL7 {
+    pub fn compile(c: &pb::GatewayConfig) -> Result<Self, GatewayError> {
+        let service = Arc::new(Service {
+            key: format!("{}/{}", c.namespace, c.name).into(),
+            name: c.name.as_str().into(),
+            namespace: c.namespace.as_str().into(),
+            hostname: c.name.as_str().into(),
+            vips: Vec::new(),
+            ports: Vec::new(),
+            waypoint: None,
+            subject_alt_names: Vec::new(),
+            allow_unhealthy: false,
+            passthrough: false,
+        });
+        // The routes, the Gateway's policies and JWT rules, as the pipeline reads them.
+        let l7 = |port: u16, name: &str, routes: Vec<pb::Route>| -> Result<ServiceL7, String> {
+            let config = pb::ServiceConfig {
+                namespace: c.namespace.clone(),
+                hostname: c.name.clone(),
+                ports: vec![pb::Port { port: u32::from(port), protocol: pb::Protocol::Http as i32, name: name.into() }],
+                routes,
+                policies: c.policies.clone(),
+                jwt_rules: c.jwt_rules.clone(),
+                ..Default::default()
+            };
+            let mut l7 = ServiceL7::compile(&config).map_err(|e| e.to_string())?;
+            l7.routed_only = true;
+            if l7.routes.iter().flat_map(|r| &r.backends).any(|b| b.port == 0) {
+                return Err("a backend without a port".into());
+            }
+            Ok(l7)
+        };
+        let mut by_port: BTreeMap<u16, Vec<(&pb::GatewayListener, Arc<Listener>)>> = BTreeMap::new();
+        for l in &c.listeners {
+            let bad = |problem: String| GatewayError::Listener { listener: l.name.clone(), problem };
+            let port = u16::try_from(l.port).ok().filter(|p| *p != 0).ok_or_else(|| bad(format!("port {}", l.port)))?;
+            let protocol = pb::ListenerProtocol::try_from(l.protocol).map_err(|_| bad("unknown protocol".into()))?;
+            let key = match protocol {
+                pb::ListenerProtocol::ListenerHttps => {
+                    let first = l.certificates.first().ok_or_else(|| bad("HTTPS without a certificate".into()))?;
+                    Some(Arc::new(certified_key(first).map_err(|e| bad(format!("certificate {}: {e}", first.source)))?))
+                }
+                _ => None,
+            };
+            let hostname = (!l.hostname.is_empty()).then(|| HostPattern::parse(&l.hostname));
+            let listener = Listener {
+                name: l.name.clone(),
+                hostname,
+                protocol,
+                l7: Arc::new(l7(port, &l.name, l.routes.clone()).map_err(bad)?),
+                key,
+            };
+            let on_port = by_port.entry(port).or_default();
+            if let Some((_, other)) = on_port.first().filter(|(_, o)| o.protocol != protocol) {
+                return Err(GatewayError::MixedProtocols {
+                    port,
+                    first: other.name.clone(),
+                    second: l.name.clone(),
+                    a: other.protocol,
+                    b: protocol,
+                });
+            }
+            on_port.push((l, Arc::new(listener)));
+        }
+        let mut ports = BTreeMap::new();
+        for (port, mut listeners) in by_port {
+            let protocol = listeners[0].1.protocol;
+            let plan = match protocol {
+                pb::ListenerProtocol::ListenerHttp => {
+                    // One table for the port: the listeners with the most specific hostnames
+                    // first, so their routes take precedence.
+                    listeners
+                        .sort_by_key(|(_, l)| std::cmp::Reverse(l.hostname.as_ref().map(HostPattern::specificity)));
+                    let routes = listeners.iter().flat_map(|(raw, _)| raw.routes.iter().cloned()).collect();
+                    let name = &listeners[0].1.name;
+                    let merged = l7(port, name, routes)
+                        .map_err(|problem| GatewayError::Listener { listener: name.clone(), problem })?;
+                    PortPlan::Http(Arc::new(merged))
+                }
+                pb::ListenerProtocol::ListenerHttps => {
+                    PortPlan::Https(SniListeners::new(listeners.into_iter().map(|(_, l)| l).collect()))
+                }
+                pb::ListenerProtocol::ListenerTlsPassthrough => {
+                    PortPlan::Passthrough(SniListeners::new(listeners.into_iter().map(|(_, l)| l).collect()))
+                }
+                pb::ListenerProtocol::ListenerTcp => {
+                    if let Some((_, second)) = listeners.get(1) {
+                        return Err(GatewayError::Listener {
+                            listener: second.name.clone(),
+                            problem: format!("a second TCP listener on port {port}"),
+                        });
+                    }
+                    PortPlan::Tcp(listeners[0].1.clone())
+                }
+            };
+            ports.insert(port, plan);
+        }
+        Ok(GatewayL7 { namespace: c.namespace.clone(), name: c.name.clone(), ports, service })
+    }
+}
+
+/// A listener's certificate as rustls serves it, checked (see [`listener_key`]).
+pub fn certified_key(c: &pb::ServerCertificate) -> Result<CertifiedKey, ListenerKeyError> {
+    listener_key(c.cert_chain.as_bytes(), c.private_key.as_bytes())
+}
+
+#[cfg(test)]
+mod tests;
