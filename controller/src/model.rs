@@ -978,6 +978,9 @@ pub struct Secret {
     /// Base64 values by key (`tls.crt`, `tls.key`); never logged or shown.
     #[serde(default)]
     pub data: BTreeMap<String, String>,
+    /// Plain values (as written in a manifest; the API server moves them into `data`).
+    #[serde(default, rename = "stringData")]
+    pub string_data: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for Secret {
@@ -985,15 +988,18 @@ impl fmt::Debug for Secret {
         f.debug_struct("Secret")
             .field("metadata", &self.metadata)
             .field("type", &self.type_)
-            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("keys", &self.data.keys().chain(self.string_data.keys()).collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl Secret {
-    /// A value, base64-decoded.
+    /// A value: `stringData`'s as written, else `data`'s base64-decoded.
     pub fn value(&self, key: &str) -> Option<Vec<u8>> {
         use base64::Engine;
+        if let Some(v) = self.string_data.get(key) {
+            return Some(v.as_bytes().to_vec());
+        }
         let v = self.data.get(key)?;
         base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()
     }
