@@ -223,8 +223,8 @@ async fn index_loop(
             batch.extend(more);
         }
         syncs += batch.iter().filter(|e| matches!(e, Event::Synced)).count();
-        // Waypoint objects and statuses depend on Gateways, Services and Namespaces only: pod
-        // churn does not recompute them.
+        // Waypoint objects and statuses depend on Gateways, Services, Namespaces and (ingress)
+        // routes, Secrets and grants only: pod churn does not recompute them.
         let waypoint_inputs = rewrite
             || batch.iter().any(|e| {
                 let kind = match e {
@@ -232,7 +232,19 @@ async fn index_loop(
                     Event::Delete(k) => k.kind,
                     Event::Synced => return true,
                 };
-                matches!(kind, Kind::Gateway | Kind::Service | Kind::Namespace)
+                matches!(
+                    kind,
+                    Kind::Gateway
+                        | Kind::Service
+                        | Kind::Namespace
+                        // An ingress Gateway's status reads its routes, certificates and grants.
+                        | Kind::HttpRoute
+                        | Kind::GrpcRoute
+                        | Kind::TlsRoute
+                        | Kind::TcpRoute
+                        | Kind::Secret
+                        | Kind::ReferenceGrant
+                )
             });
         rewrite = false;
         let write_waypoints = leading && waypoint_inputs;

@@ -18,7 +18,7 @@ use ambit_shared::proto::ca::IstioCertificateRequest;
 use ambit_shared::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use ambit_shared::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use ambit_shared::proto::google::rpc::Status as RpcStatus;
-use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION};
+use ambit_shared::proto::type_url::{ADDRESS, AUTHORIZATION, GATEWAY};
 use ambit_shared::telemetry::Readiness;
 use ambit_shared::tls::control_plane_client_config;
 use ambit_shared::xds::{self, Rejection, Update};
@@ -30,6 +30,7 @@ use tokio_stream::StreamExt;
 const ZTUNNEL1_TOKEN: &str = "ztunnel-node-1-token-0123456789";
 const ZTUNNEL2_TOKEN: &str = "ztunnel-node-2-token-0123456789";
 const CART_TOKEN: &str = "cart-workload-token-0123456789";
+const GATEWAY_TOKEN: &str = "public-gateway-token-0123456789";
 
 struct Env {
     dir: PathBuf,
@@ -66,7 +67,7 @@ async fn env(name: &str) -> Env {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("manifests")).unwrap();
     let tokens = format!(
-        "tokens:\n- token: {ZTUNNEL1_TOKEN}\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: node-1\n- token: {ZTUNNEL2_TOKEN}\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: node-2\n- token: {CART_TOKEN}\n  identity: spiffe://cluster.local/ns/shop/sa/cart\n"
+        "tokens:\n- token: {ZTUNNEL1_TOKEN}\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: node-1\n- token: {ZTUNNEL2_TOKEN}\n  identity: spiffe://cluster.local/ns/ambit-system/sa/ztunnel\n  node: node-2\n- token: {CART_TOKEN}\n  identity: spiffe://cluster.local/ns/shop/sa/cart\n- token: {GATEWAY_TOKEN}\n  identity: spiffe://cluster.local/ns/shop/sa/public\n"
     );
     std::fs::write(dir.join("tokens.yaml"), tokens).unwrap();
     write(
@@ -217,13 +218,17 @@ async fn edits_produce_exactly_the_expected_adds_and_removals() {
 type Raw = (mpsc::Sender<DeltaDiscoveryRequest>, tonic::Streaming<DeltaDiscoveryResponse>);
 
 async fn raw_stream(env: &Env, first: Vec<DeltaDiscoveryRequest>) -> Raw {
+    raw_stream_as(env, ZTUNNEL2_TOKEN, first).await
+}
+
+async fn raw_stream_as(env: &Env, token: &str, first: Vec<DeltaDiscoveryRequest>) -> Raw {
     let (tx, rx) = mpsc::channel(16);
     for r in first {
         tx.send(r).await.unwrap();
     }
     let mut client = AggregatedDiscoveryServiceClient::new(grpc::channel(env.running.grpc_addr, env.tls.clone()));
     let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    req.metadata_mut().insert("authorization", format!("Bearer {ZTUNNEL2_TOKEN}").parse().unwrap());
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     let stream = client.delta_aggregated_resources(req).await.unwrap().into_inner();
     (tx, stream)
 }
@@ -259,6 +264,52 @@ async fn a_reconnecting_subscriber_gets_only_what_changed() {
     let resumed = next(&mut stream).await;
     assert_eq!(resumed.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec![CART]);
     assert_eq!(resumed.removed_resources, vec![FRONT]);
+}
+
+/// An ingress gateway's configuration holds its listeners' private keys: only the gateway's
+/// own identity gets it, whether others subscribe by wildcard or by its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_configuration_goes_to_the_gateway_alone() {
+    let env = env("gateway-config").await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "tls", "namespace": "shop"},
+        "stringData": {"tls.crt": cert.pem(), "tls.key": key.serialize_pem()},
+    });
+    write(
+        &env.dir,
+        "gateway.yaml",
+        &format!("{secret}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: public, namespace: shop}}\nspec:\n  gatewayClassName: ambit\n  listeners: [{{name: https, port: 443, protocol: HTTPS, tls: {{certificateRefs: [{{name: tls}}]}}}}]\n"),
+    );
+    eventually("published", || env.running.shared.xds.snapshot(GATEWAY).contains_key("shop/public")).await;
+    let by_name = DeltaDiscoveryRequest {
+        type_url: GATEWAY.into(),
+        resource_names_subscribe: vec!["shop/public".into()],
+        ..Default::default()
+    };
+    // Another workload of the namespace, by wildcard and by name; a ztunnel.
+    for (token, request) in [
+        (CART_TOKEN, subscribe(GATEWAY, HashMap::new())),
+        (CART_TOKEN, by_name.clone()),
+        (ZTUNNEL1_TOKEN, subscribe(GATEWAY, HashMap::new())),
+    ] {
+        let (_tx, mut stream) = raw_stream_as(&env, token, vec![request]).await;
+        let first = next(&mut stream).await;
+        assert!(
+            first.resources.is_empty(),
+            "{token} got {:?}",
+            first.resources.iter().map(|r| &r.name).collect::<Vec<_>>()
+        );
+    }
+    // The gateway itself.
+    let (_tx, mut stream) = raw_stream_as(&env, GATEWAY_TOKEN, vec![by_name]).await;
+    let first = next(&mut stream).await;
+    assert_eq!(first.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["shop/public"]);
+    let body = first.resources[0].resource.as_ref().unwrap();
+    let config = <ambit_shared::proto::waypoint::GatewayConfig as prost::Message>::decode(&body.value[..]).unwrap();
+    assert!(config.listeners[0].certificates[0].private_key.contains("PRIVATE KEY"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

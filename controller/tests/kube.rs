@@ -117,6 +117,9 @@ impl ApiServer {
                 }
                 json(200, body)
             }
+            ("GET", "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web") => {
+                json(200, fixture("httproute.get.json"))
+            }
             ("GET", _) if is_watch => match resource.as_str() {
                 "pods" => watch(fixture("pods.watch.jsonl")),
                 "httproutes" => watch(fixture("httproutes.watch.jsonl")),
@@ -365,6 +368,76 @@ async fn waypoint_statuses_are_applied_to_gateways_and_services() {
         assert_eq!(cond["type"], "Programmed");
         assert!(cond["lastTransitionTime"].as_str().is_some_and(|t| t.ends_with('Z')), "{cond}");
     }
+}
+
+/// An ingress Gateway's status (listeners with their conditions, addresses) is applied to the
+/// Gateway; a route naming it gets our entry for that parent merged into what the route holds
+/// (read first): another controller's entry and our own Service-parent entry stay as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_statuses_are_written_to_the_gateway_and_merged_into_routes() {
+    use ambit_controller::deploy::status::{write_status_patches, StatusSync};
+    use ambit_controller::manifest::{parse_object, Parsed};
+    use ambit_controller::store::Store;
+    use ambit_controller::translate::MeshSettings;
+    let (_, server, client) = api_server().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(write_status_patches(client, rx));
+    let mut store = Store::default();
+    let route: serde_json::Value = serde_json::from_str(&fixture("httproute.get.json")).unwrap();
+    for v in [
+        serde_yaml::from_str("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}").unwrap(),
+        serde_yaml::from_str("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}").unwrap(),
+        serde_yaml::from_str("apiVersion: v1\nkind: Service\nmetadata: {name: public, namespace: ingress, labels: {gateway.networking.k8s.io/gateway-name: public}}\nspec: {type: LoadBalancer, clusterIP: 10.96.0.30, ports: [{port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}").unwrap(),
+        serde_yaml::from_str("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: public, namespace: ingress}\nspec:\n  gatewayClassName: ambit\n  listeners:\n  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: missing}]}}").unwrap(),
+        route,
+    ] {
+        let Parsed::Object(o) = parse_object("recorded", v).unwrap() else { panic!() };
+        store.upsert(*o);
+    }
+    let mut sync = StatusSync::new(tx);
+    sync.sync(&store, &MeshSettings::default());
+    let patch_of = |path: &str| -> Option<serde_json::Value> {
+        let requests = server.requests.lock().unwrap();
+        let (_, _, body) = requests.iter().find(|(m, p, _)| m == "PATCH" && p == path)?;
+        serde_json::from_str(body).ok()
+    };
+    let mut gateway = None;
+    let mut route = None;
+    for _ in 0..200 {
+        gateway = patch_of("/apis/gateway.networking.k8s.io/v1/namespaces/ingress/gateways/public/status");
+        route = patch_of("/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web/status");
+        if gateway.is_some() && route.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gateway = gateway.expect("the Gateway's status applied");
+    let status = &gateway["status"];
+    assert_eq!(status["addresses"], serde_json::json!([{"type": "IPAddress", "value": "203.0.113.7"}]));
+    let listeners = status["listeners"].as_array().unwrap();
+    assert_eq!(listeners[0]["name"], "http");
+    assert_eq!(listeners[0]["attachedRoutes"], 1);
+    assert_eq!(listeners[0]["supportedKinds"][0]["kind"], "HTTPRoute");
+    let https = &listeners[1];
+    let resolved = https["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "ResolvedRefs").unwrap();
+    assert_eq!(
+        (resolved["status"].as_str(), resolved["reason"].as_str()),
+        (Some("False"), Some("InvalidCertificateRef"))
+    );
+    assert!(https["conditions"].as_array().unwrap().iter().all(|c| c["lastTransitionTime"].is_string()));
+    assert_eq!(status["conditions"][0]["reason"], "ListenersNotValid");
+
+    let route = route.expect("the route's parents applied");
+    assert_eq!(route["metadata"]["resourceVersion"], "50510", "guarded by the version read");
+    let parents = route["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 3, "{parents:?}");
+    assert_eq!(parents[0]["controllerName"], "example.com/edge-controller", "another controller's entry kept");
+    assert_eq!(parents[1]["parentRef"]["kind"], "Service", "our Service-parent entry left to its writer");
+    assert_eq!(parents[2]["parentRef"]["name"], "public");
+    assert_eq!(parents[2]["controllerName"], "ambit.dev/waypoint-controller");
+    assert_eq!(parents[2]["conditions"][0]["type"], "Accepted");
+    assert_eq!(parents[2]["conditions"][0]["status"], "True");
+    assert_eq!(parents[2]["conditions"][1]["reason"], "ResolvedRefs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

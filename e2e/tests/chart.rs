@@ -292,11 +292,20 @@ fn check_waypoints(controller: &Controller, zconfig: &ambit_ztunnel::config::Con
     );
 }
 
-/// Each GatewayClass the chart creates is a waypoint class.
+/// The chart creates a waypoint class and an ingress class, both the controller's (or none).
 fn check_gateway_classes(r: &Rendered) {
-    for class in &r.gateway_classes {
-        let name = class.metadata.name.clone().expect("name");
-        assert!(ambit_controller::model::WAYPOINT_CLASSES.contains(&name.as_str()), "{name} is a waypoint class");
+    if r.gateway_classes.is_empty() {
+        return;
+    }
+    let names: Vec<String> = r.gateway_classes.iter().map(|c| c.metadata.name.clone().expect("name")).collect();
+    assert!(names.iter().any(|n| ambit_controller::model::WAYPOINT_CLASSES.contains(&n.as_str())), "{names:?}");
+    assert!(names.iter().any(|n| ambit_shared::api::INGRESS_CLASSES.contains(&n.as_str())), "{names:?}");
+    for name in &names {
+        assert!(
+            ambit_controller::model::WAYPOINT_CLASSES.contains(&name.as_str())
+                || ambit_shared::api::INGRESS_CLASSES.contains(&name.as_str()),
+            "{name} is a class the controller serves"
+        );
     }
 }
 
@@ -338,8 +347,9 @@ fn default_values_render_a_consistent_install() {
     );
     assert_eq!(r.deployments["ambit-controller"].spec.as_ref().and_then(|s| s.replicas), Some(2));
     assert_eq!(ztunnel_host_paths(&r), ("/opt/cni/bin".to_owned(), "/etc/cni/net.d".to_owned()));
-    assert_eq!(r.gateway_classes.len(), 1);
+    assert_eq!(r.gateway_classes.len(), 2);
     assert_eq!(r.gateway_classes[0].metadata.name.as_deref(), Some("ambit-waypoint"));
+    assert_eq!(r.gateway_classes[1].metadata.name.as_deref(), Some("ambit"));
 
     // The CRDs are the generated ones, and the chart's copy has not drifted.
     let generated = ambit_controller::crds::render().expect("generating the CRDs");

@@ -173,7 +173,9 @@ pub fn ingress_statuses(store: &Store, mesh: &MeshSettings) -> Vec<((Kind, Strin
 /// its core kinds itself).
 pub fn writes_status(ar: &ApiResource) -> bool {
     matches!(ar.group.as_str(), "security.istio.io" | "networking.istio.io" | "gateway.networking.k8s.io")
+        // A Gateway's status is the store's (`statuses`); a ReferenceGrant has none.
         && ar.kind != "Gateway"
+        && ar.kind != "ReferenceGrant"
 }
 
 pub(crate) const ACCEPTED_MESSAGE: &str = "accepted by ambit-controller";
@@ -238,15 +240,31 @@ pub fn route_parents(parent_refs: &[serde_json::Value], verdict: &RouteVerdict) 
         .collect()
 }
 
-/// The whole `status.parents` to write: other controllers' entries as they are, ours replaced
-/// by `ours`. A condition keeps its `lastTransitionTime` while its status is unchanged. `None`
+/// The whole `status.parents` to write: other controllers' entries as they are, our entries for
+/// Service parents (the waypoint routes, judged per route where it is watched) replaced by
+/// `ours`. A condition keeps its `lastTransitionTime` while its status is unchanged. `None`
 /// when our entries already say exactly this (nothing to write).
 pub fn merge_route_parents(
     current: &[serde_json::Value],
-    mut ours: Vec<serde_json::Value>,
+    ours: Vec<serde_json::Value>,
     now: &str,
 ) -> Option<Vec<serde_json::Value>> {
-    let is_ours = |e: &serde_json::Value| e.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER_NAME);
+    merge_owned_parents(current, ours, now, |p| is_service_parent(p))
+}
+
+/// As [`merge_route_parents`], for our entries whose `parentRef` satisfies `owned`: the
+/// Service parents are judged where routes are watched, the Gateway parents from the whole
+/// store (`ingress_statuses`), and each writer leaves the other's entries alone.
+pub fn merge_owned_parents(
+    current: &[serde_json::Value],
+    mut ours: Vec<serde_json::Value>,
+    now: &str,
+    owned: impl Fn(&serde_json::Value) -> bool,
+) -> Option<Vec<serde_json::Value>> {
+    let is_ours = |e: &serde_json::Value| {
+        e.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER_NAME)
+            && e.get("parentRef").is_some_and(&owned)
+    };
     let (mine, foreign): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = current.iter().partition(|e| is_ours(e));
     for entry in &mut ours {
         let before = mine.iter().find(|m| m.get("parentRef") == entry.get("parentRef"));
@@ -364,13 +382,56 @@ pub struct StatusPatch {
     pub status: serde_json::Value,
 }
 
-/// The API resource of a kind whose status the controller writes.
+/// The API resource of a kind whose status the controller writes from the store: waypoint and
+/// ingress Gateways, Services asking for a waypoint, and routes naming an ingress Gateway.
 pub fn status_resource(kind: Kind) -> Option<ApiResource> {
     match kind {
         Kind::Gateway => Some(resource(("gateway.networking.k8s.io", "v1", "Gateway", "gateways"))),
         Kind::Service => Some(resource(("", "v1", "Service", "services"))),
+        Kind::HttpRoute => Some(resource(("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"))),
+        Kind::GrpcRoute => Some(resource(("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"))),
+        Kind::TlsRoute => Some(resource(("gateway.networking.k8s.io", "v1alpha2", "TLSRoute", "tlsroutes"))),
+        Kind::TcpRoute => Some(resource(("gateway.networking.k8s.io", "v1alpha2", "TCPRoute", "tcproutes"))),
         _ => None,
     }
+}
+
+/// Writes a route's entries for its Gateway parents: read the route, merge (other entries
+/// untouched, transition times kept), apply guarded by the `resourceVersion` read; a route
+/// that moved on meanwhile is read and merged again.
+async fn write_route_parents(client: &Client, params: &PatchParams, p: &StatusPatch) -> Result<(), kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &p.namespace, &p.resource);
+    let ours = p.status.get("parents").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    for _ in 0..3 {
+        let current = match api.get(&p.name).await {
+            Ok(o) => o,
+            // Gone: nothing to write.
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let parents = current
+            .data
+            .get("status")
+            .and_then(|s| s.get("parents"))
+            .and_then(|p| p.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let Some(merged) = merge_owned_parents(&parents, ours.clone(), &rfc3339_now(), |r| !is_service_parent(r))
+        else {
+            return Ok(());
+        };
+        let patch = serde_json::json!({
+            "apiVersion": p.resource.api_version, "kind": p.resource.kind,
+            "metadata": {"resourceVersion": current.metadata.resource_version},
+            "status": {"parents": merged},
+        });
+        match api.patch_status(&p.name, params, &Patch::Apply(&patch)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes waypoint statuses with server-side apply (field manager `ambit-controller`): our
@@ -378,10 +439,23 @@ pub fn status_resource(kind: Kind) -> Option<ApiResource> {
 pub async fn write_status_patches(client: Client, mut rx: mpsc::Receiver<StatusPatch>) {
     let params = PatchParams::apply("ambit-controller").force();
     while let Some(mut p) = rx.recv().await {
+        if p.status.get("parents").is_some() {
+            if let Err(e) = write_route_parents(&client, &params, &p).await {
+                tracing::warn!(kind = %p.resource.kind, namespace = %p.namespace, name = %p.name, error = %e, "writing route status failed");
+            }
+            continue;
+        }
         let now = rfc3339_now();
-        if let Some(conds) = p.status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
-            for c in conds.iter_mut().filter_map(|c| c.as_object_mut()) {
+        let stamp = |conds: Option<&mut serde_json::Value>| {
+            for c in conds.and_then(|c| c.as_array_mut()).into_iter().flatten().filter_map(|c| c.as_object_mut()) {
                 c.insert("lastTransitionTime".into(), now.clone().into());
+            }
+        };
+        stamp(p.status.get_mut("conditions"));
+        // A Gateway's listeners carry conditions of their own (required fields alike).
+        if let Some(listeners) = p.status.get_mut("listeners").and_then(|l| l.as_array_mut()) {
+            for l in listeners {
+                stamp(l.get_mut("conditions"));
             }
         }
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &p.namespace, &p.resource);
@@ -433,7 +507,12 @@ impl StatusSync {
             }
         }
         for key in self.written.keys().filter(|k| !now.contains_key(*k)) {
-            send_status(&self.tx, key, serde_json::json!({"conditions": []}));
+            let gone = match key.0 {
+                Kind::Gateway | Kind::Service => serde_json::json!({"conditions": []}),
+                // A route no longer naming an ingress Gateway: our entries for it go.
+                _ => serde_json::json!({"parents": []}),
+            };
+            send_status(&self.tx, key, gone);
         }
         self.written = now;
     }

@@ -44,9 +44,16 @@ pub fn required() -> Vec<Access> {
             add(Scope::Cluster, group, format!("{plural}/status"), &["patch"]);
         }
     }
-    // Waypoint statuses (Gateway, Service), server-side applied.
+    // Waypoint and ingress statuses (Gateway, Service), server-side applied; a route's
+    // entries for ingress Gateways are merged into what it holds (read, then applied).
     for kind in [Kind::Gateway, Kind::Service] {
         if let Some(r) = status_resource(kind) {
+            add(Scope::Cluster, &r.group, format!("{}/status", r.plural), &["patch"]);
+        }
+    }
+    for kind in [Kind::HttpRoute, Kind::GrpcRoute, Kind::TlsRoute, Kind::TcpRoute] {
+        if let Some(r) = status_resource(kind) {
+            add(Scope::Cluster, &r.group, r.plural.clone(), &["get"]);
             add(Scope::Cluster, &r.group, format!("{}/status", r.plural), &["patch"]);
         }
     }

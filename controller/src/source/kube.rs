@@ -41,7 +41,26 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
     ("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),
+    // Ingress gateways: TLS and TCP routes (experimental channel), references across
+    // namespaces, and the listeners' certificates (only `kubernetes.io/tls` Secrets are
+    // listed: see `watch_config`).
+    ("gateway.networking.k8s.io", "v1alpha2", "TLSRoute", "tlsroutes"),
+    ("gateway.networking.k8s.io", "v1alpha2", "TCPRoute", "tcproutes"),
+    ("gateway.networking.k8s.io", "v1beta1", "ReferenceGrant", "referencegrants"),
+    ("", "v1", "Secret", "secrets"),
 ];
+
+/// Kinds whose CRD a cluster may lack (Gateway API's experimental channel): while it is
+/// missing the kind counts as synced and empty, and it is looked for again.
+const OPTIONAL: &[&str] = &["TLSRoute", "TCPRoute", "ReferenceGrant"];
+
+/// What a watch lists: TLS Secrets only (the controller never holds other Secrets).
+fn watch_config(kind: &str) -> watcher::Config {
+    match kind {
+        "Secret" => watcher::Config::default().fields("type=kubernetes.io/tls"),
+        _ => watcher::Config::default(),
+    }
+}
 
 pub(crate) fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     let gvk = GroupVersionKind::gvk(group, version, kind);
@@ -172,7 +191,32 @@ async fn watch_kind(
     let mut synced = false;
     let mut relisted: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut batch = Vec::new();
-    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    if OPTIONAL.contains(&kind_name) {
+        // Until its CRD exists: synced, empty, looked for every 30 s.
+        let mut announced = false;
+        loop {
+            match api.list(&kube::api::ListParams::default().limit(1)).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    if !announced {
+                        announced = true;
+                        tracing::info!(kind = kind_name, "CRD not installed; watching it once it is");
+                        if tx.send(vec![Event::Synced]).await.is_err() {
+                            return;
+                        }
+                        synced = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(kind = kind_name, error = %e, "Kubernetes list failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    continue;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+    }
+    let mut stream = watcher(api, watch_config(kind_name)).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         match event {
             Ok(watcher::Event::Init) => relisted.clear(),
