@@ -118,12 +118,12 @@ pub fn parse_object(origin: &str, value: serde_json::Value) -> Result<Parsed, Re
     };
     let parent_refs = match k {
         Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute => {
-            value.get("spec").and_then(|s| s.get("parentRefs")).and_then(|p| p.as_array()).cloned().unwrap_or_default()
+            value.get("spec").and_then(|s| s.get("parentRefs")).and_then(|p| p.as_array()).cloned().map(Box::new)
         }
-        _ => Vec::new(),
+        _ => None,
     };
     typed_object(k, &label, value).map_err(|mut r| {
-        r.key = Some(key);
+        r.key = Some(Box::new(key));
         r.parent_refs = parent_refs;
         r
     })

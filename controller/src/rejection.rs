@@ -20,22 +20,16 @@ pub struct Rejection {
     pub reason: String,
     /// The object, when the document got far enough to name it.
     #[serde(skip)]
-    pub key: Option<ObjectKey>,
+    pub key: Option<Box<ObjectKey>>,
     /// A refused Gateway API route's `spec.parentRefs` as written: its status is per parent
     /// even when it is refused.
     #[serde(skip)]
-    pub parent_refs: Vec<serde_json::Value>,
+    pub parent_refs: Option<Box<Vec<serde_json::Value>>>,
 }
 
 impl Rejection {
     pub fn new(object: impl Into<String>, field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Rejection {
-            object: object.into(),
-            field: field.into(),
-            reason: reason.into(),
-            key: None,
-            parent_refs: Vec::new(),
-        }
+        Rejection { object: object.into(), field: field.into(), reason: reason.into(), key: None, parent_refs: None }
     }
 }
 

@@ -151,9 +151,10 @@ pub fn route_statuses(
             continue;
         };
         let verdict = RouteVerdict { rejection: Some(r), generation: None };
-        let mut ours = route_parents(&r.parent_refs, &verdict);
+        let refs: &[serde_json::Value] = r.parent_refs.as_deref().map_or(&[], |v| v.as_slice());
+        let mut ours = route_parents(refs, &verdict);
         let refused = serde_json::json!([{"type": "Accepted", "status": "False", "reason": "UnsupportedValue", "message": r.to_string()}]);
-        for p in &r.parent_refs {
+        for p in refs {
             let Ok(parent) = serde_json::from_value::<ParentReference>(p.clone()) else { continue };
             let gw_ns = parent.namespace.as_deref().unwrap_or(&key.namespace);
             let is_gateway = parent.group.as_deref().unwrap_or("gateway.networking.k8s.io")

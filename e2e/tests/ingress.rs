@@ -32,20 +32,26 @@ fn pod_yaml(name: &str, ns: &str, app: &str, node: &str, args: &str) -> String {
     )
 }
 
-/// A CA and a server certificate for `names` signed by it (PEM: CA, chain, key).
-fn issue(names: &[&str]) -> (String, String, String) {
+/// A CA, and per name list a server certificate signed by it (PEM: CA, then chain and key).
+fn issue(leaves: &[&[&str]]) -> (String, Vec<(String, String)>) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ingress test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca.pem(), leaf.pem(), key.serialize_pem())
+    let issued = leaves
+        .iter()
+        .map(|names| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let leaf = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            (leaf.pem(), key.serialize_pem())
+        })
+        .collect();
+    (ca.pem(), issued)
 }
 
 fn indent(pem: &str) -> String {
@@ -91,8 +97,10 @@ fn ingress_gateway_serves_http_https_tls_and_tcp_from_outside() {
     let scratch = opts.root.with_extension("files");
     let mut sb = Sandbox::up(opts).unwrap();
 
-    let (ca, chain, key) = issue(&["shop.example.com"]);
-    let (_, other_chain, _) = issue(&["broken.example.com"]);
+    let (ca, issued) = issue(&[&["shop.example.com"], &["*.example.com"]]);
+    let ((chain, key), (wild_chain, wild_key)) = (issued[0].clone(), issued[1].clone());
+    let (_, other) = issue(&[&["broken.example.com"]]);
+    let other_chain = other[0].0.clone();
     let ca_file = scratch.join("ca.pem");
     ambit_e2e::write_file(&scratch, "ca.pem", &ca);
     let l4_allow = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: gateway-only, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  action: ALLOW\n  rules: [{from: [{source: {principals: [cluster.local/ns/ingress/sa/public]}}]}]\n";
@@ -110,10 +118,13 @@ fn ingress_gateway_serves_http_https_tls_and_tcp_from_outside() {
             "apiVersion: v1\nkind: Service\nmetadata: {name: web-v2, namespace: shop}\nspec: {selector: {app: web-v2}, ports: [{name: http, port: 80, targetPort: 8080}]}\n".to_owned(),
             "apiVersion: v1\nkind: Service\nmetadata: {name: secure, namespace: shop}\nspec: {selector: {app: secure}, ports: [{name: tls, port: 443, targetPort: 8443}]}\n".to_owned(),
             secret("shop-tls", &chain, &key),
+            secret("wild-tls", &wild_chain, &wild_key),
             // A key that is not its certificate's.
             secret("broken-tls", &other_chain, &key),
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: public, namespace: ingress}\nspec:\n  gatewayClassName: ambit\n  listeners:\n  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n  - {name: https, port: 443, protocol: HTTPS, hostname: shop.example.com, tls: {certificateRefs: [{name: shop-tls}]}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: broken, port: 443, protocol: HTTPS, hostname: broken.example.com, tls: {certificateRefs: [{name: broken-tls}]}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: missing, port: 443, protocol: HTTPS, hostname: missing.example.com, tls: {certificateRefs: [{name: nope}]}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: passthrough, port: 8443, protocol: TLS, tls: {mode: Passthrough}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: tcp, port: 9000, protocol: TCP, allowedRoutes: {namespaces: {from: All}}}\n".to_owned(),
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: public, namespace: ingress}\nspec:\n  gatewayClassName: ambit\n  listeners:\n  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n  - {name: https, port: 443, protocol: HTTPS, hostname: shop.example.com, tls: {certificateRefs: [{name: shop-tls}]}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: wild, port: 443, protocol: HTTPS, hostname: '*.example.com', tls: {certificateRefs: [{name: wild-tls}]}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: broken, port: 443, protocol: HTTPS, hostname: broken.example.com, tls: {certificateRefs: [{name: broken-tls}]}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: missing, port: 443, protocol: HTTPS, hostname: missing.example.com, tls: {certificateRefs: [{name: nope}]}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: passthrough, port: 8443, protocol: TLS, tls: {mode: Passthrough}, allowedRoutes: {namespaces: {from: All}}}\n  - {name: tcp, port: 9000, protocol: TCP, allowedRoutes: {namespaces: {from: All}}}\n".to_owned(),
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: shop}\nspec:\n  parentRefs: [{name: public, namespace: ingress}]\n  hostnames: [shop.example.com]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /split}}]\n    backendRefs: [{name: web, port: 80, weight: 50}, {name: web-v2, port: 80, weight: 50}]\n  - backendRefs: [{name: web, port: 80}]\n".to_owned(),
+            // Everything else under example.com: web-v2, on the wildcard listener only.
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: wild, namespace: shop}\nspec:\n  parentRefs: [{name: public, namespace: ingress, sectionName: wild}]\n  rules: [{backendRefs: [{name: web-v2, port: 80}]}]\n".to_owned(),
             "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {name: secure, namespace: shop}\nspec:\n  parentRefs: [{name: public, namespace: ingress, sectionName: passthrough}]\n  hostnames: [secure.example.com]\n  rules: [{backendRefs: [{name: secure, port: 443}]}]\n".to_owned(),
             "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: tcp, namespace: shop}\nspec:\n  parentRefs: [{name: public, namespace: ingress, sectionName: tcp}]\n  rules: [{backendRefs: [{name: web, port: 9000}]}]\n".to_owned(),
             // Naming a listener that does not exist, with a backend that does not either.
@@ -155,8 +166,27 @@ fn ingress_gateway_serves_http_https_tls_and_tcp_from_outside() {
     };
     let (code, body) = https("/").unwrap();
     assert_eq!((code, pod_of(&body)), (200, "web-v1".to_owned()), "{body}");
-    let headers: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(headers["headers"]["x-forwarded-proto"], "https", "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https", "{body}");
+    // curl spoke HTTP/2 (ALPN); the backend declares nothing, so it gets HTTP/1.1 with the
+    // name the client asked for.
+    assert_eq!(echoed["protocol"], "HTTP/1.1", "{body}");
+    assert_eq!(echoed["headers"]["host"], "shop.example.com", "{body}");
+
+    // The wildcard listener: its own certificate and routes. A request on its connection for
+    // a host the exact listener claims is misdirected (421), never served by the wildcard's
+    // routes (listeners sharing a port do not share routes).
+    let wild = |host: &str| {
+        let resolve = resolve("x.example.com", 443);
+        let header = format!("host: {host}");
+        curl(
+            &sb,
+            &["--cacert", ca_file.to_str().unwrap(), "--resolve", &resolve, "-H", &header, "https://x.example.com/"],
+        )
+    };
+    let (code, body) = wild("x.example.com").unwrap();
+    assert_eq!((code, pod_of(&body)), (200, "web-v2".to_owned()), "{body}");
+    assert_eq!(wild("shop.example.com").unwrap().0, 421);
 
     // The split, both ways.
     let mut seen = std::collections::BTreeSet::new();
@@ -171,11 +201,17 @@ fn ingress_gateway_serves_http_https_tls_and_tcp_from_outside() {
     assert_eq!(https("/admin/x").unwrap().0, 403);
     assert_eq!(curl(&sb, &["-H", "host: shop.example.com", &format!("http://{gw_ip}/admin")]).unwrap().0, 403);
 
-    // The broken listeners are not served; the good one on the same port is.
-    let broken = curl(&sb, &["-k", "--resolve", &resolve("broken.example.com", 443), "https://broken.example.com/"]);
-    assert!(broken.is_err(), "no certificate for a listener whose key does not match: {broken:?}");
-    let missing = curl(&sb, &["-k", "--resolve", &resolve("missing.example.com", 443), "https://missing.example.com/"]);
-    assert!(missing.is_err(), "no certificate for a listener whose Secret is missing: {missing:?}");
+    // The broken listeners are not served (their certificates never are): their hosts fall
+    // to the wildcard listener, whose certificate (from the test CA, not the broken one's)
+    // curl accepts, and whose routes answer.
+    for host in ["broken.example.com", "missing.example.com"] {
+        let (code, body) = curl(
+            &sb,
+            &["--cacert", ca_file.to_str().unwrap(), "--resolve", &resolve(host, 443), &format!("https://{host}/")],
+        )
+        .unwrap();
+        assert_eq!((code, pod_of(&body)), (200, "web-v2".to_owned()), "{host}: {body}");
+    }
 
     // TLS passthrough: the backend's own certificate (self-signed for secure.example.com),
     // the request answered by the backend.

@@ -88,6 +88,9 @@ pub struct Config {
     /// Ingress mode: connections open at once over all listeners; more are closed at accept.
     #[arg(long, env = "INGRESS_MAX_CONNECTIONS", default_value_t = 16_384)]
     pub ingress_max_connections: usize,
+    /// Ingress mode: connections open at once from one client address.
+    #[arg(long, env = "INGRESS_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 1_024)]
+    pub ingress_max_connections_per_source: usize,
     /// Connection and stream budgets of the HBONE listeners (all of them together).
     #[command(flatten)]
     pub hbone_limits: ambit_shared::hbone::server::Limits,
@@ -119,7 +122,7 @@ pub enum ConfigError {
     Otlp(String),
     #[error("--worker-threads must be at least 1")]
     Workers,
-    #[error("--ingress-max-connections must be at least 1")]
+    #[error("--ingress-max-connections and --ingress-max-connections-per-source must be at least 1")]
     IngressConnections,
     #[error("--path-normalization / PATH_NORMALIZATION {0:?}: expected NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")]
     Normalization(String),
@@ -149,7 +152,7 @@ impl Config {
         if self.worker_threads == 0 {
             return Err(ConfigError::Workers);
         }
-        if self.ingress_max_connections == 0 {
+        if self.ingress_max_connections == 0 || self.ingress_max_connections_per_source == 0 {
             return Err(ConfigError::IngressConnections);
         }
         self.normalization()?;

@@ -4,9 +4,10 @@
 //! and for HTTPS the listeners' certificates chosen by SNI. It only compiles and chooses; the
 //! connections are the proxy's (see [`crate::proxy::ingress`]).
 //!
-//! Fail closed: a configuration that does not compile is refused whole (NACKed; the previous
-//! one stays in force, or none — no listener opens); a TLS client whose SNI no listener claims
-//! gets no certificate; a request no route takes is answered 404, never forwarded.
+//! Fail closed: a listener that does not compile is left out (its hosts get nothing; the update
+//! is NACKed naming it, and the other listeners serve — one tenant's bad route cannot freeze
+//! the gateway); a TLS client whose SNI no listener claims gets no certificate; a request no
+//! route takes is answered 404, never forwarded.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,9 +45,9 @@ pub struct Listener {
 /// What a port serves.
 #[derive(Debug)]
 pub enum PortPlan {
-    /// Plain HTTP: the routes of every listener on the port, in one table (each route names
-    /// the hosts it serves).
-    Http(Arc<ServiceL7>),
+    /// Plain HTTP: per request, the routes of the listener the Host chooses (listeners sharing
+    /// a port never share routes).
+    Http(Arc<SniListeners>),
     /// TLS terminated by the listener the SNI chooses, then HTTP with that listener's routes
     /// only.
     Https(Arc<SniListeners>),
@@ -61,12 +62,16 @@ pub enum PortPlan {
 pub struct SniListeners {
     pub listeners: Vec<Arc<Listener>>,
     /// HTTPS: the TLS server configuration, serving the listeners' certificates by SNI and
-    /// offering HTTP/2 and HTTP/1.1. Unused for passthrough.
-    pub server_config: Arc<rustls::ServerConfig>,
+    /// offering HTTP/2 and HTTP/1.1.
+    pub server_config: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl SniListeners {
-    fn new(listeners: Vec<Arc<Listener>>) -> Arc<Self> {
+    fn plain(listeners: Vec<Arc<Listener>>) -> Arc<Self> {
+        Arc::new(SniListeners { listeners, server_config: None })
+    }
+
+    fn tls(listeners: Vec<Arc<Listener>>) -> Arc<Self> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = match rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
         {
@@ -76,11 +81,12 @@ impl SniListeners {
         };
         let mut config = builder.with_no_client_auth().with_cert_resolver(Arc::new(SniResolver(listeners.clone())));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Arc::new(SniListeners { listeners, server_config: Arc::new(config) })
+        Arc::new(SniListeners { listeners, server_config: Some(Arc::new(config)) })
     }
 
-    /// The listener for `sni`: the most specific hostname that covers it (exact, then the
-    /// longest wildcard), else one without a hostname. No SNI: only one without a hostname.
+    /// The listener for `sni` (or a request's Host): the most specific hostname that covers it
+    /// (exact, then the longest wildcard), else one without a hostname. No name: only one
+    /// without a hostname.
     pub fn choose(&self, sni: Option<&str>) -> Option<&Arc<Listener>> {
         choose(&self.listeners, sni)
     }
@@ -127,7 +133,10 @@ pub struct GatewayL7 {
 }
 
 impl GatewayL7 {
-    pub fn compile(c: &pb::GatewayConfig) -> Result<Self, GatewayError> {
+    /// Compiles what can be served; a listener that cannot (it does not compile, or clashes
+    /// with an earlier one on its port) is left out — its hosts get nothing — and returned
+    /// with why, while the others serve.
+    pub fn compile(c: &pb::GatewayConfig) -> (Self, Vec<GatewayError>) {
         let service = Arc::new(Service {
             key: format!("{}/{}", c.namespace, c.name).into(),
             name: c.name.as_str().into(),
@@ -158,73 +167,66 @@ impl GatewayL7 {
             }
             Ok(l7)
         };
-        let mut by_port: BTreeMap<u16, Vec<(&pb::GatewayListener, Arc<Listener>)>> = BTreeMap::new();
+        let mut dropped = Vec::new();
+        let mut by_port: BTreeMap<u16, Vec<Arc<Listener>>> = BTreeMap::new();
         for l in &c.listeners {
-            let bad = |problem: String| GatewayError::Listener { listener: l.name.clone(), problem };
-            let port = u16::try_from(l.port).ok().filter(|p| *p != 0).ok_or_else(|| bad(format!("port {}", l.port)))?;
-            let protocol = pb::ListenerProtocol::try_from(l.protocol).map_err(|_| bad("unknown protocol".into()))?;
-            let key = match protocol {
-                pb::ListenerProtocol::ListenerHttps => {
-                    let first = l.certificates.first().ok_or_else(|| bad("HTTPS without a certificate".into()))?;
-                    Some(Arc::new(certified_key(first).map_err(|e| bad(format!("certificate {}: {e}", first.source)))?))
+            match compile_listener(l, &l7) {
+                Ok((port, listener)) => {
+                    let on_port = by_port.entry(port).or_default();
+                    match on_port.first() {
+                        Some(other) if other.protocol != listener.protocol => {
+                            dropped.push(GatewayError::MixedProtocols {
+                                port,
+                                first: other.name.clone(),
+                                second: listener.name.clone(),
+                                a: other.protocol,
+                                b: listener.protocol,
+                            });
+                        }
+                        Some(other) if listener.protocol == pb::ListenerProtocol::ListenerTcp => {
+                            dropped.push(GatewayError::Listener {
+                                listener: listener.name.clone(),
+                                problem: format!("port {port} is already TCP listener {}'s", other.name),
+                            });
+                        }
+                        _ => on_port.push(Arc::new(listener)),
+                    }
                 }
-                _ => None,
-            };
-            let hostname = (!l.hostname.is_empty()).then(|| HostPattern::parse(&l.hostname));
-            let listener = Listener {
-                name: l.name.clone(),
-                hostname,
-                protocol,
-                l7: Arc::new(l7(port, &l.name, l.routes.clone()).map_err(bad)?),
-                key,
-            };
-            let on_port = by_port.entry(port).or_default();
-            if let Some((_, other)) = on_port.first().filter(|(_, o)| o.protocol != protocol) {
-                return Err(GatewayError::MixedProtocols {
-                    port,
-                    first: other.name.clone(),
-                    second: l.name.clone(),
-                    a: other.protocol,
-                    b: protocol,
-                });
+                Err(e) => dropped.push(e),
             }
-            on_port.push((l, Arc::new(listener)));
         }
         let mut ports = BTreeMap::new();
-        for (port, mut listeners) in by_port {
-            let protocol = listeners[0].1.protocol;
-            let plan = match protocol {
-                pb::ListenerProtocol::ListenerHttp => {
-                    // One table for the port: the listeners with the most specific hostnames
-                    // first, so their routes take precedence.
-                    listeners
-                        .sort_by_key(|(_, l)| std::cmp::Reverse(l.hostname.as_ref().map(HostPattern::specificity)));
-                    let routes = listeners.iter().flat_map(|(raw, _)| raw.routes.iter().cloned()).collect();
-                    let name = &listeners[0].1.name;
-                    let merged = l7(port, name, routes)
-                        .map_err(|problem| GatewayError::Listener { listener: name.clone(), problem })?;
-                    PortPlan::Http(Arc::new(merged))
-                }
-                pb::ListenerProtocol::ListenerHttps => {
-                    PortPlan::Https(SniListeners::new(listeners.into_iter().map(|(_, l)| l).collect()))
-                }
-                pb::ListenerProtocol::ListenerTlsPassthrough => {
-                    PortPlan::Passthrough(SniListeners::new(listeners.into_iter().map(|(_, l)| l).collect()))
-                }
-                pb::ListenerProtocol::ListenerTcp => {
-                    if let Some((_, second)) = listeners.get(1) {
-                        return Err(GatewayError::Listener {
-                            listener: second.name.clone(),
-                            problem: format!("a second TCP listener on port {port}"),
-                        });
-                    }
-                    PortPlan::Tcp(listeners[0].1.clone())
-                }
+        for (port, listeners) in by_port {
+            let plan = match listeners[0].protocol {
+                pb::ListenerProtocol::ListenerHttp => PortPlan::Http(SniListeners::plain(listeners)),
+                pb::ListenerProtocol::ListenerHttps => PortPlan::Https(SniListeners::tls(listeners)),
+                pb::ListenerProtocol::ListenerTlsPassthrough => PortPlan::Passthrough(SniListeners::plain(listeners)),
+                pb::ListenerProtocol::ListenerTcp => PortPlan::Tcp(listeners[0].clone()),
             };
             ports.insert(port, plan);
         }
-        Ok(GatewayL7 { namespace: c.namespace.clone(), name: c.name.clone(), ports, service })
+        (GatewayL7 { namespace: c.namespace.clone(), name: c.name.clone(), ports, service }, dropped)
     }
+}
+
+/// One listener, or why it is left out.
+fn compile_listener(
+    l: &pb::GatewayListener,
+    l7: &impl Fn(u16, &str, Vec<pb::Route>) -> Result<ServiceL7, String>,
+) -> Result<(u16, Listener), GatewayError> {
+    let bad = |problem: String| GatewayError::Listener { listener: l.name.clone(), problem };
+    let port = u16::try_from(l.port).ok().filter(|p| *p != 0).ok_or_else(|| bad(format!("port {}", l.port)))?;
+    let protocol = pb::ListenerProtocol::try_from(l.protocol).map_err(|_| bad("unknown protocol".into()))?;
+    let key = match protocol {
+        pb::ListenerProtocol::ListenerHttps => {
+            let first = l.certificates.first().ok_or_else(|| bad("HTTPS without a certificate".into()))?;
+            Some(Arc::new(certified_key(first).map_err(|e| bad(format!("certificate {}: {e}", first.source)))?))
+        }
+        _ => None,
+    };
+    let hostname = (!l.hostname.is_empty()).then(|| HostPattern::parse(&l.hostname));
+    let compiled = l7(port, &l.name, l.routes.clone()).map_err(bad)?;
+    Ok((port, Listener { name: l.name.clone(), hostname, protocol, l7: Arc::new(compiled), key }))
 }
 
 /// A listener's certificate as rustls serves it, checked (see [`listener_key`]).

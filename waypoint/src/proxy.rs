@@ -88,6 +88,9 @@ pub struct Options {
     pub sampling: f64,
     /// Names of DNS ServiceEntry endpoints, resolved per request.
     pub resolver: Arc<ambit_dataplane::resolve::Resolver>,
+    /// An ingress gateway: requests go upstream in the HTTP version the backend's port
+    /// declares, not the client's (a browser's HTTP/2 is not the backend's).
+    pub ingress: bool,
 }
 
 pub struct Waypoint {
@@ -113,14 +116,17 @@ impl Waypoint {
         options: Options,
     ) -> Arc<Self> {
         Arc::new(Waypoint {
-            upstream: Arc::new(Upstream::new(
-                options.state,
-                options.network.clone(),
-                l7.clone(),
-                Pools::new(dialer),
-                options.resolver,
-                options.me.pod_ip,
-            )),
+            upstream: Arc::new(
+                Upstream::new(
+                    options.state,
+                    options.network.clone(),
+                    l7.clone(),
+                    Pools::new(dialer),
+                    options.resolver,
+                    options.me.pod_ip,
+                )
+                .for_ingress(options.ingress),
+            ),
             network: options.network,
             l7,
             metrics,

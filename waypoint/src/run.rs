@@ -114,6 +114,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         normalization: config.normalization()?,
         sampling: config.trace_sampling,
         resolver: Arc::new(ambit_dataplane::resolve::Resolver::new(&config.dns_nameservers)),
+        ingress: config.mode == Mode::Ingress,
     };
     let waypoint = Waypoint::new(dialer, l7, metrics, tracer, options);
 
@@ -160,15 +161,26 @@ async fn serve_ingress(
 ) -> anyhow::Result<()> {
     tracing::info!(gateway = %config.gateway, %identity, readiness = %bound[0], metrics = %bound[1], "ingress gateway started");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let listeners = tokio::spawn(crate::proxy::ingress::serve(
-        waypoint,
-        gateway,
-        config.ingress_bind_ip,
-        config.ingress_max_connections,
-        stop_rx,
-    ));
-    readiness.set_ready();
-    tracing::info!("ready: control plane state received, listeners follow the Gateway");
+    let limits = crate::proxy::ingress::Limits {
+        max_connections: config.ingress_max_connections,
+        max_per_source: config.ingress_max_connections_per_source,
+    };
+    let mut first = gateway.clone();
+    let listeners =
+        tokio::spawn(crate::proxy::ingress::serve(waypoint, gateway, config.ingress_bind_ip, limits, stop_rx));
+    // Ready once the Gateway's configuration is in hand (a gateway the controller has nothing
+    // for takes no traffic from a load balancer).
+    tokio::select! {
+        got = first.wait_for(Option::is_some) => {
+            got.context("the xDS client stopped before the gateway's configuration")?;
+            readiness.set_ready();
+            tracing::info!("ready: the Gateway's configuration received, listeners follow it");
+        }
+        () = ambit_shared::lifecycle::shutdown_signal() => {
+            tracing::info!("stopped before the Gateway's configuration arrived");
+            return Ok(());
+        }
+    }
     ambit_shared::lifecycle::shutdown_signal().await;
     tracing::info!("ingress gateway stopping: closing the listeners and draining");
     let _ = stop_tx.send(true);

@@ -67,21 +67,24 @@ impl xds::Handler for WaypointUpdater {
                 let Some(slot) = &self.gateway else { return Vec::new() };
                 let mut rejected = Vec::new();
                 for r in &update.added {
-                    match r
-                        .decode::<GatewayConfig>(GATEWAY)
-                        .map_err(|e| e.to_string())
-                        .and_then(|c| GatewayL7::compile(&c).map_err(|e| e.to_string()))
-                    {
-                        Ok(c) => {
-                            tracing::info!(resource = %r.name, ports = ?c.ports.keys().collect::<Vec<_>>(), "gateway configuration in force");
-                            slot.send_replace(Some(Arc::new(c)));
-                        }
-                        Err(reason) => {
+                    let config = match r.decode::<GatewayConfig>(GATEWAY) {
+                        Ok(c) => c,
+                        Err(e) => {
                             // The previous configuration (or none: no listener) stays.
-                            tracing::warn!(resource = %r.name, %reason, "gateway configuration refused");
-                            rejected.push(Rejection { name: r.name.clone(), reason });
+                            tracing::warn!(resource = %r.name, error = %e, "gateway configuration refused");
+                            rejected.push(Rejection { name: r.name.clone(), reason: e.to_string() });
+                            continue;
                         }
+                    };
+                    let (compiled, dropped) = GatewayL7::compile(&config);
+                    tracing::info!(resource = %r.name, ports = ?compiled.ports.keys().collect::<Vec<_>>(), "gateway configuration in force");
+                    if !dropped.is_empty() {
+                        let reason = dropped.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                        tracing::error!(resource = %r.name, %reason, "listeners left out");
+                        rejected
+                            .push(Rejection { name: r.name.clone(), reason: format!("listeners left out: {reason}") });
                     }
+                    slot.send_replace(Some(Arc::new(compiled)));
                 }
                 if !update.removed.is_empty() {
                     tracing::warn!("gateway configuration withdrawn: closing the listeners");

@@ -84,8 +84,10 @@ mod tests {
         let mut store = Store::default();
         let gw = gateway("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp, namespace: a}\nspec: {gatewayClassName: ambit-waypoint}");
         store.upsert(Object::Gateway(gw.clone()));
-        let other = gateway("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: a}\nspec: {gatewayClassName: istio}");
-        store.upsert(Object::Gateway(other));
+        let ingress = gateway("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: a}\nspec: {gatewayClassName: istio, listeners: [{name: web, port: 80, protocol: HTTP}]}");
+        store.upsert(Object::Gateway(ingress));
+        let foreign = gateway("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: a}\nspec: {gatewayClassName: some-other-vendor}");
+        store.upsert(Object::Gateway(foreign));
         deployer.sync(&store);
         let text = std::fs::read_to_string(dir.join("a.wp.yaml")).unwrap();
         assert!(
@@ -93,7 +95,9 @@ mod tests {
                 && text.contains("kind: Service\n")
                 && text.contains("kind: ServiceAccount")
         );
-        assert!(!dir.join("a.ingress.yaml").exists(), "only waypoint classes are deployed");
+        let ingress = std::fs::read_to_string(dir.join("a.ingress.yaml")).unwrap();
+        assert!(ingress.contains("PROXY_MODE") && ingress.contains("type: LoadBalancer"), "{ingress}");
+        assert!(!dir.join("a.edge.yaml").exists(), "only our classes are deployed");
         store.remove(&Object::Gateway(gw).key());
         deployer.sync(&store);
         assert!(!dir.join("a.wp.yaml").exists());

@@ -249,7 +249,7 @@ pub fn merge_route_parents(
     ours: Vec<serde_json::Value>,
     now: &str,
 ) -> Option<Vec<serde_json::Value>> {
-    merge_owned_parents(current, ours, now, |p| is_service_parent(p))
+    merge_owned_parents(current, ours, now, is_service_parent)
 }
 
 /// As [`merge_route_parents`], for our entries whose `parentRef` satisfies `owned`: the

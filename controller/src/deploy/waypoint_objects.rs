@@ -260,14 +260,17 @@ fn volumes(settings: &WaypointSettings) -> Vec<Volume> {
     ]
 }
 
-/// An ingress Gateway's listener ports, each once (named after its first listener).
+/// An ingress Gateway's listener ports, each once, named `<protocol>-<port>` (always a valid,
+/// unique port name); ports the proxy keeps for itself (15000-15099) are never published, as
+/// the translation refuses such listeners.
 fn listener_ports(gw: &Gateway) -> Vec<(String, u16)> {
     let mut out: Vec<(String, u16)> = Vec::new();
-    for l in &gw.spec.listeners {
+    for l in gw.spec.listeners.iter().filter(|l| !(15000..=15099).contains(&l.port)) {
         if !out.iter().any(|(_, p)| *p == l.port) {
-            // Port names are at most 15 characters (IANA service names).
-            let name: String = l.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(15).collect();
-            out.push((if name.is_empty() { format!("port-{}", l.port) } else { name }, l.port));
+            let protocol: String =
+                l.protocol.to_ascii_lowercase().chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+            let protocol = if protocol.is_empty() { "port".to_owned() } else { protocol };
+            out.push((format!("{protocol}-{}", l.port), l.port));
         }
     }
     out

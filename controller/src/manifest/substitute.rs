@@ -55,7 +55,7 @@ pub fn is_security_kind(kind: Kind) -> bool {
 /// rejection's message); `None` for other kinds, for objects that enforce nothing, and for
 /// documents too broken to name an object.
 pub fn substitute(value: &Value, rejection: &Rejection) -> Option<(Object, &'static str)> {
-    let key = rejection.key.as_ref()?;
+    let key = rejection.key.as_deref()?;
     if !is_security_kind(key.kind) {
         return None;
     }

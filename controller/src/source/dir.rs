@@ -209,7 +209,7 @@ impl DirSource {
                 }
                 Err((r, None)) => {
                     // A rejected edit keeps the last valid version of that object.
-                    if let Some(key) = r.key.as_ref().filter(|k| previous.contains(*k)) {
+                    if let Some(key) = r.key.as_deref().filter(|k| previous.contains(*k)) {
                         file.keep.insert(key.clone());
                     }
                     file.rejections.push(r);

@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 use ambit_shared::proto::waypoint as pb;
 
 use crate::model::{
-    BackendObjectReference, Gateway, Kind, L4RouteSpec, Listener, Object, ObjectKey, ObjectMeta, ParentReference,
-    SecretObjectReference,
+    BackendObjectReference, Gateway, HttpBackendRef, HttpRouteFilter, Kind, L4RouteSpec, Listener, Object, ObjectKey,
+    ObjectMeta, ParentReference, SecretObjectReference,
 };
 use crate::rejection::Rejection;
 use crate::store::Store;
@@ -209,6 +209,8 @@ struct Evaluated<'a> {
     usable: bool,
     config: pb::GatewayListener,
     candidates: Vec<Candidate>,
+    /// The routes attached so far.
+    attached: Vec<ObjectKey>,
 }
 
 /// Translates ingress gateway `gw`: its proxy's configuration and its status.
@@ -319,7 +321,8 @@ fn evaluate_listener<'a>(gw_ns: &str, i: usize, l: &'a Listener, store: &Store) 
             Err(c) => resolved = c,
         }
     }
-    let usable = accepted.status && resolved.status;
+    // Invalid kinds alone leave the listener serving the valid ones.
+    let usable = accepted.status && (resolved.status || (resolved.reason == "InvalidRouteKinds" && !kinds.is_empty()));
     Evaluated {
         spec: l,
         report: ListenerReport {
@@ -338,6 +341,7 @@ fn evaluate_listener<'a>(gw_ns: &str, i: usize, l: &'a Listener, store: &Store) 
             routes: Vec::new(),
         },
         candidates: Vec::new(),
+        attached: Vec::new(),
     }
 }
 
@@ -479,14 +483,14 @@ fn route_views(store: &Store) -> Vec<(RouteView<'_>, &Object)> {
                     meta: &r.metadata,
                     parents: &r.spec.parent_refs,
                     hostnames: &r.spec.hostnames,
-                    backends: r.spec.rules.iter().flat_map(|x| x.backend_refs.iter().map(|b| &b.backend)).collect(),
+                    backends: r.spec.rules.iter().flat_map(|x| http_refs(&x.backend_refs, &x.filters)).collect(),
                 },
                 Object::GrpcRoute(r) => RouteView {
                     kind,
                     meta: &r.metadata,
                     parents: &r.spec.parent_refs,
                     hostnames: &r.spec.hostnames,
-                    backends: r.spec.rules.iter().flat_map(|x| x.backend_refs.iter().map(|b| &b.backend)).collect(),
+                    backends: r.spec.rules.iter().flat_map(|x| http_refs(&x.backend_refs, &x.filters)).collect(),
                 },
                 Object::TlsRoute(r) => l4_view(kind, &r.metadata, &r.spec),
                 Object::TcpRoute(r) => l4_view(kind, &r.metadata, &r.spec),
@@ -496,6 +500,19 @@ fn route_views(store: &Store) -> Vec<(RouteView<'_>, &Object)> {
         }
     }
     out
+}
+
+/// Every Service an HTTP rule sends to: its backends and the targets of its mirrors (rule-level
+/// and per backend) — a mirror carries the whole request, so it is checked like a backend.
+fn http_refs<'a>(backends: &'a [HttpBackendRef], filters: &'a [HttpRouteFilter]) -> Vec<&'a BackendObjectReference> {
+    let mirrors =
+        |fs: &'a [HttpRouteFilter]| fs.iter().filter_map(|f| f.request_mirror.as_ref().map(|m| &m.backend_ref));
+    backends
+        .iter()
+        .map(|b| &b.backend)
+        .chain(mirrors(filters))
+        .chain(backends.iter().flat_map(|b| mirrors(&b.filters)))
+        .collect()
 }
 
 fn l4_view<'a>(kind: Kind, meta: &'a ObjectMeta, spec: &'a L4RouteSpec) -> RouteView<'a> {
@@ -543,13 +560,17 @@ fn nowhere(weight: u32) -> pb::Backend {
 }
 
 /// Replaces the backends of `routes` that do not resolve (as `unresolved` says) with
-/// [`nowhere`].
+/// [`nowhere`], and drops mirrors to them.
 fn fence_backends(routes: &mut [pb::Route], refused: &BTreeSet<(String, String, u32)>) {
+    let is_refused = |b: &pb::Backend| refused.contains(&(b.namespace.clone(), b.hostname.clone(), b.port));
+    let refused_mirror = |f: &pb::Filter| matches!(&f.kind, Some(pb::filter::Kind::Mirror(m)) if m.backend.as_ref().is_none_or(is_refused));
     for r in routes {
+        r.filters.retain(|f| !refused_mirror(f));
         for b in &mut r.backends {
-            if refused.contains(&(b.namespace.clone(), b.hostname.clone(), b.port)) {
+            if is_refused(b) {
                 *b = nowhere(b.weight);
             }
+            b.filters.retain(|f| !refused_mirror(f));
         }
     }
 }
@@ -604,6 +625,12 @@ fn attach_routes(
                 };
                 let Some(hostnames) = hosted else { continue };
                 attached += 1;
+                // Two parentRefs reaching one listener attach the route to it once.
+                let key = object.key();
+                if l.attached.contains(&key) {
+                    continue;
+                }
+                l.attached.push(key);
                 l.report.attached_routes += 1;
                 let mut candidates = Vec::new();
                 match object {
@@ -613,11 +640,21 @@ fn attach_routes(
                     Object::TcpRoute(r) => l4_candidates(r.metadata.clone(), &r.spec, kind_name, mesh, &mut candidates),
                     _ => {}
                 }
-                for c in &mut candidates {
-                    c.route.hostnames = hostnames.clone();
+                for mut c in candidates {
                     fence_backends(std::slice::from_mut(&mut c.route), &refused);
+                    // One route per hostname, each ordered by its own: a route cannot rank
+                    // its wildcard above another route's exact name by listing a long name
+                    // beside it.
+                    if hostnames.is_empty() {
+                        l.candidates.push(c);
+                        continue;
+                    }
+                    for h in &hostnames {
+                        let mut one = c.clone();
+                        one.route.hostnames = vec![h.clone()];
+                        l.candidates.push(one);
+                    }
                 }
-                l.candidates.extend(candidates);
             }
             let accepted = if attached > 0 {
                 Condition::yes("Accepted", "Accepted")

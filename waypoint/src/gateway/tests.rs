@@ -49,8 +49,10 @@ fn listeners_on_a_port_share_one_plan_by_protocol() {
         listener("tls", 9443, pb::ListenerProtocol::ListenerTlsPassthrough, "db.example.com"),
         listener("tcp", 9000, pb::ListenerProtocol::ListenerTcp, ""),
     ]))
-    .expect("compiles");
-    assert!(matches!(g.ports.get(&8080), Some(PortPlan::Http(l7)) if l7.routed_only && l7.routes.len() == 1));
+    .compiled();
+    assert!(
+        matches!(g.ports.get(&8080), Some(PortPlan::Http(l)) if l.listeners[0].l7.routed_only && l.listeners[0].l7.routes.len() == 1)
+    );
     let Some(PortPlan::Https(https)) = g.ports.get(&8443) else { panic!("8443 is HTTPS") };
     assert_eq!(https.choose(Some("a.example.com")).map(|l| l.name.as_str()), Some("a"), "exact beats wildcard");
     assert_eq!(https.choose(Some("B.Example.com.")).map(|l| l.name.as_str()), Some("wild"));
@@ -71,50 +73,78 @@ fn a_listener_without_a_hostname_takes_what_no_other_claims() {
         listener("any", 443, pb::ListenerProtocol::ListenerHttps, ""),
         listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com"),
     ]))
-    .expect("compiles");
+    .compiled();
     let Some(PortPlan::Https(https)) = g.ports.get(&443) else { panic!("HTTPS") };
     assert_eq!(https.choose(Some("a.example.com")).map(|l| l.name.as_str()), Some("a"));
     assert_eq!(https.choose(Some("other.test")).map(|l| l.name.as_str()), Some("any"));
     assert_eq!(https.choose(None).map(|l| l.name.as_str()), Some("any"));
 }
 
-#[test]
-fn refuses_what_it_cannot_serve_safely() {
-    // Two protocols on one port.
-    let err = GatewayL7::compile(&gateway(vec![
-        listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com"),
-        listener("b", 443, pb::ListenerProtocol::ListenerTlsPassthrough, "b.example.com"),
-    ]))
-    .expect_err("mixed");
-    assert!(err.to_string().contains("mix protocols"), "{err}");
-    // HTTPS without a certificate.
-    let mut l = listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com");
-    l.certificates.clear();
-    assert!(GatewayL7::compile(&gateway(vec![l])).is_err());
-    // A key that is not the certificate's.
-    let mut l = listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com");
-    l.certificates[0].private_key = cert(&["other"]).private_key;
-    let err = GatewayL7::compile(&gateway(vec![l])).expect_err("mismatch");
-    assert!(err.to_string().contains("does not match"), "{err}");
-    // A backend without a port: there is no request port to fall back to.
-    let mut l = listener("h", 80, pb::ListenerProtocol::ListenerHttp, "");
-    l.routes[0].backends[0].port = 0;
-    assert!(GatewayL7::compile(&gateway(vec![l])).is_err());
-    // Garbage for a certificate.
-    let mut l = listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com");
-    l.certificates[0].cert_chain = "not a certificate".into();
-    assert!(GatewayL7::compile(&gateway(vec![l])).is_err());
+/// What compiled, with nothing left out.
+trait Compiled {
+    fn compiled(self) -> GatewayL7;
+}
+
+impl Compiled for (GatewayL7, Vec<GatewayError>) {
+    fn compiled(self) -> GatewayL7 {
+        assert!(self.1.is_empty(), "{:?}", self.1);
+        self.0
+    }
 }
 
 #[test]
-fn http_listeners_on_a_port_put_specific_hosts_first() {
+fn leaves_out_what_it_cannot_serve_safely_and_serves_the_rest() {
+    let good = || listener("good", 8080, pb::ListenerProtocol::ListenerHttp, "");
+    let left_out = |l: pb::GatewayListener| {
+        let (g, dropped) = GatewayL7::compile(&gateway(vec![good(), l]));
+        assert!(g.ports.contains_key(&8080), "the good listener serves");
+        assert_eq!(dropped.len(), 1);
+        (g, dropped[0].to_string())
+    };
+    // Two protocols on one port: the later one is left out.
+    let (g, why) = left_out(listener("b", 8080, pb::ListenerProtocol::ListenerTlsPassthrough, "b.example.com"));
+    assert!(why.contains("mix protocols"), "{why}");
+    assert!(matches!(g.ports.get(&8080), Some(PortPlan::Http(l)) if l.listeners.len() == 1));
+    // HTTPS without a certificate.
+    let mut l = listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com");
+    l.certificates.clear();
+    let (g, _) = left_out(l);
+    assert!(!g.ports.contains_key(&443));
+    // A key that is not the certificate's.
+    let mut l = listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com");
+    l.certificates[0].private_key = cert(&["other"]).private_key;
+    assert!(left_out(l).1.contains("does not match"));
+    // A backend without a port: there is no request port to fall back to.
+    let mut l = listener("h", 80, pb::ListenerProtocol::ListenerHttp, "");
+    l.routes[0].backends[0].port = 0;
+    left_out(l);
+    // Garbage for a certificate.
+    let mut l = listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com");
+    l.certificates[0].cert_chain = "not a certificate".into();
+    left_out(l);
+    // A regular expression that only compiles unanchored.
+    let mut l = listener("r", 81, pb::ListenerProtocol::ListenerHttp, "");
+    l.routes[0].matches = vec![pb::Match {
+        path: "(?x)a#".into(),
+        has_path: true,
+        path_kind: pb::PathKind::PathRegex as i32,
+        ..Default::default()
+    }];
+    left_out(l);
+}
+
+#[test]
+fn http_listeners_on_a_port_keep_their_own_routes() {
     let mut any = listener("any", 80, pb::ListenerProtocol::ListenerHttp, "");
     any.routes = vec![route("catch-all", &[], 80)];
     let mut shop = listener("shop", 80, pb::ListenerProtocol::ListenerHttp, "shop.example.com");
     shop.routes = vec![route("shop", &["shop.example.com"], 80)];
-    let g = GatewayL7::compile(&gateway(vec![any, shop])).expect("compiles");
-    let Some(PortPlan::Http(l7)) = g.ports.get(&80) else { panic!("HTTP") };
-    let names: Vec<&str> = l7.routes.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["shop", "catch-all"]);
-    assert!(l7.routes[0].serves_host("shop.example.com") && !l7.routes[0].serves_host("other"));
+    let g = GatewayL7::compile(&gateway(vec![any, shop])).compiled();
+    let Some(PortPlan::Http(listeners)) = g.ports.get(&80) else { panic!("HTTP") };
+    // A Host chooses its listener, whose routes alone apply: shop's requests never fall
+    // through to the catch-all listener's routes.
+    let chosen = listeners.choose(Some("shop.example.com")).unwrap();
+    assert_eq!(chosen.name, "shop");
+    assert_eq!(chosen.l7.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["shop"]);
+    assert_eq!(listeners.choose(Some("other.test")).unwrap().name, "any");
 }

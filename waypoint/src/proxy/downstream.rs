@@ -11,7 +11,9 @@ use ambit_dataplane::state::Service;
 use ambit_shared::Identity;
 use http::HeaderMap;
 
-use crate::l7::{authorize, Denial, Layer, ServiceL7, Subject};
+use super::failure::Failure;
+use crate::gateway::{GatewayL7, PortPlan};
+use crate::l7::{authorize, host_name, Denial, Layer, ServiceL7, Subject};
 
 /// Who sent the request and where it was going, fixed per HBONE stream.
 pub(super) struct Downstream {
@@ -27,9 +29,40 @@ pub(super) struct Downstream {
     pub(super) vip: SocketAddr,
     pub(super) service: Arc<Service>,
     pub(super) l7: Arc<ServiceL7>,
+    /// At an ingress gateway's HTTP(S) listener: where each request's routes come from.
+    pub(super) ingress: Option<IngressRoutes>,
+}
+
+/// An ingress connection's routes, chosen per request from the gateway's configuration as it
+/// is when the request arrives (a route, policy or grant withdrawn since the connection opened
+/// no longer applies to it).
+pub(super) struct IngressRoutes {
+    pub(super) config: tokio::sync::watch::Receiver<Option<Arc<GatewayL7>>>,
+    pub(super) port: u16,
+    /// HTTPS: the listener the SNI chose. A request whose Host another listener claims is
+    /// misdirected: listeners sharing a port do not share routes.
+    pub(super) sni_listener: Option<String>,
 }
 
 impl Downstream {
+    /// The configuration a request for `host` is served with: the service's own, or at an
+    /// ingress gateway the listener that claims `host` on this port (none: 404; on TLS, not
+    /// the SNI's listener: 421).
+    pub(super) fn l7_for(&self, host: &str) -> Result<Arc<ServiceL7>, Failure> {
+        let Some(ingress) = &self.ingress else { return Ok(self.l7.clone()) };
+        let config = ingress.config.borrow().clone().ok_or(Failure::NoRoute)?;
+        let listeners = match config.ports.get(&ingress.port) {
+            Some(PortPlan::Http(l) | PortPlan::Https(l)) => l.clone(),
+            _ => return Err(Failure::NoRoute),
+        };
+        let name = host_name(host);
+        let listener = listeners.choose(Some(&name)).ok_or(Failure::NoRoute)?;
+        if ingress.sni_listener.as_ref().is_some_and(|sni| *sni != listener.name) {
+            return Err(Failure::Misdirected);
+        }
+        Ok(listener.l7.clone())
+    }
+
     /// The verified principal, when the peer has a mesh identity.
     pub(super) fn authenticated(&self) -> Option<&str> {
         self.identity.as_ref().map(|_| &*self.principal)

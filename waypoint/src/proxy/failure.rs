@@ -38,6 +38,10 @@ pub(super) enum Failure {
     /// Routes for the port, none matching (404).
     #[error("no route matched")]
     NoRoute,
+    /// At an ingress gateway: a request on a TLS connection whose Host another listener
+    /// claims than the one its SNI chose (421).
+    #[error("misdirected request")]
+    Misdirected,
     /// A body to buffer (retries, mirrors) past the limit (413).
     #[error("request body too large to retry or mirror")]
     BodyTooLarge,
@@ -78,6 +82,7 @@ impl Failure {
             | Failure::Jwt(_)
             | Failure::Denied(_)
             | Failure::NoRoute
+            | Failure::Misdirected
             | Failure::BodyTooLarge
             | Failure::BadUpstreamPath => Side::Downstream,
             Failure::NoBackend | Failure::FaultAbort(_) => Side::Internal,
@@ -101,7 +106,7 @@ impl Failure {
             Failure::BadRequest(_) | Failure::BodyTooLarge | Failure::BadUpstreamPath => Flag::DownstreamProtocolError,
             Failure::Jwt(_) => Flag::JwtDenied,
             Failure::Denied(_) => Flag::RbacDenied,
-            Failure::NoRoute | Failure::NoBackend => Flag::NoRoute,
+            Failure::NoRoute | Failure::NoBackend | Failure::Misdirected => Flag::NoRoute,
             Failure::FaultAbort(_) => Flag::FaultAbort,
             Failure::NoHealthyUpstream | Failure::NoEndpointAddress => Flag::NoHealthyUpstream,
             Failure::Resolve => Flag::DnsResolutionFailed,
@@ -117,6 +122,7 @@ impl Failure {
             Failure::Jwt(_) => StatusCode::UNAUTHORIZED,
             Failure::Denied(_) => StatusCode::FORBIDDEN,
             Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             Failure::FaultAbort(status) => *status,
@@ -135,6 +141,7 @@ impl Failure {
             Failure::BadRequest(text) | Failure::Jwt(text) => text,
             Failure::Denied(_) => "RBAC: access denied",
             Failure::NoRoute => "no route matched",
+            Failure::Misdirected => "misdirected request",
             Failure::BodyTooLarge => "request body too large to retry or mirror",
             Failure::BadUpstreamPath => "bad request path",
             Failure::NoBackend => "no backend",

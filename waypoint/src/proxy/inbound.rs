@@ -113,6 +113,7 @@ impl Waypoint {
             vip: req.authority,
             service,
             l7,
+            ingress: None,
         });
         let declared = down.l7.protocol(req.authority.port());
         if declared == Protocol::Tcp {

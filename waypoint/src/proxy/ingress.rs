@@ -21,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use super::downstream::Downstream;
+use super::downstream::{Downstream, IngressRoutes};
 use super::inbound::Prefixed;
 use super::Waypoint;
 use crate::gateway::{GatewayL7, Listener, PortPlan, SniListeners};
@@ -37,23 +37,64 @@ const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
 /// listener is open), and again if the controller withdraws it.
 pub type GatewaySlot = watch::Sender<Option<Arc<GatewayL7>>>;
 
-/// Opens and closes the listeners as the configuration changes, until `stop` fires; each
-/// accepted connection is served with the plan current when it arrived. `max_connections`
-/// bounds the connections open at once over all listeners (more are closed at accept).
+/// How many connections the listeners hold at once, in all and from one client address (more
+/// are closed at accept): one client cannot take the gateway from everyone else.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_per_source: usize,
+}
+
+/// Connections open per client address.
+#[derive(Default)]
+struct PerSource(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
+
+/// One client address's share, given back when the connection ends.
+struct SourceSlot(Arc<PerSource>, std::net::IpAddr);
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Opens and closes the listeners as the configuration changes, until `stop` fires (a port
+/// that cannot be bound is tried again every second); each accepted connection is served with
+/// the plan current when it arrived, and each HTTP request with the routes current then.
 /// Returns the connection budget, whose permits come back as connections end (for the drain).
 pub async fn serve(
     waypoint: Arc<Waypoint>,
     mut config: watch::Receiver<Option<Arc<GatewayL7>>>,
     bind_ip: std::net::IpAddr,
-    max_connections: usize,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) -> Arc<Semaphore> {
-    let budget = Arc::new(Semaphore::new(max_connections));
+    let budget = Arc::new(Semaphore::new(limits.max_connections));
+    let per_source = Arc::new(PerSource::default());
     // Port → the sender that stops its accept loop (dropping it stops the loop).
     let mut open: HashMap<u16, watch::Sender<bool>> = HashMap::new();
     loop {
         let wanted: Vec<u16> =
             config.borrow_and_update().as_ref().map(|g| g.ports.keys().copied().collect()).unwrap_or_default();
+        let mut unbound = false;
         open.retain(|port, _| {
             let keep = wanted.contains(port);
             if !keep {
@@ -71,15 +112,27 @@ pub async fn serve(
                     tracing::info!(%addr, "listener open");
                     let (tx, rx) = watch::channel(false);
                     open.insert(port, tx);
-                    tokio::spawn(accept(waypoint.clone(), listener, port, config.clone(), budget.clone(), rx));
+                    let budgets = (budget.clone(), per_source.clone(), limits.max_per_source);
+                    tokio::spawn(accept(waypoint.clone(), listener, port, config.clone(), budgets, rx));
                 }
-                // Retried at the next configuration change; nothing is served on it meanwhile.
-                Err(e) => tracing::error!(%addr, error = %e, "cannot open the listener"),
+                // Retried in a second (the port's previous socket may still be closing).
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot open the listener");
+                    unbound = true;
+                }
             }
         }
+        let retry = async {
+            if unbound {
+                tokio::time::sleep(Duration::from_secs(1)).await
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::select! {
             changed = config.changed() => if changed.is_err() { break },
             _ = stop.wait_for(|s| *s) => break,
+            () = retry => {}
         }
     }
     tracing::info!("listeners closed");
@@ -91,7 +144,7 @@ async fn accept(
     listener: TcpListener,
     port: u16,
     config: watch::Receiver<Option<Arc<GatewayL7>>>,
-    budget: Arc<Semaphore>,
+    (budget, per_source, max_per_source): (Arc<Semaphore>, Arc<PerSource>, usize),
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -111,25 +164,36 @@ async fn accept(
             tracing::warn!(port, src = %peer, response_flags = Flag::Overflow.as_str(), "connection refused: the gateway's connection budget is spent");
             continue;
         };
+        let Some(slot) = per_source.take(peer.ip().to_canonical(), max_per_source) else {
+            tracing::warn!(port, src = %peer, response_flags = Flag::Overflow.as_str(), "connection refused: this client holds its share of the gateway's connections");
+            continue;
+        };
         let Some(gateway) = config.borrow().clone() else { continue };
-        let waypoint = waypoint.clone();
+        let (waypoint, config) = (waypoint.clone(), config.clone());
         tokio::spawn(async move {
-            waypoint.ingress(gateway, port, stream, peer).await;
-            drop(permit);
+            waypoint.ingress(gateway, config, port, stream, peer).await;
+            drop((permit, slot));
         });
     }
 }
 
 impl Waypoint {
     /// One connection to an ingress listener.
-    async fn ingress(self: Arc<Self>, gateway: Arc<GatewayL7>, port: u16, stream: TcpStream, peer: SocketAddr) {
+    async fn ingress(
+        self: Arc<Self>,
+        gateway: Arc<GatewayL7>,
+        config: watch::Receiver<Option<Arc<GatewayL7>>>,
+        port: u16,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::new(peer.ip(), port));
         let Some(plan) = gateway.ports.get(&port) else {
             tracing::info!(target: "access", src = %peer, port, "connection refused: the port has no listener");
             return;
         };
-        let down = |l7| {
+        let down = |l7, ingress| {
             Arc::new(Downstream {
                 principal: Arc::from("unknown"),
                 identity: None,
@@ -138,12 +202,19 @@ impl Waypoint {
                 vip: local,
                 service: gateway.service.clone(),
                 l7,
+                ingress,
             })
         };
+        // HTTP requests take their listener's routes per request, from the configuration then.
+        let routes = |sni_listener: Option<String>| IngressRoutes { config: config.clone(), port, sni_listener };
         match plan {
-            PortPlan::Http(l7) => self.serve_http(down(l7.clone()), stream, Some("http")).await,
+            PortPlan::Http(listeners) => {
+                let Some(first) = listeners.listeners.first() else { return };
+                self.serve_http(down(first.l7.clone(), Some(routes(None))), stream, Some("http")).await
+            }
             PortPlan::Https(listeners) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(listeners.server_config.clone());
+                let Some(server_config) = listeners.server_config.clone() else { return };
+                let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
@@ -155,13 +226,15 @@ impl Waypoint {
                         return;
                     }
                 };
-                // The listener whose certificate was served: its routes only.
+                // The listener whose certificate was served: requests for other listeners'
+                // hosts on this connection are misdirected (421).
                 let Some(listener) = listeners.choose(tls.get_ref().1.server_name()).cloned() else { return };
-                self.serve_http(down(listener.l7.clone()), tls, Some("https")).await
+                let down = down(listener.l7.clone(), Some(routes(Some(listener.name.clone()))));
+                self.serve_http(down, tls, Some("https")).await
             }
-            PortPlan::Passthrough(listeners) => self.passthrough(listeners, stream, peer, down).await,
+            PortPlan::Passthrough(listeners) => self.passthrough(listeners, stream, peer, |l7| down(l7, None)).await,
             PortPlan::Tcp(listener) => {
-                let down = down(listener.l7.clone());
+                let down = down(listener.l7.clone(), None);
                 self.to_backend(listener, &down, "", stream).await
             }
         }

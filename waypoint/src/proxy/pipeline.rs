@@ -18,6 +18,7 @@ use super::downstream::Downstream;
 use super::failure::{Failed, Failure};
 use super::telemetry::{Answered, Telemetry};
 use super::Waypoint;
+use crate::l7::ServiceL7;
 use plan::{Decision, Plan};
 
 mod authn;
@@ -32,17 +33,27 @@ impl Waypoint {
     /// One request, start to finish: its telemetry taken first, recorded once at the end.
     pub(super) async fn request(self: &Arc<Self>, down: &Downstream, mut req: Request<Incoming>) -> Response<Body> {
         let telemetry = Telemetry::start(&self.metrics, &self.tracer, self.sampling, down, &mut req);
-        telemetry.record(self.handle(down, req).await)
+        // The configuration in force for this request (at an ingress gateway, its listener's).
+        let l7 = match down.l7_for(&authz::host(&req)) {
+            Ok(l7) => l7,
+            Err(failure) => return telemetry.record(Err(failure.into())),
+        };
+        telemetry.record(self.handle(down, &l7, req).await)
     }
 
     /// The stages, in order; the first that answers ends the request.
-    async fn handle<'d>(self: &Arc<Self>, down: &'d Downstream, mut req: Request<Incoming>) -> Answered<'d> {
+    async fn handle<'d>(
+        self: &Arc<Self>,
+        down: &'d Downstream,
+        l7: &'d ServiceL7,
+        mut req: Request<Incoming>,
+    ) -> Answered<'d> {
         let port = down.vip.port();
         validate::request(&mut req, self.normalization)?;
-        let (mut req, caller) = authn::authenticate(&down.l7, &self.keysets, req).await?;
+        let (mut req, caller) = authn::authenticate(l7, &self.keysets, req).await?;
         let host = authz::host(&req);
-        authz::check(down, &caller, &host, &req)?;
-        match plan::decide(&down.l7, port, &mut req, &host)? {
+        authz::check(down, l7, &caller, &host, &req)?;
+        match plan::decide(l7, port, &mut req, &host)? {
             Decision::Route(plan) => self.follow(down, plan, req).await,
             Decision::Default => self.forward_default(down, req, port).await,
             Decision::Redirect(redirect) => Ok((redirect, None)),

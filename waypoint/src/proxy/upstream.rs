@@ -44,6 +44,8 @@ pub struct Upstream {
     resolver: Arc<Resolver>,
     /// The waypoint's own address: never an endpoint outside the mesh.
     own_ip: Option<IpAddr>,
+    /// At an ingress gateway: the upstream HTTP version is the backend port's.
+    ingress: bool,
 }
 
 impl Upstream {
@@ -55,7 +57,14 @@ impl Upstream {
         resolver: Arc<Resolver>,
         own_ip: Option<IpAddr>,
     ) -> Self {
-        Upstream { state, network, l7, backends: Backends::default(), pools, resolver, own_ip }
+        Upstream { state, network, l7, backends: Backends::default(), pools, resolver, own_ip, ingress: false }
+    }
+
+    /// At an ingress gateway: requests go upstream as HTTP/2 only to ports that speak it
+    /// (`appProtocol` http2/grpc, or a gRPC request), as HTTP/1.1 otherwise.
+    pub fn for_ingress(mut self, ingress: bool) -> Self {
+        self.ingress = ingress;
+        self
     }
 
     pub(super) fn state(&self) -> RwLockReadGuard<'_, State> {
@@ -98,6 +107,10 @@ impl Upstream {
         let Some((w, target)) = backend.choose(endpoints, policy, &input) else {
             return Err(Failure::NoHealthyUpstream.into());
         };
+        let mut req = req;
+        if self.ingress {
+            *req.version_mut() = upstream_version(&service, port, &req);
+        }
         backend.started(&w);
         let fresh = policy.is_some_and(|p| p.max_requests_per_connection == 1);
         let tls = policy.and_then(|p| p.tls.as_ref());
@@ -146,12 +159,27 @@ impl Upstream {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let authority = endpoint.addr;
+        // The name the client asked for (an HTTP/2 client's :authority has no Host header):
+        // the backend sees it whichever version goes upstream. Connections go to the endpoint
+        // whatever the URI says (the pools' connector dials the chosen endpoint).
+        let asked = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        if let (None, Some(a)) = (parts.headers.get(http::header::HOST), parts.uri.authority()) {
+            if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
         // Over TLS the server sees `https` and its own name (HTTP/2's :scheme and :authority).
-        let target = match &endpoint.tunnel {
-            Tunnel::Tls { sni, .. } => format!("https://{sni}{path}"),
-            _ => format!("http://{authority}{path}"),
+        let target = match (&endpoint.tunnel, &asked) {
+            (Tunnel::Tls { sni, .. }, _) => format!("https://{sni}{path}"),
+            (_, Some(asked)) => format!("http://{asked}{path}"),
+            (_, None) => format!("http://{authority}{path}"),
         };
-        parts.uri = match target.parse() {
+        parts.uri = match target.parse().or_else(|_| format!("http://{authority}{path}").parse()) {
             Ok(u) => u,
             Err(_) => return Err(Failure::BadUpstreamPath),
         };
@@ -245,5 +273,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.get_all(http::header::TE).iter().all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if !te_is_trailers {
         headers.remove(http::header::TE);
+    }
+}
+
+/// The HTTP version an ingress gateway sends a request upstream in: HTTP/2 to a port declared
+/// HTTP/2 or gRPC (or for a gRPC request, which needs it), HTTP/1.1 otherwise.
+fn upstream_version<B>(service: &Service, port: u16, req: &Request<B>) -> http::Version {
+    use ambit_shared::proto::workload::AppProtocol;
+    let declared = service.ports.iter().find(|p| p.service_port == u32::from(port)).map(|p| p.app_protocol());
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc || matches!(declared, Some(AppProtocol::Http2 | AppProtocol::Grpc)) {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
     }
 }

@@ -75,7 +75,7 @@ fn listeners_report_what_is_wrong_and_the_rest_are_served() {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: public, namespace: ingress}\nspec:\n  gatewayClassName: ambit\n  listeners:\n  - {name: good, port: 443, protocol: HTTPS, hostname: shop.example.com, tls: {certificateRefs: [{name: good}]}}\n  - {name: broken, port: 443, protocol: HTTPS, hostname: broken.example.com, tls: {certificateRefs: [{name: broken}]}}\n  - {name: missing, port: 443, protocol: HTTPS, hostname: missing.example.com, tls: {certificateRefs: [{name: nope}]}}\n  - {name: foreign, port: 443, protocol: HTTPS, hostname: foreign.example.com, tls: {certificateRefs: [{name: elsewhere, namespace: shop}]}}\n  - {name: udp, port: 53, protocol: UDP}\n  - {name: admin, port: 15021, protocol: HTTP}\n  - {name: tls-terminate, port: 8443, protocol: TLS}\n  - {name: clash, port: 443, protocol: TCP}".to_owned(),
     ]
     .join("\n---\n"));
-    assert_eq!(condition(listener(&ingress, "good"), "Programmed").status, true);
+    assert!(condition(listener(&ingress, "good"), "Programmed").status);
     let broken = condition(listener(&ingress, "broken"), "ResolvedRefs");
     assert_eq!((broken.status, broken.reason), (false, "InvalidCertificateRef"));
     assert!(broken.message.contains("does not match"), "{}", broken.message);
@@ -102,7 +102,7 @@ fn listeners_report_what_is_wrong_and_the_rest_are_served() {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: public, namespace: ingress}\nspec:\n  gatewayClassName: ambit\n  listeners:\n  - {name: foreign, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: elsewhere, namespace: shop}]}}".to_owned(),
     ]
     .join("\n---\n"));
-    assert_eq!(condition(listener(&granted, "foreign"), "ResolvedRefs").status, true);
+    assert!(condition(listener(&granted, "foreign"), "ResolvedRefs").status);
 }
 
 const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: public, namespace: ingress}\nspec:\n  gatewayClassName: istio\n  listeners:\n  - {name: web, port: 80, protocol: HTTP, hostname: '*.example.com', allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: shop}}}}}\n  - {name: local, port: 8080, protocol: HTTP}";
@@ -190,4 +190,42 @@ fn only_tls_secrets_are_read_and_never_shown() {
     let Ok(Parsed::Object(o)) = parse_object("test", v) else { panic!("a TLS secret is read") };
     let shown = format!("{o:?}");
     assert!(!shown.contains("PRIVATE KEY") && shown.contains("tls.key"), "{shown}");
+}
+
+#[test]
+fn a_route_cannot_rank_its_wildcard_above_another_routes_exact_name() {
+    let ingress = translate_in(&[
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: public, namespace: ingress}\nspec:\n  gatewayClassName: ambit\n  listeners: [{name: web, port: 80, protocol: HTTP, hostname: '*.example.com', allowedRoutes: {namespaces: {from: All}}}]",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: victim, namespace: shop}\nspec:\n  parentRefs: [{name: public, namespace: ingress}]\n  hostnames: [shop.example.com]\n  rules: [{backendRefs: [{name: web, port: 80}]}]",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: attacker, namespace: shop}\nspec:\n  parentRefs: [{name: public, namespace: ingress}]\n  hostnames: ['*.example.com', a-very-long-name-to-rank-high.example.com]\n  rules: [{backendRefs: [{name: web, port: 80}]}]",
+    ]
+    .join("\n---\n"));
+    let routes = &ingress.config.listeners[0].routes;
+    let position = |host: &str| routes.iter().position(|r| r.hostnames == [host]).unwrap();
+    assert!(routes.iter().all(|r| r.hostnames.len() == 1), "one route per hostname");
+    assert!(position("shop.example.com") < position("*.example.com"), "the exact name is matched first");
+}
+
+#[test]
+fn a_mirror_to_a_service_not_granted_is_dropped() {
+    let ingress = translate_in(&[
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: public, namespace: ingress}\nspec:\n  gatewayClassName: ambit\n  listeners: [{name: web, port: 80, protocol: HTTP}]",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: copy, namespace: ingress}\nspec:\n  parentRefs: [{name: public}]\n  rules:\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web, namespace: shop, port: 80}}}]\n    backendRefs: [{name: gw-local, port: 80}]",
+    ]
+    .join("\n---\n"));
+    let report = route_report(&ingress, "copy");
+    assert_eq!(report.conditions[1].reason, "RefNotPermitted");
+    let route = &ingress.config.listeners[0].routes[0];
+    assert!(route.filters.is_empty(), "the mirror to shop/web is gone: {:?}", route.filters);
+    assert_eq!(route.backends[0].hostname, "gw-local.ingress.svc.cluster.local", "the granted backend stays");
+}
+
+#[test]
+fn a_regex_is_checked_as_the_proxy_compiles_it() {
+    let v: serde_json::Value = serde_yaml::from_str("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{name: public, namespace: ingress}]\n  rules: [{matches: [{path: {type: RegularExpression, value: '(?x)a#'}}]}]").unwrap();
+    let e = parse_object("test", v).unwrap_err().to_string();
+    assert!(e.contains("spec.rules[0].matches[0].path.value"), "{e}");
+    let v: serde_json::Value = serde_json::json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "h", "namespace": "shop"}, "spec": {"parentRefs": [{"name": "public"}], "rules": [{"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": "a\u{1}b"}]}}]}]}});
+    let e = parse_object("test", v).unwrap_err().to_string();
+    assert!(e.contains("requestHeaderModifier.set[0].value"), "{e}");
 }

@@ -56,8 +56,11 @@ pub(super) fn is_service_ref(group: Option<&str>, kind: Option<&str>) -> bool {
     matches!(group, None | Some("" | "core")) && matches!(kind, None | Some("Service"))
 }
 
+/// A regular expression as the proxies compile it (anchored, `^(?:re)$`): one that compiles
+/// alone but not anchored (`(?x)a#` comments the anchor out) is refused here, never sent.
 pub(super) fn check_regex(field: &str, re: &str, label: &str) -> Result<(), Rejection> {
     regex::Regex::new(re)
+        .and_then(|_| regex::Regex::new(&format!("^(?:{re})$")))
         .map(|_| ())
         .map_err(|e| Rejection::new(label, field, format!("invalid regular expression: {e}")))
 }

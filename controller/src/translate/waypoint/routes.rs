@@ -47,6 +47,42 @@ fn validate_filters(label: &str, field: &str, filters: &[HttpRouteFilter]) -> Re
         if !present {
             return Err(Rejection::new(label, at, format!("filter {} has no configuration", f.type_)));
         }
+        // Header names and values as the proxies build them (a control character in a value
+        // would make the proxy refuse the whole configuration).
+        for (which, m) in [
+            ("requestHeaderModifier", f.request_header_modifier.as_ref()),
+            ("responseHeaderModifier", f.response_header_modifier.as_ref()),
+        ] {
+            let Some(m) = m else { continue };
+            for (list, headers) in [("set", &m.set), ("add", &m.add)] {
+                for (j, h) in headers.iter().enumerate() {
+                    let field = format!("{at}.{which}.{list}[{j}]");
+                    if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                        return Err(Rejection::new(
+                            label,
+                            format!("{field}.name"),
+                            format!("{:?} is not a header name", h.name),
+                        ));
+                    }
+                    if http::HeaderValue::from_str(&h.value).is_err() {
+                        return Err(Rejection::new(
+                            label,
+                            format!("{field}.value"),
+                            "not a valid header value (control characters?)",
+                        ));
+                    }
+                }
+            }
+            for (j, name) in m.remove.iter().enumerate() {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(Rejection::new(
+                        label,
+                        format!("{at}.{which}.remove[{j}]"),
+                        format!("{name:?} is not a header name"),
+                    ));
+                }
+            }
+        }
         let path = f
             .request_redirect
             .as_ref()
@@ -348,6 +384,7 @@ fn precedence(m: &pb::Match) -> Precedence {
 }
 
 /// A route rule's match, with what orders it.
+#[derive(Clone)]
 pub(crate) struct Candidate {
     precedence: Precedence,
     created: String,

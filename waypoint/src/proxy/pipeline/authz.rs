@@ -7,7 +7,7 @@ use http::Request;
 use hyper::body::Incoming;
 
 use super::authn::Caller;
-use crate::l7::{authorize, Layer, Subject};
+use crate::l7::{authorize, Layer, ServiceL7, Subject};
 use crate::proxy::downstream::Downstream;
 use crate::proxy::failure::Failure;
 
@@ -22,7 +22,13 @@ pub(super) fn host<B>(req: &Request<B>) -> String {
 }
 
 /// Checks the service's policies against the request.
-pub(super) fn check(down: &Downstream, caller: &Caller, host: &str, req: &Request<Incoming>) -> Result<(), Failure> {
+pub(super) fn check(
+    down: &Downstream,
+    l7: &ServiceL7,
+    caller: &Caller,
+    host: &str,
+    req: &Request<Incoming>,
+) -> Result<(), Failure> {
     let subject = Subject {
         principal: down.authenticated(),
         identity: down.identity.as_ref(),
@@ -39,7 +45,7 @@ pub(super) fn check(down: &Downstream, caller: &Caller, host: &str, req: &Reques
         headers: req.headers(),
         claims: caller.claims.as_ref(),
     };
-    if let Err(policy) = authorize(&down.l7.policies, &subject, Layer::Http) {
+    if let Err(policy) = authorize(&l7.policies, &subject, Layer::Http) {
         tracing::debug!(%policy, "request denied");
         return Err(Failure::Denied(policy));
     }
