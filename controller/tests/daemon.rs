@@ -16,7 +16,7 @@ fn serves_readiness_metrics_and_debug_pages() {
     std::fs::write(dir.join("manifests/ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: shop}\nspec: {ports: [{port: -1}]}\n").unwrap();
     std::fs::write(
         dir.join("manifests/routes.yaml"),
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: reviews, namespace: shop}\nspec:\n  parentRefs: [{group: '', kind: Service, name: reviews, port: 9080}]\n  rules: [{backendRefs: [{name: reviews-v1, port: 9080}]}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: glob, namespace: shop}\nspec:\n  parentRefs: [{name: waypoint}]\n  rules: [{matches: [{path: {type: Glob, value: /x}}]}]\n",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: reviews, namespace: shop}\nspec:\n  parentRefs: [{group: '', kind: Service, name: reviews, port: 9080}]\n  rules: [{backendRefs: [{name: reviews-v1, port: 9080}]}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: glob, namespace: shop}\nspec:\n  parentRefs: [{group: '', kind: Service, name: reviews, port: 9080}]\n  rules: [{matches: [{path: {type: Glob, value: /x}}]}]\n",
     )
     .unwrap();
     std::fs::write(
@@ -52,12 +52,15 @@ fn serves_readiness_metrics_and_debug_pages() {
     assert_eq!(parent["controllerName"], "ambit.dev/waypoint-controller");
     assert_eq!(parent["conditions"][0]["type"], "Accepted");
     assert_eq!(parent["conditions"][0]["status"], "True");
-    let rejected = routes
-        .iter()
-        .find(|r| r["object"] == "HTTPRoute shop/glob")
-        .unwrap_or_else(|| panic!("the rejected route: {routes:?}"));
-    assert_eq!(rejected["accepted"], false);
-    assert!(rejected["reasons"][0].as_str().unwrap().contains("spec.rules[0].matches[0].path.type"), "{rejected}");
+    // A refused route has the same shape: per parent, not accepted, the field named.
+    let rejected = routes.iter().find(|r| r["name"] == "glob").unwrap_or_else(|| panic!("the rejected route: {routes:?}"));
+    assert_eq!(rejected["kind"], "HTTPRoute");
+    let parent = &rejected["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "ambit.dev/waypoint-controller");
+    assert_eq!(parent["conditions"][0]["status"], "False");
+    assert_eq!(parent["conditions"][0]["reason"], "UnsupportedValue");
+    let message = parent["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("spec.rules[0].matches[0].path.type"), "{rejected}");
     let rejected = http_get(admin, "/debug/rejected").unwrap();
     assert!(rejected.contains("Service shop/bad") && rejected.contains("spec.ports[0].port"), "{rejected}");
     let dump = http_get(admin, "/debug/config_dump").unwrap();
