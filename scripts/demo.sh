@@ -4,7 +4,9 @@
 # controller and ztunnels), sends traffic, shows it is mutually authenticated, applies a deny
 # policy and shows the refusal, calls an outside host by name through a ServiceEntry (the DNS
 # proxy answers with an allocated address), then adds a waypoint (L7): a 90/10 split, header routing and an
-# L7 policy, with the waypoint's request metrics; then tears everything down.
+# L7 policy, with the waypoint's request metrics; then an ingress gateway: a client in the
+# outside world reaches the front end over HTTP and HTTPS (the certificate checked) and the
+# gateway's policy refuses a path; then tears everything down.
 #
 #   scripts/demo.sh          run the demo and clean up
 #   scripts/demo.sh --keep   leave the sandbox running to poke at it
@@ -75,12 +77,29 @@ echo
 say "the waypoint's request metrics (reporter=\"waypoint\")"
 $S exec waypoint-0 -- ambit-sample get http://127.0.0.1:15020/metrics | grep '^istio_requests_total' | sed -n '1,3p'  # reads to the end: no SIGPIPE under pipefail
 
+say "ingress: a Gateway of class ambit (examples/ingress) with HTTP and HTTPS listeners, a route to the front end"
+CERTS=$(mktemp -d)
+target/release/ambit-sample tls-secret --name shop-tls --namespace ingress --hosts shop.example.com --dir "$CERTS"
+$S apply "$CERTS/secret.yaml" >/dev/null
+$S apply examples/ingress | grep -E 'waypoint|deployed' || true
+GW=$($S status | awk '$2 == "ingress/public-0" {print $3}')
+say "from the outside world (a client outside the cluster), HTTP to the gateway ($GW) by Host:"
+$S exec world -- curl -sS --max-time 5 -H 'host: shop.example.com' "http://$GW/" | cut -c1-240
+say "HTTPS, curl checking the gateway's certificate (from the Secret) against the CA that signed it:"
+$S exec world -- curl -sS --max-time 5 --cacert "$CERTS/ca.pem" --resolve "shop.example.com:443:$GW" https://shop.example.com/ | cut -c1-240
+say "the gateway's AuthorizationPolicy refuses /admin:"
+$S exec world -- curl -sS --max-time 5 -o /dev/null -w '%{http_code}\n' --cacert "$CERTS/ca.pem" --resolve "shop.example.com:443:$GW" https://shop.example.com/admin
+say "the Gateway's listeners in its status (attached routes, conditions), as the controller writes it"
+$S debug /debug/waypoints | sed -n '/"name": "public"/,/"kind": "Service"/p' | grep -E '"(name|attachedRoutes|type|reason)"' | sed -n '1,24p'  # reads to the end: no SIGPIPE under pipefail
+
 if [[ $KEEP == 1 ]]; then
   say "the sandbox keeps running. Try:"
   cat <<HELP
   export AMBIT_SANDBOX_DIR=$AMBIT_SANDBOX_DIR
   $S status
   $S exec visitor-0 -- ambit-sample get http://frontend.shop/
+  $S exec world -- curl -s -H 'host: shop.example.com' http://$GW/
+  $S debug /debug/routes
   $S delete examples/waypoint/20-l7-policy.yaml
   $S logs ztunnel-node-1
   $S metrics node-1

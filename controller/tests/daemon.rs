@@ -53,7 +53,8 @@ fn serves_readiness_metrics_and_debug_pages() {
     assert_eq!(parent["conditions"][0]["type"], "Accepted");
     assert_eq!(parent["conditions"][0]["status"], "True");
     // A refused route has the same shape: per parent, not accepted, the field named.
-    let rejected = routes.iter().find(|r| r["name"] == "glob").unwrap_or_else(|| panic!("the rejected route: {routes:?}"));
+    let rejected =
+        routes.iter().find(|r| r["name"] == "glob").unwrap_or_else(|| panic!("the rejected route: {routes:?}"));
     assert_eq!(rejected["kind"], "HTTPRoute");
     let parent = &rejected["status"]["parents"][0];
     assert_eq!(parent["controllerName"], "ambit.dev/waypoint-controller");

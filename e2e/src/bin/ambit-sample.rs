@@ -5,7 +5,9 @@
 //! - `front`: an HTTP front end that calls each back end and returns their answers;
 //! - `get`: one HTTP GET, the body on stdout (exit 1 on failure or a non-2xx status);
 //! - `load`: many GETs, then a count of answers per responding pod;
-//! - `sleep`: does nothing (a pod to `exec` into).
+//! - `sleep`: does nothing (a pod to `exec` into);
+//! - `tls-secret`: a throwaway CA and a server certificate signed by it, written as the CA's
+//!   PEM and a `kubernetes.io/tls` Secret manifest (for an ingress listener in the demo).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,6 +27,18 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Parser)]
 #[command(name = "ambit-sample", about = "Sample applications for the Ambit sandbox")]
 enum Cmd {
+    /// Writes `<dir>/ca.pem` and `<dir>/secret.yaml` (a `kubernetes.io/tls` Secret with a
+    /// certificate for `--hosts`, signed by that CA).
+    TlsSecret {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// HTTP/1.1 + HTTP/2 echo server.
     Echo {
         #[arg(long, default_value_t = 8080)]
@@ -199,6 +213,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// See `Cmd::TlsSecret`.
+fn tls_secret(name: &str, namespace: &str, hosts: Vec<String>, dir: &std::path::Path) -> anyhow::Result<()> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ambit demo CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let leaf = rcgen::CertificateParams::new(hosts)?.signed_by(&key, &issuer)?;
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"tls.crt": leaf.pem(), "tls.key": key.serialize_pem()},
+    });
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("secret.yaml"), serde_yaml::to_string(&secret)?)?;
+    Ok(())
+}
+
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
@@ -253,6 +288,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 print(ambit_e2e::load::conn_rate(addr, seconds, concurrency).await?)
             }
             Cmd::Idle { addr, count } => ambit_e2e::load::idle(addr, count).await,
+            Cmd::TlsSecret { name, namespace, hosts, dir } => tls_secret(&name, &namespace, hosts, &dir),
             Cmd::Sleep => {
                 std::future::pending::<()>().await;
                 Ok(())

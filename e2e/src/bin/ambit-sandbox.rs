@@ -42,6 +42,9 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Prints one of the controller's admin pages (`/debug/waypoints`: Gateway and Service
+    /// statuses; `/debug/routes`: route statuses; `/debug/rejected`, `/debug/config_dump`).
+    Debug { path: String },
     /// Prints a component's log: `controller`, `ztunnel-node-1`, `pod-<ns>-<name>`.
     Logs { component: String },
     /// Prints a node's ztunnel metrics (`istio_tcp_*` series).
@@ -122,6 +125,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", String::from_utf8_lossy(&out.stdout));
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
             anyhow::ensure!(out.status.success(), "command failed ({})", out.status);
+        }
+        Cmd::Debug { path } => {
+            let sb = Sandbox::open(opts(&cli, 0))?;
+            let response = sb
+                .get_in_node("node-1", 15014, path)
+                .ok_or_else(|| anyhow::anyhow!("the controller's admin port did not answer"))?;
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{path}: {}", head.lines().next().unwrap_or(""));
+            println!("{body}");
         }
         Cmd::Metrics { node } => {
             let sb = Sandbox::open(opts(&cli, 0))?;
