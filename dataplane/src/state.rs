@@ -68,6 +68,8 @@ pub struct Service {
     /// No endpoint selection: connections go to the address they were made to (a
     /// ServiceEntry with `resolution: NONE`, load-balancing mode `PASSTHROUGH`).
     pub passthrough: bool,
+    /// Ingress gateways send its traffic through its waypoint (`istio.io/ingress-use-waypoint`).
+    pub ingress_use_waypoint: bool,
 }
 
 /// An xDS resource the data path cannot use, named by kind and name.
@@ -198,6 +200,7 @@ impl TryFrom<pb::Service> for Service {
             subject_alt_names,
             allow_unhealthy,
             passthrough,
+            ingress_use_waypoint: s.ingress_use_waypoint,
         })
     }
 }

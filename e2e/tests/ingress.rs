@@ -116,6 +116,11 @@ fn ingress_gateway_serves_http_https_tls_and_tcp_from_outside() {
             pod_yaml("secure", "shop", "secure", "node-2", "--tls-port, '8443', --tls-names, secure.example.com"),
             "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}, {name: tcp, port: 9000, targetPort: 9000}]}\n".to_owned(),
             "apiVersion: v1\nkind: Service\nmetadata: {name: web-v2, namespace: shop}\nspec: {selector: {app: web-v2}, ports: [{name: http, port: 80, targetPort: 8080}]}\n".to_owned(),
+            // A service behind a waypoint that ingress traffic must go through too.
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n".to_owned(),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: guarded, namespace: shop, labels: {istio.io/use-waypoint: waypoint, istio.io/ingress-use-waypoint: 'true'}}\nspec: {selector: {app: web-v2}, ports: [{name: http, port: 80, targetPort: 8080}]}\n".to_owned(),
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: guarded, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, group: '', name: guarded}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/blocked]}}]}]\n".to_owned(),
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: guarded, namespace: shop}\nspec:\n  parentRefs: [{name: public, namespace: ingress, sectionName: http}]\n  hostnames: [guarded.example.com]\n  rules: [{backendRefs: [{name: guarded, port: 80}]}]\n".to_owned(),
             "apiVersion: v1\nkind: Service\nmetadata: {name: secure, namespace: shop}\nspec: {selector: {app: secure}, ports: [{name: tls, port: 443, targetPort: 8443}]}\n".to_owned(),
             secret("shop-tls", &chain, &key),
             secret("wild-tls", &wild_chain, &wild_key),
@@ -150,6 +155,15 @@ fn ingress_gateway_serves_http_https_tls_and_tcp_from_outside() {
     assert_eq!(pod_of(&body), "web-v1", "{body}");
     let (code, _) = curl(&sb, &["-H", "host: other.example.com", &format!("http://{gw_ip}/")]).unwrap();
     assert_eq!(code, 404, "a host no route serves");
+
+    // istio.io/ingress-use-waypoint: the gateway goes through the service's waypoint, whose
+    // policy (targeting the service) applies to ingress traffic too.
+    let guarded = |path: &str| curl(&sb, &["-H", "host: guarded.example.com", &format!("http://{gw_ip}{path}")]);
+    let (code, body) =
+        wait_for("the guarded service through its waypoint", || guarded("/").ok().filter(|(c, _)| *c == 200));
+    assert_eq!(pod_of(&body), "web-v2", "{body}");
+    assert_eq!(guarded("/blocked").unwrap().0, 403, "the waypoint's policy applies to the gateway's request");
+    assert_eq!(code, 200);
 
     // HTTPS: the certificate from the Secret, verified by curl against the CA that signed it.
     let https = |path: &str| {

@@ -8,6 +8,7 @@ pub mod keys {
     pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
     pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
     pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+    pub const INGRESS_USE_WAYPOINT: &str = "istio.io/ingress-use-waypoint";
     pub const REDIRECTION: &str = "ambient.istio.io/redirection";
     pub const DRY_RUN: &str = "istio.io/dry-run";
     pub const CANONICAL_NAME: &str = "service.istio.io/canonical-name";

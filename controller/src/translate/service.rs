@@ -105,6 +105,13 @@ pub fn translate_service(s: &Service, store: &Store, mesh: &MeshSettings) -> Opt
         waypoint: if is_waypoint { None } else { waypoint_for(&s.metadata.labels, ns, false, store, mesh) },
         load_balancing: load_balancing(s),
         ip_families: ip_families as i32,
+        // The Service's label, else its namespace's.
+        ingress_use_waypoint: s
+            .metadata
+            .labels
+            .get(keys::INGRESS_USE_WAYPOINT)
+            .or_else(|| store.namespace(ns).and_then(|n| n.metadata.labels.get(keys::INGRESS_USE_WAYPOINT)))
+            .is_some_and(|v| v == "true"),
         ..Default::default()
     })
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_dataplane::labels::Peer;
+use ambit_dataplane::state::Service;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -289,7 +290,35 @@ impl Waypoint {
             tracing::info!(target: "access", backend = %backend.service_key, src.addr = %down.source_ip, dst = %down.vip, response_flags = Flag::NoHealthyUpstream.as_str(), "connection refused: the backend service is unknown");
             return;
         };
+        if service.ingress_use_waypoint && service.waypoint.is_some() {
+            return self.to_waypoint(down, &service, backend.port, stream).await;
+        }
         self.forward_tcp_to(down, &service, backend.port, stream).await
+    }
+
+    /// TLS passthrough and TCP to a service labelled `istio.io/ingress-use-waypoint`: through
+    /// its waypoint (HBONE asking for the service's `VIP:port`), never around it.
+    async fn to_waypoint<S>(&self, down: &Downstream, service: &Service, port: u16, mut stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let chosen = {
+            let state = self.state();
+            super::upstream::waypoint_endpoint(&state, &self.network, service, port)
+        };
+        let Some((endpoint, _)) = chosen else {
+            tracing::info!(target: "access", response = "refused", dst.service = %service.hostname, src.addr = %down.source_ip, response_flags = Flag::NoHealthyUpstream.as_str(), "connection refused: no waypoint to reach");
+            return;
+        };
+        match self.upstream.dialer().dial(&endpoint).await {
+            Ok(mut upstream) => {
+                let (t, err) = ambit_shared::copy::copy_bidirectional(&mut stream, &mut upstream).await;
+                tracing::info!(target: "access", protocol = "tcp", src.addr = %down.source_ip, dst.service = %service.hostname, waypoint = %endpoint.addr, bytes_sent = t.a_to_b, bytes_recv = t.b_to_a, error = err.map(|e| e.to_string()), "tcp connection complete");
+            }
+            Err(e) => {
+                tracing::info!(target: "access", protocol = "tcp", src.addr = %down.source_ip, dst.service = %service.hostname, waypoint = %endpoint.addr, response_flags = "UF", error = %e, "tcp connection failed");
+            }
+        }
     }
 }
 

@@ -96,6 +96,11 @@ impl Upstream {
             Some(L7Entry::Ready(l7)) => Some(l7.clone()),
             _ => None,
         };
+        // An ingress gateway sends a service labelled `istio.io/ingress-use-waypoint` through
+        // its waypoint, which applies the service's policies and routes and chooses.
+        if self.ingress && service.ingress_use_waypoint && service.waypoint.is_some() {
+            return self.via_waypoint(&service, port, req).await;
+        }
         let policy = l7.as_ref().and_then(|l| l.backend.as_ref());
         let backend = self.backends.get(&service.key);
         let Some(_admission) = backend.admit(policy) else { return Err(Failure::Overflow.into()) };
@@ -198,6 +203,39 @@ impl Upstream {
         }
     }
 
+    /// One request to `service` through its waypoint: HBONE to a waypoint pod, asking for the
+    /// service's `VIP:port`. No waypoint to reach: 503, never the endpoints around it.
+    async fn via_waypoint(&self, service: &Service, port: u16, req: Request<Body>) -> Attempt {
+        let endpoint = {
+            let state = self.state();
+            waypoint_endpoint(&state, &self.network, service, port)
+        };
+        let Some((endpoint, waypoint)) = endpoint else {
+            tracing::debug!(service = %service.key, "no waypoint endpoint for an ingress-use-waypoint service");
+            return Err(Failure::NoHealthyUpstream.into());
+        };
+        let mut req = req;
+        *req.version_mut() = upstream_version(service, port, &req);
+        let h2 = req.version() == http::Version::HTTP_2;
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let asked = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+        let target = format!("http://{}{path}", asked.as_deref().unwrap_or("waypoint"));
+        parts.uri = match target.parse().or_else(|_| format!("http://waypoint{path}").parse()) {
+            Ok(u) => u,
+            Err(_) => return Err(Failure::BadUpstreamPath.into()),
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        let client = self.pools.client(&endpoint, h2, false);
+        match client.request(Request::from_parts(parts, body)).await {
+            Ok(r) => Ok((r.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()), waypoint)),
+            Err(e) => {
+                tracing::debug!(endpoint = %endpoint.addr, error = %e, "request through the waypoint failed");
+                Err(Failed { failure: Failure::Connect, endpoint: Some(waypoint), response_ops: Vec::new() })
+            }
+        }
+    }
+
     /// Whether plain TCP may go to `ip` (an endpoint outside the mesh): never the waypoint's
     /// own address, and only where [`outside_ok`] allows.
     pub(super) fn may_dial(&self, ip: IpAddr, service_key: &str) -> bool {
@@ -291,4 +329,39 @@ fn upstream_version<B>(service: &Service, port: u16, req: &Request<B>) -> http::
     } else {
         http::Version::HTTP_11
     }
+}
+
+/// The waypoint in front of `service`, as an endpoint asking for the service's `VIP:port` on
+/// `network` (with the waypoint workload chosen). `None`: no VIP, or no waypoint pod to reach.
+pub(super) fn waypoint_endpoint(
+    state: &State,
+    network: &str,
+    service: &Service,
+    port: u16,
+) -> Option<(Endpoint, Arc<Workload>)> {
+    use ambit_dataplane::state::{ip_from_bytes, pick_endpoint, Destination};
+    use ambit_shared::proto::workload::gateway_address;
+    let gw = service.waypoint.as_ref()?;
+    let vip = service.vips.iter().find(|(n, _)| &**n == network).map(|(_, ip)| *ip)?;
+    let hbone = u16::try_from(gw.hbone_mtls_port).ok().filter(|p| *p != 0).unwrap_or(15008);
+    let chosen = match gw.destination.as_ref()? {
+        gateway_address::Destination::Address(a) => {
+            let ip = ip_from_bytes(&a.address)?;
+            match state.destination(network, std::net::SocketAddr::new(ip, hbone)) {
+                Destination::Service { service, .. } => pick_endpoint(&state.endpoints_on(&service, hbone, network)),
+                Destination::Workload(w) => Some((w, hbone)),
+                Destination::Passthrough => None,
+            }
+        }
+        gateway_address::Destination::Hostname(h) => state
+            .service(&format!("{}/{}", h.namespace, h.hostname))
+            .and_then(|s| pick_endpoint(&state.endpoints_on(s, hbone, network))),
+    };
+    let (w, _) = chosen?;
+    let ip = *w.addresses.first()?;
+    let endpoint = Endpoint {
+        addr: std::net::SocketAddr::new(ip, hbone),
+        tunnel: Tunnel::Waypoint { identity: w.identity.clone(), authority: std::net::SocketAddr::new(vip, port) },
+    };
+    Some((endpoint, w))
 }

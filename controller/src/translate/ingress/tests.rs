@@ -229,3 +229,24 @@ fn a_regex_is_checked_as_the_proxy_compiles_it() {
     let e = parse_object("test", v).unwrap_err().to_string();
     assert!(e.contains("requestHeaderModifier.set[0].value"), "{e}");
 }
+
+#[test]
+fn ingress_use_waypoint_comes_from_the_service_or_its_namespace() {
+    use crate::translate::service::translate_service;
+    let store = objects(&[
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: marked, labels: {istio.io/ingress-use-waypoint: 'true'}}",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: plain}",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: marked}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: plain, labels: {istio.io/ingress-use-waypoint: 'true'}}\nspec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: c, namespace: plain}\nspec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}",
+    ]
+    .join("\n---\n"));
+    let flag = |ns: &str, name: &str| {
+        let key = ObjectKey { kind: Kind::Service, namespace: ns.into(), name: name.into() };
+        let Some(Object::Service(s)) = store.get(&key) else { panic!("no {ns}/{name}") };
+        translate_service(s, &store, &MeshSettings::default()).unwrap().ingress_use_waypoint
+    };
+    assert!(flag("marked", "a"), "from the namespace");
+    assert!(flag("plain", "b"), "from the service");
+    assert!(!flag("plain", "c"));
+}

@@ -91,6 +91,11 @@ pub enum Tunnel {
     /// the server name sent and, when `verify`, checked against the system's roots; ALPN for
     /// HTTP/2 (`h2`) or HTTP/1.1.
     Tls { sni: Arc<str>, verify: bool, h2: bool },
+    /// HBONE to a waypoint (the endpoint's address is the waypoint pod's HBONE address), asking
+    /// for `authority` — the service's `VIP:port` — as ztunnel does: the waypoint applies the
+    /// service's policies and routes. An ingress gateway's way to a service labelled
+    /// `istio.io/ingress-use-waypoint`.
+    Waypoint { identity: Identity, authority: SocketAddr },
 }
 
 /// An endpoint chosen from the mesh state: the key of its connections.
@@ -135,6 +140,17 @@ impl Dialer {
                     destination_identities: vec![identity.clone()],
                     hbone_addr: SocketAddr::new(addr.ip(), HBONE_PORT),
                     authority: addr,
+                    headers: HeaderMap::new(),
+                };
+                Ok(Conn::Hbone(self.hbone.connect(&req).await?))
+            }
+            Tunnel::Waypoint { identity, authority } => {
+                let cert = self.certs.fetch(&self.identity).await?;
+                let req = ConnectRequest {
+                    source: cert,
+                    destination_identities: vec![identity.clone()],
+                    hbone_addr: addr,
+                    authority: *authority,
                     headers: HeaderMap::new(),
                 };
                 Ok(Conn::Hbone(self.hbone.connect(&req).await?))
