@@ -133,9 +133,10 @@ pub struct GatewayL7 {
 }
 
 impl GatewayL7 {
-    /// Compiles what can be served; a listener that cannot (it does not compile, or clashes
-    /// with an earlier one on its port) is left out — its hosts get nothing — and returned
-    /// with why, while the others serve.
+    /// Compiles what can be served; a listener that cannot (its routes or certificate do not
+    /// compile, or the controller refused it) only claims its hostname — its hosts get
+    /// nothing: no certificate, 404 — and is returned with why, while the others serve. One
+    /// that clashes with an earlier listener's protocol on its port is left out.
     pub fn compile(c: &pb::GatewayConfig) -> (Self, Vec<GatewayError>) {
         let service = Arc::new(Service {
             key: format!("{}/{}", c.namespace, c.name).into(),
@@ -171,8 +172,10 @@ impl GatewayL7 {
         let mut dropped = Vec::new();
         let mut by_port: BTreeMap<u16, Vec<Arc<Listener>>> = BTreeMap::new();
         for l in &c.listeners {
-            match compile_listener(l, &l7) {
-                Ok((port, listener)) => {
+            let (compiled, why) = compile_listener(l, &l7);
+            dropped.extend(why);
+            if let Some((port, listener)) = compiled {
+                {
                     let on_port = by_port.entry(port).or_default();
                     match on_port.first() {
                         Some(other) if other.protocol != listener.protocol => {
@@ -193,7 +196,6 @@ impl GatewayL7 {
                         _ => on_port.push(Arc::new(listener)),
                     }
                 }
-                Err(e) => dropped.push(e),
             }
         }
         let mut ports = BTreeMap::new();
@@ -210,24 +212,60 @@ impl GatewayL7 {
     }
 }
 
-/// One listener, or why it is left out.
+/// One listener: served, or — when it cannot be (routes or certificate do not compile) — a
+/// claim on its hostname, with why.
 fn compile_listener(
     l: &pb::GatewayListener,
     l7: &impl Fn(u16, &str, Vec<pb::Route>) -> Result<ServiceL7, String>,
-) -> Result<(u16, Listener), GatewayError> {
+) -> (Option<(u16, Listener)>, Option<GatewayError>) {
     let bad = |problem: String| GatewayError::Listener { listener: l.name.clone(), problem };
-    let port = u16::try_from(l.port).ok().filter(|p| *p != 0).ok_or_else(|| bad(format!("port {}", l.port)))?;
-    let protocol = pb::ListenerProtocol::try_from(l.protocol).map_err(|_| bad("unknown protocol".into()))?;
+    let Some(port) = u16::try_from(l.port).ok().filter(|p| *p != 0) else {
+        return (None, Some(bad(format!("port {}", l.port))));
+    };
+    let Ok(protocol) = pb::ListenerProtocol::try_from(l.protocol) else {
+        return (None, Some(bad("unknown protocol".into())));
+    };
+    let hostname = (!l.hostname.is_empty()).then(|| HostPattern::parse(&l.hostname));
+    let claimed = |why: Option<GatewayError>| match claim(l, port, protocol, hostname.clone(), l7) {
+        Ok(c) => (Some((port, c)), why),
+        Err(e) => (None, why.or(Some(e))),
+    };
+    if l.refused {
+        return claimed(None);
+    }
     let key = match protocol {
         pb::ListenerProtocol::ListenerHttps => {
-            let first = l.certificates.first().ok_or_else(|| bad("HTTPS without a certificate".into()))?;
-            Some(Arc::new(certified_key(first).map_err(|e| bad(format!("certificate {}: {e}", first.source)))?))
+            let Some(first) = l.certificates.first() else {
+                return claimed(Some(bad("HTTPS without a certificate".into())));
+            };
+            match certified_key(first) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => return claimed(Some(bad(format!("certificate {}: {e}", first.source)))),
+            }
         }
         _ => None,
     };
-    let hostname = (!l.hostname.is_empty()).then(|| HostPattern::parse(&l.hostname));
-    let compiled = l7(port, &l.name, l.routes.clone()).map_err(bad)?;
-    Ok((port, Listener { name: l.name.clone(), hostname, protocol, l7: Arc::new(compiled), key }))
+    match l7(port, &l.name, l.routes.clone()) {
+        Ok(compiled) => {
+            (Some((port, Listener { name: l.name.clone(), hostname, protocol, l7: Arc::new(compiled), key })), None)
+        }
+        // Its hosts get nothing, not a less specific listener's routes and certificate.
+        Err(problem) => claimed(Some(bad(problem))),
+    }
+}
+
+/// A listener that is not served but claims its hostname: no certificate (a TLS handshake for
+/// its names fails), no routes (404), so its hosts never fall to a less specific listener.
+fn claim(
+    l: &pb::GatewayListener,
+    port: u16,
+    protocol: pb::ListenerProtocol,
+    hostname: Option<HostPattern>,
+    l7: &impl Fn(u16, &str, Vec<pb::Route>) -> Result<ServiceL7, String>,
+) -> Result<Listener, GatewayError> {
+    let empty = l7(port, &l.name, Vec::new())
+        .map_err(|problem| GatewayError::Listener { listener: l.name.clone(), problem })?;
+    Ok(Listener { name: l.name.clone(), hostname, protocol, l7: Arc::new(empty), key: None })
 }
 
 /// A listener's certificate as rustls serves it, checked (see [`listener_key`]).

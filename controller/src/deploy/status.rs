@@ -501,9 +501,11 @@ impl StatusSync {
     /// condition removed (an empty list under our field manager).
     pub fn sync(&mut self, store: &Store, mesh: &MeshSettings) {
         let now = statuses(store, mesh);
-        for (key, status) in &now {
-            if self.written.get(key) != Some(status) {
-                send_status(&self.tx, key, status.clone());
+        let mut now = now;
+        for (key, status) in now.iter_mut() {
+            // What could not be queued is not recorded as written: the next sync sends it.
+            if self.written.get(key) != Some(status) && !send_status(&self.tx, key, status.clone()) {
+                *status = serde_json::Value::Null;
             }
         }
         for key in self.written.keys().filter(|k| !now.contains_key(*k)) {
@@ -523,16 +525,19 @@ impl StatusSync {
     }
 }
 
+/// Queues one status; `false` when the queue is full (it is sent at a later sync).
 fn send_status(
     tx: &mpsc::Sender<StatusPatch>,
     (kind, namespace, name): &(Kind, String, String),
     status: serde_json::Value,
-) {
-    let Some(resource) = status_resource(*kind) else { return };
+) -> bool {
+    let Some(resource) = status_resource(*kind) else { return true };
     let patch = StatusPatch { resource, namespace: namespace.clone(), name: name.clone(), status };
     if tx.try_send(patch).is_err() {
-        tracing::warn!(%namespace, %name, "status queue full; the next change rewrites it");
+        tracing::warn!(%namespace, %name, "status queue full; the next sync sends it again");
+        return false;
     }
+    true
 }
 
 #[cfg(test)]

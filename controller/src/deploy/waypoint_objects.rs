@@ -292,6 +292,9 @@ fn service_spec(gw: &Gateway) -> ServiceSpec {
         return ServiceSpec {
             selector: Some([(keys::GATEWAY_NAME.to_owned(), name.to_owned())].into()),
             type_: Some("LoadBalancer".into()),
+            // The client's own address reaches the gateway (policies on source IPs, the
+            // per-client connection cap, x-forwarded-for), not a node's.
+            external_traffic_policy: Some("Local".into()),
             ports: Some(ports),
             ..Default::default()
         };

@@ -197,7 +197,9 @@ async fn watch_kind(
         loop {
             match api.list(&kube::api::ListParams::default().limit(1)).await {
                 Ok(_) => break,
-                Err(kube::Error::Api(e)) if e.code == 404 => {
+                // Not installed (404), or not readable with this installation's RBAC (403):
+                // nothing of that kind is served, and the controller is not held unready.
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => {
                     if !announced {
                         announced = true;
                         tracing::info!(kind = kind_name, "CRD not installed; watching it once it is");

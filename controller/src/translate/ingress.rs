@@ -211,6 +211,8 @@ struct Evaluated<'a> {
     candidates: Vec<Candidate>,
     /// The routes attached so far.
     attached: Vec<ObjectKey>,
+    /// Not served but accepted with a hostname, no conflict: sent as a claim on it.
+    claims: bool,
 }
 
 /// Translates ingress gateway `gw`: its proxy's configuration and its status.
@@ -219,6 +221,11 @@ pub fn translate(gw: &Gateway, store: &Store, mesh: &MeshSettings) -> Ingress {
     let mut listeners: Vec<Evaluated> =
         gw.spec.listeners.iter().enumerate().map(|(i, l)| evaluate_listener(gw_ns, i, l, store)).collect();
     mark_conflicts(&mut listeners);
+    for l in &mut listeners {
+        let accepted = l.report.conditions.iter().any(|c| c.type_ == "Accepted" && c.status);
+        let conflicted = l.report.conditions.iter().any(|c| c.type_ == "Conflicted" && c.status);
+        l.claims = !l.usable && accepted && !conflicted && l.spec.hostname.is_some();
+    }
     let routes = attach_routes(gw, &mut listeners, store, mesh);
     let (policies, jwt_rules) = gateway_policies(gw, store, mesh);
     let mut config = pb::GatewayConfig {
@@ -238,6 +245,13 @@ pub fn translate(gw: &Gateway, store: &Store, mesh: &MeshSettings) -> Ingress {
         l.report.conditions.push(programmed);
         if l.usable {
             l.config.routes = in_precedence_order(std::mem::take(&mut l.candidates));
+            config.listeners.push(l.config);
+        } else if l.claims {
+            // Not served, but its hostname stays claimed: its hosts get nothing rather than
+            // a less specific listener's certificate and routes.
+            l.config.refused = true;
+            l.config.certificates.clear();
+            l.config.routes.clear();
             config.listeners.push(l.config);
         }
         reports.push(l.report);
@@ -296,7 +310,7 @@ fn evaluate_listener<'a>(gw_ns: &str, i: usize, l: &'a Listener, store: &Store) 
             format!("{at}.allowedRoutes.namespaces: from Same, All or Selector with matchLabels only"),
         );
     }
-    if let Some(allowed) = l.allowed_routes.as_ref().filter(|a| !a.kinds.is_empty()) {
+    if let Some(allowed) = l.allowed_routes.as_ref().filter(|a| !a.kinds.is_empty() && resolved.status) {
         let wanted: Vec<&str> = allowed
             .kinds
             .iter()
@@ -314,15 +328,17 @@ fn evaluate_listener<'a>(gw_ns: &str, i: usize, l: &'a Listener, store: &Store) 
             );
         }
     }
+    // Invalid kinds alone leave the listener serving the valid ones.
+    let kinds_only = resolved.reason == "InvalidRouteKinds" && !kinds.is_empty();
     let mut certificates = Vec::new();
-    if accepted.status && resolved.status && l.protocol == "HTTPS" {
+    if accepted.status && (resolved.status || kinds_only) && l.protocol == "HTTPS" {
         match listener_certificates(gw_ns, &at, l, store) {
             Ok(found) => certificates = found,
             Err(c) => resolved = c,
         }
     }
-    // Invalid kinds alone leave the listener serving the valid ones.
-    let usable = accepted.status && (resolved.status || (resolved.reason == "InvalidRouteKinds" && !kinds.is_empty()));
+    let kinds_only = resolved.reason == "InvalidRouteKinds" && !kinds.is_empty();
+    let usable = accepted.status && (resolved.status || kinds_only);
     Evaluated {
         spec: l,
         report: ListenerReport {
@@ -339,9 +355,11 @@ fn evaluate_listener<'a>(gw_ns: &str, i: usize, l: &'a Listener, store: &Store) 
             hostname: l.hostname.clone().unwrap_or_default(),
             certificates,
             routes: Vec::new(),
+            refused: false,
         },
         candidates: Vec::new(),
         attached: Vec::new(),
+        claims: false,
     }
 }
 

@@ -33,6 +33,7 @@ fn listener(name: &str, port: u32, protocol: pb::ListenerProtocol, hostname: &st
         hostname: hostname.into(),
         certificates: if protocol == pb::ListenerProtocol::ListenerHttps { vec![cert(&[hostname])] } else { vec![] },
         routes: vec![route(&format!("r-{name}"), &[], 80)],
+        refused: false,
     }
 }
 
@@ -93,44 +94,62 @@ impl Compiled for (GatewayL7, Vec<GatewayError>) {
 }
 
 #[test]
-fn leaves_out_what_it_cannot_serve_safely_and_serves_the_rest() {
+fn what_it_cannot_serve_only_claims_its_hostname_and_the_rest_serves() {
     let good = || listener("good", 8080, pb::ListenerProtocol::ListenerHttp, "");
-    let left_out = |l: pb::GatewayListener| {
+    // (compiled, why), the good listener serving in every case.
+    let compile = |l: pb::GatewayListener| {
         let (g, dropped) = GatewayL7::compile(&gateway(vec![good(), l]));
         assert!(g.ports.contains_key(&8080), "the good listener serves");
-        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped.len(), 1, "{dropped:?}");
         (g, dropped[0].to_string())
     };
+    // A claim: its hostname is held (no certificate, no routes), so its hosts never reach a
+    // less specific listener.
+    let claimed = |g: &GatewayL7, port: u16, host: &str| {
+        let l = match g.ports.get(&port) {
+            Some(PortPlan::Https(l) | PortPlan::Http(l)) => l.choose(Some(host)).expect("claimed").clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(l.key.is_none() && l.l7.routes.is_empty() && l.l7.routed_only, "{l:?}");
+    };
     // Two protocols on one port: the later one is left out.
-    let (g, why) = left_out(listener("b", 8080, pb::ListenerProtocol::ListenerTlsPassthrough, "b.example.com"));
+    let (g, why) = compile(listener("b", 8080, pb::ListenerProtocol::ListenerTlsPassthrough, "b.example.com"));
     assert!(why.contains("mix protocols"), "{why}");
     assert!(matches!(g.ports.get(&8080), Some(PortPlan::Http(l)) if l.listeners.len() == 1));
     // HTTPS without a certificate.
     let mut l = listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com");
     l.certificates.clear();
-    let (g, _) = left_out(l);
-    assert!(!g.ports.contains_key(&443));
+    claimed(&compile(l).0, 443, "a.example.com");
     // A key that is not the certificate's.
     let mut l = listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com");
     l.certificates[0].private_key = cert(&["other"]).private_key;
-    assert!(left_out(l).1.contains("does not match"));
+    let (g, why) = compile(l);
+    assert!(why.contains("does not match"), "{why}");
+    claimed(&g, 443, "a.example.com");
     // A backend without a port: there is no request port to fall back to.
-    let mut l = listener("h", 80, pb::ListenerProtocol::ListenerHttp, "");
+    let mut l = listener("h", 80, pb::ListenerProtocol::ListenerHttp, "h.example.com");
     l.routes[0].backends[0].port = 0;
-    left_out(l);
+    claimed(&compile(l).0, 80, "h.example.com");
     // Garbage for a certificate.
     let mut l = listener("a", 443, pb::ListenerProtocol::ListenerHttps, "a.example.com");
     l.certificates[0].cert_chain = "not a certificate".into();
-    left_out(l);
+    claimed(&compile(l).0, 443, "a.example.com");
     // A regular expression that only compiles unanchored.
-    let mut l = listener("r", 81, pb::ListenerProtocol::ListenerHttp, "");
+    let mut l = listener("r", 81, pb::ListenerProtocol::ListenerHttp, "r.example.com");
     l.routes[0].matches = vec![pb::Match {
         path: "(?x)a#".into(),
         has_path: true,
         path_kind: pb::PathKind::PathRegex as i32,
         ..Default::default()
     }];
-    left_out(l);
+    claimed(&compile(l).0, 81, "r.example.com");
+    // One the controller refused: a claim, nothing to report.
+    let mut l = listener("x", 443, pb::ListenerProtocol::ListenerHttps, "x.example.com");
+    l.refused = true;
+    l.certificates.clear();
+    let (g, dropped) = GatewayL7::compile(&gateway(vec![good(), l]));
+    assert!(dropped.is_empty());
+    claimed(&g, 443, "x.example.com");
 }
 
 #[test]

@@ -328,7 +328,23 @@ impl Route {
 
     /// Whether it serves `host` (as [`host_name`] gives it).
     pub fn serves_host(&self, host: &str) -> bool {
-        self.hostnames.is_empty() || self.hostnames.iter().any(|h| h.matches(host))
+        self.host_rank(host).is_some()
+    }
+
+    /// How specifically it serves `host`: its most specific hostname covering it (exact above
+    /// wildcards, longer above shorter; no hostnames — any host — least); `None`: it does not.
+    pub fn host_rank(&self, host: &str) -> Option<(u8, usize)> {
+        if self.hostnames.is_empty() {
+            return Some((0, 0));
+        }
+        self.hostnames
+            .iter()
+            .filter(|h| h.matches(host))
+            .map(|h| {
+                let (exact, len) = h.specificity();
+                (if exact { 2 } else { 1 }, len)
+            })
+            .max()
     }
 
     /// A backend by weight (`None` when every weight is 0: Gateway API answers 500).

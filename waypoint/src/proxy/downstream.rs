@@ -51,12 +51,18 @@ impl Downstream {
     pub(super) fn l7_for(&self, host: &str) -> Result<Arc<ServiceL7>, Failure> {
         let Some(ingress) = &self.ingress else { return Ok(self.l7.clone()) };
         let config = ingress.config.borrow().clone().ok_or(Failure::NoRoute)?;
-        let listeners = match config.ports.get(&ingress.port) {
-            Some(PortPlan::Http(l) | PortPlan::Https(l)) => l.clone(),
+        // The port's plan must still be what the connection is: a plaintext connection is
+        // never served an HTTPS listener's routes (the port may have changed protocol).
+        let listeners = match (config.ports.get(&ingress.port), &ingress.sni_listener) {
+            (Some(PortPlan::Http(l)), None) | (Some(PortPlan::Https(l)), Some(_)) => l.clone(),
             _ => return Err(Failure::NoRoute),
         };
         let name = host_name(host);
-        let listener = listeners.choose(Some(&name)).ok_or(Failure::NoRoute)?;
+        let listener = match (&ingress.sni_listener, name.is_empty()) {
+            // No Host (HTTP/1.0): the listener the SNI chose.
+            (Some(sni), true) => listeners.listeners.iter().find(|l| l.name == *sni).ok_or(Failure::NoRoute)?,
+            _ => listeners.choose(Some(&name)).ok_or(Failure::NoRoute)?,
+        };
         if ingress.sni_listener.as_ref().is_some_and(|sni| *sni != listener.name) {
             return Err(Failure::Misdirected);
         }

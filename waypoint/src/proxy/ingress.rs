@@ -46,6 +46,18 @@ pub struct Limits {
     pub max_per_source: usize,
 }
 
+/// The address a client's connections are counted under: itself for IPv4, its /64 for IPv6
+/// (one client holds a whole /64).
+fn source_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// Connections open per client address.
 #[derive(Default)]
 struct PerSource(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
@@ -165,7 +177,7 @@ async fn accept(
             tracing::warn!(port, src = %peer, response_flags = Flag::Overflow.as_str(), "connection refused: the gateway's connection budget is spent");
             continue;
         };
-        let Some(slot) = per_source.take(peer.ip().to_canonical(), max_per_source) else {
+        let Some(slot) = per_source.take(source_key(peer.ip()), max_per_source) else {
             tracing::warn!(port, src = %peer, response_flags = Flag::Overflow.as_str(), "connection refused: this client holds its share of the gateway's connections");
             continue;
         };

@@ -164,27 +164,21 @@ impl Upstream {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let authority = endpoint.addr;
-        // The name the client asked for (an HTTP/2 client's :authority has no Host header):
-        // the backend sees it whichever version goes upstream. Connections go to the endpoint
-        // whatever the URI says (the pools' connector dials the chosen endpoint).
-        let asked = parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-        if let (None, Some(a)) = (parts.headers.get(http::header::HOST), parts.uri.authority()) {
-            if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+        // An HTTP/2 client's name is its :authority (no Host header): an HTTP/1.1 request
+        // upstream carries it as Host, so the backend sees the name whichever version the
+        // client spoke. (HTTP/2 upstream keeps the endpoint as :authority, one pool per
+        // endpoint, and no Host that would disagree with it.)
+        if parts.version != http::Version::HTTP_2 && !parts.headers.contains_key(http::header::HOST) {
+            if let Some(v) = parts.uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
                 parts.headers.insert(http::header::HOST, v);
             }
         }
         // Over TLS the server sees `https` and its own name (HTTP/2's :scheme and :authority).
-        let target = match (&endpoint.tunnel, &asked) {
-            (Tunnel::Tls { sni, .. }, _) => format!("https://{sni}{path}"),
-            (_, Some(asked)) => format!("http://{asked}{path}"),
-            (_, None) => format!("http://{authority}{path}"),
+        let target = match &endpoint.tunnel {
+            Tunnel::Tls { sni, .. } => format!("https://{sni}{path}"),
+            _ => format!("http://{authority}{path}"),
         };
-        parts.uri = match target.parse().or_else(|_| format!("http://{authority}{path}").parse()) {
+        parts.uri = match target.parse() {
             Ok(u) => u,
             Err(_) => return Err(Failure::BadUpstreamPath),
         };
@@ -219,9 +213,12 @@ impl Upstream {
         let h2 = req.version() == http::Version::HTTP_2;
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        let asked = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
-        let target = format!("http://{}{path}", asked.as_deref().unwrap_or("waypoint"));
-        parts.uri = match target.parse().or_else(|_| format!("http://waypoint{path}").parse()) {
+        if !h2 && !parts.headers.contains_key(http::header::HOST) {
+            if let Some(v) = parts.uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()) {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
+        parts.uri = match format!("http://{}{path}", endpoint.addr).parse() {
             Ok(u) => u,
             Err(_) => return Err(Failure::BadUpstreamPath.into()),
         };
@@ -324,7 +321,10 @@ fn upstream_version<B>(service: &Service, port: u16, req: &Request<B>) -> http::
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
-    if grpc || matches!(declared, Some(AppProtocol::Http2 | AppProtocol::Grpc)) {
+    // gRPC needs HTTP/2; only a port declared HTTP/1.1 keeps it off (and fails it there).
+    if matches!(declared, Some(AppProtocol::Http2 | AppProtocol::Grpc))
+        || (grpc && declared != Some(AppProtocol::Http11))
+    {
         http::Version::HTTP_2
     } else {
         http::Version::HTTP_11

@@ -90,10 +90,13 @@ fn listeners_report_what_is_wrong_and_the_rest_are_served() {
     assert_eq!(condition(listener(&ingress, "admin"), "Accepted").reason, "PortUnavailable");
     assert_eq!(condition(listener(&ingress, "tls-terminate"), "Accepted").reason, "UnsupportedValue");
     assert_eq!(condition(listener(&ingress, "clash"), "Conflicted").reason, "ProtocolConflict");
-    // Only the good listener reaches the proxy, with its certificate.
-    let names: Vec<&str> = ingress.config.listeners.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["good"]);
+    // Only the good listener is served, with its certificate; the accepted ones that cannot
+    // be served still claim their hostnames (no certificate, no routes), so their hosts never
+    // fall to a less specific listener.
+    let names: Vec<(&str, bool)> = ingress.config.listeners.iter().map(|l| (l.name.as_str(), l.refused)).collect();
+    assert_eq!(names, [("good", false), ("broken", true), ("missing", true), ("foreign", true)]);
     assert_eq!(ingress.config.listeners[0].certificates[0].source, "ingress/good");
+    assert!(ingress.config.listeners[1..].iter().all(|l| l.certificates.is_empty() && l.routes.is_empty()));
 
     // The grant makes the foreign Secret usable.
     let granted = translate_in(&[

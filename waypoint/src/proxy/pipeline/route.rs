@@ -23,7 +23,12 @@ pub(super) fn select<'a, B>(routes: &'a [Route], port: u16, host: &str, req: &Re
     let view =
         RequestView { method: req.method(), path: req.uri().path(), query: req.uri().query(), headers: req.headers() };
     let name = host_name(host);
-    let mut applicable = routes.iter().filter(|r| r.applies_to(port) && r.serves_host(&name)).peekable();
+    // As a virtual host: only the routes of the most specific hostname that covers the
+    // request's (an exact name's routes, when any serve it, never fall through to a
+    // wildcard's). Waypoint routes carry no hostnames: all tie.
+    let best = routes.iter().filter(|r| r.applies_to(port)).filter_map(|r| r.host_rank(&name)).max();
+    let mut applicable =
+        routes.iter().filter(|r| r.applies_to(port) && best.is_some() && r.host_rank(&name) == best).peekable();
     if applicable.peek().is_none() {
         return Selected::Default;
     }
@@ -67,5 +72,42 @@ mod tests {
         assert!(matches!(select(&l7.routes, 80, "", &get("/b")), Selected::Route(r) if r.name == "b"));
         assert!(matches!(select(&l7.routes, 80, "", &get("/c")), Selected::NoMatch));
         assert!(matches!(select(&l7.routes, 8080, "", &get("/c")), Selected::Default));
+    }
+
+    /// At an ingress gateway the request's host picks a virtual host first: the routes of the
+    /// most specific hostname covering it, whose matches alone decide (an exact host's
+    /// unmatched path is 404, never a wildcard route's).
+    #[test]
+    fn the_most_specific_hostname_is_a_virtual_host() {
+        let prefix = |path: &str| pb::Match {
+            path: path.into(),
+            has_path: true,
+            path_kind: pb::PathKind::PathPrefix as i32,
+            ..Default::default()
+        };
+        let route = |name: &str, host: &str, m: pb::Match| pb::Route {
+            name: name.into(),
+            hostnames: vec![host.into()],
+            matches: vec![m],
+            ..Default::default()
+        };
+        let l7 = ServiceL7::compile(&pb::ServiceConfig {
+            routes: vec![
+                route("shop-api", "shop.example.com", prefix("/api")),
+                route("wild", "*.example.com", prefix("/")),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        let get = |path: &str| http::Request::get(path).body(()).unwrap();
+        let pick = |host: &str, path: &str| match select(&l7.routes, 80, host, &get(path)) {
+            Selected::Route(r) => r.name.clone(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(pick("shop.example.com", "/api/x"), "shop-api");
+        assert_eq!(pick("SHOP.example.com.:443", "/api/x"), "shop-api", "host normalized");
+        assert_eq!(pick("shop.example.com", "/other"), "NoMatch", "no fall-through to the wildcard");
+        assert_eq!(pick("x.example.com", "/other"), "wild");
+        assert_eq!(pick("example.org", "/"), "Default", "no route serves the host");
     }
 }
