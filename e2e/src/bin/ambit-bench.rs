@@ -11,7 +11,11 @@
 //! `direct` from the same run; for `l7` also the waypoint's CPU per 1 000 requests and RSS.
 //! Beside its own load generator (`ambit-sample`) it runs the well-known clients
 //! (`ambit_e2e::bench_tools`: iperf3, sockperf, h2load) on the same pods, so each figure can be
-//! checked with a tool anyone has. Writes `<out>/bench.json` and `<out>/bench.md`.
+//! checked with a tool anyone has. Then the ingress gateway: from the client outside the mesh,
+//! the server on node-2 directly (`direct`) against the same server in the mesh through an
+//! ingress gateway on node-1 (`ingress`: HTTP routed, TCP copied, HBONE to the server's
+//! ztunnel) — latency at the fixed rate, maximum request rate, h2load, bulk TCP, and the
+//! gateway's CPU per 1 000 requests. Writes `<out>/bench.json` and `<out>/bench.md`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,6 +72,37 @@ metadata: {name: waypoint, namespace: bench-l7}
 spec:
   gatewayClassName: ambit-waypoint
   listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"#;
+
+/// An ingress gateway in front of `bench-mesh/server-remote`: HTTP on 8080, TCP on 9000 (the
+/// ports the direct runs use), its pod on node-1.
+const INGRESS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-ingress}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: public, namespace: bench-ingress}
+spec:
+  gatewayClassName: ambit
+  listeners:
+  - {name: http, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+  - {name: tcp, port: 9000, protocol: TCP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: server, namespace: bench-mesh}
+spec:
+  parentRefs: [{name: public, namespace: bench-ingress, sectionName: http}]
+  rules: [{backendRefs: [{name: server-remote, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: sink, namespace: bench-mesh}
+spec:
+  parentRefs: [{name: public, namespace: bench-ingress, sectionName: tcp}]
+  rules: [{backendRefs: [{name: server-remote, port: 9000}]}]
 "#;
 
 fn pods(ns: &str) -> String {
@@ -164,6 +199,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(manifests.join("direct.yaml"), pods("bench-direct"))?;
     std::fs::write(manifests.join("mesh.yaml"), pods("bench-mesh"))?;
     std::fs::write(manifests.join("l7.yaml"), pods("bench-l7"))?;
+    std::fs::write(manifests.join("ingress.yaml"), INGRESS)?;
     sb.apply(&manifests)?;
 
     let secs = args.seconds.to_string();
@@ -230,6 +266,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if !args.no_tools {
         tools(&sb, &cases, &args, ticks, &mut results)?;
     }
+    let ingress_results = ingress(&sb, &args, ticks)?;
     // Memory per idle connection, through the mesh (client node-1 → server node-2).
     eprintln!("l4: {} idle connections", args.idle);
     let idle = idle_memory(&sb, args.idle)?;
@@ -241,7 +278,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "kernel": Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
         "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_owned())).unwrap_or_default(),
     });
-    let report = json!({"machine": machine, "settings": {"seconds": args.seconds, "latency_seconds": args.latency_seconds, "rate": args.rate, "idle": args.idle}, "results": results, "idle": idle, "ztunnel_peak_rss_kib": peak, "waypoint_peak_rss_kib": waypoint_peak});
+    let report = json!({"machine": machine, "settings": {"seconds": args.seconds, "latency_seconds": args.latency_seconds, "rate": args.rate, "idle": args.idle}, "results": results, "ingress": ingress_results, "idle": idle, "ztunnel_peak_rss_kib": peak, "waypoint_peak_rss_kib": waypoint_peak});
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("bench.json"), serde_json::to_vec_pretty(&report)?)?;
     let md = markdown(&report);
@@ -304,6 +341,48 @@ fn tools(
     }
     drop(servers);
     Ok(())
+}
+
+/// The ingress gateway against the server reached directly, from the same client outside the
+/// mesh (node-1) to the same kind of server on node-2.
+fn ingress(sb: &Sandbox, args: &Args, ticks: f64) -> anyhow::Result<Value> {
+    let gateway = sb
+        .state
+        .pods
+        .iter()
+        .find(|(k, _)| k.starts_with("bench-ingress/public-"))
+        .map(|(_, p)| (p.ip, p.pid))
+        .ok_or_else(|| anyhow::anyhow!("the ingress gateway was not deployed"))?;
+    let direct = sb.state.pods["bench-direct/server-remote"].ip;
+    let client = "bench-direct/client";
+    let netns = &sb.state.pods[client].netns;
+    let (secs, lat_secs, rate) = (args.seconds.to_string(), args.latency_seconds.to_string(), args.rate.to_string());
+    let gateway_cpu = || gateway.1.map_or(0.0, |p| cpu_seconds(p, ticks));
+    let mut out = serde_json::Map::new();
+    for (mode, ip) in [("direct", direct), ("ingress", gateway.0)] {
+        let http = format!("{ip}:8080");
+        eprintln!("{mode}: latency at {rate}/s, max rate, bulk TCP, h2load (outside client → node-2 server)");
+        let before = gateway_cpu();
+        let lat = exec_json(sb, client, &["latency", &http, "--rate", &rate, "--seconds", &lat_secs])?;
+        let cpu = gateway_cpu() - before;
+        let requests = lat["requests"].as_f64().unwrap_or(0.0).max(1.0);
+        let max = exec_json(sb, client, &["max-rate", &http, "--seconds", &secs])?;
+        let bulk = exec_json(sb, client, &["bulk", &format!("{ip}:9000"), "--streams", "1", "--seconds", &secs])?;
+        let mut entry = json!({
+            "latency": lat,
+            "max_rps_16": max["rps"],
+            "bulk_1_gbps": bulk["gbps"],
+            "gateway_cpu_s_per_1000": if mode == "ingress" { json!(cpu / (requests / 1000.0)) } else { Value::Null },
+        });
+        if !args.no_tools {
+            let url = format!("http://{http}/");
+            entry["h2load_h1_rps"] = json!(bench_tools::h2load(netns, &url, args.seconds, true)?);
+            entry["h2load_h2_rps"] = json!(bench_tools::h2load(netns, &url, args.seconds, false)?);
+        }
+        out.insert(mode.into(), entry);
+    }
+    out.insert("gateway_rss_kib".into(), json!(gateway.1.and_then(|p| proc_field(p, "status", "VmRSS:")).unwrap_or(0)));
+    Ok(Value::Object(out))
 }
 
 fn idle_memory(sb: &Sandbox, count: usize) -> anyhow::Result<Value> {
@@ -411,6 +490,27 @@ fn markdown(report: &Value) -> String {
         out.push_str(&line);
         out.push('\n');
     }
+    let i = &report["ingress"];
+    out.push_str("\nIngress gateway (outside client on node-1 → server on node-2; `ingress` through the gateway on node-1, HBONE to the server's ztunnel):\n\n| Figure | direct | ingress | ratio |\n|---|---|---|---|\n");
+    for (name, pointer) in [
+        ("HTTP 1 KiB at fixed rate, p50 (µs)", "/latency/p50_us"),
+        ("… p99 (µs)", "/latency/p99_us"),
+        ("Max requests/s, 16 connections", "/max_rps_16"),
+        ("h2load HTTP/1.1, 16 connections (req/s)", "/h2load_h1_rps"),
+        ("h2load HTTP/2, 16 connections × 10 streams (req/s)", "/h2load_h2_rps"),
+        ("Bulk TCP, 1 stream (Gbit/s)", "/bulk_1_gbps"),
+        ("gateway CPU s per 1 000 requests", "/gateway_cpu_s_per_1000"),
+    ] {
+        let (d, g) = (i["direct"].pointer(pointer).and_then(num), i["ingress"].pointer(pointer).and_then(num));
+        let fmt =
+            |v: Option<f64>| v.map_or("—".into(), |x| if x >= 100.0 { format!("{x:.0}") } else { format!("{x:.3}") });
+        let ratio = match (d, g) {
+            (Some(d), Some(g)) if d > 0.0 => format!("{:.2}", g / d),
+            _ => "—".into(),
+        };
+        out.push_str(&format!("| {name} | {} | {} | {ratio} |\n", fmt(d), fmt(g)));
+    }
+    out.push_str(&format!("\ngateway RSS after the runs (KiB): {}\n", i["gateway_rss_kib"]));
     out.push_str(&format!(
         "\nztunnel peak RSS (KiB): {}; waypoint peak RSS (KiB): {}; RSS per idle connection with {} open (bytes): {}\n",
         report["ztunnel_peak_rss_kib"],
