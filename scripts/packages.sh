@@ -2,9 +2,10 @@
 # and demo.sh). gcc builds aws-lc's C code; iproute2, iptables, util-linux (nsenter, setsid)
 # and procps build and inspect the network namespaces; tcpdump checks what crosses a node link;
 # dnsmasq-base is the sandbox's DNS server and bind9-dnsutils (dig) the DNS proxy tests' client;
-# curl is the outside client of the ingress tests (HTTPS with the gateway's certificate checked).
+# curl is the outside client of the ingress tests (HTTPS with the gateway's certificate checked);
+# openssl (s_client) checks the controller's certificate as a standard TLS client does.
 # Helm and kubectl, for the chart tests, come from PyPI instead (scripts/helm.sh).
-PACKAGES=(gcc make iproute2 iptables procps util-linux tcpdump dnsmasq-base bind9-dnsutils curl)
+PACKAGES=(gcc make iproute2 iptables procps util-linux tcpdump dnsmasq-base bind9-dnsutils curl openssl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -78,6 +78,18 @@ pub struct Config {
     /// Service account the controller runs as (its serving identity).
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "ambit-controller")]
     pub service_account: String,
+    /// The Service in front of the controller: its serving certificate names
+    /// `<service>.<namespace>.svc` and `<service>.<namespace>.svc.<domain suffix>`, so standard
+    /// TLS clients (Istio's ztunnel) verify it by the name they dial.
+    #[arg(long, env = "SERVICE_NAME", default_value = "ambit-controller")]
+    pub service_name: String,
+    /// More DNS names for the serving certificate (e.g. `istiod.istio-system.svc`, to stand in
+    /// for istiod).
+    #[arg(long, env = "CERT_DNS_NAMES", value_delimiter = ',')]
+    pub cert_dns_names: Vec<String>,
+    /// The controller's pod address, also in its serving certificate.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
     /// Service accounts (`<ns>/<sa>`) of node proxies, allowed to request certificates for
     /// workloads on their node.
     #[arg(long, env = "NODE_PROXY_ACCOUNTS", value_delimiter = ',', default_value = "ambit-system/ztunnel")]
@@ -140,6 +152,8 @@ fn as_text<S: serde::Serializer>(ranges: &[ambit_shared::cidr::Cidr], s: S) -> R
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("--service-name / --cert-dns-names (SERVICE_NAME / CERT_DNS_NAMES): {0:?} is not a lowercase DNS name")]
+    CertName(String),
     #[error("--trust-domain / TRUST_DOMAIN {0:?}: {1}")]
     TrustDomain(String, ambit_shared::IdentityError),
     #[error("--cert-lifetime-seconds / CERT_LIFETIME_SECONDS {0} is outside 600..=31536000 (10 minutes to a year)")]
@@ -182,6 +196,20 @@ impl Config {
         }
         self.node_proxies()?;
         self.own_identity()?;
+        for name in std::iter::once(format!("{}.{}.svc", self.service_name, self.namespace))
+            .chain(self.cert_dns_names.iter().cloned())
+        {
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                });
+            if !valid {
+                return Err(ConfigError::CertName(name));
+            }
+        }
         if self.push_max_delay_ms < self.push_debounce_ms {
             return Err(ConfigError::Debounce(self.push_debounce_ms, self.push_max_delay_ms));
         }
@@ -200,6 +228,24 @@ impl Config {
 
     pub fn cert_lifetime(&self) -> Duration {
         Duration::from_secs(self.cert_lifetime_seconds)
+    }
+
+    /// The DNS names and addresses in the controller's serving certificate: its Service's
+    /// names, the extra names, its pod address and a specific listen address.
+    pub fn serving_names(&self) -> (Vec<String>, Vec<std::net::IpAddr>) {
+        let (svc, ns) = (&self.service_name, &self.namespace);
+        let mut names = vec![format!("{svc}.{ns}.svc"), format!("{svc}.{ns}.svc.{}", self.domain_suffix)];
+        for n in &self.cert_dns_names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        let mut ips: Vec<std::net::IpAddr> = self.pod_ip.into_iter().collect();
+        let listen = self.grpc_addr.ip();
+        if !listen.is_unspecified() && !ips.contains(&listen) {
+            ips.push(listen);
+        }
+        (names, ips)
     }
 
     pub fn node_proxies(&self) -> Result<Vec<Identity>, ConfigError> {

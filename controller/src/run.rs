@@ -272,13 +272,16 @@ async fn index_loop(
     }
 }
 
-/// Issues the controller's own serving certificate and renews it at half life.
+/// Issues the controller's own serving certificate (its identity, and the DNS names and
+/// addresses standard clients verify it by) and renews it at half life.
 fn serving_cert(
     ca: &Arc<Ca>,
     identity: &Identity,
+    (names, ips): (Vec<String>, Vec<std::net::IpAddr>),
     lifetime: Duration,
 ) -> anyhow::Result<(Arc<ReloadableCert>, WorkloadCert)> {
-    let cert = ca.issue(identity, Validity::from_now(lifetime)).context("issuing the controller's certificate")?;
+    let issue = move |ca: &Ca, id: &Identity| ca.issue_server(id, &names, &ips, Validity::from_now(lifetime));
+    let cert = issue(ca, identity).context("issuing the controller's certificate")?;
     let reloadable = Arc::new(ReloadableCert::new(&cert).context("loading the controller's certificate")?);
     let (renew_ca, renew_id, renew_target) = (ca.clone(), identity.clone(), reloadable.clone());
     let mut refresh_at = cert.refresh_at();
@@ -286,7 +289,7 @@ fn serving_cert(
         loop {
             let wait = refresh_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
             tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
-            match renew_ca.issue(&renew_id, Validity::from_now(lifetime)) {
+            match issue(&renew_ca, &renew_id) {
                 Ok(next) => {
                     if let Err(e) = renew_target.replace(&next) {
                         tracing::error!(error = %e, "renewed certificate does not load; keeping the current one");
@@ -330,7 +333,7 @@ pub async fn start(config: &Config, readiness: Readiness) -> anyhow::Result<Runn
     let ca = Arc::new(ca);
     let roots = MeshRoots::new(std::slice::from_ref(ca.root_der()))?;
     let identity = config.own_identity()?;
-    let (serving, _) = serving_cert(&ca, &identity, config.cert_lifetime())?;
+    let (serving, _) = serving_cert(&ca, &identity, config.serving_names(), config.cert_lifetime())?;
     let tls = Arc::new(control_plane_server_config_reloadable(serving, &roots)?);
 
     let deployer: Option<Box<dyn Deploy>> = match (&config.waypoint_dir, &config.manifests) {

@@ -93,6 +93,8 @@ async fn env(name: &str) -> Env {
         "20",
         "--push-max-delay-ms",
         "200",
+        "--cert-dns-names",
+        "istiod.istio-system.svc",
     ];
     let config = Config::try_parse_from(args).unwrap();
     config.validate().unwrap();
@@ -415,4 +417,46 @@ async fn xds_requires_a_valid_token() {
     req.metadata_mut().insert("authorization", "Bearer wrong-token-wrong-token".parse().unwrap());
     let err = client.delta_aggregated_resources(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}
+
+/// A standard TLS client verifies the controller by name, as Istio's ztunnel does (its
+/// `CA_ADDRESS` host): openssl with the mesh root checks the Service's DNS name, an extra name
+/// and the listen address; our own clients keep pinning the SPIFFE identity (every other test
+/// here connects that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_clients_verify_the_controller_by_dns_name_and_address() {
+    assert!(std::path::Path::new("/usr/bin/openssl").exists(), "openssl is required (scripts/packages.sh installs it)");
+    let env = env("by-name").await;
+    let root = env.dir.join("root.pem");
+    std::fs::write(&root, &env.running.root_pem).unwrap();
+    let addr = env.running.grpc_addr;
+    let check = |name: Option<&str>| {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-verify_return_error",
+        ]);
+        cmd.args(["-alpn", "h2", "-brief"]);
+        match name {
+            Some(n) => cmd.args(["-servername", n, "-verify_hostname", n]),
+            None => cmd.args(["-verify_ip", &addr.ip().to_string()]),
+        };
+        let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for name in [
+        Some("ambit-controller.ambit-system.svc"),
+        Some("ambit-controller.ambit-system.svc.cluster.local"),
+        Some("istiod.istio-system.svc"),
+        None,
+    ] {
+        let (ok, text) = check(name);
+        assert!(ok && text.contains("Verification: OK"), "{name:?}: {text}");
+    }
+    let (ok, text) = check(Some("elsewhere.example.com"));
+    assert!(!ok, "a name the certificate does not carry is refused: {text}");
 }

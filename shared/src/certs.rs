@@ -176,6 +176,32 @@ impl Ca {
         let chain = self.sign_csr(&key.csr_pem, identity, validity)?;
         WorkloadCert::from_pem_chain(key, &chain)
     }
+
+    /// Issues the control plane's own serving certificate: its SPIFFE identity (what the
+    /// mesh's own clients pin) and the DNS names and IP addresses standard TLS clients verify a
+    /// server by (Istio's ztunnel checks `CA_ADDRESS`'s host). Only for the controller itself:
+    /// a CSR never gets names ([`Ca::sign_csr`]).
+    pub fn issue_server(
+        &self,
+        identity: &Identity,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        validity: Validity,
+    ) -> Result<WorkloadCert, CertError> {
+        let key = WorkloadKey::generate(identity)?;
+        let csr_der = CertificateSigningRequestDer::from_pem_slice(key.csr_pem.as_bytes())
+            .map_err(|_| CertError::Csr(rcgen::Error::CouldNotParseCertificationRequest))?;
+        let requested = CertificateSigningRequestParams::from_der(&csr_der).map_err(CertError::Csr)?;
+        let mut params = leaf_params(identity, validity)?;
+        for name in dns_names {
+            let name = name.clone().try_into().map_err(CertError::Build)?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
+        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        let signable = CertificateSigningRequestParams { params, public_key: requested.public_key };
+        let leaf = signable.signed_by(&self.issuer).map_err(CertError::Build)?;
+        WorkloadCert::from_pem_chain(key, &[leaf.pem(), self.root_pem.clone()])
+    }
 }
 
 fn leaf_params(identity: &Identity, validity: Validity) -> Result<CertificateParams, CertError> {
