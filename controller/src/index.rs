@@ -24,7 +24,7 @@ use crate::translate::ingress::is_ingress;
 use crate::translate::service::{
     service_entry_endpoints, service_resource_name, translate_service, translate_service_entry, without_service_hosts,
 };
-use crate::translate::waypoint::{service_config, service_entry_config};
+use crate::translate::waypoint::{service_config, service_entry_config, waypoint_self_config};
 use crate::translate::workload::{inherited_peer_authn, translate_pod, waypoint_gateway, workload_uid};
 use crate::translate::MeshSettings;
 
@@ -403,6 +403,15 @@ impl Index {
                             name,
                             body: Some(any(WAYPOINT_SERVICE, &config)),
                         });
+                    } else if let Some(own) = own_waypoint(s, &self.store) {
+                        // A waypoint's own Service: its configuration for the workloads it
+                        // serves (policies targeting its Gateway).
+                        let config = waypoint_self_config(s, own, &self.store, mesh);
+                        out.push(Change {
+                            type_url: WAYPOINT_SERVICE,
+                            name,
+                            body: Some(any(WAYPOINT_SERVICE, &config)),
+                        });
                     }
                     out
                 })
@@ -543,3 +552,12 @@ impl Index {
 
 #[cfg(test)]
 mod tests;
+
+/// The waypoint Gateway whose own Service `s` is (deployed for it, in its namespace).
+fn own_waypoint<'s>(s: &crate::model::Service, store: &'s Store) -> Option<&'s crate::model::Gateway> {
+    let name = s.metadata.labels.get(crate::model::keys::GATEWAY_NAME)?;
+    let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+    store.gateway(ns, name).filter(|gw| {
+        crate::model::WAYPOINT_CLASSES.contains(&gw.spec.gateway_class_name.as_str()) && *name == s.metadata.name
+    })
+}

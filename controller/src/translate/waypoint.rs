@@ -89,9 +89,26 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
 enum Target<'a> {
     Service(&'a str),
     ServiceEntry(&'a str),
-    /// An ingress gateway's own configuration: only policies targeting its Gateway (or, from
-    /// the root namespace, its GatewayClass).
+    /// An ingress gateway's (or a waypoint's, for the workloads it serves) own configuration:
+    /// only policies targeting its Gateway (or, from the root namespace, its GatewayClass).
     Gateway,
+}
+
+/// The configuration of a waypoint for traffic addressed to the workloads it serves
+/// (`istio.io/waypoint-for: workload|all`), published under the waypoint's own Service: the
+/// policies targeting its Gateway (or class), no routes — such requests go to the workload
+/// they were addressed to.
+pub fn waypoint_self_config(own: &Service, gw: &Gateway, store: &Store, mesh: &MeshSettings) -> pb::ServiceConfig {
+    let ns = gw.metadata.namespace.as_deref().unwrap_or_default();
+    let (policies, jwt_rules) = attached_policies(ns, Target::Gateway, gw, store, mesh);
+    pb::ServiceConfig {
+        namespace: ns.to_owned(),
+        hostname: mesh.hostname(&own.metadata.name, ns),
+        waypoint: format!("{ns}/{}", gw.metadata.name),
+        policies,
+        jwt_rules,
+        ..Default::default()
+    }
 }
 
 /// The policies and JWT rules that apply at ingress gateway `gw` (targeting the Gateway, or

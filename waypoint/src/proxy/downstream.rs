@@ -31,6 +31,8 @@ pub(super) struct Downstream {
     pub(super) l7: Arc<ServiceL7>,
     /// At an ingress gateway's HTTP(S) listener: where each request's routes come from.
     pub(super) ingress: Option<IngressRoutes>,
+    /// A workload addressed directly (a waypoint serving workloads): requests go to it.
+    pub(super) workload: Option<Arc<ambit_dataplane::state::Workload>>,
 }
 
 /// An ingress connection's routes, chosen per request from the gateway's configuration as it

@@ -29,6 +29,15 @@ use crate::metrics::Flag;
 /// How long a connection on an undeclared port may stay silent before it is treated as TCP.
 const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// What a CONNECT is for.
+struct Target {
+    /// The service addressed, or (for a workload) the waypoint's own.
+    service: Arc<Service>,
+    l7: Arc<ServiceL7>,
+    /// A workload addressed directly: requests go to it, not to a service's endpoints.
+    workload: Option<Arc<ambit_dataplane::state::Workload>>,
+}
+
 /// Why a CONNECT is not served.
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
@@ -40,8 +49,6 @@ enum Refusal {
     /// it, so nothing is forwarded on it.
     #[error("port {0} is not a port of the service")]
     UndeclaredPort(u16),
-    #[error("workload-addressed traffic through a waypoint is not supported yet")]
-    Workload,
     #[error("no L7 configuration for the service yet")]
     NoConfig,
     #[error("the service's L7 configuration was rejected: {0}")]
@@ -53,26 +60,34 @@ impl Refusal {
         match self {
             Refusal::Unknown | Refusal::UndeclaredPort(_) => StatusCode::NOT_FOUND,
             Refusal::NotBound => StatusCode::UNAUTHORIZED,
-            Refusal::Workload | Refusal::NoConfig | Refusal::Rejected(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NoConfig | Refusal::Rejected(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
 
 impl Waypoint {
     /// What a CONNECT to `authority` is for: a service bound to this waypoint, with its L7
-    /// configuration. Only looks things up.
-    fn target(&self, network: &str, authority: SocketAddr) -> Result<(Arc<Service>, Arc<ServiceL7>), Refusal> {
-        let service = {
+    /// configuration; or a workload this waypoint serves (`istio.io/waypoint-for: workload|all`),
+    /// with the waypoint's own configuration (the policies targeting its Gateway). Only looks
+    /// things up.
+    fn target(&self, network: &str, authority: SocketAddr) -> Result<Target, Refusal> {
+        let (service, workload) = {
             let state = self.state();
             match state.destination(network, authority) {
                 Destination::Service { service, port } if self.me.is(&state, network, service.waypoint.as_ref()) => {
                     if !service.ports.iter().any(|p| p.service_port == u32::from(port)) {
                         return Err(Refusal::UndeclaredPort(port));
                     }
-                    service
+                    (service, None)
                 }
                 Destination::Workload(w) if self.me.is(&state, network, w.waypoint.as_ref()) => {
-                    return Err(Refusal::Workload)
+                    // The waypoint's own Service carries its configuration for workloads.
+                    let own = state
+                        .services()
+                        .find(|s| *s.namespace == *self.me.namespace && *s.name == *self.me.gateway)
+                        .cloned()
+                        .ok_or(Refusal::NoConfig)?;
+                    (own, Some(w))
                 }
                 Destination::Service { .. } | Destination::Workload(_) => return Err(Refusal::NotBound),
                 Destination::Passthrough => return Err(Refusal::Unknown),
@@ -80,7 +95,7 @@ impl Waypoint {
         };
         let map = self.l7.read().unwrap_or_else(|p| p.into_inner());
         match map.get(&*service.key) {
-            Some(L7Entry::Ready(l7)) => Ok((service, l7.clone())),
+            Some(L7Entry::Ready(l7)) => Ok(Target { service, l7: l7.clone(), workload }),
             Some(L7Entry::Rejected(reason)) => Err(Refusal::Rejected(reason.clone())),
             None => Err(Refusal::NoConfig),
         }
@@ -88,7 +103,7 @@ impl Waypoint {
 
     async fn serve(self: Arc<Self>, req: InboundConnect, responder: Responder) {
         let network = self.network.clone();
-        let (service, l7) = match self.target(&network, req.authority) {
+        let Target { service, l7, workload } = match self.target(&network, req.authority) {
             Ok(found) => found,
             Err(refusal) => {
                 tracing::info!(target: "access", status = refusal.status().as_u16(), src.addr = %req.peer_addr, src.identity = %req.peer_identity, dst = %req.authority, reason = %refusal, "connection refused");
@@ -114,6 +129,7 @@ impl Waypoint {
             service,
             l7,
             ingress: None,
+            workload,
         });
         let declared = down.l7.protocol(req.authority.port());
         if declared == Protocol::Tcp {
@@ -157,7 +173,35 @@ impl Waypoint {
             return;
         }
         let (service, port) = (down.service.clone(), down.vip.port());
+        if let Some(w) = down.workload.clone() {
+            return self.forward_tcp_to_workload(&down, &w, port, stream).await;
+        }
         self.forward_tcp_to(&down, &service, port, stream).await
+    }
+
+    /// Plain TCP to the workload a CONNECT addressed (a waypoint serving workloads).
+    async fn forward_tcp_to_workload<S>(
+        &self,
+        down: &Downstream,
+        w: &ambit_dataplane::state::Workload,
+        port: u16,
+        mut stream: S,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(endpoint) = Endpoint::of(w, port).filter(|_| w.hbone) else {
+            tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = "UH", "tcp connection refused: the workload is not reachable over HBONE");
+            return;
+        };
+        match self.upstream.dialer().dial(&endpoint).await {
+            Ok(mut upstream) => {
+                let (t, err) = ambit_shared::copy::copy_bidirectional(&mut stream, &mut upstream).await;
+                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, src.identity = %down.principal, dst = %down.vip, dst.workload = %w.name, bytes_sent = t.a_to_b, bytes_recv = t.b_to_a, error = err.map(|e| e.to_string()), "tcp connection complete");
+            }
+            Err(e) => {
+                tracing::info!(target: "access", protocol = "tcp", src = %down.source_ip, dst = %down.vip, response_flags = "UF", error = %e, "tcp connection failed");
+            }
+        }
     }
 
     /// Plain TCP, already authorized: one endpoint of `service` at `port`, bytes copied.

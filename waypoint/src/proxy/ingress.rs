@@ -216,6 +216,7 @@ impl Waypoint {
                 service: gateway.service.clone(),
                 l7,
                 ingress,
+                workload: None,
             })
         };
         // HTTP requests take their listener's routes per request, from the configuration then.

@@ -72,9 +72,13 @@ impl Waypoint {
         self.forward(down, plan.route, backend, plan.effects, plan.buffered, req).await
     }
 
-    /// Without routes: the addressed service at the request's port.
+    /// Without routes: the addressed service (or workload) at the request's port.
     async fn forward_default(&self, down: &Downstream, req: Request<Incoming>, port: u16) -> Answered<'static> {
         let req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
+        if let Some(w) = &down.workload {
+            let response = self.upstream.to_workload(w, port, req).await?;
+            return Ok((response, Some(w.clone())));
+        }
         let (response, endpoint) = self.upstream.dispatch(down.service.clone(), port, req, down.source_ip).await?;
         Ok((response, Some(endpoint)))
     }

@@ -321,6 +321,7 @@ mod tests {
             service: Arc::new(svc("shop", "cart.shop.svc.cluster.local", [10, 96, 0, 10])),
             l7: Arc::new(ServiceL7::compile(&pb::ServiceConfig::default()).expect("an empty configuration")),
             ingress: None,
+            workload: None,
         }
     }
 

@@ -197,6 +197,20 @@ impl Upstream {
         }
     }
 
+    /// One request to the workload a CONNECT addressed (a waypoint serving workloads): over
+    /// HBONE to it, never in plaintext.
+    pub(super) async fn to_workload(
+        &self,
+        w: &Workload,
+        port: u16,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Failed<'static>> {
+        if !w.hbone {
+            return Err(Failure::NoEndpointAddress.into());
+        }
+        self.send_to(w, port, req, false, None, "").await.map_err(Into::into)
+    }
+
     /// One request to `service` through its waypoint: HBONE to a waypoint pod, asking for the
     /// service's `VIP:port`. No waypoint to reach: 503, never the endpoints around it.
     async fn via_waypoint(&self, service: &Service, port: u16, req: Request<Body>) -> Attempt {
