@@ -88,13 +88,8 @@ fn pod_of(body: &str) -> String {
 
 #[test]
 fn ingress_gateway_serves_http_https_tls_and_tcp_from_outside() {
-    ambit_e2e::require_root();
+    let (opts, scratch) = Options::for_test_named("ing");
     assert!(Path::new("/usr/bin/curl").exists(), "curl is required (scripts/packages.sh installs it)");
-    ambit_e2e::netns::clean_leftovers();
-    let mut opts = Options::for_tests();
-    opts.prefix = format!("{}-ing", opts.prefix);
-    opts.root = opts.root.with_extension("ing");
-    let scratch = opts.root.with_extension("files");
     let mut sb = Sandbox::up(opts).unwrap();
 
     let (ca, issued) = issue(&[&["shop.example.com"], &["*.example.com"]]);

@@ -37,12 +37,7 @@ fn call(sb: &Sandbox, url: &str) -> (u16, String) {
 
 #[test]
 fn a_waypoint_for_workloads_takes_pod_addressed_traffic_under_its_gateways_policies() {
-    ambit_e2e::require_root();
-    ambit_e2e::netns::clean_leftovers();
-    let mut opts = Options::for_tests();
-    opts.prefix = format!("{}-wpf", opts.prefix);
-    opts.root = opts.root.with_extension("wpf");
-    let scratch = opts.root.with_extension("files");
+    let (opts, scratch) = Options::for_test_named("wpf");
     let mut sb = Sandbox::up(opts).unwrap();
     sb.apply(&ambit_e2e::write_file(&scratch.join("all"), "app.yaml", &app("all"))).unwrap();
     let server_ip = sb.state.pods["shop/server"].ip.to_string();

@@ -53,6 +53,18 @@ impl Options {
             ztunnel_flags: Vec::new(),
         }
     }
+
+    /// A test's own sandbox beside others (its prefix and directory suffixed with `name`), with
+    /// a scratch directory for its manifests; checks root and clears leftovers first.
+    pub fn for_test_named(name: &str) -> (Self, std::path::PathBuf) {
+        crate::require_root();
+        crate::netns::clean_leftovers();
+        let mut opts = Options::for_tests();
+        opts.prefix = format!("{}-{name}", opts.prefix);
+        opts.root = opts.root.with_extension(name);
+        let scratch = opts.root.with_extension("files");
+        (opts, scratch)
+    }
 }
 
 /// The directory holding the workspace's binaries (next to this executable; a test's
