@@ -236,6 +236,36 @@ fn ingress_gateway_serves_http_https_tls_and_tcp_from_outside() {
     });
     assert!(out.contains("pod=web-v1"), "{out}");
 
+    // An open TCP connection lasts only while the configuration allows it: a DENY on the TCP
+    // port, applied while the client waits to send, closes it (the greeting came through, the
+    // echo of what it sends afterwards does not); new connections are refused; removing the
+    // policy lets them through again.
+    let client = std::process::Command::new("ip")
+        .args(["netns", "exec", &sb.netns_name("world")])
+        .arg(ambit_e2e::sandbox::bin_dir().join("ambit-sample"))
+        .args(["tcp-client", &format!("{gw_ip}:9000"), "--send", "still-allowed?", "--wait-ms", "4000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let deny_tcp = ambit_e2e::write_file(
+        &scratch.join("deny-tcp"),
+        "deny.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-tcp, namespace: ingress}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: public}]\n  action: DENY\n  rules: [{to: [{operation: {ports: [\"9000\"]}}]}]\n",
+    );
+    sb.apply(&deny_tcp).unwrap();
+    let out = client.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(seen.contains("pod=web-v1") && !seen.contains("still-allowed?"), "closed when the DENY came: {seen:?}");
+    let refused = sb.exec_world(&["ambit-sample", "tcp-client", &format!("{gw_ip}:9000"), "--send", "x"]).unwrap();
+    assert!(!String::from_utf8_lossy(&refused.stdout).contains("pod="), "a new connection is denied");
+    sb.delete(&deny_tcp).unwrap();
+    wait_for("TCP allowed again", || {
+        let out = sb.exec_world(&["ambit-sample", "tcp-client", &format!("{gw_ip}:9000"), "--send", "again"]).ok()?;
+        String::from_utf8_lossy(&out.stdout).contains("again").then_some(())
+    });
+
     // Upstream is HBONE with the gateway's identity: web-v1's ztunnel logs the TCP connection
     // (closed) as the gateway's, and an L4 policy allowing only that identity let every
     // request above in.

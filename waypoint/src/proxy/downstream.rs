@@ -79,6 +79,12 @@ impl Downstream {
     /// Authorizes a connection forwarded as TCP, with Istio's L4 semantics: ALLOW rules that
     /// need HTTP attributes cannot match, DENY rules apply their L4 part.
     pub(super) fn authorize_tcp(&self) -> Result<(), Denial> {
+        self.authorize_tcp_with(&self.l7)
+    }
+
+    /// [`Downstream::authorize_tcp`] against `l7`'s policies (the configuration now, for a
+    /// connection already open).
+    pub(super) fn authorize_tcp_with(&self, l7: &ServiceL7) -> Result<(), Denial> {
         let headers = HeaderMap::new();
         let subject = Subject {
             principal: self.authenticated(),
@@ -96,6 +102,6 @@ impl Downstream {
             headers: &headers,
             claims: None,
         };
-        authorize(&self.l7.policies, &subject, Layer::Tcp)
+        authorize(&l7.policies, &subject, Layer::Tcp)
     }
 }

@@ -246,10 +246,12 @@ impl Waypoint {
                 let down = down(listener.l7.clone(), Some(routes(Some(listener.name.clone()))));
                 self.serve_http(down, tls, Some("https")).await
             }
-            PortPlan::Passthrough(listeners) => self.passthrough(listeners, stream, peer, |l7| down(l7, None)).await,
+            PortPlan::Passthrough(listeners) => {
+                self.passthrough(listeners, stream, peer, |l7| down(l7, None), config).await
+            }
             PortPlan::Tcp(listener) => {
                 let down = down(listener.l7.clone(), None);
-                self.to_backend(listener, &down, "", stream).await
+                self.to_backend(listener, &down, "", stream, config).await
             }
         }
     }
@@ -262,6 +264,7 @@ impl Waypoint {
         mut stream: TcpStream,
         peer: SocketAddr,
         down: impl Fn(Arc<crate::l7::ServiceL7>) -> Arc<Downstream>,
+        config: watch::Receiver<Option<Arc<GatewayL7>>>,
     ) {
         let (read, sni) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, client_hello(&mut stream)).await {
             Ok(Ok(found)) => found,
@@ -280,13 +283,19 @@ impl Waypoint {
         };
         let down = down(listener.l7.clone());
         let sni = sni.map(|s| host_name(&s)).unwrap_or_default();
-        self.to_backend(listener, &down, &sni, Prefixed::with_prefix(read, stream)).await
+        self.to_backend(listener, &down, &sni, Prefixed::with_prefix(read, stream), config).await
     }
 
     /// TLS passthrough and TCP: authorized as TCP by the Gateway's policies, then the first
     /// route serving `host` (any, for TCP), a backend by weight, bytes copied over HBONE.
-    async fn to_backend<S>(&self, listener: &Listener, down: &Downstream, host: &str, stream: S)
-    where
+    async fn to_backend<S>(
+        &self,
+        listener: &Listener,
+        down: &Downstream,
+        host: &str,
+        stream: S,
+        config: watch::Receiver<Option<Arc<GatewayL7>>>,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         if let Err(policy) = down.authorize_tcp() {
@@ -303,10 +312,23 @@ impl Waypoint {
             tracing::info!(target: "access", backend = %backend.service_key, src.addr = %down.source_ip, dst = %down.vip, response_flags = Flag::NoHealthyUpstream.as_str(), "connection refused: the backend service is unknown");
             return;
         };
-        if service.ingress_use_waypoint && service.waypoint.is_some() {
-            return self.to_waypoint(down, &service, backend.port, stream).await;
+        let port = backend.port;
+        let forward = async {
+            if service.ingress_use_waypoint && service.waypoint.is_some() {
+                self.to_waypoint(down, &service, port, stream).await
+            } else {
+                self.forward_tcp_to(down, &service, port, stream).await
+            }
+        };
+        // A connection lasts only while the configuration still lets it through: a new DENY,
+        // the route or listener gone, close it (dropping the copy closes both ends).
+        let key = (down.vip.port(), listener.name.clone(), host.to_owned());
+        tokio::select! {
+            () = forward => {}
+            () = revoked(config, key, down) => {
+                tracing::info!(target: "access", protocol = "tcp", listener = %listener.name, src.addr = %down.source_ip, dst = %down.vip, response_flags = Flag::RbacDenied.as_str(), "connection closed: the gateway's configuration no longer allows it");
+            }
         }
-        self.forward_tcp_to(down, &service, backend.port, stream).await
     }
 
     /// TLS passthrough and TCP to a service labelled `istio.io/ingress-use-waypoint`: through
@@ -331,6 +353,31 @@ impl Waypoint {
             Err(e) => {
                 tracing::info!(target: "access", protocol = "tcp", src.addr = %down.source_ip, dst.service = %service.hostname, waypoint = %endpoint.addr, response_flags = "UF", error = %e, "tcp connection failed");
             }
+        }
+    }
+}
+
+/// Resolves when the gateway's configuration no longer lets an open TLS passthrough or TCP
+/// connection through — its listener (`key`: port, listener, SNI name) or a route for its
+/// name gone, or the Gateway's policies now denying it; never while they still do.
+async fn revoked(mut config: watch::Receiver<Option<Arc<GatewayL7>>>, key: (u16, String, String), down: &Downstream) {
+    let (port, name, host) = key;
+    loop {
+        if config.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let current = config.borrow_and_update().clone();
+        let listener = current.as_ref().and_then(|g| match g.ports.get(&port) {
+            Some(PortPlan::Passthrough(l)) => l.listeners.iter().find(|l| l.name == name).cloned(),
+            Some(PortPlan::Tcp(l)) if l.name == name => Some(l.clone()),
+            _ => None,
+        });
+        let Some(listener) = listener else { return };
+        if !listener.l7.routes.iter().any(|r| r.serves_host(&host)) {
+            return;
+        }
+        if down.authorize_tcp_with(&listener.l7).is_err() {
+            return;
         }
     }
 }
