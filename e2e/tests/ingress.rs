@@ -248,7 +248,7 @@ fn ingress_gateway_serves_http_https_tls_and_tcp_from_outside() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::park_timeout(Duration::from_millis(800));
     let deny_tcp = ambit_e2e::write_file(
         &scratch.join("deny-tcp"),
         "deny.yaml",
