@@ -248,7 +248,11 @@ fn ingress_gateway_serves_http_https_tls_and_tcp_from_outside() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::park_timeout(Duration::from_millis(800));
+    // The client is connected (and greeted) well before it sends.
+    let until = std::time::Instant::now() + Duration::from_millis(800);
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        std::thread::park_timeout(left);
+    }
     let deny_tcp = ambit_e2e::write_file(
         &scratch.join("deny-tcp"),
         "deny.yaml",
