@@ -57,6 +57,8 @@ pub struct Proxy {
     active: AtomicUsize,
     idle: Notify,
     draining: AtomicBool,
+    /// Bumped at every xDS update: open inbound connections are authorized again on it.
+    pub changes: tokio::sync::watch::Receiver<u64>,
 }
 
 /// One enrolled pod, as its connections see it.
@@ -130,8 +132,10 @@ impl Proxy {
         roots: MeshRoots,
         metrics: Metrics,
         dns_proxy: Option<Arc<DnsProxy>>,
+        changes: tokio::sync::watch::Receiver<u64>,
     ) -> Arc<Self> {
         Arc::new(Proxy {
+            changes,
             dns_proxy,
             hbone_budget: Budget::new(config.hbone_limits),
             resolver: ambit_dataplane::resolve::Resolver::new(&config.dns_nameservers),

@@ -61,7 +61,15 @@ async fn run(config: Arc<Config>) -> anyhow::Result<()> {
         let metrics = crate::dns_proxy::DnsMetrics::register(&mut registry);
         crate::dns_proxy::DnsProxy::new(updater.state.clone(), &config.dns_nameservers, metrics)
     });
-    let proxy = Proxy::new(config.clone(), updater.state.clone(), certs.clone(), roots, metrics, dns);
+    let proxy = Proxy::new(
+        config.clone(),
+        updater.state.clone(),
+        certs.clone(),
+        roots,
+        metrics,
+        dns,
+        updater.changes.subscribe(),
+    );
 
     if config.node_agent {
         crate::node::agent::start(config.clone(), updater.state.clone(), updater.changes.subscribe(), synced.clone())

@@ -33,12 +33,25 @@ impl Waypoint {
     /// One request, start to finish: its telemetry taken first, recorded once at the end.
     pub(super) async fn request(self: &Arc<Self>, down: &Downstream, mut req: Request<Incoming>) -> Response<Body> {
         let telemetry = Telemetry::start(&self.metrics, &self.tracer, self.sampling, down, &mut req);
-        // The configuration in force for this request (at an ingress gateway, its listener's).
-        let l7 = match down.l7_for(&authz::host(&req)) {
+        // The configuration in force for this request — the service's as it is now (a policy
+        // changed since the stream opened applies to its next request), at an ingress gateway
+        // its listener's.
+        let current = if down.ingress.is_some() { down.l7_for(&authz::host(&req)) } else { self.current_l7(down) };
+        let l7 = match current {
             Ok(l7) => l7,
             Err(failure) => return telemetry.record(Err(failure.into())),
         };
         telemetry.record(self.handle(down, &l7, req).await)
+    }
+
+    /// The service's L7 configuration now (the stream's own when it started is only a
+    /// fallback for nothing: a service whose configuration was withdrawn is answered 503).
+    fn current_l7(&self, down: &Downstream) -> Result<Arc<ServiceL7>, super::failure::Failure> {
+        let map = self.l7.read().unwrap_or_else(|p| p.into_inner());
+        match map.get(&*down.service.key) {
+            Some(crate::l7::L7Entry::Ready(l7)) => Ok(l7.clone()),
+            _ => Err(super::failure::Failure::NoHealthyUpstream),
+        }
     }
 
     /// The stages, in order; the first that answers ends the request.

@@ -4,6 +4,7 @@
 //! from the client's own address.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use ambit_shared::copy::copy_bidirectional;
@@ -16,7 +17,7 @@ use super::error::{ConnError, Refused};
 use super::{sockets, Pod, Proxy};
 use crate::inpod::{INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::metrics::{ConnectionRecord, Direction, Labels, Reporter, ResponseFlags, Security};
-use crate::rbac::{Authorize, ConnectionInfo};
+use crate::rbac::{Authorize, ConnectionInfo, Denial};
 use ambit_dataplane::labels::{Peer, ServiceLabels};
 use ambit_dataplane::state::Workload;
 
@@ -89,19 +90,106 @@ impl Handler for HboneHandler {
         let _guard = self.proxy.guard();
         // Admission and the dial are boxed and gone once the tunnel is accepted: the tunnel's
         // future, alive for its whole life, carries only the copy (see `sizes`).
-        let Some((mut app, mut tunnel, mut record)) = Box::pin(self.open(req, responder)).await else { return };
+        let Some((mut app, mut tunnel, mut record, who)) = Box::pin(self.open(req, responder)).await else { return };
         record.open();
         // app → tunnel is the response direction: received; tunnel → app: sent.
-        let (t, err) = copy_tcp_tunnel(&mut app, &mut tunnel).await;
-        record.finish(t.b_to_a, t.a_to_b, err.as_ref().map(|e| e as &dyn std::fmt::Display));
+        let fd = app.as_raw_fd();
+        let copy = std::pin::pin!(copy_tcp_tunnel(&mut app, &mut tunnel));
+        let (t, err, denial) = while_allowed(&self.proxy, &who, fd, copy).await;
+        finish(record, t.b_to_a, t.a_to_b, err, denial);
+    }
+}
+
+/// Who an open connection is from and to, for authorizing it again.
+struct Who {
+    pod_uid: Arc<str>,
+    identity: Option<Identity>,
+    src: SocketAddr,
+    dst: SocketAddr,
+}
+
+/// Runs `copy` while the pod's policies still allow the connection: at every xDS update the
+/// connection is authorized again, and once denied (a new DENY, an ALLOW withdrawn, the pod
+/// gone) the application side is shut down, so the copy ends with its byte counts and the
+/// client sees the connection close. Istio's ztunnel keeps such connections (ztunnel#311).
+async fn while_allowed<F, T, E>(
+    proxy: &Proxy,
+    who: &Who,
+    app_fd: RawFd,
+    mut copy: std::pin::Pin<&mut F>,
+) -> (T, Option<E>, Option<Denial>)
+where
+    F: std::future::Future<Output = (T, Option<E>)>,
+{
+    let mut changes = proxy.changes.clone();
+    changes.mark_unchanged();
+    // Boxed: the watch lives on the heap (one small allocation per connection), so the
+    // connection's future stays the copy's size (see `sizes`).
+    let denied = Box::pin(async move {
+        loop {
+            if changes.changed().await.is_err() {
+                return std::future::pending::<Denial>().await;
+            }
+            let network = proxy.config.network.as_str();
+            let state = proxy.state.read().unwrap_or_else(|p| p.into_inner());
+            let Some(w) = state.workload_by_addr(network, who.dst.ip()).filter(|w| *w.uid == *who.pod_uid) else {
+                return Denial::NotAllowed;
+            };
+            let info = ConnectionInfo {
+                source_identity: who.identity.as_ref(),
+                source_ip: who.src.ip(),
+                destination: who.dst,
+            };
+            if let Err(denial) = state.authorize(w, &info) {
+                return denial;
+            }
+        }
+    });
+    tokio::select! {
+        (t, err) = copy.as_mut() => (t, err, None),
+        denial = denied => {
+            // Both directions of the application's socket: the copy sees it end.
+            let _ = nix::sys::socket::shutdown(app_fd, nix::sys::socket::Shutdown::Both);
+            let (t, err) = copy.await;
+            (t, err, Some(denial))
+        }
+    }
+}
+
+/// Records the end of an inbound connection; one closed by a policy change is counted with
+/// `response_flags="DENY"` and logged with the policy.
+fn finish<E: std::fmt::Display>(
+    mut record: ConnectionRecord,
+    sent: u64,
+    received: u64,
+    err: Option<E>,
+    denial: Option<Denial>,
+) {
+    match denial {
+        Some(denial) => {
+            record.labels.flags = ResponseFlags::Deny;
+            let why = format!("closed: {denial} (the policies changed while it was open)");
+            record.finish(sent, received, Some(&why as &dyn std::fmt::Display));
+        }
+        None => record.finish(sent, received, err.as_ref().map(|e| e as &dyn std::fmt::Display)),
     }
 }
 
 impl HboneHandler {
     /// Admits the tunnel, dials the application and accepts the CONNECT; `None` when refused or
     /// failed (answered and recorded here).
-    async fn open(&self, req: InboundConnect, responder: Responder) -> Option<(TcpStream, H2Stream, ConnectionRecord)> {
+    async fn open(
+        &self,
+        req: InboundConnect,
+        responder: Responder,
+    ) -> Option<(TcpStream, H2Stream, ConnectionRecord, Who)> {
         let (src, authority) = (req.peer_addr, req.authority);
+        let who = Who {
+            pod_uid: Arc::from(self.pod.workload_uid.as_str()),
+            identity: Some(req.peer_identity.clone()),
+            src,
+            dst: authority,
+        };
         let Admission { record, verdict } = admit(&self.proxy, &self.pod, src, authority, Some(&req.peer_identity));
         // The request's headers are not needed past admission.
         drop(req);
@@ -118,7 +206,7 @@ impl HboneHandler {
             }
         };
         match responder.accept() {
-            Ok(tunnel) => Some((app, tunnel, record)),
+            Ok(tunnel) => Some((app, tunnel, record, who)),
             Err(e) => {
                 record.fail(&ConnError::Accept(e));
                 None
@@ -146,8 +234,11 @@ pub(super) async fn plaintext(proxy: Arc<Proxy>, pod: Arc<Pod>, mut client: TcpS
     match Box::pin(sockets::connect_transparent(&pod.netns, src.ip(), dst)).await {
         Ok(mut app) => {
             record.open();
-            let (t, err) = copy_bidirectional(&mut client, &mut app).await;
-            record.finish(t.a_to_b, t.b_to_a, err.as_ref().map(|e| e as &dyn std::fmt::Display));
+            let who = Who { pod_uid: Arc::from(pod.workload_uid.as_str()), identity: None, src, dst };
+            let fd = app.as_raw_fd();
+            let copy = std::pin::pin!(copy_bidirectional(&mut client, &mut app));
+            let (t, err, denial) = while_allowed(&proxy, &who, fd, copy).await;
+            finish(record, t.a_to_b, t.b_to_a, err, denial);
         }
         Err(e) => record.fail(&ConnError::Dial(e)),
     }
