@@ -82,9 +82,16 @@ impl Waypoint {
                 }
                 Destination::Workload(w) if self.me.is(&state, network, w.waypoint.as_ref()) => {
                     // The waypoint's own Service carries its configuration for workloads.
+                    // The Kubernetes Service deployed for it (`<gateway>.<ns>.svc.…`), never a
+                    // ServiceEntry that happens to share its name.
+                    let prefix = format!("{}.{}.svc.", self.me.gateway, self.me.namespace);
                     let own = state
                         .services()
-                        .find(|s| *s.namespace == *self.me.namespace && *s.name == *self.me.gateway)
+                        .find(|s| {
+                            *s.namespace == *self.me.namespace
+                                && *s.name == *self.me.gateway
+                                && s.hostname.starts_with(&prefix)
+                        })
                         .cloned()
                         .ok_or(Refusal::NoConfig)?;
                     (own, Some(w))

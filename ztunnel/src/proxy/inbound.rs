@@ -108,10 +108,14 @@ struct Who {
     dst: SocketAddr,
 }
 
-/// Runs `copy` while the pod's policies still allow the connection: at every xDS update the
-/// connection is authorized again, and once denied (a new DENY, an ALLOW withdrawn, the pod
-/// gone) the application side is shut down, so the copy ends with its byte counts and the
-/// client sees the connection close. Istio's ztunnel keeps such connections (ztunnel#311).
+/// Runs `copy` while the pod's policies still allow the connection: checked again once it is
+/// running (a change between admission and now is not missed) and at every xDS update after;
+/// once denied (a new DENY, an ALLOW withdrawn, the pod gone) the application side is shut
+/// down so the copy ends with its byte counts — or, if the client keeps its side open, dropped
+/// after a grace period — and the client sees the connection close. A policy the pod names that
+/// has not arrived yet (ADDRESS and AUTHORIZATION updates come separately) is not a reason to
+/// close: admission already failed closed on it, and the next update settles it. Istio's
+/// ztunnel keeps such connections (ztunnel#311).
 async fn while_allowed<F, T, E>(
     proxy: &Proxy,
     who: &Who,
@@ -120,28 +124,32 @@ async fn while_allowed<F, T, E>(
 ) -> (T, Option<E>, Option<Denial>)
 where
     F: std::future::Future<Output = (T, Option<E>)>,
+    T: Default,
 {
     let mut changes = proxy.changes.clone();
-    changes.mark_unchanged();
     // Boxed: the watch lives on the heap (one small allocation per connection), so the
     // connection's future stays the copy's size (see `sizes`).
     let denied = Box::pin(async move {
         loop {
+            changes.mark_unchanged();
+            {
+                let network = proxy.config.network.as_str();
+                let state = proxy.state.read().unwrap_or_else(|p| p.into_inner());
+                let Some(w) = state.workload_by_addr(network, who.dst.ip()).filter(|w| *w.uid == *who.pod_uid) else {
+                    return Denial::NotAllowed;
+                };
+                let info = ConnectionInfo {
+                    source_identity: who.identity.as_ref(),
+                    source_ip: who.src.ip(),
+                    destination: who.dst,
+                };
+                match state.authorize(w, &info) {
+                    Ok(()) | Err(Denial::UnknownPolicy(_)) => {}
+                    Err(denial) => return denial,
+                }
+            }
             if changes.changed().await.is_err() {
                 return std::future::pending::<Denial>().await;
-            }
-            let network = proxy.config.network.as_str();
-            let state = proxy.state.read().unwrap_or_else(|p| p.into_inner());
-            let Some(w) = state.workload_by_addr(network, who.dst.ip()).filter(|w| *w.uid == *who.pod_uid) else {
-                return Denial::NotAllowed;
-            };
-            let info = ConnectionInfo {
-                source_identity: who.identity.as_ref(),
-                source_ip: who.src.ip(),
-                destination: who.dst,
-            };
-            if let Err(denial) = state.authorize(w, &info) {
-                return denial;
             }
         }
     });
@@ -150,11 +158,17 @@ where
         denial = denied => {
             // Both directions of the application's socket: the copy sees it end.
             let _ = nix::sys::socket::shutdown(app_fd, nix::sys::socket::Shutdown::Both);
-            let (t, err) = copy.await;
-            (t, err, Some(denial))
+            match tokio::time::timeout(REVOKED_GRACE, copy.as_mut()).await {
+                Ok((t, err)) => (t, err, Some(denial)),
+                // The client holds its side open: the copy is dropped (the caller closes both).
+                Err(_) => (T::default(), None, Some(denial)),
+            }
         }
     }
 }
+
+/// How long a denied connection's copy may take to end once the application side is shut.
+const REVOKED_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Records the end of an inbound connection; one closed by a policy change is counted with
 /// `response_flags="DENY"` and logged with the policy.
