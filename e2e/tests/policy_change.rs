@@ -1,7 +1,7 @@
 //! A policy change reaches connections already open (root, sandbox): ztunnel closes an open
 //! TCP connection once a new DENY covers it (Istio's ztunnel keeps it, ztunnel#311), counted
-//! with `response_flags="DENY"`; the waypoint judges each request on a kept-alive connection by
-//! the policies in force when it arrives.
+//! with `response_flags="DENY"`; the waypoint closes an open TCP stream the same way, and judges
+//! each request on a kept-alive connection by the policies in force when it arrives.
 
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -22,7 +22,11 @@ apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: shop, labels: {ap
 apiVersion: v1\nkind: Service\nmetadata: {name: tcp, namespace: shop}\nspec: {selector: {app: server}, ports: [{name: tcp, port: 9000}]}
 ---
 apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}\nspec: {selector: {app: server}, ports: [{name: http, port: 8080}]}
+---
+apiVersion: v1\nkind: Service\nmetadata: {name: stream, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}\nspec: {selector: {app: server}, ports: [{name: tcp, port: 9000, appProtocol: tcp}]}
 ";
+
+const DENY_STREAM: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-stream, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, group: '', name: stream}]\n  action: DENY\n  rules: [{to: [{operation: {ports: ['9000']}}]}]\n";
 
 const DENY_TCP: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-client-tcp, namespace: shop}\nspec:\n  selector: {matchLabels: {app: server}}\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}], to: [{operation: {ports: ['9000']}}]}]\n";
 
@@ -76,6 +80,20 @@ fn a_policy_change_reaches_open_connections() {
     assert!(closed_denied, "counted as closed by DENY on the server's ztunnel");
     let log = sb.log("ztunnel-node-2");
     assert!(log.contains("the policies changed while it was open"), "the access log says why");
+
+    // The waypoint, TCP: an open stream through it, then a DENY targeting its service.
+    let stream = format!("{}:9000", sb.state.services["shop/stream"].vip);
+    let client = start_in_client(
+        &sb,
+        sample.to_str().unwrap(),
+        &["tcp-client", &stream, "--send", "after-deny", "--wait-ms", "4000"],
+    );
+    wait(Duration::from_millis(800));
+    sb.apply(&ambit_e2e::write_file(&scratch.join("deny-stream"), "deny.yaml", DENY_STREAM)).unwrap();
+    let out = client.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(seen.contains("pod=server"), "the stream was open through the waypoint: {seen:?}");
+    assert!(!seen.contains("after-deny"), "the waypoint closed it when the DENY came: {seen:?}");
 
     // The waypoint: two requests on one kept-alive connection, 3 s apart; a DENY for the second
     // one's path arrives in between.

@@ -91,6 +91,8 @@ pub struct Options {
     /// An ingress gateway: requests go upstream in the HTTP version the backend's port
     /// declares, not the client's (a browser's HTTP/2 is not the backend's).
     pub ingress: bool,
+    /// Bumped at every xDS update: open TCP streams are authorized again on it.
+    pub changes: tokio::sync::watch::Receiver<u64>,
 }
 
 pub struct Waypoint {
@@ -105,6 +107,8 @@ pub struct Waypoint {
     keysets: Arc<crate::jwt::KeySets>,
     tracer: crate::trace::Exporter,
     sampling: f64,
+    /// Bumped at every xDS update (see [`Options::changes`]).
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Waypoint {
@@ -135,6 +139,7 @@ impl Waypoint {
             keysets: Arc::default(),
             tracer,
             sampling: options.sampling,
+            changes: options.changes,
         })
     }
 

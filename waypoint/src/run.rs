@@ -115,6 +115,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         sampling: config.trace_sampling,
         resolver: Arc::new(ambit_dataplane::resolve::Resolver::new(&config.dns_nameservers)),
         ingress: config.mode == Mode::Ingress,
+        changes: workloads.changes.subscribe(),
     };
     let waypoint = Waypoint::new(dialer, l7, metrics, tracer, options);
 

@@ -61,6 +61,9 @@ impl xds::Handler for WaypointUpdater {
                         }
                     }
                 }
+                drop(map);
+                // Open TCP streams are authorized again against what changed.
+                self.workloads.changes.send_modify(|generation| *generation += 1);
                 rejected
             }
             GATEWAY if self.gateway.is_some() => {

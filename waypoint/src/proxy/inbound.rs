@@ -180,10 +180,43 @@ impl Waypoint {
             return;
         }
         let (service, port) = (down.service.clone(), down.vip.port());
-        if let Some(w) = down.workload.clone() {
-            return self.forward_tcp_to_workload(&down, &w, port, stream).await;
+        let copy = async {
+            match down.workload.clone() {
+                Some(w) => self.forward_tcp_to_workload(&down, &w, port, stream).await,
+                None => self.forward_tcp_to(&down, &service, port, stream).await,
+            }
+        };
+        // Open while the service's policies (as they are now) still allow it; dropping the
+        // copy closes both ends.
+        tokio::select! {
+            () = copy => {}
+            () = self.tcp_revoked(&down) => {
+                tracing::info!(target: "access", protocol = "tcp", src.addr = %down.source_ip, src.identity = %down.principal, dst = %down.vip, response_flags = Flag::RbacDenied.as_str(), "tcp connection closed: the policies changed while it was open and now deny it");
+            }
         }
-        self.forward_tcp_to(&down, &service, port, stream).await
+    }
+
+    /// Resolves once the service's configuration, as it is now, denies the open TCP stream `down`
+    /// (or is withdrawn); checked at every xDS update.
+    async fn tcp_revoked(&self, down: &Downstream) {
+        let mut changes = self.changes.clone();
+        loop {
+            changes.mark_unchanged();
+            {
+                let map = self.l7.read().unwrap_or_else(|p| p.into_inner());
+                match map.get(&*down.service.key) {
+                    Some(L7Entry::Ready(l7)) => {
+                        if down.authorize_tcp_with(l7).is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Plain TCP to the workload a CONNECT addressed (a waypoint serving workloads).
