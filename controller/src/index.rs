@@ -166,20 +166,7 @@ impl Index {
     fn mark(&self, dirty: &mut Dirty, key: &ObjectKey, previous: Option<&Object>, current: Option<&Object>) {
         let ns = &key.namespace;
         // What an ingress gateway's configuration or status reads.
-        if matches!(
-            key.kind,
-            Kind::Gateway
-                | Kind::HttpRoute
-                | Kind::GrpcRoute
-                | Kind::TlsRoute
-                | Kind::TcpRoute
-                | Kind::Secret
-                | Kind::ReferenceGrant
-                | Kind::Service
-                | Kind::Namespace
-                | Kind::AuthorizationPolicy
-                | Kind::RequestAuthentication
-        ) {
+        if crate::translate::ingress::config_reads(key.kind) {
             dirty.ingress = true;
         }
         match key.kind {

@@ -21,7 +21,6 @@ use crate::deploy::status::StatusSync;
 use crate::deploy::Deploy;
 use crate::index::{Event, Index};
 use crate::metrics::Metrics;
-use crate::model::Kind;
 use crate::source::dir::DirSource;
 use crate::source::Rejections;
 use crate::xds::{AdsService, XdsState};
@@ -106,12 +105,7 @@ pub fn route_statuses(
 ) -> Vec<serde_json::Value> {
     use crate::deploy::status::{merge_route_parents, rfc3339_now, route_parents, RouteVerdict, CONTROLLER_NAME};
     use crate::model::{Kind, Object, ParentReference};
-    let kind_name = |k: Kind| match k {
-        Kind::HttpRoute => "HTTPRoute",
-        Kind::GrpcRoute => "GRPCRoute",
-        Kind::TlsRoute => "TLSRoute",
-        _ => "TCPRoute",
-    };
+    let kind_name = crate::translate::ingress::route_kind_name;
     let mut gateway_entries: std::collections::BTreeMap<(Kind, String, String), Vec<serde_json::Value>> =
         crate::deploy::status::ingress_statuses(store, mesh)
             .into_iter()
@@ -233,19 +227,9 @@ async fn index_loop(
                     Event::Delete(k) => k.kind,
                     Event::Synced => return true,
                 };
-                matches!(
-                    kind,
-                    Kind::Gateway
-                        | Kind::Service
-                        | Kind::Namespace
-                        // An ingress Gateway's status reads its routes, certificates and grants.
-                        | Kind::HttpRoute
-                        | Kind::GrpcRoute
-                        | Kind::TlsRoute
-                        | Kind::TcpRoute
-                        | Kind::Secret
-                        | Kind::ReferenceGrant
-                )
+                // Waypoints' objects and statuses read Gateways, Services and Namespaces;
+                // an ingress Gateway's status also its routes, certificates and grants.
+                crate::translate::ingress::status_reads(kind)
             });
         rewrite = false;
         let write_waypoints = leading && waypoint_inputs;

@@ -240,6 +240,11 @@ pub fn route_parents(parent_refs: &[serde_json::Value], verdict: &RouteVerdict) 
         .collect()
 }
 
+/// A route's `status.parents` as it holds them (empty when it has none).
+pub fn status_parents(route: &serde_json::Value) -> Vec<serde_json::Value> {
+    route.get("status").and_then(|s| s.get("parents")).and_then(|p| p.as_array()).cloned().unwrap_or_default()
+}
+
 /// The whole `status.parents` to write: other controllers' entries as they are, our entries for
 /// Service parents (the waypoint routes, judged per route where it is watched) replaced by
 /// `ours`. A condition keeps its `lastTransitionTime` while its status is unchanged. `None`
@@ -409,13 +414,7 @@ async fn write_route_parents(client: &Client, params: &PatchParams, p: &StatusPa
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
             Err(e) => return Err(e),
         };
-        let parents = current
-            .data
-            .get("status")
-            .and_then(|s| s.get("parents"))
-            .and_then(|p| p.as_array())
-            .cloned()
-            .unwrap_or_default();
+        let parents = status_parents(&current.data);
         let Some(merged) = merge_owned_parents(&parents, ours.clone(), &rfc3339_now(), |r| !is_service_parent(r))
         else {
             return Ok(());

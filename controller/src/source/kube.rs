@@ -15,8 +15,8 @@ use kube::Client;
 
 use crate::auth::{service_account_of, AuthError, Authenticator, Caller};
 use crate::deploy::status::{
-    is_route, merge_route_parents, rfc3339_now, route_parents, write_statuses, writes_status, RouteVerdict,
-    StatusUpdate, ACCEPTED_MESSAGE,
+    is_route, merge_route_parents, rfc3339_now, route_parents, status_parents, write_statuses, writes_status,
+    RouteVerdict, StatusUpdate, ACCEPTED_MESSAGE,
 };
 use crate::index::Event;
 use crate::manifest::{parse_object_or_substitute, Parsed};
@@ -100,13 +100,7 @@ fn to_event(
                 .and_then(|p| p.as_array())
                 .cloned()
                 .unwrap_or_default();
-            let current = obj
-                .data
-                .get("status")
-                .and_then(|s| s.get("parents"))
-                .and_then(|p| p.as_array())
-                .cloned()
-                .unwrap_or_default();
+            let current = status_parents(&obj.data);
             let verdict = RouteVerdict { rejection, generation: obj.metadata.generation };
             let ours = route_parents(&refs, &verdict);
             // Nothing of ours to say or to take back: other controllers' entries stay untouched.

@@ -31,6 +31,29 @@ const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// Ports the gateway proxy itself uses (readiness, metrics, HBONE, …): never a listener's.
 const RESERVED_PORTS: std::ops::RangeInclusive<u16> = 15000..=15099;
 
+/// Kinds an ingress gateway's status reads: the Gateway, its Service and namespaces, the
+/// routes that may attach, certificates and grants (routes' backends are Services).
+pub fn status_reads(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Gateway
+            | Kind::Service
+            | Kind::Namespace
+            | Kind::HttpRoute
+            | Kind::GrpcRoute
+            | Kind::TlsRoute
+            | Kind::TcpRoute
+            | Kind::Secret
+            | Kind::ReferenceGrant
+    )
+}
+
+/// Kinds an ingress gateway's configuration reads: its status's, and the policies that may
+/// target it.
+pub fn config_reads(kind: Kind) -> bool {
+    status_reads(kind) || matches!(kind, Kind::AuthorizationPolicy | Kind::RequestAuthentication)
+}
+
 /// Whether `gw` is an ingress gateway (not a waypoint).
 pub fn is_ingress(gw: &Gateway) -> bool {
     INGRESS_CLASSES.contains(&gw.spec.gateway_class_name.as_str())
@@ -174,7 +197,8 @@ fn kinds_for(protocol: &str) -> &'static [&'static str] {
     }
 }
 
-fn route_kind_name(kind: Kind) -> &'static str {
+/// A route kind's name as Gateway API spells it (empty for other kinds).
+pub fn route_kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::HttpRoute => "HTTPRoute",
         Kind::GrpcRoute => "GRPCRoute",
