@@ -196,22 +196,25 @@ impl Waypoint {
         }
     }
 
-    /// Resolves once the service's configuration, as it is now, denies the open TCP stream `down`
-    /// (or is withdrawn); checked at every xDS update.
+    /// Resolves once the open TCP stream `down` would no longer be admitted — no longer bound
+    /// to this waypoint, its configuration withdrawn, or its policies now denying it; checked at
+    /// every xDS update.
     async fn tcp_revoked(&self, down: &Downstream) {
         let mut changes = self.changes.clone();
         loop {
             changes.mark_unchanged();
-            {
-                let map = self.l7.read().unwrap_or_else(|p| p.into_inner());
-                match map.get(&*down.service.key) {
-                    Some(L7Entry::Ready(l7)) => {
-                        if down.authorize_tcp_with(l7).is_err() {
-                            return;
-                        }
+            // Admitted again as a new stream would be: still bound to this waypoint, to the
+            // same service (or workload), and allowed by its policies as they are now.
+            match self.target(&self.network, down.vip) {
+                Ok(now)
+                    if now.service.key == down.service.key
+                        && now.workload.as_ref().map(|w| &w.uid) == down.workload.as_ref().map(|w| &w.uid) =>
+                {
+                    if down.authorize_tcp_with(&now.l7).is_err() {
+                        return;
                     }
-                    _ => return,
                 }
+                _ => return,
             }
             if changes.changed().await.is_err() {
                 return std::future::pending().await;
