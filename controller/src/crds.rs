@@ -115,8 +115,7 @@ pub fn unread_field(kind: &str, spec: &Value) -> Option<String> {
 /// Removes what Istio users commonly write that means what Ambit does anyway, so it is not
 /// refused: `exportTo` of `["*"]` or `[]`; a VirtualService's `gateways` of `[mesh]` or `[]`
 /// and its matches' `name`s (labels for stats); a DestinationRule's `trafficPolicy.tls` of
-/// `ISTIO_MUTUAL` (mesh traffic is mutual TLS already) and `subsets` that only name label sets
-/// (routing to a subset is refused where a route asks for one).
+/// `ISTIO_MUTUAL` (mesh traffic is mutual TLS already).
 fn strip_defaults(kind: &str, spec: &mut Value) {
     let Some(fields) = spec.as_object_mut() else { return };
     let everywhere = |v: &Value| *v == json!(["*"]) || *v == json!([]);
@@ -141,10 +140,6 @@ fn strip_defaults(kind: &str, spec: &mut Value) {
                 if policy.get("tls").is_some_and(|t| *t == json!({"mode": "ISTIO_MUTUAL"})) {
                     policy.remove("tls");
                 }
-            }
-            let names_only = |s: &Value| s.as_object().is_some_and(|o| o.keys().all(|k| k == "name" || k == "labels"));
-            if fields.get("subsets").and_then(Value::as_array).is_some_and(|all| all.iter().all(names_only)) {
-                fields.remove("subsets");
             }
         }
         _ => {}

@@ -172,6 +172,23 @@ impl Index {
         match key.kind {
             Kind::Pod => {
                 dirty.pods.insert(key.clone());
+                // DestinationRule subsets list the pods their labels select: a pod's arrival,
+                // departure or relabelling changes them (its status alone does not).
+                fn labels(o: Option<&Object>) -> Option<&crate::model::Labels> {
+                    match o {
+                        Some(Object::Pod(p)) => Some(&p.metadata.labels),
+                        _ => None,
+                    }
+                }
+                let subsets = || {
+                    self.store.list(Kind::DestinationRule, None).any(|o| match o {
+                        Object::DestinationRule(dr) => !dr.spec.subsets.is_empty(),
+                        _ => false,
+                    })
+                };
+                if (previous.is_none() || current.is_none() || labels(previous) != labels(current)) && subsets() {
+                    dirty.services_in.insert(ns.clone());
+                }
             }
             Kind::Namespace => {
                 dirty.pods_matching(&key.name, None);

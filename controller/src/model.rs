@@ -872,6 +872,36 @@ pub struct DestinationRuleSpec {
     pub host: String,
     #[serde(default)]
     pub traffic_policy: Option<TrafficPolicy>,
+    /// Named groups of the host's endpoints, by labels; VirtualService destinations name them.
+    #[serde(default)]
+    pub subsets: Vec<DrSubset>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrSubset {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// A `portLevelSettings` entry: the traffic policy for one port of the host.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    #[serde(default)]
+    pub port: Option<VsPort>,
+    #[serde(default)]
+    pub connection_pool: Option<ConnectionPool>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetectionSpec>,
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerSpec>,
+    #[serde(default)]
+    pub tls: Option<ClientTlsSettings>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
@@ -887,6 +917,8 @@ pub struct TrafficPolicy {
     /// `SIMPLE` (originated by the waypoint to endpoints outside the mesh).
     #[serde(default)]
     pub tls: Option<ClientTlsSettings>,
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
 }
 
 /// Istio's `ClientTLSSettings`, the parts Ambit reads (others are refused by name).

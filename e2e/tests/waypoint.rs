@@ -1,7 +1,8 @@
 //! The waypoint end to end on the sandbox (root): a Gateway deployed by the controller and run
 //! as a pod, a namespace bound to it beside a namespace without one; traffic from a meshed
 //! client through ztunnel → waypoint → ztunnel: weighted split, header and path routes with a
-//! header filter, retries, a request timeout, a mirror, gRPC, DestinationRules, JWTs, L7
+//! header filter, retries, a request timeout, a mirror, gRPC, DestinationRules (with Istio's
+//! canary by subsets), JWTs, L7
 //! authorization by method, path, principal and claim, TCP through the waypoint, malformed
 //! requests, tracing, and the request metrics.
 
@@ -123,6 +124,13 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: canary, namespace: shop}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: limited, namespace: shop}
 spec:
   selector: {app: reviews, version: v1}
@@ -208,6 +216,39 @@ spec:
     route: [{destination: {host: reviews-v2}}]
   - route: [{destination: {host: reviews-v2}}]
     headers: {response: {set: {x-via: virtual-service}}}
+";
+
+/// Istio's canary, unchanged: DestinationRule subsets by the `version` label (v2 with a
+/// traffic policy of its own) and a VirtualService splitting 90/10 by subset.
+const CANARY: &str = "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: canary, namespace: shop}
+spec:
+  host: canary.shop.svc.cluster.local
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      connectionPool: {http: {maxRequestsPerConnection: 1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: canary, namespace: shop}
+spec:
+  hosts: [canary]
+  http:
+  - match: [{uri: {prefix: /missing}}]
+    route: [{destination: {host: canary, subset: v3}}]
+  - match: [{headers: {x-canary: {exact: v2}}}]
+    route: [{destination: {host: canary, subset: v2}}]
+  - route:
+    - {destination: {host: canary, subset: v1}, weight: 90}
+    - {destination: {host: canary, subset: v2}, weight: 10}
 ";
 
 const BACKENDS: &str = "
@@ -316,6 +357,17 @@ fn call(sb: &Sandbox, url: &str, extra: &[&str]) -> (u16, serde_json::Value) {
     (status, serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::String(body.trim().to_owned())))
 }
 
+/// 2 000 requests to `url` from the client: the share reviews-v1 answered (every one answered
+/// by reviews-v1 or reviews-v2).
+fn v1_share(sb: &Sandbox, url: &str) -> f64 {
+    let out = sb.exec("client-0", &["ambit-sample", "load", url, "--requests", "2000", "--concurrency", "8"]).unwrap();
+    let load: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v1 = load["by_pod"]["reviews-v1-0"].as_u64().unwrap_or(0);
+    let v2 = load["by_pod"]["reviews-v2-0"].as_u64().unwrap_or(0);
+    assert_eq!(v1 + v2, 2000, "every request answered by v1 or v2: {load}");
+    v1 as f64 / 2000.0
+}
+
 #[test]
 fn waypoint_routes_authorizes_and_observes() {
     let mut opts = Options::for_tests();
@@ -394,15 +446,27 @@ fn waypoint_routes_authorizes_and_observes() {
     assert_eq!(grpc("/echo.Echo/Fail")["grpc_status"], "13");
 
     // 90/10 over 2 000 requests, within ±3 %.
-    let out = sb
-        .exec("client-0", &["ambit-sample", "load", "http://reviews:8080/", "--requests", "2000", "--concurrency", "8"])
-        .unwrap();
-    let load: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let v1 = load["by_pod"]["reviews-v1-0"].as_u64().unwrap_or(0);
-    let v2 = load["by_pod"]["reviews-v2-0"].as_u64().unwrap_or(0);
-    assert_eq!(v1 + v2, 2000, "every request answered: {load}");
-    let share = v1 as f64 / 2000.0;
-    assert!((0.87..=0.93).contains(&share), "v1 share {share}: {load}");
+    let share = v1_share(&sb, "http://reviews:8080/");
+    assert!((0.87..=0.93).contains(&share), "v1 share {share}");
+
+    // Istio's canary by subsets: 90/10 over 2 000 requests, each subset its pods only.
+    sb.apply(&write_file(&scratch, "canary.yaml", CANARY)).unwrap();
+    wait_for("the canary subsets", Duration::from_secs(20), || {
+        (call(&sb, "http://canary:8080/", &["-H", "x-canary: v2"]).1["pod"] == "reviews-v2-0").then_some(())
+    });
+    let share = v1_share(&sb, "http://canary:8080/");
+    assert!((0.87..=0.93).contains(&share), "subset v1 share {share}");
+    for _ in 0..5 {
+        assert_eq!(call(&sb, "http://canary:8080/", &["-H", "x-canary: v2"]).1["pod"], "reviews-v2-0");
+    }
+    // Subset v2's own policy (a connection per request): a new peer port each time.
+    let peers = |url: &str, extra: &[&str]| -> std::collections::BTreeSet<String> {
+        (0..4).map(|_| call(&sb, url, extra).1["peer"].as_str().unwrap_or_default().to_owned()).collect()
+    };
+    assert_eq!(peers("http://canary:8080/", &["-H", "x-canary: v2"]).len(), 4, "v2's policy: fresh connections");
+    // A subset the rule does not define: 503 (NC), never the whole service.
+    let (status, body) = call(&sb, "http://canary:8080/missing", &[]);
+    assert_eq!(status, 503, "{body}");
 
     // VirtualService routes on the same route model: fault abort and delay.
     sb.apply(&write_file(&scratch, "faults.yaml", FAULTS)).unwrap();
@@ -567,6 +631,12 @@ fn waypoint_routes_authorizes_and_observes() {
             && l.contains("response_code=\"503\"")
             && l.contains("response_flags=\"UO\"")),
         "overflow counted"
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("response_code=\"503\"")
+            && l.contains("response_flags=\"NC\"")),
+        "a missing subset counted"
     );
     assert!(sb.log(&format!("pod-{}", wp.replace('/', "-"))).contains("request complete"), "access log");
 

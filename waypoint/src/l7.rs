@@ -83,6 +83,8 @@ pub struct ServiceL7 {
     pub backend: Option<pb::BackendPolicy>,
     /// RequestAuthentication rules.
     pub jwt: Vec<crate::jwt::Rule>,
+    /// DestinationRule subsets, by name.
+    pub subsets: HashMap<String, Subset>,
     /// At an ingress gateway: a request no route takes is answered 404 — there is no
     /// addressed service to fall back to.
     pub routed_only: bool,
@@ -102,6 +104,14 @@ impl ServiceL7 {
             policies: c.policies.iter().map(Policy::compile).collect::<Result<_, _>>()?,
             backend: c.backend.clone(),
             jwt: c.jwt_rules.iter().map(crate::jwt::Rule::compile).collect::<Result<_, _>>()?,
+            subsets: c
+                .subsets
+                .iter()
+                .map(|s| {
+                    let members = s.workload_uids.iter().map(|u| Arc::from(u.as_str())).collect();
+                    (s.name.clone(), Subset { members, backend: s.backend.clone() })
+                })
+                .collect(),
             routed_only: false,
         })
     }
@@ -109,6 +119,20 @@ impl ServiceL7 {
     pub fn protocol(&self, port: u16) -> pb::Protocol {
         self.ports.iter().find(|(p, _)| *p == port).map_or(pb::Protocol::Unspecified, |(_, proto)| *proto)
     }
+}
+
+/// A DestinationRule subset: the service's endpoints it holds (by workload uid) and its
+/// traffic policy (the rule's with the subset's over it).
+#[derive(Debug)]
+pub struct Subset {
+    pub members: std::collections::HashSet<Arc<str>>,
+    pub backend: Option<pb::BackendPolicy>,
+}
+
+/// The policy for requests to service port `port`: its `portLevelSettings` entry, whole, when
+/// it has one.
+pub fn port_policy(policy: &pb::BackendPolicy, port: u16) -> &pb::BackendPolicy {
+    policy.port_level.iter().find(|p| p.port == u32::from(port)).and_then(|p| p.policy.as_ref()).unwrap_or(policy)
 }
 
 #[cfg(test)]

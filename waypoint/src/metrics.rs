@@ -39,6 +39,8 @@ pub enum Flag {
     DownstreamTermination,
     /// The upstream's name did not resolve (DF).
     DnsResolutionFailed,
+    /// The backend names a subset its service does not have (NC: no cluster found).
+    NoClusterFound,
 }
 
 impl Flag {
@@ -56,6 +58,7 @@ impl Flag {
             Flag::Overflow => "UO",
             Flag::DownstreamTermination => "DC",
             Flag::DnsResolutionFailed => "DF",
+            Flag::NoClusterFound => "NC",
         }
     }
 }

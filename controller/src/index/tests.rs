@@ -523,3 +523,31 @@ spec: {hosts: [www.example.com], ports: [{number: 80, name: http}], resolution: 
         other => panic!("the entry must keep its waypoint by name (connections refused), got {other:?}"),
     }
 }
+
+#[test]
+fn relabelling_a_pod_moves_it_between_subsets() {
+    use ambit_shared::proto::waypoint::ServiceConfig;
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    index.apply(objects(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: cart, namespace: shop}\nspec: {host: cart, subsets: [{name: v1, labels: {version: v1}}]}",
+    ));
+    let pod = |version: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: cart-1, namespace: shop, labels: {{app: cart, version: {version}}}}}\nspec: {{nodeName: node-1}}\nstatus: {{phase: Running, podIP: 10.1.0.5}}")
+    };
+    let members = |changes: &[Change]| {
+        let c = changes
+            .iter()
+            .find(|c| c.type_url == ambit_shared::proto::type_url::WAYPOINT_SERVICE && c.name.contains("cart"))
+            .expect("the service's L7 configuration recomputed");
+        ServiceConfig::decode(c.body.as_ref().unwrap().value.as_ref()).unwrap().subsets[0].workload_uids.clone()
+    };
+    assert_eq!(members(&index.apply(objects(&pod("v1")))), ["Kubernetes//Pod/shop/cart-1"]);
+    assert!(members(&index.apply(objects(&pod("v2")))).is_empty(), "relabelled out of v1");
+    // A status change alone leaves the configuration as it was.
+    let status_only = pod("v2").replace("10.1.0.5", "10.1.0.7");
+    assert!(!index
+        .apply(objects(&status_only))
+        .iter()
+        .any(|c| c.type_url == ambit_shared::proto::type_url::WAYPOINT_SERVICE));
+}

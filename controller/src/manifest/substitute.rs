@@ -176,9 +176,21 @@ pub fn substitute(value: &Value, rejection: &Rejection) -> Option<(Object, &'sta
         // namespace's rule) when refused: verified TLS (`SIMPLE`, the host as server name).
         // Other refused rules only tuned pools and balancing: nothing stands in for them.
         Kind::DestinationRule => {
-            let tls = spec.and_then(|s| s.get("trafficPolicy")).and_then(|t| t.get("tls"))?;
-            let mode = tls.get("mode").and_then(Value::as_str);
-            if matches!(mode, Some("DISABLE" | "ISTIO_MUTUAL")) {
+            // The rule's TLS, its ports' and its subsets' (and theirs): any asking for TLS
+            // to the host makes the stand-in ask for it on every path.
+            fn policies(tp: Option<&Value>) -> Vec<&Value> {
+                let ports = tp.and_then(|t| t.get("portLevelSettings")).and_then(Value::as_array);
+                tp.into_iter().chain(ports.into_iter().flatten()).collect()
+            }
+            let mut all = policies(spec.and_then(|s| s.get("trafficPolicy")));
+            for subset in spec.and_then(|s| s.get("subsets")).and_then(Value::as_array).into_iter().flatten() {
+                all.extend(policies(subset.get("trafficPolicy")));
+            }
+            let asks_tls = all
+                .iter()
+                .filter_map(|p| p.get("tls"))
+                .any(|tls| !matches!(tls.get("mode").and_then(Value::as_str), Some("DISABLE" | "ISTIO_MUTUAL")));
+            if !asks_tls {
                 return None;
             }
             let host = spec.and_then(|s| s.get("host")).and_then(Value::as_str).filter(|h| !h.is_empty())?;
@@ -188,6 +200,7 @@ pub fn substitute(value: &Value, rejection: &Rejection) -> Option<(Object, &'sta
                     tls: Some(ClientTlsSettings { mode: Some("SIMPLE".into()), ..Default::default() }),
                     ..Default::default()
                 }),
+                subsets: Vec::new(),
             };
             Some((
                 Object::DestinationRule(DestinationRule { metadata, spec }),

@@ -165,7 +165,8 @@ fn istio_fields_ambit_does_not_read_are_refused_naming_them() {
         ("kind: VirtualService\nspec: {hosts: [r], http: [{match: [{sourceLabels: {app: a}}], route: [{destination: {host: r}}]}]}", "spec.http[0].match[0].sourceLabels"),
         ("kind: ServiceEntry\nspec: {hosts: [x.example], endpoints: [{address: 1.2.3.4}]}", "spec.endpoints"),
         ("kind: ServiceEntry\nspec: {hosts: [x.example], exportTo: ['.']}", "spec.exportTo"),
-        ("kind: DestinationRule\nspec: {host: r, subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {}}]}", "spec.subsets"),
+        ("kind: DestinationRule\nspec: {host: r, subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {proxyProtocol: {}}}]}", "spec.subsets[0].trafficPolicy.proxyProtocol"),
+        ("kind: DestinationRule\nspec: {host: r, trafficPolicy: {portLevelSettings: [{port: {number: 80}, tunnel: {}}]}}", "spec.trafficPolicy.portLevelSettings[0].tunnel"),
         ("kind: DestinationRule\nspec: {host: r, trafficPolicy: {tls: {mode: SIMPLE, credentialName: c}}}", "spec.trafficPolicy.tls.credentialName"),
     ] {
         let r = rejected(&format!("apiVersion: networking.istio.io/v1\n{yaml}\nmetadata: {{name: o, namespace: shop}}"));
@@ -284,6 +285,18 @@ fn a_refused_security_object_is_replaced_by_a_fail_closed_substitute() {
     assert_eq!((tls.mode.as_deref(), tls.insecure_skip_verify), (Some("SIMPLE"), None), "verified");
     assert_eq!(d.spec.host, "api.example.com");
     assert!(refused(&dr("{loadBalancer: {simple: PASSTHROUGH}}")).1.is_none());
+    // TLS asked for by a port's settings, or a subset's, stands in just the same.
+    for spec in [
+        "{host: api.example.com, trafficPolicy: {portLevelSettings: [{port: {number: 443}, tls: {mode: SIMPLE}, tunnel: {}}]}}",
+        "{host: api.example.com, subsets: [{name: a, trafficPolicy: {tls: {mode: SIMPLE}, loadBalancer: {simple: PASSTHROUGH}}}]}",
+    ] {
+        let (_, s) = refused(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d, namespace: egress}}\nspec: {spec}"
+        ));
+        let Some(Object::DestinationRule(d)) = s else { panic!("no substitute for {spec}") };
+        let tls = d.spec.traffic_policy.and_then(|t| t.tls).expect("tls");
+        assert_eq!(tls.mode.as_deref(), Some("SIMPLE"), "{spec}");
+    }
 }
 
 #[test]

@@ -598,7 +598,7 @@ fn unresolved(store: &Store, route: &RouteView<'_>, b: &BackendObjectReference) 
 /// A backend that leads nowhere: a refused reference keeps its share of the weight, and that
 /// share fails (Gateway API: 500 for HTTP, the connection refused for TCP).
 fn nowhere(weight: u32) -> pb::Backend {
-    pb::Backend { namespace: String::new(), hostname: String::new(), port: 1, weight, filters: Vec::new() }
+    pb::Backend { namespace: String::new(), hostname: String::new(), port: 1, weight, ..Default::default() }
 }
 
 /// Replaces the backends of `routes` that do not resolve (as `unresolved` says) with
@@ -761,6 +761,7 @@ fn l4_candidates(meta: ObjectMeta, spec: &L4RouteSpec, kind: &str, mesh: &MeshSe
                     port: u32::from(b.backend.port.unwrap_or(0)),
                     weight: b.weight.unwrap_or(1),
                     filters: Vec::new(),
+                    subset: String::new(),
                 }
             })
             .collect();

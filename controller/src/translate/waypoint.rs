@@ -62,6 +62,7 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
     let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
     let routes = routes::routes(svc, store, mesh);
     let (policies, jwt) = attached_policies(ns, Target::Service(&svc.metadata.name), gw, store, mesh);
+    let (backend, subsets) = backend_policy(svc, store, mesh);
     pb::ServiceConfig {
         namespace: ns.to_owned(),
         hostname: mesh.hostname(&svc.metadata.name, ns),
@@ -79,8 +80,9 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
         // Gateway API routes when any names the service, else its VirtualServices.
         routes: if routes.is_empty() { virtual_service_routes(svc, store, mesh) } else { routes },
         policies,
-        backend: backend_policy(svc, store, mesh),
+        backend,
         jwt_rules: jwt,
+        subsets,
     }
 }
 
@@ -211,6 +213,7 @@ pub fn service_entry_config(
         policies,
         backend: destination_rule::entry_backend_policy([ns, gw_ns, &mesh.root_namespace], host, store),
         jwt_rules: jwt,
+        subsets: Vec::new(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! header operations, filters, weighted backends, timeouts, retry and fault. Matching and the
 //! weighted pick are here; applying filters and sending are the proxy's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_shared::proto::waypoint as pb;
@@ -144,6 +145,8 @@ pub struct BackendRef {
     pub port: u16,
     pub weight: u32,
     pub request_headers: Option<HeaderOps>,
+    /// A DestinationRule subset of the service's endpoints.
+    pub subset: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -236,6 +239,7 @@ fn backend(field: &str, b: &pb::Backend) -> Result<BackendRef, CompileError> {
         port: u16::try_from(b.port).unwrap_or(0),
         weight: b.weight,
         request_headers,
+        subset: Some(b.subset.as_str()).filter(|s| !s.is_empty()).map(Arc::from),
     })
 }
 

@@ -214,7 +214,7 @@ fn weighted_backends_spread_by_weight() {
         namespace: "shop".into(),
         port: 8080,
         weight,
-        filters: vec![],
+        ..Default::default()
     };
     let r = Route::compile(
         "r",
@@ -528,4 +528,29 @@ fn denials_name_the_policy_as_the_log_always_did() {
     let denial = authorize(std::slice::from_ref(&allow), &subject(&h, VISITOR, "GET", "/")).unwrap_err();
     assert_eq!(denial.to_string(), "no ALLOW policy matched");
     assert_eq!(denial.action(), pb::Action::Allow);
+}
+
+#[test]
+fn subsets_compile_with_their_members_and_ports_pick_their_own_policy() {
+    let policy = |max| pb::BackendPolicy { max_connections: max, ..Default::default() };
+    let config = pb::ServiceConfig {
+        hostname: "reviews.shop.svc.cluster.local".into(),
+        subsets: vec![pb::Subset {
+            name: "v1".into(),
+            workload_uids: vec!["Kubernetes//Pod/shop/reviews-v1-0".into()],
+            backend: Some(pb::BackendPolicy {
+                port_level: vec![pb::PortBackendPolicy { port: 9000, policy: Some(policy(7)) }],
+                ..policy(3)
+            }),
+        }],
+        ..Default::default()
+    };
+    let l7 = ServiceL7::compile(&config).unwrap();
+    let v1 = &l7.subsets["v1"];
+    assert!(v1.members.contains("Kubernetes//Pod/shop/reviews-v1-0"));
+    assert!(!v1.members.contains("Kubernetes//Pod/shop/reviews-v2-0"));
+    let base = v1.backend.as_ref().unwrap();
+    assert_eq!(port_policy(base, 8080).max_connections, 3);
+    assert_eq!(port_policy(base, 9000).max_connections, 7, "the port's own policy, whole");
+    assert!(!l7.subsets.contains_key("v2"));
 }

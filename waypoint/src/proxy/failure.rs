@@ -57,6 +57,10 @@ pub(super) enum Failure {
     /// No service or no endpoint to send to (503).
     #[error("no healthy upstream")]
     NoHealthyUpstream,
+    /// The backend names a subset its service's DestinationRule does not define (503, Envoy's
+    /// missing cluster).
+    #[error("no cluster")]
+    NoCluster,
     /// The chosen endpoint has no address (503).
     #[error("endpoint without address")]
     NoEndpointAddress,
@@ -87,6 +91,7 @@ impl Failure {
             | Failure::BadUpstreamPath => Side::Downstream,
             Failure::NoBackend | Failure::FaultAbort(_) => Side::Internal,
             Failure::NoHealthyUpstream
+            | Failure::NoCluster
             | Failure::NoEndpointAddress
             | Failure::Resolve
             | Failure::Overflow
@@ -110,6 +115,7 @@ impl Failure {
             Failure::FaultAbort(_) => Flag::FaultAbort,
             Failure::NoHealthyUpstream | Failure::NoEndpointAddress => Flag::NoHealthyUpstream,
             Failure::Resolve => Flag::DnsResolutionFailed,
+            Failure::NoCluster => Flag::NoClusterFound,
             Failure::Overflow => Flag::Overflow,
             Failure::Connect => Flag::UpstreamFailure,
             Failure::Timeout => Flag::UpstreamTimeout,
@@ -127,6 +133,7 @@ impl Failure {
             Failure::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             Failure::FaultAbort(status) => *status,
             Failure::NoHealthyUpstream
+            | Failure::NoCluster
             | Failure::NoEndpointAddress
             | Failure::Resolve
             | Failure::Overflow
@@ -147,6 +154,7 @@ impl Failure {
             Failure::NoBackend => "no backend",
             Failure::FaultAbort(_) => "fault filter abort",
             Failure::NoHealthyUpstream => "no healthy upstream",
+            Failure::NoCluster => "no healthy upstream",
             Failure::NoEndpointAddress => "endpoint without address",
             Failure::Resolve => "upstream name resolution failed",
             Failure::Overflow => "upstream connect error or disconnect/reset before headers. reset reason: overflow",

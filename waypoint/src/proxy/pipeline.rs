@@ -92,7 +92,8 @@ impl Waypoint {
             let response = self.upstream.to_workload(w, port, req).await?;
             return Ok((response, Some(w.clone())));
         }
-        let (response, endpoint) = self.upstream.dispatch(down.service.clone(), port, req, down.source_ip).await?;
+        let (response, endpoint) =
+            self.upstream.dispatch(down.service.clone(), None, port, req, down.source_ip).await?;
         Ok((response, Some(endpoint)))
     }
 }

@@ -22,7 +22,7 @@ pub use tls::UpstreamTls;
 use super::body::{body, Body, BoxError};
 use super::failure::{Failed, Failure};
 use crate::balance::{Backends, HashInput, Outcome};
-use crate::l7::{BackendRef, L7Entry, L7Map};
+use crate::l7::{port_policy, BackendRef, L7Entry, L7Map};
 
 /// An attempt's result: the response and the workload that gave it, or the failure (with the
 /// workload tried, if one was).
@@ -80,14 +80,16 @@ impl Upstream {
         let port = if backend.port == 0 { port } else { backend.port };
         let service = self.state().service(&backend.service_key).cloned();
         let Some(service) = service else { return Err(Failure::NoHealthyUpstream.into()) };
-        self.dispatch(service, port, req, source_ip).await
+        self.dispatch(service, backend.subset.as_deref(), port, req, source_ip).await
     }
 
-    /// A request to a service: its pool limits, an endpoint by its load-balancing policy, the
-    /// outcome fed to outlier detection.
+    /// A request to a service (or one of its DestinationRule subsets): its pool limits, an
+    /// endpoint by its load-balancing policy, the outcome fed to outlier detection. The
+    /// policy and that state are per service port and subset, as Envoy's clusters are.
     pub(super) async fn dispatch(
         &self,
         service: Arc<Service>,
+        subset: Option<&str>,
         port: u16,
         req: Request<Body>,
         source_ip: IpAddr,
@@ -101,10 +103,21 @@ impl Upstream {
         if self.ingress && service.ingress_use_waypoint && service.waypoint.is_some() {
             return self.via_waypoint(&service, port, req).await;
         }
-        let policy = l7.as_ref().and_then(|l| l.backend.as_ref());
-        let backend = self.backends.get(&service.key);
+        let (policy, members) = match subset {
+            None => (l7.as_ref().and_then(|l| l.backend.as_ref()), None),
+            // A subset the service does not define: no endpoints stand in for it.
+            Some(name) => match l7.as_ref().and_then(|l| l.subsets.get(name)) {
+                Some(s) => (s.backend.as_ref(), Some(&s.members)),
+                None => return Err(Failure::NoCluster.into()),
+            },
+        };
+        let policy = policy.map(|p| port_policy(p, port));
+        let backend = self.backends.get(&format!("{}|{port}|{}", service.key, subset.unwrap_or_default()));
         let Some(_admission) = backend.admit(policy) else { return Err(Failure::Overflow.into()) };
         let mut endpoints = self.state().endpoints_on(&service, port, &self.network);
+        if let Some(members) = members {
+            endpoints.retain(|(w, _)| members.contains(&w.uid));
+        }
         // Endpoints without an address are candidates only when known by name (resolved below).
         endpoints.retain(|(w, _)| !w.addresses.is_empty() || w.resolvable());
         let count = endpoints.len();

@@ -310,6 +310,7 @@ fn backend(b: &BackendObjectReference, route_ns: &str, weight: u32, mesh: &MeshS
         port: u32::from(b.port.unwrap_or(0)),
         weight,
         filters: Vec::new(),
+        subset: String::new(),
     }
 }
 

@@ -255,6 +255,77 @@ spec: {host: ratings.shop.svc.cluster.local}",
     assert!(config("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: x, namespace: shop}").backend.is_none());
 }
 
+const PODS: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-v1-0, namespace: shop, labels: {app: reviews, version: v1}}\nspec: {nodeName: n}
+---
+apiVersion: v1\nkind: Pod\nmetadata: {name: reviews-v2-0, namespace: shop, labels: {app: reviews, version: v2}}\nspec: {nodeName: n}
+---
+apiVersion: v1\nkind: Pod\nmetadata: {name: other-v2, namespace: shop, labels: {app: other, version: v2}}\nspec: {nodeName: n}";
+
+#[test]
+fn subsets_hold_their_pods_and_merge_their_policy_over_the_rule() {
+    let c = config(&format!(
+        "{PODS}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {{tcp: {{maxConnections: 5}}}}
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    portLevelSettings:
+    - port: {{number: 9000}}
+      loadBalancer: {{simple: RANDOM}}
+  subsets:
+  - name: v1
+    labels: {{version: v1}}
+  - name: v2
+    labels: {{version: v2}}
+    trafficPolicy:
+      loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}
+      portLevelSettings:
+      - port: {{number: 8080}}
+        connectionPool: {{http: {{maxRequestsPerConnection: 1}}}}
+  - name: none
+    labels: {{version: v9}}"
+    ));
+    let lb = |p: &pb::BackendPolicy| p.load_balancer.as_ref().map(|l| (l.simple(), l.hash_header.clone()));
+    let base = c.backend.as_ref().unwrap();
+    assert_eq!(lb(base), Some((pb::load_balancer::Simple::RoundRobin, String::new())));
+    // A port's settings stand alone: RANDOM and no pool limit on 9000.
+    let port: Vec<_> = base.port_level.iter().map(|p| (p.port, p.policy.as_ref().unwrap())).collect();
+    assert_eq!(port.len(), 1);
+    assert_eq!(port[0].0, 9000);
+    assert_eq!(lb(port[0].1), Some((pb::load_balancer::Simple::Random, String::new())));
+    assert_eq!(port[0].1.max_connections, 0, "not inherited");
+    let subsets: Vec<_> = c.subsets.iter().map(|s| (s.name.as_str(), s.workload_uids.clone())).collect();
+    assert_eq!(
+        subsets,
+        [
+            ("v1", vec!["Kubernetes//Pod/shop/reviews-v1-0".to_owned()]),
+            ("v2", vec!["Kubernetes//Pod/shop/reviews-v2-0".to_owned()]),
+            ("none", vec![]),
+        ],
+        "each subset: the service's pods its labels select"
+    );
+    // v1 has the rule's policy; v2 its hash over the rule's pool, and on 8080 its port's alone.
+    let v1 = c.subsets[0].backend.as_ref().unwrap();
+    assert_eq!((v1.max_connections, lb(v1)), (5, lb(base)));
+    let v2 = c.subsets[1].backend.as_ref().unwrap();
+    assert_eq!((v2.max_connections, lb(v2)), (5, Some((pb::load_balancer::Simple::LeastRequest, "x-user".into()))));
+    let v2_ports: Vec<_> = v2.port_level.iter().map(|p| (p.port, p.policy.clone().unwrap())).collect();
+    assert_eq!(v2_ports.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [8080, 9000]);
+    assert_eq!((v2_ports[0].1.max_requests_per_connection, v2_ports[0].1.max_connections), (1, 0));
+    assert_eq!(lb(&v2_ports[0].1), None, "the port's settings replace the subset's");
+    // A VirtualService destination names its subset.
+    let routed = config(&format!(
+        "{PODS}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: shop}}
+spec: {{hosts: [reviews], http: [{{route: [{{destination: {{host: reviews, subset: v1}}, weight: 90}}, {{destination: {{host: reviews, subset: v2}}, weight: 10}}], mirror: {{host: reviews, subset: v2}}}}]}}"
+    ));
+    let named: Vec<_> = routed.routes[0].backends.iter().map(|b| (b.subset.as_str(), b.weight)).collect();
+    assert_eq!(named, [("v1", 90), ("v2", 10)]);
+    assert!(
+        matches!(&routed.routes[0].filters[0].kind, Some(pb::filter::Kind::Mirror(m)) if m.backend.as_ref().unwrap().subset == "v2")
+    );
+}
+
 #[test]
 fn malformed_destination_rules_are_rejected_with_the_field() {
     let reject = |spec: &str| {
@@ -272,6 +343,19 @@ fn malformed_destination_rules_are_rejected_with_the_field() {
     let two =
         reject("  host: r\n  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, httpHeaderName: x}}}");
     assert!(two.contains("consistentHash"), "{two}");
+    let subset_lb = reject("  host: r\n  subsets: [{name: a, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}]");
+    assert!(subset_lb.contains("spec.subsets[0].trafficPolicy.loadBalancer.simple"), "{subset_lb}");
+    let twice = reject("  host: r\n  subsets: [{name: a}, {name: a}]");
+    assert!(twice.contains("spec.subsets[1].name"), "{twice}");
+    let unnamed = reject("  host: r\n  subsets: [{labels: {v: a}}]");
+    assert!(unnamed.contains("spec.subsets[0].name"), "{unnamed}");
+    let label = reject("  host: r\n  subsets: [{name: a, labels: {v: 'not ok'}}]");
+    assert!(label.contains("spec.subsets[0].labels.v"), "{label}");
+    let port = reject("  host: r\n  trafficPolicy: {portLevelSettings: [{loadBalancer: {simple: RANDOM}}]}");
+    assert!(port.contains("spec.trafficPolicy.portLevelSettings[0].port.number"), "{port}");
+    let port_tls =
+        reject("  host: r\n  trafficPolicy: {portLevelSettings: [{port: {number: 1}, tls: {mode: MUTUAL}}]}");
+    assert!(port_tls.contains("spec.trafficPolicy.portLevelSettings[0].tls.mode"), "{port_tls}");
 }
 
 #[test]
@@ -332,7 +416,7 @@ fn malformed_virtual_services_are_rejected_with_the_field() {
         parse_object("v.yaml", v).err().map(|r| r.to_string()).unwrap_or_default()
     };
     assert!(reject("  http: []").contains("spec.hosts"));
-    let subset = reject("  hosts: [r]\n  http: [{route: [{destination: {host: r, subset: v1}}]}]");
+    let subset = reject("  hosts: [r]\n  http: [{route: [{destination: {host: r, subset: ''}}]}]");
     assert!(subset.contains("spec.http[0].route[0].destination.subset"), "{subset}");
     let abort = reject(
         "  hosts: [r]\n  http: [{fault: {abort: {percentage: {value: 10}}}, route: [{destination: {host: r}}]}]",

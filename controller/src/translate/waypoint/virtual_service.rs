@@ -39,11 +39,8 @@ pub fn validate_virtual_service(label: &str, vs: &VirtualService) -> Result<(), 
             return Err(r(at("route"), "a route needs destinations or a redirect".into()));
         }
         for (j, d) in route.route.iter().enumerate() {
-            if d.destination.subset.is_some() {
-                return Err(r(
-                    at(&format!("route[{j}].destination.subset")),
-                    "subsets are not supported by waypoints; route to a Service per version".into(),
-                ));
+            if d.destination.subset.as_deref().is_some_and(str::is_empty) {
+                return Err(r(at(&format!("route[{j}].destination.subset")), "a subset name is empty".into()));
             }
             if d.destination.host.is_empty() {
                 return Err(r(at(&format!("route[{j}].destination.host")), "required".into()));
@@ -189,6 +186,7 @@ fn destination(d: &VsDestinationWeight, single: bool, vs_ns: &str, mesh: &MeshSe
         port: u32::from(d.destination.port.as_ref().map_or(0, |p| p.number)),
         weight: d.weight.unwrap_or(if single { 100 } else { 0 }),
         filters,
+        subset: d.destination.subset.clone().unwrap_or_default(),
     }
 }
 
@@ -235,6 +233,7 @@ fn route_filters(r: &VsHttpRoute, vs_ns: &str, mesh: &MeshSettings) -> Vec<pb::F
                     port: u32::from(m.port.as_ref().map_or(0, |p| p.number)),
                     weight: 1,
                     filters: Vec::new(),
+                    subset: m.subset.clone().unwrap_or_default(),
                 }),
                 percent,
                 all: percent >= 100.0,
