@@ -174,7 +174,7 @@ impl Index {
                 dirty.pods.insert(key.clone());
                 // DestinationRule subsets list the pods their labels select: a pod's arrival,
                 // departure or relabelling changes them (its status alone does not).
-                fn labels(o: Option<&Object>) -> Option<&crate::model::Labels> {
+                fn labels(o: Option<&Object>) -> Option<&Labels> {
                     match o {
                         Some(Object::Pod(p)) => Some(&p.metadata.labels),
                         _ => None,
@@ -187,7 +187,14 @@ impl Index {
                     })
                 };
                 if (previous.is_none() || current.is_none() || labels(previous) != labels(current)) && subsets() {
-                    dirty.services_in.insert(ns.clone());
+                    // The Services selecting it before or after: their subsets may change.
+                    for o in self.store.list(Kind::Service, Some(ns)) {
+                        let Object::Service(svc) = o else { continue };
+                        let Some(sel) = svc.spec.selector.as_ref().filter(|s| !s.is_empty()) else { continue };
+                        if [labels(previous), labels(current)].into_iter().flatten().any(|l| selects(sel, l)) {
+                            dirty.objects.insert(o.key());
+                        }
+                    }
                 }
             }
             Kind::Namespace => {

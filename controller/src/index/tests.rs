@@ -493,6 +493,29 @@ spec: {host: www.example.com, trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVe
 }
 
 #[test]
+fn a_service_entry_hosts_port_level_tls_reaches_its_waypoint() {
+    use ambit_shared::proto::waypoint::ServiceConfig;
+    let mut index = Index::new(MeshSettings::default());
+    let changes = index.apply(objects(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: egress, namespace: egress}\nspec: {gatewayClassName: ambit-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: egress, labels: {istio.io/use-waypoint: egress}}
+spec: {hosts: [api.example.com], ports: [{number: 80, name: http, protocol: HTTP}, {number: 8080, name: http-alt, protocol: HTTP}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api, namespace: egress}
+spec: {host: api.example.com, trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: SIMPLE}}]}}",
+    ));
+    let c = changes.iter().find(|c| c.type_url == WAYPOINT_SERVICE && c.name == "egress/api.example.com").unwrap();
+    let backend = ServiceConfig::decode(c.body.as_ref().unwrap().value.as_ref()).unwrap().backend.unwrap();
+    assert!(backend.tls.is_none(), "port 8080 is not asked for TLS");
+    let port: Vec<_> =
+        backend.port_level.iter().map(|p| (p.port, p.policy.as_ref().and_then(|p| p.tls.clone()))).collect();
+    assert_eq!(port.len(), 1);
+    assert_eq!(port[0].0, 80);
+    assert_eq!(port[0].1.as_ref().map(|t| t.sni.as_str()), Some("api.example.com"), "port 80: TLS originated");
+}
+
+#[test]
 fn a_service_entry_cannot_take_a_services_name() {
     let mut index = Index::new(MeshSettings::default());
     index.apply(objects(BASE));

@@ -62,7 +62,7 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
     let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
     let routes = routes::routes(svc, store, mesh);
     let (policies, jwt) = attached_policies(ns, Target::Service(&svc.metadata.name), gw, store, mesh);
-    let (backend, subsets) = backend_policy(svc, store, mesh);
+    let (backend, subsets) = backend_policy(svc, gw_ns, store, mesh);
     pb::ServiceConfig {
         namespace: ns.to_owned(),
         hostname: mesh.hostname(&svc.metadata.name, ns),
@@ -211,7 +211,12 @@ pub fn service_entry_config(
             .collect(),
         routes: Vec::new(),
         policies,
-        backend: destination_rule::entry_backend_policy([ns, gw_ns, &mesh.root_namespace], host, store),
+        backend: destination_rule::entry_backend_policy(
+            [ns, gw_ns, &mesh.root_namespace],
+            host,
+            &se.spec.ports.iter().map(|p| p.number).collect::<Vec<_>>(),
+            store,
+        ),
         jwt_rules: jwt,
         subsets: Vec::new(),
     }

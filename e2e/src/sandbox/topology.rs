@@ -23,7 +23,8 @@ pub(super) fn node_name(i: usize) -> String {
 }
 
 impl Sandbox {
-    pub(super) fn node_dir(&self, node: &str) -> PathBuf {
+    /// A node's files: its ztunnel's sockets, token and the node agent's pod records (`pods/`).
+    pub fn node_dir(&self, node: &str) -> PathBuf {
         self.opts.root.join("nodes").join(node)
     }
 

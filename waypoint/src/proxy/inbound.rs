@@ -173,9 +173,9 @@ impl Waypoint {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // The host's DestinationRule asks for TLS to it, which is originated for HTTP only:
-        // refused rather than sent in plaintext.
-        if down.l7.backend.as_ref().is_some_and(|b| b.tls.is_some()) {
+        // The host's DestinationRule asks for TLS to this port, which is originated for HTTP
+        // only: refused rather than sent in plaintext.
+        if down.l7.backend.as_ref().is_some_and(|b| crate::l7::port_policy(b, down.vip.port()).tls.is_some()) {
             tracing::info!(target: "access", src = %down.source_ip, dst = %down.vip, response_flags = "UF", "tcp connection refused: TLS origination is for HTTP; this port carries TCP");
             return;
         }

@@ -5,7 +5,9 @@
 //!
 //! One task owns all of the agent's state and does everything in order: CNI requests, control
 //! plane changes (a namespace labelled into or out of the mesh enrolls or releases its pods
-//! without restarting them), proxy (re)connections. Pods it knows are written to the state
+//! without restarting them), proxy (re)connections. Pods of the mesh no CNI call announced
+//! (running since before the plugin was installed) are found among the node's processes
+//! ([`discover`]) and captured the same way. Pods it knows are written to the state
 //! directory, so a restarted agent re-applies their rules and resends the snapshot.
 //!
 //! Capture order: the proxy first gets the namespace and opens its listeners, then the rules
@@ -27,12 +29,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
 use crate::node::cni::{CniCommand, CniRequest, CniResponse};
+use crate::node::discover;
 use crate::node::rules::InPodRules;
 use ambit_dataplane::state::State;
 use ambit_shared::netns::Netns;
 
 /// Longest the agent waits for the proxy to answer one ZDS instruction.
 const ZDS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often pods of the mesh not found running are looked for again.
+const LOOK_AGAIN: Duration = Duration::from_secs(5);
+
+/// The inode of an open namespace.
+fn inode_of_fd(netns: &Netns) -> Option<u64> {
+    nix::sys::stat::fstat(netns.as_fd()).ok().map(|s| s.st_ino)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -56,6 +67,17 @@ pub struct PodRecord {
     /// the control plane has answered).
     #[serde(default)]
     pub service_account: Option<String>,
+    /// A pod found running (not announced by a CNI call; its `netns` is a `/proc/<pid>` path):
+    /// the namespace's inode, checked before the path is trusted again.
+    #[serde(default)]
+    pub netns_inode: Option<u64>,
+}
+
+impl PodRecord {
+    /// Found running by [`discover`], not announced by the runtime.
+    fn discovered(&self) -> bool {
+        self.netns_inode.is_some()
+    }
 }
 
 struct AgentPod {
@@ -83,6 +105,8 @@ struct Agent {
     synced: watch::Receiver<bool>,
     pods: BTreeMap<String, AgentPod>,
     proxy: Option<AgentConn>,
+    /// Pods of the mesh not found running yet: when to look for them again.
+    look_again: BTreeMap<String, Instant>,
 }
 
 /// Starts the agent: binds the CNI and ZDS sockets, loads what an earlier run captured.
@@ -108,7 +132,14 @@ pub fn start(
     restrict(cni_path);
     restrict(&config.zds_socket);
     let (tx, rx) = mpsc::channel(64);
-    let mut agent = Agent { config: config.clone(), state, synced, pods: BTreeMap::new(), proxy: None };
+    let mut agent = Agent {
+        config: config.clone(),
+        state,
+        synced,
+        pods: BTreeMap::new(),
+        proxy: None,
+        look_again: BTreeMap::new(),
+    };
     agent.load();
     tokio::spawn(accept_cni(cni, tx.clone()));
     tokio::spawn(accept_zds(zds, tx));
@@ -196,7 +227,15 @@ impl Agent {
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
-            match Netns::open(&record.netns) {
+            let opened = Netns::open(&record.netns).and_then(|netns| match record.netns_inode {
+                // A `/proc/<pid>` path may now lead to another process's namespace.
+                Some(inode) if inode_of_fd(&netns) != Some(inode) => Err(ambit_shared::netns::NetnsError::Open {
+                    path: record.netns.display().to_string(),
+                    source: std::io::Error::other("the process holding the pod's namespace is gone"),
+                }),
+                _ => Ok(netns),
+            });
+            match opened {
                 Ok(netns) => {
                     tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), "pod from the previous run");
                     let uid = self.config.pod_uid(&record.namespace, &record.name);
@@ -217,6 +256,7 @@ impl Agent {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut changes: watch::Receiver<u64>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut look = tokio::time::interval(LOOK_AGAIN);
         let mut synced = self.synced.clone();
         loop {
             tokio::select! {
@@ -228,6 +268,7 @@ impl Agent {
                 Ok(()) = changes.changed() => self.reconcile().await,
                 Ok(()) = synced.changed() => self.reconcile().await,
                 _ = tick.tick() => self.expire_waiters(),
+                _ = look.tick() => self.discover().await,
             }
         }
     }
@@ -267,6 +308,7 @@ impl Agent {
                     netns: PathBuf::from(&req.netns),
                     ips: req.ips.clone(),
                     service_account: None,
+                    netns_inode: None,
                 };
                 self.persist(&record);
                 let uid = self.config.pod_uid(&record.namespace, &record.name);
@@ -333,6 +375,92 @@ impl Agent {
         for key in keys {
             self.reconcile_one(&key).await;
         }
+        self.discover().await;
+    }
+
+    /// Pods the control plane puts in the mesh on this node that no CNI call announced
+    /// (running since before the plugin was installed, or their records lost): their
+    /// namespaces are looked for among the node's processes and they are captured as if the
+    /// runtime had called — no restart. One not found is looked for again later.
+    async fn discover(&mut self) {
+        if !self.config.discover_running_pods || !self.is_synced() {
+            return;
+        }
+        let now = Instant::now();
+        let wanted: BTreeMap<String, (String, String, Vec<IpAddr>)> = {
+            let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+            state
+                .workloads()
+                .filter(|w| w.hbone && *w.node == *self.config.node_name && !w.addresses.is_empty())
+                .map(|w| (format!("{}/{}", w.namespace, w.name), w))
+                .filter(|(key, _)| !self.pods.contains_key(key) && self.look_again.get(key).is_none_or(|at| *at <= now))
+                .map(|(key, w)| (key, (w.namespace.to_string(), w.name.to_string(), w.addresses.clone())))
+                .collect()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        let addresses = wanted.iter().map(|(k, (_, _, ips))| (k.clone(), ips.clone())).collect();
+        let root = self.config.host_proc.clone();
+        let found = match tokio::task::spawn_blocking(move || discover::find(&root, &addresses)).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for running pods failed");
+                return;
+            }
+        };
+        for (key, outcome) in found {
+            let Some((namespace, name, ips)) = wanted.get(&key).cloned() else { continue };
+            let found = match outcome {
+                discover::Outcome::Found(found) => found,
+                discover::Outcome::Missing => {
+                    tracing::debug!(pod = %key, "pod of the mesh not found running on this node yet");
+                    self.look_again.insert(key, now + LOOK_AGAIN);
+                    continue;
+                }
+                discover::Outcome::Ambiguous(paths) => {
+                    tracing::warn!(pod = %key, namespaces = ?paths, "the pod's addresses are in several network namespaces; not capturing it");
+                    self.look_again.insert(key, now + LOOK_AGAIN * 6);
+                    continue;
+                }
+            };
+            // The path must still lead to the namespace that was searched.
+            let netns = match Netns::open(&found.path) {
+                Ok(n) if inode_of_fd(&n) == Some(found.inode) => n,
+                _ => {
+                    self.look_again.insert(key, now);
+                    continue;
+                }
+            };
+            tracing::info!(pod = %key, netns = %found.path.display(), "running pod found; capturing it without a restart");
+            self.look_again.remove(&key);
+            let record = PodRecord {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                container_id: String::new(),
+                netns: found.path,
+                ips,
+                service_account: None,
+                netns_inode: Some(found.inode),
+            };
+            self.persist(&record);
+            let uid = self.config.pod_uid(&namespace, &name);
+            let pod = AgentPod { record, uid, netns, captured: false, rules_current: false, waiters: Vec::new() };
+            self.pods.insert(key.clone(), pod);
+            self.reconcile_one(&key).await;
+        }
+    }
+
+    /// Forgets a pod found running once the control plane no longer knows it (it is gone: no
+    /// runtime will say so), releasing it first if captured.
+    async fn forget_discovered(&mut self, key: &str) {
+        let Some(pod) = self.pods.remove(key) else { return };
+        if pod.captured {
+            self.release(&pod).await;
+        }
+        tracing::info!(pod = %key, "pod found running is gone");
+        let _ =
+            std::fs::remove_file(record_file(&self.config.agent_state_dir, &pod.record.namespace, &pod.record.name));
     }
 
     /// Brings one pod to what the control plane wants, and answers its waiters when settled.
@@ -374,6 +502,10 @@ impl Agent {
                 Some(Ok(false))
             }
             Ok(None) => Some(Ok(false)),
+            Err(()) if pod.record.discovered() => {
+                self.forget_discovered(key).await;
+                None
+            }
             // Not described yet: waiters keep waiting until their deadline.
             Err(()) => None,
         };

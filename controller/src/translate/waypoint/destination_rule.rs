@@ -24,11 +24,19 @@ pub fn validate_destination_rule(label: &str, dr: &DestinationRule) -> Result<()
     let mut names: Vec<&str> = Vec::new();
     for (i, subset) in dr.spec.subsets.iter().enumerate() {
         let at = format!("spec.subsets[{i}]");
-        let label_ok = |l: &str| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
-        if !label_ok(&subset.name) {
-            return Err(Rejection::new(label, format!("{at}.name"), format!("{:?} is not a subset name", subset.name)));
+        // A DNS label, as Istio requires (it names an Envoy cluster).
+        let n = subset.name.as_bytes();
+        let label_ok = !n.is_empty()
+            && n.len() <= 63
+            && n.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && n[0] != b'-'
+            && n[n.len() - 1] != b'-';
+        if !label_ok {
+            return Err(Rejection::new(
+                label,
+                format!("{at}.name"),
+                format!("{:?} is not a subset name (a DNS label: a-z, 0-9, '-')", subset.name),
+            ));
         }
         if names.contains(&subset.name.as_str()) {
             return Err(Rejection::new(label, format!("{at}.name"), format!("{:?} is named twice", subset.name)));
@@ -164,11 +172,13 @@ fn validate_parts(label: &str, at: &str, tp: &Parts<'_>) -> Result<(), Rejection
     Ok(())
 }
 
-/// The DestinationRule for a service: one in the service's namespace first, then any other
-/// whose host names it (oldest first); its traffic policy as the waypoint applies it, and its
-/// subsets — each with the service's endpoints its labels select, by workload uid.
+/// The DestinationRule for a service, looked for in its namespace, then its waypoint's, then
+/// the root namespace (oldest first within one) — another team's rule cannot redefine its
+/// subsets or weaken its TLS; its traffic policy as the waypoint applies it, and its subsets —
+/// each with the service's endpoints its labels select, by workload uid.
 pub(super) fn backend_policy(
     svc: &Service,
+    waypoint_ns: &str,
     store: &Store,
     mesh: &MeshSettings,
 ) -> (Option<pb::BackendPolicy>, Vec<pb::Subset>) {
@@ -176,7 +186,9 @@ pub(super) fn backend_policy(
     let names = |dr: &DestinationRule| {
         names_service(&dr.spec.host, dr.metadata.namespace.as_deref().unwrap_or_default(), svc, mesh)
     };
-    let Some(dr) = rule_for(store, ns, names) else { return (None, Vec::new()) };
+    let Some(dr) = rule_in([ns, waypoint_ns, &mesh.root_namespace], names, store) else {
+        return (None, Vec::new());
+    };
     let host = mesh.hostname(&svc.metadata.name, ns);
     let ports: Vec<u16> = svc.spec.ports.iter().map(|p| p.port).collect();
     let selector = svc.spec.selector.as_ref().filter(|s| !s.is_empty());
@@ -205,9 +217,23 @@ pub(super) fn backend_policy(
 /// The DestinationRule for a ServiceEntry host (its exact name), looked for — as Istio does —
 /// only in the entry's namespace, then the waypoint's, then the root namespace (oldest first
 /// within one): another team's rule for the same host cannot weaken the entry's TLS.
-pub(super) fn entry_backend_policy(namespaces: [&str; 3], host: &str, store: &Store) -> Option<pb::BackendPolicy> {
-    let names = |dr: &DestinationRule| dr.spec.host.eq_ignore_ascii_case(host);
-    let dr = namespaces.iter().find_map(|ns| {
+pub(super) fn entry_backend_policy(
+    namespaces: [&str; 3],
+    host: &str,
+    ports: &[u16],
+    store: &Store,
+) -> Option<pb::BackendPolicy> {
+    let dr = rule_in(namespaces, |dr| dr.spec.host.eq_ignore_ascii_case(host), store)?;
+    Some(policy_of(dr, host, None, ports))
+}
+
+/// The first namespace's oldest rule that `names` accepts.
+fn rule_in<'s>(
+    namespaces: [&str; 3],
+    names: impl Fn(&DestinationRule) -> bool,
+    store: &'s Store,
+) -> Option<&'s DestinationRule> {
+    namespaces.iter().find_map(|ns| {
         let mut here: Vec<&DestinationRule> = store
             .list(Kind::DestinationRule, Some(ns))
             .filter_map(|o| match o {
@@ -217,20 +243,7 @@ pub(super) fn entry_backend_policy(namespaces: [&str; 3], host: &str, store: &St
             .collect();
         here.sort_by_key(|dr| dr.metadata.creation_timestamp.clone());
         here.first().copied()
-    })?;
-    Some(policy_of(dr, host, None, &[]))
-}
-
-fn rule_for<'s>(store: &'s Store, ns: &str, names: impl Fn(&DestinationRule) -> bool) -> Option<&'s DestinationRule> {
-    let mut candidates: Vec<&DestinationRule> = store
-        .list(Kind::DestinationRule, None)
-        .filter_map(|o| match o {
-            Object::DestinationRule(dr) if names(dr) => Some(dr),
-            _ => None,
-        })
-        .collect();
-    candidates.sort_by_key(|dr| (dr.metadata.namespace.as_deref() != Some(ns), dr.metadata.creation_timestamp.clone()));
-    candidates.first().copied()
+    })
 }
 
 /// A rule's traffic policy as the waypoint applies it — a subset's settings over the rule's,

@@ -314,6 +314,18 @@ spec:
     assert_eq!(v2_ports.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [8080, 9000]);
     assert_eq!((v2_ports[0].1.max_requests_per_connection, v2_ports[0].1.max_connections), (1, 0));
     assert_eq!(lb(&v2_ports[0].1), None, "the port's settings replace the subset's");
+    // Another namespace's rule for the service (neither its own, its waypoint's nor the root
+    // namespace's) cannot redefine its subsets.
+    let foreign = config(&format!(
+        "{PODS}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: grab, namespace: team-b}}
+spec: {{host: reviews.shop.svc.cluster.local, subsets: [{{name: v1, labels: {{version: v2}}}}]}}"
+    ));
+    assert!(foreign.backend.is_none() && foreign.subsets.is_empty(), "{foreign:?}");
+    let root = config(&format!(
+        "{PODS}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: mesh, namespace: istio-system}}
+spec: {{host: reviews.shop.svc.cluster.local, subsets: [{{name: v1, labels: {{version: v1}}}}]}}"
+    ));
+    assert_eq!(root.subsets.len(), 1, "the root namespace's rule applies");
     // A VirtualService destination names its subset.
     let routed = config(&format!(
         "{PODS}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: shop}}
@@ -347,6 +359,8 @@ fn malformed_destination_rules_are_rejected_with_the_field() {
     assert!(subset_lb.contains("spec.subsets[0].trafficPolicy.loadBalancer.simple"), "{subset_lb}");
     let twice = reject("  host: r\n  subsets: [{name: a}, {name: a}]");
     assert!(twice.contains("spec.subsets[1].name"), "{twice}");
+    let upper = reject("  host: r\n  subsets: [{name: V1_a}]");
+    assert!(upper.contains("spec.subsets[0].name"), "{upper}");
     let unnamed = reject("  host: r\n  subsets: [{labels: {v: a}}]");
     assert!(unnamed.contains("spec.subsets[0].name"), "{unnamed}");
     let label = reject("  host: r\n  subsets: [{name: a, labels: {v: 'not ok'}}]");

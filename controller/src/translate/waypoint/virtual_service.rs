@@ -46,6 +46,9 @@ pub fn validate_virtual_service(label: &str, vs: &VirtualService) -> Result<(), 
                 return Err(r(at(&format!("route[{j}].destination.host")), "required".into()));
             }
         }
+        if route.mirror.as_ref().and_then(|m| m.subset.as_deref()).is_some_and(str::is_empty) {
+            return Err(r(at("mirror.subset"), "a subset name is empty".into()));
+        }
         for (name, v) in [
             ("timeout", &route.timeout),
             ("retries.perTryTimeout", &route.retries.as_ref().and_then(|r| r.per_try_timeout.clone())),
