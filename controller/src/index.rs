@@ -323,12 +323,19 @@ impl Index {
                     }
                 }
             }
-            Kind::Node
-            | Kind::ServiceAccount
-            | Kind::Secret
-            | Kind::ReferenceGrant
-            | Kind::TlsRoute
-            | Kind::TcpRoute => {}
+            Kind::Node => {
+                // Its topology labels are its pods' locality.
+                for pod in self.store.pods(None) {
+                    if pod.spec.node_name.as_deref() == Some(&*key.name) {
+                        dirty.pods.insert(ObjectKey {
+                            kind: Kind::Pod,
+                            namespace: pod.metadata.namespace.as_deref().unwrap_or_default().into(),
+                            name: pod.metadata.name.as_str().into(),
+                        });
+                    }
+                }
+            }
+            Kind::ServiceAccount | Kind::Secret | Kind::ReferenceGrant | Kind::TlsRoute | Kind::TcpRoute => {}
         }
     }
 

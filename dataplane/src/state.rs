@@ -49,6 +49,8 @@ pub struct Workload {
     pub canonical_revision: Arc<str>,
     pub workload_name: Arc<str>,
     pub cluster_id: Arc<str>,
+    /// Where it runs (from its node's topology labels): region, zone, subzone.
+    pub locality: [Arc<str>; 3],
 }
 
 /// A service as ztunnel uses it.
@@ -70,6 +72,10 @@ pub struct Service {
     pub passthrough: bool,
     /// Ingress gateways send its traffic through its waypoint (`istio.io/ingress-use-waypoint`).
     pub ingress_use_waypoint: bool,
+    /// Endpoints close to the client first (`trafficDistribution: PreferClose`,
+    /// `internalTrafficPolicy: Local`): the scopes in order, and whether only endpoints
+    /// matching all of them may be chosen (`STRICT`) or the closest available (`FAILOVER`).
+    pub routing: Option<Routing>,
 }
 
 /// An xDS resource the data path cannot use, named by kind and name.
@@ -158,6 +164,10 @@ impl TryFrom<pb::Workload> for Workload {
             hostname: (!w.hostname.is_empty()).then(|| Arc::from(w.hostname.as_str())),
             canonical_name: w.canonical_name.as_str().into(),
             canonical_revision: w.canonical_revision.as_str().into(),
+            locality: {
+                let l = w.locality.clone().unwrap_or_default();
+                [l.region.as_str().into(), l.zone.as_str().into(), l.subzone.as_str().into()]
+            },
             workload_name: w.workload_name.as_str().into(),
             cluster_id: w.cluster_id.as_str().into(),
         })
@@ -201,7 +211,64 @@ impl TryFrom<pb::Service> for Service {
             allow_unhealthy,
             passthrough,
             ingress_use_waypoint: s.ingress_use_waypoint,
+            routing: s.load_balancing.as_ref().and_then(Routing::of),
         })
+    }
+}
+
+/// A service's locality preference, as its `LoadBalancing` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    pub scopes: Vec<pb::load_balancing::Scope>,
+    pub strict: bool,
+}
+
+impl Routing {
+    fn of(lb: &pb::LoadBalancing) -> Option<Self> {
+        use pb::load_balancing::{Mode, Scope};
+        let strict = match lb.mode() {
+            Mode::Strict => true,
+            Mode::Failover => false,
+            Mode::UnspecifiedMode | Mode::Passthrough => return None,
+        };
+        let scopes: Vec<Scope> = lb
+            .routing_preference
+            .iter()
+            .filter_map(|s| Scope::try_from(*s).ok())
+            .filter(|s| *s != Scope::UnspecifiedScope)
+            .collect();
+        (!scopes.is_empty()).then_some(Routing { scopes, strict })
+    }
+
+    /// How many of the scopes, in order, `endpoint` shares with `client` before the first it
+    /// does not.
+    fn rank(&self, client: &Workload, endpoint: &Workload) -> usize {
+        use pb::load_balancing::Scope;
+        self.scopes
+            .iter()
+            .take_while(|scope| match scope {
+                Scope::Region => client.locality[0] == endpoint.locality[0],
+                Scope::Zone => client.locality[..2] == endpoint.locality[..2],
+                Scope::Subzone => client.locality == endpoint.locality,
+                Scope::Node => !client.node.is_empty() && client.node == endpoint.node,
+                Scope::Cluster => client.cluster_id == endpoint.cluster_id,
+                Scope::Network => client.network == endpoint.network,
+                Scope::UnspecifiedScope => true,
+            })
+            .count()
+    }
+
+    /// The endpoints a client may be sent to: those matching every scope (`STRICT`), or those
+    /// sharing the most leading scopes with it (`FAILOVER`: the closest that are there). An
+    /// unknown client gets none under `STRICT`, any under `FAILOVER`.
+    pub fn prefer(&self, client: Option<&Workload>, endpoints: Vec<(Arc<Workload>, u16)>) -> Vec<(Arc<Workload>, u16)> {
+        let Some(client) = client else {
+            return if self.strict { Vec::new() } else { endpoints };
+        };
+        let ranked: Vec<(usize, (Arc<Workload>, u16))> =
+            endpoints.into_iter().map(|e| (self.rank(client, &e.0), e)).collect();
+        let best = if self.strict { self.scopes.len() } else { ranked.iter().map(|(r, _)| *r).max().unwrap_or(0) };
+        ranked.into_iter().filter(|(r, _)| *r == best).map(|(_, e)| e).collect()
     }
 }
 
@@ -455,6 +522,22 @@ impl State {
     /// service allows otherwise) and mapping the port.
     pub fn endpoints(&self, service: &Service, port: u16) -> Vec<(Arc<Workload>, u16)> {
         self.endpoints_where(service, port, |_| true)
+    }
+
+    /// [`State::endpoints_on`], closest to `client` first when the service prefers close
+    /// endpoints ([`Routing::prefer`]).
+    pub fn endpoints_for(
+        &self,
+        service: &Service,
+        port: u16,
+        network: &str,
+        client: Option<&Workload>,
+    ) -> Vec<(Arc<Workload>, u16)> {
+        let endpoints = self.endpoints_on(service, port, network);
+        match &service.routing {
+            Some(routing) => routing.prefer(client, endpoints),
+            None => endpoints,
+        }
     }
 
     /// [`State::endpoints`] on one network only: a proxy dials endpoints directly, so one on

@@ -256,8 +256,12 @@ fn check_ztunnel(namespace: &str, r: &Rendered, controller: &Controller) -> ambi
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
     let mut added = caps.add.clone().unwrap_or_default();
     added.sort();
-    assert_eq!(added, ["NET_ADMIN", "NET_RAW", "SYS_ADMIN", "SYS_PTRACE"], "in-pod capture's capabilities, no more");
-    assert_eq!(host_path_at(zpod, z, &zconfig.host_proc), "/proc", "running pods are looked for in the host's /proc");
+    assert_eq!(added, ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"], "in-pod capture's capabilities, no more");
+    assert_eq!(
+        Path::new(&host_path_at(zpod, z, &zconfig.netns_dir)),
+        zconfig.netns_dir,
+        "running pods are looked for where the runtime pins their namespaces"
+    );
     let ready = z.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).expect("ztunnel readiness probe");
     assert_eq!(ready.path.as_deref(), Some("/healthz/ready"));
     zconfig

@@ -1,9 +1,10 @@
 //! Pods running before Ambit (root, sandbox): pods whose network namespaces no CNI call ever
 //! announced to the node agent — as when Ambit is installed into a running cluster — are found
-//! among the node's processes and captured without a restart once their namespace is labelled
-//! into the mesh: reached over HBONE, under the mesh's policy, and kept across a ztunnel
-//! restart. (Its own test binary: discovery refuses an address held by two namespaces, and
-//! sandboxes running side by side reuse pod addresses.)
+//! among the namespaces the runtime pinned and captured without a restart once their namespace
+//! is labelled into the mesh: reached over HBONE, under the mesh's policy, and kept across a
+//! ztunnel restart. Another pod that copies the victim's address onto its own interface is not
+//! taken for it. (Its own test binary: discovery refuses an address two namespaces qualify
+//! for, and sandboxes running side by side reuse pod addresses.)
 
 // Test helpers outside #[test] functions unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -20,6 +21,10 @@ apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/datapl
 apiVersion: v1\nkind: Pod\nmetadata: {name: server, namespace: legacy, labels: {app: server}}\nspec: {nodeName: node-1, serviceAccountName: server, containers: [{name: s, image: ambit/echo, ports: [{containerPort: 8080}]}]}
 ---
 apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: legacy}\nspec: {selector: {app: server}, ports: [{name: http, port: 8080}]}
+---
+apiVersion: v1\nkind: Namespace\nmetadata: {name: other}
+---
+apiVersion: v1\nkind: Pod\nmetadata: {name: impostor, namespace: other, labels: {app: impostor}}\nspec: {nodeName: node-1, containers: [{name: c, image: ambit/sleep}]}
 ---
 apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: shop, labels: {app: client}}\nspec: {nodeName: node-2, serviceAccountName: client, containers: [{name: c, image: ambit/sleep}]}
 ";
@@ -67,12 +72,18 @@ fn running_pods_are_captured_without_a_restart() {
     sb.start_ztunnel("node-1").unwrap();
     sb.wait_ready("node-1", "127.0.0.1:15021", "ztunnel on node-1").unwrap();
     assert_eq!(status(&sb), 200, "plain traffic while outside the mesh");
+    // A tenant on the node copies the server's address onto its own pod's interface: its
+    // namespace also holds its own pod's address, so it is never taken for the server's.
+    let server_ip = sb.state.pods[key].ip.to_string();
+    let copied = sb.exec("other/impostor", &["ip", "addr", "add", &format!("{server_ip}/32"), "dev", "eth0"]).unwrap();
+    assert!(copied.status.success(), "{}", String::from_utf8_lossy(&copied.stderr));
 
     // Labelled into the mesh: found running and captured, the same process still serving.
     sb.apply(&write_file(&scratch, "enroll.yaml", ENROLL)).unwrap();
     wait_for("the running pod captured", Duration::from_secs(30), || sb.captured(key).then_some(()));
     assert!(sb.log("ztunnel-node-1").contains("running pod found"), "found by discovery, not by a CNI call");
     assert_eq!(sb.state.pods[key].pid, Some(pid));
+    assert!(!sb.captured("other/impostor"), "the impostor's namespace is left alone");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "not restarted");
     let record = std::fs::read_to_string(records.join("legacy_server.json")).unwrap();
     assert!(record.contains("\"netns_inode\""), "{record}");

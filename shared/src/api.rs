@@ -17,6 +17,10 @@ pub mod keys {
     pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
     pub const TRAFFIC_DISTRIBUTION: &str = "networking.istio.io/traffic-distribution";
     pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+    /// A node's place, as Kubernetes and Istio label it (a workload's locality).
+    pub const TOPOLOGY_REGION: &str = "topology.kubernetes.io/region";
+    pub const TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+    pub const TOPOLOGY_SUBZONE: &str = "topology.istio.io/subzone";
 }
 
 /// Gateway classes that make a Gateway a waypoint (ours, and Istio's as an alias).

@@ -150,6 +150,7 @@ impl GatewayL7 {
             allow_unhealthy: false,
             passthrough: false,
             ingress_use_waypoint: false,
+            routing: None,
         });
         // The routes, the Gateway's policies and JWT rules, as the pipeline reads them.
         let l7 = |port: u16, name: &str, routes: Vec<pb::Route>| -> Result<ServiceL7, String> {

@@ -78,12 +78,13 @@ pub struct Config {
     #[arg(long, env = "AGENT_STATE_DIR", default_value = "/var/run/ambit/pods")]
     pub agent_state_dir: PathBuf,
     /// Capture pods of the mesh that no CNI call announced (running before the plugin was
-    /// installed): their network namespaces are found among the processes under --host-proc.
+    /// installed): their network namespaces are found among those the runtime pinned in
+    /// --netns-dir.
     #[arg(long, env = "DISCOVER_RUNNING_PODS", default_value_t = true, action = clap::ArgAction::Set)]
     pub discover_running_pods: bool,
-    /// The host's `/proc` (mounted), where running pods' namespaces are looked for.
-    #[arg(long, env = "HOST_PROC", default_value = "/proc")]
-    pub host_proc: PathBuf,
+    /// Where the container runtime pins pod network namespaces (mounted from the host).
+    #[arg(long, env = "NETNS_DIR", default_value = "/var/run/netns")]
+    pub netns_dir: PathBuf,
     /// How long a CNI ADD waits for the control plane to describe a new pod, in milliseconds.
     #[arg(long, env = "ENROLL_WAIT_MS", default_value_t = 5_000)]
     pub enroll_wait_ms: u64,

@@ -574,3 +574,18 @@ fn relabelling_a_pod_moves_it_between_subsets() {
         .iter()
         .any(|c| c.type_url == ambit_shared::proto::type_url::WAYPOINT_SERVICE));
 }
+
+#[test]
+fn node_topology_labels_are_their_pods_locality() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let node = |zone: &str| {
+        format!("apiVersion: v1\nkind: Node\nmetadata: {{name: node-1, labels: {{topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: {zone}}}}}")
+    };
+    let changes = index.apply(objects(&node("eu-a")));
+    let locality = workload(&changes, "Kubernetes//Pod/shop/cart-1").locality.expect("the node's place");
+    assert_eq!((locality.region.as_str(), locality.zone.as_str(), locality.subzone.as_str()), ("eu", "eu-a", ""));
+    assert!(!changes.iter().any(|c| c.name.contains("front-1")), "pods on other nodes are untouched");
+    let moved = index.apply(objects(&node("eu-b")));
+    assert_eq!(workload(&moved, "Kubernetes//Pod/shop/cart-1").locality.unwrap().zone, "eu-b");
+}

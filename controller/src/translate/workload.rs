@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ambit_shared::proto::workload::{
-    gateway_address, Extension, GatewayAddress, NamespacedHostname, NetworkAddress, NetworkMode, Port, PortList,
-    TunnelProtocol, Workload, WorkloadStatus, WorkloadType,
+    gateway_address, Extension, GatewayAddress, Locality, NamespacedHostname, NetworkAddress, NetworkMode, Port,
+    PortList, TunnelProtocol, Workload, WorkloadStatus, WorkloadType,
 };
 
 use crate::model::{
@@ -56,6 +56,22 @@ pub fn in_ambient(pod: &Pod, store: &Store) -> bool {
             .and_then(|n| n.metadata.labels.get(keys::DATAPLANE_MODE))
             .is_some_and(|m| m == "ambient"),
     }
+}
+
+/// A node's region, zone and subzone from its topology labels; none when it has none.
+fn node_locality(node: &str, store: &Store) -> Option<Locality> {
+    let Some(Object::Node(n)) =
+        store.get(&crate::model::ObjectKey { kind: Kind::Node, namespace: "".into(), name: node.into() })
+    else {
+        return None;
+    };
+    let label = |k: &str| n.metadata.labels.get(k).cloned().unwrap_or_default();
+    let locality = Locality {
+        region: label(keys::TOPOLOGY_REGION),
+        zone: label(keys::TOPOLOGY_ZONE),
+        subzone: label(keys::TOPOLOGY_SUBZONE),
+    };
+    (locality != Locality::default()).then_some(locality)
 }
 
 /// The workload name: Deployment from the ReplicaSet owner (minus `-<pod-template-hash>`),
@@ -357,6 +373,7 @@ pub fn translate_pod(pod: &Pod, store: &Store, mesh: &MeshSettings) -> Option<Wo
             .to_owned(),
         workload_type: WorkloadType::Pod as i32,
         workload_name: name,
+        locality: pod.spec.node_name.as_deref().and_then(|n| node_locality(n, store)),
         services,
         authorization_policies: policies_for(pod, store, mesh),
         status: if is_ready(pod) && addressed { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy } as i32,

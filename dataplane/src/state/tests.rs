@@ -136,3 +136,37 @@ fn a_vip_claimed_twice_stays_with_the_other_claimant_when_one_goes() {
         other => panic!("the VIP fell out of the registry: {other:?}"),
     }
 }
+
+#[test]
+fn prefer_close_keeps_the_closest_endpoints_and_fails_over() {
+    use pb::load_balancing::{Mode, Scope};
+    let at = |uid: &str, node: &str, zone: &str| {
+        let mut w = wl(uid, "shop", "sa", "10.0.0.1", Some("shop/web"), true);
+        w.node = node.into();
+        w.locality = ["r".into(), zone.into(), "".into()];
+        Arc::new(w)
+    };
+    let client = at("client", "node-1", "a");
+    let endpoints = |all: &[&Arc<Workload>]| all.iter().map(|w| (Arc::clone(w), 8080)).collect::<Vec<_>>();
+    let (same_node, same_zone, far) = (at("n1", "node-1", "a"), at("z", "node-2", "a"), at("f", "node-3", "b"));
+    let uids = |e: Vec<(Arc<Workload>, u16)>| e.iter().map(|(w, _)| w.uid.to_string()).collect::<Vec<_>>();
+    let close = Routing::of(&pb::LoadBalancing {
+        routing_preference: [Scope::Network, Scope::Region, Scope::Zone, Scope::Subzone].map(|s| s as i32).to_vec(),
+        mode: Mode::Failover as i32,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(uids(close.prefer(Some(&client), endpoints(&[&same_node, &same_zone, &far]))), ["n1", "z"]);
+    assert_eq!(uids(close.prefer(Some(&client), endpoints(&[&far]))), ["f"], "the zone empty: fails over");
+    assert_eq!(uids(close.prefer(None, endpoints(&[&far, &same_zone]))).len(), 2, "unknown client: any");
+    let local = Routing::of(&pb::LoadBalancing {
+        routing_preference: vec![Scope::Node as i32],
+        mode: Mode::Strict as i32,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(uids(local.prefer(Some(&client), endpoints(&[&same_node, &same_zone]))), ["n1"]);
+    assert!(local.prefer(Some(&client), endpoints(&[&same_zone, &far])).is_empty(), "strict: never elsewhere");
+    assert!(local.prefer(None, endpoints(&[&same_node])).is_empty(), "strict: an unknown client gets none");
+    assert!(Routing::of(&pb::LoadBalancing::default()).is_none());
+}

@@ -256,7 +256,7 @@ impl Waypoint {
             let state = self.state();
             let mut endpoints = state.endpoints_on(service, port, &self.network);
             endpoints.retain(|(w, _)| !w.addresses.is_empty() || w.resolvable());
-            pick_endpoint(&endpoints)
+            pick_endpoint(&self.upstream.closest(&state, service, endpoints))
         };
         let endpoint = match chosen {
             Some((w, port)) => match (Endpoint::of(&w, port), w.hostname.as_deref()) {

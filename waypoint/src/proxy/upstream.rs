@@ -75,6 +75,23 @@ impl Upstream {
         self.pools.dialer()
     }
 
+    /// What the service's locality preference leaves of `endpoints`, judged from this proxy's
+    /// own workload (a waypoint prefers endpoints close to itself, as Istio's do).
+    pub(super) fn closest(
+        &self,
+        state: &State,
+        service: &Service,
+        endpoints: Vec<(Arc<Workload>, u16)>,
+    ) -> Vec<(Arc<Workload>, u16)> {
+        match &service.routing {
+            None => endpoints,
+            Some(routing) => {
+                let own = self.own_ip.and_then(|ip| state.workload_by_addr(&self.network, ip));
+                routing.prefer(own.map(|w| &**w), endpoints)
+            }
+        }
+    }
+
     /// One attempt to a backend service.
     pub(super) async fn send(&self, backend: &BackendRef, req: Request<Body>, port: u16, source_ip: IpAddr) -> Attempt {
         let port = if backend.port == 0 { port } else { backend.port };
@@ -114,10 +131,14 @@ impl Upstream {
         let policy = policy.map(|p| port_policy(p, port));
         let backend = self.backends.get(&format!("{}|{port}|{}", service.key, subset.unwrap_or_default()));
         let Some(_admission) = backend.admit(policy) else { return Err(Failure::Overflow.into()) };
-        let mut endpoints = self.state().endpoints_on(&service, port, &self.network);
-        if let Some(members) = members {
-            endpoints.retain(|(w, _)| members.contains(&w.uid));
-        }
+        let mut endpoints = {
+            let state = self.state();
+            let mut endpoints = state.endpoints_on(&service, port, &self.network);
+            if let Some(members) = members {
+                endpoints.retain(|(w, _)| members.contains(&w.uid));
+            }
+            self.closest(&state, &service, endpoints)
+        };
         // Endpoints without an address are candidates only when known by name (resolved below).
         endpoints.retain(|(w, _)| !w.addresses.is_empty() || w.resolvable());
         let count = endpoints.len();

@@ -40,6 +40,10 @@ const ZDS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often pods of the mesh not found running are looked for again.
 const LOOK_AGAIN: Duration = Duration::from_secs(5);
 
+/// How long a pod of the mesh may be unannounced before it is looked for: a new pod's CNI
+/// call is usually on its way.
+const ANNOUNCE_GRACE: Duration = Duration::from_secs(2);
+
 /// The inode of an open namespace.
 fn inode_of_fd(netns: &Netns) -> Option<u64> {
     nix::sys::stat::fstat(netns.as_fd()).ok().map(|s| s.st_ino)
@@ -67,8 +71,8 @@ pub struct PodRecord {
     /// the control plane has answered).
     #[serde(default)]
     pub service_account: Option<String>,
-    /// A pod found running (not announced by a CNI call; its `netns` is a `/proc/<pid>` path):
-    /// the namespace's inode, checked before the path is trusted again.
+    /// A pod found running (not announced by a CNI call; its `netns` is the runtime's pinned
+    /// path): the namespace's inode, checked before the path is trusted again.
     #[serde(default)]
     pub netns_inode: Option<u64>,
 }
@@ -107,6 +111,8 @@ struct Agent {
     proxy: Option<AgentConn>,
     /// Pods of the mesh not found running yet: when to look for them again.
     look_again: BTreeMap<String, Instant>,
+    /// When the pinned namespaces were last searched.
+    last_search: Option<Instant>,
 }
 
 /// Starts the agent: binds the CNI and ZDS sockets, loads what an earlier run captured.
@@ -139,6 +145,7 @@ pub fn start(
         pods: BTreeMap::new(),
         proxy: None,
         look_again: BTreeMap::new(),
+        last_search: None,
     };
     agent.load();
     tokio::spawn(accept_cni(cni, tx.clone()));
@@ -228,10 +235,10 @@ impl Agent {
                 continue;
             };
             let opened = Netns::open(&record.netns).and_then(|netns| match record.netns_inode {
-                // A `/proc/<pid>` path may now lead to another process's namespace.
+                // The pinned path may now be another pod's namespace.
                 Some(inode) if inode_of_fd(&netns) != Some(inode) => Err(ambit_shared::netns::NetnsError::Open {
                     path: record.netns.display().to_string(),
-                    source: std::io::Error::other("the process holding the pod's namespace is gone"),
+                    source: std::io::Error::other("the pinned namespace is another one now"),
                 }),
                 _ => Ok(netns),
             });
@@ -256,7 +263,7 @@ impl Agent {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut changes: watch::Receiver<u64>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let mut look = tokio::time::interval(LOOK_AGAIN);
+        let mut look = tokio::time::interval(Duration::from_secs(1));
         let mut synced = self.synced.clone();
         loop {
             tokio::select! {
@@ -310,22 +317,23 @@ impl Agent {
                     service_account: None,
                     netns_inode: None,
                 };
-                self.persist(&record);
                 let uid = self.config.pod_uid(&record.namespace, &record.name);
+                // Known already: the same namespace (found running, or announced again) stays
+                // captured as it is; another one's pod is released first.
+                let mut kept = None;
                 if let Some(old) = self.pods.remove(&key) {
-                    if old.captured && old.record.netns != record.netns {
+                    let same = inode_of_fd(&old.netns).is_some() && inode_of_fd(&old.netns) == inode_of_fd(&netns);
+                    if same {
+                        kept = Some((old.captured, old.rules_current, old.record.service_account.clone()));
+                    } else if old.captured {
                         self.release(&old).await;
                     }
                 }
+                let (captured, rules_current, service_account) = kept.unwrap_or((false, false, None));
+                let record = PodRecord { service_account, ..record };
+                self.persist(&record);
                 let deadline = Instant::now() + Duration::from_millis(self.config.enroll_wait_ms);
-                let pod = AgentPod {
-                    record,
-                    uid,
-                    netns,
-                    captured: false,
-                    rules_current: false,
-                    waiters: vec![(deadline, reply)],
-                };
+                let pod = AgentPod { record, uid, netns, captured, rules_current, waiters: vec![(deadline, reply)] };
                 self.pods.insert(key.clone(), pod);
                 self.reconcile_one(&key).await;
             }
@@ -387,22 +395,43 @@ impl Agent {
             return;
         }
         let now = Instant::now();
-        let wanted: BTreeMap<String, (String, String, Vec<IpAddr>)> = {
+        let mut wanted: BTreeMap<String, (String, String, Vec<IpAddr>)> = {
             let state = self.state.read().unwrap_or_else(|p| p.into_inner());
             state
                 .workloads()
                 .filter(|w| w.hbone && *w.node == *self.config.node_name && !w.addresses.is_empty())
                 .map(|w| (format!("{}/{}", w.namespace, w.name), w))
-                .filter(|(key, _)| !self.pods.contains_key(key) && self.look_again.get(key).is_none_or(|at| *at <= now))
+                .filter(|(key, _)| !self.pods.contains_key(key))
                 .map(|(key, w)| (key, (w.namespace.to_string(), w.name.to_string(), w.addresses.clone())))
                 .collect()
         };
+        // Only pods unannounced for a while, and not looked for just now.
+        self.look_again.retain(|key, _| wanted.contains_key(key));
+        wanted.retain(|key, _| match self.look_again.get(key) {
+            Some(at) => *at <= now,
+            None => {
+                self.look_again.insert(key.clone(), now + ANNOUNCE_GRACE);
+                false
+            }
+        });
         if wanted.is_empty() {
             return;
         }
+        // At most one search per LOOK_AGAIN / 5, whatever asks for it.
+        if self.last_search.is_some_and(|at| now.duration_since(at) < LOOK_AGAIN / 5) {
+            return;
+        }
+        self.last_search = Some(now);
         let addresses = wanted.iter().map(|(k, (_, _, ips))| (k.clone(), ips.clone())).collect();
-        let root = self.config.host_proc.clone();
-        let found = match tokio::task::spawn_blocking(move || discover::find(&root, &addresses)).await {
+        let exclude = discover::Exclude {
+            inodes: self.pods.values().filter_map(|p| inode_of_fd(&p.netns)).collect(),
+            addresses: {
+                let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+                state.workloads().flat_map(|w| w.addresses.iter().map(|ip| ip.to_canonical())).collect()
+            },
+        };
+        let dir = self.config.netns_dir.clone();
+        let found = match tokio::task::spawn_blocking(move || discover::find(&dir, &addresses, &exclude)).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, "looking for running pods failed");
@@ -428,7 +457,7 @@ impl Agent {
             let netns = match Netns::open(&found.path) {
                 Ok(n) if inode_of_fd(&n) == Some(found.inode) => n,
                 _ => {
-                    self.look_again.insert(key, now);
+                    self.look_again.insert(key, now + LOOK_AGAIN);
                     continue;
                 }
             };
@@ -502,7 +531,10 @@ impl Agent {
                 Some(Ok(false))
             }
             Ok(None) => Some(Ok(false)),
-            Err(()) if pod.record.discovered() => {
+            // Found running, and its pinned namespace is gone (the runtime removes it with the
+            // pod): no DEL will come, so it is forgotten here. While the namespace is there, a
+            // workload briefly unknown (a control plane's restart) changes nothing.
+            Err(()) if pod.record.discovered() && !pod.record.netns.exists() => {
                 self.forget_discovered(key).await;
                 None
             }

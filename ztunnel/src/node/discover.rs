@@ -1,21 +1,23 @@
 //! Finding the network namespaces of running pods the node agent was never told about: pods
 //! that started before the CNI plugin was installed (Ambit installed into a running cluster),
-//! or whose records were lost. Every process under the host's `/proc` is looked at, each
-//! distinct network namespace once, and a pod is found where one of its addresses sits on a
-//! namespace's interface — as Istio's node agent finds them.
+//! or whose records were lost.
 //!
-//! An address found in two namespaces is ambiguous: nothing is captured on a guess. The
-//! namespace's inode is kept with the pod, so a later run never follows a `/proc/<pid>` path
-//! to whatever process took that pid since.
+//! Only namespaces the container runtime pinned in its directory (`--netns-dir`, containerd's
+//! and CRI-O's `/var/run/netns`) are candidates: a tenant cannot put one there, so a namespace
+//! made with `unshare` in a pod can never be taken for another pod. The paths are stable (no
+//! `/proc/<pid>` that another process may take), and there are as many as the node has pods.
+//!
+//! A namespace is a pod's only when it holds every address of the pod and no address of any
+//! other workload, is not a namespace the agent already holds for another pod, and is not the
+//! agent's own. Two namespaces that qualify are ambiguous: nothing is captured on a guess.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ambit_shared::netns::Netns;
 
-/// Where a pod's namespace was found: a path that opens it now, and the namespace's inode.
+/// Where a pod's namespace was found: its pinned path, and the namespace's inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     pub path: PathBuf,
@@ -26,56 +28,68 @@ pub struct Found {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Found(Found),
-    /// No namespace holds its addresses (not started yet, or on another node).
+    /// No namespace qualifies (not started yet, or on another node).
     Missing,
-    /// Several namespaces hold them: left alone.
+    /// Several namespaces qualify: left alone.
     Ambiguous(Vec<PathBuf>),
 }
 
-/// A namespace's identity: (device, inode) of its `ns/net` file.
-type NsId = (u64, u64);
+/// What the search must leave alone.
+#[derive(Debug, Default)]
+pub struct Exclude {
+    /// Inodes of namespaces the agent holds for pods already.
+    pub inodes: HashSet<u64>,
+    /// Addresses of every workload the control plane knows (a pod's own are allowed in its
+    /// namespace, no other).
+    pub addresses: HashSet<IpAddr>,
+}
 
-/// Looks for each pod's addresses (by key) among the namespaces of `proc_root`'s processes,
-/// leaving out the namespace this process runs in (the node's own).
-pub fn find(proc_root: &Path, pods: &BTreeMap<String, Vec<IpAddr>>) -> BTreeMap<String, Outcome> {
-    let own = std::fs::metadata("/proc/self/ns/net").ok().map(|m| (m.dev(), m.ino()));
-    let mut namespaces: HashMap<NsId, PathBuf> = HashMap::new();
-    if let Ok(entries) = std::fs::read_dir(proc_root) {
+/// One pinned namespace: its path, inode and non-loopback addresses.
+struct Candidate {
+    path: PathBuf,
+    inode: u64,
+    addresses: HashSet<IpAddr>,
+}
+
+/// Looks for each pod's namespace (by key, with its addresses) among the namespaces pinned in
+/// `netns_dir`.
+pub fn find(netns_dir: &Path, pods: &BTreeMap<String, Vec<IpAddr>>, exclude: &Exclude) -> BTreeMap<String, Outcome> {
+    let own = nix::sys::stat::stat("/proc/self/ns/net").ok().map(|s| s.st_ino);
+    let mut seen: HashMap<u64, ()> = HashMap::new();
+    let mut candidates = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(netns_dir) {
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            if !name.to_str().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            let path = entry.path();
+            // The inode of the namespace opened here, and its addresses read through that same
+            // handle: what is judged is what would be captured.
+            let Ok(ns) = Netns::open(&path) else { continue };
+            let Some(inode) = nix::sys::stat::fstat(ns.as_fd()).ok().map(|s| s.st_ino) else { continue };
+            if Some(inode) == own || exclude.inodes.contains(&inode) || seen.insert(inode, ()).is_some() {
                 continue;
             }
-            let path = entry.path().join("ns/net");
-            // A process that exited, or one we may not look into: skipped.
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
-            let id = (meta.dev(), meta.ino());
-            if Some(id) != own {
-                namespaces.entry(id).or_insert(path);
+            let addresses = addresses_in(&ns);
+            if !addresses.is_empty() {
+                candidates.push(Candidate { path, inode, addresses });
             }
-        }
-    }
-    let mut holders: HashMap<IpAddr, Vec<(NsId, PathBuf)>> = HashMap::new();
-    for (id, path) in namespaces {
-        for ip in addresses_in(&path) {
-            holders.entry(ip).or_default().push((id, path.clone()));
         }
     }
     pods.iter()
         .map(|(key, ips)| {
-            let mut seen: Vec<(NsId, PathBuf)> = Vec::new();
-            for (id, path) in ips.iter().filter_map(|ip| holders.get(&ip.to_canonical())).flatten() {
-                if !seen.iter().any(|(s, _)| s == id) {
-                    seen.push((*id, path.clone()));
-                }
-            }
-            let outcome = match seen.len() {
+            let ips: HashSet<IpAddr> = ips.iter().map(IpAddr::to_canonical).collect();
+            let mut fits: Vec<&Candidate> = candidates
+                .iter()
+                .filter(|c| {
+                    ips.iter().all(|ip| c.addresses.contains(ip))
+                        && c.addresses.iter().all(|a| ips.contains(a) || !exclude.addresses.contains(a))
+                })
+                .collect();
+            let outcome = match fits.len() {
                 0 => Outcome::Missing,
                 1 => {
-                    let (id, path) = seen.remove(0);
-                    Outcome::Found(Found { path, inode: id.1 })
+                    let c = fits.remove(0);
+                    Outcome::Found(Found { path: c.path.clone(), inode: c.inode })
                 }
-                _ => Outcome::Ambiguous(seen.into_iter().map(|(_, p)| p).collect()),
+                _ => Outcome::Ambiguous(fits.iter().map(|c| c.path.clone()).collect()),
             };
             (key.clone(), outcome)
         })
@@ -84,10 +98,9 @@ pub fn find(proc_root: &Path, pods: &BTreeMap<String, Vec<IpAddr>>) -> BTreeMap<
 
 /// The addresses on a namespace's interfaces other than loopback; none if it cannot be
 /// entered.
-fn addresses_in(path: &Path) -> Vec<IpAddr> {
-    let Ok(ns) = Netns::open(path) else { return Vec::new() };
+fn addresses_in(ns: &Netns) -> HashSet<IpAddr> {
     ns.run_in(|| {
-        let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+        let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return HashSet::new() };
         addrs
             .filter(|a| !a.flags.contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK))
             .filter_map(|a| {
@@ -98,6 +111,8 @@ fn addresses_in(path: &Path) -> Vec<IpAddr> {
                     addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()).to_canonical())
                 }
             })
+            // Link-local IPv6 addresses are every interface's; they name no pod.
+            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
             .collect()
     })
     .unwrap_or_default()
@@ -108,17 +123,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_own_namespace_is_never_a_pods() {
-        // This process's addresses (any non-loopback ones it has) are not found as a pod's:
-        // the node's namespace is left out.
-        let own: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
-            .map(|all| all.filter_map(|a| a.address?.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip()))).collect())
-            .unwrap_or_default();
+    fn nothing_is_found_in_an_empty_or_missing_directory() {
+        let dir = std::env::temp_dir().join(format!("ambit-discover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        // A file that is not a namespace is skipped, not an error.
+        std::fs::write(dir.join("not-a-netns"), b"x").unwrap_or_default();
         let mut pods = BTreeMap::new();
-        pods.insert("x/own".to_owned(), own);
-        pods.insert("x/nowhere".to_owned(), vec!["192.0.2.77".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))]);
-        let found = find(Path::new("/proc"), &pods);
-        assert_eq!(found["x/nowhere"], Outcome::Missing);
-        assert!(!matches!(found["x/own"], Outcome::Found(_)), "{:?}", found["x/own"]);
+        pods.insert("x/pod".to_owned(), vec![IpAddr::from([192, 0, 2, 77])]);
+        for d in [dir.as_path(), Path::new("/nonexistent/netns")] {
+            assert_eq!(find(d, &pods, &Exclude::default())["x/pod"], Outcome::Missing);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -128,7 +128,7 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
                 }
                 return Routed { plan: Ok(Plan::Direct(dst)), service: Some(service), workload: None };
             }
-            match pick_endpoint(&state.endpoints_on(&service, port, network)) {
+            match pick_endpoint(&state.endpoints_for(&service, port, network, src)) {
                 // An endpoint outside the mesh whose address is a mesh workload's (a
                 // ServiceEntry endpoint naming a pod): that workload, over HBONE.
                 Some((w, target)) if !w.hbone => {
