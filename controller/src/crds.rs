@@ -4,7 +4,8 @@
 //! ambit-crds`; a test fails when the chart's copy drifts).
 //!
 //! Names, groups, versions, short names and categories are Istio's, so the definitions can
-//! replace Istio's own. Each `spec` schema lists the fields Ambit reads with their types, and
+//! replace Istio's own (and Ambit's own kind, RateLimitPolicy in `policy.ambit.dev`, is
+//! generated the same way). Each `spec` schema lists the fields Ambit reads with their types, and
 //! every object in it keeps unknown fields (`x-kubernetes-preserve-unknown-fields`): an Istio
 //! manifest using a field Ambit does not implement is stored as written instead of being
 //! silently pruned. `status` is a subresource the controller writes.
@@ -79,11 +80,16 @@ fn definitions() -> Vec<Definition> {
         ("ServiceEntry", "se", spec_schema::<model::ServiceEntrySpec>()),
         ("VirtualService", "vs", spec_schema::<model::VirtualServiceSpec>()),
         ("Sidecar", "", spec_schema::<model::SidecarSpec>()),
+        ("RateLimitPolicy", "rlp", spec_schema::<model::RateLimitPolicySpec>()),
     ]
     .into_iter()
     .filter_map(|(kind, short, spec)| {
         let &(group, _, kind, plural) = WATCHED.iter().find(|w| w.2 == kind)?;
-        let versions = if group == "security.istio.io" { SECURITY } else { NETWORKING };
+        let versions = match group {
+            "security.istio.io" => SECURITY,
+            model::RATE_LIMIT_GROUP => &["v1alpha1"],
+            _ => NETWORKING,
+        };
         Some(Definition { group, kind, plural, short, versions, spec })
     })
     .collect()
@@ -225,7 +231,12 @@ pub fn custom_resource_definitions() -> Result<Vec<CustomResourceDefinition>, Cr
                         plural: d.plural.into(),
                         singular: Some(d.kind.to_lowercase()),
                         short_names: (!d.short.is_empty()).then(|| vec![d.short.into()]),
-                        categories: Some(vec!["istio-io".into(), category]),
+                        // Ambit's own kinds are in Ambit's category only.
+                        categories: Some(if d.group == model::RATE_LIMIT_GROUP {
+                            vec!["ambit-dev".into()]
+                        } else {
+                            vec!["istio-io".into(), category]
+                        }),
                     },
                     scope: "Namespaced".into(),
                     versions,
@@ -287,7 +298,7 @@ mod tests {
     #[test]
     fn definitions_are_structural_and_carry_the_model_fields() {
         let crds = custom_resource_definitions().unwrap();
-        assert_eq!(crds.len(), 7);
+        assert_eq!(crds.len(), 8);
         for crd in &crds {
             let name = crd.metadata.name.clone().unwrap();
             assert_eq!(crd.spec.versions.iter().filter(|v| v.storage).count(), 1, "{name}: one storage version");
@@ -307,6 +318,16 @@ mod tests {
         let pool = &dr["openAPIV3Schema"]["properties"]["spec"]["properties"]["trafficPolicy"]["properties"]
             ["connectionPool"]["properties"]["http"]["properties"];
         assert_eq!(pool["http2MaxRequests"]["type"], "integer");
+        // Ambit's own kind: its group and category, the rule's fields typed.
+        let rlp = crds.iter().find(|c| c.spec.names.kind == "RateLimitPolicy").unwrap();
+        assert_eq!(rlp.spec.group, "policy.ambit.dev");
+        assert_eq!(rlp.spec.names.categories.as_deref(), Some(&["ambit-dev".to_owned()][..]));
+        assert_eq!(rlp.spec.versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["v1alpha1"]);
+        let rule = serde_json::to_value(&rlp.spec.versions[0].schema).unwrap()["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["rules"]["items"]
+            .clone();
+        assert_eq!(rule["properties"]["requests"]["type"], "integer");
+        assert_eq!(rule["properties"]["match"]["items"]["properties"]["paths"]["type"], "array");
     }
 
     #[test]

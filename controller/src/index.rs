@@ -273,6 +273,16 @@ impl Index {
                 // Gone: its configuration goes with it.
                 dirty.objects.insert(key.clone());
             }
+            Kind::RateLimitPolicy => {
+                dirty.services_in.insert(ns.clone());
+                // A Gateway target reaches the services bound to that waypoint.
+                if [previous, current].into_iter().flatten().any(|o| match o {
+                    Object::RateLimitPolicy(p) => p.spec.target_refs.iter().any(|t| t.kind != "Service"),
+                    _ => false,
+                }) {
+                    dirty.all_services = true;
+                }
+            }
             Kind::RequestAuthentication => {
                 dirty.services_in.insert(ns.clone());
                 // As for AuthorizationPolicy: a waypoint target reaches other namespaces' services.
@@ -324,7 +334,21 @@ impl Index {
                 }
             }
             Kind::Node => {
-                // Its topology labels are its pods' locality.
+                // Its topology labels are its pods' locality (its other changes are not).
+                let topology = |o: Option<&Object>| -> Vec<Option<String>> {
+                    let labels = o.map(|o| &o.meta().labels);
+                    [
+                        crate::model::keys::TOPOLOGY_REGION,
+                        crate::model::keys::TOPOLOGY_ZONE,
+                        crate::model::keys::TOPOLOGY_SUBZONE,
+                    ]
+                    .iter()
+                    .map(|k| labels.and_then(|l| l.get(*k)).cloned())
+                    .collect()
+                };
+                if topology(previous) == topology(current) {
+                    return;
+                }
                 for pod in self.store.pods(None) {
                     if pod.spec.node_name.as_deref() == Some(&*key.name) {
                         dirty.pods.insert(ObjectKey {

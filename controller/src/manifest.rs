@@ -166,6 +166,7 @@ fn typed_object(k: Kind, label: &str, value: serde_json::Value) -> Result<Parsed
         Kind::ReferenceGrant => Object::ReferenceGrant(typed(&label, value)?),
         Kind::TlsRoute => Object::TlsRoute(typed(&label, value)?),
         Kind::TcpRoute => Object::TcpRoute(typed(&label, value)?),
+        Kind::RateLimitPolicy => Object::RateLimitPolicy(typed(&label, value)?),
     };
     normalize_namespace(&mut object);
     validate(&label, &object)?;
@@ -235,6 +236,7 @@ fn normalize_namespace(object: &mut Object) {
         Object::ReferenceGrant(o) => &mut o.metadata,
         Object::TlsRoute(o) => &mut o.metadata,
         Object::TcpRoute(o) => &mut o.metadata,
+        Object::RateLimitPolicy(o) => &mut o.metadata,
         Object::Namespace(_) | Object::Node(_) => return,
     };
     if meta.namespace.as_deref().unwrap_or("").is_empty() {
@@ -259,6 +261,7 @@ fn validate(label: &str, object: &Object) -> Result<(), Rejection> {
         }
         Object::TlsRoute(route) => crate::translate::ingress::validate_l4_route(label, &route.spec, true)?,
         Object::TcpRoute(route) => crate::translate::ingress::validate_l4_route(label, &route.spec, false)?,
+        Object::RateLimitPolicy(p) => crate::translate::waypoint::validate_rate_limit_policy(label, p)?,
         Object::HttpRoute(route) => crate::translate::waypoint::validate_http_route(label, route)?,
         Object::GrpcRoute(route) => crate::translate::waypoint::validate_grpc_route(label, route)?,
         Object::DestinationRule(dr) => crate::translate::waypoint::validate_destination_rule(label, dr)?,

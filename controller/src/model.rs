@@ -36,6 +36,8 @@ pub enum Kind {
     ReferenceGrant,
     TlsRoute,
     TcpRoute,
+    /// Ambit's own: `policy.ambit.dev` RateLimitPolicy.
+    RateLimitPolicy,
 }
 
 impl Kind {
@@ -62,6 +64,7 @@ impl Kind {
             ("gateway.networking.k8s.io", "TCPRoute") => Kind::TcpRoute,
             ("gateway.networking.k8s.io", "ReferenceGrant") => Kind::ReferenceGrant,
             ("", "Secret") => Kind::Secret,
+            (RATE_LIMIT_GROUP, "RateLimitPolicy") => Kind::RateLimitPolicy,
             _ => return None,
         })
     }
@@ -143,6 +146,7 @@ pub enum Object {
     ReferenceGrant(ReferenceGrant),
     TlsRoute(TlsRoute),
     TcpRoute(TcpRoute),
+    RateLimitPolicy(RateLimitPolicy),
 }
 
 impl Object {
@@ -167,6 +171,7 @@ impl Object {
             Object::ReferenceGrant(o) => &o.metadata,
             Object::TlsRoute(o) => &o.metadata,
             Object::TcpRoute(o) => &o.metadata,
+            Object::RateLimitPolicy(o) => &o.metadata,
         }
     }
 
@@ -191,6 +196,7 @@ impl Object {
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::TlsRoute(_) => Kind::TlsRoute,
             Object::TcpRoute(_) => Kind::TcpRoute,
+            Object::RateLimitPolicy(_) => Kind::RateLimitPolicy,
         }
     }
 
@@ -507,6 +513,55 @@ pub struct WhenCondition {
     pub values: Vec<String>,
     #[serde(default)]
     pub not_values: Vec<String>,
+}
+
+/// Ambit's API group for its own policy kinds.
+pub const RATE_LIMIT_GROUP: &str = "policy.ambit.dev";
+
+/// Local rate limits at waypoints and ingress gateways (Ambit's own kind; Istio has none).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RateLimitPolicy {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RateLimitPolicySpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitPolicySpec {
+    /// What it applies at: a Service (at its waypoint), or a Gateway (a waypoint: every service
+    /// it serves; an ingress gateway: every request it takes), as Istio's policies target.
+    #[serde(default)]
+    pub target_refs: Vec<PolicyTargetReference>,
+    /// Each rule is its own limit; a request takes a token from every rule it matches.
+    #[serde(default)]
+    pub rules: Vec<RateLimitRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitRule {
+    /// Names the rule in metrics and logs (default: its index).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Requests the rule counts (any may match; none: every request), as AuthorizationPolicy
+    /// `to.operation`.
+    #[serde(default, rename = "match")]
+    pub matches: Vec<Operation>,
+    /// Tokens added every `per`.
+    pub requests: u32,
+    /// A duration (`1s`, `1m`).
+    pub per: String,
+    /// The most requests at once (default `requests`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// What a bucket is kept per: `Shared` (default), `SourcePrincipal`, `RemoteAddress`,
+    /// `Header`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// With `key: Header`: the header whose value keys the buckets.
+    #[serde(default)]
+    pub header: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -375,6 +375,7 @@ fn default_values_render_a_consistent_install() {
         "VirtualService",
         "ServiceEntry",
         "Sidecar",
+        "RateLimitPolicy",
     ]
     .map(String::from)
     .into();

@@ -25,6 +25,8 @@ apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: shop, labels: {ap
 ---
 apiVersion: v1\nkind: Pod\nmetadata: {name: web-a, namespace: shop, labels: {app: web}}\nspec: {nodeName: node-1, containers: [{name: s, image: ambit/echo, ports: [{containerPort: 8080}]}]}
 ---
+apiVersion: v1\nkind: Pod\nmetadata: {name: filler, namespace: shop, labels: {app: filler}}\nspec: {nodeName: node-1, containers: [{name: c, image: ambit/sleep}]}
+---
 apiVersion: v1\nkind: Pod\nmetadata: {name: web-b, namespace: shop, labels: {app: web}}\nspec: {nodeName: node-2, containers: [{name: s, image: ambit/echo, ports: [{containerPort: 8080}]}]}
 ---
 apiVersion: v1\nkind: Service\nmetadata: {name: near, namespace: shop}\nspec: {selector: {app: web}, trafficDistribution: PreferClose, ports: [{name: http, port: 8080}]}
@@ -34,6 +36,8 @@ apiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: shop}\nspec: {
 apiVersion: v1\nkind: Service\nmetadata: {name: spread, namespace: shop}\nspec: {selector: {app: web}, ports: [{name: http, port: 8080}]}
 ---
 apiVersion: v1\nkind: Service\nmetadata: {name: near-wp, namespace: shop, labels: {istio.io/use-waypoint: waypoint}, annotations: {networking.istio.io/traffic-distribution: PreferClose}}\nspec: {selector: {app: web}, ports: [{name: http, port: 8080}]}
+---
+apiVersion: v1\nkind: Service\nmetadata: {name: local-wp, namespace: shop, labels: {istio.io/use-waypoint: waypoint}}\nspec: {selector: {app: web}, internalTrafficPolicy: Local, ports: [{name: http, port: 8080}]}
 ";
 
 /// 20 requests from the client to `service`: how many each pod answered (`failed` for the
@@ -74,10 +78,12 @@ fn close_endpoints_first_and_failover() {
     // No preference: both zones.
     let spread = answers(&sb, "spread");
     assert!(spread.contains_key("web-a") && spread.contains_key("web-b"), "{spread:?}");
-    // Through the waypoint: close to the waypoint, which chooses.
+    // Through the waypoint (placed on node-2, the emptier node): close to the waypoint, which
+    // chooses — zone-b's endpoint, though the client is in zone-a; Local is the waypoint's node.
     let wp = sb.state.pods.keys().find(|k| k.starts_with("shop/waypoint-")).cloned().expect("the waypoint pod");
-    let wp_close = if sb.state.pods[&wp].node == "node-1" { "web-a" } else { "web-b" };
-    assert_eq!(answers(&sb, "near-wp"), only(wp_close), "the waypoint on {}", sb.state.pods[&wp].node);
+    assert_eq!(sb.state.pods[&wp].node, "node-2", "the sandbox spreads pods to the emptier node");
+    assert_eq!(answers(&sb, "near-wp"), only("web-b"));
+    assert_eq!(answers(&sb, "local-wp"), only("web-b"));
 
     // The close endpoint gone: PreferClose fails over to zone-b; Local has nowhere to go.
     sb.delete(&write_file(&scratch, "a.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: web-a, namespace: shop}\n"))

@@ -251,6 +251,22 @@ spec:
     - {destination: {host: canary, subset: v2}, weight: 10}
 ";
 
+/// Ambit's RateLimitPolicy: three requests a minute per `x-user` on the canary service.
+const RATE_LIMIT: &str = "
+apiVersion: policy.ambit.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: per-user, namespace: shop}
+spec:
+  targetRefs: [{group: '', kind: Service, name: canary}]
+  rules:
+  - name: users
+    match: [{methods: [GET]}]
+    requests: 3
+    per: 1m
+    key: Header
+    header: x-user
+";
+
 const BACKENDS: &str = "
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -468,6 +484,25 @@ fn waypoint_routes_authorizes_and_observes() {
     let (status, body) = call(&sb, "http://canary:8080/missing", &[]);
     assert_eq!(status, 503, "{body}");
 
+    // A local rate limit per user: three requests, then 429 with the limit's headers; another
+    // user has a bucket of their own, and a method the rule does not match is not counted.
+    sb.apply(&write_file(&scratch, "ratelimit.yaml", RATE_LIMIT)).unwrap();
+    wait_for("the rate limit", Duration::from_secs(20), || {
+        (call(&sb, "http://canary:8080/", &["-H", "x-user: probe"]).0 == 429).then_some(())
+    });
+    for _ in 0..3 {
+        assert_eq!(call(&sb, "http://canary:8080/", &["-H", "x-user: alice"]).0, 200);
+    }
+    let limited = sb.exec("client-0", &["curl", "-s", "-i", "-H", "x-user: alice", "http://canary:8080/"]).unwrap();
+    let limited = String::from_utf8_lossy(&limited.stdout).to_ascii_lowercase();
+    assert!(limited.starts_with("http/1.1 429"), "{limited}");
+    for header in ["x-ratelimit-limit: 3", "x-ratelimit-remaining: 0", "x-ratelimit-reset: ", "retry-after: "] {
+        assert!(limited.contains(header), "{header}: {limited}");
+    }
+    assert!(limited.contains("local_rate_limited"), "{limited}");
+    assert_eq!(call(&sb, "http://canary:8080/", &["-H", "x-user: bob"]).0, 200, "another user's bucket");
+    assert_eq!(call(&sb, "http://canary:8080/", &["-X", "POST", "-H", "x-user: alice"]).0, 200, "not matched");
+
     // VirtualService routes on the same route model: fault abort and delay.
     sb.apply(&write_file(&scratch, "faults.yaml", FAULTS)).unwrap();
     wait_for("the fault abort", Duration::from_secs(20), || {
@@ -637,6 +672,12 @@ fn waypoint_routes_authorizes_and_observes() {
             && l.contains("response_code=\"503\"")
             && l.contains("response_flags=\"NC\"")),
         "a missing subset counted"
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("response_code=\"429\"")
+            && l.contains("response_flags=\"RL\"")),
+        "rate-limited requests counted"
     );
     assert!(sb.log(&format!("pod-{}", wp.replace('/', "-"))).contains("request complete"), "access log");
 

@@ -117,6 +117,18 @@ impl Backend {
         Some(admission)
     }
 
+    /// The endpoints outlier detection has not ejected; all of them when every one is (Envoy's
+    /// panic mode).
+    pub fn not_ejected(&self, endpoints: Vec<(Arc<Workload>, u16)>) -> Vec<(Arc<Workload>, u16)> {
+        let now = Instant::now();
+        let stats = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let ejected = |w: &Workload| stats.get(&w.uid).and_then(|s| s.ejected_until).is_some_and(|t| t > now);
+        if endpoints.iter().all(|(w, _)| ejected(w)) {
+            return endpoints;
+        }
+        endpoints.into_iter().filter(|(w, _)| !ejected(w)).collect()
+    }
+
     /// Chooses an endpoint among the healthy, non-ejected ones.
     pub fn choose(
         &self,

@@ -161,6 +161,7 @@ impl GatewayL7 {
                 routes,
                 policies: c.policies.clone(),
                 jwt_rules: c.jwt_rules.clone(),
+                rate_limits: c.rate_limits.clone(),
                 ..Default::default()
             };
             let mut l7 = ServiceL7::compile(&config).map_err(|e| e.to_string())?;

@@ -21,9 +21,10 @@ use regex::Regex;
 
 mod authz;
 pub mod normalize;
+pub mod ratelimit;
 mod route;
 
-pub use authz::{authorize, Denial, Layer, Policy, Subject};
+pub use authz::{authorize, Denial, Layer, OperationMatch, Policy, Subject};
 pub use route::{
     host_name, BackendRef, Filter, HeaderOps, HostPattern, Matcher, PathMatch, RequestView, Route, RouteMatch,
 };
@@ -85,6 +86,8 @@ pub struct ServiceL7 {
     pub jwt: Vec<crate::jwt::Rule>,
     /// DestinationRule subsets, by name.
     pub subsets: HashMap<String, Subset>,
+    /// RateLimitPolicy rules, each its own limit.
+    pub rate_limits: Vec<ratelimit::Limit>,
     /// At an ingress gateway: a request no route takes is answered 404 — there is no
     /// addressed service to fall back to.
     pub routed_only: bool,
@@ -112,6 +115,7 @@ impl ServiceL7 {
                     (s.name.clone(), Subset { members, backend: s.backend.clone() })
                 })
                 .collect(),
+            rate_limits: c.rate_limits.iter().map(ratelimit::Limit::compile).collect::<Result<_, _>>()?,
             routed_only: false,
         })
     }

@@ -41,6 +41,8 @@ pub enum Flag {
     DnsResolutionFailed,
     /// The backend names a subset its service does not have (NC: no cluster found).
     NoClusterFound,
+    /// Over a local rate limit (RL).
+    RateLimited,
 }
 
 impl Flag {
@@ -59,6 +61,7 @@ impl Flag {
             Flag::DownstreamTermination => "DC",
             Flag::DnsResolutionFailed => "DF",
             Flag::NoClusterFound => "NC",
+            Flag::RateLimited => "RL",
         }
     }
 }

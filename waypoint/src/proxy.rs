@@ -109,6 +109,8 @@ pub struct Waypoint {
     sampling: f64,
     /// Bumped at every xDS update (see [`Options::changes`]).
     changes: tokio::sync::watch::Receiver<u64>,
+    /// RateLimitPolicy token buckets, kept across configuration updates.
+    buckets: crate::l7::ratelimit::Buckets,
 }
 
 impl Waypoint {
@@ -140,6 +142,7 @@ impl Waypoint {
             tracer,
             sampling: options.sampling,
             changes: options.changes,
+            buckets: crate::l7::ratelimit::Buckets::default(),
         })
     }
 

@@ -172,7 +172,10 @@ pub fn ingress_statuses(store: &Store, mesh: &MeshSettings) -> Vec<((Kind, Strin
 /// Kinds whose `status` we own and write: the mesh's custom resources (Kubernetes validates
 /// its core kinds itself).
 pub fn writes_status(ar: &ApiResource) -> bool {
-    matches!(ar.group.as_str(), "security.istio.io" | "networking.istio.io" | "gateway.networking.k8s.io")
+    matches!(
+        ar.group.as_str(),
+        "security.istio.io" | "networking.istio.io" | "gateway.networking.k8s.io" | crate::model::RATE_LIMIT_GROUP
+    )
         // A Gateway's status is the store's (`statuses`); a ReferenceGrant has none.
         && ar.kind != "Gateway"
         && ar.kind != "ReferenceGrant"

@@ -589,3 +589,27 @@ fn node_topology_labels_are_their_pods_locality() {
     let moved = index.apply(objects(&node("eu-b")));
     assert_eq!(workload(&moved, "Kubernetes//Pod/shop/cart-1").locality.unwrap().zone, "eu-b");
 }
+
+#[test]
+fn traffic_distribution_and_local_policy_become_the_services_load_balancing() {
+    use ambit_shared::proto::workload::load_balancing::{Mode, Scope};
+    let mut index = Index::new(MeshSettings::default());
+    index.apply(objects(BASE));
+    let mut lb = |spec: &str, annotations: &str| {
+        let changes = index.apply(objects(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: cart, namespace: shop, annotations: {{{annotations}}}}}\nspec: {{clusterIP: 10.96.0.10, selector: {{app: cart}}, ports: [{{port: 80}}]{spec}}}"
+        )));
+        let lb = service_change(&changes, "shop/cart.shop.svc.cluster.local")
+            .and_then(|s| s.load_balancing)
+            .unwrap_or_default();
+        (lb.routing_preference.iter().map(|s| Scope::try_from(*s).unwrap()).collect::<Vec<_>>(), lb.mode())
+    };
+    let close = (vec![Scope::Network, Scope::Region, Scope::Zone], Mode::Failover);
+    assert_eq!(lb(", trafficDistribution: PreferClose", ""), close, "the zone, not the subzone (as Istio)");
+    assert_eq!(lb("", "networking.istio.io/traffic-distribution: PreferClose"), close, "Istio's annotation");
+    assert_eq!(
+        lb(", internalTrafficPolicy: Local, trafficDistribution: PreferClose", ""),
+        (vec![Scope::Node], Mode::Strict)
+    );
+    assert_eq!(lb(", trafficDistribution: PreferSameNode", "").0.last(), Some(&Scope::Node));
+}

@@ -48,11 +48,12 @@ pub const WATCHED: &[(&str, &str, &str, &str)] = &[
     ("gateway.networking.k8s.io", "v1alpha2", "TCPRoute", "tcproutes"),
     ("gateway.networking.k8s.io", "v1beta1", "ReferenceGrant", "referencegrants"),
     ("", "v1", "Secret", "secrets"),
+    ("policy.ambit.dev", "v1alpha1", "RateLimitPolicy", "ratelimitpolicies"),
 ];
 
 /// Kinds whose CRD a cluster may lack (Gateway API's experimental channel): while it is
 /// missing the kind counts as synced and empty, and it is looked for again.
-const OPTIONAL: &[&str] = &["TLSRoute", "TCPRoute", "ReferenceGrant"];
+const OPTIONAL: &[&str] = &["TLSRoute", "TCPRoute", "ReferenceGrant", "RateLimitPolicy"];
 
 /// What a watch lists: TLS Secrets only (the controller never holds other Secrets).
 fn watch_config(kind: &str) -> watcher::Config {

@@ -51,7 +51,8 @@ pub fn status_reads(kind: Kind) -> bool {
 /// Kinds an ingress gateway's configuration reads: its status's, and the policies that may
 /// target it.
 pub fn config_reads(kind: Kind) -> bool {
-    status_reads(kind) || matches!(kind, Kind::AuthorizationPolicy | Kind::RequestAuthentication)
+    status_reads(kind)
+        || matches!(kind, Kind::AuthorizationPolicy | Kind::RequestAuthentication | Kind::RateLimitPolicy)
 }
 
 /// Whether `gw` is an ingress gateway (not a waypoint).
@@ -251,13 +252,14 @@ pub fn translate(gw: &Gateway, store: &Store, mesh: &MeshSettings) -> Ingress {
         l.claims = !l.usable && accepted && !conflicted && l.spec.hostname.is_some();
     }
     let routes = attach_routes(gw, &mut listeners, store, mesh);
-    let (policies, jwt_rules) = gateway_policies(gw, store, mesh);
+    let attached = gateway_policies(gw, store, mesh);
     let mut config = pb::GatewayConfig {
         namespace: gw_ns.to_owned(),
         name: gw.metadata.name.clone(),
         listeners: Vec::new(),
-        policies,
-        jwt_rules,
+        policies: attached.policies,
+        jwt_rules: attached.jwt_rules,
+        rate_limits: attached.rate_limits,
     };
     let mut reports = Vec::new();
     for mut l in listeners {

@@ -46,7 +46,8 @@ fn load_balancing(s: &Service) -> Option<LoadBalancing> {
             ..Default::default()
         },
         (_, Some("PreferClose" | "PreferSameZone")) => LoadBalancing {
-            routing_preference: [Scope::Network, Scope::Region, Scope::Zone, Scope::Subzone].map(|s| s as i32).to_vec(),
+            // Istio's scopes for it: the zone, not the subzone.
+            routing_preference: [Scope::Network, Scope::Region, Scope::Zone].map(|s| s as i32).to_vec(),
             mode: Mode::Failover as i32,
             ..Default::default()
         },

@@ -20,6 +20,7 @@ mod destination_rule;
 mod fields;
 mod jwt;
 mod policy;
+mod rate_limit;
 mod routes;
 mod virtual_service;
 
@@ -27,6 +28,7 @@ pub use destination_rule::validate_destination_rule;
 pub use fields::parse_duration;
 pub use jwt::validate_request_authentication;
 pub use policy::policy;
+pub use rate_limit::validate_rate_limit_policy;
 pub(crate) use routes::{grpc_route_rules, http_route_rules, in_precedence_order, Candidate};
 pub use routes::{validate_grpc_route, validate_http_route};
 pub use virtual_service::validate_virtual_service;
@@ -61,7 +63,7 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
     let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
     let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
     let routes = routes::routes(svc, store, mesh);
-    let (policies, jwt) = attached_policies(ns, Target::Service(&svc.metadata.name), gw, store, mesh);
+    let attached = attached_policies(ns, Target::Service(&svc.metadata.name), gw, store, mesh);
     let (backend, subsets) = backend_policy(svc, gw_ns, store, mesh);
     pb::ServiceConfig {
         namespace: ns.to_owned(),
@@ -79,10 +81,11 @@ pub fn service_config(svc: &Service, gw: &Gateway, store: &Store, mesh: &MeshSet
             .collect(),
         // Gateway API routes when any names the service, else its VirtualServices.
         routes: if routes.is_empty() { virtual_service_routes(svc, store, mesh) } else { routes },
-        policies,
+        policies: attached.policies,
         backend,
-        jwt_rules: jwt,
+        jwt_rules: attached.jwt_rules,
         subsets,
+        rate_limits: attached.rate_limits,
     }
 }
 
@@ -102,35 +105,38 @@ enum Target<'a> {
 /// they were addressed to.
 pub fn waypoint_self_config(own: &Service, gw: &Gateway, store: &Store, mesh: &MeshSettings) -> pb::ServiceConfig {
     let ns = gw.metadata.namespace.as_deref().unwrap_or_default();
-    let (policies, jwt_rules) = attached_policies(ns, Target::Gateway, gw, store, mesh);
+    let attached = attached_policies(ns, Target::Gateway, gw, store, mesh);
     pb::ServiceConfig {
         namespace: ns.to_owned(),
         hostname: mesh.hostname(&own.metadata.name, ns),
         waypoint: format!("{ns}/{}", gw.metadata.name),
-        policies,
-        jwt_rules,
+        policies: attached.policies,
+        jwt_rules: attached.jwt_rules,
+        rate_limits: attached.rate_limits,
         ..Default::default()
     }
 }
 
-/// The policies and JWT rules that apply at ingress gateway `gw` (targeting the Gateway, or
-/// its class from the root namespace).
-pub fn gateway_policies(gw: &Gateway, store: &Store, mesh: &MeshSettings) -> (Vec<pb::Policy>, Vec<pb::JwtRule>) {
+/// The policies, JWT rules and rate limits that apply at ingress gateway `gw` (targeting the
+/// Gateway, or its class from the root namespace).
+pub fn gateway_policies(gw: &Gateway, store: &Store, mesh: &MeshSettings) -> Attached {
     let ns = gw.metadata.namespace.as_deref().unwrap_or_default();
     attached_policies(ns, Target::Gateway, gw, store, mesh)
 }
 
-/// The AuthorizationPolicies and RequestAuthentications that apply at `gw` to a destination
-/// of namespace `ns`: those targeting it (a Service, or a ServiceEntry, in its namespace), the
-/// waypoint's Gateway (in the Gateway's namespace), or — from the root namespace — the
-/// waypoint's GatewayClass (every waypoint of the class, as in Istio).
-fn attached_policies(
-    ns: &str,
-    target: Target<'_>,
-    gw: &Gateway,
-    store: &Store,
-    mesh: &MeshSettings,
-) -> (Vec<pb::Policy>, Vec<pb::JwtRule>) {
+/// What applies at a waypoint or gateway for one destination, beside its routes.
+#[derive(Debug, Default)]
+pub struct Attached {
+    pub policies: Vec<pb::Policy>,
+    pub jwt_rules: Vec<pb::JwtRule>,
+    pub rate_limits: Vec<pb::RateLimit>,
+}
+
+/// The AuthorizationPolicies, RequestAuthentications and RateLimitPolicies that apply at `gw`
+/// to a destination of namespace `ns`: those targeting it (a Service, or a ServiceEntry, in
+/// its namespace), the waypoint's Gateway (in the Gateway's namespace), or — from the root
+/// namespace — the waypoint's GatewayClass (every waypoint of the class, as in Istio).
+fn attached_policies(ns: &str, target: Target<'_>, gw: &Gateway, store: &Store, mesh: &MeshSettings) -> Attached {
     let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
     let root = mesh.root_namespace.as_str();
     let class = gw.spec.gateway_class_name.as_str();
@@ -155,6 +161,7 @@ fn attached_policies(
     };
     let mut policies = Vec::new();
     let mut jwt = Vec::new();
+    let mut rate_limits = Vec::new();
     let mut seen_ra = Vec::new();
     let mut namespaces = vec![ns];
     for other in [gw_ns, root] {
@@ -177,8 +184,17 @@ fn attached_policies(
                 policies.push(policy(p));
             }
         }
+        for o in store.list(Kind::RateLimitPolicy, Some(namespace)) {
+            let Object::RateLimitPolicy(p) = o else { continue };
+            let prefix = format!("{namespace}/{}/", p.metadata.name);
+            if attached(namespace, &p.spec.target_refs, &None)
+                && !rate_limits.iter().any(|l: &pb::RateLimit| l.name.starts_with(&prefix))
+            {
+                rate_limits.extend(rate_limit::rate_limits(p));
+            }
+        }
     }
-    (policies, jwt)
+    Attached { policies, jwt_rules: jwt, rate_limits }
 }
 
 /// The waypoint's configuration for one host of a ServiceEntry bound to it (egress through a
@@ -194,7 +210,7 @@ pub fn service_entry_config(
 ) -> pb::ServiceConfig {
     let ns = se.metadata.namespace.as_deref().unwrap_or_default();
     let gw_ns = gw.metadata.namespace.as_deref().unwrap_or_default();
-    let (policies, jwt) = attached_policies(ns, Target::ServiceEntry(&se.metadata.name), gw, store, mesh);
+    let attached = attached_policies(ns, Target::ServiceEntry(&se.metadata.name), gw, store, mesh);
     pb::ServiceConfig {
         namespace: ns.to_owned(),
         hostname: host.to_owned(),
@@ -210,14 +226,15 @@ pub fn service_entry_config(
             })
             .collect(),
         routes: Vec::new(),
-        policies,
+        policies: attached.policies,
+        rate_limits: attached.rate_limits,
         backend: destination_rule::entry_backend_policy(
             [ns, gw_ns, &mesh.root_namespace],
             host,
             &se.spec.ports.iter().map(|p| p.number).collect::<Vec<_>>(),
             store,
         ),
-        jwt_rules: jwt,
+        jwt_rules: attached.jwt_rules,
         subsets: Vec::new(),
     }
 }

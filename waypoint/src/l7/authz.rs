@@ -243,6 +243,27 @@ fn is_service_account(identity: &Identity, want: &str) -> bool {
     want.split_once('/') == Some((identity.namespace(), identity.service_account()))
 }
 
+/// An operation (a RateLimitPolicy rule's `match`) checked on its own, with the same fields
+/// and string forms as an AuthorizationPolicy's `to.operation`.
+#[derive(Debug)]
+pub struct OperationMatch(Operation);
+
+impl OperationMatch {
+    pub fn compile(t: &pb::Operation) -> Self {
+        OperationMatch(Operation {
+            hosts: patterns(&t.hosts, &t.not_hosts),
+            ports: patterns(&t.ports, &t.not_ports),
+            methods: patterns(&t.methods, &t.not_methods),
+            paths: patterns(&t.paths, &t.not_paths),
+        })
+    }
+
+    /// Whether the request is one the operation names.
+    pub fn matches(&self, s: &Subject<'_>) -> bool {
+        self.0.matches(s, Layer::Http)
+    }
+}
+
 impl Operation {
     fn needs_http(&self) -> bool {
         self.hosts.is_set() || self.methods.is_set() || self.paths.is_set()
@@ -393,16 +414,7 @@ impl Policy {
                             })
                         })
                         .collect::<Result<_, CompileError>>()?,
-                    to: r
-                        .to
-                        .iter()
-                        .map(|t| Operation {
-                            hosts: patterns(&t.hosts, &t.not_hosts),
-                            ports: patterns(&t.ports, &t.not_ports),
-                            methods: patterns(&t.methods, &t.not_methods),
-                            paths: patterns(&t.paths, &t.not_paths),
-                        })
-                        .collect(),
+                    to: r.to.iter().map(|t| OperationMatch::compile(t).0).collect(),
                     when: r
                         .when
                         .iter()

@@ -35,6 +35,9 @@ pub(super) enum Failure {
     /// Denied by authorization (403).
     #[error("denied: {0}")]
     Denied(Denial),
+    /// Over a RateLimitPolicy rule's limit (429, with `x-ratelimit-*` headers).
+    #[error("rate limited by {0:?}")]
+    RateLimited(crate::l7::ratelimit::Limited),
     /// Routes for the port, none matching (404).
     #[error("no route matched")]
     NoRoute,
@@ -85,6 +88,7 @@ impl Failure {
             Failure::BadRequest(_)
             | Failure::Jwt(_)
             | Failure::Denied(_)
+            | Failure::RateLimited(_)
             | Failure::NoRoute
             | Failure::Misdirected
             | Failure::BodyTooLarge
@@ -111,6 +115,7 @@ impl Failure {
             Failure::BadRequest(_) | Failure::BodyTooLarge | Failure::BadUpstreamPath => Flag::DownstreamProtocolError,
             Failure::Jwt(_) => Flag::JwtDenied,
             Failure::Denied(_) => Flag::RbacDenied,
+            Failure::RateLimited(_) => Flag::RateLimited,
             Failure::NoRoute | Failure::NoBackend | Failure::Misdirected => Flag::NoRoute,
             Failure::FaultAbort(_) => Flag::FaultAbort,
             Failure::NoHealthyUpstream | Failure::NoEndpointAddress => Flag::NoHealthyUpstream,
@@ -127,6 +132,7 @@ impl Failure {
             Failure::BadRequest(_) | Failure::BadUpstreamPath => StatusCode::BAD_REQUEST,
             Failure::Jwt(_) => StatusCode::UNAUTHORIZED,
             Failure::Denied(_) => StatusCode::FORBIDDEN,
+            Failure::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -147,6 +153,7 @@ impl Failure {
         match self {
             Failure::BadRequest(text) | Failure::Jwt(text) => text,
             Failure::Denied(_) => "RBAC: access denied",
+            Failure::RateLimited(_) => "local_rate_limited",
             Failure::NoRoute => "no route matched",
             Failure::Misdirected => "misdirected request",
             Failure::BodyTooLarge => "request body too large to retry or mirror",
@@ -164,7 +171,22 @@ impl Failure {
     }
 
     pub(super) fn response(&self) -> Response<Body> {
-        respond(self.status(), self.text())
+        let mut response = respond(self.status(), self.text());
+        if let Failure::RateLimited(limited) = self {
+            // Whole seconds until the next token, at least 1 (the draft RateLimit headers'
+            // form, as Envoy's local rate limit writes them).
+            let reset = limited.reset.as_secs() + u64::from(limited.reset.subsec_nanos() > 0);
+            let headers = response.headers_mut();
+            for (name, value) in [
+                ("x-ratelimit-limit", u64::from(limited.limit)),
+                ("x-ratelimit-remaining", 0),
+                ("x-ratelimit-reset", reset.max(1)),
+                ("retry-after", reset.max(1)),
+            ] {
+                headers.insert(name, http::HeaderValue::from(value));
+            }
+        }
+        response
     }
 }
 
@@ -193,6 +215,15 @@ mod tests {
             (Failure::BadRequest("x"), 400, "DPE", Side::Downstream),
             (Failure::Jwt("Jwt verification fails"), 401, "JWT", Side::Downstream),
             (Failure::NoRoute, 404, "NR", Side::Downstream),
+            (
+                Failure::RateLimited(crate::l7::ratelimit::Limited {
+                    limit: 5,
+                    reset: std::time::Duration::from_millis(1500),
+                }),
+                429,
+                "RL",
+                Side::Downstream,
+            ),
             (Failure::BodyTooLarge, 413, "DPE", Side::Downstream),
             (Failure::NoBackend, 500, "NR", Side::Internal),
             (Failure::FaultAbort(http::StatusCode::IM_A_TEAPOT), 418, "FI", Side::Internal),
@@ -206,5 +237,15 @@ mod tests {
             assert_eq!(failure.flag().as_str(), flag, "{failure}");
             assert_eq!(failure.side(), side, "{failure}");
         }
+        let limited = Failure::RateLimited(crate::l7::ratelimit::Limited {
+            limit: 5,
+            reset: std::time::Duration::from_millis(1500),
+        })
+        .response();
+        let header = |n: &str| limited.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(header("x-ratelimit-limit").as_deref(), Some("5"));
+        assert_eq!(header("x-ratelimit-remaining").as_deref(), Some("0"));
+        assert_eq!(header("x-ratelimit-reset").as_deref(), Some("2"), "whole seconds, rounded up");
+        assert_eq!(header("retry-after").as_deref(), Some("2"));
     }
 }

@@ -1,6 +1,6 @@
 //! One HTTP request through the waypoint, stage by stage, in this order on every path:
 //! [`validate`] (method, Host, path normalization) → [`authn`] (RequestAuthentication) →
-//! [`authz`] (AuthorizationPolicy) → [`plan`]: the pure decision — [`route`] (the first route
+//! [`authz`] (AuthorizationPolicy) → [`ratelimit`] (RateLimitPolicy) → [`plan`]: the pure decision — [`route`] (the first route
 //! that matches), [`filters`] (header operations, redirect, rewrite, mirrors, the fault drawn),
 //! the backend by weight — carried out by [`Waypoint::follow`]: the fault, then [`retry`] (body
 //! buffering, attempts, timeouts) → the upstream. Each stage either hands the request on or answers it; none is
@@ -25,6 +25,7 @@ mod authn;
 mod authz;
 mod filters;
 mod plan;
+mod ratelimit;
 mod retry;
 mod route;
 mod validate;
@@ -66,6 +67,7 @@ impl Waypoint {
         let (mut req, caller) = authn::authenticate(l7, &self.keysets, req).await?;
         let host = authz::host(&req);
         authz::check(down, l7, &caller, &host, &req)?;
+        ratelimit::check(&self.buckets, l7, &authz::subject(down, &caller, &host, &req))?;
         match plan::decide(l7, port, &mut req, &host)? {
             Decision::Route(plan) => self.follow(down, plan, req).await,
             Decision::Default => self.forward_default(down, req, port).await,

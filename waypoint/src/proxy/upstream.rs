@@ -131,17 +131,20 @@ impl Upstream {
         let policy = policy.map(|p| port_policy(p, port));
         let backend = self.backends.get(&format!("{}|{port}|{}", service.key, subset.unwrap_or_default()));
         let Some(_admission) = backend.admit(policy) else { return Err(Failure::Overflow.into()) };
-        let mut endpoints = {
+        // The service's (or subset's) endpoints; without those outlier detection ejected (so
+        // a close locality whose endpoints are all ejected fails over, as Envoy's does); then
+        // the closest. Endpoints without an address are candidates only when known by name
+        // (resolved below).
+        let (endpoints, count) = {
             let state = self.state();
             let mut endpoints = state.endpoints_on(&service, port, &self.network);
             if let Some(members) = members {
                 endpoints.retain(|(w, _)| members.contains(&w.uid));
             }
-            self.closest(&state, &service, endpoints)
+            endpoints.retain(|(w, _)| !w.addresses.is_empty() || w.resolvable());
+            let count = endpoints.len();
+            (self.closest(&state, &service, backend.not_ejected(endpoints)), count)
         };
-        // Endpoints without an address are candidates only when known by name (resolved below).
-        endpoints.retain(|(w, _)| !w.addresses.is_empty() || w.resolvable());
-        let count = endpoints.len();
         let input = HashInput { headers: req.headers(), source_ip };
         let Some((w, target)) = backend.choose(endpoints, policy, &input) else {
             return Err(Failure::NoHealthyUpstream.into());

@@ -60,7 +60,15 @@ fn to_workload(w: &Workload, port: u16, like: IpAddr) -> Result<Plan, RouteError
 }
 
 /// The waypoint's HBONE address and identities; the authority stays the original target.
-fn to_waypoint(state: &State, network: &str, gw: &GatewayAddress, authority: SocketAddr) -> Result<Plan, RouteError> {
+/// The waypoint pod is chosen as any endpoint is: closest to the client when the waypoint's
+/// Service prefers close endpoints.
+fn to_waypoint(
+    state: &State,
+    network: &str,
+    gw: &GatewayAddress,
+    authority: SocketAddr,
+    src: Option<&Workload>,
+) -> Result<Plan, RouteError> {
     let port = u16::try_from(gw.hbone_mtls_port).ok().filter(|p| *p != 0).unwrap_or(HBONE_PORT);
     let describe = || format!("{gw:?}");
     let endpoint = match &gw.destination {
@@ -68,14 +76,16 @@ fn to_waypoint(state: &State, network: &str, gw: &GatewayAddress, authority: Soc
             let ip =
                 ambit_dataplane::state::ip_from_bytes(&a.address).ok_or_else(|| RouteError::Waypoint(describe()))?;
             match state.destination(network, SocketAddr::new(ip, port)) {
-                Destination::Service { service, .. } => pick_endpoint(&state.endpoints_on(&service, port, network)),
+                Destination::Service { service, .. } => {
+                    pick_endpoint(&state.endpoints_for(&service, port, network, src))
+                }
                 Destination::Workload(w) => Some((w, port)),
                 Destination::Passthrough => None,
             }
         }
         Some(gateway_address::Destination::Hostname(h)) => state
             .service(&format!("{}/{}", h.namespace, h.hostname))
-            .and_then(|s| pick_endpoint(&state.endpoints_on(s, port, network))),
+            .and_then(|s| pick_endpoint(&state.endpoints_for(s, port, network, src))),
         None => None,
     };
     let (w, _) = endpoint.ok_or_else(|| RouteError::Waypoint(describe()))?;
@@ -109,14 +119,14 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
             Destination::Service { service, .. } => Some(service),
             _ => None,
         };
-        let plan = to_known_workload(state, network, &w, dst);
+        let plan = to_known_workload(state, network, &w, dst, src);
         return Routed { plan, service, workload: Some(w) };
     }
     let registry_only = src.is_some_and(|w| w.registry_only);
     match state.destination(network, dst) {
         Destination::Service { service, port } => {
             if let Some(gw) = &service.waypoint {
-                let plan = to_waypoint(state, network, gw, dst);
+                let plan = to_waypoint(state, network, gw, dst, src);
                 return Routed { plan, service: Some(service.clone()), workload: None };
             }
             if service.passthrough {
@@ -139,7 +149,7 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
                     match meshed {
                         Some(m) => {
                             let plan = match &m.waypoint {
-                                Some(gw) => to_waypoint(state, network, gw, dst),
+                                Some(gw) => to_waypoint(state, network, gw, dst, src),
                                 None => to_workload(&m, target, dst.ip()),
                             };
                             Routed { plan, service: Some(service), workload: Some(m) }
@@ -179,7 +189,7 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
             Routed { plan: Err(RouteError::NotInRegistry(dst)), service: None, workload: None }
         }
         Destination::Workload(w) => {
-            let plan = to_known_workload(state, network, &w, dst);
+            let plan = to_known_workload(state, network, &w, dst, src);
             Routed { plan, service: None, workload: Some(w) }
         }
         Destination::Passthrough if registry_only => {
@@ -190,9 +200,15 @@ fn route(state: &State, network: &str, dst: SocketAddr, src: Option<&Workload>) 
 }
 
 /// A connection addressed to a workload: through its waypoint when it has one, else to it.
-fn to_known_workload(state: &State, network: &str, w: &Workload, dst: SocketAddr) -> Result<Plan, RouteError> {
+fn to_known_workload(
+    state: &State,
+    network: &str,
+    w: &Workload,
+    dst: SocketAddr,
+    src: Option<&Workload>,
+) -> Result<Plan, RouteError> {
     match &w.waypoint {
-        Some(gw) => to_waypoint(state, network, gw, dst),
+        Some(gw) => to_waypoint(state, network, gw, dst, src),
         None => to_workload(w, dst.port(), dst.ip()),
     }
 }

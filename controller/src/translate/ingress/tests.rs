@@ -158,8 +158,11 @@ fn policies_targeting_the_gateway_or_its_class_come_along() {
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: gw, namespace: ingress}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: public}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: class, namespace: istio-system}\nspec:\n  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: ambit}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/debug]}}]}]",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: waypoints, namespace: istio-system}\nspec:\n  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: ambit-waypoint}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/x]}}]}]",
+        "apiVersion: policy.ambit.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: per-client, namespace: ingress}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: public}]\n  rules: [{requests: 100, per: 1s, key: RemoteAddress}]",
     ]
     .join("\n---\n"));
+    let limits: Vec<&str> = ingress.config.rate_limits.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(limits, ["ingress/per-client/0"], "a rate limit targeting the Gateway");
     let names: Vec<&str> = ingress.config.policies.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,

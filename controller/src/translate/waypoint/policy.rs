@@ -46,23 +46,7 @@ pub fn policy(p: &AuthorizationPolicy) -> pb::Policy {
                     }
                 })
                 .collect(),
-            to: r
-                .to
-                .iter()
-                .map(|t| {
-                    let o = &t.operation;
-                    pb::Operation {
-                        hosts: o.hosts.clone(),
-                        not_hosts: o.not_hosts.clone(),
-                        ports: o.ports.clone(),
-                        not_ports: o.not_ports.clone(),
-                        methods: o.methods.clone(),
-                        not_methods: o.not_methods.clone(),
-                        paths: o.paths.clone(),
-                        not_paths: o.not_paths.clone(),
-                    }
-                })
-                .collect(),
+            to: r.to.iter().map(|t| operation(&t.operation)).collect(),
             when: r
                 .when
                 .iter()
@@ -80,5 +64,19 @@ pub fn policy(p: &AuthorizationPolicy) -> pb::Policy {
         action: action as i32,
         rules,
         dry_run: p.metadata.annotations.get(keys::DRY_RUN).is_some_and(|v| v == "true"),
+    }
+}
+
+/// An operation (AuthorizationPolicy `to`, RateLimitPolicy `match`) as the waypoint reads it.
+pub(super) fn operation(o: &crate::model::Operation) -> pb::Operation {
+    pb::Operation {
+        hosts: o.hosts.clone(),
+        not_hosts: o.not_hosts.clone(),
+        ports: o.ports.clone(),
+        not_ports: o.not_ports.clone(),
+        methods: o.methods.clone(),
+        not_methods: o.not_methods.clone(),
+        paths: o.paths.clone(),
+        not_paths: o.not_paths.clone(),
     }
 }

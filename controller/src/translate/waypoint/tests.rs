@@ -486,3 +486,78 @@ fn destination_rule_tls_modes_are_checked_by_field() {
         "fields Ambit does not read are refused by name"
     );
 }
+
+#[test]
+fn rate_limit_policies_reach_their_targets() {
+    let c = config(
+        "apiVersion: policy.ambit.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: api, namespace: shop}
+spec:
+  targetRefs: [{group: '', kind: Service, name: reviews}]
+  rules:
+  - name: per-user
+    match: [{paths: ['/api/*'], methods: [GET]}]
+    requests: 10
+    per: 1m
+    key: Header
+    header: X-User
+  - {requests: 100, per: 1s, burst: 200}
+---
+apiVersion: policy.ambit.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: all, namespace: shop}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+  rules: [{requests: 5, per: 1s, key: SourcePrincipal}]
+---
+apiVersion: policy.ambit.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: other, namespace: shop}
+spec:
+  targetRefs: [{group: '', kind: Service, name: ratings}]
+  rules: [{requests: 1, per: 1s}]",
+    );
+    let names: Vec<_> = c.rate_limits.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["shop/all/0", "shop/api/per-user", "shop/api/1"], "the service's and its waypoint's, no other");
+    let user = &c.rate_limits[1];
+    assert_eq!(
+        (user.requests, user.burst, user.key(), user.header.as_str()),
+        (10, 10, pb::RateLimitKey::RateLimitHeader, "x-user")
+    );
+    assert_eq!(user.per, Some(prost_types::Duration { seconds: 60, nanos: 0 }));
+    assert_eq!(user.matches[0].paths, ["/api/*"]);
+    assert_eq!(c.rate_limits[2].burst, 200);
+    assert_eq!(c.rate_limits[0].key(), pb::RateLimitKey::RateLimitSourcePrincipal);
+}
+
+#[test]
+fn malformed_rate_limit_policies_are_rejected_with_the_field() {
+    let reject = |spec: &str| {
+        let v: serde_json::Value = serde_yaml::from_str(&format!(
+            "apiVersion: policy.ambit.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: r, namespace: shop}}\nspec:\n{spec}"
+        ))
+        .unwrap();
+        parse_object("r.yaml", v).err().map(|r| r.to_string()).unwrap_or_default()
+    };
+    let target = "  targetRefs: [{kind: Service, name: reviews}]\n";
+    for (spec, field) in [
+        ("  rules: [{requests: 1, per: 1s}]".to_owned(), "spec.targetRefs"),
+        (format!("{target}  rules: []"), "spec.rules"),
+        (format!("{target}  rules: [{{requests: 0, per: 1s}}]"), "spec.rules[0].requests"),
+        (format!("{target}  rules: [{{requests: 1, per: soon}}]"), "spec.rules[0].per"),
+        (format!("{target}  rules: [{{requests: 1, per: 48h}}]"), "spec.rules[0].per"),
+        (format!("{target}  rules: [{{requests: 1, per: 1s, burst: 0}}]"), "spec.rules[0].burst"),
+        (format!("{target}  rules: [{{requests: 1, per: 1s, key: Cookie}}]"), "spec.rules[0].key"),
+        (format!("{target}  rules: [{{requests: 1, per: 1s, key: Header}}]"), "spec.rules[0].header"),
+        (format!("{target}  rules: [{{requests: 1, per: 1s, header: x}}]"), "spec.rules[0].header"),
+        (
+            format!("{target}  rules: [{{name: a, requests: 1, per: 1s}}, {{name: a, requests: 1, per: 1s}}]"),
+            "spec.rules[1].name",
+        ),
+        (
+            format!("{target}  rules: [{{requests: 1, per: 1s, match: [{{ports: [http]}}]}}]"),
+            "spec.rules[0].match[0].ports[0]",
+        ),
+        (format!("{target}  rules: [{{requests: 1, per: 1s, window: 1}}]"), "spec.rules[0].window"),
+        ("  targetRefs: [{kind: Pod, name: x}]\n  rules: [{requests: 1, per: 1s}]".to_owned(), "spec.targetRefs[0]"),
+    ] {
+        let r = reject(&spec);
+        assert!(r.contains(field), "{spec}: {r}");
+    }
+    assert!(reject(&format!("{target}  rules: [{{requests: 1, per: 1s}}]")).is_empty());
+}

@@ -29,7 +29,23 @@ pub(super) fn check(
     host: &str,
     req: &Request<Incoming>,
 ) -> Result<(), Failure> {
-    let subject = Subject {
+    let subject = subject(down, caller, host, req);
+    if let Err(policy) = authorize(&l7.policies, &subject, Layer::Http) {
+        tracing::debug!(%policy, "request denied");
+        return Err(Failure::Denied(policy));
+    }
+    Ok(())
+}
+
+/// What rules see of a request: the connection's peer (never a header the client wrote), the
+/// validated token and the normalized request.
+pub(super) fn subject<'a>(
+    down: &'a Downstream,
+    caller: &'a Caller,
+    host: &'a str,
+    req: &'a Request<Incoming>,
+) -> Subject<'a> {
+    Subject {
         principal: down.authenticated(),
         identity: down.identity.as_ref(),
         namespace: down.identity.as_ref().map(|i| i.namespace()),
@@ -44,12 +60,7 @@ pub(super) fn check(
         query: req.uri().query(),
         headers: req.headers(),
         claims: caller.claims.as_ref(),
-    };
-    if let Err(policy) = authorize(&l7.policies, &subject, Layer::Http) {
-        tracing::debug!(%policy, "request denied");
-        return Err(Failure::Denied(policy));
     }
-    Ok(())
 }
 
 #[cfg(test)]
