@@ -30,8 +30,9 @@ use serde_json::Value;
 use crate::model::{
     keys, AuthorizationPolicy, AuthorizationPolicySpec, ClientTlsSettings, DestinationRule, DestinationRuleSpec,
     JwtRuleSpec, Kind, MutualTls, NetworkingWorkloadSelector, Object, ObjectMeta, OutboundTrafficPolicy,
-    PeerAuthentication, PeerAuthenticationSpec, PolicyTargetReference, RequestAuthentication,
-    RequestAuthenticationSpec, Rule, Sidecar, SidecarSpec, TrafficPolicy, WorkloadSelector,
+    PeerAuthentication, PeerAuthenticationSpec, PolicyTargetReference, RateLimitPolicy, RateLimitPolicySpec,
+    RateLimitRule, RequestAuthentication, RequestAuthenticationSpec, Rule, Sidecar, SidecarSpec, TrafficPolicy,
+    WorkloadSelector,
 };
 use crate::rejection::{validate_labels, Rejection};
 
@@ -48,6 +49,7 @@ pub fn is_security_kind(kind: Kind) -> bool {
             | Kind::RequestAuthentication
             | Kind::Sidecar
             | Kind::DestinationRule
+            | Kind::RateLimitPolicy
     )
 }
 
@@ -102,6 +104,32 @@ pub fn substitute(value: &Value, rejection: &Rejection) -> Option<(Object, &'sta
     // attachment is the one the author wrote last; either way the refusal stays in scope).
     let selector = if target_ref.is_some() || !target_refs.is_empty() { None } else { selector };
     match key.kind {
+        // A limit that does not apply as written must not leave its targets unlimited: what
+        // it targets gets one request a day, until it is fixed.
+        Kind::RateLimitPolicy => {
+            let target_refs: Vec<PolicyTargetReference> = target_refs
+                .into_iter()
+                .filter(|t| {
+                    matches!((t.group.as_str(), t.kind.as_str()), ("" | "core", "Service"))
+                        || (t.group == "gateway.networking.k8s.io" && t.kind == "Gateway")
+                })
+                .collect();
+            if target_refs.is_empty() {
+                return None;
+            }
+            let rule = RateLimitRule {
+                name: Some("refused".into()),
+                requests: 1,
+                per: "24h".into(),
+                burst: Some(1),
+                ..Default::default()
+            };
+            let spec = RateLimitPolicySpec { target_refs, rules: vec![rule] };
+            Some((
+                Object::RateLimitPolicy(RateLimitPolicy { metadata, spec }),
+                "one request a day to its targets, until it is fixed",
+            ))
+        }
         Kind::AuthorizationPolicy => {
             if metadata.annotations.get(keys::DRY_RUN).is_some_and(|v| v == "true") {
                 return None;

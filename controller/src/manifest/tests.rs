@@ -285,6 +285,15 @@ fn a_refused_security_object_is_replaced_by_a_fail_closed_substitute() {
     assert_eq!((tls.mode.as_deref(), tls.insecure_skip_verify), (Some("SIMPLE"), None), "verified");
     assert_eq!(d.spec.host, "api.example.com");
     assert!(refused(&dr("{loadBalancer: {simple: PASSTHROUGH}}")).1.is_none());
+    // A refused rate limit: its targets get one request a day, not no limit.
+    let (_, s) = refused("apiVersion: policy.ambit.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: l, namespace: shop}\nspec: {targetRefs: [{kind: Service, name: api}], rules: [{requests: 0, per: 1s}]}");
+    let Some(Object::RateLimitPolicy(l)) = s else { panic!("no substitute for the rate limit") };
+    assert_eq!(l.spec.target_refs[0].name, "api");
+    assert_eq!((l.spec.rules[0].requests, l.spec.rules[0].per.as_str()), (1, "24h"));
+    assert!(
+        refused("apiVersion: policy.ambit.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: l, namespace: shop}\nspec: {targetRefs: [{kind: Pod, name: x}], rules: []}").1.is_none(),
+        "nothing it could target"
+    );
     // TLS asked for by a port's settings, or a subset's, stands in just the same.
     for spec in [
         "{host: api.example.com, trafficPolicy: {portLevelSettings: [{port: {number: 443}, tls: {mode: SIMPLE}, tunnel: {}}]}}",
