@@ -460,3 +460,177 @@ async fn standard_clients_verify_the_controller_by_dns_name_and_address() {
     let (ok, text) = check(Some("elsewhere.example.com"));
     assert!(!ok, "a name the certificate does not carry is refused: {text}");
 }
+
+/// An Istio ztunnel's CSR for `identity` (istio/ztunnel `src/tls/csr.rs`): ECDSA P-256, an
+/// empty subject, and a single extension — the subject alternative name, marked critical,
+/// holding the identity's URI.
+fn istio_ztunnel_csr(identity: &str) -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    // GeneralNames ::= SEQUENCE { [6] IA5String (uniformResourceIdentifier) }
+    let uri = identity.as_bytes();
+    assert!(uri.len() < 126, "short form lengths only");
+    let mut names = vec![0x30, (uri.len() + 2) as u8, 0x86, uri.len() as u8];
+    names.extend_from_slice(uri);
+    let mut san = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 17], names);
+    san.set_criticality(true);
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.custom_extensions = vec![san];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, csr)
+}
+
+/// What Istio's ztunnel sends and expects, point by point (read from istio/ztunnel:
+/// `src/identity/caclient.rs`, `src/xds/client.rs`, `src/state.rs`): its CSR and
+/// `ImpersonatedIdentity` with `authorization` and `clusterid` headers get a chain of at least
+/// two elements, the leaf (for the CSR's key, naming the identity) first and the root last; its
+/// delta ADS stream — its node id and metadata, wildcard subscriptions (empty names) to Address
+/// then Authorization, ACKs carrying only the type and nonce — gets workloads named by uid,
+/// services by `namespace/hostname`, policies by `namespace/name` that the workloads name, and
+/// the next change after its ACKs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_istio_ztunnel_gets_its_certificates_workloads_and_policies() {
+    use ambit_shared::proto::envoy::config::core::v3::Node;
+    use ambit_shared::proto::security::Authorization;
+    use ambit_shared::proto::workload::{address, Address};
+    use prost::Message;
+    let env = env("istio-ztunnel").await;
+    // With no policy at all, a wildcard Authorization subscription is still answered (an
+    // empty response): Istio's ztunnel is not ready before its first ACK of each type.
+    let (_tx, mut empty) = raw_stream_as(&env, ZTUNNEL1_TOKEN, vec![subscribe(AUTHORIZATION, HashMap::new())]).await;
+    let response = next(&mut empty).await;
+    assert_eq!((response.type_url.as_str(), response.resources.len()), (AUTHORIZATION, 0));
+    assert!(!response.nonce.is_empty(), "a nonce to ACK");
+    write(
+        &env.dir,
+        "policy.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: cart-from-front, namespace: shop}\nspec:\n  selector: {matchLabels: {app: cart}}\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/front]}}]}]\n",
+    );
+    eventually("policy indexed", || env.running.shared.index.read().unwrap().store().len() >= 5).await;
+    fn with_headers<T>(mut req: tonic::Request<T>) -> tonic::Request<T> {
+        req.metadata_mut().insert("authorization", format!("Bearer {ZTUNNEL1_TOKEN}").parse().unwrap());
+        req.metadata_mut().insert("clusterid", "Kubernetes".parse().unwrap());
+        req
+    }
+
+    // CA.
+    let cart = "spiffe://cluster.local/ns/shop/sa/cart";
+    let (key, csr) = istio_ztunnel_csr(cart);
+    let metadata = prost_types::Struct {
+        fields: [(
+            "ImpersonatedIdentity".to_owned(),
+            prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(cart.to_owned())) },
+        )]
+        .into(),
+    };
+    let mut ca = IstioCertificateServiceClient::new(grpc::channel(env.running.grpc_addr, env.tls.clone()));
+    let request = IstioCertificateRequest { csr, validity_duration: 86_400, metadata: Some(metadata) };
+    let chain =
+        ca.create_certificate(with_headers(tonic::Request::new(request))).await.unwrap().into_inner().cert_chain;
+    assert!(chain.len() >= 2, "Istio's ztunnel needs the root as a separate, last element: {}", chain.len());
+    assert_eq!(chain.last().unwrap(), &env.running.root_pem, "the root last");
+    let leaf_der = parse_pem_chain(&chain[..1]).unwrap().remove(0);
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).unwrap();
+    assert_eq!(ambit_shared::certs::identity_of(&leaf).unwrap().to_string(), cart, "the first URI SAN");
+    assert_eq!(
+        leaf.public_key().subject_public_key.data.as_ref(),
+        rcgen::PublicKeyData::der_bytes(&key),
+        "the CSR's key"
+    );
+    let root_der = parse_pem_chain(std::slice::from_ref(chain.last().unwrap())).unwrap().remove(0);
+    let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
+    assert_eq!(leaf.issuer(), root.subject(), "issued by the root it sends");
+    let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+    assert!(lifetime <= 86_400 + 600, "at most what was asked (seconds): {lifetime}");
+
+    // xDS.
+    let s = |v: &str| prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(v.to_owned())) };
+    let node = Node {
+        id: "ztunnel~10.0.0.1~ztunnel-abcde.istio-system~istio-system.svc.cluster.local".into(),
+        metadata: Some(prost_types::Struct {
+            fields: [
+                ("NAME", s("ztunnel-abcde")),
+                ("NAMESPACE", s("istio-system")),
+                ("INSTANCE_IPS", s("10.0.0.1")),
+                ("NODE_NAME", s("node-1")),
+                ("CLUSTER_ID", s("Kubernetes")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        }),
+        ..Default::default()
+    };
+    let first = |type_url: &str| DeltaDiscoveryRequest {
+        node: Some(node.clone()),
+        type_url: type_url.into(),
+        ..Default::default()
+    };
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(first(ADDRESS)).await.unwrap();
+    tx.send(first(AUTHORIZATION)).await.unwrap();
+    let mut xds = AggregatedDiscoveryServiceClient::new(grpc::channel(env.running.grpc_addr, env.tls.clone()));
+    let mut stream = xds
+        .delta_aggregated_resources(with_headers(tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut workloads, mut services, mut policies) = (BTreeMap::new(), Vec::new(), BTreeMap::new());
+    // Until the cart workload names policies, all of them received (a policy may follow the
+    // first push).
+    let complete = |workloads: &BTreeMap<String, ambit_shared::proto::workload::Workload>,
+                    policies: &BTreeMap<String, Authorization>| {
+        workloads.get(CART).is_some_and(|w| {
+            !w.authorization_policies.is_empty() && w.authorization_policies.iter().all(|p| policies.contains_key(p))
+        })
+    };
+    while !complete(&workloads, &policies) {
+        let response = next(&mut stream).await;
+        for r in &response.resources {
+            let body = r.resource.as_ref().expect("a body");
+            if response.type_url == ADDRESS {
+                match Address::decode(body.value.as_ref()).unwrap().r#type {
+                    Some(address::Type::Workload(w)) => {
+                        assert_eq!(r.name, w.uid, "workloads are named by uid");
+                        workloads.insert(w.uid.clone(), w);
+                    }
+                    Some(address::Type::Service(svc)) => {
+                        assert_eq!(r.name, format!("{}/{}", svc.namespace, svc.hostname), "services by ns/hostname");
+                        services.push(svc);
+                    }
+                    None => panic!("an empty Address {}", r.name),
+                }
+            } else {
+                assert_eq!(response.type_url, AUTHORIZATION);
+                let a = Authorization::decode(body.value.as_ref()).unwrap();
+                assert_eq!(r.name, format!("{}/{}", a.namespace, a.name), "policies by ns/name");
+                policies.insert(r.name.clone(), a);
+            }
+        }
+        // Istio's ACK: the type and the nonce, nothing else.
+        let ack = DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        };
+        tx.send(ack).await.unwrap();
+    }
+    assert!(services.iter().any(|s| s.hostname.starts_with("cart.")), "the services, by ns/hostname");
+    assert_eq!(workloads[CART].authorization_policies, ["shop/cart-from-front"], "named as sent");
+    // The next change arrives after those ACKs.
+    write(&env.dir, "late.yaml", &pod("late-1", "node-1", "cart", "10.1.0.9", "cart"));
+    let pushed = loop {
+        let response = next(&mut stream).await;
+        tx.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        if let Some(r) = response.resources.iter().find(|r| r.name == "Kubernetes//Pod/shop/late-1") {
+            break r.name.clone();
+        }
+    };
+    assert_eq!(pushed, "Kubernetes//Pod/shop/late-1");
+}
